@@ -1,0 +1,27 @@
+{
+  # CPU-only fallback build of the same addon, for node-gyp-build's source build on a machine
+  # without cmake. CMakeLists.txt is the primary build.
+  "targets": [
+    {
+      "target_name": "moe_cpu_avx2",
+      "type": "static_library",
+      "sources": ["<!@(node -p \"require('fs').readdirSync('native/src/cpu').filter(f => f.endsWith('_avx2.cc')).map(f => 'native/src/cpu/' + f).join(' ')\")"],
+      "include_dirs": ["native/include"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fno-math-errno", "-mavx2", "-mfma", "-mf16c"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"]
+    },
+    {
+      "target_name": "moe_kernels",
+      "dependencies": ["moe_cpu_avx2"],
+      "sources": [
+        "<!@(node -p \"require('fs').readdirSync('native/addon').filter(f => f.endsWith('.cc')).map(f => 'native/addon/' + f).join(' ')\")",
+        "<!@(node -p \"require('fs').readdirSync('native/src/cpu').filter(f => f.endsWith('.cc') && !f.endsWith('_avx2.cc')).map(f => 'native/src/cpu/' + f).join(' ')\")"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/include"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,63 @@
+// moe-kernels native addon: module entry. Registers the op bindings, the Experts class and the
+// error class hook; knows nothing of the math.
+#include <napi.h>
+
+#include "args.h"
+#include "experts.h"
+#include "moe/cpu_features.h"
+#include "moe/threadpool.h"
+
+namespace moe_addon {
+
+void InitOps(Napi::Env env, Napi::Object exports);
+Napi::FunctionReference*& error_class_slot();
+
+namespace {
+
+// set_error_class(MoeError): native errors with a status code are thrown as this class,
+// constructed as new MoeError(message, code).
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsFunction())
+    throw_type_error(info.Env(), "set_error_class expects a constructor, got " +
+                                     (info.Length() ? describe(info[0]) : std::string("nothing")));
+  auto*& slot = error_class_slot();
+  if (!slot) slot = new Napi::FunctionReference();
+  *slot = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const moe::CpuFeatures& f = moe::cpu_features();
+  Napi::Object cpu = Napi::Object::New(env);
+  cpu.Set("kernel", Napi::String::New(env, f.kernel));
+  cpu.Set("threads", Napi::Number::New(env, moe::ComputePool::instance().num_threads()));
+  cpu.Set("avx2", Napi::Boolean::New(env, f.avx2));
+  cpu.Set("fma", Napi::Boolean::New(env, f.fma));
+  cpu.Set("f16c", Napi::Boolean::New(env, f.f16c));
+  cpu.Set("avx512f", Napi::Boolean::New(env, f.avx512f));
+  cpu.Set("avx512bf16", Napi::Boolean::New(env, f.avx512bf16));
+  Napi::Object cuda = Napi::Object::New(env);
+  cuda.Set("compiled", Napi::Boolean::New(env, false));
+  cuda.Set("available", Napi::Boolean::New(env, false));
+  cuda.Set("reason", Napi::String::New(env, "this build has no CUDA backend"));
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("cpu", cpu);
+  o.Set("cuda", cuda);
+  return o;
+}
+
+}  // namespace
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("set_error_class", Napi::Function::New(env, SetErrorClass, "set_error_class"));
+  exports.Set("backend_info", Napi::Function::New(env, BackendInfo, "backend_info"));
+  ExpertsWrap::Init(env, exports);
+  InitOps(env, exports);
+  return exports;
+}
+
+}  // namespace moe_addon
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return moe_addon::Init(env, exports); }
+NODE_API_MODULE(moe_kernels, InitModule)

@@ -1,0 +1,52 @@
+// N-API glue: turning JS values into tensor views and plain C++ values, with errors that name the
+// argument and the value it got. The addon never does math; it checks, converts and calls ops.
+#pragma once
+#include <napi.h>
+
+#include <string>
+#include <vector>
+
+#include "moe/status.h"
+#include "moe/tensor.h"
+
+namespace moe_addon {
+
+// Allowed dtypes for an argument, as a bit mask.
+enum DTypeMask : unsigned {
+  kF32 = 1u << int(moe::DType::kF32),
+  kF16 = 1u << int(moe::DType::kF16),
+  kBF16 = 1u << int(moe::DType::kBF16),
+  kI32 = 1u << int(moe::DType::kI32),
+  kAnyFloat = kF32 | kF16 | kBF16,
+};
+
+// A short rendering of a JS value for error messages ("a string \"abc\"", "5.5", "[2,3]").
+std::string describe(const Napi::Value& v);
+
+[[noreturn]] void throw_type_error(Napi::Env env, const std::string& msg);
+[[noreturn]] void throw_range_error(Napi::Env env, const std::string& msg);
+// Throws the package's MoeError (registered by set_error_class) with a code.
+[[noreturn]] void throw_moe_error(Napi::Env env, const std::string& code, const std::string& msg);
+Napi::Error make_status_error(Napi::Env env, const moe::Status& st);
+void throw_if_error(Napi::Env env, const moe::Status& st);
+
+// JS objects an async job must keep alive until it finishes (the typed arrays it reads/writes).
+using KeepAlive = std::vector<Napi::ObjectReference>;
+
+// Parses {type, data, dims}, reading data in place. ndim < 0 accepts any rank up to 4.
+// When `keep` is given, the typed array is added to it.
+moe::TensorView to_tensor(const Napi::Value& v, const char* name, unsigned allowed, int ndim,
+                          KeepAlive* keep = nullptr);
+
+// An integer in [lo, hi]; TypeError for a non-number or a non-integer, RangeError outside.
+int64_t to_int(const Napi::Value& v, const char* name, int64_t lo, int64_t hi);
+bool to_bool(const Napi::Value& v, const char* name);
+moe::DType to_dtype(const Napi::Value& v, const char* name, unsigned allowed);
+
+// Allocates a JS tensor {type, data, dims} of fresh zeroed storage, returns it and its view.
+Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64_t> dims,
+                        moe::TensorView* view);
+
+std::string dims_string(const moe::TensorView& v);
+
+}  // namespace moe_addon

@@ -1,0 +1,29 @@
+// N-API glue: running an op synchronously or as a Promise on the compute pool.
+//
+// The "baton" pattern: everything a job needs is turned into plain C++ data on the JS thread
+// (tensor views, ints); the compute step runs on the pool's dispatcher thread and never touches a
+// JS value; the JS objects it reads and writes stay referenced in `keep` until the Promise settles
+// on the JS thread.
+#pragma once
+#include <napi.h>
+
+#include <functional>
+#include <memory>
+
+#include "args.h"
+#include "moe/status.h"
+
+namespace moe_addon {
+
+struct Job {
+  KeepAlive keep;                                    // inputs and outputs kept alive
+  Napi::ObjectReference result;                      // what the call returns, built before compute
+  std::function<moe::Status()> compute;              // runs off the JS thread (async)
+  std::function<Napi::Value(Napi::Env)> finish;      // optional: builds the result after compute
+  moe::Status status;
+};
+
+// async: returns a Promise settled with the result; otherwise runs now and returns it.
+Napi::Value run_job(Napi::Env env, bool async, std::unique_ptr<Job> job);
+
+}  // namespace moe_addon

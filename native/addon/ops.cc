@@ -1,0 +1,299 @@
+// N-API glue for the ops: argument checks, outputs allocated on the JS thread, compute on the
+// pool. Each binding takes a trailing `async` flag: true returns a Promise.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "args.h"
+#include "experts.h"
+#include "job.h"
+#include "moe/ops.h"
+
+namespace moe_addon {
+
+namespace {
+
+constexpr int64_t kMaxInt32 = 2147483647;
+
+bool async_flag(const Napi::CallbackInfo& info, size_t i) {
+  return i < info.Length() && !info[i].IsUndefined() ? to_bool(info[i], "async") : false;
+}
+
+void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
+  if (info.Length() < n)
+    throw_type_error(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments, got " +
+                                     std::to_string(info.Length()));
+}
+
+void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb) {
+  if (va != vb)
+    throw_range_error(env, std::string(a) + " (" + std::to_string(va) + ") must equal " + b + " (" +
+                               std::to_string(vb) + ")");
+}
+
+// Reads expert weights given as one [E,r,c] tensor or an array of E [r,c] tensors.
+void read_expert_matrix(const Napi::Value& v, const char* name, int64_t* E, int64_t* rows,
+                        int64_t* cols, moe::DType* dtype, std::vector<const void*>* ptrs,
+                        KeepAlive* keep) {
+  Napi::Env env = v.Env();
+  ptrs->clear();
+  if (v.IsArray()) {
+    Napi::Array a = v.As<Napi::Array>();
+    if (a.Length() == 0) throw_range_error(env, std::string(name) + " must hold at least one expert, got []");
+    for (uint32_t e = 0; e < a.Length(); ++e) {
+      std::string n = std::string(name) + "[" + std::to_string(e) + "]";
+      moe::TensorView t = to_tensor(a.Get(e), n.c_str(), kAnyFloat, 2, keep);
+      if (e == 0) {
+        *rows = t.dims[0], *cols = t.dims[1], *dtype = t.dtype;
+      } else {
+        if (t.dims[0] != *rows || t.dims[1] != *cols)
+          throw_range_error(env, n + ".dims " + dims_string(t) + " differ from " + name + "[0].dims [" +
+                                     std::to_string(*rows) + "," + std::to_string(*cols) + "]");
+        if (t.dtype != *dtype)
+          throw_type_error(env, n + ".type '" + moe::dtype_name(t.dtype) + "' differs from " + name +
+                                    "[0].type '" + moe::dtype_name(*dtype) + "'");
+      }
+      ptrs->push_back(t.data);
+    }
+    *E = a.Length();
+    return;
+  }
+  moe::TensorView t = to_tensor(v, name, kAnyFloat, 3, keep);
+  *E = t.dims[0], *rows = t.dims[1], *cols = t.dims[2], *dtype = t.dtype;
+  const size_t mat = size_t(t.dims[1] * t.dims[2]) * moe::dtype_size(t.dtype);
+  for (int64_t e = 0; e < *E; ++e) ptrs->push_back(static_cast<const uint8_t*>(t.data) + e * mat);
+}
+
+// pack_experts(w1, w3, w2, async) -> Experts
+Napi::Value PackExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 3, "pack_experts");
+  auto job = std::make_unique<Job>();
+  auto src = std::make_shared<moe::ExpertWeightSource>();
+  int64_t E1, f1, d1, E3, f3, d3, E2, d2, f2;
+  moe::DType t1, t3, t2;
+  read_expert_matrix(info[0], "w1", &E1, &f1, &d1, &t1, &src->w1, &job->keep);
+  read_expert_matrix(info[1], "w3", &E3, &f3, &d3, &t3, &src->w3, &job->keep);
+  read_expert_matrix(info[2], "w2", &E2, &d2, &f2, &t2, &src->w2, &job->keep);
+  check_same(env, "w3 expert count", E3, "w1 expert count", E1);
+  check_same(env, "w2 expert count", E2, "w1 expert count", E1);
+  check_same(env, "w3 rows (f)", f3, "w1 rows (f)", f1);
+  check_same(env, "w3 columns (d)", d3, "w1 columns (d)", d1);
+  check_same(env, "w2 rows (d)", d2, "w1 columns (d)", d1);
+  check_same(env, "w2 columns (f)", f2, "w1 rows (f)", f1);
+  if (t3 != t1 || t2 != t1)
+    throw_type_error(env, std::string("w1, w3 and w2 must share one type, got '") + moe::dtype_name(t1) +
+                              "', '" + moe::dtype_name(t3) + "', '" + moe::dtype_name(t2) + "'");
+  if (d1 < 1 || f1 < 1)
+    throw_range_error(env, "expert weights must have d >= 1 and f >= 1, got d=" + std::to_string(d1) +
+                               ", f=" + std::to_string(f1));
+  if (E1 > 65536) throw_range_error(env, "at most 65536 experts, got " + std::to_string(E1));
+  src->num_experts = int(E1);
+  src->d = d1;
+  src->f = f1;
+  src->dtype = t1;
+  auto packed = std::make_shared<std::unique_ptr<moe::PackedExperts>>();
+  job->compute = [src, packed]() { return moe::pack_experts(*src, packed.get()); };
+  job->finish = [packed](Napi::Env env) -> Napi::Value {
+    return ExpertsWrap::NewInstance(env, std::shared_ptr<moe::PackedExperts>(std::move(*packed)));
+  };
+  return run_job(env, async_flag(info, 3), std::move(job));
+}
+
+// route(x, gate, topK, normalize, wantLogits, async) -> {topkIds, topkWeights, expertCounts, logits?}
+Napi::Value Route(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 5, "route");
+  auto job = std::make_unique<Job>();
+  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  moe::TensorView gate = to_tensor(info[1], "gate", kAnyFloat, 2, &job->keep);
+  check_same(env, "gate.dims[1]", gate.dims[1], "x.dims[1]", x.dims[1]);
+  const int64_t T = x.dims[0], E = gate.dims[0];
+  if (E < 1) throw_range_error(env, "gate must have at least one expert row, got dims " + dims_string(gate));
+  moe::RouteParams p;
+  p.top_k = int(to_int(info[2], "topK", 1, E));
+  p.normalize = to_bool(info[3], "normalize");
+  const bool want_logits = to_bool(info[4], "wantLogits");
+  moe::TensorView ids, wts, counts, logits;
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("topkIds", new_tensor(env, moe::DType::kI32, {T, p.top_k}, &ids));
+  r.Set("topkWeights", new_tensor(env, moe::DType::kF32, {T, p.top_k}, &wts));
+  r.Set("expertCounts", new_tensor(env, moe::DType::kI32, {E}, &counts));
+  if (want_logits) r.Set("logits", new_tensor(env, moe::DType::kF32, {T, E}, &logits));
+  job->result = Napi::Persistent(r);
+  job->compute = [=]() {
+    return moe::route(x, gate, p, ids.as<int32_t>(), wts.as<float>(), counts.as<int32_t>(),
+                      want_logits ? logits.as<float>() : nullptr);
+  };
+  return run_job(env, async_flag(info, 5), std::move(job));
+}
+
+// permute(topkIds, numExperts, capacity, async) -> {expertOffsets, sortedRows, rowOf, dropped}
+Napi::Value Permute(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 3, "permute");
+  auto job = std::make_unique<Job>();
+  moe::TensorView ids = to_tensor(info[0], "topkIds", kI32, 2, &job->keep);
+  const int64_t E = to_int(info[1], "numExperts", 1, 65536);
+  const int64_t capacity = to_int(info[2], "capacity", -1, kMaxInt32);
+  const int64_t T = ids.dims[0], k = ids.dims[1];
+  if (k < 1) throw_range_error(env, "topkIds.dims[1] (k) must be at least 1, got " + std::to_string(k));
+  if (T * k > kMaxInt32) throw_range_error(env, "topkIds has too many slots: " + std::to_string(T * k));
+  const int32_t* idp = ids.as<const int32_t>();
+  for (int64_t s = 0; s < T * k; ++s)
+    if (idp[s] < 0 || idp[s] >= E)
+      throw_range_error(env, "topkIds.data[" + std::to_string(s) + "] must be an expert index in [0, " +
+                                 std::to_string(E) + "), got " + std::to_string(idp[s]));
+  moe::TensorView off, rows, row_of, dropped;
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("expertOffsets", new_tensor(env, moe::DType::kI32, {E + 1}, &off));
+  r.Set("sortedRows", new_tensor(env, moe::DType::kI32, {T * k}, &rows));
+  r.Set("rowOf", new_tensor(env, moe::DType::kI32, {T, k}, &row_of));
+  r.Set("dropped", new_tensor(env, moe::DType::kI32, {E}, &dropped));
+  job->result = Napi::Persistent(r);
+  job->compute = [=]() {
+    return moe::permute(ids.as<const int32_t>(), T, int(k), int(E), capacity, off.as<int32_t>(),
+                        rows.as<int32_t>(), row_of.as<int32_t>(), dropped.as<int32_t>());
+  };
+  return run_job(env, async_flag(info, 3), std::move(job));
+}
+
+// grouped_gemm(x, sortedRows, expertOffsets, experts, async) -> y f32 [R,d]
+Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 4, "grouped_gemm");
+  auto job = std::make_unique<Job>();
+  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  moe::TensorView rows = to_tensor(info[1], "sortedRows", kI32, 1, &job->keep);
+  moe::TensorView off = to_tensor(info[2], "expertOffsets", kI32, 1, &job->keep);
+  auto w = ExpertsWrap::Get(info[3], "experts");
+  const int64_t T = x.dims[0], E = w->num_experts;
+  check_same(env, "x.dims[1]", x.dims[1], "the experts' d", w->d);
+  check_same(env, "expertOffsets.dims[0]", off.dims[0], "numExperts + 1", E + 1);
+  const int32_t* o = off.as<const int32_t>();
+  if (o[0] != 0) throw_range_error(env, "expertOffsets.data[0] must be 0, got " + std::to_string(o[0]));
+  for (int64_t e = 0; e < E; ++e)
+    if (o[e + 1] < o[e])
+      throw_range_error(env, "expertOffsets must be non-decreasing, got data[" + std::to_string(e + 1) +
+                                 "] = " + std::to_string(o[e + 1]) + " < " + std::to_string(o[e]));
+  const int64_t R = o[E];
+  if (R > rows.dims[0])
+    throw_range_error(env, "expertOffsets.data[E] (" + std::to_string(R) + ") exceeds sortedRows length " +
+                               std::to_string(rows.dims[0]));
+  const int32_t* rp = rows.as<const int32_t>();
+  for (int64_t r = 0; r < R; ++r)
+    if (rp[r] < 0 || rp[r] >= T)
+      throw_range_error(env, "sortedRows.data[" + std::to_string(r) + "] must be a token index in [0, " +
+                                 std::to_string(T) + "), got " + std::to_string(rp[r]));
+  moe::TensorView y;
+  job->result = Napi::Persistent(new_tensor(env, moe::DType::kF32, {R, w->d}, &y));
+  job->compute = [=]() {
+    std::vector<float> scratch;
+    const float* x32 = x.as<const float>();
+    if (x.dtype != moe::DType::kF32) {
+      scratch.resize(size_t(x.numel()));
+      moe::widen_to_f32(x, scratch.data());
+      x32 = scratch.data();
+    }
+    return moe::grouped_gemm(x32, T, rows.as<const int32_t>(), off.as<const int32_t>(), *w, y.as<float>());
+  };
+  return run_job(env, async_flag(info, 4), std::move(job));
+}
+
+// combine(y, rowOf, topkWeights, outType, async) -> out [T,d]
+Napi::Value Combine(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 4, "combine");
+  auto job = std::make_unique<Job>();
+  moe::TensorView y = to_tensor(info[0], "y", kF32, 2, &job->keep);
+  moe::TensorView row_of = to_tensor(info[1], "rowOf", kI32, 2, &job->keep);
+  moe::TensorView wts = to_tensor(info[2], "topkWeights", kF32, 2, &job->keep);
+  moe::DType out_t = to_dtype(info[3], "outType", kAnyFloat);
+  const int64_t T = row_of.dims[0], k = row_of.dims[1], R = y.dims[0], d = y.dims[1];
+  check_same(env, "topkWeights.dims[0]", wts.dims[0], "rowOf.dims[0]", T);
+  check_same(env, "topkWeights.dims[1]", wts.dims[1], "rowOf.dims[1]", k);
+  const int32_t* rp = row_of.as<const int32_t>();
+  for (int64_t s = 0; s < T * k; ++s)
+    if (rp[s] < -1 || rp[s] >= R)
+      throw_range_error(env, "rowOf.data[" + std::to_string(s) + "] must be -1 or a row of y in [0, " +
+                                 std::to_string(R) + "), got " + std::to_string(rp[s]));
+  moe::TensorView out;
+  job->result = Napi::Persistent(new_tensor(env, out_t, {T, d}, &out));
+  job->compute = [=]() {
+    return moe::combine(y.as<const float>(), R, row_of.as<const int32_t>(), wts.as<const float>(), T,
+                        int(k), out);
+  };
+  return run_job(env, async_flag(info, 4), std::move(job));
+}
+
+// moe_forward(x, gate, experts, topK, normalize, capacity, wantRouting, async)
+//   -> {out, topkIds?, topkWeights?, expertCounts?}
+Napi::Value MoeForward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 7, "moe_forward");
+  auto job = std::make_unique<Job>();
+  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  moe::TensorView gate = to_tensor(info[1], "gate", kAnyFloat, 2, &job->keep);
+  auto w = ExpertsWrap::Get(info[2], "experts");
+  const int64_t T = x.dims[0], E = w->num_experts;
+  check_same(env, "x.dims[1]", x.dims[1], "the experts' d", w->d);
+  check_same(env, "gate.dims[0]", gate.dims[0], "the number of experts", E);
+  check_same(env, "gate.dims[1]", gate.dims[1], "the experts' d", w->d);
+  moe::MoeForwardParams p;
+  p.route.top_k = int(to_int(info[3], "topK", 1, E));
+  p.route.normalize = to_bool(info[4], "normalize");
+  p.capacity = to_int(info[5], "capacity", -1, kMaxInt32);
+  const bool want_routing = to_bool(info[6], "wantRouting");
+  if (T * p.route.top_k > kMaxInt32) throw_range_error(env, "too many tokens: " + std::to_string(T));
+  moe::MoeForwardOutputs outs;
+  moe::TensorView ids, wts, counts;
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("out", new_tensor(env, x.dtype, {T, w->d}, &outs.out));
+  if (want_routing) {
+    r.Set("topkIds", new_tensor(env, moe::DType::kI32, {T, p.route.top_k}, &ids));
+    r.Set("topkWeights", new_tensor(env, moe::DType::kF32, {T, p.route.top_k}, &wts));
+    r.Set("expertCounts", new_tensor(env, moe::DType::kI32, {E}, &counts));
+    outs.topk_ids = ids.as<int32_t>();
+    outs.topk_weights = wts.as<float>();
+    outs.expert_counts = counts.as<int32_t>();
+  }
+  job->result = Napi::Persistent(r);
+  job->compute = [=]() {
+    moe::MoeLayerWeights layer;
+    layer.gate = gate;
+    layer.experts = w.get();
+    return moe::moe_forward(layer, x, p, outs);
+  };
+  return run_job(env, async_flag(info, 7), std::move(job));
+}
+
+// dense_ffn(x, experts, async) -> out [T,d]; experts must hold one expert.
+Napi::Value DenseFfn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 2, "dense_ffn");
+  auto job = std::make_unique<Job>();
+  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  auto w = ExpertsWrap::Get(info[1], "weights");
+  check_same(env, "weights expert count", w->num_experts, "1 (a dense FFN)", 1);
+  check_same(env, "x.dims[1]", x.dims[1], "the FFN's d", w->d);
+  moe::TensorView out;
+  job->result = Napi::Persistent(new_tensor(env, x.dtype, {x.dims[0], w->d}, &out));
+  job->compute = [=]() { return moe::dense_ffn(*w, x, out); };
+  return run_job(env, async_flag(info, 2), std::move(job));
+}
+
+}  // namespace
+
+void InitOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("pack_experts", Napi::Function::New(env, PackExperts, "pack_experts"));
+  exports.Set("route", Napi::Function::New(env, Route, "route"));
+  exports.Set("permute", Napi::Function::New(env, Permute, "permute"));
+  exports.Set("grouped_gemm", Napi::Function::New(env, GroupedGemm, "grouped_gemm"));
+  exports.Set("combine", Napi::Function::New(env, Combine, "combine"));
+  exports.Set("moe_forward", Napi::Function::New(env, MoeForward, "moe_forward"));
+  exports.Set("dense_ffn", Napi::Function::New(env, DenseFfn, "dense_ffn"));
+}
+
+}  // namespace moe_addon

@@ -1,0 +1,158 @@
+// The process-wide compute pool: N-1 workers plus the calling thread run the tasks of one
+// parallel_for at a time; a dispatcher thread runs submitted jobs in FIFO order.
+#include "moe/threadpool.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace moe {
+
+namespace {
+thread_local bool t_in_parallel = false;
+
+int configured_threads() {
+  if (const char* s = std::getenv("MOE_NUM_THREADS")) {
+    int n = std::atoi(s);
+    if (n >= 1 && n <= 256) return n;
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc == 0 ? 1 : int(hc);
+}
+}  // namespace
+
+struct ComputePool::Impl {
+  int nthreads = 1;
+  std::vector<std::thread> workers;
+
+  // one parallel_for at a time
+  std::mutex run_mu;
+
+  // the current parallel_for, published to the workers
+  std::mutex mu;
+  std::condition_variable cv_work, cv_done;
+  uint64_t generation = 0;
+  bool stopping = false;
+  const std::function<void(int64_t, int)>* fn = nullptr;
+  int64_t n = 0;
+  std::atomic<int64_t> next{0};
+  int active = 0;  // workers still inside the current generation
+
+  // dispatcher
+  std::thread dispatcher;
+  std::mutex qmu;
+  std::condition_variable qcv;
+  std::deque<std::function<void()>> queue;
+  bool qstop = false;
+
+  void run_tasks(int thread) {
+    for (;;) {
+      int64_t t = next.fetch_add(1, std::memory_order_relaxed);
+      if (t >= n) break;
+      (*fn)(t, thread);
+    }
+  }
+
+  void worker_main(int index) {
+    t_in_parallel = true;  // a worker never starts a nested parallel_for
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv_work.wait(lk, [&] { return stopping || generation != seen; });
+        if (stopping) return;
+        seen = generation;
+      }
+      run_tasks(index);
+      {
+        std::lock_guard<std::mutex> lk(mu);
+        if (--active == 0) cv_done.notify_one();
+      }
+    }
+  }
+
+  void dispatcher_main() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lk(qmu);
+        qcv.wait(lk, [&] { return qstop || !queue.empty(); });
+        if (queue.empty()) return;
+        job = std::move(queue.front());
+        queue.pop_front();
+      }
+      job();
+    }
+  }
+};
+
+ComputePool::ComputePool() : impl_(new Impl) {
+  impl_->nthreads = configured_threads();
+  for (int i = 1; i < impl_->nthreads; ++i)
+    impl_->workers.emplace_back([this, i] { impl_->worker_main(i); });
+  impl_->dispatcher = std::thread([this] { impl_->dispatcher_main(); });
+}
+
+ComputePool::~ComputePool() {
+  {
+    std::lock_guard<std::mutex> lk(impl_->qmu);
+    impl_->qstop = true;
+  }
+  impl_->qcv.notify_all();
+  if (impl_->dispatcher.joinable()) impl_->dispatcher.join();
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu);
+    impl_->stopping = true;
+  }
+  impl_->cv_work.notify_all();
+  for (auto& w : impl_->workers) w.join();
+  delete impl_;
+}
+
+ComputePool& ComputePool::instance() {
+  // Leaked on purpose: worker threads must outlive every static destructor that could still be
+  // running a job at process exit.
+  static ComputePool* pool = new ComputePool();
+  return *pool;
+}
+
+int ComputePool::num_threads() const { return impl_->nthreads; }
+
+void ComputePool::parallel_for(int64_t n, const std::function<void(int64_t, int)>& fn) {
+  if (n <= 0) return;
+  Impl& s = *impl_;
+  if (t_in_parallel || n == 1 || s.nthreads == 1) {
+    for (int64_t t = 0; t < n; ++t) fn(t, 0);
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(s.run_mu);
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    s.fn = &fn;
+    s.n = n;
+    s.next.store(0, std::memory_order_relaxed);
+    s.active = int(s.workers.size());
+    ++s.generation;
+  }
+  s.cv_work.notify_all();
+  t_in_parallel = true;
+  s.run_tasks(0);
+  t_in_parallel = false;
+  std::unique_lock<std::mutex> lk(s.mu);
+  s.cv_done.wait(lk, [&] { return s.active == 0; });
+  s.fn = nullptr;
+}
+
+void ComputePool::submit(std::function<void()> job) {
+  {
+    std::lock_guard<std::mutex> lk(impl_->qmu);
+    impl_->queue.push_back(std::move(job));
+  }
+  impl_->qcv.notify_one();
+}
+
+}  // namespace moe

@@ -1,0 +1,23 @@
+#!/usr/bin/env node
+// Builds the native addon from source: cmake-js when cmake is on the PATH (the primary build, which
+// also compiles the CUDA backend when nvcc is present), else node-gyp with binding.gyp (CPU only).
+// Run by `npm install` through node-gyp-build when no prebuilt binary fits this machine.
+'use strict';
+const { spawnSync } = require('node:child_process');
+const path = require('node:path');
+
+const root = path.join(__dirname, '..');
+const has = (cmd) => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+const run = (cmd, args) => {
+  console.error(`moe-kernels: ${cmd} ${args.join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit', shell: process.platform === 'win32' });
+  if (r.status !== 0) process.exit(r.status ?? 1);
+};
+const bin = (name) => path.join(root, 'node_modules', '.bin', name);
+const jobs = String(Math.max(1, require('node:os').availableParallelism?.() ?? 2));
+
+if (has('cmake') && process.env.MOE_BUILD !== 'gyp') {
+  run(process.execPath, [require.resolve('cmake-js/bin/cmake-js', { paths: [root] }), 'build', '--parallel', jobs, '--out', 'build']);
+} else {
+  run(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js', { paths: [root, path.dirname(process.execPath) + '/../lib/node_modules/npm'] }), 'rebuild', '-j', jobs]);
+}
