@@ -1,0 +1,88 @@
+/**
+ * The native module: its one hand-written type, and its loading with node-gyp-build (a prebuilt
+ * binary from prebuilds/ when one fits, else build/Release from a source build).
+ * Native names are snake_case; every op takes a trailing `async` flag (true: a Promise).
+ */
+import * as path from 'node:path';
+import { MoeError } from './errors.js';
+
+export type NativeDType = 'float32' | 'float16' | 'bfloat16' | 'int32';
+export interface NativeTensor {
+  type: NativeDType;
+  data: Float32Array | Uint16Array | Int32Array;
+  dims: number[];
+}
+/** Expert weights: one [E,rows,cols] tensor or E tensors of [rows,cols]. */
+export type NativeExpertMatrix = NativeTensor | NativeTensor[];
+
+export interface NativeExpertsInfo {
+  disposed: boolean;
+  numExperts?: number;
+  d?: number;
+  f?: number;
+  type?: NativeDType;
+  bytes?: number;
+}
+/** Packed expert weights held by the backend (one copy per layer). */
+export interface NativeExperts {
+  dispose(): void;
+  info(): NativeExpertsInfo;
+}
+
+export interface NativeRouteResult {
+  topkIds: NativeTensor;
+  topkWeights: NativeTensor;
+  expertCounts: NativeTensor;
+  logits?: NativeTensor;
+}
+export interface NativePermuteResult {
+  expertOffsets: NativeTensor;
+  sortedRows: NativeTensor;
+  rowOf: NativeTensor;
+  dropped: NativeTensor;
+}
+export interface NativeMoeResult {
+  out: NativeTensor;
+  topkIds?: NativeTensor;
+  topkWeights?: NativeTensor;
+  expertCounts?: NativeTensor;
+}
+export interface NativeBackendInfo {
+  cpu: {
+    kernel: string;
+    threads: number;
+    avx2: boolean;
+    fma: boolean;
+    f16c: boolean;
+    avx512f: boolean;
+    avx512bf16: boolean;
+  };
+  cuda: { compiled: boolean; available: boolean; reason: string };
+}
+
+type Ret<T, A extends boolean> = A extends true ? Promise<T> : T;
+
+export interface NativeBinding {
+  set_error_class(cls: new (message: string, code: string) => Error): void;
+  backend_info(): NativeBackendInfo;
+  pack_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, async: A): Ret<NativeExperts, A>;
+  route<A extends boolean>(x: NativeTensor, gate: NativeTensor, topK: number, normalize: boolean, wantLogits: boolean, async: A): Ret<NativeRouteResult, A>;
+  permute<A extends boolean>(topkIds: NativeTensor, numExperts: number, capacity: number, async: A): Ret<NativePermuteResult, A>;
+  grouped_gemm<A extends boolean>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, async: A): Ret<NativeTensor, A>;
+  combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A): Ret<NativeTensor, A>;
+  moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A): Ret<NativeMoeResult, A>;
+  dense_ffn<A extends boolean>(x: NativeTensor, weights: NativeExperts, async: A): Ret<NativeTensor, A>;
+  /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
+  measure_read_bandwidth?(bytes: number, reps: number): number;
+  measure_fma_peak?(seconds: number): number;
+}
+
+function load(): NativeBinding {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  const native = nodeGypBuild(path.join(__dirname, '..')) as NativeBinding;
+  native.set_error_class(MoeError);
+  return native;
+}
+
+export const binding: NativeBinding = load();

@@ -1,0 +1,51 @@
+/**
+ * moe-kernels: Mixture-of-Experts inference for Node.js.
+ *
+ *   const layer = await MoeLayer.create({ gate, w1, w3, w2 }, { topK: 2 });
+ *   const { output } = await layer.forward(tensor('float32', x, [T, d]));
+ */
+export { MoeError } from './errors.js';
+export {
+  tensor,
+  zeros,
+  cast,
+  toFloat32,
+  float32ToBfloat16,
+  bfloat16ToFloat32,
+  float32ToFloat16,
+  float16ToFloat32,
+  type Tensor,
+  type DType,
+  type FloatType,
+  type DataOf,
+} from './tensor.js';
+export { backendInfo, type BackendInfo, type BackendName, type ResolvedBackend } from './backend.js';
+export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './experts.js';
+export {
+  route,
+  routeSync,
+  permute,
+  permuteSync,
+  groupedGemm,
+  groupedGemmSync,
+  combine,
+  combineSync,
+  type RouteOptions,
+  type RouteResult,
+  type PermuteOptions,
+  type PermuteResult,
+  type CombineOptions,
+} from './stages.js';
+export {
+  MoeLayer,
+  moeForward,
+  DenseFfn,
+  denseFfnForward,
+  type MoeLayerWeights,
+  type MoeLayerOptions,
+  type ForwardOptions,
+  type MoeOutput,
+  type Routing,
+  type DenseFfnWeights,
+  type DenseFfnOptions,
+} from './layers.js';

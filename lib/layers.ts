@@ -1,0 +1,251 @@
+/**
+ * Layers built once from weights and called per request: the sparse MoE layer (Mixtral's
+ * block-sparse MoE: router, top-k, SwiGLU experts, weighted combine) and the dense SwiGLU FFN
+ * baseline. Both keep exactly one packed copy of their weights in the backend.
+ */
+import { binding, type NativeTensor } from './binding.js';
+import { type BackendName, type ResolvedBackend } from './backend.js';
+import { describe, MoeError, rangeError, typeError } from './errors.js';
+import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
+import { boolOption, checkOptions, intOption, required } from './options.js';
+import { type FloatType, type Tensor } from './tensor.js';
+
+export interface MoeLayerWeights extends ExpertWeightsInit {
+  /** Router weights [E,d] (Hugging Face `block_sparse_moe.gate.weight`). */
+  gate: Tensor;
+}
+
+export interface MoeLayerOptions {
+  /** Experts per token. Default 2 (Mixtral). */
+  topK?: number;
+  /** Renormalise the top-k weights to sum to 1. Default true (Mixtral). */
+  normalize?: boolean;
+  backend?: BackendName;
+}
+
+export interface ForwardOptions {
+  /** Also return the routing: ids, weights and tokens per expert. Default false. */
+  returnRouting?: boolean;
+}
+
+export interface Routing {
+  /** [T,k] experts chosen for each token, by decreasing weight. */
+  topkIds: Tensor<'int32'>;
+  /** [T,k] their weights (float32). */
+  topkWeights: Tensor<'float32'>;
+  /** [E] tokens routed to each expert. */
+  tokensPerExpert: Tensor<'int32'>;
+}
+
+export interface MoeOutput {
+  /** [T,d], the type of the input. */
+  output: Tensor;
+  routing?: Routing;
+}
+
+const nt = (t: Tensor) => t as unknown as NativeTensor;
+
+function copyTensor(t: Tensor, name: string): Tensor {
+  if (t === null || typeof t !== 'object' || !ArrayBuffer.isView(t.data) || !Array.isArray(t.dims))
+    throw typeError(`${name} must be a tensor {type, data, dims}, got ${describe(t)}`);
+  return { type: t.type, data: t.data.slice() as Tensor['data'], dims: [...t.dims] };
+}
+
+/**
+ * A sparse MoE layer. Create it once (weights are copied and packed; the caller may drop its
+ * arrays), then call `forward` per request: concurrent calls are safe and return the same bits as
+ * serial ones.
+ */
+export class MoeLayer {
+  readonly numExperts: number;
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly topK: number;
+  readonly normalize: boolean;
+  readonly backend: ResolvedBackend;
+  /** Type of the packed expert weights. */
+  readonly weightType: FloatType;
+  readonly #gate: Tensor;
+  readonly #experts: ExpertWeights;
+
+  /** Packs the weights synchronously; prefer `MoeLayer.create` for large layers. */
+  constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights) {
+    const o = checkOptions(options);
+    const gate = copyTensor(required<Tensor>(weights, 'gate', 'weights'), 'weights.gate');
+    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName });
+    try {
+      const E = experts.numExperts;
+      if (gate.dims.length !== 2 || gate.dims[0] !== E || gate.dims[1] !== experts.hiddenSize)
+        throw rangeError(`weights.gate.dims must be [${E},${experts.hiddenSize}] (experts, hidden size), got [${gate.dims.join(',')}]`);
+      this.topK = intOption(o, 'topK', Math.min(2, E), 1, E);
+      this.normalize = boolOption(o, 'normalize', true);
+    } catch (e) {
+      if (!packed) experts.dispose();
+      throw e;
+    }
+    this.numExperts = experts.numExperts;
+    this.hiddenSize = experts.hiddenSize;
+    this.intermediateSize = experts.intermediateSize;
+    this.weightType = experts.type;
+    this.backend = experts.backend;
+    this.#gate = gate;
+    this.#experts = experts;
+  }
+
+  /** Creates a layer, packing the weights off the event loop. */
+  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer> {
+    const o = checkOptions(options);
+    required<Tensor>(weights, 'gate', 'weights');
+    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName });
+    try {
+      return new MoeLayer(weights, options, packed);
+    } catch (e) {
+      packed.dispose();
+      throw e;
+    }
+  }
+
+  /** Bytes held by the layer's weights. */
+  get bytes(): number {
+    return this.#experts.bytes + this.#gate.data.byteLength;
+  }
+
+  get disposed(): boolean {
+    return this.#experts.disposed;
+  }
+
+  /** Runs the layer on x [T,d] off the event loop. */
+  async forward(x: Tensor, options?: ForwardOptions): Promise<MoeOutput> {
+    const [w, routing] = this.#args(options);
+    return output(await binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing, true));
+  }
+
+  /** Runs the layer on the calling thread (for tiny calls). */
+  forwardSync(x: Tensor, options?: ForwardOptions): MoeOutput {
+    const [w, routing] = this.#args(options);
+    return output(binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing, false));
+  }
+
+  /** Frees the packed weights; calls already running finish first. */
+  dispose(): void {
+    this.#experts.dispose();
+  }
+
+  #args(options?: ForwardOptions) {
+    if (this.#experts.disposed) throw new MoeError('MoeLayer was disposed and cannot be used again', 'ERR_DISPOSED');
+    const o = checkOptions(options);
+    return [nativeExperts(this.#experts, 'experts'), boolOption(o, 'returnRouting', false)] as const;
+  }
+}
+
+function output(r: { out: NativeTensor; topkIds?: NativeTensor; topkWeights?: NativeTensor; expertCounts?: NativeTensor }): MoeOutput {
+  const res: MoeOutput = { output: r.out as Tensor };
+  if (r.topkIds)
+    res.routing = {
+      topkIds: r.topkIds as Tensor<'int32'>,
+      topkWeights: r.topkWeights as Tensor<'float32'>,
+      tokensPerExpert: r.expertCounts as Tensor<'int32'>,
+    };
+  return res;
+}
+
+/**
+ * One MoE forward. With raw weights the layer is packed for this call and freed after it; pass a
+ * `MoeLayer` to pack once and serve many calls.
+ */
+export async function moeForward(x: Tensor, weights: MoeLayerWeights | MoeLayer, options?: MoeLayerOptions & ForwardOptions): Promise<MoeOutput> {
+  const o = checkOptions(options);
+  if (weights instanceof MoeLayer) {
+    for (const k of ['topK', 'normalize'] as const)
+      if (o[k] !== undefined && o[k] !== weights[k])
+        throw rangeError(`options.${k} (${describe(o[k])}) differs from the layer's ${k} (${weights[k]}); it is fixed when the layer is created`);
+    return weights.forward(x, options);
+  }
+  const layer = await MoeLayer.create(weights, options);
+  try {
+    return await layer.forward(x, options);
+  } finally {
+    layer.dispose();
+  }
+}
+
+// ---- dense SwiGLU FFN ------------------------------------------------------------------------
+
+export interface DenseFfnWeights {
+  /** Gate projection [f,d]. */
+  w1: Tensor;
+  /** Up projection [f,d]. */
+  w3: Tensor;
+  /** Down projection [d,f]. */
+  w2: Tensor;
+}
+
+export interface DenseFfnOptions {
+  backend?: BackendName;
+}
+
+function denseAsExperts(weights: DenseFfnWeights): ExpertWeightsInit {
+  const m = (k: 'w1' | 'w3' | 'w2') => {
+    const t = required<Tensor>(weights, k, 'weights');
+    if (Array.isArray(t)) throw typeError(`weights.${k} must be one 2-D tensor, got an array`);
+    return [t];
+  };
+  return { w1: m('w1'), w3: m('w3'), w2: m('w2') };
+}
+
+/** A dense SwiGLU FFN, out = W2 (silu(W1 x) * (W3 x)): the baseline an MoE layer is measured against. */
+export class DenseFfn {
+  readonly hiddenSize: number;
+  readonly intermediateSize: number;
+  readonly weightType: FloatType;
+  readonly backend: ResolvedBackend;
+  readonly #w: ExpertWeights;
+
+  constructor(weights: DenseFfnWeights, options?: DenseFfnOptions, /** @internal */ packed?: ExpertWeights) {
+    const o = checkOptions(options);
+    const w = packed ?? ExpertWeights.packSync(denseAsExperts(weights), { backend: o.backend as BackendName });
+    this.hiddenSize = w.hiddenSize;
+    this.intermediateSize = w.intermediateSize;
+    this.weightType = w.type;
+    this.backend = w.backend;
+    this.#w = w;
+  }
+
+  static async create(weights: DenseFfnWeights, options?: DenseFfnOptions): Promise<DenseFfn> {
+    const o = checkOptions(options);
+    return new DenseFfn(weights, options, await ExpertWeights.pack(denseAsExperts(weights), { backend: o.backend as BackendName }));
+  }
+
+  get bytes(): number {
+    return this.#w.bytes;
+  }
+  get disposed(): boolean {
+    return this.#w.disposed;
+  }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    return (await binding.dense_ffn(nt(x), this.#native(), true)) as Tensor;
+  }
+  forwardSync(x: Tensor): Tensor {
+    return binding.dense_ffn(nt(x), this.#native(), false) as Tensor;
+  }
+  dispose(): void {
+    this.#w.dispose();
+  }
+
+  #native() {
+    if (this.#w.disposed) throw new MoeError('DenseFfn was disposed and cannot be used again', 'ERR_DISPOSED');
+    return nativeExperts(this.#w, 'weights');
+  }
+}
+
+/** One dense FFN forward; with raw weights they are packed for this call only. */
+export async function denseFfnForward(x: Tensor, weights: DenseFfnWeights | DenseFfn, options?: DenseFfnOptions): Promise<Tensor> {
+  if (weights instanceof DenseFfn) return weights.forward(x);
+  const ffn = await DenseFfn.create(weights, options);
+  try {
+    return await ffn.forward(x);
+  } finally {
+    ffn.dispose();
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The four stages of an MoE layer as separate ops, so users can assemble their own variants.
+ * Layouts are those of DESIGN.md; every intermediate is float32 whatever the activation type.
+ *
+ *   route        x [T,d], gate [E,d]          -> topkIds [T,k], topkWeights [T,k], tokensPerExpert [E]
+ *   permute      topkIds [T,k]               -> expertOffsets [E+1], sortedRows [T*k], rowOf [T,k]
+ *   groupedGemm  x, sortedRows, expertOffsets, experts -> y [R,d] (R = expertOffsets[E])
+ *   combine      y, rowOf, topkWeights       -> out [T,d]
+ *
+ * Each op has a Promise form (runs off the event loop) and a Sync form (for tiny calls).
+ */
+import { binding, type NativeTensor } from './binding.js';
+import { resolveBackend, type BackendName } from './backend.js';
+import { nativeExperts, type ExpertWeights } from './experts.js';
+import { boolOption, checkOptions, intOption } from './options.js';
+import { isFloatType, type FloatType, type Tensor } from './tensor.js';
+import { describe, typeError } from './errors.js';
+
+export interface RouteOptions {
+  /** Experts per token, 1 <= topK <= E. Default 2. */
+  topK?: number;
+  /** Renormalise the k kept probabilities to sum to 1 (Mixtral: true). Default true. */
+  normalize?: boolean;
+  /** Also return the router logits [T,E] (float32). Default false. */
+  returnLogits?: boolean;
+  backend?: BackendName;
+}
+export interface RouteResult {
+  /** [T,k] expert ids, by decreasing weight; ties go to the lower expert index. */
+  topkIds: Tensor<'int32'>;
+  /** [T,k] routing weights (float32). */
+  topkWeights: Tensor<'float32'>;
+  /** [E] tokens routed to each expert. */
+  tokensPerExpert: Tensor<'int32'>;
+  logits?: Tensor<'float32'>;
+}
+
+export interface PermuteOptions {
+  /** Rows each expert keeps (the rest are dropped in token order); undefined: dropless. */
+  capacity?: number;
+  backend?: BackendName;
+}
+export interface PermuteResult {
+  /** [E+1] exclusive prefix sum of the rows of each expert. */
+  expertOffsets: Tensor<'int32'>;
+  /** [T*k] source token of each sorted row (-1 past expertOffsets[E]). */
+  sortedRows: Tensor<'int32'>;
+  /** [T,k] sorted row of each routing slot, -1 when dropped. */
+  rowOf: Tensor<'int32'>;
+  /** [E] slots dropped by each expert's capacity. */
+  dropped: Tensor<'int32'>;
+}
+
+export interface CombineOptions {
+  /** Output type; default 'float32'. */
+  outType?: FloatType;
+  backend?: BackendName;
+}
+
+const nt = (t: Tensor) => t as unknown as NativeTensor;
+
+function routeArgs(options?: RouteOptions) {
+  const o = checkOptions(options);
+  resolveBackend(o.backend);
+  return [intOption(o, 'topK', 2, 1), boolOption(o, 'normalize', true), boolOption(o, 'returnLogits', false)] as const;
+}
+function routeResult(r: { topkIds: NativeTensor; topkWeights: NativeTensor; expertCounts: NativeTensor; logits?: NativeTensor }): RouteResult {
+  const out: RouteResult = {
+    topkIds: r.topkIds as Tensor<'int32'>,
+    topkWeights: r.topkWeights as Tensor<'float32'>,
+    tokensPerExpert: r.expertCounts as Tensor<'int32'>,
+  };
+  if (r.logits) out.logits = r.logits as Tensor<'float32'>;
+  return out;
+}
+
+export async function route(x: Tensor, gate: Tensor, options?: RouteOptions): Promise<RouteResult> {
+  const [k, norm, logits] = routeArgs(options);
+  return routeResult(await binding.route(nt(x), nt(gate), k, norm, logits, true));
+}
+export function routeSync(x: Tensor, gate: Tensor, options?: RouteOptions): RouteResult {
+  const [k, norm, logits] = routeArgs(options);
+  return routeResult(binding.route(nt(x), nt(gate), k, norm, logits, false));
+}
+
+function permuteArgs(numExperts: number, options?: PermuteOptions): [number, number] {
+  const o = checkOptions(options);
+  resolveBackend(o.backend);
+  intOption({ numExperts }, 'numExperts', 0, 1, 65536, 'numExperts');
+  return [numExperts, intOption(o, 'capacity', -1, 0, 2 ** 31 - 1)];
+}
+export async function permute(topkIds: Tensor<'int32'>, numExperts: number, options?: PermuteOptions): Promise<PermuteResult> {
+  const [E, cap] = permuteArgs(numExperts, options);
+  return (await binding.permute(nt(topkIds), E, cap, true)) as unknown as PermuteResult;
+}
+export function permuteSync(topkIds: Tensor<'int32'>, numExperts: number, options?: PermuteOptions): PermuteResult {
+  const [E, cap] = permuteArgs(numExperts, options);
+  return binding.permute(nt(topkIds), E, cap, false) as unknown as PermuteResult;
+}
+
+export async function groupedGemm(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Promise<Tensor<'float32'>> {
+  const w = nativeExperts(experts, 'experts');
+  return (await binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, true)) as Tensor<'float32'>;
+}
+export function groupedGemmSync(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Tensor<'float32'> {
+  const w = nativeExperts(experts, 'experts');
+  return binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, false) as Tensor<'float32'>;
+}
+
+function combineArgs(options?: CombineOptions): FloatType {
+  const o = checkOptions(options);
+  resolveBackend(o.backend);
+  const t = o.outType ?? 'float32';
+  if (!isFloatType(t)) throw typeError(`options.outType must be 'float32', 'float16' or 'bfloat16', got ${describe(t)}`);
+  return t;
+}
+export async function combine(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Promise<Tensor> {
+  return (await binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(options), true)) as Tensor;
+}
+export function combineSync(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Tensor {
+  return binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(options), false) as Tensor;
+}

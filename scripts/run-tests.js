@@ -1,0 +1,65 @@
+#!/usr/bin/env node
+// Runs the test suites and ends with one plain line `N passed, N failed` over all of them:
+//   - the uvu suites in test/*.test.ts (TypeScript through tsx), against the float64 reference;
+//   - the C++ suites under test/<area>/run.sh when present (e.g. the CUDA emulator's), which print
+//     their own `N passed, N failed` line.
+// Exits non-zero when anything failed or a suite could not run.
+'use strict';
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.join(__dirname, '..');
+const strip = (s) => s.replace(/\x1b\[[0-9;]*m/g, '');
+let passed = 0;
+let failed = 0;
+let broken = false;
+
+function runSuite(label, cmd, args, parse) {
+  console.log(`\n=== ${label}: ${[cmd, ...args].join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', maxBuffer: 1 << 28, env: process.env });
+  process.stdout.write(r.stdout ?? '');
+  process.stderr.write(r.stderr ?? '');
+  const counts = parse(strip((r.stdout ?? '') + (r.stderr ?? '')));
+  if (!counts) {
+    console.log(`!!! ${label}: no test summary found (exit ${r.status}${r.signal ? ', signal ' + r.signal : ''})`);
+    broken = true;
+    return;
+  }
+  passed += counts.passed;
+  failed += counts.failed;
+  if (r.status !== 0 && counts.failed === 0) {
+    console.log(`!!! ${label}: exited with ${r.status} although no test failed`);
+    broken = true;
+  }
+}
+
+// uvu prints "Total: N", "Passed: N", "Skipped: N"
+function parseUvu(out) {
+  const num = (k) => {
+    const m = out.match(new RegExp(`${k}:\\s+(\\d+)`));
+    return m ? Number(m[1]) : null;
+  };
+  const total = num('Total');
+  const ok = num('Passed');
+  const skipped = num('Skipped') ?? 0;
+  if (total === null || ok === null) return null;
+  return { passed: ok, failed: total - ok - skipped };
+}
+
+function parsePlain(out) {
+  const m = [...out.matchAll(/^(\d+) passed, (\d+) failed/gm)].pop();
+  return m ? { passed: Number(m[1]), failed: Number(m[2]) } : null;
+}
+
+const filter = process.argv[2];
+runSuite('uvu', process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', filter ?? '\\.test\\.ts$'], parseUvu);
+if (!filter) {
+  for (const dir of fs.readdirSync(path.join(root, 'test'), { withFileTypes: true })) {
+    const script = path.join('test', dir.name, 'run.sh');
+    if (dir.isDirectory() && fs.existsSync(path.join(root, script))) runSuite(dir.name, 'bash', [script], parsePlain);
+  }
+}
+
+console.log(`\n${passed} passed, ${failed} failed`);
+process.exit(failed > 0 || broken ? 1 : 0);
