@@ -16,8 +16,24 @@ const run = (cmd, args) => {
 const bin = (name) => path.join(root, 'node_modules', '.bin', name);
 const jobs = String(Math.max(1, require('node:os').availableParallelism?.() ?? 2));
 
-if (has('cmake') && process.env.MOE_BUILD !== 'gyp') {
-  run(process.execPath, [require.resolve('cmake-js/bin/cmake-js', { paths: [root] }), 'build', '--parallel', jobs, '--out', 'build']);
+const cmakeJs = (() => {
+  try {
+    return require.resolve('cmake-js/bin/cmake-js', { paths: [root] });
+  } catch {
+    return null; // cmake-js is a dev dependency: absent when installed from the registry
+  }
+})();
+
+if (cmakeJs && has('cmake') && process.env.MOE_BUILD !== 'gyp') {
+  run(process.execPath, [cmakeJs, 'build', '--parallel', jobs, '--out', 'build']);
 } else {
-  run(process.execPath, [require.resolve('node-gyp/bin/node-gyp.js', { paths: [root, path.dirname(process.execPath) + '/../lib/node_modules/npm'] }), 'rebuild', '-j', jobs]);
+  // npm hands its bundled node-gyp to install scripts; otherwise look for one nearby
+  const nodeGyp =
+    process.env.npm_config_node_gyp ||
+    require.resolve('node-gyp/bin/node-gyp.js', { paths: [root, path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm')] });
+  // Use the headers installed beside this node when there are some, instead of downloading them.
+  const prefix = path.join(path.dirname(process.execPath), '..');
+  const nodedir = process.env.npm_config_nodedir ||
+    (require('node:fs').existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? prefix : null);
+  run(process.execPath, [nodeGyp, 'rebuild', '-j', jobs, ...(nodedir ? [`--nodedir=${nodedir}`] : [])]);
 }
