@@ -10,7 +10,6 @@
 namespace moe_addon {
 
 void InitOps(Napi::Env env, Napi::Object exports);
-Napi::FunctionReference*& error_class_slot();
 
 namespace {
 
@@ -20,9 +19,7 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   if (info.Length() < 1 || !info[0].IsFunction())
     throw_type_error(info.Env(), "set_error_class expects a constructor, got " +
                                      (info.Length() ? describe(info[0]) : std::string("nothing")));
-  auto*& slot = error_class_slot();
-  if (!slot) slot = new Napi::FunctionReference();
-  *slot = Napi::Persistent(info[0].As<Napi::Function>());
+  addon_data(info.Env()).error_class = Napi::Persistent(info[0].As<Napi::Function>());
   return info.Env().Undefined();
 }
 

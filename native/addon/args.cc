@@ -5,9 +5,14 @@
 
 namespace moe_addon {
 
-static Napi::FunctionReference* g_error_class = nullptr;
-
-Napi::FunctionReference*& error_class_slot() { return g_error_class; }
+AddonData& addon_data(Napi::Env env) {
+  AddonData* d = env.GetInstanceData<AddonData>();
+  if (!d) {
+    d = new AddonData();
+    env.SetInstanceData(d);  // deleted by node-addon-api when the env goes away
+  }
+  return *d;
+}
 
 std::string describe(const Napi::Value& v) {
   if (v.IsUndefined()) return "undefined";
@@ -60,8 +65,9 @@ void throw_range_error(Napi::Env env, const std::string& msg) {
 }
 
 static Napi::Error make_moe_error(Napi::Env env, const std::string& code, const std::string& msg) {
-  if (g_error_class && !g_error_class->IsEmpty()) {
-    Napi::Object e = g_error_class->New({Napi::String::New(env, msg), Napi::String::New(env, code)});
+  Napi::FunctionReference& cls = addon_data(env).error_class;
+  if (!cls.IsEmpty()) {
+    Napi::Object e = cls.New({Napi::String::New(env, msg), Napi::String::New(env, code)});
     return Napi::Error(env, e);
   }
   return with_code(Napi::Error::New(env, msg), code.c_str());

@@ -20,6 +20,14 @@ enum DTypeMask : unsigned {
   kAnyFloat = kF32 | kF16 | kBF16,
 };
 
+// Per-environment state (the addon may be loaded by several worker_threads): JS classes that
+// native code constructs. Owned by the env, freed with it.
+struct AddonData {
+  Napi::FunctionReference error_class;   // MoeError, from set_error_class
+  Napi::FunctionReference experts_ctor;  // the Experts class
+};
+AddonData& addon_data(Napi::Env env);
+
 // A short rendering of a JS value for error messages ("a string \"abc\"", "5.5", "[2,3]").
 std::string describe(const Napi::Value& v);
 

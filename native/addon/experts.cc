@@ -5,7 +5,6 @@
 namespace moe_addon {
 
 namespace {
-Napi::FunctionReference* g_ctor = nullptr;
 // Set only while NewInstance runs, so JS cannot construct a handle around nothing.
 std::shared_ptr<moe::PackedExperts>* g_pending = nullptr;
 }  // namespace
@@ -14,7 +13,7 @@ void ExpertsWrap::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function cls = DefineClass(env, "Experts",
                                    {InstanceMethod("dispose", &ExpertsWrap::Dispose),
                                     InstanceMethod("info", &ExpertsWrap::Info)});
-  g_ctor = new Napi::FunctionReference(Napi::Persistent(cls));  // lives as long as the process
+  addon_data(env).experts_ctor = Napi::Persistent(cls);
   exports.Set("Experts", cls);
 }
 
@@ -22,7 +21,7 @@ Napi::Object ExpertsWrap::NewInstance(Napi::Env env, std::shared_ptr<moe::Packed
   g_pending = &packed;
   Napi::Object o;
   try {
-    o = g_ctor->New({});
+    o = addon_data(env).experts_ctor.New({});
   } catch (...) {
     g_pending = nullptr;
     throw;
@@ -72,7 +71,7 @@ Napi::Value ExpertsWrap::Info(const Napi::CallbackInfo& info) {
 
 std::shared_ptr<const moe::PackedExperts> ExpertsWrap::Get(const Napi::Value& v, const char* name) {
   Napi::Env env = v.Env();
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(g_ctor->Value()))
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(addon_data(env).experts_ctor.Value()))
     throw_type_error(env, std::string(name) + " must be packed expert weights (from packExperts), got " +
                               describe(v));
   ExpertsWrap* w = ExpertsWrap::Unwrap(v.As<Napi::Object>());
