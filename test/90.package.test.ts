@@ -1,0 +1,58 @@
+// The package as users load it, from a consumer folder whose node_modules/moe-kernels links to
+// this checkout: CommonJS and ES module entries expose the same API and one native instance, and
+// a consumer's TypeScript accepts the published types.
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+const root = path.join(__dirname, '..');
+const pkg = suite<{ dir: string }>('package', { dir: '' });
+
+pkg.before((ctx) => {
+  ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-consumer-'));
+  fs.mkdirSync(path.join(ctx.dir, 'node_modules'));
+  fs.symlinkSync(root, path.join(ctx.dir, 'node_modules', 'moe-kernels'));
+  fs.symlinkSync(path.join(root, 'node_modules', '@types'), path.join(ctx.dir, 'node_modules', '@types'));
+  fs.writeFileSync(path.join(ctx.dir, 'package.json'), '{"name":"consumer","private":true}');
+  for (const f of ['consumer.mts', 'consumer.cts']) fs.copyFileSync(path.join(__dirname, 'fixtures', f), path.join(ctx.dir, f));
+});
+pkg.after((ctx) => fs.rmSync(ctx.dir, { recursive: true, force: true }));
+
+pkg('dist is built (npm install runs prepare)', () => {
+  for (const f of ['index.js', 'index.d.ts', 'index.mjs', 'index.d.mts'])
+    assert.ok(fs.existsSync(path.join(root, 'dist', f)), `dist/${f} missing: run npm run build:ts`);
+});
+
+pkg('require and import give the same exports and the same native module', (ctx) => {
+  const script = `
+    const cjs = require('moe-kernels');
+    import('moe-kernels').then((esm) => {
+      const a = Object.keys(cjs).sort().join(','), b = Object.keys(esm).filter((k) => k !== 'default').sort().join(',');
+      if (a !== b) throw new Error('exports differ: ' + a + ' vs ' + b);
+      if (esm.MoeLayer !== cjs.MoeLayer) throw new Error('two instances of the API');
+      console.log('ok ' + Object.keys(cjs).length);
+    });`;
+  const r = spawnSync(process.execPath, ['-e', script], { cwd: ctx.dir, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^ok \d+/);
+});
+
+pkg('a TypeScript consumer type-checks against the published types (ESM and CJS)', (ctx) => {
+  const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  const args = ['--noEmit', '--strict', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022', '--types', 'node'];
+  const r = spawnSync(process.execPath, [tsc, ...args, 'consumer.mts', 'consumer.cts'], { cwd: ctx.dir, encoding: 'utf8' });
+  assert.is(r.status, 0, r.stdout + r.stderr);
+});
+
+pkg('a type error in a consumer is reported (the check above can fail)', (ctx) => {
+  fs.writeFileSync(path.join(ctx.dir, 'bad.mts'), "import { tensor } from 'moe-kernels';\nconst n: number = tensor('float32', [1]);\n");
+  const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  const r = spawnSync(process.execPath, [tsc, '--noEmit', '--strict', '--module', 'node16', '--moduleResolution', 'node16', '--types', 'node', 'bad.mts'], { cwd: ctx.dir, encoding: 'utf8' });
+  assert.is.not(r.status, 0);
+  assert.match(r.stdout, /not assignable/);
+});
+
+pkg.run();
