@@ -8,7 +8,7 @@ import { type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
 import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
 import { boolOption, checkOptions, intOption, required } from './options.js';
-import { type FloatType, type Tensor } from './tensor.js';
+import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from './tensor.js';
 
 export interface MoeLayerWeights extends ExpertWeightsInit {
   /** Router weights [E,d] (Hugging Face `block_sparse_moe.gate.weight`). */
@@ -45,10 +45,10 @@ export interface MoeOutput {
 
 const nt = (t: Tensor) => t as unknown as NativeTensor;
 
-function copyTensor(t: Tensor, name: string): Tensor {
-  if (t === null || typeof t !== 'object' || !ArrayBuffer.isView(t.data) || !Array.isArray(t.dims))
-    throw typeError(`${name} must be a tensor {type, data, dims}, got ${describe(t)}`);
-  return { type: t.type, data: t.data.slice() as Tensor['data'], dims: [...t.dims] };
+/** A private copy of a float tensor the layer keeps (the caller may reuse its arrays). */
+function copyTensor(t: unknown, name: string): Tensor {
+  const c = checkTensor(t, name, FLOAT_TYPES);
+  return { type: c.type, data: c.data.slice() as Tensor['data'], dims: [...c.dims] };
 }
 
 /**
@@ -71,7 +71,7 @@ export class MoeLayer {
   /** Packs the weights synchronously; prefer `MoeLayer.create` for large layers. */
   constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights) {
     const o = checkOptions(options);
-    const gate = copyTensor(required<Tensor>(weights, 'gate', 'weights'), 'weights.gate');
+    const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
     const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName });
     try {
       const E = experts.numExperts;
@@ -95,7 +95,7 @@ export class MoeLayer {
   /** Creates a layer, packing the weights off the event loop. */
   static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer> {
     const o = checkOptions(options);
-    required<Tensor>(weights, 'gate', 'weights');
+    checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
     const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName });
     try {
       return new MoeLayer(weights, options, packed);

@@ -51,7 +51,7 @@ export function checkDims(dims: unknown, name: string): number {
 export function tensor<T extends DType>(type: T, data: DataOf<T> | ArrayLike<number>, dims?: readonly number[]): Tensor<T> {
   checkType(type, 'type');
   const typed = toTypedData(type, data);
-  const d = dims === undefined ? [typed.length] : [...dims];
+  const d = dims === undefined ? [typed.length] : Array.isArray(dims) ? [...dims] : (dims as never);
   const n = checkDims(d, 'dims');
   if (n !== typed.length)
     throw rangeError(`data has ${typed.length} elements but dims [${d.join(',')}] need ${n}`);
@@ -66,16 +66,44 @@ export function zeros<T extends DType>(type: T, dims: readonly number[]): Tensor
   return { type, data: data as DataOf<T>, dims: [...dims] };
 }
 
+const arrayOf = (type: DType) => (type === 'float32' ? Float32Array : type === 'int32' ? Int32Array : Uint16Array);
+
 function toTypedData(type: DType, data: unknown): Float32Array | Uint16Array | Int32Array {
-  const ctor = type === 'float32' ? Float32Array : type === 'int32' ? Int32Array : Uint16Array;
+  const ctor = arrayOf(type);
   if (data instanceof ctor) return data;
+  // 16-bit float bits read as numbers would be silently wrong values: only accept real numbers.
+  if (data instanceof Uint16Array)
+    throw typeError(`data is a Uint16Array (16-bit float bits) but type is '${type}': use type 'float16' or 'bfloat16', or convert with bfloat16ToFloat32/float16ToFloat32`);
   if (ArrayBuffer.isView(data) || Array.isArray(data)) {
     const src = data as ArrayLike<number>;
     if (type === 'float16') return float32ToFloat16(Float32Array.from(src));
     if (type === 'bfloat16') return float32ToBfloat16(Float32Array.from(src));
+    if (type === 'int32')
+      for (let i = 0; i < src.length; i++)
+        if (!Number.isInteger(src[i]) || src[i] < -(2 ** 31) || src[i] >= 2 ** 31)
+          throw rangeError(`data[${i}] must be an int32 for type 'int32', got ${describe(src[i])}`);
     return ctor.from(src);
   }
   throw typeError(`data must be a typed array or an array of numbers, got ${describe(data)}`);
+}
+
+/**
+ * Checks that `t` is a well-formed tensor {type, data, dims} of one of `types`: the typed array
+ * matches the type and its length matches the dims. Used where the library keeps a tensor beyond
+ * one call, so that a bad one fails at creation instead of at every later call.
+ */
+export function checkTensor(t: unknown, name: string, types: readonly DType[] = ALL_TYPES): Tensor {
+  if (t === null || typeof t !== 'object' || Array.isArray(t) || ArrayBuffer.isView(t))
+    throw typeError(`${name} must be a tensor {type, data, dims}, got ${describe(t)}`);
+  const { type, data, dims } = t as Record<string, unknown>;
+  checkType(type, `${name}.type`, types);
+  const ctor = arrayOf(type);
+  if (!(data instanceof ctor))
+    throw typeError(`${name}.data must be a ${ctor.name} for type '${type}', got ${describe(data)}`);
+  const n = checkDims(dims, `${name}.dims`);
+  if (n !== data.length)
+    throw rangeError(`${name}.data has ${data.length} elements but dims [${(dims as number[]).join(',')}] need ${n}`);
+  return t as Tensor;
 }
 
 // ---- 16-bit float conversions ---------------------------------------------------------------

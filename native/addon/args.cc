@@ -20,6 +20,7 @@ std::string describe(const Napi::Value& v) {
   if (v.IsBoolean()) return v.As<Napi::Boolean>().Value() ? "true" : "false";
   if (v.IsNumber()) {
     std::ostringstream o;
+    o.precision(15);  // so that 2147483648 prints as itself, not as 2.14748e+09
     o << v.As<Napi::Number>().DoubleValue();
     return o.str();
   }
