@@ -332,6 +332,16 @@ tt('cast() and toFloat32() convert between float types', () => {
   throwsWith(() => toFloat32(tensor('int32', [1])), TypeError, 'ERR_INVALID_ARG_TYPE', ['tensor.type', '"int32"'], 'toFloat32 of int32');
 });
 
+tt('tensor() refuses data whose numbers would be misread', () => {
+  // 16-bit float bits given for another type would become their integer values
+  throwsWith(() => tensor('float32', new Uint16Array([0x3f80])), TypeError, 'ERR_INVALID_ARG_TYPE', ['Uint16Array', "'float32'"], 'bits as float32');
+  throwsWith(() => tensor('int32', new Uint16Array([1])), TypeError, 'ERR_INVALID_ARG_TYPE', ['Uint16Array', "'int32'"], 'bits as int32');
+  // int32 data must be integers in range, not truncated
+  throwsWith(() => tensor('int32', [1, 1.5]), RangeError, 'ERR_OUT_OF_RANGE', ['data[1]', '1.5'], 'fraction as int32');
+  throwsWith(() => tensor('int32', [2 ** 31]), RangeError, 'ERR_OUT_OF_RANGE', ['data[0]', '2147483648'], 'overflow as int32');
+  assert.equal(Array.from(tensor('int32', [-3, 7]).data), [-3, 7]);
+});
+
 bf16.run();
 f16.run();
 tt.run();
