@@ -47,9 +47,11 @@ function parseUvu(out) {
   return { passed: ok, failed: total - ok - skipped };
 }
 
+// "N passed, N failed" lines, summed: a suite may run its tests in several builds (e.g. -O2, ASan)
 function parsePlain(out) {
-  const m = [...out.matchAll(/^(\d+) passed, (\d+) failed/gm)].pop();
-  return m ? { passed: Number(m[1]), failed: Number(m[2]) } : null;
+  const all = [...out.matchAll(/^(\d+) passed, (\d+) failed/gm)];
+  if (all.length === 0) return null;
+  return all.reduce((acc, m) => ({ passed: acc.passed + Number(m[1]), failed: acc.failed + Number(m[2]) }), { passed: 0, failed: 0 });
 }
 
 const filter = process.argv[2];

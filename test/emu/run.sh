@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# test/emu/run.sh: builds and runs the CUDA emulator's tests (primitives, the routing kernel, a tiled
+# tensor-core GEMM) with g++ against native/emu: the .cu sources compile as C++ (-x c++ -DMOE_CUDA_EMU).
+#
+# Passes (each prints one line per test and "N passed, M failed"):
+#   1. -O2, the x86-64 assembly fiber switch                        (the build tests normally use)
+#   2. -O1 -fsanitize=address,undefined, leak checking on           (skip: MOE_EMU_SKIP_SANITIZERS=1)
+#   3. -O2 -DMOE_EMU_UCONTEXT, the portable ucontext fiber fallback  (skip: MOE_EMU_SKIP_UCONTEXT=1)
+# Arguments are passed to the test binaries: `test/emu/run.sh routing` runs the tests whose name
+# contains "routing", `test/emu/run.sh -routing` all the others. Environment: CXX (default g++), CUDA_HOME (default /usr/local/cuda; only its
+# headers are used, cudart is never linked), MOE_EMU_SCHEDULE / MOE_EMU_THREADS (see native/emu/emu.h).
+set -uo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+CXX="${CXX:-g++}"
+CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+out="$here/build"
+mkdir -p "$out"
+
+if [ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]; then
+  echo "run.sh: $CUDA_HOME/include/cuda_runtime_api.h not found (set CUDA_HOME)" >&2
+  # A user's machine without the CUDA toolkit skips these; CI has the headers and must run them.
+  if [ "${CI:-}" = true ]; then exit 2; fi
+  echo "run.sh: SKIPPED the CUDA emulator tests"
+  echo "0 passed, 0 failed"
+  exit 0
+fi
+
+common=(-std=c++17 -g1 -Wall -Wextra -Wno-unknown-pragmas -isystem "$CUDA_HOME/include" -pthread)
+runtime_srcs=("$root/native/emu/fiber.cc" "$root/native/emu/emu_runtime.cc")
+kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/src/cuda/routing.cu" "$here/routing_test.cc"
+             "$here/gemm_demo.cu" "$here/gemm_demo_test.cc")
+headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h)
+
+# compile DIR FLAGS... -- SOURCES...: compiles the sources into DIR (in parallel), skipping objects
+# newer than their source, every header and this script; prints the object paths.
+compile() {
+  local dir="$1"
+  shift
+  local flags=()
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  shift
+  mkdir -p "$dir"
+  local pids=()
+  for src in "$@"; do
+    local obj="$dir/$(basename "$src").o"
+    local stale=0
+    [ -f "$obj" ] || stale=1
+    for dep in "$src" "${headers[@]}" "$here/run.sh"; do
+      [ "$stale" = 1 ] || [ "$dep" -nt "$obj" ] && stale=1
+    done
+    if [ "$stale" = 1 ]; then
+      local lang=()
+      case "$src" in *.cu|*_test.cc) lang=(-x c++ -DMOE_CUDA_EMU) ;; esac
+      "$CXX" "${common[@]}" "${flags[@]}" "${lang[@]}" -c "$src" -o "$obj" >&2 & pids+=($!)
+    fi
+    echo "$obj"
+  done
+  local ok=1
+  for p in "${pids[@]}"; do wait "$p" || ok=0; done
+  [ "$ok" = 1 ] || { echo "run.sh: compilation in $dir failed" >&2; return 1; }
+}
+
+# link NAME FLAGS... -- OBJECTS...
+link() {
+  local name="$1"
+  shift
+  local flags=()
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  shift
+  "$CXX" "${common[@]}" "${flags[@]}" "$@" -o "$out/$name"
+}
+
+status=0
+echo "== emulator tests: -O2, assembly fiber switch"
+kernels=$(compile "$out/o2" -O2 -- "${kernel_srcs[@]}") || exit 1
+runtime=$(compile "$out/o2" -O2 -- "${runtime_srcs[@]}") || exit 1
+link emu_tests -O2 -- $runtime $kernels || exit 1
+"$out/emu_tests" "$@" || status=1
+
+if [ "${MOE_EMU_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "== emulator tests: -O1 -fsanitize=address,undefined (leak checks on)"
+  san=(-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined)
+  objs=$(compile "$out/asan" "${san[@]}" -- "${runtime_srcs[@]}" "${kernel_srcs[@]}") || exit 1
+  link emu_tests_asan "${san[@]}" -- $objs || exit 1
+  ASAN_OPTIONS="detect_leaks=1:${ASAN_OPTIONS:-}" UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" \
+    "$out/emu_tests_asan" "$@" || status=1
+fi
+
+if [ "${MOE_EMU_SKIP_UCONTEXT:-0}" != 1 ]; then
+  # Only the runtime depends on the fiber implementation: the kernels' objects are shared with pass 1.
+  echo "== emulator tests: -O2 -DMOE_EMU_UCONTEXT (portable fiber fallback)"
+  runtime=$(compile "$out/ucontext" -O2 -DMOE_EMU_UCONTEXT -- "${runtime_srcs[@]}") || exit 1
+  link emu_tests_ucontext -O2 -- $runtime $kernels || exit 1
+  # swapcontext makes a system call per switch: the routing sweep would take ~10x longer here, and
+  # it adds nothing about fibers that the other cases do not already cover.
+  "$out/emu_tests_ucontext" -routing "$@" || status=1
+fi
+
+echo "run.sh: ${SECONDS}s in all"
+exit "$status"
