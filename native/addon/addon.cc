@@ -10,6 +10,7 @@
 namespace moe_addon {
 
 void InitOps(Napi::Env env, Napi::Object exports);
+void InitBenchOps(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -51,6 +52,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backend_info", Napi::Function::New(env, BackendInfo, "backend_info"));
   ExpertsWrap::Init(env, exports);
   InitOps(env, exports);
+  InitBenchOps(env, exports);
   return exports;
 }
 

@@ -1,0 +1,153 @@
+// Machine peaks for the bench (moe/peak.h): read bandwidth and multiply-add throughput, measured on
+// every thread of the compute pool with the instruction set the kernels use. The drivers here
+// split the work one task per thread; the inner loops are in peak_avx2.cc (AVX2/FMA) and below
+// (portable, GCC/Clang vector extensions).
+#include "moe/peak.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "moe/cpu_features.h"
+#include "moe/threadpool.h"
+
+namespace moe {
+
+namespace peak_detail {
+
+namespace {
+typedef float v4f __attribute__((vector_size(16)));
+inline v4f load4(const float* p) {
+  v4f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline float hsum4(v4f v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+}  // namespace
+
+float sum_portable(const float* p, int64_t n) {
+  v4f a[8] = {};
+  for (int64_t i = 0; i < n; i += kSumBlockFloats)
+    for (int j = 0; j < 16; ++j) a[j & 7] += load4(p + i + 4 * j);
+  v4f s = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  return hsum4(s);
+}
+
+float fma_chains_portable(int64_t iters) {
+  const v4f m = {0.999f, 0.999f, 0.999f, 0.999f}, c = {0.001f, 0.001f, 0.001f, 0.001f};
+  v4f a[kFmaChains];
+  for (int j = 0; j < kFmaChains; ++j) a[j] = v4f{0.5f, 0.5f, 0.5f, 0.5f};
+  for (int64_t i = 0; i < iters; ++i)
+    for (int j = 0; j < kFmaChains; ++j) a[j] = a[j] * m + c;
+  v4f s = a[0];
+  for (int j = 1; j < kFmaChains; ++j) s += a[j];
+  return hsum4(s);
+}
+
+}  // namespace peak_detail
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+inline double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool use_avx2() { return cpu_features().kernel == "avx2-fma"; }
+
+// Results land here so that the measured loops are observable and cannot be optimised away.
+std::atomic<float> g_sink{0.0f};
+void sink(float v) { g_sink.store(g_sink.load(std::memory_order_relaxed) + v, std::memory_order_relaxed); }
+
+}  // namespace
+
+Status measure_read_bandwidth(size_t bytes, int reps, double* gbs) {
+  using namespace peak_detail;
+  if (!gbs) return Status::invalid("measure_read_bandwidth: gbs must not be null");
+  if (bytes < (size_t(1) << 20))
+    return Status::invalid("measure_read_bandwidth: bytes must be at least 1 MiB, got " + std::to_string(bytes));
+  if (reps < 1) return Status::invalid("measure_read_bandwidth: reps must be at least 1, got " + std::to_string(reps));
+
+  const int nt = ComputePool::instance().num_threads();
+  // One contiguous range per thread, a whole number of blocks each.
+  const int64_t per_thread = int64_t(bytes / sizeof(float)) / nt / kSumBlockFloats * kSumBlockFloats;
+  if (per_thread == 0) return Status::invalid("measure_read_bandwidth: buffer too small for the threads");
+  const int64_t n = per_thread * nt;
+  const size_t alloc = size_t(n) * sizeof(float);
+  float* buf = static_cast<float*>(std::aligned_alloc(64, alloc));  // alloc is a multiple of 256
+  if (!buf) return Status::oom("measure_read_bandwidth: could not allocate " + std::to_string(alloc) + " bytes");
+
+  // First touch in parallel with the same split as the reads, so pages are mapped (and, on a NUMA
+  // machine, placed) before timing starts.
+  parallel_for(nt, [&](int64_t t, int) {
+    float* p = buf + t * per_thread;
+    for (int64_t i = 0; i < per_thread; ++i) p[i] = 1e-3f;
+  });
+
+  const bool avx2 = use_avx2();
+  std::vector<float> sums(size_t(nt), 0.0f);
+  double best = std::numeric_limits<double>::infinity();
+  for (int r = 0; r < reps; ++r) {
+    const auto t0 = Clock::now();
+    parallel_for(nt, [&](int64_t t, int) {
+      const float* p = buf + t * per_thread;
+      sums[size_t(t)] = avx2 ? sum_avx2(p, per_thread) : sum_portable(p, per_thread);
+    });
+    best = std::min(best, seconds_since(t0));
+    for (float s : sums) sink(s);
+  }
+  std::free(buf);
+  *gbs = double(alloc) / best / 1e9;
+  return Status::ok();
+}
+
+Status measure_fma_peak(double seconds, double* gflops) {
+  using namespace peak_detail;
+  if (!gflops) return Status::invalid("measure_fma_peak: gflops must not be null");
+  if (!(seconds > 0.0) || seconds > 600.0)
+    return Status::invalid("measure_fma_peak: seconds must be in (0, 600], got " + std::to_string(seconds));
+
+  const int nt = ComputePool::instance().num_threads();
+  const bool avx2 = use_avx2();
+  const int64_t flops_per_iter = avx2 ? kFmaFlopsPerIterAvx2 : kFmaFlopsPerIterPortable;
+  // A block of iterations between clock reads: ~2^14 * 12 FMAs, tens of microseconds.
+  constexpr int64_t kBlockIters = int64_t(1) << 14;
+
+  // Flops per thread index; the rate is their sum over the wall time of the whole parallel_for,
+  // so threads that do not overlap (a worker that starts late) can only lower it.
+  std::vector<double> flops(static_cast<size_t>(nt));
+  auto run = [&](double secs) {
+    std::fill(flops.begin(), flops.end(), 0.0);
+    const auto t0 = Clock::now();
+    parallel_for(nt, [&](int64_t, int thread) {
+      const auto t1 = Clock::now();
+      int64_t blocks = 0;
+      float acc = 0.0f;
+      do {
+        acc += avx2 ? fma_chains_avx2(kBlockIters) : fma_chains_portable(kBlockIters);
+        ++blocks;
+      } while (seconds_since(t1) < secs);
+      flops[size_t(thread)] += double(blocks) * double(kBlockIters) * double(flops_per_iter);
+      sink(acc);
+    });
+    const double wall = seconds_since(t0);
+    double total = 0.0;
+    for (double f : flops) total += f;
+    return total / wall;
+  };
+  // Best of short windows: a peak is a maximum, and a busy machine only ever lowers a window.
+  const double window = std::min(0.1, seconds);
+  const int windows = std::max(1, int(seconds / window + 0.5));
+  run(std::min(0.05, seconds));  // warm-up: clocks ramp, the code's pages are mapped
+  double best = 0.0;
+  for (int w = 0; w < windows; ++w) best = std::max(best, run(window));
+  *gflops = best / 1e9;
+  return Status::ok();
+}
+
+}  // namespace moe
