@@ -2,7 +2,7 @@
  * Backend selection. `'auto'` picks CUDA when the driver loads and a device exists, else the CPU;
  * `backendInfo()` says which one runs and why.
  */
-import { binding } from './binding.js';
+import { binding, type NativeBackendInfo } from './binding.js';
 import { describe, MoeError, typeError } from './errors.js';
 
 export type BackendName = 'auto' | 'cpu' | 'cuda';
@@ -13,18 +13,10 @@ export interface BackendInfo {
   backend: ResolvedBackend;
   /** Why: e.g. "cuda: this build has no CUDA backend, using cpu". */
   reason: string;
-  cpu: {
-    /** CPU kernel family in use: 'avx2-fma' or 'portable'. */
-    kernel: string;
-    /** Threads of the compute pool (MOE_NUM_THREADS overrides). */
-    threads: number;
-    avx2: boolean;
-    fma: boolean;
-    f16c: boolean;
-    avx512f: boolean;
-    avx512bf16: boolean;
-  };
-  cuda: { compiled: boolean; available: boolean; reason: string };
+  /** CPU kernel family in use ('avx2-fma' or 'portable'), compute pool threads, CPU features. */
+  cpu: NativeBackendInfo['cpu'];
+  /** Whether this build has CUDA code, whether a device can run it, and why not. */
+  cuda: NativeBackendInfo['cuda'];
 }
 
 export function backendInfo(): BackendInfo {
