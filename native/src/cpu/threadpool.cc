@@ -3,6 +3,7 @@
 #include "moe/threadpool.h"
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
@@ -14,6 +15,30 @@ namespace moe {
 
 namespace {
 thread_local bool t_in_parallel = false;
+
+// How long a thread spins for the next parallel_for (or for the workers to finish) before it
+// sleeps on a condition variable. A forward runs several parallel_for phases back to back; waking
+// a sleeping thread costs tens of microseconds on a VM, a spin of this length costs nothing then.
+constexpr auto kSpinBudget = std::chrono::microseconds(50);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until pred() holds or the budget is spent; returns pred().
+template <class Pred>
+bool spin_until(Pred pred) {
+  const auto deadline = std::chrono::steady_clock::now() + kSpinBudget;
+  for (int i = 0;; ++i) {
+    if (pred()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > deadline) return pred();
+    cpu_relax();
+  }
+}
 
 int configured_threads() {
   if (const char* s = std::getenv("MOE_NUM_THREADS")) {
@@ -33,14 +58,16 @@ struct ComputePool::Impl {
   std::mutex run_mu;
 
   // the current parallel_for, published to the workers
+  // generation and active are atomics so that waiting threads can spin on them; they change
+  // under `mu` (generation) or notify under it (active), so sleeping waiters never miss a change.
   std::mutex mu;
   std::condition_variable cv_work, cv_done;
-  uint64_t generation = 0;
-  bool stopping = false;
+  std::atomic<uint64_t> generation{0};
+  std::atomic<bool> stopping{false};
   const std::function<void(int64_t, int)>* fn = nullptr;
   int64_t n = 0;
   std::atomic<int64_t> next{0};
-  int active = 0;  // workers still inside the current generation
+  std::atomic<int> active{0};  // workers still inside the current generation
 
   // dispatcher
   std::thread dispatcher;
@@ -60,17 +87,18 @@ struct ComputePool::Impl {
   void worker_main(int index) {
     t_in_parallel = true;  // a worker never starts a nested parallel_for
     uint64_t seen = 0;
+    auto woken = [&] { return stopping.load(std::memory_order_acquire) || generation.load(std::memory_order_acquire) != seen; };
     for (;;) {
-      {
+      if (!spin_until(woken)) {
         std::unique_lock<std::mutex> lk(mu);
-        cv_work.wait(lk, [&] { return stopping || generation != seen; });
-        if (stopping) return;
-        seen = generation;
+        cv_work.wait(lk, woken);
       }
+      if (stopping.load(std::memory_order_acquire)) return;
+      seen = generation.load(std::memory_order_acquire);
       run_tasks(index);
-      {
+      if (active.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         std::lock_guard<std::mutex> lk(mu);
-        if (--active == 0) cv_done.notify_one();
+        cv_done.notify_one();
       }
     }
   }
@@ -106,7 +134,7 @@ ComputePool::~ComputePool() {
   if (impl_->dispatcher.joinable()) impl_->dispatcher.join();
   {
     std::lock_guard<std::mutex> lk(impl_->mu);
-    impl_->stopping = true;
+    impl_->stopping.store(true, std::memory_order_release);
   }
   impl_->cv_work.notify_all();
   for (auto& w : impl_->workers) w.join();
@@ -135,15 +163,18 @@ void ComputePool::parallel_for(int64_t n, const std::function<void(int64_t, int)
     s.fn = &fn;
     s.n = n;
     s.next.store(0, std::memory_order_relaxed);
-    s.active = int(s.workers.size());
-    ++s.generation;
+    s.active.store(int(s.workers.size()), std::memory_order_relaxed);
+    s.generation.fetch_add(1, std::memory_order_release);
   }
   s.cv_work.notify_all();
   t_in_parallel = true;
   s.run_tasks(0);
   t_in_parallel = false;
-  std::unique_lock<std::mutex> lk(s.mu);
-  s.cv_done.wait(lk, [&] { return s.active == 0; });
+  auto done = [&] { return s.active.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done)) {
+    std::unique_lock<std::mutex> lk(s.mu);
+    s.cv_done.wait(lk, done);
+  }
   s.fn = nullptr;
 }
 
