@@ -2,7 +2,8 @@
 # test/emu/nvcc-check.sh: compiles the CUDA sources with nvcc for every shipped target (sm_80, sm_86,
 # sm_89, sm_90 SASS, plus compute_90 PTX for newer GPUs), prints ptxas's report per kernel and
 # target, and fails when a kernel spills registers (non-zero "spill stores" or "spill loads") or
-# a file does not compile. No GPU needed. Files: native/src/cuda/*.cu, and test/emu/gemm_demo.cu,
+# a file does not compile, or when a tensor-core kernel of grouped_gemm.cu has no mma.sync in its PTX.
+# No GPU needed. Files: native/src/cuda/*.cu, and test/emu/gemm_demo.cu,
 # which exercises every inline-PTX wrapper of cuda_compat.cuh.
 # Environment: CUDA_HOME (default /usr/local/cuda), NVCC_FLAGS (extra flags).
 set -uo pipefail
@@ -21,6 +22,11 @@ files=("$root"/native/src/cuda/*.cu "$here/gemm_demo.cu")
 
 status=0
 pids=()
+# PTX of the grouped GEMM for the tensor-core check at the end, compiled alongside the objects.
+gg_ptx="$out/grouped_gemm.compute_90.ptx"
+"$NVCC" -std=c++17 -O3 -ptx -arch=compute_90 ${NVCC_FLAGS:-} "$root/native/src/cuda/grouped_gemm.cu" \
+  -o "$gg_ptx" >"$out/grouped_gemm.ptx.txt" 2>&1 &
+gg_ptx_pid=$!
 for f in "${files[@]}"; do
   name="$(basename "$f" .cu)"
   "$NVCC" -std=c++17 -O3 -c "${targets[@]}" -Xptxas -v ${NVCC_FLAGS:-} "$f" -o "$out/$name.o" \
@@ -57,5 +63,30 @@ for i in "${!files[@]}"; do
     status=1
   fi
 done
+# The f16/bf16 grouped GEMM must really run on tensor cores: every entry of its tensor-core kernel
+# (bf16/f16 x GEMM1/GEMM2) in the compute_90 PTX holds mma.sync m16n8k16, ldmatrix and cp.async.
+if wait "$gg_ptx_pid"; then
+  awk '
+    /^(\.visible )?\.entry/ {
+      name = $NF; sub(/\(.*/, "", name); tc = name ~ /grouped_gemm_tc_kernel/
+      if (tc) { n++; m[name] = 0; l[name] = 0; c[name] = 0 }
+    }
+    tc && /mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.(bf16|f16)/ { m[name]++ }
+    tc && /ldmatrix\.sync\.aligned/ { l[name]++ }
+    tc && /cp\.async\.cg\.shared\.global/ { c[name]++ }
+    END {
+      bad = n != 4
+      for (k in m) {
+        if (!m[k] || !l[k] || !c[k]) bad = 1
+        printf "   tensor-core PTX: %4d mma.sync %3d ldmatrix %3d cp.async  %s\n", m[k], l[k], c[k], k
+      }
+      exit bad ? 3 : 0
+    }' "$gg_ptx" | { if command -v c++filt >/dev/null; then c++filt; else cat; fi; } || {
+    echo "nvcc-check: grouped_gemm.cu: a tensor-core kernel lacks mma.sync/ldmatrix/cp.async (or not 4 of them)"
+    status=1
+  }
+else
+  echo "nvcc-check: grouped_gemm.cu does not compile to PTX:"; cat "$out/grouped_gemm.ptx.txt"; status=1
+fi
 [ "$status" = 0 ] && echo "nvcc-check: all files compile for sm_80 sm_86 sm_89 sm_90 + compute_90 PTX, no spills"
 exit "$status"

@@ -30,7 +30,9 @@ fi
 common=(-std=c++17 -g1 -Wall -Wextra -Wno-unknown-pragmas -isystem "$CUDA_HOME/include" -pthread)
 runtime_srcs=("$root/native/emu/fiber.cc" "$root/native/emu/emu_runtime.cc")
 kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/src/cuda/routing.cu" "$here/routing_test.cc"
-             "$here/gemm_demo.cu" "$here/gemm_demo_test.cc")
+             "$here/gemm_demo.cu" "$here/gemm_demo_test.cc"
+             "$root/native/src/cuda/permute.cu" "$here/permute_test.cc" "$root/native/src/cuda/combine.cu" "$here/combine_test.cc")
+kernel_srcs+=("$root/native/src/cuda/grouped_gemm.cu" "$here/grouped_gemm_test.cc")
 headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h)
 
 # compile DIR FLAGS... -- SOURCES...: compiles the sources into DIR (in parallel), skipping objects

@@ -26,4 +26,103 @@ cudaError_t launch_softmax_topk(const float* logits,    // [num_tokens, num_expe
                                 float* topk_weights,     // [num_tokens, top_k]
                                 cudaStream_t stream);
 
+// Permute: stable counting sort of the T*k routing slots by expert (native/src/cuda/permute.cu; CPU
+// twin: permute() in native/src/cpu/permute.cc, same results bit for bit). Slot s = t * top_k + j.
+//   expert_offsets [E+1]  exclusive prefix sum of the rows each expert keeps
+//   sorted_rows    [T*k]  source token of each sorted row; -1 from expert_offsets[E] on
+//   row_of         [T*k]  sorted row of each slot, -1 when dropped by the capacity (or invalid)
+//   dropped        [E]    slots each expert dropped (may be null)
+// capacity < 0: dropless; else each expert keeps its first `capacity` slots in slot (token) order.
+// Rows of an expert ascend by slot. An id outside [0, num_experts) writes nothing out of bounds: its
+// slot gets row_of = -1, no sorted row, and counts nowhere; first_invalid_slot (a device int, may be
+// null) receives the smallest such slot, or -1 when every id is valid: read it after the stream
+// synchronises to report the CPU twin's error. `workspace`: device scratch of at least
+// permute_workspace_bytes(num_tokens, top_k, num_experts) bytes (int-aligned; its contents need
+// no initialisation). Several kernels on `stream`, no host round trip (graph-capturable).
+// Limits: num_tokens * top_k <= 2^30, num_experts <= 2^20 - 1 (E <= 1024 takes one pass, larger E
+// two radix passes).
+// Errors: cudaErrorInvalidValue for num_tokens < 0, top_k < 1, num_experts out of range, a null
+// pointer that is needed, or a workspace that is too small.
+size_t permute_workspace_bytes(int64_t num_tokens, int top_k, int num_experts);  // 0: invalid shape
+cudaError_t launch_permute(const int32_t* topk_ids,     // [num_tokens, top_k]
+                           int64_t num_tokens, int top_k, int num_experts, int64_t capacity,
+                           int32_t* expert_offsets,     // [num_experts + 1]
+                           int32_t* sorted_rows,        // [num_tokens * top_k]
+                           int32_t* row_of,             // [num_tokens, top_k]
+                           int32_t* dropped,            // [num_experts] or null
+                           int32_t* first_invalid_slot, // [1] or null
+                           void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// Element type of an op's output (values as moe::DType's float types).
+enum class OutDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Combine (native/src/cuda/combine.cu; CPU twin: combine() in native/src/cpu/combine.cc):
+// out[t, :] = sum over j = 0..top_k-1 of topk_weights[t, j] * y[row_of[t, j], :], in f32 and in j
+// order, each term rounded as a product then a sum (no FMA contraction), so results are the same bits
+// on every run and match the CPU twin; row_of < 0 (dropped) contributes nothing, and so does a row
+// >= num_rows (the CPU twin rejects one; nothing is read out of bounds). out is f32, f16 or bf16
+// (rounded to nearest even). float4 loads when d % 4 == 0 and the pointers allow it.
+// Errors: cudaErrorInvalidValue for num_tokens < 0, top_k < 1, d < 0, num_rows < 0, an unknown
+// out_dtype, or a null pointer that is needed (num_tokens == 0 or d == 0 launches nothing).
+cudaError_t launch_combine(const float* y,              // [num_rows, d]
+                           int64_t num_rows,
+                           const int32_t* row_of,       // [num_tokens, top_k]
+                           const float* topk_weights,   // [num_tokens, top_k]
+                           int64_t num_tokens, int top_k, int64_t d,
+                           void* out,                   // [num_tokens, d] of out_dtype
+                           OutDType out_dtype, cudaStream_t stream);
+
+// Element type of the grouped GEMM's weights and activations (values as moe::DType's float types).
+enum class GemmDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Grouped expert GEMMs with fused SwiGLU (native/src/cuda/grouped_gemm.cu; CPU twin: grouped_gemm()
+// in native/src/cpu/grouped_gemm.cc). For each sorted row r of expert e (expert_offsets[e] <= r <
+// expert_offsets[e+1]) and token t = sorted_rows[r] (sorted_rows null: t = r):
+//   h[r, :] = silu(W1_e x[t, :]) * (W3_e x[t, :])   (f32 math; h stored in the weight dtype)
+//   y[r, :] = W2_e h[r, :]                           (f32 accumulation)
+// Tiles are scheduled on the device from expert_offsets (no host round trip; graph-capturable).
+// x is read in the weight dtype: another dtype (or x not 16-byte aligned) is first converted into
+// the workspace, so with f16/bf16 weights f32 activations are rounded to 16 bits.
+// Preconditions the device cannot check: expert_offsets is non-decreasing from 0 and
+// R = expert_offsets[E] <= max_rows (rows past max_rows are not computed); sorted_rows[r] in [0, T).
+// Paths (kAuto picks by grouped_gemm_path from host-known values only): kDecode (max_rows <= 16):
+// GEMV-style weight streaming; kTensorCores: f16/bf16 with d % 8 == 0 and f % 8 == 0, mma.sync;
+// kSimt: f32, and the general fallback. Forcing kTensorCores where it does not apply is an error.
+enum class GroupedGemmPath : int { kAuto = 0, kDecode = 1, kTensorCores = 2, kSimt = 3 };
+GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, GemmDType w_dtype);
+
+// Packed weights, built once on the host (no CUDA calls) into a caller buffer of
+// grouped_gemm_packed_bytes(...) bytes (0: invalid shape), then copied to the device as is:
+//   W13 [E][2*f_pad][d], f_pad = round_up(f, 8): packed row 16g+i = W1 row 8g+i, row 16g+8+i = W3
+//       row 8g+i (i < 8); rows of features >= f are zero;
+//   W2  [E][d][f] (Hugging Face layout), starting at W13's bytes rounded up to 256.
+// w1[e], w3[e]: [f, d], w2[e]: [d, f], host pointers in w_dtype, one per expert.
+// Limits: d, f <= 2^30, 2*f_pad*d < 2^31, d*f < 2^31.
+size_t grouped_gemm_packed_bytes(int num_experts, int64_t d, int64_t f, GemmDType w_dtype);
+cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, GemmDType w_dtype,
+                              const void* const* w1,  // [E] -> [f, d]
+                              const void* const* w3,  // [E] -> [f, d]
+                              const void* const* w2,  // [E] -> [d, f]
+                              void* packed, size_t packed_bytes);
+
+// Device scratch: h [max_rows][f] and the converted x [num_tokens][d], both in the weight dtype,
+// each on a 256-byte boundary. 0: invalid shape.
+size_t grouped_gemm_workspace_bytes(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f,
+                                    GemmDType w_dtype);
+
+// packed, workspace and y must be 16-byte aligned (cudaMalloc's are), x aligned to its element.
+// max_rows == 0 or num_tokens == 0 launches nothing. Errors: cudaErrorInvalidValue for an invalid
+// shape or dtype, a null or misaligned pointer that is needed, a workspace that is too small, or a
+// forced path that does not apply.
+cudaError_t launch_grouped_gemm(const void* x,                 // [num_tokens, d] of x_dtype
+                                GemmDType x_dtype, int64_t num_tokens,
+                                const int32_t* sorted_rows,    // [max_rows] (first R used) or null
+                                const int32_t* expert_offsets, // [num_experts + 1]
+                                int64_t max_rows,              // host-known bound on R, e.g. T*k
+                                const void* packed,            // grouped_gemm_pack's layout
+                                int num_experts, int64_t d, int64_t f, GemmDType w_dtype,
+                                float* y,                      // [max_rows, d] (first R written)
+                                void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                GroupedGemmPath path = GroupedGemmPath::kAuto);
+
 }  // namespace moe
