@@ -22,18 +22,18 @@
 
 namespace {
 
-using moe::OutDType;
+using moe::DevDType;
 
-const char* dtype_name(OutDType t) {
+const char* dtype_name(DevDType t) {
   switch (t) {
-    case OutDType::kF32: return "f32";
-    case OutDType::kF16: return "f16";
-    case OutDType::kBF16: return "bf16";
+    case DevDType::kF32: return "f32";
+    case DevDType::kF16: return "f16";
+    case DevDType::kBF16: return "bf16";
   }
   return "?";
 }
 
-size_t out_bytes(OutDType t) { return t == OutDType::kF32 ? 4 : 2; }
+size_t out_bytes(DevDType t) { return t == DevDType::kF32 ? 4 : 2; }
 
 struct Inputs {
   std::vector<float> y;          // [R, d]
@@ -103,7 +103,7 @@ uint16_t bf16_bits(__nv_bfloat16 h) {
 
 // Runs the launcher through device buffers. y_shift / out_shift offset the pointers by elements (to
 // misalign them); the output starts as garbage.
-cudaError_t run_combine(const Inputs& in, int64_t T, int k, int64_t d, OutDType dtype, int y_shift, int out_shift,
+cudaError_t run_combine(const Inputs& in, int64_t T, int k, int64_t d, DevDType dtype, int y_shift, int out_shift,
                         std::vector<unsigned char>* out_host) {
   const size_t ob = out_bytes(dtype);
   void *d_y = nullptr, *d_rows = nullptr, *d_w = nullptr, *d_out = nullptr;
@@ -125,7 +125,7 @@ cudaError_t run_combine(const Inputs& in, int64_t T, int k, int64_t d, OutDType 
   return err;
 }
 
-bool check_case(int64_t T, int k, int64_t d, OutDType dtype, bool wide, int y_shift = 0, int out_shift = 0) {
+bool check_case(int64_t T, int k, int64_t d, DevDType dtype, bool wide, int y_shift = 0, int out_shift = 0) {
   const Inputs in = make_inputs(T, k, d, wide, uint64_t(T * 977 + k * 13 + d));
   const std::string what = "T=" + std::to_string(T) + " k=" + std::to_string(k) + " d=" + std::to_string(d) + " " +
                            dtype_name(dtype) + (wide ? " wide" : "") + " shift=" + std::to_string(y_shift) + "/" +
@@ -140,14 +140,14 @@ bool check_case(int64_t T, int k, int64_t d, OutDType dtype, bool wide, int y_sh
   for (size_t i = 0; i < ref.size(); ++i) {
     uint32_t got_bits = 0, want_bits = 0, cpu_bits = 0;
     switch (dtype) {
-      case OutDType::kF32: {
+      case DevDType::kF32: {
         float g;
         std::memcpy(&g, &got[i * 4], 4);
         got_bits = f32_bits(g);
         want_bits = cpu_bits = f32_bits(ref[i]);
         break;
       }
-      case OutDType::kF16: {
+      case DevDType::kF16: {
         uint16_t g;
         std::memcpy(&g, &got[i * 2], 2);
         got_bits = g;
@@ -155,7 +155,7 @@ bool check_case(int64_t T, int k, int64_t d, OutDType dtype, bool wide, int y_sh
         cpu_bits = moe::f32_to_f16(ref[i]);
         break;
       }
-      case OutDType::kBF16: {
+      case DevDType::kBF16: {
         uint16_t g;
         std::memcpy(&g, &got[i * 2], 2);
         got_bits = g;
@@ -188,7 +188,7 @@ struct ScheduleScope {
   ~ScheduleScope() { moe_emu::set_schedule(old, seed); }
 };
 
-const OutDType kAllTypes[] = {OutDType::kF32, OutDType::kF16, OutDType::kBF16};
+const DevDType kAllTypes[] = {DevDType::kF32, DevDType::kF16, DevDType::kBF16};
 const int64_t kDims[] = {1, 3, 4, 33, 128};
 const int kTopKs[] = {1, 2, 6};
 
@@ -198,7 +198,7 @@ const int kTopKs[] = {1, 2, 6};
 TEST(combine_small_every_schedule) {
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s);
-    for (OutDType t : kAllTypes)
+    for (DevDType t : kAllTypes)
       for (int64_t d : kDims)
         for (int k : kTopKs)
           for (int64_t T : {1, 33})
@@ -208,16 +208,16 @@ TEST(combine_small_every_schedule) {
 
 // T = 511: several blocks and the grid-stride loop; values that overflow f16.
 TEST(combine_larger_and_wide_values) {
-  if (!check_case(511, 6, 128, OutDType::kF32, false) || !check_case(511, 2, 33, OutDType::kF16, false) ||
-      !check_case(511, 6, 33, OutDType::kBF16, false) || !check_case(511, 2, 128, OutDType::kBF16, false))
+  if (!check_case(511, 6, 128, DevDType::kF32, false) || !check_case(511, 2, 33, DevDType::kF16, false) ||
+      !check_case(511, 6, 33, DevDType::kBF16, false) || !check_case(511, 2, 128, DevDType::kBF16, false))
     return;
-  for (OutDType t : kAllTypes)
+  for (DevDType t : kAllTypes)
     if (!check_case(33, 6, 128, t, true) || !check_case(33, 2, 33, t, true)) return;
 }
 
 // Misaligned y or out: the scalar path even when d % 4 == 0, same bits.
 TEST(combine_misaligned_pointers_take_the_scalar_path) {
-  for (OutDType t : kAllTypes)
+  for (DevDType t : kAllTypes)
     for (int64_t d : {4, 128}) {
       if (!check_case(33, 2, d, t, false, 1, 0) || !check_case(33, 2, d, t, false, 0, 1) ||
           !check_case(33, 2, d, t, false, 2, 3))
@@ -232,7 +232,7 @@ TEST(combine_dropped_and_out_of_range_rows) {
   const std::vector<int32_t> rows = {-1, -1, 1, 7};  // token 0 fully dropped; token 1: row 1, row 7 >= R
   const std::vector<float> w = {0.25f, 0.75f, 2.f, 100.f};
   std::vector<float> out(2 * d, -9.f);
-  CHECK_OK(moe::launch_combine(y.data(), 2, rows.data(), w.data(), 2, 2, d, out.data(), OutDType::kF32, nullptr));
+  CHECK_OK(moe::launch_combine(y.data(), 2, rows.data(), w.data(), 2, 2, d, out.data(), DevDType::kF32, nullptr));
   for (int64_t i = 0; i < d; ++i) {
     CHECK_EQ(f32_bits(out[size_t(i)]), 0u);
     CHECK_EQ(out[size_t(d + i)], 3.f);
@@ -242,29 +242,29 @@ TEST(combine_dropped_and_out_of_range_rows) {
 TEST(combine_rejects_bad_arguments) {
   std::vector<float> y(64, 0.f), w(64, 0.f), out(64);
   std::vector<int32_t> rows(64, 0);
-  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), -1, 2, 4, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), -1, 2, 4, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 0, 4, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 0, 4, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 2, -1, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 2, -1, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), -1, rows.data(), w.data(), 4, 2, 4, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), -1, rows.data(), w.data(), 4, 2, 4, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 2, 4, out.data(), OutDType(7), nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 2, 4, out.data(), DevDType(7), nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(nullptr, 8, rows.data(), w.data(), 4, 2, 4, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(nullptr, 8, rows.data(), w.data(), 4, 2, 4, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), 8, nullptr, w.data(), 4, 2, 4, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, nullptr, w.data(), 4, 2, 4, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), 8, rows.data(), nullptr, 4, 2, 4, out.data(), OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, rows.data(), nullptr, 4, 2, 4, out.data(), DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 2, 4, nullptr, OutDType::kF32, nullptr) ==
+  CHECK(moe::launch_combine(y.data(), 8, rows.data(), w.data(), 4, 2, 4, nullptr, DevDType::kF32, nullptr) ==
         cudaErrorInvalidValue);
-  CHECK_OK(moe::launch_combine(nullptr, 0, nullptr, nullptr, 0, 2, 4, nullptr, OutDType::kBF16, nullptr));
-  CHECK_OK(moe::launch_combine(nullptr, 0, nullptr, nullptr, 4, 2, 0, nullptr, OutDType::kF16, nullptr));
+  CHECK_OK(moe::launch_combine(nullptr, 0, nullptr, nullptr, 0, 2, 4, nullptr, DevDType::kBF16, nullptr));
+  CHECK_OK(moe::launch_combine(nullptr, 0, nullptr, nullptr, 4, 2, 0, nullptr, DevDType::kF16, nullptr));
   // y may be null when there are no rows: every slot must then be dropped.
   std::fill(rows.begin(), rows.end(), -1);
   std::fill(out.begin(), out.end(), 5.f);
-  CHECK_OK(moe::launch_combine(nullptr, 0, rows.data(), w.data(), 4, 2, 4, out.data(), OutDType::kF32, nullptr));
+  CHECK_OK(moe::launch_combine(nullptr, 0, rows.data(), w.data(), 4, 2, 4, out.data(), DevDType::kF32, nullptr));
   CHECK_EQ(out[15], 0.f);
 }

@@ -27,14 +27,14 @@
 
 namespace {
 
-using moe::GemmDType;
+using moe::DevDType;
 using moe::GroupedGemmPath;
 
-const char* dtype_name(GemmDType t) {
+const char* dtype_name(DevDType t) {
   switch (t) {
-    case GemmDType::kF32: return "f32";
-    case GemmDType::kF16: return "f16";
-    case GemmDType::kBF16: return "bf16";
+    case DevDType::kF32: return "f32";
+    case DevDType::kF16: return "f16";
+    case DevDType::kBF16: return "bf16";
   }
   return "?";
 }
@@ -49,32 +49,32 @@ const char* path_name(GroupedGemmPath p) {
   return "?";
 }
 
-size_t elem_bytes(GemmDType t) { return t == GemmDType::kF32 ? 4 : 2; }
+size_t elem_bytes(DevDType t) { return t == DevDType::kF32 ? 4 : 2; }
 
 // The value v rounds to in dtype t (nearest even), as a float.
-float round_to(float v, GemmDType t) {
+float round_to(float v, DevDType t) {
   switch (t) {
-    case GemmDType::kF32: return v;
-    case GemmDType::kF16: return __half2float(__float2half_rn(v));
-    case GemmDType::kBF16: return __bfloat162float(__float2bfloat16_rn(v));
+    case DevDType::kF32: return v;
+    case DevDType::kF16: return __half2float(__float2half_rn(v));
+    case DevDType::kBF16: return __bfloat162float(__float2bfloat16_rn(v));
   }
   return v;
 }
 
 // Writes v (already representable) in dtype t at dst[i].
-void store_as(void* dst, size_t i, float v, GemmDType t) {
+void store_as(void* dst, size_t i, float v, DevDType t) {
   switch (t) {
-    case GemmDType::kF32: static_cast<float*>(dst)[i] = v; break;
-    case GemmDType::kF16: static_cast<__half*>(dst)[i] = __float2half_rn(v); break;
-    case GemmDType::kBF16: static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(v); break;
+    case DevDType::kF32: static_cast<float*>(dst)[i] = v; break;
+    case DevDType::kF16: static_cast<__half*>(dst)[i] = __float2half_rn(v); break;
+    case DevDType::kBF16: static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(v); break;
   }
 }
 
-float load_as(const void* src, size_t i, GemmDType t) {
+float load_as(const void* src, size_t i, DevDType t) {
   switch (t) {
-    case GemmDType::kF32: return static_cast<const float*>(src)[i];
-    case GemmDType::kF16: return __half2float(static_cast<const __half*>(src)[i]);
-    case GemmDType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(src)[i]);
+    case DevDType::kF32: return static_cast<const float*>(src)[i];
+    case DevDType::kF16: return __half2float(static_cast<const __half*>(src)[i]);
+    case DevDType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(src)[i]);
   }
   return 0;
 }
@@ -109,7 +109,7 @@ struct Case {
   int64_t T = 1;
   int k = 1, E = 1;
   int64_t d = 64, f = 128;
-  GemmDType w = GemmDType::kBF16, x = GemmDType::kBF16;
+  DevDType w = DevDType::kBF16, x = DevDType::kBF16;
   Routing routing = Routing::kRandom;
   GroupedGemmPath path = GroupedGemmPath::kAuto;
   GroupedGemmPath expect = GroupedGemmPath::kAuto;  // the path kAuto must pick (kAuto: don't check)
@@ -156,11 +156,11 @@ void make_routing(const Case& c, Rng& rng, std::vector<int32_t>* offsets, std::v
   for (size_t s = 0; s < ids.size(); ++s) (*sorted_rows)[size_t(fill[size_t(ids[s])]++)] = int32_t(s / size_t(c.k));
 }
 
-double tolerance(GemmDType w) {
+double tolerance(DevDType w) {
   switch (w) {
-    case GemmDType::kF32: return 1e-4;
-    case GemmDType::kF16: return 2e-3;
-    case GemmDType::kBF16: return 1e-2;
+    case DevDType::kF32: return 1e-4;
+    case DevDType::kF16: return 2e-3;
+    case DevDType::kBF16: return 1e-2;
   }
   return 0;
 }
@@ -308,10 +308,10 @@ struct ScheduleScope {
 };
 
 // x_dtype < 0: x in the weight dtype.
-Case make(int64_t T, int k, int E, int64_t d, int64_t f, GemmDType w, int x_dtype = -1) {
+Case make(int64_t T, int k, int E, int64_t d, int64_t f, DevDType w, int x_dtype = -1) {
   Case c;
   c.T = T, c.k = k, c.E = E, c.d = d, c.f = f, c.w = w;
-  c.x = x_dtype < 0 ? w : GemmDType(x_dtype);
+  c.x = x_dtype < 0 ? w : DevDType(x_dtype);
   return c;
 }
 
@@ -329,48 +329,48 @@ Case with_path(Case c, GroupedGemmPath expect) {
 TEST(grouped_gemm_tensor_cores_small_every_schedule) {
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s);
-    if (!run_case(with_path(make(33, 2, 3, 64, 128, GemmDType::kBF16), GroupedGemmPath::kTensorCores))) return;
+    if (!run_case(with_path(make(33, 2, 3, 64, 128, DevDType::kBF16), GroupedGemmPath::kTensorCores))) return;
   }
-  run_case(with_path(make(33, 2, 3, 64, 128, GemmDType::kF16), GroupedGemmPath::kTensorCores));
+  run_case(with_path(make(33, 2, 3, 64, 128, DevDType::kF16), GroupedGemmPath::kTensorCores));
 }
 
 TEST(grouped_gemm_tensor_cores_mixtral_like_d128_f256_e8) {
-  run_case(with_path(make(64, 2, 8, 128, 256, GemmDType::kBF16), GroupedGemmPath::kTensorCores));
+  run_case(with_path(make(64, 2, 8, 128, 256, DevDType::kBF16), GroupedGemmPath::kTensorCores));
 }
 
 TEST(grouped_gemm_tensor_cores_tails_d40_f56) {
   // K = 40 is not a multiple of the 32-wide k tile, N = 2*56 = 112 not of the 128-wide n tile.
-  for (GemmDType w : {GemmDType::kBF16, GemmDType::kF16})
+  for (DevDType w : {DevDType::kBF16, DevDType::kF16})
     if (!run_case(with_path(make(33, 2, 3, 40, 56, w), GroupedGemmPath::kTensorCores))) return;
 }
 
 TEST(grouped_gemm_tensor_cores_empty_experts_one_expert_e1_rows_past_r) {
-  Case c = make(40, 2, 8, 64, 128, GemmDType::kBF16);
+  Case c = make(40, 2, 8, 64, 128, DevDType::kBF16);
   c.routing = Routing::kSubset;  // five experts without rows
   if (!run_case(c)) return;
-  c = make(70, 1, 4, 64, 128, GemmDType::kBF16);
+  c = make(70, 1, 4, 64, 128, DevDType::kBF16);
   c.routing = Routing::kAllToLast;  // 70 rows on one expert: two m tiles, the second partial
   if (!run_case(c)) return;
-  c = make(20, 1, 1, 64, 64, GemmDType::kF16);  // E = 1
+  c = make(20, 1, 1, 64, 64, DevDType::kF16);  // E = 1
   if (!run_case(c)) return;
-  c = make(20, 2, 5, 64, 64, GemmDType::kBF16);
+  c = make(20, 2, 5, 64, 64, DevDType::kBF16);
   c.extra_rows = 30;  // R < max_rows, as after capacity drops
   if (!run_case(c)) return;
   // Decode-sized batches forced onto the tile path: tiles that are nearly all zero-filled rows.
-  c = make(3, 2, 8, 64, 128, GemmDType::kBF16);
+  c = make(3, 2, 8, 64, 128, DevDType::kBF16);
   c.path = GroupedGemmPath::kTensorCores;
   if (!run_case(c)) return;
 }
 
 TEST(grouped_gemm_activation_dtypes_and_alignment) {
-  Case c = make(33, 2, 3, 64, 128, GemmDType::kBF16, int(GemmDType::kF32));  // converted to bf16 first
+  Case c = make(33, 2, 3, 64, 128, DevDType::kBF16, int(DevDType::kF32));  // converted to bf16 first
   if (!run_case(c)) return;
-  c = make(33, 2, 3, 64, 128, GemmDType::kF16, int(GemmDType::kBF16));
+  c = make(33, 2, 3, 64, 128, DevDType::kF16, int(DevDType::kBF16));
   if (!run_case(c)) return;
-  c = make(33, 2, 3, 64, 128, GemmDType::kBF16);
+  c = make(33, 2, 3, 64, 128, DevDType::kBF16);
   c.x_misalign = 2;  // same dtype, not 16-byte aligned: copied
   if (!run_case(c)) return;
-  c = make(3, 2, 3, 64, 128, GemmDType::kF32, int(GemmDType::kBF16));  // decode, bf16 x widened to f32
+  c = make(3, 2, 3, 64, 128, DevDType::kF32, int(DevDType::kBF16));  // decode, bf16 x widened to f32
   if (!run_case(c)) return;
 }
 
@@ -379,17 +379,17 @@ TEST(grouped_gemm_activation_dtypes_and_alignment) {
 TEST(grouped_gemm_simt_f32_small_every_schedule) {
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s);
-    if (!run_case(with_path(make(33, 2, 3, 64, 128, GemmDType::kF32), GroupedGemmPath::kSimt))) return;
+    if (!run_case(with_path(make(33, 2, 3, 64, 128, DevDType::kF32), GroupedGemmPath::kSimt))) return;
   }
 }
 
 TEST(grouped_gemm_simt_general_d33_f47) {
-  for (GemmDType w : {GemmDType::kF32, GemmDType::kBF16, GemmDType::kF16})
+  for (DevDType w : {DevDType::kF32, DevDType::kBF16, DevDType::kF16})
     if (!run_case(with_path(make(33, 2, 3, 33, 47, w), GroupedGemmPath::kSimt))) return;
-  Case c = make(40, 2, 8, 33, 47, GemmDType::kF32);
+  Case c = make(40, 2, 8, 33, 47, DevDType::kF32);
   c.routing = Routing::kSubset;
   if (!run_case(c)) return;
-  c = make(33, 2, 3, 64, 128, GemmDType::kBF16);  // forced: the fallback on a tensor-core shape
+  c = make(33, 2, 3, 64, 128, DevDType::kBF16);  // forced: the fallback on a tensor-core shape
   c.path = GroupedGemmPath::kSimt;
   if (!run_case(c)) return;
 }
@@ -399,8 +399,8 @@ TEST(grouped_gemm_simt_general_d33_f47) {
 TEST(grouped_gemm_decode_every_schedule) {
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s);
-    if (!run_case(with_path(make(1, 2, 8, 64, 128, GemmDType::kBF16), GroupedGemmPath::kDecode))) return;
-    if (!run_case(with_path(make(3, 2, 8, 64, 128, GemmDType::kBF16), GroupedGemmPath::kDecode))) return;
+    if (!run_case(with_path(make(1, 2, 8, 64, 128, DevDType::kBF16), GroupedGemmPath::kDecode))) return;
+    if (!run_case(with_path(make(3, 2, 8, 64, 128, DevDType::kBF16), GroupedGemmPath::kDecode))) return;
   }
 }
 
@@ -408,20 +408,20 @@ TEST(grouped_gemm_decode_tokens_1_to_4_and_shapes) {
   // Every dtype at T = 1 (one row per pass) and T = 4 (four); the emulator's warp collectives are
   // slow with ucontext fibers, so the case count stays low.
   for (int64_t T : {1, 2, 4})
-    for (GemmDType w : {GemmDType::kBF16, GemmDType::kF16, GemmDType::kF32})
-      if ((T != 2 || w == GemmDType::kF16) &&
+    for (DevDType w : {DevDType::kBF16, DevDType::kF16, DevDType::kF32})
+      if ((T != 2 || w == DevDType::kF16) &&
           !run_case(with_path(make(T, 2, 8, 64, 128, w), GroupedGemmPath::kDecode)))
         return;
   // Scalar loads (K not a multiple of 16 bytes), E = 1, all rows on one expert, 16 rows (two passes).
-  for (GemmDType w : {GemmDType::kBF16, GemmDType::kF32})
+  for (DevDType w : {DevDType::kBF16, DevDType::kF32})
     if (!run_case(with_path(make(3, 2, 3, 33, 47, w), GroupedGemmPath::kDecode))) return;
-  if (!run_case(make(4, 1, 1, 40, 56, GemmDType::kBF16))) return;
-  Case c = make(16, 1, 5, 64, 128, GemmDType::kBF16);
+  if (!run_case(make(4, 1, 1, 40, 56, DevDType::kBF16))) return;
+  Case c = make(16, 1, 5, 64, 128, DevDType::kBF16);
   c.routing = Routing::kAllToLast;
   if (!run_case(with_path(c, GroupedGemmPath::kDecode))) return;
-  c = make(4, 2, 64, 64, 64, GemmDType::kF16);  // E = 64: the expert scan takes two steps
+  c = make(4, 2, 64, 64, 64, DevDType::kF16);  // E = 64: the expert scan takes two steps
   if (!run_case(with_path(c, GroupedGemmPath::kDecode))) return;
-  c = make(5, 2, 40, 64, 64, GemmDType::kBF16);
+  c = make(5, 2, 40, 64, 64, DevDType::kBF16);
   c.path = GroupedGemmPath::kTensorCores;  // E = 40 through the tile scan
   if (!run_case(c)) return;
 }
@@ -431,19 +431,19 @@ TEST(grouped_gemm_decode_tokens_1_to_4_and_shapes) {
 TEST(grouped_gemm_rejects_bad_arguments) {
   const int E = 2;
   const int64_t d = 64, f = 64, T = 4, max_rows = 8;
-  const size_t pb = moe::grouped_gemm_packed_bytes(E, d, f, GemmDType::kBF16);
-  const size_t wb = moe::grouped_gemm_workspace_bytes(T, max_rows, d, f, GemmDType::kBF16);
+  const size_t pb = moe::grouped_gemm_packed_bytes(E, d, f, DevDType::kBF16);
+  const size_t wb = moe::grouped_gemm_workspace_bytes(T, max_rows, d, f, DevDType::kBF16);
   CHECK(pb > 0 && wb > 0);
-  CHECK_EQ(moe::grouped_gemm_packed_bytes(0, d, f, GemmDType::kBF16), size_t(0));
-  CHECK_EQ(moe::grouped_gemm_packed_bytes(E, 0, f, GemmDType::kBF16), size_t(0));
-  CHECK_EQ(moe::grouped_gemm_packed_bytes(E, d, f, GemmDType(7)), size_t(0));
-  CHECK_EQ(moe::grouped_gemm_workspace_bytes(-1, max_rows, d, f, GemmDType::kBF16), size_t(0));
+  CHECK_EQ(moe::grouped_gemm_packed_bytes(0, d, f, DevDType::kBF16), size_t(0));
+  CHECK_EQ(moe::grouped_gemm_packed_bytes(E, 0, f, DevDType::kBF16), size_t(0));
+  CHECK_EQ(moe::grouped_gemm_packed_bytes(E, d, f, DevDType(7)), size_t(0));
+  CHECK_EQ(moe::grouped_gemm_workspace_bytes(-1, max_rows, d, f, DevDType::kBF16), size_t(0));
   Buffer packed(pb), ws(wb), x(size_t(T * d) * 2), y(size_t(max_rows * d) * 4);
   std::vector<int32_t> offsets = {0, 4, 8}, rows = {0, 1, 2, 3, 0, 1, 2, 3};
   float* yp = reinterpret_cast<float*>(y.data());
   auto launch = [&](const void* xp, int64_t mr, void* wsp, size_t wsb, GroupedGemmPath path) {
-    return moe::launch_grouped_gemm(xp, GemmDType::kBF16, T, rows.data(), offsets.data(), mr, packed.data(), E, d, f,
-                                    GemmDType::kBF16, yp, wsp, wsb, nullptr, path);
+    return moe::launch_grouped_gemm(xp, DevDType::kBF16, T, rows.data(), offsets.data(), mr, packed.data(), E, d, f,
+                                    DevDType::kBF16, yp, wsp, wsb, nullptr, path);
   };
   CHECK(launch(x.data(), max_rows, ws.data(), wb - 1, GroupedGemmPath::kAuto) == cudaErrorInvalidValue);
   CHECK(launch(nullptr, max_rows, ws.data(), wb, GroupedGemmPath::kAuto) == cudaErrorInvalidValue);
@@ -452,14 +452,14 @@ TEST(grouped_gemm_rejects_bad_arguments) {
   CHECK_OK(launch(x.data(), 0, ws.data(), wb, GroupedGemmPath::kAuto));  // nothing to do
   // bf16 x at an odd address:
   CHECK(launch(x.data() + 1, max_rows, ws.data(), wb, GroupedGemmPath::kAuto) == cudaErrorInvalidValue);
-  CHECK(moe::launch_grouped_gemm(x.data(), GemmDType::kF32, T, rows.data(), offsets.data(), max_rows, packed.data(),
-                                 E, d, 60, GemmDType::kF32, yp, ws.data(), wb, nullptr,
+  CHECK(moe::launch_grouped_gemm(x.data(), DevDType::kF32, T, rows.data(), offsets.data(), max_rows, packed.data(),
+                                 E, d, 60, DevDType::kF32, yp, ws.data(), wb, nullptr,
                                  GroupedGemmPath::kTensorCores) == cudaErrorInvalidValue);
   std::vector<const void*> none(size_t(E), nullptr);
-  CHECK(moe::grouped_gemm_pack(E, d, f, GemmDType::kBF16, none.data(), none.data(), none.data(), packed.data(), pb) ==
+  CHECK(moe::grouped_gemm_pack(E, d, f, DevDType::kBF16, none.data(), none.data(), none.data(), packed.data(), pb) ==
         cudaErrorInvalidValue);
-  CHECK(moe::grouped_gemm_path(16, 64, 64, GemmDType::kBF16) == GroupedGemmPath::kDecode);
-  CHECK(moe::grouped_gemm_path(17, 64, 64, GemmDType::kBF16) == GroupedGemmPath::kTensorCores);
-  CHECK(moe::grouped_gemm_path(17, 64, 60, GemmDType::kF16) == GroupedGemmPath::kSimt);
-  CHECK(moe::grouped_gemm_path(17, 64, 64, GemmDType::kF32) == GroupedGemmPath::kSimt);
+  CHECK(moe::grouped_gemm_path(16, 64, 64, DevDType::kBF16) == GroupedGemmPath::kDecode);
+  CHECK(moe::grouped_gemm_path(17, 64, 64, DevDType::kBF16) == GroupedGemmPath::kTensorCores);
+  CHECK(moe::grouped_gemm_path(17, 64, 60, DevDType::kF16) == GroupedGemmPath::kSimt);
+  CHECK(moe::grouped_gemm_path(17, 64, 64, DevDType::kF32) == GroupedGemmPath::kSimt);
 }

@@ -118,21 +118,21 @@ cudaError_t launch_combine_typed(const float* y, int64_t num_rows, const int32_t
 
 cudaError_t launch_combine(const float* y, int64_t num_rows, const int32_t* row_of,
                            const float* topk_weights, int64_t num_tokens, int top_k, int64_t d,
-                           void* out, OutDType out_dtype, cudaStream_t stream) {
+                           void* out, DevDType out_dtype, cudaStream_t stream) {
   if (num_tokens < 0 || top_k < 1 || d < 0 || num_rows < 0) return cudaErrorInvalidValue;
-  if (out_dtype != OutDType::kF32 && out_dtype != OutDType::kF16 && out_dtype != OutDType::kBF16)
+  if (out_dtype != DevDType::kF32 && out_dtype != DevDType::kF16 && out_dtype != DevDType::kBF16)
     return cudaErrorInvalidValue;
   if (num_tokens == 0 || d == 0) return cudaSuccess;
   if (!row_of || !topk_weights || !out || (num_rows > 0 && !y)) return cudaErrorInvalidValue;
   if (num_tokens > INT64_MAX / top_k || num_tokens > INT64_MAX / d) return cudaErrorInvalidValue;
   switch (out_dtype) {
-    case OutDType::kF32:
+    case DevDType::kF32:
       return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d,
                                   static_cast<float*>(out), stream);
-    case OutDType::kF16:
+    case DevDType::kF16:
       return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d,
                                   static_cast<__half*>(out), stream);
-    case OutDType::kBF16:
+    case DevDType::kBF16:
       return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d,
                                   static_cast<__nv_bfloat16*>(out), stream);
   }

@@ -612,9 +612,9 @@ __global__ void __launch_bounds__(kConvertThreads)
 
 size_t align256(size_t x) { return (x + 255) / 256 * 256; }
 bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-size_t elem_bytes(GemmDType t) { return t == GemmDType::kF32 ? 4 : 2; }
-bool valid_dtype(GemmDType t) {
-  return t == GemmDType::kF32 || t == GemmDType::kF16 || t == GemmDType::kBF16;
+size_t elem_bytes(DevDType t) { return t == DevDType::kF32 ? 4 : 2; }
+bool valid_dtype(DevDType t) {
+  return t == DevDType::kF32 || t == DevDType::kF16 || t == DevDType::kBF16;
 }
 
 // Limits that keep every index of the kernels in int: 2*f_pad*d, d*f and rows*max(d, f) < 2^31.
@@ -626,7 +626,7 @@ struct PackedLayout {
   size_t w2_offset = 0, bytes = 0;  // 0: invalid shape
 };
 
-PackedLayout packed_layout(int num_experts, int64_t d, int64_t f, GemmDType dtype) {
+PackedLayout packed_layout(int num_experts, int64_t d, int64_t f, DevDType dtype) {
   PackedLayout L;
   if (num_experts < 1 || d < 1 || f < 1 || d > kMaxDim || f > kMaxDim || !valid_dtype(dtype)) return L;
   L.f_pad = (f + kPackGroup - 1) / kPackGroup * kPackGroup;
@@ -643,7 +643,7 @@ struct WorkspaceLayout {
   size_t h = 0, x = 0, bytes = 0;  // bytes 0: invalid
 };
 
-WorkspaceLayout workspace_layout(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f, GemmDType w_dtype) {
+WorkspaceLayout workspace_layout(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f, DevDType w_dtype) {
   WorkspaceLayout L;
   if (num_tokens < 0 || max_rows < 0 || d < 1 || f < 1 || d > kMaxDim || f > kMaxDim || !valid_dtype(w_dtype))
     return L;
@@ -773,24 +773,24 @@ cudaError_t convert_x(const void* src, void* dst, int64_t count, cudaStream_t st
 }
 
 template <typename Dst>
-cudaError_t convert_x_to(const void* x, GemmDType x_dtype, void* dst, int64_t count, cudaStream_t stream) {
+cudaError_t convert_x_to(const void* x, DevDType x_dtype, void* dst, int64_t count, cudaStream_t stream) {
   switch (x_dtype) {
-    case GemmDType::kF32: return convert_x<float, Dst>(x, dst, count, stream);
-    case GemmDType::kF16: return convert_x<__half, Dst>(x, dst, count, stream);
-    case GemmDType::kBF16: return convert_x<__nv_bfloat16, Dst>(x, dst, count, stream);
+    case DevDType::kF32: return convert_x<float, Dst>(x, dst, count, stream);
+    case DevDType::kF16: return convert_x<__half, Dst>(x, dst, count, stream);
+    case DevDType::kBF16: return convert_x<__nv_bfloat16, Dst>(x, dst, count, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 template <typename T>
-cudaError_t launch_typed(const void* x, GemmDType x_dtype, int64_t num_tokens, const int32_t* sorted_rows,
+cudaError_t launch_typed(const void* x, DevDType x_dtype, int64_t num_tokens, const int32_t* sorted_rows,
                          const int32_t* expert_offsets, int64_t max_rows, const void* packed, int num_experts,
                          int64_t d, int64_t f, const PackedLayout& P, float* y, void* workspace,
                          const WorkspaceLayout& W, GroupedGemmPath path, cudaStream_t stream) {
   const T* xw = static_cast<const T*>(x);
-  const GemmDType w_dtype = sizeof(T) == 4                    ? GemmDType::kF32
-                            : std::is_same<T, __half>::value ? GemmDType::kF16
-                                                             : GemmDType::kBF16;
+  const DevDType w_dtype = sizeof(T) == 4                    ? DevDType::kF32
+                            : std::is_same<T, __half>::value ? DevDType::kF16
+                                                             : DevDType::kBF16;
   if (x_dtype != w_dtype || !aligned_to(x, 16)) {
     T* dst = reinterpret_cast<T*>(static_cast<unsigned char*>(workspace) + W.x);
     const cudaError_t err = convert_x_to<T>(x, x_dtype, dst, num_tokens * d, stream);
@@ -819,11 +819,11 @@ cudaError_t launch_typed(const void* x, GemmDType x_dtype, int64_t num_tokens, c
 
 }  // namespace
 
-size_t grouped_gemm_packed_bytes(int num_experts, int64_t d, int64_t f, GemmDType w_dtype) {
+size_t grouped_gemm_packed_bytes(int num_experts, int64_t d, int64_t f, DevDType w_dtype) {
   return packed_layout(num_experts, d, f, w_dtype).bytes;
 }
 
-cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, GemmDType w_dtype,
+cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, DevDType w_dtype,
                               const void* const* w1, const void* const* w3, const void* const* w2,
                               void* packed, size_t packed_bytes) {
   const PackedLayout L = packed_layout(num_experts, d, f, w_dtype);
@@ -846,19 +846,19 @@ cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, GemmDType w
 }
 
 size_t grouped_gemm_workspace_bytes(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f,
-                                    GemmDType w_dtype) {
+                                    DevDType w_dtype) {
   return workspace_layout(num_tokens, max_rows, d, f, w_dtype).bytes;
 }
 
-GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, GemmDType w_dtype) {
+GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, DevDType w_dtype) {
   if (max_rows <= kDecodeMaxRows) return GroupedGemmPath::kDecode;
-  if (w_dtype != GemmDType::kF32 && d % 8 == 0 && f % 8 == 0) return GroupedGemmPath::kTensorCores;
+  if (w_dtype != DevDType::kF32 && d % 8 == 0 && f % 8 == 0) return GroupedGemmPath::kTensorCores;
   return GroupedGemmPath::kSimt;
 }
 
-cudaError_t launch_grouped_gemm(const void* x, GemmDType x_dtype, int64_t num_tokens,
+cudaError_t launch_grouped_gemm(const void* x, DevDType x_dtype, int64_t num_tokens,
                                 const int32_t* sorted_rows, const int32_t* expert_offsets, int64_t max_rows,
-                                const void* packed, int num_experts, int64_t d, int64_t f, GemmDType w_dtype,
+                                const void* packed, int num_experts, int64_t d, int64_t f, DevDType w_dtype,
                                 float* y, void* workspace, size_t workspace_bytes, cudaStream_t stream,
                                 GroupedGemmPath path) {
   if (!valid_dtype(x_dtype)) return cudaErrorInvalidValue;
@@ -872,16 +872,16 @@ cudaError_t launch_grouped_gemm(const void* x, GemmDType x_dtype, int64_t num_to
       !aligned_to(x, elem_bytes(x_dtype)))
     return cudaErrorInvalidValue;
   if (path == GroupedGemmPath::kAuto) path = grouped_gemm_path(max_rows, d, f, w_dtype);
-  if (path == GroupedGemmPath::kTensorCores && (w_dtype == GemmDType::kF32 || d % 8 != 0 || f % 8 != 0))
+  if (path == GroupedGemmPath::kTensorCores && (w_dtype == DevDType::kF32 || d % 8 != 0 || f % 8 != 0))
     return cudaErrorInvalidValue;
   switch (w_dtype) {
-    case GemmDType::kF32:
+    case DevDType::kF32:
       return launch_typed<float>(x, x_dtype, num_tokens, sorted_rows, expert_offsets, max_rows, packed,
                                  num_experts, d, f, P, y, workspace, W, path, stream);
-    case GemmDType::kF16:
+    case DevDType::kF16:
       return launch_typed<__half>(x, x_dtype, num_tokens, sorted_rows, expert_offsets, max_rows, packed,
                                   num_experts, d, f, P, y, workspace, W, path, stream);
-    case GemmDType::kBF16:
+    case DevDType::kBF16:
       return launch_typed<__nv_bfloat16>(x, x_dtype, num_tokens, sorted_rows, expert_offsets, max_rows, packed,
                                          num_experts, d, f, P, y, workspace, W, path, stream);
   }

@@ -53,8 +53,9 @@ cudaError_t launch_permute(const int32_t* topk_ids,     // [num_tokens, top_k]
                            int32_t* first_invalid_slot, // [1] or null
                            void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
-// Element type of an op's output (values as moe::DType's float types).
-enum class OutDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+// Element type of a float tensor on the device (the values of moe::DType's float types), shared by
+// every launcher that takes one.
+enum class DevDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
 // Combine (native/src/cuda/combine.cu; CPU twin: combine() in native/src/cpu/combine.cc):
 // out[t, :] = sum over j = 0..top_k-1 of topk_weights[t, j] * y[row_of[t, j], :], in f32 and in j
@@ -70,10 +71,7 @@ cudaError_t launch_combine(const float* y,              // [num_rows, d]
                            const float* topk_weights,   // [num_tokens, top_k]
                            int64_t num_tokens, int top_k, int64_t d,
                            void* out,                   // [num_tokens, d] of out_dtype
-                           OutDType out_dtype, cudaStream_t stream);
-
-// Element type of the grouped GEMM's weights and activations (values as moe::DType's float types).
-enum class GemmDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+                           DevDType out_dtype, cudaStream_t stream);
 
 // Grouped expert GEMMs with fused SwiGLU (native/src/cuda/grouped_gemm.cu; CPU twin: grouped_gemm()
 // in native/src/cpu/grouped_gemm.cc). For each sorted row r of expert e (expert_offsets[e] <= r <
@@ -89,7 +87,7 @@ enum class GemmDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 // GEMV-style weight streaming; kTensorCores: f16/bf16 with d % 8 == 0 and f % 8 == 0, mma.sync;
 // kSimt: f32, and the general fallback. Forcing kTensorCores where it does not apply is an error.
 enum class GroupedGemmPath : int { kAuto = 0, kDecode = 1, kTensorCores = 2, kSimt = 3 };
-GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, GemmDType w_dtype);
+GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, DevDType w_dtype);
 
 // Packed weights, built once on the host (no CUDA calls) into a caller buffer of
 // grouped_gemm_packed_bytes(...) bytes (0: invalid shape), then copied to the device as is:
@@ -98,8 +96,8 @@ GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, GemmDT
 //   W2  [E][d][f] (Hugging Face layout), starting at W13's bytes rounded up to 256.
 // w1[e], w3[e]: [f, d], w2[e]: [d, f], host pointers in w_dtype, one per expert.
 // Limits: d, f <= 2^30, 2*f_pad*d < 2^31, d*f < 2^31.
-size_t grouped_gemm_packed_bytes(int num_experts, int64_t d, int64_t f, GemmDType w_dtype);
-cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, GemmDType w_dtype,
+size_t grouped_gemm_packed_bytes(int num_experts, int64_t d, int64_t f, DevDType w_dtype);
+cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, DevDType w_dtype,
                               const void* const* w1,  // [E] -> [f, d]
                               const void* const* w3,  // [E] -> [f, d]
                               const void* const* w2,  // [E] -> [d, f]
@@ -108,19 +106,19 @@ cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, GemmDType w
 // Device scratch: h [max_rows][f] and the converted x [num_tokens][d], both in the weight dtype,
 // each on a 256-byte boundary. 0: invalid shape.
 size_t grouped_gemm_workspace_bytes(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f,
-                                    GemmDType w_dtype);
+                                    DevDType w_dtype);
 
 // packed, workspace and y must be 16-byte aligned (cudaMalloc's are), x aligned to its element.
 // max_rows == 0 or num_tokens == 0 launches nothing. Errors: cudaErrorInvalidValue for an invalid
 // shape or dtype, a null or misaligned pointer that is needed, a workspace that is too small, or a
 // forced path that does not apply.
 cudaError_t launch_grouped_gemm(const void* x,                 // [num_tokens, d] of x_dtype
-                                GemmDType x_dtype, int64_t num_tokens,
+                                DevDType x_dtype, int64_t num_tokens,
                                 const int32_t* sorted_rows,    // [max_rows] (first R used) or null
                                 const int32_t* expert_offsets, // [num_experts + 1]
                                 int64_t max_rows,              // host-known bound on R, e.g. T*k
                                 const void* packed,            // grouped_gemm_pack's layout
-                                int num_experts, int64_t d, int64_t f, GemmDType w_dtype,
+                                int num_experts, int64_t d, int64_t f, DevDType w_dtype,
                                 float* y,                      // [max_rows, d] (first R written)
                                 void* workspace, size_t workspace_bytes, cudaStream_t stream,
                                 GroupedGemmPath path = GroupedGemmPath::kAuto);
