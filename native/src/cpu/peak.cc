@@ -41,7 +41,8 @@ float sum_portable(const float* p, int64_t n) {
 float fma_chains_portable(int64_t iters) {
   const v4f m = {0.999f, 0.999f, 0.999f, 0.999f}, c = {0.001f, 0.001f, 0.001f, 0.001f};
   v4f a[kFmaChains];
-  for (int j = 0; j < kFmaChains; ++j) a[j] = v4f{0.5f, 0.5f, 0.5f, 0.5f};
+  // distinct starting values, so the compiler cannot merge equal chains into one
+  for (int j = 0; j < kFmaChains; ++j) a[j] = v4f{0.5f, 0.5f, 0.5f, 0.5f} + float(j) / 64;
   for (int64_t i = 0; i < iters; ++i)
     for (int j = 0; j < kFmaChains; ++j) a[j] = a[j] * m + c;
   v4f s = a[0];

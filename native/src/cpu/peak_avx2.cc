@@ -40,9 +40,14 @@ float sum_avx2(const float* p, int64_t n) {
 float fma_chains_avx2(int64_t iters) {
   static_assert(kFmaChains == 12, "the chains below are written out by hand");
   // acc = acc * m + c converges to c / (1 - m) = 1: no overflow, no denormals, however long it runs.
+  // Every chain starts from a different value: chains that start equal are provably equal, and the
+  // compiler then keeps one and counts it twelve times (it did: one vfmadd in the loop).
   const __m256 m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(0.001f);
-  __m256 a0 = _mm256_set1_ps(0.5f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-  __m256 a6 = a0, a7 = a0, a8 = a0, a9 = a0, a10 = a0, a11 = a0;
+  const __m256 step = _mm256_set1_ps(1.0f / 64);
+  __m256 a0 = _mm256_set1_ps(0.5f), a1 = _mm256_add_ps(a0, step), a2 = _mm256_add_ps(a1, step);
+  __m256 a3 = _mm256_add_ps(a2, step), a4 = _mm256_add_ps(a3, step), a5 = _mm256_add_ps(a4, step);
+  __m256 a6 = _mm256_add_ps(a5, step), a7 = _mm256_add_ps(a6, step), a8 = _mm256_add_ps(a7, step);
+  __m256 a9 = _mm256_add_ps(a8, step), a10 = _mm256_add_ps(a9, step), a11 = _mm256_add_ps(a10, step);
   for (int64_t i = 0; i < iters; ++i) {
     a0 = _mm256_fmadd_ps(a0, m, c);
     a1 = _mm256_fmadd_ps(a1, m, c);

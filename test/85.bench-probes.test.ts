@@ -1,0 +1,39 @@
+// The bench's machine-peak probes must measure what they claim. A compiler that proves two FMA
+// chains equal keeps one and the probe then over-counts flops (it happened: one vfmadd for twelve
+// chains made the "peak" 1.5x the real one), so the compiled probe is inspected, not trusted.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+
+const root = path.join(__dirname, '..');
+const addon = path.join(root, 'build', 'Release', 'moe_kernels.node');
+const hasObjdump = spawnSync('objdump', ['--version']).status === 0;
+
+function disassemble(symbol: string): string {
+  const r = spawnSync('objdump', ['-d', '--no-show-raw-insn', `--disassemble=${symbol}`, addon], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  assert.is(r.status, 0, r.stderr);
+  return r.stdout;
+}
+
+test('the AVX2 FMA probe runs twelve independent chains (kFmaChains), not one counted twelve times', () => {
+  if (!hasObjdump || !fs.existsSync(addon)) {
+    console.log('  (skipped: needs objdump and build/Release/moe_kernels.node)');
+    return;
+  }
+  const asm = disassemble('_ZN3moe11peak_detail15fma_chains_avx2El');
+  const fmas = asm.split('\n').filter((l) => /\bvfmadd\d*ps\b/.test(l) && /%ymm/.test(l)).length;
+  assert.is(fmas, 12, asm);
+});
+
+test('the probes return plausible, positive figures', () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = require('node-gyp-build')(root);
+  const gflops = native.measure_fma_peak(0.05);
+  const gbs = native.measure_read_bandwidth(16 << 20, 2);
+  assert.ok(Number.isFinite(gflops) && gflops > 0, `fma ${gflops}`);
+  assert.ok(Number.isFinite(gbs) && gbs > 0, `bandwidth ${gbs}`);
+});
+
+test.run();
