@@ -19,8 +19,12 @@
 
 #include "../../native/include/moe/dtype.h"
 #include "check.h"
+#include "schedules.h"
 
 namespace {
+
+using emu_test::kAllSchedules;
+using emu_test::ScheduleScope;
 
 using moe::DevDType;
 
@@ -176,17 +180,6 @@ bool check_case(int64_t T, int k, int64_t d, DevDType dtype, bool wide, int y_sh
   return true;
 }
 
-const moe_emu::Schedule kAllSchedules[] = {moe_emu::Schedule::kRoundRobin, moe_emu::Schedule::kReverse,
-                                           moe_emu::Schedule::kRandom};
-
-struct ScheduleScope {
-  moe_emu::Schedule old;
-  uint64_t seed;
-  explicit ScheduleScope(moe_emu::Schedule s) : old(moe_emu::schedule()), seed(moe_emu::schedule_seed()) {
-    moe_emu::set_schedule(s, 99);
-  }
-  ~ScheduleScope() { moe_emu::set_schedule(old, seed); }
-};
 
 const DevDType kAllTypes[] = {DevDType::kF32, DevDType::kF16, DevDType::kBF16};
 const int64_t kDims[] = {1, 3, 4, 33, 128};
@@ -197,7 +190,7 @@ const int kTopKs[] = {1, 2, 6};
 // Every d, k and output type at T = 1 and 33 under every schedule.
 TEST(combine_small_every_schedule) {
   for (moe_emu::Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, 99);
     for (DevDType t : kAllTypes)
       for (int64_t d : kDims)
         for (int k : kTopKs)

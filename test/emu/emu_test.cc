@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "check.h"
+#include "schedules.h"
 
 using moe_emu::Schedule;
 
@@ -23,17 +24,9 @@ namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kWarp = 32;
-const Schedule kAllSchedules[] = {Schedule::kRoundRobin, Schedule::kReverse, Schedule::kRandom};
-
-// Sets a schedule for the scope of a test section, restoring the previous one after.
-struct ScheduleScope {
-  Schedule old_schedule;
-  uint64_t old_seed;
-  explicit ScheduleScope(Schedule s, uint64_t seed = 12345) : old_schedule(moe_emu::schedule()), old_seed(moe_emu::schedule_seed()) {
-    moe_emu::set_schedule(s, seed);
-  }
-  ~ScheduleScope() { moe_emu::set_schedule(old_schedule, old_seed); }
-};
+using emu_test::kAllSchedules;
+using emu_test::ScheduleScope;
+constexpr uint64_t kSeed = 12345;  // random-schedule seed of these tests
 
 uint32_t float_bits(float f) {
   uint32_t u;
@@ -57,7 +50,7 @@ TEST(launch_indices_3d) {
   const int nblocks = 12, nthreads = 24;
   std::vector<int> out(nblocks * nthreads, -1);
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     std::fill(out.begin(), out.end(), -1);
     CHECK_OK(moe_launch(indices_kernel, grid, block, 0, nullptr, out.data()));
     for (int b = 0; b < nblocks; ++b)
@@ -240,7 +233,7 @@ __global__ void syncwarp_halves_kernel(int* out) {
 TEST(syncwarp_and_shuffles_on_disjoint_half_warps) {
   std::vector<int> out(32);
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     CHECK_OK(moe_launch(syncwarp_halves_kernel, dim3(1), dim3(32), 0, nullptr, out.data()));
     for (int l = 0; l < 32; ++l) CHECK_EQ(out[l], (l ^ 1) + (l ^ 2 ^ 1));
   }
@@ -274,7 +267,7 @@ __global__ void barrier_reduce_kernel(int* out) {
 
 TEST(barrier_counts_arrivals_and_reduces) {
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     int out[5] = {0, 0, 0, 0, 0};
     CHECK_OK(moe_launch(barrier_reduce_kernel, dim3(3), dim3(kReduceThreads), 0, nullptr, out));
     CHECK_EQ(out[0], kReduceThreads * (kReduceThreads + 1) / 2);
@@ -339,7 +332,7 @@ TEST(divergence_is_reported_not_hung) {
   };
   std::vector<int> out(64);
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     for (const Case& c : cases) {
       const int block = c.kind == kDeadlock || c.kind == kMaskWithoutSelf ? 32 : 64;
       CHECK_ERR(moe_launch(divergent_kernel, dim3(2), dim3(block), 0, nullptr, int(c.kind), out.data()), c.code, c.needle);
@@ -391,7 +384,7 @@ TEST(shared_memory_is_poisoned_at_block_start) {
     CHECK(std::isnan(d[t]));
   }
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     CHECK_OK(moe_launch(shared_fresh_per_block_kernel, dim3(2), dim3(64), 0, nullptr, o.data()));
     for (int t = 0; t < 64; ++t) CHECK(std::isnan(o[t]));
   }
@@ -530,7 +523,7 @@ TEST(schedules_order_threads_and_expose_missing_barriers) {
 
   std::vector<float> out(128);
   auto broken = [&](Schedule s) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     CHECK_OK(moe_launch(missing_barrier_kernel, dim3(1), dim3(128), 0, nullptr, out.data()));
     int nans = 0;
     for (float v : out) nans += std::isnan(v);
@@ -674,7 +667,7 @@ TEST(ldmatrix_x1_x2_x4_and_trans_layouts) {
       for (int c = 0; c < kLdRows; ++c) src[size_t(ld_row_of(m, r) * kLdRowStride + c)] = value(m, r, c);
   std::vector<uint32_t> out(size_t(kWarp * kLdVariants * 4), 0);
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     CHECK_OK(moe_launch(ldmatrix_kernel, dim3(1), dim3(kWarp), 0, nullptr, src.data(), n, out.data(), 0));
     // PTX ISA: lane l holds, of each matrix, row l/4, columns 2*(l%4) and 2*(l%4)+1 (low half
     // first); .trans delivers the transpose: elements (2*(l%4), l/4) and (2*(l%4)+1, l/4).
@@ -752,7 +745,7 @@ TEST(cp_async_groups_and_missing_wait_shows_nan) {
   for (int i = 0; i < 2 * n; ++i) src[size_t(i)] = float(i + 1);
   auto index_from = [&](int t, int i) { return ((t + 1) % kCpThreads) * kCpFloatsPerCopy + i; };
   for (Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, kSeed);
     CHECK_OK(moe_launch(cp_async_kernel, dim3(1), dim3(kCpThreads), 0, nullptr, src.data(), out.data(), int(kWaitAll)));
     for (int t = 0; t < kCpThreads; ++t)
       for (int i = 0; i < kCpFloatsPerCopy; ++i) CHECK_EQ(out[size_t(t * 4 + i)], src[size_t(index_from(t, i))]);

@@ -24,8 +24,12 @@
 #include <vector>
 
 #include "check.h"
+#include "schedules.h"
 
 namespace {
+
+using emu_test::kAllSchedules;
+using emu_test::ScheduleScope;
 
 using moe::DevDType;
 using moe::GroupedGemmPath;
@@ -295,17 +299,6 @@ bool run_case(const Case& c) {
   return true;
 }
 
-const moe_emu::Schedule kAllSchedules[] = {moe_emu::Schedule::kRoundRobin, moe_emu::Schedule::kReverse,
-                                           moe_emu::Schedule::kRandom};
-
-struct ScheduleScope {
-  moe_emu::Schedule old;
-  uint64_t seed;
-  explicit ScheduleScope(moe_emu::Schedule s) : old(moe_emu::schedule()), seed(moe_emu::schedule_seed()) {
-    moe_emu::set_schedule(s, 2024);
-  }
-  ~ScheduleScope() { moe_emu::set_schedule(old, seed); }
-};
 
 // x_dtype < 0: x in the weight dtype.
 Case make(int64_t T, int k, int E, int64_t d, int64_t f, DevDType w, int x_dtype = -1) {

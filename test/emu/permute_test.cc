@@ -15,8 +15,12 @@
 #include <vector>
 
 #include "check.h"
+#include "schedules.h"
 
 namespace {
+
+using emu_test::kAllSchedules;
+using emu_test::ScheduleScope;
 
 struct Result {
   std::vector<int32_t> offsets, sorted_rows, row_of, dropped;
@@ -202,17 +206,6 @@ bool check_all_capacities(int64_t T, int k, int E, Fill fill) {
   return true;
 }
 
-const moe_emu::Schedule kAllSchedules[] = {moe_emu::Schedule::kRoundRobin, moe_emu::Schedule::kReverse,
-                                           moe_emu::Schedule::kRandom};
-
-struct ScheduleScope {
-  moe_emu::Schedule old;
-  uint64_t seed;
-  explicit ScheduleScope(moe_emu::Schedule s) : old(moe_emu::schedule()), seed(moe_emu::schedule_seed()) {
-    moe_emu::set_schedule(s, 77);
-  }
-  ~ScheduleScope() { moe_emu::set_schedule(old, seed); }
-};
 
 const int kFastExperts[] = {1, 3, 8, 64, 300};
 const int kTopKs[] = {1, 2, 6};
@@ -223,7 +216,7 @@ const Fill kValidFills[] = {Fill::kRandom, Fill::kOneExpert, Fill::kSparse, Fill
 // Small shapes (one block) under every schedule: the synchronisation of every kernel, both paths.
 TEST(permute_small_every_schedule) {
   for (moe_emu::Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, 77);
     for (int E : kFastExperts)
       for (int k : kTopKs)
         if (!check_case(33, k, E, Fill::kRandom, -1)) return;
@@ -347,7 +340,7 @@ TEST(permute_is_stable_and_deterministic) {
         return;
       }
   for (moe_emu::Schedule s : kAllSchedules) {
-    ScheduleScope scope(s);
+    ScheduleScope scope(s, 77);
     Result again;
     CHECK_OK(run_permute(ids, 1500, 2, 5, -1, &again));
     CHECK(again.offsets == first.offsets && again.sorted_rows == first.sorted_rows &&

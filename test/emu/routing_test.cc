@@ -13,8 +13,12 @@
 #include <vector>
 
 #include "check.h"
+#include "schedules.h"
 
 namespace {
+
+using emu_test::kAllSchedules;
+using emu_test::ScheduleScope;
 
 struct Reference {
   std::vector<int32_t> ids;
@@ -112,17 +116,6 @@ bool check_case(int64_t T, int E, int k, bool renormalize, Fill fill) {
   return true;
 }
 
-const moe_emu::Schedule kAllSchedules[] = {moe_emu::Schedule::kRoundRobin, moe_emu::Schedule::kReverse,
-                                           moe_emu::Schedule::kRandom};
-
-struct ScheduleScope {
-  moe_emu::Schedule old;
-  uint64_t seed;
-  explicit ScheduleScope(moe_emu::Schedule s) : old(moe_emu::schedule()), seed(moe_emu::schedule_seed()) {
-    moe_emu::set_schedule(s, 2024);
-  }
-  ~ScheduleScope() { moe_emu::set_schedule(old, seed); }
-};
 
 // Every (E, k) under every schedule at T = 1 and 33 with every fill; T = 511 (several blocks,
 // a partial last block) under round-robin only, which keeps the suite fast: the schedule matters
