@@ -2,22 +2,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { permute, permuteSync, routeSync, type PermuteResult } from '../lib/index';
 import { i32, makeProblem } from './helpers/problems';
-import { assertSameTensor, mulberry32, randInt, refPermute } from './helpers/reference';
+import { assertSameTensor, distinctIds, randInt, refPermute } from './helpers/reference';
 
-/** Random ids [T,k] with k distinct experts per token (as route produces). */
-function distinctIds(T: number, k: number, E: number, seed: number): Int32Array {
-  const rnd = mulberry32(seed);
-  const out = new Int32Array(T * k);
-  for (let t = 0; t < T; t++) {
-    const pool = Array.from({ length: E }, (_, e) => e);
-    for (let j = 0; j < k; j++) {
-      const i = j + Math.floor(rnd() * (E - j));
-      [pool[j], pool[i]] = [pool[i], pool[j]];
-      out[t * k + j] = pool[j];
-    }
-  }
-  return out;
-}
 
 /** Every layout field equals the reference exactly, and the invariants hold. */
 function checkPermute(ids: ArrayLike<number>, T: number, k: number, E: number, capacity: number | undefined, label: string, r?: PermuteResult) {

@@ -2,22 +2,8 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { ExpertWeights, groupedGemm, groupedGemmSync, permuteSync, routeSync, tensor, type Tensor } from '../lib/index';
 import { i32, makeProblem, perExpert, type MoeProblem } from './helpers/problems';
-import { assertClose, assertSameTensor, FLOAT_TYPES, mulberry32, refGroupedGemm, tolFor, type FloatType } from './helpers/reference';
+import { assertClose, assertSameTensor, distinctIds, FLOAT_TYPES, refGroupedGemm, tolFor, type FloatType } from './helpers/reference';
 
-/** Random ids [T,k], k distinct experts per token. */
-function distinctIds(T: number, k: number, E: number, seed: number): Int32Array {
-  const rnd = mulberry32(seed);
-  const out = new Int32Array(T * k);
-  for (let t = 0; t < T; t++) {
-    const pool = Array.from({ length: E }, (_, e) => e);
-    for (let j = 0; j < k; j++) {
-      const i = j + Math.floor(rnd() * (E - j));
-      [pool[j], pool[i]] = [pool[i], pool[j]];
-      out[t * k + j] = pool[j];
-    }
-  }
-  return out;
-}
 
 const packs = new Map<MoeProblem, ExpertWeights>();
 function packed(p: MoeProblem): ExpertWeights {

@@ -362,3 +362,18 @@ export function skipTokens(flagged: ArrayLike<boolean>, d: number): (i: number) 
 export function nearTies(route: RefRoute, eps = 1e-4): boolean[] {
   return Array.from(route.margin, (m) => m < eps);
 }
+
+/** Random ids [T,k] with k distinct experts per token (as route produces). */
+export function distinctIds(T: number, k: number, E: number, seed: number): Int32Array {
+  const rnd = mulberry32(seed);
+  const out = new Int32Array(T * k);
+  for (let t = 0; t < T; t++) {
+    const pool = Array.from({ length: E }, (_, e) => e);
+    for (let j = 0; j < k; j++) {
+      const i = j + Math.floor(rnd() * (E - j));
+      [pool[j], pool[i]] = [pool[i], pool[j]];
+      out[t * k + j] = pool[j];
+    }
+  }
+  return out;
+}
