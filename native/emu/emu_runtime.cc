@@ -29,15 +29,7 @@
 #include "emu.h"
 #include "fiber.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define MOE_EMU_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define MOE_EMU_ASAN 1
-#endif
-#endif
-#if defined(MOE_EMU_ASAN)
-#include <sanitizer/asan_interface.h>
+#if defined(MOE_EMU_ASAN)  // from fiber.h
 #define MOE_EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
 #define MOE_EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
 #else

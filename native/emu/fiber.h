@@ -12,6 +12,18 @@
 #pragma once
 #include <cstddef>
 
+// MOE_EMU_ASAN: this translation unit is built with AddressSanitizer (GCC or Clang spelling).
+#if defined(__SANITIZE_ADDRESS__)
+#define MOE_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define MOE_EMU_ASAN 1
+#endif
+#endif
+#if defined(MOE_EMU_ASAN)
+#include <sanitizer/asan_interface.h>
+#endif
+
 #if !defined(__x86_64__) && !defined(MOE_EMU_UCONTEXT)
 #define MOE_EMU_UCONTEXT 1
 #endif
