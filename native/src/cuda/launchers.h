@@ -124,3 +124,44 @@ cudaError_t launch_grouped_gemm(const void* x,                 // [num_tokens, d
                                 GroupedGemmPath path = GroupedGemmPath::kAuto);
 
 }  // namespace moe
+
+namespace moe {
+
+// Router logits (native/src/cuda/router.cu): logits[t, e] = sum_i x[t, i] * gate[e, i], x read in
+// x_dtype and widened to f32, f32 accumulation (one warp per (t, e); lane partials strided over d,
+// then an xor butterfly: the same bits on every run, not those of a serial sum).
+// Errors: cudaErrorInvalidValue for num_tokens < 0, d < 0, num_experts < 1, an unknown x_dtype, or a
+// null / misaligned pointer that is needed (num_tokens == 0 launches nothing).
+cudaError_t launch_router_logits(const void* x,         // [num_tokens, d] of x_dtype
+                                 DevDType x_dtype,
+                                 const float* gate,     // [num_experts, d]
+                                 int64_t num_tokens, int64_t d, int num_experts,
+                                 float* logits,         // [num_tokens, num_experts]
+                                 cudaStream_t stream);
+
+// One MoE layer's weights on the device.
+struct MoeDeviceLayer {
+  int num_experts = 0;
+  int64_t d = 0, f = 0;                 // model and expert hidden sizes
+  DevDType w_dtype = DevDType::kBF16;   // expert weights' dtype
+  const float* gate = nullptr;          // device [num_experts, d], f32
+  const void* packed = nullptr;         // device, grouped_gemm_pack's layout (16-byte aligned)
+};
+
+// Workspace for launch_moe_forward (every intermediate on a 256-byte boundary). 0: invalid shape.
+size_t moe_forward_workspace_bytes(const MoeDeviceLayer& layer, int64_t num_tokens, int top_k);
+
+// The MoE block (native/src/cuda/moe_forward.cu), all on `stream` with no host synchronisation
+// (graph-capturable): launch_router_logits -> launch_softmax_topk (renormalize = normalize) ->
+// launch_permute (dropless) -> launch_grouped_gemm (max_rows = T*k) -> launch_combine into `out`
+// [num_tokens, d] of out_dtype. topk_ids_out [T, k] / topk_weights_out [T, k] (device, may be null)
+// receive the routing. workspace: device, 256-byte aligned, >= moe_forward_workspace_bytes(...).
+// Errors: cudaErrorInvalidValue for an invalid shape or dtype, a null pointer that is needed, a small
+// or misaligned workspace; otherwise the first failing launcher's status.
+cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDType x_dtype, int64_t num_tokens,
+                               int top_k, bool normalize, void* out, DevDType out_dtype,
+                               int32_t* topk_ids_out,     // [num_tokens, top_k] or null
+                               float* topk_weights_out,   // [num_tokens, top_k] or null
+                               void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace moe
