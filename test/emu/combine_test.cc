@@ -19,25 +19,17 @@
 
 #include "../../native/include/moe/dtype.h"
 #include "check.h"
+#include "dev_dtype.h"
 #include "schedules.h"
 
 namespace {
 
 using emu_test::kAllSchedules;
 using emu_test::ScheduleScope;
+using emu_test::dtype_name;
+using emu_test::elem_bytes;
 
 using moe::DevDType;
-
-const char* dtype_name(DevDType t) {
-  switch (t) {
-    case DevDType::kF32: return "f32";
-    case DevDType::kF16: return "f16";
-    case DevDType::kBF16: return "bf16";
-  }
-  return "?";
-}
-
-size_t out_bytes(DevDType t) { return t == DevDType::kF32 ? 4 : 2; }
 
 struct Inputs {
   std::vector<float> y;          // [R, d]
@@ -109,7 +101,7 @@ uint16_t bf16_bits(__nv_bfloat16 h) {
 // misalign them); the output starts as garbage.
 cudaError_t run_combine(const Inputs& in, int64_t T, int k, int64_t d, DevDType dtype, int y_shift, int out_shift,
                         std::vector<unsigned char>* out_host) {
-  const size_t ob = out_bytes(dtype);
+  const size_t ob = elem_bytes(dtype);
   void *d_y = nullptr, *d_rows = nullptr, *d_w = nullptr, *d_out = nullptr;
   cudaMalloc(&d_y, (in.y.size() + size_t(y_shift)) * sizeof(float) + 1);
   cudaMalloc(&d_rows, in.row_of.size() * sizeof(int32_t) + 1);

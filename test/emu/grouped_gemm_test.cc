@@ -24,24 +24,21 @@
 #include <vector>
 
 #include "check.h"
+#include "dev_dtype.h"
 #include "schedules.h"
 
 namespace {
 
 using emu_test::kAllSchedules;
 using emu_test::ScheduleScope;
+using emu_test::dtype_name;
+using emu_test::elem_bytes;
+using emu_test::round_to;
+using emu_test::store_as;
+using emu_test::load_as;
 
 using moe::DevDType;
 using moe::GroupedGemmPath;
-
-const char* dtype_name(DevDType t) {
-  switch (t) {
-    case DevDType::kF32: return "f32";
-    case DevDType::kF16: return "f16";
-    case DevDType::kBF16: return "bf16";
-  }
-  return "?";
-}
 
 const char* path_name(GroupedGemmPath p) {
   switch (p) {
@@ -51,36 +48,6 @@ const char* path_name(GroupedGemmPath p) {
     case GroupedGemmPath::kSimt: return "simt";
   }
   return "?";
-}
-
-size_t elem_bytes(DevDType t) { return t == DevDType::kF32 ? 4 : 2; }
-
-// The value v rounds to in dtype t (nearest even), as a float.
-float round_to(float v, DevDType t) {
-  switch (t) {
-    case DevDType::kF32: return v;
-    case DevDType::kF16: return __half2float(__float2half_rn(v));
-    case DevDType::kBF16: return __bfloat162float(__float2bfloat16_rn(v));
-  }
-  return v;
-}
-
-// Writes v (already representable) in dtype t at dst[i].
-void store_as(void* dst, size_t i, float v, DevDType t) {
-  switch (t) {
-    case DevDType::kF32: static_cast<float*>(dst)[i] = v; break;
-    case DevDType::kF16: static_cast<__half*>(dst)[i] = __float2half_rn(v); break;
-    case DevDType::kBF16: static_cast<__nv_bfloat16*>(dst)[i] = __float2bfloat16_rn(v); break;
-  }
-}
-
-float load_as(const void* src, size_t i, DevDType t) {
-  switch (t) {
-    case DevDType::kF32: return static_cast<const float*>(src)[i];
-    case DevDType::kF16: return __half2float(static_cast<const __half*>(src)[i]);
-    case DevDType::kBF16: return __bfloat162float(static_cast<const __nv_bfloat16*>(src)[i]);
-  }
-  return 0;
 }
 
 // 256-byte aligned "device" memory (the emulator's device memory is host memory).
