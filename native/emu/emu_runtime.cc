@@ -13,6 +13,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <chrono>
 #include <atomic>
 #include <condition_variable>
 #include <cstdarg>
@@ -41,6 +42,9 @@ __thread moe_emu::ThreadCtx* moe_emu_current __attribute__((tls_model("initial-e
 
 // cudaStream_t is `CUstream_st*`; the emulator runs everything at launch time, so a stream is only
 // a handle.
+struct CUevent_st {
+  std::chrono::steady_clock::time_point at;  // when cudaEventRecord ran (work is done by then)
+};
 struct CUstream_st {
   int unused;
 };
@@ -1359,6 +1363,33 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) { retu
 
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   delete stream;
+  return cudaSuccess;
+}
+
+// Stream-ordered allocation: the emulator runs every operation when it is issued, so these are the
+// plain forms.
+cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }
+cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
+
+// Events: a host timestamp taken when recorded (everything issued before it has run by then).
+cudaError_t cudaEventCreate(cudaEvent_t* event) {
+  if (!event) return host_error(cudaErrorInvalidValue, "cudaEventCreate: null result pointer");
+  *event = new CUevent_st{std::chrono::steady_clock::now()};
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  delete event;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
+  if (!event) return host_error(cudaErrorInvalidValue, "cudaEventRecord: null event");
+  event->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!ms || !start || !end) return host_error(cudaErrorInvalidValue, "cudaEventElapsedTime: null argument");
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
   return cudaSuccess;
 }
 
