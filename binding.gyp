@@ -15,7 +15,8 @@
       "dependencies": ["moe_cpu_avx2"],
       "sources": [
         "<!@(node -p \"require('fs').readdirSync('native/addon').filter(f => f.endsWith('.cc')).map(f => 'native/addon/' + f).join(' ')\")",
-        "<!@(node -p \"require('fs').readdirSync('native/src/cpu').filter(f => f.endsWith('.cc') && !f.endsWith('_avx2.cc')).map(f => 'native/src/cpu/' + f).join(' ')\")"
+        "<!@(node -p \"require('fs').readdirSync('native/src/cpu').filter(f => f.endsWith('.cc') && !f.endsWith('_avx2.cc')).map(f => 'native/src/cpu/' + f).join(' ')\")",
+        "native/src/cuda/backend_none.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/include"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -2,6 +2,11 @@
 // Builds the native addon from source: cmake-js when cmake is on the PATH (the primary build, which
 // also compiles the CUDA backend when nvcc is present), else node-gyp with binding.gyp (CPU only).
 // Run by `npm install` through node-gyp-build when no prebuilt binary fits this machine.
+//
+// Environment: MOE_CUDA=0 builds without the CUDA backend even when nvcc is present;
+// MOE_CUDA_EMU=1 builds the test addon instead, whose CUDA backend runs on the CPU emulator
+// (backend 'cuda-emu'), into build-emu/ (the tests load it through MOE_KERNELS_ADDON).
+// MOE_BUILD=gyp forces node-gyp.
 'use strict';
 const { spawnSync } = require('node:child_process');
 const path = require('node:path');
@@ -25,7 +30,15 @@ const cmakeJs = (() => {
 })();
 
 if (cmakeJs && has('cmake') && process.env.MOE_BUILD !== 'gyp') {
-  run(process.execPath, [cmakeJs, 'build', '--parallel', jobs, '--out', 'build']);
+  const emu = process.env.MOE_CUDA_EMU === '1';
+  const defs = [];
+  if (emu) defs.push('--CDMOE_CUDA_EMU=ON', '--CDMOE_CUDA=OFF');
+  else if (process.env.MOE_CUDA === '0') defs.push('--CDMOE_CUDA=OFF');
+  else defs.push('--CDMOE_CUDA=ON', '--CDMOE_CUDA_EMU=OFF');
+  run(process.execPath, [cmakeJs, 'build', '--parallel', jobs, '--out', emu ? 'build-emu' : 'build', ...defs]);
+} else if (process.env.MOE_CUDA_EMU === '1') {
+  console.error('moe-kernels: MOE_CUDA_EMU=1 needs cmake and cmake-js (the emulated test build is CMake only)');
+  process.exit(1);
 } else {
   // npm hands its bundled node-gyp to install scripts; otherwise look for one nearby
   const nodeGyp =

@@ -60,6 +60,8 @@ class PackedExperts {
   int64_t d = 0, f = 0;
   DType dtype = DType::kF32;
   virtual size_t bytes() const = 0;  // memory held by the packed weights
+  // The backend that packed them and runs ops on them: "cpu", "cuda" or "cuda-emu".
+  virtual const char* backend() const { return "cpu"; }
 };
 
 // Copies and repacks the weights; the source may be freed afterwards.

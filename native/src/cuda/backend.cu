@@ -1,0 +1,688 @@
+// moe-kernels CUDA: the backend's host side (moe/cuda_backend.h). Host code only: device memory,
+// streams, copies, and calls to the launchers of routing.cu, permute.cu, grouped_gemm.cu,
+// combine.cu, router.cu and moe_forward.cu.
+//
+// Built twice from this one file: by nvcc with static cudart (backend "cuda"), and by g++ against
+// native/emu with -DMOE_CUDA_EMU (backend "cuda-emu", test builds), where the runtime API functions
+// used below are the emulator's.
+//
+// Rules: every op runs on a stream of its own (a layer's forward on the layer's stream), waits for
+// that stream only, and frees its scratch stream-ordered (cudaFreeAsync), so nothing here
+// synchronises the whole device. Errors come back as a Status naming the step and the CUDA error;
+// nothing throws or exits.
+// Standard and moe/ headers first: under the emulator, cuda_compat.cuh defines CUDA's keyword
+// macros (__noinline__, ...), which libstdc++'s <memory> spells as attributes of its own.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "moe/cuda_backend.h"
+
+#include "cuda_compat.cuh"
+#include "launchers.h"
+
+namespace moe {
+namespace cuda {
+
+namespace {
+
+#if defined(MOE_CUDA_EMU)
+constexpr const char* kName = "cuda-emu";
+#else
+constexpr const char* kName = "cuda";
+#endif
+constexpr size_t kAlign = 256;
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+Status from_cuda(cudaError_t e, const char* what) {
+  std::string m = std::string(kName) + ": " + what + " failed: " + cudaGetErrorName(e) + ": " + moe_error_string(e);
+  cudaGetLastError();  // a non-sticky error must not be reported again by the next call
+  if (e == cudaErrorMemoryAllocation) return Status::oom(m);
+  if (e == cudaErrorInvalidValue) return Status::invalid(m);
+  return Status::internal(m);
+}
+
+#define MOE_CUDA_TRY(expr, what)                            \
+  do {                                                      \
+    const cudaError_t moe_err_ = (expr);                    \
+    if (moe_err_ != cudaSuccess) return from_cuda(moe_err_, what); \
+  } while (0)
+
+#if defined(MOE_CUDA_EMU)
+// The emulator runs a launch on the calling thread; one op at a time keeps its per-thread state
+// simple and costs nothing that matters in tests.
+std::mutex g_emu_mu;
+#define MOE_EMU_SERIAL std::lock_guard<std::mutex> moe_emu_lock_(g_emu_mu)
+#else
+#define MOE_EMU_SERIAL
+#endif
+
+DevDType dev_dtype(DType t) {
+  return t == DType::kF16 ? DevDType::kF16 : t == DType::kBF16 ? DevDType::kBF16 : DevDType::kF32;
+}
+
+// Peak numbers for the bench, from the datasheets of each architecture (dense, no sparsity).
+struct ArchPeak {
+  int tc_flops_per_clk_sm;   // f16/bf16 mma with f32 accumulation
+  int fma_flops_per_clk_sm;  // f32 FMA (2 flops per lane)
+};
+ArchPeak arch_peak(int major, int minor) {
+  if (major == 8 && minor == 0) return {2048, 128};  // A100: 64 FP32 lanes/SM
+  if (major == 8) return {1024, 256};                // A10/A40/L40 class (GeForce: half the TC rate)
+  if (major == 9) return {4096, 256};                // H100/H200 (wgmma rate; mma.sync reaches less)
+  if (major >= 10) return {4096, 256};               // newer: at least Hopper's rate
+  return {0, 0};
+}
+
+DeviceInfo probe() {
+  DeviceInfo i;
+  i.compiled = true;
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    if (e == cudaErrorInsufficientDriver || e == cudaErrorNoDevice)
+      i.reason = std::string("no usable NVIDIA driver or device (") + cudaGetErrorName(e) +
+                 ": libcuda.so.1 not found, too old, or no GPU)";
+    else
+      i.reason = std::string("the CUDA runtime could not start: ") + cudaGetErrorName(e) + ": " +
+                 cudaGetErrorString(e);
+    return i;
+  }
+  if (n < 1) {
+    i.reason = "no CUDA device found";
+    return i;
+  }
+  int dev = 0;
+  if (const char* s = std::getenv("MOE_CUDA_DEVICE")) {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    if (!*s || *end || v < 0 || v >= n) {
+      i.reason = std::string("MOE_CUDA_DEVICE='") + s + "' is not a device ordinal in [0, " + std::to_string(n) + ")";
+      return i;
+    }
+    dev = int(v);
+  }
+  i.device = dev;
+  if ((e = cudaSetDevice(dev)) != cudaSuccess) {
+    cudaGetLastError();
+    i.reason = std::string("cudaSetDevice(") + std::to_string(dev) + ") failed: " + cudaGetErrorName(e);
+    return i;
+  }
+  auto attr = [&](cudaDeviceAttr a) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, a, dev) != cudaSuccess) cudaGetLastError(), v = 0;
+    return v;
+  };
+  i.cc_major = attr(cudaDevAttrComputeCapabilityMajor);
+  i.cc_minor = attr(cudaDevAttrComputeCapabilityMinor);
+  i.sm_count = attr(cudaDevAttrMultiProcessorCount);
+#if defined(MOE_CUDA_EMU)
+  i.emulated = true;
+  i.name = "CUDA emulator (native/emu) with sm_" + std::to_string(i.cc_major * 10 + i.cc_minor) + " semantics";
+  i.available = true;
+  i.reason = "the CUDA kernels run on the CPU emulator (a test build)";
+#else
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, dev) == cudaSuccess) {
+    i.name = prop.name;
+    i.total_memory = prop.totalGlobalMem;
+  } else {
+    cudaGetLastError();
+  }
+  const double mem_khz = attr(cudaDevAttrMemoryClockRate), bus_bits = attr(cudaDevAttrGlobalMemoryBusWidth);
+  i.peak_gbps = 2.0 * mem_khz * 1e3 * (bus_bits / 8) / 1e9;  // double data rate
+  const double sm_ghz = attr(cudaDevAttrClockRate) / 1e6;
+  const ArchPeak pk = arch_peak(i.cc_major, i.cc_minor);
+  i.peak_tc_tflops = pk.tc_flops_per_clk_sm * double(i.sm_count) * sm_ghz / 1e3;
+  i.peak_fma_tflops = pk.fma_flops_per_clk_sm * double(i.sm_count) * sm_ghz / 1e3;
+  if (i.cc_major < 8) {
+    i.reason = "device " + std::to_string(dev) + " (" + i.name + ") has compute capability " +
+               std::to_string(i.cc_major) + "." + std::to_string(i.cc_minor) +
+               "; the kernels of this build need 8.0 or newer";
+    return i;
+  }
+  i.available = true;
+  i.reason = "device " + std::to_string(dev) + ": " + i.name;
+#endif
+  return i;
+}
+
+Status ready() {
+  const DeviceInfo& i = device_info();
+  if (!i.available) return Status::unsupported(std::string("backend '") + kName + "' is not available: " + i.reason);
+  MOE_CUDA_TRY(cudaSetDevice(i.device), "cudaSetDevice");  // the current device is per host thread
+  return Status::ok();
+}
+
+// A non-blocking stream owned by one op call.
+class Stream {
+ public:
+  Stream() = default;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  ~Stream() {
+    if (s_) cudaStreamDestroy(s_);
+  }
+  Status create() {
+    MOE_CUDA_TRY(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking), "cudaStreamCreate");
+    return Status::ok();
+  }
+  cudaStream_t get() const { return s_; }
+
+ private:
+  cudaStream_t s_ = nullptr;
+};
+
+// One stream-ordered device allocation carved into 256-byte aligned pieces: add() the pieces, then
+// allocate(); freed on its stream when it goes out of scope.
+class Scratch {
+ public:
+  explicit Scratch(cudaStream_t s) : s_(s) {}
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  ~Scratch() {
+    if (base_) cudaFreeAsync(base_, s_);
+  }
+  size_t add(size_t bytes) {
+    const size_t at = total_;
+    total_ += align_up(bytes);
+    return at;
+  }
+  Status allocate() {
+    if (total_ == 0) return Status::ok();
+    cudaError_t e = cudaMallocAsync(&base_, total_, s_);
+    if (e != cudaSuccess) {
+      base_ = nullptr;
+      return from_cuda(e, ("allocating " + std::to_string(total_) + " bytes of device scratch").c_str());
+    }
+    return Status::ok();
+  }
+  template <class T> T* at(size_t off) const { return reinterpret_cast<T*>(static_cast<unsigned char*>(base_) + off); }
+
+ private:
+  cudaStream_t s_;
+  void* base_ = nullptr;
+  size_t total_ = 0;
+};
+
+Status h2d(void* dst, const void* src, size_t n, cudaStream_t s) {
+  if (n == 0) return Status::ok();
+  MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, s), "copying to the device");
+  return Status::ok();
+}
+Status d2h(void* dst, const void* src, size_t n, cudaStream_t s) {
+  if (n == 0) return Status::ok();
+  MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, s), "copying from the device");
+  return Status::ok();
+}
+Status sync(cudaStream_t s) {
+  MOE_CUDA_TRY(cudaStreamSynchronize(s), "running the kernels");
+  return Status::ok();
+}
+Status launched(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) return from_cuda(e, what);
+  return Status::ok();
+}
+
+size_t tensor_bytes(const TensorView& t) { return size_t(t.numel()) * dtype_size(t.dtype); }
+
+// A float tensor as f32 on the host (a copy only when it is not f32 already).
+const float* as_f32(const TensorView& t, std::vector<float>* tmp) {
+  if (t.dtype == DType::kF32) return t.as<const float>();
+  tmp->resize(size_t(t.numel()));
+  widen_to_f32(t, tmp->data());
+  return tmp->data();
+}
+
+void count_experts(const int32_t* ids, int64_t slots, int E, int32_t* counts) {
+  std::memset(counts, 0, sizeof(int32_t) * size_t(E));
+  for (int64_t s = 0; s < slots; ++s)
+    if (ids[s] >= 0 && ids[s] < E) ++counts[ids[s]];
+}
+
+// Experts on the device: packed W13/W2 (grouped_gemm_pack's layout), the router gate as f32 when it
+// was given, and the layer's stream with a workspace that grows to the largest call.
+class DeviceExperts final : public PackedExperts {
+ public:
+  ~DeviceExperts() override {
+    if (ready().is_ok()) {
+      if (stream) cudaStreamSynchronize(stream);
+      if (workspace) cudaFreeAsync(workspace, stream);
+      if (stream) cudaStreamSynchronize(stream), cudaStreamDestroy(stream);
+      // cudaFree of the weights may wait for the device: it runs at dispose, never inside an op.
+      if (packed) cudaFree(packed);
+      if (gate) cudaFree(gate);
+    }
+  }
+  size_t bytes() const override { return packed_bytes + gate_bytes; }
+  const char* backend() const override { return kName; }
+
+  MoeDeviceLayer layer() const {
+    MoeDeviceLayer l;
+    l.num_experts = num_experts;
+    l.d = d;
+    l.f = f;
+    l.w_dtype = dev_dtype(dtype);
+    l.gate = gate;
+    l.packed = packed;
+    return l;
+  }
+  // Grows the workspace to at least n bytes (stream-ordered). Call with `mu` held.
+  Status reserve(size_t n) {
+    if (n <= workspace_bytes) return Status::ok();
+    if (workspace) cudaFreeAsync(workspace, stream), workspace = nullptr, workspace_bytes = 0;
+    MOE_CUDA_TRY(cudaMallocAsync(&workspace, n, stream), ("allocating a " + std::to_string(n) + "-byte layer workspace").c_str());
+    workspace_bytes = n;
+    return Status::ok();
+  }
+
+  void* packed = nullptr;
+  size_t packed_bytes = 0;
+  float* gate = nullptr;
+  size_t gate_bytes = 0;
+  cudaStream_t stream = nullptr;
+  std::mutex mu;  // one call at a time on the layer's stream and workspace
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+Status device_experts(const PackedExperts& w, const DeviceExperts** out) {
+  if (std::strcmp(w.backend(), kName) != 0)
+    return Status::invalid(std::string("the experts were packed by the '") + w.backend() +
+                           "' backend; this op runs on '" + kName + "': pack them with backend '" + kName + "'");
+  *out = static_cast<const DeviceExperts*>(&w);
+  return Status::ok();
+}
+
+}  // namespace
+
+const DeviceInfo& device_info() {
+  static const DeviceInfo info = probe();  // thread-safe static initialisation
+  return info;
+}
+
+const char* backend_name() { return kName; }
+
+// ---- route ----------------------------------------------------------------------------------------
+Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, int32_t* topk_ids,
+             float* topk_weights, int32_t* expert_counts, float* logits) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const int64_t T = x.dims[0], d = x.dims[1];
+  const int E = int(gate.dims[0]), k = p.top_k;
+  if (T == 0) {
+    if (expert_counts) std::memset(expert_counts, 0, sizeof(int32_t) * size_t(E));
+    return Status::ok();
+  }
+  std::vector<float> gate32;
+  const float* g = as_f32(gate, &gate32);
+  Stream st;
+  MOE_RETURN_IF_ERROR(st.create());
+  Scratch s(st.get());
+  const size_t o_x = s.add(tensor_bytes(x)), o_g = s.add(size_t(E) * d * 4), o_l = s.add(size_t(T) * E * 4),
+               o_i = s.add(size_t(T) * k * 4), o_w = s.add(size_t(T) * k * 4);
+  MOE_RETURN_IF_ERROR(s.allocate());
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_x), x.data, tensor_bytes(x), st.get()));
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_g), g, size_t(E) * d * 4, st.get()));
+  MOE_RETURN_IF_ERROR(launched(launch_router_logits(s.at<void>(o_x), dev_dtype(x.dtype), s.at<float>(o_g), T, d, E,
+                                                    s.at<float>(o_l), st.get()),
+                               "router logits"));
+  MOE_RETURN_IF_ERROR(launched(launch_softmax_topk(s.at<float>(o_l), T, E, k, p.normalize, s.at<int32_t>(o_i),
+                                                   s.at<float>(o_w), st.get()),
+                               "softmax + top-k"));
+  MOE_RETURN_IF_ERROR(d2h(topk_ids, s.at<int32_t>(o_i), size_t(T) * k * 4, st.get()));
+  MOE_RETURN_IF_ERROR(d2h(topk_weights, s.at<float>(o_w), size_t(T) * k * 4, st.get()));
+  if (logits) MOE_RETURN_IF_ERROR(d2h(logits, s.at<float>(o_l), size_t(T) * E * 4, st.get()));
+  MOE_RETURN_IF_ERROR(sync(st.get()));
+  if (expert_counts) count_experts(topk_ids, T * k, E, expert_counts);
+  return Status::ok();
+}
+
+// ---- permute --------------------------------------------------------------------------------------
+Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacity, int32_t* expert_offsets,
+               int32_t* sorted_rows, int32_t* row_of, int32_t* dropped) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const size_t slots = size_t(T) * k;
+  const size_t ws = permute_workspace_bytes(T, k, E);
+  if (ws == 0)
+    return Status::invalid("permute: shape not supported on " + std::string(kName) + ": T=" + std::to_string(T) +
+                           ", k=" + std::to_string(k) + ", E=" + std::to_string(E));
+  Stream st;
+  MOE_RETURN_IF_ERROR(st.create());
+  Scratch s(st.get());
+  const size_t o_ids = s.add(slots * 4), o_off = s.add((size_t(E) + 1) * 4), o_rows = s.add(slots * 4),
+               o_row_of = s.add(slots * 4), o_drop = s.add(size_t(E) * 4), o_bad = s.add(4), o_ws = s.add(ws);
+  MOE_RETURN_IF_ERROR(s.allocate());
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_ids), topk_ids, slots * 4, st.get()));
+  MOE_RETURN_IF_ERROR(launched(launch_permute(s.at<int32_t>(o_ids), T, k, E, capacity, s.at<int32_t>(o_off),
+                                              s.at<int32_t>(o_rows), s.at<int32_t>(o_row_of), s.at<int32_t>(o_drop),
+                                              s.at<int32_t>(o_bad), s.at<void>(o_ws), ws, st.get()),
+                               "permute"));
+  int32_t bad = -1;
+  MOE_RETURN_IF_ERROR(d2h(expert_offsets, s.at<int32_t>(o_off), (size_t(E) + 1) * 4, st.get()));
+  MOE_RETURN_IF_ERROR(d2h(sorted_rows, s.at<int32_t>(o_rows), slots * 4, st.get()));
+  MOE_RETURN_IF_ERROR(d2h(row_of, s.at<int32_t>(o_row_of), slots * 4, st.get()));
+  if (dropped) MOE_RETURN_IF_ERROR(d2h(dropped, s.at<int32_t>(o_drop), size_t(E) * 4, st.get()));
+  if (slots) MOE_RETURN_IF_ERROR(d2h(&bad, s.at<int32_t>(o_bad), 4, st.get()));
+  MOE_RETURN_IF_ERROR(sync(st.get()));
+  if (slots && bad >= 0)
+    return Status::invalid("topk_ids[" + std::to_string(bad) + "] = " + std::to_string(topk_ids[bad]) +
+                           " is not an expert index in [0, " + std::to_string(E) + ")");
+  return Status::ok();
+}
+
+// ---- experts ---------------------------------------------------------------------------------------
+Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const int E = src.num_experts;
+  const DevDType dt = dev_dtype(src.dtype);
+  const size_t bytes = grouped_gemm_packed_bytes(E, src.d, src.f, dt);
+  if (bytes == 0)
+    return Status::invalid("experts of shape E=" + std::to_string(E) + ", d=" + std::to_string(src.d) + ", f=" +
+                           std::to_string(src.f) + " are too large for the " + kName + " grouped GEMM");
+  if (gate && (gate->ndim != 2 || gate->dims[0] != E || gate->dims[1] != src.d))
+    return Status::invalid("gate must be [" + std::to_string(E) + "," + std::to_string(src.d) + "]");
+  std::vector<unsigned char> host;
+  try {
+    host.resize(bytes);
+  } catch (const std::bad_alloc&) {
+    return Status::oom("packing " + std::to_string(bytes) + " bytes of expert weights on the host");
+  }
+  MOE_RETURN_IF_ERROR(launched(grouped_gemm_pack(E, src.d, src.f, dt, src.w1.data(), src.w3.data(), src.w2.data(),
+                                                 host.data(), bytes),
+                               "packing the experts"));
+  auto w = std::make_unique<DeviceExperts>();
+  w->num_experts = E;
+  w->d = src.d;
+  w->f = src.f;
+  w->dtype = src.dtype;
+  MOE_CUDA_TRY(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking), "creating the layer's stream");
+  MOE_CUDA_TRY(cudaMalloc(&w->packed, bytes), ("allocating " + std::to_string(bytes) + " bytes of expert weights").c_str());
+  w->packed_bytes = bytes;
+  MOE_CUDA_TRY(cudaMemcpy(w->packed, host.data(), bytes, cudaMemcpyHostToDevice), "uploading the expert weights");
+  if (gate) {
+    std::vector<float> g32;
+    const float* g = as_f32(*gate, &g32);
+    w->gate_bytes = size_t(E) * src.d * 4;
+    MOE_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&w->gate), w->gate_bytes), "allocating the router gate");
+    MOE_CUDA_TRY(cudaMemcpy(w->gate, g, w->gate_bytes, cudaMemcpyHostToDevice), "uploading the router gate");
+  }
+  *out = std::move(w);
+  return Status::ok();
+}
+
+// ---- grouped GEMM ----------------------------------------------------------------------------------
+Status grouped_gemm(const TensorView& x, const int32_t* sorted_rows, int64_t num_rows, const int32_t* expert_offsets,
+                    const PackedExperts& pw, float* y) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &w));
+  const int E = w->num_experts;
+  const int64_t T = x.dims[0], d = w->d, R = expert_offsets[E];
+  if (R > num_rows) return Status::invalid("expert_offsets[E] exceeds the sorted rows");
+  if (R == 0 || T == 0) return Status::ok();
+  const DevDType wt = dev_dtype(w->dtype);
+  const size_t ws = grouped_gemm_workspace_bytes(T, R, d, w->f, wt);
+  if (ws == 0) return Status::invalid("grouped_gemm: shape not supported on " + std::string(kName));
+  Stream st;
+  MOE_RETURN_IF_ERROR(st.create());
+  Scratch s(st.get());
+  const size_t o_x = s.add(tensor_bytes(x)), o_rows = s.add(size_t(R) * 4), o_off = s.add((size_t(E) + 1) * 4),
+               o_y = s.add(size_t(R) * d * 4), o_ws = s.add(ws);
+  MOE_RETURN_IF_ERROR(s.allocate());
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_x), x.data, tensor_bytes(x), st.get()));
+  if (sorted_rows) MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_rows), sorted_rows, size_t(R) * 4, st.get()));
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_off), expert_offsets, (size_t(E) + 1) * 4, st.get()));
+  MOE_RETURN_IF_ERROR(launched(launch_grouped_gemm(s.at<void>(o_x), dev_dtype(x.dtype), T,
+                                                   sorted_rows ? s.at<int32_t>(o_rows) : nullptr, s.at<int32_t>(o_off), R,
+                                                   w->packed, E, d, w->f, wt, s.at<float>(o_y), s.at<void>(o_ws), ws,
+                                                   st.get()),
+                               "grouped GEMM"));
+  MOE_RETURN_IF_ERROR(d2h(y, s.at<float>(o_y), size_t(R) * d * 4, st.get()));
+  return sync(st.get());
+}
+
+// ---- combine ---------------------------------------------------------------------------------------
+Status combine(const float* y, int64_t R, const int32_t* row_of, const float* topk_weights, int64_t T, int k,
+               const TensorView& out) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const int64_t d = out.dims[1];
+  if (T == 0 || d == 0) return Status::ok();
+  Stream st;
+  MOE_RETURN_IF_ERROR(st.create());
+  Scratch s(st.get());
+  const size_t o_y = s.add(size_t(R) * d * 4), o_r = s.add(size_t(T) * k * 4), o_w = s.add(size_t(T) * k * 4),
+               o_out = s.add(tensor_bytes(out));
+  MOE_RETURN_IF_ERROR(s.allocate());
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_y), y, size_t(R) * d * 4, st.get()));
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_r), row_of, size_t(T) * k * 4, st.get()));
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_w), topk_weights, size_t(T) * k * 4, st.get()));
+  MOE_RETURN_IF_ERROR(launched(launch_combine(s.at<float>(o_y), R, s.at<int32_t>(o_r), s.at<float>(o_w), T, k, d,
+                                              s.at<void>(o_out), dev_dtype(out.dtype), st.get()),
+                               "combine"));
+  MOE_RETURN_IF_ERROR(d2h(out.data, s.at<void>(o_out), tensor_bytes(out), st.get()));
+  return sync(st.get());
+}
+
+// ---- whole layers ----------------------------------------------------------------------------------
+Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForwardParams& p,
+                   const MoeForwardOutputs& outs) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const DeviceExperts* cw = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &cw));
+  DeviceExperts* w = const_cast<DeviceExperts*>(cw);  // only its stream and workspace change, under mu
+  if (p.capacity >= 0)
+    return Status::unsupported(std::string("an expert capacity is not supported by the '") + kName +
+                               "' forward yet (dropless only)");
+  const int E = w->num_experts, k = p.route.top_k;
+  const int64_t T = x.dims[0], d = w->d, slots = T * k;
+  if (T == 0) {
+    if (outs.expert_counts) std::memset(outs.expert_counts, 0, sizeof(int32_t) * size_t(E));
+    return Status::ok();
+  }
+  std::lock_guard<std::mutex> lock(w->mu);
+  MoeDeviceLayer L = w->layer();
+  const size_t fwd = moe_forward_workspace_bytes(L, T, k);
+  if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
+  const size_t o_x = align_up(fwd), o_out = o_x + align_up(tensor_bytes(x)),
+               o_gate = o_out + align_up(tensor_bytes(outs.out)), o_ids = o_gate + (L.gate ? 0 : align_up(size_t(E) * d * 4)),
+               o_w = o_ids + align_up(size_t(slots) * 4), total = o_w + align_up(size_t(slots) * 4);
+  MOE_RETURN_IF_ERROR(w->reserve(total));
+  unsigned char* ws = static_cast<unsigned char*>(w->workspace);
+  cudaStream_t s = w->stream;
+  if (!L.gate) {  // packed without a gate: this call's gate, copied in
+    std::vector<float> g32;
+    const float* g = as_f32(lw.gate, &g32);
+    MOE_RETURN_IF_ERROR(h2d(ws + o_gate, g, size_t(E) * d * 4, s));
+    MOE_RETURN_IF_ERROR(sync(s));  // g32 dies at the end of this scope
+    L.gate = reinterpret_cast<const float*>(ws + o_gate);
+  }
+  const bool want_ids = outs.topk_ids || outs.topk_weights || outs.expert_counts;
+  MOE_RETURN_IF_ERROR(h2d(ws + o_x, x.data, tensor_bytes(x), s));
+  MOE_RETURN_IF_ERROR(launched(launch_moe_forward(L, ws + o_x, dev_dtype(x.dtype), T, k, p.route.normalize, ws + o_out,
+                                                  dev_dtype(outs.out.dtype), want_ids ? reinterpret_cast<int32_t*>(ws + o_ids) : nullptr,
+                                                  want_ids ? reinterpret_cast<float*>(ws + o_w) : nullptr, ws, fwd, s),
+                               "MoE forward"));
+  MOE_RETURN_IF_ERROR(d2h(outs.out.data, ws + o_out, tensor_bytes(outs.out), s));
+  std::vector<int32_t> ids_tmp;
+  int32_t* ids = outs.topk_ids;
+  if (outs.expert_counts && !ids) {
+    ids_tmp.resize(size_t(slots));
+    ids = ids_tmp.data();
+  }
+  if (ids) MOE_RETURN_IF_ERROR(d2h(ids, ws + o_ids, size_t(slots) * 4, s));
+  if (outs.topk_weights) MOE_RETURN_IF_ERROR(d2h(outs.topk_weights, ws + o_w, size_t(slots) * 4, s));
+  MOE_RETURN_IF_ERROR(sync(s));
+  if (outs.expert_counts) count_experts(ids, slots, E, outs.expert_counts);
+  return Status::ok();
+}
+
+Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView& out) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const DeviceExperts* cw = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &cw));
+  DeviceExperts* w = const_cast<DeviceExperts*>(cw);
+  if (w->num_experts != 1) return Status::invalid("dense_ffn needs weights packed as one expert");
+  const int64_t T = x.dims[0], d = w->d;
+  if (T == 0) return Status::ok();
+  const DevDType wt = dev_dtype(w->dtype);
+  const size_t gws = grouped_gemm_workspace_bytes(T, T, d, w->f, wt);
+  if (gws == 0 || T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
+  // y = FFN(x) in f32, then out = 1.0 * y through combine (k = 1, identity rows): the same rounding to
+  // the output type as the MoE layer's.
+  std::vector<int32_t> host_i(size_t(T) + 2);
+  std::vector<float> ones(size_t(T), 1.0f);
+  host_i[0] = 0, host_i[1] = int32_t(T);
+  for (int64_t t = 0; t < T; ++t) host_i[size_t(t) + 2] = int32_t(t);
+  std::lock_guard<std::mutex> lock(w->mu);
+  cudaStream_t s = w->stream;
+  const size_t o_x = 0, o_off = o_x + align_up(tensor_bytes(x)), o_y = o_off + align_up(size_t(T + 2) * 4),
+               o_one = o_y + align_up(size_t(T) * d * 4), o_out = o_one + align_up(size_t(T) * 4),
+               o_ws = o_out + align_up(tensor_bytes(out)), total = o_ws + gws;
+  MOE_RETURN_IF_ERROR(w->reserve(total));
+  unsigned char* ws = static_cast<unsigned char*>(w->workspace);
+  MOE_RETURN_IF_ERROR(h2d(ws + o_x, x.data, tensor_bytes(x), s));
+  MOE_RETURN_IF_ERROR(h2d(ws + o_off, host_i.data(), size_t(T + 2) * 4, s));
+  MOE_RETURN_IF_ERROR(h2d(ws + o_one, ones.data(), size_t(T) * 4, s));
+  const int32_t* offsets = reinterpret_cast<const int32_t*>(ws + o_off);
+  float* y = reinterpret_cast<float*>(ws + o_y);
+  MOE_RETURN_IF_ERROR(launched(launch_grouped_gemm(ws + o_x, dev_dtype(x.dtype), T, nullptr, offsets, T, w->packed, 1, d,
+                                                   w->f, wt, y, ws + o_ws, gws, s),
+                               "dense FFN"));
+  MOE_RETURN_IF_ERROR(launched(launch_combine(y, T, offsets + 2, reinterpret_cast<const float*>(ws + o_one), T, 1, d,
+                                              ws + o_out, dev_dtype(out.dtype), s),
+                               "dense FFN output"));
+  MOE_RETURN_IF_ERROR(d2h(out.data, ws + o_out, tensor_bytes(out), s));
+  return sync(s);  // host_i and ones outlive the copies
+}
+
+// ---- bench -----------------------------------------------------------------------------------------
+namespace {
+
+class Event {
+ public:
+  ~Event() {
+    if (e_) cudaEventDestroy(e_);
+  }
+  Status create() {
+    MOE_CUDA_TRY(cudaEventCreate(&e_), "cudaEventCreate");
+    return Status::ok();
+  }
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
+// Fills a device buffer with n values of dtype t drawn from N(0,1) on the host (fixed seed).
+Status upload_randn(void* dst, int64_t n, DType t, cudaStream_t s) {
+  std::vector<uint16_t> h16;
+  std::vector<float> h32(static_cast<size_t>(n));
+  uint64_t state = 0x9E3779B97F4A7C15ull;
+  for (auto& v : h32) {
+    auto next = [&] {
+      state += 0x9E3779B97F4A7C15ull;
+      uint64_t z = state;
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      return double((z ^ (z >> 31)) >> 11) * 0x1.0p-53;
+    };
+    const double u1 = next() + 1e-300, u2 = next();
+    v = float(std::sqrt(-2 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  }
+  if (t == DType::kF32) {
+    MOE_RETURN_IF_ERROR(h2d(dst, h32.data(), size_t(n) * 4, s));
+    return sync(s);
+  }
+  h16.resize(size_t(n));
+  for (int64_t i = 0; i < n; ++i) h16[size_t(i)] = t == DType::kF16 ? f32_to_f16(h32[size_t(i)]) : f32_to_bf16(h32[size_t(i)]);
+  MOE_RETURN_IF_ERROR(h2d(dst, h16.data(), size_t(n) * 2, s));
+  return sync(s);
+}
+
+template <class Fn>
+Status time_loop(cudaStream_t s, int iters, double* ms_per_call, Fn&& call) {
+  if (iters < 1) return Status::invalid("iters must be at least 1");
+  MOE_RETURN_IF_ERROR(call());  // warm-up (first-launch costs, lazy module loading)
+  MOE_RETURN_IF_ERROR(sync(s));
+  Event a, b;
+  MOE_RETURN_IF_ERROR(a.create());
+  MOE_RETURN_IF_ERROR(b.create());
+  MOE_CUDA_TRY(cudaEventRecord(a.get(), s), "cudaEventRecord");
+  for (int i = 0; i < iters; ++i) MOE_RETURN_IF_ERROR(call());
+  MOE_CUDA_TRY(cudaEventRecord(b.get(), s), "cudaEventRecord");
+  MOE_CUDA_TRY(cudaEventSynchronize(b.get()), "running the timed kernels");
+  float ms = 0;
+  MOE_CUDA_TRY(cudaEventElapsedTime(&ms, a.get(), b.get()), "cudaEventElapsedTime");
+  *ms_per_call = double(ms) / iters;
+  return Status::ok();
+}
+
+}  // namespace
+
+Status time_moe_forward(const PackedExperts& pw, int64_t T, int top_k, int iters, double* ms_per_call) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const DeviceExperts* cw = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &cw));
+  DeviceExperts* w = const_cast<DeviceExperts*>(cw);
+  if (!w->gate) return Status::invalid("time_moe_forward needs experts packed with their router gate");
+  if (T < 1 || top_k < 1 || top_k > w->num_experts) return Status::invalid("time_moe_forward: bad T or top_k");
+  std::lock_guard<std::mutex> lock(w->mu);
+  const MoeDeviceLayer L = w->layer();
+  const size_t fwd = moe_forward_workspace_bytes(L, T, top_k);
+  if (fwd == 0) return Status::invalid("time_moe_forward: shape not supported");
+  const size_t xb = size_t(T) * w->d * dtype_size(w->dtype);
+  const size_t o_x = align_up(fwd), o_out = o_x + align_up(xb);
+  MOE_RETURN_IF_ERROR(w->reserve(o_out + xb));
+  unsigned char* ws = static_cast<unsigned char*>(w->workspace);
+  MOE_RETURN_IF_ERROR(upload_randn(ws + o_x, T * w->d, w->dtype, w->stream));
+  const DevDType dt = dev_dtype(w->dtype);
+  return time_loop(w->stream, iters, ms_per_call, [&]() {
+    return launched(launch_moe_forward(L, ws + o_x, dt, T, top_k, true, ws + o_out, dt, nullptr, nullptr, ws, fwd,
+                                       w->stream),
+                    "MoE forward");
+  });
+}
+
+Status time_dense_ffn(const PackedExperts& pw, int64_t T, int iters, double* ms_per_call) {
+  MOE_RETURN_IF_ERROR(ready());
+  MOE_EMU_SERIAL;
+  const DeviceExperts* cw = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &cw));
+  DeviceExperts* w = const_cast<DeviceExperts*>(cw);
+  if (w->num_experts != 1 || T < 1 || T > (int64_t(1) << 30)) return Status::invalid("time_dense_ffn: one expert and T >= 1");
+  std::lock_guard<std::mutex> lock(w->mu);
+  const DevDType dt = dev_dtype(w->dtype);
+  const size_t gws = grouped_gemm_workspace_bytes(T, T, w->d, w->f, dt);
+  if (gws == 0) return Status::invalid("time_dense_ffn: shape not supported");
+  const size_t xb = size_t(T) * w->d * dtype_size(w->dtype);
+  const size_t o_x = 0, o_off = align_up(xb), o_y = o_off + kAlign, o_ws = o_y + align_up(size_t(T) * w->d * 4);
+  MOE_RETURN_IF_ERROR(w->reserve(o_ws + gws));
+  unsigned char* ws = static_cast<unsigned char*>(w->workspace);
+  const int32_t off[2] = {0, int32_t(T)};
+  MOE_RETURN_IF_ERROR(h2d(ws + o_off, off, sizeof off, w->stream));
+  MOE_RETURN_IF_ERROR(upload_randn(ws + o_x, T * w->d, w->dtype, w->stream));  // also waits for `off`
+  return time_loop(w->stream, iters, ms_per_call, [&]() {
+    return launched(launch_grouped_gemm(ws + o_x, dt, T, nullptr, reinterpret_cast<const int32_t*>(ws + o_off), T,
+                                        w->packed, 1, w->d, w->f, dt, reinterpret_cast<float*>(ws + o_y), ws + o_ws, gws,
+                                        w->stream),
+                    "dense FFN");
+  });
+}
+
+}  // namespace cuda
+}  // namespace moe
