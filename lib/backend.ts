@@ -1,38 +1,57 @@
 /**
  * Backend selection. `'auto'` picks CUDA when the driver loads and a device exists, else the CPU;
- * `backendInfo()` says which one runs and why.
+ * `backendInfo()` says which one runs and why. `'cuda-emu'` exists only in the test build of the
+ * addon (MOE_CUDA_EMU=1), where the CUDA kernels run on the CPU emulator of native/emu; `'auto'`
+ * never picks it.
  */
 import { binding, type NativeBackendInfo } from './binding.js';
 import { describe, MoeError, typeError } from './errors.js';
 
-export type BackendName = 'auto' | 'cpu' | 'cuda';
-export type ResolvedBackend = 'cpu' | 'cuda';
+export type BackendName = 'auto' | 'cpu' | 'cuda' | 'cuda-emu';
+export type ResolvedBackend = 'cpu' | 'cuda' | 'cuda-emu';
 
 export interface BackendInfo {
   /** The backend that `'auto'` uses. */
-  backend: ResolvedBackend;
-  /** Why: e.g. "cuda: this build has no CUDA backend, using cpu". */
+  backend: 'cpu' | 'cuda';
+  /** Why: e.g. "cuda: no usable NVIDIA driver or device (...), using cpu". */
   reason: string;
   /** CPU kernel family in use ('avx2-fma' or 'portable'), compute pool threads, CPU features. */
   cpu: NativeBackendInfo['cpu'];
-  /** Whether this build has CUDA code, whether a device can run it, and why not. */
+  /**
+   * This build's CUDA backend (`name`: 'cuda', 'cuda-emu' in test builds, 'none' without one),
+   * whether a device can run it and why not, and the device with its peaks.
+   */
   cuda: NativeBackendInfo['cuda'];
 }
 
+const realCuda = (n: NativeBackendInfo) => n.cuda.name === 'cuda' && n.cuda.available;
+
 export function backendInfo(): BackendInfo {
   const n = binding.backend_info();
-  const backend: ResolvedBackend = n.cuda.available ? 'cuda' : 'cpu';
-  const reason = n.cuda.available ? 'cuda: device found' : `cuda: ${n.cuda.reason}, using cpu`;
-  return { backend, reason, cpu: { ...n.cpu }, cuda: { ...n.cuda } };
+  const backend = realCuda(n) ? 'cuda' : 'cpu';
+  const reason = realCuda(n) ? `cuda: ${n.cuda.reason}` : `cuda: ${n.cuda.reason}, using cpu`;
+  const cuda = { ...n.cuda, ...(n.cuda.device ? { device: { ...n.cuda.device } } : {}) };
+  return { backend, reason, cpu: { ...n.cpu }, cuda };
 }
 
-/** Resolves a user's backend option; throws when 'cuda' is asked for and cannot run. */
+/** The backends this process can run, CPU first (e.g. ['cpu'], ['cpu', 'cuda'], ['cpu', 'cuda-emu']). */
+export function availableBackends(): ResolvedBackend[] {
+  const n = binding.backend_info();
+  return n.cuda.available && (n.cuda.name === 'cuda' || n.cuda.name === 'cuda-emu') ? ['cpu', n.cuda.name] : ['cpu'];
+}
+
+/** Resolves a user's backend option; throws ERR_BACKEND_UNAVAILABLE when the one asked for cannot run. */
 export function resolveBackend(backend: unknown = 'auto'): ResolvedBackend {
-  if (backend !== 'auto' && backend !== 'cpu' && backend !== 'cuda')
-    throw typeError(`options.backend must be 'auto', 'cpu' or 'cuda', got ${describe(backend)}`);
+  if (backend !== 'auto' && backend !== 'cpu' && backend !== 'cuda' && backend !== 'cuda-emu')
+    throw typeError(`options.backend must be 'auto', 'cpu', 'cuda' or 'cuda-emu', got ${describe(backend)}`);
   if (backend === 'cpu') return 'cpu';
-  const info = binding.backend_info();
-  if (backend === 'cuda' && !info.cuda.available)
-    throw new MoeError(`backend 'cuda' is not available: ${info.cuda.reason}`, 'ERR_BACKEND_UNAVAILABLE');
-  return info.cuda.available ? 'cuda' : 'cpu';
+  const n = binding.backend_info();
+  if (backend === 'auto') return realCuda(n) ? 'cuda' : 'cpu';
+  if (n.cuda.name !== backend) {
+    const has = n.cuda.name === 'none' ? n.cuda.reason : `its CUDA backend is '${n.cuda.name}'`;
+    const hint = backend === 'cuda-emu' ? " ('cuda-emu' is in the test build only: MOE_CUDA_EMU=1 npm run build:native)" : '';
+    throw new MoeError(`backend '${backend}' is not in this build: ${has}${hint}`, 'ERR_BACKEND_UNAVAILABLE');
+  }
+  if (!n.cuda.available) throw new MoeError(`backend '${backend}' is not available: ${n.cuda.reason}`, 'ERR_BACKEND_UNAVAILABLE');
+  return backend;
 }

@@ -57,7 +57,26 @@ export interface NativeBackendInfo {
     avx512f: boolean;
     avx512bf16: boolean;
   };
-  cuda: { compiled: boolean; available: boolean; reason: string };
+  cuda: {
+    /** 'cuda', 'cuda-emu' (test builds: kernels on the CPU emulator) or 'none'. */
+    name: 'cuda' | 'cuda-emu' | 'none';
+    compiled: boolean;
+    available: boolean;
+    emulated: boolean;
+    reason: string;
+    device?: {
+      ordinal: number;
+      name: string;
+      computeCapability: string;
+      smCount: number;
+      totalMemory: number;
+      /** DRAM bandwidth from the memory clock and bus width, GB/s (0: unknown). */
+      peakGBps: number;
+      /** Dense f16/bf16 tensor-core peak with f32 accumulation, TFLOP/s (datasheet rate per SM). */
+      peakTensorTflops: number;
+      peakFmaTflops: number;
+    };
+  };
 }
 
 type Ret<T, A extends boolean> = A extends true ? Promise<T> : T;
@@ -65,22 +84,30 @@ type Ret<T, A extends boolean> = A extends true ? Promise<T> : T;
 export interface NativeBinding {
   set_error_class(cls: new (message: string, code: string) => Error): void;
   backend_info(): NativeBackendInfo;
-  pack_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, async: A): Ret<NativeExperts, A>;
-  route<A extends boolean>(x: NativeTensor, gate: NativeTensor, topK: number, normalize: boolean, wantLogits: boolean, async: A): Ret<NativeRouteResult, A>;
-  permute<A extends boolean>(topkIds: NativeTensor, numExperts: number, capacity: number, async: A): Ret<NativePermuteResult, A>;
+  /** backend: 'cpu' (default) or this build's CUDA backend; gate: uploaded with CUDA experts. */
+  pack_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, async: A, backend?: string, gate?: NativeTensor): Ret<NativeExperts, A>;
+  route<A extends boolean>(x: NativeTensor, gate: NativeTensor, topK: number, normalize: boolean, wantLogits: boolean, async: A, backend?: string): Ret<NativeRouteResult, A>;
+  permute<A extends boolean>(topkIds: NativeTensor, numExperts: number, capacity: number, async: A, backend?: string): Ret<NativePermuteResult, A>;
   grouped_gemm<A extends boolean>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, async: A): Ret<NativeTensor, A>;
-  combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A): Ret<NativeTensor, A>;
+  combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A, backend?: string): Ret<NativeTensor, A>;
   moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A): Ret<NativeMoeResult, A>;
   dense_ffn<A extends boolean>(x: NativeTensor, weights: NativeExperts, async: A): Ret<NativeTensor, A>;
   /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
   measure_read_bandwidth?(bytes: number, reps: number): number;
   measure_fma_peak?(seconds: number): number;
+  /** CUDA bench: ms per call between CUDA events, inputs already on the device. */
+  cuda_time_moe_forward?(experts: NativeExperts, T: number, topK: number, iters: number): number;
+  cuda_time_dense_ffn?(weights: NativeExperts, T: number, iters: number): number;
 }
 
 function load(): NativeBinding {
+  // MOE_KERNELS_ADDON: a path to another build of the addon, e.g. the test build with the emulated
+  // CUDA backend (build-emu/Release/moe_kernels.node).
+  const override = process.env.MOE_KERNELS_ADDON;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
-  const native = nodeGypBuild(path.join(__dirname, '..')) as NativeBinding;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const native = (override ? require(path.resolve(override)) : nodeGypBuild(path.join(__dirname, '..'))) as NativeBinding;
   native.set_error_class(MoeError);
   return native;
 }

@@ -3,7 +3,7 @@
  * Hugging Face layout weights (w1, w3: [E,f,d]; w2: [E,d,f]; or per-expert arrays of [f,d] /
  * [d,f]). After packing the caller may drop its arrays. Free with dispose(), or let the GC do it.
  */
-import { binding, type NativeExpertMatrix, type NativeExperts } from './binding.js';
+import { binding, type NativeExpertMatrix, type NativeExperts, type NativeTensor } from './binding.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, typeError } from './errors.js';
 import { checkOptions, required } from './options.js';
@@ -20,6 +20,8 @@ export interface ExpertWeightsInit {
 
 export interface PackOptions {
   backend?: BackendName;
+  /** @internal the router gate [E,d], uploaded with the experts on CUDA backends */
+  gate?: Tensor;
 }
 
 const handles = new WeakMap<ExpertWeights, NativeExperts>();
@@ -51,13 +53,13 @@ export class ExpertWeights {
 
   /** Packs off the event loop. */
   static async pack(weights: ExpertWeightsInit, options?: PackOptions): Promise<ExpertWeights> {
-    const [w1, w3, w2, backend] = args(weights, options);
-    return new ExpertWeights(await binding.pack_experts(w1, w3, w2, true), backend);
+    const [w1, w3, w2, backend, gate] = args(weights, options);
+    return new ExpertWeights(await binding.pack_experts(w1, w3, w2, true, backend, gate), backend);
   }
 
   static packSync(weights: ExpertWeightsInit, options?: PackOptions): ExpertWeights {
-    const [w1, w3, w2, backend] = args(weights, options);
-    return new ExpertWeights(binding.pack_experts(w1, w3, w2, false), backend);
+    const [w1, w3, w2, backend, gate] = args(weights, options);
+    return new ExpertWeights(binding.pack_experts(w1, w3, w2, false, backend, gate), backend);
   }
 
   get disposed(): boolean {
@@ -71,11 +73,12 @@ export class ExpertWeights {
   }
 }
 
-function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeExpertMatrix, NativeExpertMatrix, NativeExpertMatrix, ResolvedBackend] {
+function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeExpertMatrix, NativeExpertMatrix, NativeExpertMatrix, ResolvedBackend, NativeTensor | undefined] {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
   const m = (k: 'w1' | 'w3' | 'w2') => required<NativeExpertMatrix>(weights, k, 'weights');
-  return [m('w1'), m('w3'), m('w2'), backend];
+  const gate = backend !== 'cpu' && o.gate !== undefined ? (o.gate as NativeTensor) : undefined;
+  return [m('w1'), m('w3'), m('w2'), backend, gate];
 }
 
 /** @internal The native handle; throws ERR_DISPOSED after dispose(). */

@@ -19,7 +19,7 @@ export {
   type FloatType,
   type DataOf,
 } from './tensor.js';
-export { backendInfo, type BackendInfo, type BackendName, type ResolvedBackend } from './backend.js';
+export { backendInfo, availableBackends, type BackendInfo, type BackendName, type ResolvedBackend } from './backend.js';
 export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './experts.js';
 export {
   route,

@@ -72,7 +72,7 @@ export class MoeLayer {
   constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights) {
     const o = checkOptions(options);
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
-    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName });
+    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate });
     try {
       const E = experts.numExperts;
       if (gate.dims.length !== 2 || gate.dims[0] !== E || gate.dims[1] !== experts.hiddenSize)
@@ -95,8 +95,8 @@ export class MoeLayer {
   /** Creates a layer, packing the weights off the event loop. */
   static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer> {
     const o = checkOptions(options);
-    checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
-    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName });
+    const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
+    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate });
     try {
       return new MoeLayer(weights, options, packed);
     } catch (e) {

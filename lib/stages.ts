@@ -10,7 +10,7 @@
  * Each op has a Promise form (runs off the event loop) and a Sync form (for tiny calls).
  */
 import { binding, type NativeTensor } from './binding.js';
-import { resolveBackend, type BackendName } from './backend.js';
+import { resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
 import { nativeExperts, type ExpertWeights } from './experts.js';
 import { boolOption, checkOptions, intOption } from './options.js';
 import { isFloatType, type FloatType, type Tensor } from './tensor.js';
@@ -61,8 +61,8 @@ const nt = (t: Tensor) => t as unknown as NativeTensor;
 
 function routeArgs(options?: RouteOptions) {
   const o = checkOptions(options);
-  resolveBackend(o.backend);
-  return [intOption(o, 'topK', 2, 1), boolOption(o, 'normalize', true), boolOption(o, 'returnLogits', false)] as const;
+  const backend = resolveBackend(o.backend);
+  return [intOption(o, 'topK', 2, 1), boolOption(o, 'normalize', true), boolOption(o, 'returnLogits', false), backend] as const;
 }
 function routeResult(r: { topkIds: NativeTensor; topkWeights: NativeTensor; expertCounts: NativeTensor; logits?: NativeTensor }): RouteResult {
   const out: RouteResult = {
@@ -75,27 +75,27 @@ function routeResult(r: { topkIds: NativeTensor; topkWeights: NativeTensor; expe
 }
 
 export async function route(x: Tensor, gate: Tensor, options?: RouteOptions): Promise<RouteResult> {
-  const [k, norm, logits] = routeArgs(options);
-  return routeResult(await binding.route(nt(x), nt(gate), k, norm, logits, true));
+  const [k, norm, logits, backend] = routeArgs(options);
+  return routeResult(await binding.route(nt(x), nt(gate), k, norm, logits, true, backend));
 }
 export function routeSync(x: Tensor, gate: Tensor, options?: RouteOptions): RouteResult {
-  const [k, norm, logits] = routeArgs(options);
-  return routeResult(binding.route(nt(x), nt(gate), k, norm, logits, false));
+  const [k, norm, logits, backend] = routeArgs(options);
+  return routeResult(binding.route(nt(x), nt(gate), k, norm, logits, false, backend));
 }
 
-function permuteArgs(numExperts: number, options?: PermuteOptions): [number, number] {
+function permuteArgs(numExperts: number, options?: PermuteOptions): [number, number, ResolvedBackend] {
   const o = checkOptions(options);
-  resolveBackend(o.backend);
+  const backend = resolveBackend(o.backend);
   intOption({ numExperts }, 'numExperts', 0, 1, 65536, 'numExperts');
-  return [numExperts, intOption(o, 'capacity', -1, 0, 2 ** 31 - 1)];
+  return [numExperts, intOption(o, 'capacity', -1, 0, 2 ** 31 - 1), backend];
 }
 export async function permute(topkIds: Tensor<'int32'>, numExperts: number, options?: PermuteOptions): Promise<PermuteResult> {
-  const [E, cap] = permuteArgs(numExperts, options);
-  return (await binding.permute(nt(topkIds), E, cap, true)) as unknown as PermuteResult;
+  const [E, cap, backend] = permuteArgs(numExperts, options);
+  return (await binding.permute(nt(topkIds), E, cap, true, backend)) as unknown as PermuteResult;
 }
 export function permuteSync(topkIds: Tensor<'int32'>, numExperts: number, options?: PermuteOptions): PermuteResult {
-  const [E, cap] = permuteArgs(numExperts, options);
-  return binding.permute(nt(topkIds), E, cap, false) as unknown as PermuteResult;
+  const [E, cap, backend] = permuteArgs(numExperts, options);
+  return binding.permute(nt(topkIds), E, cap, false, backend) as unknown as PermuteResult;
 }
 
 export async function groupedGemm(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Promise<Tensor<'float32'>> {
@@ -107,16 +107,18 @@ export function groupedGemmSync(x: Tensor, sortedRows: Tensor<'int32'>, expertOf
   return binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, false) as Tensor<'float32'>;
 }
 
-function combineArgs(options?: CombineOptions): FloatType {
+function combineArgs(options?: CombineOptions): [FloatType, ResolvedBackend] {
   const o = checkOptions(options);
-  resolveBackend(o.backend);
+  const backend = resolveBackend(o.backend);
   const t = o.outType ?? 'float32';
   if (!isFloatType(t)) throw typeError(`options.outType must be 'float32', 'float16' or 'bfloat16', got ${describe(t)}`);
-  return t;
+  return [t, backend];
 }
 export async function combine(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Promise<Tensor> {
-  return (await binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(options), true)) as Tensor;
+  const [t, backend] = combineArgs(options);
+  return (await binding.combine(nt(y), nt(rowOf), nt(topkWeights), t, true, backend)) as Tensor;
 }
 export function combineSync(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Tensor {
-  return binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(options), false) as Tensor;
+  const [t, backend] = combineArgs(options);
+  return binding.combine(nt(y), nt(rowOf), nt(topkWeights), t, false, backend) as Tensor;
 }

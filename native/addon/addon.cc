@@ -5,6 +5,7 @@
 #include "args.h"
 #include "experts.h"
 #include "moe/cpu_features.h"
+#include "moe/cuda_backend.h"
 #include "moe/threadpool.h"
 
 namespace moe_addon {
@@ -35,10 +36,25 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   cpu.Set("f16c", Napi::Boolean::New(env, f.f16c));
   cpu.Set("avx512f", Napi::Boolean::New(env, f.avx512f));
   cpu.Set("avx512bf16", Napi::Boolean::New(env, f.avx512bf16));
+  const moe::cuda::DeviceInfo& d = moe::cuda::device_info();
   Napi::Object cuda = Napi::Object::New(env);
-  cuda.Set("compiled", Napi::Boolean::New(env, false));
-  cuda.Set("available", Napi::Boolean::New(env, false));
-  cuda.Set("reason", Napi::String::New(env, "this build has no CUDA backend"));
+  cuda.Set("name", Napi::String::New(env, moe::cuda::backend_name()));
+  cuda.Set("compiled", Napi::Boolean::New(env, d.compiled));
+  cuda.Set("available", Napi::Boolean::New(env, d.available));
+  cuda.Set("emulated", Napi::Boolean::New(env, d.emulated));
+  cuda.Set("reason", Napi::String::New(env, d.reason));
+  if (d.device >= 0) {
+    Napi::Object dev = Napi::Object::New(env);
+    dev.Set("ordinal", Napi::Number::New(env, d.device));
+    dev.Set("name", Napi::String::New(env, d.name));
+    dev.Set("computeCapability", Napi::String::New(env, std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor)));
+    dev.Set("smCount", Napi::Number::New(env, d.sm_count));
+    dev.Set("totalMemory", Napi::Number::New(env, double(d.total_memory)));
+    dev.Set("peakGBps", Napi::Number::New(env, d.peak_gbps));
+    dev.Set("peakTensorTflops", Napi::Number::New(env, d.peak_tc_tflops));
+    dev.Set("peakFmaTflops", Napi::Number::New(env, d.peak_fma_tflops));
+    cuda.Set("device", dev);
+  }
   Napi::Object o = Napi::Object::New(env);
   o.Set("cpu", cpu);
   o.Set("cuda", cuda);

@@ -3,11 +3,15 @@
 //
 //   measure_read_bandwidth(bytes, reps) -> GB/s, best of reps streaming passes on every thread
 //   measure_fma_peak(seconds)           -> GFLOP/s of f32 multiply-adds on every thread
+//   cuda_time_moe_forward(experts, T, topK, iters) -> ms per forward, CUDA events, device-resident x
+//   cuda_time_dense_ffn(experts, T, iters)         -> ms per dense FFN, the same way
 #include <napi.h>
 
 #include <string>
 
 #include "args.h"
+#include "experts.h"
+#include "moe/cuda_backend.h"
 #include "moe/peak.h"
 
 namespace moe_addon {
@@ -43,11 +47,36 @@ Napi::Value MeasureFmaPeak(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, gflops);
 }
 
+Napi::Value CudaTimeMoeForward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 4, "cuda_time_moe_forward");
+  auto w = ExpertsWrap::Get(info[0], "experts");
+  const int64_t T = to_int(info[1], "T", 1, int64_t(1) << 24);
+  const int64_t k = to_int(info[2], "topK", 1, w->num_experts);
+  const int64_t iters = to_int(info[3], "iters", 1, 100000);
+  double ms = 0.0;
+  throw_if_error(env, moe::cuda::time_moe_forward(*w, T, int(k), int(iters), &ms));
+  return Napi::Number::New(env, ms);
+}
+
+Napi::Value CudaTimeDenseFfn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 3, "cuda_time_dense_ffn");
+  auto w = ExpertsWrap::Get(info[0], "weights");
+  const int64_t T = to_int(info[1], "T", 1, int64_t(1) << 24);
+  const int64_t iters = to_int(info[2], "iters", 1, 100000);
+  double ms = 0.0;
+  throw_if_error(env, moe::cuda::time_dense_ffn(*w, T, int(iters), &ms));
+  return Napi::Number::New(env, ms);
+}
+
 }  // namespace
 
 void InitBenchOps(Napi::Env env, Napi::Object exports) {
   exports.Set("measure_read_bandwidth", Napi::Function::New(env, MeasureReadBandwidth, "measure_read_bandwidth"));
   exports.Set("measure_fma_peak", Napi::Function::New(env, MeasureFmaPeak, "measure_fma_peak"));
+  exports.Set("cuda_time_moe_forward", Napi::Function::New(env, CudaTimeMoeForward, "cuda_time_moe_forward"));
+  exports.Set("cuda_time_dense_ffn", Napi::Function::New(env, CudaTimeDenseFfn, "cuda_time_dense_ffn"));
 }
 
 }  // namespace moe_addon

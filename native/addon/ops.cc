@@ -9,6 +9,7 @@
 #include "args.h"
 #include "experts.h"
 #include "job.h"
+#include "moe/cuda_backend.h"
 #include "moe/ops.h"
 
 namespace moe_addon {
@@ -20,6 +21,28 @@ constexpr int64_t kMaxInt32 = 2147483647;
 bool async_flag(const Napi::CallbackInfo& info, size_t i) {
   return i < info.Length() && !info[i].IsUndefined() ? to_bool(info[i], "async") : false;
 }
+
+// The backend an op without packed weights runs on: argument i is undefined / 'cpu' or this build's
+// CUDA backend name ('cuda', or 'cuda-emu' in test builds), which must be available.
+bool on_cuda(const Napi::CallbackInfo& info, size_t i) {
+  if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return false;
+  Napi::Env env = info.Env();
+  const std::string cuda = moe::cuda::backend_name();
+  if (!info[i].IsString())
+    throw_type_error(env, "backend must be 'cpu' or '" + cuda + "', got " + describe(info[i]));
+  const std::string b = info[i].As<Napi::String>();
+  if (b == "cpu") return false;
+  if (b != cuda || cuda == "none")
+    throw_moe_error(env, "ERR_BACKEND_UNAVAILABLE",
+                    "backend '" + b + "' is not in this build: " +
+                        (cuda == "none" ? moe::cuda::device_info().reason : "its CUDA backend is '" + cuda + "'"));
+  if (!moe::cuda::device_info().available)
+    throw_moe_error(env, "ERR_BACKEND_UNAVAILABLE",
+                    "backend '" + b + "' is not available: " + moe::cuda::device_info().reason);
+  return true;
+}
+
+bool is_cuda(const moe::PackedExperts& w) { return std::string(w.backend()) != "cpu"; }
 
 void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
   if (info.Length() < n)
@@ -66,7 +89,7 @@ void read_expert_matrix(const Napi::Value& v, const char* name, int64_t* E, int6
   for (int64_t e = 0; e < *E; ++e) ptrs->push_back(static_cast<const uint8_t*>(t.data) + e * mat);
 }
 
-// pack_experts(w1, w3, w2, async) -> Experts
+// pack_experts(w1, w3, w2, async, backend?, gate?) -> Experts
 Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 3, "pack_experts");
@@ -94,15 +117,28 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   src->d = d1;
   src->f = f1;
   src->dtype = t1;
+  const bool cuda = on_cuda(info, 4);
+  // The router gate travels with weights packed for CUDA, so that a forward copies no weights.
+  auto gate = std::make_shared<moe::TensorView>();
+  const bool has_gate = info.Length() > 5 && !info[5].IsUndefined() && !info[5].IsNull();
+  if (has_gate) {
+    *gate = to_tensor(info[5], "gate", kAnyFloat, 2, &job->keep);
+    if (gate->dims[0] != E1 || gate->dims[1] != d1)
+      throw_range_error(env, "gate.dims " + dims_string(*gate) + " must be [" + std::to_string(E1) + "," +
+                                 std::to_string(d1) + "] (experts, hidden size)");
+  }
   auto packed = std::make_shared<std::unique_ptr<moe::PackedExperts>>();
-  job->compute = [src, packed]() { return moe::pack_experts(*src, packed.get()); };
+  job->compute = [src, packed, cuda, gate, has_gate]() {
+    return cuda ? moe::cuda::pack_experts(*src, has_gate ? gate.get() : nullptr, packed.get())
+                : moe::pack_experts(*src, packed.get());
+  };
   job->finish = [packed](Napi::Env env) -> Napi::Value {
     return ExpertsWrap::NewInstance(env, std::shared_ptr<moe::PackedExperts>(std::move(*packed)));
   };
   return run_job(env, async_flag(info, 3), std::move(job));
 }
 
-// route(x, gate, topK, normalize, wantLogits, async) -> {topkIds, topkWeights, expertCounts, logits?}
+// route(x, gate, topK, normalize, wantLogits, async, backend?) -> {topkIds, topkWeights, expertCounts, logits?}
 Napi::Value Route(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 5, "route");
@@ -123,14 +159,15 @@ Napi::Value Route(const Napi::CallbackInfo& info) {
   r.Set("expertCounts", new_tensor(env, moe::DType::kI32, {E}, &counts));
   if (want_logits) r.Set("logits", new_tensor(env, moe::DType::kF32, {T, E}, &logits));
   job->result = Napi::Persistent(r);
+  const bool cuda = on_cuda(info, 6);
   job->compute = [=]() {
-    return moe::route(x, gate, p, ids.as<int32_t>(), wts.as<float>(), counts.as<int32_t>(),
-                      want_logits ? logits.as<float>() : nullptr);
+    return (cuda ? moe::cuda::route : moe::route)(x, gate, p, ids.as<int32_t>(), wts.as<float>(),
+                                                  counts.as<int32_t>(), want_logits ? logits.as<float>() : nullptr);
   };
   return run_job(env, async_flag(info, 5), std::move(job));
 }
 
-// permute(topkIds, numExperts, capacity, async) -> {expertOffsets, sortedRows, rowOf, dropped}
+// permute(topkIds, numExperts, capacity, async, backend?) -> {expertOffsets, sortedRows, rowOf, dropped}
 Napi::Value Permute(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 3, "permute");
@@ -153,9 +190,11 @@ Napi::Value Permute(const Napi::CallbackInfo& info) {
   r.Set("rowOf", new_tensor(env, moe::DType::kI32, {T, k}, &row_of));
   r.Set("dropped", new_tensor(env, moe::DType::kI32, {E}, &dropped));
   job->result = Napi::Persistent(r);
+  const bool cuda = on_cuda(info, 4);
   job->compute = [=]() {
-    return moe::permute(ids.as<const int32_t>(), T, int(k), int(E), capacity, off.as<int32_t>(),
-                        rows.as<int32_t>(), row_of.as<int32_t>(), dropped.as<int32_t>());
+    return (cuda ? moe::cuda::permute : moe::permute)(ids.as<const int32_t>(), T, int(k), int(E), capacity,
+                                                      off.as<int32_t>(), rows.as<int32_t>(), row_of.as<int32_t>(),
+                                                      dropped.as<int32_t>());
   };
   return run_job(env, async_flag(info, 3), std::move(job));
 }
@@ -190,6 +229,7 @@ Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
   moe::TensorView y;
   job->result = Napi::Persistent(new_tensor(env, moe::DType::kF32, {R, w->d}, &y));
   job->compute = [=]() {
+    if (is_cuda(*w)) return moe::cuda::grouped_gemm(x, rows.as<const int32_t>(), rows.dims[0], off.as<const int32_t>(), *w, y.as<float>());
     std::vector<float> scratch;
     const float* x32 = x.as<const float>();
     if (x.dtype != moe::DType::kF32) {
@@ -202,7 +242,7 @@ Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
   return run_job(env, async_flag(info, 4), std::move(job));
 }
 
-// combine(y, rowOf, topkWeights, outType, async) -> out [T,d]
+// combine(y, rowOf, topkWeights, outType, async, backend?) -> out [T,d]
 Napi::Value Combine(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 4, "combine");
@@ -221,9 +261,10 @@ Napi::Value Combine(const Napi::CallbackInfo& info) {
                                  std::to_string(R) + "), got " + std::to_string(rp[s]));
   moe::TensorView out;
   job->result = Napi::Persistent(new_tensor(env, out_t, {T, d}, &out));
+  const bool cuda = on_cuda(info, 5);
   job->compute = [=]() {
-    return moe::combine(y.as<const float>(), R, row_of.as<const int32_t>(), wts.as<const float>(), T,
-                        int(k), out);
+    return (cuda ? moe::cuda::combine : moe::combine)(y.as<const float>(), R, row_of.as<const int32_t>(),
+                                                      wts.as<const float>(), T, int(k), out);
   };
   return run_job(env, async_flag(info, 4), std::move(job));
 }
@@ -264,7 +305,7 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     moe::MoeLayerWeights layer;
     layer.gate = gate;
     layer.experts = w.get();
-    return moe::moe_forward(layer, x, p, outs);
+    return (is_cuda(*w) ? moe::cuda::moe_forward : moe::moe_forward)(layer, x, p, outs);
   };
   return run_job(env, async_flag(info, 7), std::move(job));
 }
@@ -280,7 +321,7 @@ Napi::Value DenseFfn(const Napi::CallbackInfo& info) {
   check_same(env, "x.dims[1]", x.dims[1], "the FFN's d", w->d);
   moe::TensorView out;
   job->result = Napi::Persistent(new_tensor(env, x.dtype, {x.dims[0], w->d}, &out));
-  job->compute = [=]() { return moe::dense_ffn(*w, x, out); };
+  job->compute = [=]() { return (is_cuda(*w) ? moe::cuda::dense_ffn : moe::dense_ffn)(*w, x, out); };
   return run_job(env, async_flag(info, 2), std::move(job));
 }
 
