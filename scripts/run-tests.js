@@ -2,7 +2,11 @@
 // Runs the test suites and ends with one plain line `N passed, N failed` over all of them:
 //   - the uvu suites in test/*.test.ts (TypeScript through tsx), against the float64 reference;
 //   - the C++ suites under test/<area>/run.sh when present (e.g. the CUDA emulator's), which print
-//     their own `N passed, N failed` line.
+//     their own `N passed, N failed` line;
+//   - the device-backend suite (test/45.cuda-backend.test.ts) on the test build of the addon, whose
+//     CUDA backend runs on the CPU emulator ('cuda-emu'), once per fiber schedule. The test build is
+//     made here (MOE_CUDA_EMU=1 scripts/build-native.js into build-emu/; incremental); without CUDA
+//     headers these passes are skipped, except under CI=true where that is a failure.
 // Exits non-zero when anything failed or a suite could not run.
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -15,9 +19,10 @@ let passed = 0;
 let failed = 0;
 let broken = false;
 
-function runSuite(label, cmd, args, parse) {
-  console.log(`\n=== ${label}: ${[cmd, ...args].join(' ')}`);
-  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', maxBuffer: 1 << 28, env: process.env });
+function runSuite(label, cmd, args, parse, env = {}) {
+  const envText = Object.entries(env).map(([k, v]) => `${k}=${v} `).join('');
+  console.log(`\n=== ${label}: ${envText}${[cmd, ...args].join(' ')}`);
+  const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', maxBuffer: 1 << 28, env: { ...process.env, ...env } });
   process.stdout.write(r.stdout ?? '');
   process.stderr.write(r.stderr ?? '');
   const counts = parse(strip((r.stdout ?? '') + (r.stderr ?? '')));
@@ -62,6 +67,27 @@ if (!filter) {
     if (dir.isDirectory() && fs.existsSync(path.join(root, script))) runSuite(dir.name, 'bash', [script], parsePlain);
   }
 }
+
+function emulatedCudaPasses() {
+  const cudaHome = process.env.CUDA_HOME || '/usr/local/cuda';
+  if (!fs.existsSync(path.join(cudaHome, 'include', 'cuda_runtime_api.h'))) {
+    console.log(`\n=== cuda-emu: no CUDA headers under ${cudaHome}: the emulated CUDA backend is not tested`);
+    if (process.env.CI === 'true') broken = true;
+    return;
+  }
+  console.log('\n=== cuda-emu: building the test addon (MOE_CUDA_EMU=1, build-emu/)');
+  const b = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-native.js')], { cwd: root, stdio: 'inherit', env: { ...process.env, MOE_CUDA_EMU: '1' } });
+  if (b.status !== 0) {
+    console.log('!!! cuda-emu: the test addon did not build');
+    broken = true;
+    return;
+  }
+  const addon = path.join(root, 'build-emu', 'Release', 'moe_kernels.node');
+  for (const schedule of ['rr', 'reverse', 'random:7'])
+    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^45\\.'], parseUvu,
+      { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
+}
+if (!filter) emulatedCudaPasses();
 
 console.log(`\n${passed} passed, ${failed} failed`);
 process.exit(failed > 0 || broken ? 1 : 0);

@@ -7,6 +7,7 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
+  availableBackends,
   combine,
   combineSync,
   DenseFfn,
@@ -30,6 +31,9 @@ import { randn } from './helpers/reference';
 type Cls = typeof TypeError | typeof RangeError | typeof MoeError;
 const TE = ['ERR_INVALID_ARG_TYPE', TypeError] as const;
 const RE = ['ERR_OUT_OF_RANGE', RangeError] as const;
+// A device backend this process cannot run ('cuda' unless a GPU is there), for the unavailable-backend cases.
+const NO_BACKEND = availableBackends().includes('cuda') ? 'cuda-emu' : 'cuda';
+const EMU_LOADED = availableBackends().includes('cuda-emu');
 
 interface Case {
   name: string;
@@ -155,14 +159,15 @@ const table: Case[] = [
       ['normalize "yes"', { normalize: 'yes' }, TypeError, TE[0], ['normalize', '"yes"']],
       ['options a number', 5, TypeError, TE[0], ['options', '5']],
       ["backend 'gpu'", { backend: 'gpu' }, TypeError, TE[0], ['backend', '"gpu"']],
-      ["backend 'cuda' (no CUDA in this build)", { backend: 'cuda' }, MoeError, 'ERR_BACKEND_UNAVAILABLE', ['cuda']],
+      [`backend '${NO_BACKEND}' (not in this process)`, { backend: NO_BACKEND }, MoeError, 'ERR_BACKEND_UNAVAILABLE', [NO_BACKEND]],
+      ...(EMU_LOADED ? [] : [["backend 'cuda-emu' outside the test build", { backend: 'cuda-emu' }, MoeError, 'ERR_BACKEND_UNAVAILABLE', ['cuda-emu', 'MOE_CUDA_EMU=1']]]),
     ] as [string, unknown, Cls, string, string[]][]
   ).flatMap(([name, opts, cls, code, parts]): Case[] => [
     { name: `MoeLayer options: ${name}`, sync: () => new MoeLayer(good(), opts as never), async: () => MoeLayer.create(good(), opts as never), cls, code, parts },
     { name: `moeForward options: ${name}`, async: () => moeForward(x, good(), opts as never), cls, code, parts },
   ]),
-  { name: 'ExpertWeights: backend cuda', sync: () => ExpertWeights.packSync(goodExperts(), { backend: 'cuda' }), async: () => ExpertWeights.pack(goodExperts(), { backend: 'cuda' }), cls: MoeError, code: 'ERR_BACKEND_UNAVAILABLE', parts: ['cuda'] },
-  { name: 'DenseFfn: backend cuda', sync: () => new DenseFfn(denseW(), { backend: 'cuda' }), async: () => DenseFfn.create(denseW(), { backend: 'cuda' }), cls: MoeError, code: 'ERR_BACKEND_UNAVAILABLE', parts: ['cuda'] },
+  { name: `ExpertWeights: backend ${NO_BACKEND}`, sync: () => ExpertWeights.packSync(goodExperts(), { backend: NO_BACKEND }), async: () => ExpertWeights.pack(goodExperts(), { backend: NO_BACKEND }), cls: MoeError, code: 'ERR_BACKEND_UNAVAILABLE', parts: [NO_BACKEND] },
+  { name: `DenseFfn: backend ${NO_BACKEND}`, sync: () => new DenseFfn(denseW(), { backend: NO_BACKEND }), async: () => DenseFfn.create(denseW(), { backend: NO_BACKEND }), cls: MoeError, code: 'ERR_BACKEND_UNAVAILABLE', parts: [NO_BACKEND] },
   { name: 'moeForward with a layer: topK differs', async: () => moeForward(x, layer, { topK: 1 }), cls: RangeError, code: RE[0], parts: ['topK', '1', '2'] },
   { name: 'moeForward with a layer: normalize differs', async: () => moeForward(x, layer, { normalize: false }), cls: RangeError, code: RE[0], parts: ['normalize', 'false'] },
 
@@ -203,7 +208,7 @@ const table: Case[] = [
       ['normalize 1', ft([T, d]), ft([E, d]), { normalize: 1 }, TypeError, TE[0], ['normalize', '1']],
       ['returnLogits "no"', ft([T, d]), ft([E, d]), { returnLogits: 'no' }, TypeError, TE[0], ['returnLogits', '"no"']],
       ["backend 'gpu'", ft([T, d]), ft([E, d]), { backend: 'gpu' }, TypeError, TE[0], ['backend', '"gpu"']],
-      ["backend 'cuda'", ft([T, d]), ft([E, d]), { backend: 'cuda' }, MoeError, 'ERR_BACKEND_UNAVAILABLE', ['cuda']],
+      [`backend '${NO_BACKEND}'`, ft([T, d]), ft([E, d]), { backend: NO_BACKEND }, MoeError, 'ERR_BACKEND_UNAVAILABLE', [NO_BACKEND]],
       ['gate dims[1] not d', ft([T, d]), ft([E, d + 1]), {}, RangeError, RE[0], ['gate.dims[1]', String(d + 1), 'x.dims[1]', String(d)]],
       ['gate with no experts', ft([T, d]), raw('float32', new Float32Array(0), [0, d]), { topK: 1 }, RangeError, RE[0], ['gate', `[0,${d}]`]],
       ['gate of rank 3', ft([T, d]), ft([1, E, d]), {}, RangeError, RE[0], ['gate.dims', `[1,${E},${d}]`]],
