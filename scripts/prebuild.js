@@ -20,4 +20,8 @@ const r = spawnSync(process.execPath, [bin, '--napi', '--strip', '--tag-libc'], 
 });
 if (r.status !== 0) process.exit(r.status ?? 1);
 const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+// prebuildify moved build/Release/moe_kernels.node into prebuilds/; relink it (nothing recompiles)
+// so that this checkout keeps its unstripped build for the tests that disassemble it.
+const again = spawnSync(process.execPath, [path.join(__dirname, 'build-native.js')], { cwd: root, stdio: 'inherit' });
+if (again.status !== 0) process.exit(again.status ?? 1);
 for (const f of fs.readdirSync(dir)) console.log(`moe-kernels: prebuilt ${path.relative(root, path.join(dir, f))} (${(fs.statSync(path.join(dir, f)).size / 1e6).toFixed(1)} MB)`);
