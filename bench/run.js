@@ -33,6 +33,9 @@ const HELP = `usage: node bench/run.js [options]      (npm run bench -- [options
   --budget SECONDS          time per (layer, T) row; default 2, --quick 0.5
   --max-call-seconds S      skip a row whose call is predicted (from a smaller T) to take longer; default 300
   --ci                      a tiny smoke run for CI: tiny layer, T=1,8, small peak probes
+  --backend NAME            auto (default: cuda when a GPU runs, else cpu) | cpu | cuda | cuda-emu
+                            (cuda: the real Mixtral layer by default, T=1..4096, times from CUDA events;
+                            cuda-emu: the test build's emulated backend, a smoke run of that path)
   --help                    this text
 
 Activations are float32. Targets from the issue are printed as PASS/MISS lines; the exit code does not
@@ -46,7 +49,7 @@ function parseList(v, name) {
 }
 
 function parseArgs(argv) {
-  const o = { shape: 'scaled', quick: false, ci: false, tokens: null, dtypes: null, layers: null, json: null, budget: null, maxCallSeconds: null };
+  const o = { backend: 'auto', shapeGiven: false, shape: 'scaled', quick: false, ci: false, tokens: null, dtypes: null, layers: null, json: null, budget: null, maxCallSeconds: null };
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i];
     let v;
@@ -66,9 +69,15 @@ function parseArgs(argv) {
         break;
       case '--mixtral':
         o.shape = 'mixtral';
+        o.shapeGiven = true;
         break;
       case '--shape':
         o.shape = val();
+        o.shapeGiven = true;
+        break;
+      case '--backend':
+        o.backend = val();
+        if (!['auto', 'cpu', 'cuda', 'cuda-emu'].includes(o.backend)) throw new UsageError(`--backend: ${JSON.stringify(o.backend)} is not one of auto, cpu, cuda, cuda-emu`);
         break;
       case '--tokens':
         o.tokens = parseList(val(), '--tokens').map((s) => {
@@ -118,6 +127,10 @@ function parseArgs(argv) {
   const p = presets[mode];
   return {
     mode,
+    backend: o.backend,
+    shapeGiven: o.shapeGiven,
+    tokensGiven: !!o.tokens,
+    dtypesGiven: !!o.dtypes,
     shape: SHAPES[o.shape],
     tokens: o.tokens ? [...new Set(o.tokens)].sort((a, b) => a - b) : o.ci ? [1, 8] : [1, 8, 64, 512, 2048],
     dtypes: o.dtypes ? [...new Set(o.dtypes)] : ['float32', 'bfloat16'],
@@ -168,6 +181,19 @@ async function main() {
   const drivers = Object.fromEntries(CONTENDERS.map((c) => [c, require(`./drivers/${c}`)]));
 
   const info = lib.backendInfo();
+  const backend = opts.backend === 'auto' ? info.backend : opts.backend;
+  if (backend !== 'cpu') {
+    const avail = lib.availableBackends();
+    if (!avail.includes(backend))
+      throw new UsageError(`backend ${backend} is not available here: ${info.reason}` +
+        (backend === 'cuda-emu' ? ' (build it with MOE_CUDA_EMU=1 npm run build:native, load it with MOE_KERNELS_ADDON=build-emu/Release/moe_kernels.node)' : ''));
+    const result = await require('./cuda').runCuda(opts, lib, backend);
+    const json = { schema: 'moe-kernels-bench-cuda/1', date: new Date().toISOString(), wallSeconds: (Date.now() - started) / 1000, ...result };
+    fs.mkdirSync(path.dirname(opts.json), { recursive: true });
+    fs.writeFileSync(opts.json, JSON.stringify(json, null, 2) + '\n');
+    console.log(`JSON: ${path.relative(process.cwd(), opts.json)}`);
+    return;
+  }
   report.printHeader(opts, info);
   const peaks = measurePeaks(opts, info);
 
