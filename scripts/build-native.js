@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Builds the native addon from source: cmake-js when cmake is on the PATH (the primary build, which
 // also compiles the CUDA backend when nvcc is present), else node-gyp with binding.gyp (CPU only).
-// Run by `npm install` through node-gyp-build when no prebuilt binary fits this machine.
+// Run by `npm install` when node-gyp-build-test finds no binary that loads (no prebuilt one fits and
+// nothing was built yet).
 //
 // Environment: MOE_CUDA=0 builds without the CUDA backend even when nvcc is present;
 // MOE_CUDA_EMU=1 builds the test addon instead, whose CUDA backend runs on the CPU emulator
