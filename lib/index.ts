@@ -94,3 +94,4 @@ export {
   type MemoryCheckOptions,
 } from './params.js';
 export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './progress.js';
+export { Tokenizer, type EncodeOptions, type DecodeOptions } from './tokenizer.js';
