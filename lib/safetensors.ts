@@ -156,6 +156,9 @@ export class SafetensorsFile {
   readonly metadata: Readonly<Record<string, string>>;
   readonly #tensors: Map<string, TensorInfo>;
   #fd: number | null;
+  /** Async reads in flight: close() waits for them, so the descriptor is never reused under one. */
+  #pending = 0;
+  #closing = false;
 
   private constructor(file: string, fd: number, size: number, header: ReturnType<typeof parseHeader>) {
     this.path = file;
@@ -233,10 +236,16 @@ export class SafetensorsFile {
     const dtype = checkReadOptions(options);
     const info = this.info(name);
     const { bytes, finish } = allocate(info);
-    for (let done = 0; done < info.byteLength; ) {
-      const n = (await readAsync(this.#open(), bytes, done, Math.min(MAX_READ, info.byteLength - done), info.offset + done)).bytesRead;
-      if (n === 0) throw shortRead(info, done);
-      done += n;
+    const fd = this.#open();
+    this.#pending++;
+    try {
+      for (let done = 0; done < info.byteLength; ) {
+        const n = (await readAsync(fd, bytes, done, Math.min(MAX_READ, info.byteLength - done), info.offset + done)).bytesRead;
+        if (n === 0) throw shortRead(info, done);
+        done += n;
+      }
+    } finally {
+      if (--this.#pending === 0 && this.#closing) this.#closeNow();
     }
     return finish(dtype);
   }
@@ -245,8 +254,9 @@ export class SafetensorsFile {
     const dtype = checkReadOptions(options);
     const info = this.info(name);
     const { bytes, finish } = allocate(info);
+    const fd = this.#open();
     for (let done = 0; done < info.byteLength; ) {
-      const n = fs.readSync(this.#open(), bytes, done, Math.min(MAX_READ, info.byteLength - done), info.offset + done);
+      const n = fs.readSync(fd, bytes, done, Math.min(MAX_READ, info.byteLength - done), info.offset + done);
       if (n === 0) throw shortRead(info, done);
       done += n;
     }
@@ -254,11 +264,20 @@ export class SafetensorsFile {
   }
 
   get closed(): boolean {
-    return this.#fd === null;
+    return this.#closing;
   }
 
-  /** Closes the file descriptor; later reads throw ERR_DISPOSED. Closing twice is fine. */
+  /**
+   * Closes the file; later reads throw ERR_DISPOSED. Reads already running finish first (the
+   * descriptor is closed after the last one). Closing twice is fine.
+   */
   close(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    if (this.#pending === 0) this.#closeNow();
+  }
+
+  #closeNow(): void {
     if (this.#fd === null) return;
     closer.unregister(this);
     fs.closeSync(this.#fd);
@@ -266,7 +285,7 @@ export class SafetensorsFile {
   }
 
   #open(): number {
-    if (this.#fd === null) throw new MoeError(`${this.path}: the file is closed`, 'ERR_DISPOSED');
+    if (this.#closing || this.#fd === null) throw new MoeError(`${this.path}: the file is closed`, 'ERR_DISPOSED');
     return this.#fd;
   }
 }
@@ -295,7 +314,7 @@ function headerLength(file: string, head: Buffer, got: number, size: number): nu
 /** The bytes of a safetensors file's header for these tensors (offsets in the given order). */
 function buildHeader(tensors: Record<string, Tensor>, metadata: Record<string, string> | undefined, file: string): { header: Buffer; entries: [string, Tensor][] } {
   if (tensors === null || typeof tensors !== 'object') throw typeError(`tensors must be an object of name -> tensor, got ${describe(tensors)}`);
-  const head: Record<string, unknown> = {};
+  const head: Record<string, unknown> = Object.create(null); // a tensor may be named __proto__
   if (metadata !== undefined) {
     for (const [k, v] of Object.entries(checkOptions(metadata, 'metadata')))
       if (typeof v !== 'string') throw typeError(`metadata.${k} must be a string, got ${describe(v)}`);
@@ -389,7 +408,7 @@ export async function writeShardedSafetensors(dir: string, tensors: Record<strin
   await fs.promises.mkdir(dir, { recursive: true });
   const pad = (i: number) => String(i).padStart(5, '0');
   const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
-  const weightMap: Record<string, string> = {};
+  const weightMap: Record<string, string> = Object.create(null);
   for (let i = 0; i < shards.length; i++) {
     await writeSafetensors(path.join(dir, names[i]), shards[i], o.metadata as Record<string, string> | undefined);
     for (const name of Object.keys(shards[i])) weightMap[name] = names[i];
@@ -548,7 +567,8 @@ function readIndex(index: string, dir: string): { weightMap: Record<string, stri
   for (const [name, f] of Object.entries(wm as Record<string, unknown>)) {
     if (typeof f !== 'string' || f === '') throw bad(`weight_map['${name}'] must be a file name, got ${describe(f)}`);
     const p = path.resolve(dir, f);
-    if (path.relative(dir, p).startsWith('..') || path.isAbsolute(f)) throw bad(`weight_map['${name}'] = ${describe(f)} is outside the checkpoint directory`);
+    const rel = path.relative(dir, p);
+    if (rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(f)) throw bad(`weight_map['${name}'] = ${describe(f)} is outside the checkpoint directory`);
     if (!shardFiles.includes(p)) shardFiles.push(p);
   }
   if (shardFiles.length === 0) throw bad('weight_map is empty');

@@ -98,6 +98,35 @@ st('dtype conversion on load uses the library conversions', async ({ dir }) => {
   await expectMoeError(() => f.read('bf'), 'ERR_DISPOSED', file);
 });
 
+st('close() while reads run: they finish with the right data, later reads are ERR_DISPOSED', async ({ dir }) => {
+  const file = path.join(dir, 'close-race.safetensors');
+  const want: Record<string, Tensor> = {};
+  for (let i = 0; i < 8; i++) want[`t${i}`] = tensor('float32', randn(50_000, 100 + i), [50_000]);
+  await writeSafetensors(file, want);
+  const f = await SafetensorsFile.open(file);
+  const reads = Object.keys(want).map((n) => f.read(n));
+  f.close();
+  assert.ok(f.closed);
+  const got = await Promise.all(reads);
+  got.forEach((t, i) => assertSameTensor(t, want[`t${i}`], `t${i}`));
+  await expectMoeError(() => f.read('t0'), 'ERR_DISPOSED');
+  await expectMoeError(() => f.readSync('t0'), 'ERR_DISPOSED');
+  f.close(); // twice is fine
+});
+
+st('odd tensor names (__proto__, dots, unicode) round-trip', async ({ dir }) => {
+  const file = path.join(dir, 'names.safetensors');
+  const want: Record<string, Tensor> = Object.create(null);
+  want['__proto__'] = tensor('float32', [1, 2], [2]);
+  want['a.b.c'] = tensor('float16', [3], [1]);
+  want['wörld ▁'] = tensor('int32', [4], [1]);
+  await writeSafetensors(file, want);
+  const f = SafetensorsFile.openSync(file);
+  assert.equal(f.names(), ['__proto__', 'a.b.c', 'wörld ▁']);
+  for (const n of f.names()) assertSameTensor(f.readSync(n), want[n], n);
+  f.close();
+});
+
 /** A file from a raw header object and a byte buffer of `dataLen` bytes. */
 function rawFile(file: string, header: unknown, dataLen: number, headerText?: string): string {
   const json = Buffer.from(headerText ?? JSON.stringify(header));
