@@ -206,7 +206,7 @@ function checkAgainst(ckpt: Checkpoint, cfgPath: string): { ok: boolean; message
     return {
       ok: true,
       message:
-        `all ${m.tensorsTotal} tensors that ${path.basename(cfgPath)} implies are present with the expected shapes (${m.layout} expert layout, ${formatBytes(m.bytesTotal)})` +
+        `all ${m.tensorsTotal} tensors that ${path.basename(cfgPath)} implies are present with the expected shapes (expert layout: ${m.layout}; ${formatBytes(m.bytesTotal)})` +
         (unused.length ? `; ${unused.length} unused: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}` : ''),
     };
   } catch (e) {

@@ -9,6 +9,7 @@ import {
   bfloat16ToFloat32,
   cast,
   Checkpoint,
+  countParameters,
   MixtralCheckpoint,
   MoeLayer,
   parseMixtralConfig,
@@ -296,6 +297,7 @@ for (const layout of ['per-expert', 'packed'] as const)
       const last = events[events.length - 1];
       assert.equal([last.bytesLoaded, last.tensorsLoaded], [m.bytesTotal, m.tensorsTotal]);
       assert.is(m.bytesTotal, m.checkpoint.totalBytes);
+      assert.is(countParameters(m.config).total * 4, m.bytesTotal); // the parameter count is the tensors' f32 size
       assert.ok(events.every((p, i) => i === 0 || p.bytesLoaded > events[i - 1].bytesLoaded));
       m.close();
     });

@@ -103,7 +103,7 @@ cli('inspect: lists every tensor and checks the checkpoint against config.json',
   assert.match(r.out, /model\.layers\.1\.mlp\.experts\.gate_up_proj\s+F32\s+\[4,96,64\]\s+98,304\s+model-0000\d-of-0000\d\.safetensors/);
   assert.match(r.out, /lm_head\.weight\s+F32\s+\[97,64\]\s+24,832/);
   assert.match(r.out, /21 tensors in \d files/);
-  assert.match(r.out, /ok: all 21 tensors that config\.json implies are present with the expected shapes \(packed expert layout/);
+  assert.match(r.out, /ok: all 21 tensors that config\.json implies are present with the expected shapes \(expert layout: packed;/);
   const j = JSON.parse(run('inspect', d, '--json').out);
   assert.is(j.tensors.length, 21);
   assert.is(j.check.ok, true);
