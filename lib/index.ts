@@ -49,3 +49,49 @@ export {
   type DenseFfnWeights,
   type DenseFfnOptions,
 } from './layers.js';
+export {
+  SafetensorsFile,
+  Checkpoint,
+  writeSafetensors,
+  writeSafetensorsSync,
+  writeShardedSafetensors,
+  safetensorsElementSize,
+  type SafetensorsDType,
+  type TensorInfo,
+  type ReadOptions,
+  type ShardOptions,
+} from './safetensors.js';
+export {
+  parseMoeConfig,
+  parseMixtralConfig,
+  type MoeModelConfig,
+  type MixtralConfig,
+  type LayerKind,
+  type ModelType,
+} from './config.js';
+export {
+  MixtralCheckpoint,
+  detectExpertLayout,
+  mixtralTensorSpecs,
+  mixtralLayerTensors,
+  type ExpertLayout,
+  type ExpectedTensor,
+  type AttentionWeights,
+  type MoeBlockWeights,
+  type MixtralLayerWeights,
+  type MixtralGlobalWeights,
+  type MixtralOpenOptions,
+  type LoadProgress,
+} from './weights.js';
+export {
+  countParameters,
+  estimateMemory,
+  checkMemory,
+  formatBytes,
+  type ParameterCounts,
+  type MemoryOptions,
+  type MemoryEstimate,
+  type MemoryCheckOptions,
+} from './params.js';
+export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './progress.js';
+export { Tokenizer, type EncodeOptions, type DecodeOptions } from './tokenizer.js';

@@ -1,0 +1,174 @@
+// The moe-kernels command as users run it (bin/moe-kernels.js on the built dist/, in a child
+// process): params and inspect, --help, exit codes 0 / 1 (failed) / 2 (usage). And the progress
+// display the CLI's loaders use, on a fake terminal and a fake log.
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { createProgressBar, type LoadProgress } from '../lib/index';
+import { mixtral8x7bRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
+
+const root = path.join(__dirname, '..');
+const bin = path.join(root, 'bin', 'moe-kernels.js');
+const run = (...args: string[]) => {
+  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+};
+
+const cli = suite<{ dir: string }>('cli', { dir: '' });
+cli.before((ctx) => {
+  ctx.dir = tmpDir('moe-cli-');
+  fs.writeFileSync(path.join(ctx.dir, 'mixtral-8x7b.json'), JSON.stringify(mixtral8x7bRaw()));
+});
+cli.after((ctx) => fs.rmSync(ctx.dir, { recursive: true, force: true }));
+
+cli('the package declares the bin and ships it; dist/cli.js is built', () => {
+  const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
+  assert.is(pkg.bin['moe-kernels'], 'bin/moe-kernels.js');
+  assert.ok(pkg.files.includes('bin'));
+  assert.ok(fs.existsSync(path.join(root, 'dist', 'cli.js')), 'dist/cli.js missing: run npm run build:ts');
+  assert.match(fs.readFileSync(bin, 'utf8'), /^#!\/usr\/bin\/env node/);
+});
+
+cli('--help for the command and each subcommand; no command is a usage error', () => {
+  const main = run('--help');
+  assert.is(main.code, 0);
+  assert.match(main.out, /Usage: moe-kernels <command>/);
+  assert.match(main.out, /params/);
+  assert.match(main.out, /inspect/);
+  for (const c of ['params', 'inspect']) {
+    const r = run(c, '--help');
+    assert.is(r.code, 0, r.err);
+    assert.match(r.out, new RegExp(`Usage: moe-kernels ${c}`));
+  }
+  assert.is(run().code, 2);
+  const u = run('frobnicate');
+  assert.is(u.code, 2);
+  assert.match(u.err, /unknown command 'frobnicate'/);
+});
+
+cli('params: the Mixtral-8x7B table with exact totals and a memory estimate', ({ dir }) => {
+  const r = run('params', path.join(dir, 'mixtral-8x7b.json'), '--context', '4096', '--batch', '2');
+  assert.is(r.code, 0, r.err);
+  assert.match(r.out, /mixtral: 32 layers \(32 MoE\), hidden 4096/);
+  assert.match(r.out, /experts\s+45,097,156,608\s+45\.10B\s+11,274,289,152\s+11\.27B/);
+  assert.match(r.out, /all\s+46,702,792,704\s+46\.70B\s+12,879,925,248\s+12\.88B/);
+  assert.match(r.out, /KV cache \(bfloat16, 4096 tokens x 2\)\s+1,073,741,824/);
+});
+
+cli('params --json gives the same numbers to a program; a checkpoint dir finds its config.json', async ({ dir }) => {
+  const r = run('params', path.join(dir, 'mixtral-8x7b.json'), '--json', '--dtype', 'float32');
+  assert.is(r.code, 0, r.err);
+  const j = JSON.parse(r.out);
+  assert.is(j.parameters.total, 46_702_792_704);
+  assert.is(j.parameters.active, 12_879_925_248);
+  assert.is(j.memory.weightsBytes, 46_702_792_704 * 4);
+  assert.is(j.config.hiddenSize, 4096);
+  const d = path.join(dir, 'tiny');
+  await writeTinyMixtral(d);
+  const t = run('params', d, '--json');
+  assert.is(t.code, 0, t.err);
+  assert.is(JSON.parse(t.out).config.numExperts, 4);
+});
+
+cli('params: bad flags are usage errors (2), a bad config a failure (1), each with a message', ({ dir }) => {
+  const cfg = path.join(dir, 'mixtral-8x7b.json');
+  for (const [args, pattern] of [
+    [['--dtype', 'int8'], /--dtype must be one of float32, float16, bfloat16, got 'int8'/],
+    [['--context=0'], /--context must be a positive integer, got '0'/],
+    [['--bogus'], /Unknown option '--bogus'/],
+  ] as const) {
+    const r = run('params', cfg, ...args);
+    assert.is(r.code, 2, r.out);
+    assert.match(r.err, pattern);
+  }
+  assert.is(run('params').code, 2);
+  const missing = run('params', path.join(dir, 'nope.json'));
+  assert.is(missing.code, 1);
+  assert.match(missing.err, /nope\.json: cannot read config \(ENOENT\) \(ERR_FILE_NOT_FOUND\)/);
+  const badCfg = path.join(dir, 'bad.json');
+  fs.writeFileSync(badCfg, JSON.stringify({ ...mixtral8x7bRaw(), num_key_value_heads: 5 }));
+  const b = run('params', badCfg);
+  assert.is(b.code, 1);
+  assert.match(b.err, /num_attention_heads \(32\) must be a multiple of num_key_value_heads \(5\)/);
+  assert.not.match(b.err, /\n\s+at /); // a message, not a stack
+});
+
+cli('inspect: lists every tensor and checks the checkpoint against config.json', async ({ dir }) => {
+  const d = path.join(dir, 'packed');
+  await writeTinyMixtral(d, { layout: 'packed', maxShardBytes: 150_000 });
+  const r = run('inspect', d);
+  assert.is(r.code, 0, r.err);
+  assert.match(r.out, /model\.layers\.1\.mlp\.experts\.gate_up_proj\s+F32\s+\[4,96,64\]\s+98,304\s+model-0000\d-of-0000\d\.safetensors/);
+  assert.match(r.out, /lm_head\.weight\s+F32\s+\[97,64\]\s+24,832/);
+  assert.match(r.out, /21 tensors in \d files/);
+  assert.match(r.out, /ok: all 21 tensors that config\.json implies are present with the expected shapes \(expert layout: packed;/);
+  const j = JSON.parse(run('inspect', d, '--json').out);
+  assert.is(j.tensors.length, 21);
+  assert.is(j.check.ok, true);
+  assert.equal(j.tensors.find((t: { name: string }) => t.name === 'model.norm.weight').shape, [64]);
+});
+
+cli('inspect: a mis-shaped tensor fails (1) naming it; a single file works; --no-check only lists', async ({ dir }) => {
+  const d = path.join(dir, 'bad-shape');
+  await writeTinyMixtral(d, { edit: (t) => (t['model.layers.0.self_attn.o_proj.weight'] = { ...t['model.layers.0.self_attn.o_proj.weight'], dims: [32, 128] }) });
+  const r = run('inspect', d);
+  assert.is(r.code, 1);
+  assert.match(r.out, /model\.layers\.0\.self_attn\.o_proj\.weight\s+F32\s+\[32,128\]/);
+  assert.match(r.err, /error: .*model\.safetensors: tensor 'model\.layers\.0\.self_attn\.o_proj\.weight' has shape \[32,128\], expected \[64,64\]/);
+  assert.is(run('inspect', d, '--no-check').code, 0);
+  const single = run('inspect', path.join(d, 'model.safetensors'), '--no-check');
+  assert.is(single.code, 0, single.err);
+  assert.match(single.out, /in 1 file,/);
+  const corrupt = path.join(dir, 'corrupt.safetensors');
+  fs.writeFileSync(corrupt, Buffer.from([1, 0, 0, 0]));
+  const c = run('inspect', corrupt);
+  assert.is(c.code, 1);
+  assert.match(c.err, /corrupt\.safetensors: invalid safetensors header: .* \(ERR_SAFETENSORS_HEADER\)/);
+});
+
+cli.run();
+
+const progress = suite('progress bar');
+
+class FakeStream {
+  chunks: string[] = [];
+  constructor(
+    readonly isTTY: boolean,
+    readonly columns = 100,
+  ) {}
+  write(s: string) {
+    this.chunks.push(s);
+    return true;
+  }
+}
+
+const steps = (n: number, bytesEach: number): LoadProgress[] =>
+  Array.from({ length: n }, (_, i) => ({ bytesLoaded: (i + 1) * bytesEach, bytesTotal: n * bytesEach, tensorsLoaded: i + 1, tensorsTotal: n, name: `t${i}` }));
+
+progress('terminal: redraws one line in place, ends at 100% and a newline', () => {
+  const s = new FakeStream(true);
+  const bar = createProgressBar({ stream: s, label: 'mixtral' });
+  for (const p of steps(50, 2_000_000)) bar.update(p);
+  bar.done();
+  const out = s.chunks.join('');
+  assert.ok(s.chunks.slice(0, -1).every((c) => c.startsWith('\r') && !c.includes('\n')));
+  assert.ok(s.chunks.length < 50, 'redraws are throttled');
+  assert.match(out, /\rmixtral \[#{40}\] 100% 100 MB \/ 100 MB, tensors 50\/50\x1b\[K\n$/);
+});
+
+progress('log: a line now and then, naming the tensor, and a final line', () => {
+  const s = new FakeStream(false);
+  const bar = createProgressBar({ stream: s, intervalMs: 60_000 });
+  for (const p of steps(10, 1000)) bar.update(p);
+  bar.done();
+  assert.equal(s.chunks, ['loading  10% 1.00 kB / 10.0 kB, tensors 1/10 (t0)\n', 'loading 100% 10.0 kB / 10.0 kB, tensors 10/10\n']);
+  const every = new FakeStream(false);
+  const b2 = createProgressBar({ stream: every, intervalMs: 0 });
+  for (const p of steps(3, 1)) b2.update(p);
+  b2.done();
+  assert.is(every.chunks.length, 3);
+});
+
+progress.run();
