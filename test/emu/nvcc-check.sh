@@ -24,12 +24,12 @@ status=0
 pids=()
 # PTX of the grouped GEMM for the tensor-core check at the end, compiled alongside the objects.
 gg_ptx="$out/grouped_gemm.compute_90.ptx"
-"$NVCC" -std=c++17 -O3 -ptx -arch=compute_90 ${NVCC_FLAGS:-} "$root/native/src/cuda/grouped_gemm.cu" \
+"$NVCC" -std=c++17 -O3 -I "$root/native/include" -ptx -arch=compute_90 ${NVCC_FLAGS:-} "$root/native/src/cuda/grouped_gemm.cu" \
   -o "$gg_ptx" >"$out/grouped_gemm.ptx.txt" 2>&1 &
 gg_ptx_pid=$!
 for f in "${files[@]}"; do
   name="$(basename "$f" .cu)"
-  "$NVCC" -std=c++17 -O3 -c "${targets[@]}" -Xptxas -v ${NVCC_FLAGS:-} "$f" -o "$out/$name.o" \
+  "$NVCC" -std=c++17 -O3 -I "$root/native/include" -c "${targets[@]}" -Xptxas -v ${NVCC_FLAGS:-} "$f" -o "$out/$name.o" \
     >"$out/$name.ptxas.txt" 2>&1 &
   pids+=($!)
 done
