@@ -5,6 +5,7 @@
 // whatever the thread or block layout (no generator state to advance).
 //
 //   expert_capacity(T, k, E, factor)   Switch/GShard: ceil(T*k/E * factor) slots per expert
+//   forward_capacity(...)              which capacity a forward applies (prefill / decode factor)
 //   route_uniform(seed, t, e, stream)  a float in [0, 1), a multiple of 2^-24
 //   route_normal(seed, t, e)           N(0, 1) by Box-Muller from two 24-bit uniforms
 //   route_softplus(v)                  log(1 + exp(v)), overflow-safe
@@ -42,6 +43,16 @@ inline int64_t expert_capacity(int64_t T, int k, int E, double factor) {
   if (!(factor > 0) || !std::isfinite(factor) || E < 1) return -1;
   const double c = std::ceil(double(T) * double(k) / double(E) * factor);
   return c >= 2147483647.0 ? 2147483647 : int64_t(c);
+}
+
+// The capacity a forward applies (MoeForwardParams in moe/ops.h, launch_moe_forward's options):
+// an explicit capacity >= 0 wins; otherwise a call is "decode" when decode == 1, or when decode == -1
+// (auto) and T == 1, and then takes eval_factor if it is > 0; every other call takes factor.
+inline int64_t forward_capacity(int64_t capacity, double factor, double eval_factor, int decode, int64_t T, int k,
+                                int E) {
+  if (capacity >= 0) return capacity;
+  const bool is_decode = decode == 1 || (decode < 0 && T == 1);
+  return expert_capacity(T, k, E, is_decode && eval_factor > 0 ? eval_factor : factor);
 }
 
 MOE_ROUTE_HD uint64_t route_mix64(uint64_t z) {

@@ -36,10 +36,7 @@ const float* as_f32(const TensorView& x, std::vector<float>& scratch) {
 }  // namespace
 
 int64_t moe_capacity(const MoeForwardParams& p, int64_t T, int E) {
-  if (p.capacity >= 0) return p.capacity;
-  const bool decode = p.decode == 1 || (p.decode < 0 && T == 1);
-  const double factor = decode && p.eval_capacity_factor > 0 ? p.eval_capacity_factor : p.capacity_factor;
-  return expert_capacity(T, p.route.top_k, E, factor);
+  return forward_capacity(p.capacity, p.capacity_factor, p.eval_capacity_factor, p.decode, T, p.route.top_k, E);
 }
 
 Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeForwardParams& p,
