@@ -111,7 +111,8 @@ Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int6
     if (r.route.noise_gate.dims[0] != E || r.route.noise_gate.dims[1] != d)
       throw_range_error(env, "noiseGate.dims " + dims_string(r.route.noise_gate) + " must be [" + std::to_string(E) +
                                  "," + std::to_string(d) + "] like the gate");
-    r.route.noise_seed = uint64_t(get("noiseSeed").IsUndefined() ? 0 : to_int(get("noiseSeed"), "noiseSeed", 0, kMaxSeed));
+    if (!get("noiseSeed").IsUndefined())
+      r.route.noise_seed = uint64_t(to_int(get("noiseSeed"), "noiseSeed", 0, kMaxSeed));
   } else if (!get("noiseSeed").IsUndefined()) {
     throw_type_error(env, "noiseSeed is given without noiseGate");
   }
@@ -131,12 +132,18 @@ Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int6
   return r;
 }
 
-// {auxLoss, zLoss} as a JS object.
-Napi::Object stats_object(Napi::Env env, const moe::RouterStats& s) {
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("auxLoss", Napi::Number::New(env, s.aux_loss));
-  o.Set("zLoss", Napi::Number::New(env, s.z_loss));
-  return o;
+// When stats are asked for (non-null), the job's result gets `stats: {auxLoss, zLoss}` once the
+// compute step has filled them in.
+void return_stats(Job* job, std::shared_ptr<moe::RouterStats> stats) {
+  if (!stats) return;
+  job->finish = [job, stats](Napi::Env env) -> Napi::Value {
+    Napi::Object res = job->result.Value();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("auxLoss", Napi::Number::New(env, stats->aux_loss));
+    o.Set("zLoss", Napi::Number::New(env, stats->z_loss));
+    res.Set("stats", o);
+    return res;
+  };
 }
 
 // pack_experts(w1, w3, w2, async) -> Experts
@@ -204,14 +211,7 @@ Napi::Value Route(const Napi::CallbackInfo& info) {
     return moe::route(x, gate, p, ids.as<int32_t>(), wts.as<float>(), counts.as<int32_t>(),
                       want_logits ? logits.as<float>() : nullptr, stats.get());
   };
-  if (stats) {
-    Job* jp = job.get();
-    job->finish = [jp, stats](Napi::Env env) -> Napi::Value {
-      Napi::Object res = jp->result.Value();
-      res.Set("stats", stats_object(env, *stats));
-      return res;
-    };
-  }
+  return_stats(job.get(), stats);
   return run_job(env, async_flag(info, 5), std::move(job));
 }
 
@@ -367,14 +367,7 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     o.stats = stats.get();
     return moe::moe_forward(layer, x, p, o);
   };
-  if (stats) {
-    Job* jp = job.get();
-    job->finish = [jp, stats](Napi::Env env) -> Napi::Value {
-      Napi::Object res = jp->result.Value();
-      res.Set("stats", stats_object(env, *stats));
-      return res;
-    };
-  }
+  return_stats(job.get(), stats);
   return run_job(env, async_flag(info, 7), std::move(job));
 }
 
