@@ -171,7 +171,7 @@ bool check_route(const Problem& p, const Variant& v) {
 }  // namespace
 
 TEST(variants_router_kernels_match_the_cpu_twin) {
-  const struct { int64_t T; int E, k; } shapes[] = {{1, 1, 1}, {33, 8, 2}, {33, 5, 2}, {65, 64, 6}, {200, 8, 2}};
+  const struct { int64_t T; int E, k; } shapes[] = {{1, 1, 1}, {33, 8, 2}, {33, 5, 2}, {33, 3, 3}, {65, 64, 6}, {17, 64, 64}, {200, 8, 2}};
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s);
     for (const auto& sh : shapes) {
