@@ -207,6 +207,21 @@ noisy('MoeLayer with noise vs the reference block', async () => {
   await checkLayer(p, 2, opts, { normalize: true, noise: { w: wnr, seed: 11 } }, refCapacity(33, 2, 8, 1.25), 'noisy layer');
 });
 
+noisy('concurrent async calls with noise and random routing give the serial bits', async () => {
+  const { p, wn } = noiseProblem(65, 8, 970);
+  const layer = await MoeLayer.create(weightsOf(p), { topK: 2, noise: { weights: wn, seed: 1 }, randomRouting: { seed: 2 }, capacityFactor: 1.0 });
+  const serial = layer.forwardSync(p.x, { returnRouting: true, returnRouterStats: true });
+  const many = await Promise.all(Array.from({ length: 6 }, () => layer.forward(p.x, { returnRouting: true, returnRouterStats: true })));
+  for (const m of many) {
+    assertSameTensor(m.output, serial.output, 'output');
+    assertSameTensor(m.routing!.topkIds, serial.routing!.topkIds, 'ids');
+    assertSameTensor(m.routing!.dropped, serial.routing!.dropped, 'dropped');
+    assert.is(m.routerStats!.auxLoss, serial.routerStats!.auxLoss);
+    assert.is(m.routerStats!.zLoss, serial.routerStats!.zLoss);
+  }
+  layer.dispose();
+});
+
 noisy.run();
 
 // ---- GShard random routing ------------------------------------------------------------------------------
