@@ -32,8 +32,9 @@ struct MoeWorkspaceLayout {
 
 bool valid_dtype(DevDType t) { return t == DevDType::kF32 || t == DevDType::kF16 || t == DevDType::kBF16; }
 
-// The layout for these routing options; the noise logits and the statistics scratch are only
-// reserved when the options need them, so the plain Mixtral layer's workspace does not grow.
+// The layout for these routing options: the noise logits are only reserved for noisy gating; the
+// statistics scratch (8 bytes per expert per 32 tokens) always, since the outputs that need it are
+// not known when the workspace is sized.
 MoeWorkspaceLayout moe_layout(const MoeDeviceLayer& layer, int64_t num_tokens, const MoeDeviceRouting& r) {
   MoeWorkspaceLayout L;
   const int E = layer.num_experts, top_k = r.top_k;
