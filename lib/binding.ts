@@ -29,11 +29,32 @@ export interface NativeExperts {
   info(): NativeExpertsInfo;
 }
 
+/** Router statistics from the clean f32 logits (see lib/stages.ts RouterStats). */
+export interface NativeRouterStats {
+  auxLoss: number;
+  zLoss: number;
+}
+/** Routing variants: the optional trailing argument of route and moe_forward. */
+export interface NativeRouteVariants {
+  noiseGate?: NativeTensor;
+  noiseSeed?: number;
+  randomRouting?: boolean;
+  randomSeed?: number;
+  wantStats?: boolean;
+}
+export interface NativeForwardVariants extends NativeRouteVariants {
+  capacityFactor?: number;
+  evalCapacityFactor?: number;
+  /** -1: auto (T == 1), 0: prefill, 1: decode. */
+  decode?: number;
+  wantLogits?: boolean;
+}
 export interface NativeRouteResult {
   topkIds: NativeTensor;
   topkWeights: NativeTensor;
   expertCounts: NativeTensor;
   logits?: NativeTensor;
+  stats?: NativeRouterStats;
 }
 export interface NativePermuteResult {
   expertOffsets: NativeTensor;
@@ -46,6 +67,9 @@ export interface NativeMoeResult {
   topkIds?: NativeTensor;
   topkWeights?: NativeTensor;
   expertCounts?: NativeTensor;
+  dropped?: NativeTensor;
+  logits?: NativeTensor;
+  stats?: NativeRouterStats;
 }
 export interface NativeBackendInfo {
   cpu: {
@@ -86,11 +110,11 @@ export interface NativeBinding {
   backend_info(): NativeBackendInfo;
   /** backend: 'cpu' (default) or this build's CUDA backend; gate: uploaded with CUDA experts. */
   pack_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, async: A, backend?: string, gate?: NativeTensor): Ret<NativeExperts, A>;
-  route<A extends boolean>(x: NativeTensor, gate: NativeTensor, topK: number, normalize: boolean, wantLogits: boolean, async: A, backend?: string): Ret<NativeRouteResult, A>;
+  route<A extends boolean>(x: NativeTensor, gate: NativeTensor, topK: number, normalize: boolean, wantLogits: boolean, async: A, variants?: NativeRouteVariants, backend?: string): Ret<NativeRouteResult, A>;
   permute<A extends boolean>(topkIds: NativeTensor, numExperts: number, capacity: number, async: A, backend?: string): Ret<NativePermuteResult, A>;
   grouped_gemm<A extends boolean>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, async: A): Ret<NativeTensor, A>;
   combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A, backend?: string): Ret<NativeTensor, A>;
-  moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A): Ret<NativeMoeResult, A>;
+  moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A, variants?: NativeForwardVariants): Ret<NativeMoeResult, A>;
   dense_ffn<A extends boolean>(x: NativeTensor, weights: NativeExperts, async: A): Ret<NativeTensor, A>;
   /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
   measure_read_bandwidth?(bytes: number, reps: number): number;

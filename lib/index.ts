@@ -21,6 +21,7 @@ export {
 } from './tensor.js';
 export { backendInfo, availableBackends, type BackendInfo, type BackendName, type ResolvedBackend } from './backend.js';
 export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './experts.js';
+export { type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
 export {
   route,
   routeSync,
@@ -45,6 +46,7 @@ export {
   type MoeLayerOptions,
   type ForwardOptions,
   type MoeOutput,
+  type MoeRouterStats,
   type Routing,
   type DenseFfnWeights,
   type DenseFfnOptions,

@@ -3,11 +3,12 @@
  * block-sparse MoE: router, top-k, SwiGLU experts, weighted combine) and the dense SwiGLU FFN
  * baseline. Both keep exactly one packed copy of their weights in the backend.
  */
-import { binding, type NativeTensor } from './binding.js';
+import { binding, type NativeForwardVariants, type NativeMoeResult, type NativeTensor } from './binding.js';
 import { type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
 import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
 import { boolOption, checkOptions, intOption, required } from './options.js';
+import { factorOption, nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
 import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from './tensor.js';
 
 export interface MoeLayerWeights extends ExpertWeightsInit {
@@ -20,12 +21,34 @@ export interface MoeLayerOptions {
   topK?: number;
   /** Renormalise the top-k weights to sum to 1. Default true (Mixtral). */
   normalize?: boolean;
+  /**
+   * Expert capacity factor (Switch/GShard) for prefill calls: each expert keeps
+   * ceil(T·k/E · capacityFactor) slots, the rest are dropped in token order (a dropped slot adds
+   * nothing; a token whose every slot is dropped gets an MoE output of 0). Default: dropless.
+   */
+  capacityFactor?: number;
+  /**
+   * Capacity factor for decode calls (evaluation-time factor): a call is decode when
+   * `forward(x, {phase: 'decode'})`, or with phase 'auto' (the default) when x has one token.
+   * Default: capacityFactor.
+   */
+  evalCapacityFactor?: number;
+  /** Noisy top-k gating: noise weights [E,d] (copied) and a seed. Default: no noise. */
+  noise?: NoiseOptions;
+  /** GShard random routing of the second expert (topK = 2). Default: off. */
+  randomRouting?: RandomRoutingOptions;
   backend?: BackendName;
 }
 
 export interface ForwardOptions {
-  /** Also return the routing: ids, weights and tokens per expert. Default false. */
+  /** Also return the routing: ids, weights, tokens per expert and dropped slots. Default false. */
   returnRouting?: boolean;
+  /** Also return `routerStats`: losses, tokens per expert, dropped slots. Default false. */
+  returnRouterStats?: boolean;
+  /** Also return the clean router logits [T,E] in `routerStats.logits` (implies returnRouterStats). */
+  returnLogits?: boolean;
+  /** Which capacity factor applies: 'auto' (default: decode when T == 1), 'prefill' or 'decode'. */
+  phase?: 'auto' | 'prefill' | 'decode';
 }
 
 export interface Routing {
@@ -33,14 +56,26 @@ export interface Routing {
   topkIds: Tensor<'int32'>;
   /** [T,k] their weights (float32). */
   topkWeights: Tensor<'float32'>;
-  /** [E] tokens routed to each expert. */
+  /** [E] tokens routed to each expert (before capacity; random routing's -1 slots count nowhere). */
   tokensPerExpert: Tensor<'int32'>;
+  /** [E] slots each expert dropped for its capacity. */
+  dropped: Tensor<'int32'>;
+}
+
+export interface MoeRouterStats extends RouterStats {
+  /** [E] tokens routed to each expert (before capacity). */
+  tokensPerExpert: Tensor<'int32'>;
+  /** [E] slots each expert dropped for its capacity. */
+  dropped: Tensor<'int32'>;
+  /** [T,E] clean router logits (float32), with `returnLogits`. */
+  logits?: Tensor<'float32'>;
 }
 
 export interface MoeOutput {
   /** [T,d], the type of the input. */
   output: Tensor;
   routing?: Routing;
+  routerStats?: MoeRouterStats;
 }
 
 const nt = (t: Tensor) => t as unknown as NativeTensor;
@@ -62,11 +97,16 @@ export class MoeLayer {
   readonly intermediateSize: number;
   readonly topK: number;
   readonly normalize: boolean;
+  /** Capacity factor of prefill calls; undefined: dropless. */
+  readonly capacityFactor: number | undefined;
+  /** Capacity factor of decode calls; undefined: that of prefill. */
+  readonly evalCapacityFactor: number | undefined;
   readonly backend: ResolvedBackend;
   /** Type of the packed expert weights. */
   readonly weightType: FloatType;
   readonly #gate: Tensor;
   readonly #experts: ExpertWeights;
+  readonly #variants: ReturnType<typeof routeVariantOptions>;
 
   /** Packs the weights synchronously; prefer `MoeLayer.create` for large layers. */
   constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights) {
@@ -79,6 +119,9 @@ export class MoeLayer {
         throw rangeError(`weights.gate.dims must be [${E},${experts.hiddenSize}] (experts, hidden size), got [${gate.dims.join(',')}]`);
       this.topK = intOption(o, 'topK', Math.min(2, E), 1, E);
       this.normalize = boolOption(o, 'normalize', true);
+      this.capacityFactor = factorOption(o, 'capacityFactor');
+      this.evalCapacityFactor = factorOption(o, 'evalCapacityFactor');
+      this.#variants = routeVariantOptions(o, this.topK, E, experts.hiddenSize, true);
     } catch (e) {
       if (!packed) experts.dispose();
       throw e;
@@ -116,14 +159,14 @@ export class MoeLayer {
 
   /** Runs the layer on x [T,d] off the event loop. */
   async forward(x: Tensor, options?: ForwardOptions): Promise<MoeOutput> {
-    const [w, routing] = this.#args(options);
-    return output(await binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing, true));
+    const [w, routing, variants, stats] = this.#args(options);
+    return output(await binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, true, variants), routing, stats);
   }
 
   /** Runs the layer on the calling thread (for tiny calls). */
   forwardSync(x: Tensor, options?: ForwardOptions): MoeOutput {
-    const [w, routing] = this.#args(options);
-    return output(binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing, false));
+    const [w, routing, variants, stats] = this.#args(options);
+    return output(binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, false, variants), routing, stats);
   }
 
   /** Frees the packed weights; calls already running finish first. */
@@ -134,18 +177,40 @@ export class MoeLayer {
   #args(options?: ForwardOptions) {
     if (this.#experts.disposed) throw new MoeError('MoeLayer was disposed and cannot be used again', 'ERR_DISPOSED');
     const o = checkOptions(options);
-    return [nativeExperts(this.#experts, 'experts'), boolOption(o, 'returnRouting', false)] as const;
+    const logits = boolOption(o, 'returnLogits', false);
+    const stats = boolOption(o, 'returnRouterStats', false) || logits;
+    const phase = o.phase ?? 'auto';
+    if (phase !== 'auto' && phase !== 'prefill' && phase !== 'decode')
+      throw typeError(`options.phase must be 'auto', 'prefill' or 'decode', got ${describe(phase)}`);
+    const variants: NativeForwardVariants = {
+      ...nativeVariants(this.#variants, stats),
+      capacityFactor: this.capacityFactor ?? 0,
+      evalCapacityFactor: this.evalCapacityFactor ?? 0,
+      decode: phase === 'auto' ? -1 : phase === 'decode' ? 1 : 0,
+      wantLogits: logits,
+    };
+    return [nativeExperts(this.#experts, 'experts'), boolOption(o, 'returnRouting', false), variants, stats] as const;
   }
 }
 
-function output(r: { out: NativeTensor; topkIds?: NativeTensor; topkWeights?: NativeTensor; expertCounts?: NativeTensor }): MoeOutput {
+function output(r: NativeMoeResult, routing: boolean, stats: boolean): MoeOutput {
   const res: MoeOutput = { output: r.out as Tensor };
-  if (r.topkIds)
+  if (routing && r.topkIds)
     res.routing = {
       topkIds: r.topkIds as Tensor<'int32'>,
       topkWeights: r.topkWeights as Tensor<'float32'>,
       tokensPerExpert: r.expertCounts as Tensor<'int32'>,
+      dropped: r.dropped as Tensor<'int32'>,
     };
+  if (stats && r.stats) {
+    res.routerStats = {
+      auxLoss: r.stats.auxLoss,
+      zLoss: r.stats.zLoss,
+      tokensPerExpert: r.expertCounts as Tensor<'int32'>,
+      dropped: r.dropped as Tensor<'int32'>,
+    };
+    if (r.logits) res.routerStats.logits = r.logits as Tensor<'float32'>;
+  }
   return res;
 }
 
@@ -156,9 +221,11 @@ function output(r: { out: NativeTensor; topkIds?: NativeTensor; topkWeights?: Na
 export async function moeForward(x: Tensor, weights: MoeLayerWeights | MoeLayer, options?: MoeLayerOptions & ForwardOptions): Promise<MoeOutput> {
   const o = checkOptions(options);
   if (weights instanceof MoeLayer) {
-    for (const k of ['topK', 'normalize'] as const)
+    for (const k of ['topK', 'normalize', 'capacityFactor', 'evalCapacityFactor'] as const)
       if (o[k] !== undefined && o[k] !== weights[k])
         throw rangeError(`options.${k} (${describe(o[k])}) differs from the layer's ${k} (${weights[k]}); it is fixed when the layer is created`);
+    for (const k of ['noise', 'randomRouting'] as const)
+      if (o[k] !== undefined) throw rangeError(`options.${k} cannot be given with a MoeLayer; it is fixed when the layer is created`);
     return weights.forward(x, options);
   }
   const layer = await MoeLayer.create(weights, options);

@@ -4,17 +4,19 @@
  *
  *   route        x [T,d], gate [E,d]          -> topkIds [T,k], topkWeights [T,k], tokensPerExpert [E]
  *   permute      topkIds [T,k]               -> expertOffsets [E+1], sortedRows [T*k], rowOf [T,k]
+ *                (an id of -1 means "no expert": random routing's dropped second slot)
  *   groupedGemm  x, sortedRows, expertOffsets, experts -> y [R,d] (R = expertOffsets[E])
  *   combine      y, rowOf, topkWeights       -> out [T,d]
  *
  * Each op has a Promise form (runs off the event loop) and a Sync form (for tiny calls).
  */
-import { binding, type NativeTensor } from './binding.js';
+import { binding, type NativeRouteResult, type NativeTensor } from './binding.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
 import { nativeExperts, type ExpertWeights } from './experts.js';
 import { boolOption, checkOptions, intOption } from './options.js';
 import { isFloatType, type FloatType, type Tensor } from './tensor.js';
 import { describe, typeError } from './errors.js';
+import { nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
 
 export interface RouteOptions {
   /** Experts per token, 1 <= topK <= E. Default 2. */
@@ -23,6 +25,12 @@ export interface RouteOptions {
   normalize?: boolean;
   /** Also return the router logits [T,E] (float32). Default false. */
   returnLogits?: boolean;
+  /** Noisy top-k gating: noise weights [E,d] and a seed. Default: no noise. */
+  noise?: NoiseOptions;
+  /** GShard random routing of the second expert (topK = 2). Default: off. */
+  randomRouting?: RandomRoutingOptions;
+  /** Also return `routerStats` (load-balancing loss, z-loss). Default false. */
+  returnRouterStats?: boolean;
   backend?: BackendName;
 }
 export interface RouteResult {
@@ -30,9 +38,10 @@ export interface RouteResult {
   topkIds: Tensor<'int32'>;
   /** [T,k] routing weights (float32). */
   topkWeights: Tensor<'float32'>;
-  /** [E] tokens routed to each expert. */
+  /** [E] tokens routed to each expert (slots with id -1, dropped by random routing, count nowhere). */
   tokensPerExpert: Tensor<'int32'>;
   logits?: Tensor<'float32'>;
+  routerStats?: RouterStats;
 }
 
 export interface PermuteOptions {
@@ -59,28 +68,32 @@ export interface CombineOptions {
 
 const nt = (t: Tensor) => t as unknown as NativeTensor;
 
-function routeArgs(options?: RouteOptions) {
+function routeArgs(x: Tensor, gate: Tensor, options?: RouteOptions) {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
-  return [intOption(o, 'topK', 2, 1), boolOption(o, 'normalize', true), boolOption(o, 'returnLogits', false), backend] as const;
+  const k = intOption(o, 'topK', 2, 1);
+  const dims = (t: Tensor) => (t && Array.isArray(t.dims) ? t.dims : []);
+  const variants = routeVariantOptions(o, k, dims(gate)[0], dims(x)[1], false);
+  return [k, boolOption(o, 'normalize', true), boolOption(o, 'returnLogits', false), nativeVariants(variants, boolOption(o, 'returnRouterStats', false)), backend] as const;
 }
-function routeResult(r: { topkIds: NativeTensor; topkWeights: NativeTensor; expertCounts: NativeTensor; logits?: NativeTensor }): RouteResult {
+function routeResult(r: NativeRouteResult): RouteResult {
   const out: RouteResult = {
     topkIds: r.topkIds as Tensor<'int32'>,
     topkWeights: r.topkWeights as Tensor<'float32'>,
     tokensPerExpert: r.expertCounts as Tensor<'int32'>,
   };
   if (r.logits) out.logits = r.logits as Tensor<'float32'>;
+  if (r.stats) out.routerStats = { auxLoss: r.stats.auxLoss, zLoss: r.stats.zLoss };
   return out;
 }
 
 export async function route(x: Tensor, gate: Tensor, options?: RouteOptions): Promise<RouteResult> {
-  const [k, norm, logits, backend] = routeArgs(options);
-  return routeResult(await binding.route(nt(x), nt(gate), k, norm, logits, true, backend));
+  const [k, norm, logits, variants, backend] = routeArgs(x, gate, options);
+  return routeResult(await binding.route(nt(x), nt(gate), k, norm, logits, true, variants, backend));
 }
 export function routeSync(x: Tensor, gate: Tensor, options?: RouteOptions): RouteResult {
-  const [k, norm, logits, backend] = routeArgs(options);
-  return routeResult(binding.route(nt(x), nt(gate), k, norm, logits, false, backend));
+  const [k, norm, logits, variants, backend] = routeArgs(x, gate, options);
+  return routeResult(binding.route(nt(x), nt(gate), k, norm, logits, false, variants, backend));
 }
 
 function permuteArgs(numExperts: number, options?: PermuteOptions): [number, number, ResolvedBackend] {

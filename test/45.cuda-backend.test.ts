@@ -35,6 +35,7 @@ import {
   FLOAT_TYPES,
   nearTies,
   randInt,
+  randn,
   refCombine,
   refRoute,
   skipTokens,
@@ -304,6 +305,60 @@ for (const B of DEVICE) {
     devW.dispose();
   });
   ly.run();
+
+  // ---- routing variants (issue #5): the device against the CPU backend, same seeds ------------------
+  const rv = suite(`${B}: routing variants, as on the CPU`);
+  /** ids and drops equal (near ties skipped), weights, outputs and losses close. */
+  const sameRouting = (got: { topkIds: Tensor<'int32'>; topkWeights: Tensor<'float32'> }, cpu: typeof got, ties: boolean[], k: number, label: string) => {
+    for (let t = 0; t < ties.length; t++)
+      if (!ties[t]) for (let j = 0; j < k; j++) assert.is(got.topkIds.data[t * k + j], cpu.topkIds.data[t * k + j], `${label}: token ${t} slot ${j}`);
+    assertClose(got.topkWeights.data, cpu.topkWeights.data, { atol: 2e-6, rtol: 5e-5, skip: (i) => ties[Math.floor(i / k)] }, `${label}: weights`);
+  };
+  for (const [name, extra] of [
+    ['noisy top-k', (p: MoeProblem) => ({ noise: { weights: tensor('float32', randn(p.E * p.d, 99, 1 / Math.sqrt(p.d)), [p.E, p.d]), seed: 5 } })],
+    ['GShard random routing', () => ({ randomRouting: { seed: 11 } })],
+    ['router statistics', () => ({ returnRouterStats: true, returnLogits: true })],
+  ] as [string, (p: MoeProblem) => Record<string, unknown>][])
+    rv(`route: ${name}`, () => {
+      const p = makeProblem({ T: 40, d: 16, f: 4, E: 8, seed: 31, gateScale: 8 });
+      const o = { topK: 2, ...extra(p) };
+      const got = routeSync(p.x, p.gate, { ...o, backend: B });
+      const cpu = routeSync(p.x, p.gate, o);
+      sameRouting(got, cpu, nearTies(refRoute(p.xr, p.gr, 40, 16, 8, 2, true), 1e-4), 2, name);
+      assert.equal([...got.tokensPerExpert.data], [...cpu.tokensPerExpert.data], 'tokens per expert');
+      if (cpu.routerStats) {
+        assertClose([got.routerStats!.auxLoss, got.routerStats!.zLoss], [cpu.routerStats.auxLoss, cpu.routerStats.zLoss], { atol: 1e-6, rtol: 1e-5 }, 'losses');
+        assertClose(got.logits!.data, cpu.logits!.data, tolFor('float32', 16), 'logits');
+      }
+    });
+  for (const factor of [0.5, 1.0, 1.25, 2.0])
+    rv(`MoeLayer with capacityFactor ${factor}: the same drops and outputs as the CPU`, async () => {
+      const p = makeProblem({ T: 33, d: 16, f: 24, E: 4, seed: 41, gateScale: 8 });
+      const o = { topK: 2, capacityFactor: factor, noise: { weights: tensor('float32', randn(4 * 16, 42, 0.25), [4, 16]), seed: 3 } };
+      const dev = await MoeLayer.create(weightsOf(p), { ...o, backend: B });
+      const cpu = await MoeLayer.create(weightsOf(p), o);
+      const a = await dev.forward(p.x, { returnRouting: true, returnRouterStats: true });
+      const b = await cpu.forward(p.x, { returnRouting: true, returnRouterStats: true });
+      const ties = nearTies(refRoute(p.xr, p.gr, 33, 16, 4, 2, true), 1e-3);
+      assert.not.ok(ties.some(Boolean), 'a well-separated problem (drops depend on every token)');
+      sameRouting(a.routing!, b.routing!, ties, 2, `factor ${factor}`);
+      assert.equal([...a.routing!.dropped!.data], [...b.routing!.dropped!.data], 'dropped slots per expert');
+      assertClose(a.output.data, b.output.data, tolFor('float32', 24), 'output');
+      assertClose([a.routerStats!.auxLoss, a.routerStats!.zLoss], [b.routerStats!.auxLoss, b.routerStats!.zLoss], { atol: 1e-6, rtol: 1e-5 }, 'losses');
+      dev.dispose();
+      cpu.dispose();
+    });
+  rv('every token to one expert, capacity 1.0: the overflow is zero output on the device too', async () => {
+    const p = makeProblem({ T: 16, d: 8, f: 8, E: 4, seed: 43 });
+    const gate = tensor('float32', Float32Array.from({ length: 32 }, (_, i) => (i < 8 ? 4 : 0)), [4, 8]);
+    const x = tensor('float32', Float32Array.from({ length: 128 }, () => 1), [16, 8]);
+    const layer = await MoeLayer.create({ ...weightsOf(p), gate }, { topK: 1, capacityFactor: 1.0, backend: B });
+    const r = await layer.forward(x, { returnRouting: true });
+    assert.equal([...r.routing!.dropped!.data], [12, 0, 0, 0], 'capacity ceil(16/4) = 4 kept');
+    for (let t = 4; t < 16; t++) for (let i = 0; i < 8; i++) assert.is(r.output.data[t * 8 + i], 0, `token ${t} dropped: zero`);
+    layer.dispose();
+  });
+  rv.run();
 }
 
 if (DEVICE.length === 0) console.log(`45.cuda-backend: no device backend in this process (${backendInfo().reason}); run through npm test for 'cuda-emu'`);

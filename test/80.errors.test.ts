@@ -223,7 +223,7 @@ const table: Case[] = [
   ...(
     [
       ['an id equal to numExperts', i32([0, 1, 2, E], [2, 2]), E, undefined, RangeError, RE[0], ['topkIds', `${E}`, `[0, ${E})`]],
-      ['a negative id', i32([0, -1, 2, 1], [2, 2]), E, undefined, RangeError, RE[0], ['topkIds', '-1']],
+      ['a negative id other than -1 (no expert)', i32([0, -2, 2, 1], [2, 2]), E, undefined, RangeError, RE[0], ['topkIds', '-2']],
       ['numExperts 0', i32([0, 0], [2, 1]), 0, undefined, RangeError, RE[0], ['numExperts', '0']],
       ['numExperts 2.5', i32([0, 0], [2, 1]), 2.5, undefined, TypeError, TE[0], ['numExperts', '2.5']],
       ['numExperts "3"', i32([0, 0], [2, 1]), '3', undefined, TypeError, TE[0], ['numExperts', '"3"']],

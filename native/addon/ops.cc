@@ -2,6 +2,7 @@
 // pool. Each binding takes a trailing `async` flag: true returns a Promise.
 #include <napi.h>
 
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,6 +90,85 @@ void read_expert_matrix(const Napi::Value& v, const char* name, int64_t* E, int6
   for (int64_t e = 0; e < *E; ++e) ptrs->push_back(static_cast<const uint8_t*>(t.data) + e * mat);
 }
 
+// Routing variants, the optional trailing object of route and moe_forward (lib/stages.ts and
+// lib/layers.ts build it): {noiseGate, noiseSeed, randomRouting, randomSeed, wantStats} and, for
+// moe_forward only, {capacityFactor, evalCapacityFactor, decode (-1 auto, 0, 1), wantLogits}.
+struct Variants {
+  moe::RouteParams route;  // top_k / normalize are set by the caller
+  bool want_stats = false, want_logits = false;
+  double capacity_factor = 0, eval_capacity_factor = 0;
+  int decode = -1;
+};
+
+double to_factor(const Napi::Value& v, const char* name) {
+  if (!v.IsNumber()) throw_type_error(v.Env(), std::string(name) + " must be a number, got " + describe(v));
+  const double x = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(x) || x < 0)
+    throw_range_error(v.Env(), std::string(name) + " must be a finite number >= 0, got " + describe(v));
+  return x;
+}
+
+Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int64_t d, int top_k, bool forward,
+                       KeepAlive* keep) {
+  Variants r;
+  if (i >= info.Length() || info[i].IsUndefined()) return r;
+  Napi::Env env = info.Env();
+  if (!info[i].IsObject() || info[i].IsArray())
+    throw_type_error(env, "variants must be an object, got " + describe(info[i]));
+  Napi::Object o = info[i].As<Napi::Object>();
+  static const char* kRouteKeys[] = {"noiseGate", "noiseSeed", "randomRouting", "randomSeed", "wantStats"};
+  static const char* kForwardKeys[] = {"capacityFactor", "evalCapacityFactor", "decode", "wantLogits"};
+  Napi::Array names = o.GetPropertyNames();
+  for (uint32_t n = 0; n < names.Length(); ++n) {
+    const std::string key = names.Get(n).ToString().Utf8Value();
+    bool known = false;
+    for (const char* k : kRouteKeys) known = known || key == k;
+    if (forward)
+      for (const char* k : kForwardKeys) known = known || key == k;
+    if (!known) throw_type_error(env, "variants." + key + " is not a known option");
+  }
+  constexpr int64_t kMaxSeed = 9007199254740991;  // 2^53 - 1: every integer a JS number holds
+  auto get = [&](const char* k) { return o.Get(k); };
+  if (!get("noiseGate").IsUndefined()) {
+    r.route.noise_gate = to_tensor(get("noiseGate"), "noiseGate", kAnyFloat, 2, keep);
+    if (r.route.noise_gate.dims[0] != E || r.route.noise_gate.dims[1] != d)
+      throw_range_error(env, "noiseGate.dims " + dims_string(r.route.noise_gate) + " must be [" + std::to_string(E) +
+                                 "," + std::to_string(d) + "] like the gate");
+    if (!get("noiseSeed").IsUndefined())
+      r.route.noise_seed = uint64_t(to_int(get("noiseSeed"), "noiseSeed", 0, kMaxSeed));
+  } else if (!get("noiseSeed").IsUndefined()) {
+    throw_type_error(env, "noiseSeed is given without noiseGate");
+  }
+  if (!get("randomRouting").IsUndefined()) r.route.random_routing = to_bool(get("randomRouting"), "randomRouting");
+  if (!get("randomSeed").IsUndefined())
+    r.route.random_seed = uint64_t(to_int(get("randomSeed"), "randomSeed", 0, kMaxSeed));
+  if (r.route.random_routing && top_k != 2)
+    throw_range_error(env, "random routing (GShard) needs topK = 2, got " + std::to_string(top_k));
+  if (!get("wantStats").IsUndefined()) r.want_stats = to_bool(get("wantStats"), "wantStats");
+  if (forward) {
+    if (!get("wantLogits").IsUndefined()) r.want_logits = to_bool(get("wantLogits"), "wantLogits");
+    if (!get("capacityFactor").IsUndefined()) r.capacity_factor = to_factor(get("capacityFactor"), "capacityFactor");
+    if (!get("evalCapacityFactor").IsUndefined())
+      r.eval_capacity_factor = to_factor(get("evalCapacityFactor"), "evalCapacityFactor");
+    if (!get("decode").IsUndefined()) r.decode = int(to_int(get("decode"), "decode", -1, 1));
+  }
+  return r;
+}
+
+// When stats are asked for (non-null), the job's result gets `stats: {auxLoss, zLoss}` once the
+// compute step has filled them in.
+void return_stats(Job* job, std::shared_ptr<moe::RouterStats> stats) {
+  if (!stats) return;
+  job->finish = [job, stats](Napi::Env env) -> Napi::Value {
+    Napi::Object res = job->result.Value();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("auxLoss", Napi::Number::New(env, stats->aux_loss));
+    o.Set("zLoss", Napi::Number::New(env, stats->z_loss));
+    res.Set("stats", o);
+    return res;
+  };
+}
+
 // pack_experts(w1, w3, w2, async, backend?, gate?) -> Experts
 Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -138,7 +218,8 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   return run_job(env, async_flag(info, 3), std::move(job));
 }
 
-// route(x, gate, topK, normalize, wantLogits, async, backend?) -> {topkIds, topkWeights, expertCounts, logits?}
+// route(x, gate, topK, normalize, wantLogits, async, variants?, backend?)
+//   -> {topkIds, topkWeights, expertCounts, logits?, stats?}
 Napi::Value Route(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 5, "route");
@@ -148,8 +229,10 @@ Napi::Value Route(const Napi::CallbackInfo& info) {
   check_same(env, "gate.dims[1]", gate.dims[1], "x.dims[1]", x.dims[1]);
   const int64_t T = x.dims[0], E = gate.dims[0];
   if (E < 1) throw_range_error(env, "gate must have at least one expert row, got dims " + dims_string(gate));
-  moe::RouteParams p;
-  p.top_k = int(to_int(info[2], "topK", 1, E));
+  const int top_k = int(to_int(info[2], "topK", 1, E));
+  const Variants v = read_variants(info, 6, E, x.dims[1], top_k, false, &job->keep);
+  moe::RouteParams p = v.route;
+  p.top_k = top_k;
   p.normalize = to_bool(info[3], "normalize");
   const bool want_logits = to_bool(info[4], "wantLogits");
   moe::TensorView ids, wts, counts, logits;
@@ -159,11 +242,13 @@ Napi::Value Route(const Napi::CallbackInfo& info) {
   r.Set("expertCounts", new_tensor(env, moe::DType::kI32, {E}, &counts));
   if (want_logits) r.Set("logits", new_tensor(env, moe::DType::kF32, {T, E}, &logits));
   job->result = Napi::Persistent(r);
-  const bool cuda = on_cuda(info, 6);
+  auto stats = v.want_stats ? std::make_shared<moe::RouterStats>() : nullptr;
+  const bool cuda = on_cuda(info, 7);
   job->compute = [=]() {
-    return (cuda ? moe::cuda::route : moe::route)(x, gate, p, ids.as<int32_t>(), wts.as<float>(),
-                                                  counts.as<int32_t>(), want_logits ? logits.as<float>() : nullptr);
+    return (cuda ? moe::cuda::route : moe::route)(x, gate, p, ids.as<int32_t>(), wts.as<float>(), counts.as<int32_t>(),
+                                                  want_logits ? logits.as<float>() : nullptr, stats.get());
   };
+  return_stats(job.get(), stats);
   return run_job(env, async_flag(info, 5), std::move(job));
 }
 
@@ -180,9 +265,9 @@ Napi::Value Permute(const Napi::CallbackInfo& info) {
   if (T * k > kMaxInt32) throw_range_error(env, "topkIds has too many slots: " + std::to_string(T * k));
   const int32_t* idp = ids.as<const int32_t>();
   for (int64_t s = 0; s < T * k; ++s)
-    if (idp[s] < 0 || idp[s] >= E)
+    if ((idp[s] < 0 && idp[s] != moe::kNoExpert) || idp[s] >= E)
       throw_range_error(env, "topkIds.data[" + std::to_string(s) + "] must be an expert index in [0, " +
-                                 std::to_string(E) + "), got " + std::to_string(idp[s]));
+                                 std::to_string(E) + ") or -1 (no expert), got " + std::to_string(idp[s]));
   moe::TensorView off, rows, row_of, dropped;
   Napi::Object r = Napi::Object::New(env);
   r.Set("expertOffsets", new_tensor(env, moe::DType::kI32, {E + 1}, &off));
@@ -269,8 +354,9 @@ Napi::Value Combine(const Napi::CallbackInfo& info) {
   return run_job(env, async_flag(info, 4), std::move(job));
 }
 
-// moe_forward(x, gate, experts, topK, normalize, capacity, wantRouting, async)
-//   -> {out, topkIds?, topkWeights?, expertCounts?}
+// moe_forward(x, gate, experts, topK, normalize, capacity, wantRouting, async, variants?)
+//   -> {out, topkIds?, topkWeights?, expertCounts?, dropped?, logits?, stats?}
+// (wantRouting also returns `dropped` [E], the slots each expert dropped for its capacity)
 Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 7, "moe_forward");
@@ -283,30 +369,46 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   check_same(env, "gate.dims[0]", gate.dims[0], "the number of experts", E);
   check_same(env, "gate.dims[1]", gate.dims[1], "the experts' d", w->d);
   moe::MoeForwardParams p;
-  p.route.top_k = int(to_int(info[3], "topK", 1, E));
+  const int top_k = int(to_int(info[3], "topK", 1, E));
+  const Variants v = read_variants(info, 8, E, w->d, top_k, true, &job->keep);
+  p.route = v.route;
+  p.capacity_factor = v.capacity_factor;
+  p.eval_capacity_factor = v.eval_capacity_factor;
+  p.decode = v.decode;
+  p.route.top_k = top_k;
   p.route.normalize = to_bool(info[4], "normalize");
   p.capacity = to_int(info[5], "capacity", -1, kMaxInt32);
   const bool want_routing = to_bool(info[6], "wantRouting");
   if (T * p.route.top_k > kMaxInt32) throw_range_error(env, "too many tokens: " + std::to_string(T));
   moe::MoeForwardOutputs outs;
-  moe::TensorView ids, wts, counts;
+  moe::TensorView ids, wts, counts, dropped, logits;
   Napi::Object r = Napi::Object::New(env);
   r.Set("out", new_tensor(env, x.dtype, {T, w->d}, &outs.out));
   if (want_routing) {
     r.Set("topkIds", new_tensor(env, moe::DType::kI32, {T, p.route.top_k}, &ids));
     r.Set("topkWeights", new_tensor(env, moe::DType::kF32, {T, p.route.top_k}, &wts));
     r.Set("expertCounts", new_tensor(env, moe::DType::kI32, {E}, &counts));
+    r.Set("dropped", new_tensor(env, moe::DType::kI32, {E}, &dropped));
     outs.topk_ids = ids.as<int32_t>();
     outs.topk_weights = wts.as<float>();
     outs.expert_counts = counts.as<int32_t>();
+    outs.dropped = dropped.as<int32_t>();
   }
+  if (v.want_logits) {
+    r.Set("logits", new_tensor(env, moe::DType::kF32, {T, E}, &logits));
+    outs.logits = logits.as<float>();
+  }
+  auto stats = v.want_stats ? std::make_shared<moe::RouterStats>() : nullptr;
   job->result = Napi::Persistent(r);
   job->compute = [=]() {
     moe::MoeLayerWeights layer;
     layer.gate = gate;
     layer.experts = w.get();
-    return (is_cuda(*w) ? moe::cuda::moe_forward : moe::moe_forward)(layer, x, p, outs);
+    moe::MoeForwardOutputs o = outs;
+    o.stats = stats.get();
+    return (is_cuda(*w) ? moe::cuda::moe_forward : moe::moe_forward)(layer, x, p, o);
   };
+  return_stats(job.get(), stats);
   return run_job(env, async_flag(info, 7), std::move(job));
 }
 

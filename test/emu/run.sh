@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test/emu/run.sh: builds and runs the CUDA emulator's tests (primitives, the routing kernel, a tiled
 # tensor-core GEMM) with g++ against native/emu: the .cu sources compile as C++ (-x c++ -DMOE_CUDA_EMU).
+# The CPU backend (native/src/cpu) is linked in too, as the twin some tests compare the kernels with.
 #
 # Passes (each prints one line per test and "N passed, M failed"):
 #   1. -O2, the x86-64 assembly fiber switch                        (the build tests normally use)
@@ -27,14 +28,21 @@ if [ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]; then
   exit 0
 fi
 
-common=(-std=c++17 -g1 -Wall -Wextra -Wno-unknown-pragmas -isystem "$CUDA_HOME/include" -pthread)
+common=(-std=c++17 -g1 -Wall -Wextra -Wno-unknown-pragmas -isystem "$CUDA_HOME/include" -I"$root/native/include" -pthread)
 runtime_srcs=("$root/native/emu/fiber.cc" "$root/native/emu/emu_runtime.cc")
 kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/src/cuda/routing.cu" "$here/routing_test.cc"
              "$here/gemm_demo.cu" "$here/gemm_demo_test.cc"
              "$root/native/src/cuda/permute.cu" "$here/permute_test.cc" "$root/native/src/cuda/combine.cu" "$here/combine_test.cc")
 kernel_srcs+=("$root/native/src/cuda/grouped_gemm.cu" "$here/grouped_gemm_test.cc")
 kernel_srcs+=("$root/native/src/cuda/router.cu" "$root/native/src/cuda/moe_forward.cu" "$here/moe_forward_test.cc")
-headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h)
+kernel_srcs+=("$root/native/src/cuda/router_stats.cu" "$here/routing_variants_test.cc")
+# The CPU backend, linked in as the twin the CUDA kernels are compared with (routing_variants_test).
+cpu_srcs=()
+for f in "$root"/native/src/cpu/*.cc; do case "$f" in *_avx2.cc) ;; *) cpu_srcs+=("$f") ;; esac; done
+cpu_avx2_srcs=("$root"/native/src/cpu/*_avx2.cc)
+cpu_flags=(-fno-math-errno)
+headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h
+         "$root"/native/include/moe/*.h)
 
 # compile DIR FLAGS... -- SOURCES...: compiles the sources into DIR (in parallel), skipping objects
 # newer than their source, every header and this script; prints the object paths.
@@ -79,6 +87,9 @@ status=0
 echo "== emulator tests: -O2, assembly fiber switch"
 kernels=$(compile "$out/o2" -O2 -- "${kernel_srcs[@]}") || exit 1
 runtime=$(compile "$out/o2" -O2 -- "${runtime_srcs[@]}") || exit 1
+cpu=$(compile "$out/o2" -O2 "${cpu_flags[@]}" -- "${cpu_srcs[@]}") || exit 1
+cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" -mavx2 -mfma -mf16c -- "${cpu_avx2_srcs[@]}") || exit 1
+kernels+=" $cpu"
 link emu_tests -O2 -- $runtime $kernels || exit 1
 "$out/emu_tests" "$@" || status=1
 
@@ -86,6 +97,8 @@ if [ "${MOE_EMU_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== emulator tests: -O1 -fsanitize=address,undefined (leak checks on)"
   san=(-O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined)
   objs=$(compile "$out/asan" "${san[@]}" -- "${runtime_srcs[@]}" "${kernel_srcs[@]}") || exit 1
+  objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" -- "${cpu_srcs[@]}") || exit 1
+  objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" -mavx2 -mfma -mf16c -- "${cpu_avx2_srcs[@]}") || exit 1
   link emu_tests_asan "${san[@]}" -- $objs || exit 1
   ASAN_OPTIONS="detect_leaks=1:${ASAN_OPTIONS:-}" UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" \
     "$out/emu_tests_asan" "$@" || status=1

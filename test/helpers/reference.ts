@@ -161,12 +161,12 @@ export interface RefPermute {
   dropped: Int32Array;
 }
 
-/** Stable counting sort of the T*k slots by expert; capacity < 0 (or undefined): dropless. */
+/** Stable counting sort of the T*k slots by expert; capacity < 0 (or undefined): dropless. Id -1: no expert. */
 export function refPermute(ids: ArrayLike<number>, T: number, k: number, E: number, capacity = -1): RefPermute {
   const S = T * k;
   // Build per expert the list of slots in slot order (token ascending, then j).
   const lists: number[][] = Array.from({ length: E }, () => []);
-  for (let s = 0; s < S; s++) lists[ids[s]].push(s);
+  for (let s = 0; s < S; s++) if (ids[s] !== -1) lists[ids[s]].push(s); // -1: no expert (random routing)
   const offsets = new Int32Array(E + 1);
   const sortedRows = new Int32Array(S).fill(-1);
   const rowOf = new Int32Array(S).fill(-1);

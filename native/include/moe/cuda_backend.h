@@ -45,7 +45,7 @@ const char* backend_name();
 
 // ---- the ops (host pointers in and out; see moe/ops.h for the semantics) ------------------------
 Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, int32_t* topk_ids,
-             float* topk_weights, int32_t* expert_counts, float* logits);
+             float* topk_weights, int32_t* expert_counts, float* logits, RouterStats* stats = nullptr);
 Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacity,
                int32_t* expert_offsets, int32_t* sorted_rows, int32_t* row_of, int32_t* dropped);
 // Uploads the packed experts; `gate` (may be null) [E,d] is uploaded with them as f32, so that

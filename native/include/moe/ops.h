@@ -17,28 +17,58 @@
 #include <memory>
 #include <vector>
 
+#include "moe/route_rng.h"
 #include "moe/status.h"
 #include "moe/tensor.h"
 
 namespace moe {
 
 // ---- route ---------------------------------------------------------------------------------
+// Routing variants (all off by default: Mixtral top-k, renormalised). The random draws come from
+// the counter-based generator of moe/route_rng.h, keyed by (seed, token index, expert), so a seed
+// gives the same routing on every backend and every run.
 struct RouteParams {
   int top_k = 2;
   bool normalize = true;  // renormalise the k kept probabilities to sum to one (Mixtral)
+  // Noisy top-k gating (Shazeer et al. 2017) when noise_gate.data is set: W_noise [E,d], any float
+  // dtype. The routing logits become H[t,e] = logits[t,e] + N(0,1) * softplus(x_t . W_noise[e])
+  // (route_normal(noise_seed, t, e)); top-k and the softmax use H (with normalize: the softmax over
+  // the k kept values of H). Reported logits and router statistics use the clean logits.
+  TensorView noise_gate;
+  uint64_t noise_seed = 0;
+  // GShard random routing (top_k == 2 only): the second expert of each token is kept with
+  // probability min(1, 2 * g2) (route_keep_second(random_seed, t, w0, w1)); a dropped second slot
+  // gets id kNoExpert (-1) and weight 0, and the first keeps its weight.
+  bool random_routing = false;
+  uint64_t random_seed = 0;
+};
+
+// Router statistics for training-time monitoring, from the clean f32 logits of the call.
+struct RouterStats {
+  // Switch load-balancing loss E * sum_e f_e * P_e as Hugging Face transformers'
+  // load_balancing_loss_func computes it for top-k: f_e = (slots routed to e) / T, summed over the
+  // k choices (so sum_e f_e = k, and perfectly uniform routing gives k), P_e = mean over tokens of
+  // softmax(logits)[e]. Slots routed to no expert (random routing) count nowhere; capacity drops
+  // still count (f_e is the router's choice, before capacity).
+  float aux_loss = 0.f;
+  // ST-MoE router z-loss: mean over tokens of logsumexp(logits_t)^2.
+  float z_loss = 0.f;
 };
 
 // x: [T,d] f32/f16/bf16; gate: [E,d] f32/f16/bf16 (HF layout, [out,in]).
-// topk_ids [T,k], topk_weights [T,k]: required. expert_counts [E] (tokens routed to each expert)
-// and logits [T,E]: may be null. Ties in top-k go to the lower expert index; ids of one token are
-// ordered by decreasing weight.
+// topk_ids [T,k], topk_weights [T,k]: required. expert_counts [E] (slots routed to each expert,
+// kNoExpert slots not counted), logits [T,E] (clean) and stats: may be null. Ties in top-k go to
+// the lower expert index; ids of one token are ordered by decreasing weight.
 Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, int32_t* topk_ids,
-             float* topk_weights, int32_t* expert_counts, float* logits);
+             float* topk_weights, int32_t* expert_counts, float* logits, RouterStats* stats = nullptr);
 
 // ---- permute -------------------------------------------------------------------------------
 // Stable counting sort of the T*k slots by expert. capacity < 0: dropless. capacity >= 0: each
 // expert keeps its first `capacity` slots in token order; the rest get row_of = -1 and are counted
 // in dropped[E] (may be null). sorted_rows has expert_offsets[E] valid entries, the rest are -1.
+// An id of kNoExpert (-1, moe/route_rng.h: a slot that random routing dropped) goes to no expert:
+// row_of = -1, no sorted row, counted neither in expert_offsets nor in dropped. Other ids outside
+// [0, E) are an error.
 Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacity,
                int32_t* expert_offsets, int32_t* sorted_rows, int32_t* row_of, int32_t* dropped);
 
@@ -89,7 +119,14 @@ struct MoeLayerWeights {
 
 struct MoeForwardParams {
   RouteParams route;
-  int64_t capacity = -1;  // -1: dropless
+  int64_t capacity = -1;  // slots per expert; -1: from the capacity factors below
+  // Expert capacity from a factor (moe/route_rng.h expert_capacity: ceil(T*k/E * factor)), used when
+  // capacity < 0. A call is "decode" when decode == 1, or decode == -1 (auto) and T == 1 (one token:
+  // a single sequence's generation step); it then uses eval_capacity_factor when that is > 0, else
+  // capacity_factor. Every other call uses capacity_factor. A factor <= 0: dropless.
+  double capacity_factor = 0;
+  double eval_capacity_factor = 0;
+  int decode = -1;
 };
 
 // Outputs of one forward; all but `out` may be null.
@@ -97,8 +134,14 @@ struct MoeForwardOutputs {
   TensorView out;                  // [T,d], any float dtype
   int32_t* topk_ids = nullptr;     // [T,k]
   float* topk_weights = nullptr;   // [T,k]
-  int32_t* expert_counts = nullptr;  // [E]
+  int32_t* expert_counts = nullptr;  // [E] slots the router sent to each expert (before capacity)
+  int32_t* dropped = nullptr;      // [E] slots each expert dropped for its capacity
+  float* logits = nullptr;         // [T,E] clean router logits
+  RouterStats* stats = nullptr;    // load-balancing and z losses
 };
+
+// Capacity that moe_forward applies for T tokens (-1: dropless), by the rule of MoeForwardParams.
+int64_t moe_capacity(const MoeForwardParams& p, int64_t T, int E);
 
 // Runs route -> permute -> grouped_gemm -> combine with scratch of O(T*k*(d+f)).
 Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeForwardParams& p,

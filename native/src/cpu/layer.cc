@@ -35,6 +35,10 @@ const float* as_f32(const TensorView& x, std::vector<float>& scratch) {
 }
 }  // namespace
 
+int64_t moe_capacity(const MoeForwardParams& p, int64_t T, int E) {
+  return forward_capacity(p.capacity, p.capacity_factor, p.eval_capacity_factor, p.decode, T, p.route.top_k, E);
+}
+
 Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeForwardParams& p,
                    const MoeForwardOutputs& outs) {
   if (!layer.experts) return Status::invalid("moe_forward: layer has no experts");
@@ -44,7 +48,12 @@ Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeF
   const int64_t T = x.dims[0], d = w.d;
   if (outs.out.ndim != 2 || outs.out.dims[0] != T || outs.out.dims[1] != d)
     return Status::invalid("moe_forward: out must be [T,d]");
-  if (T == 0) return Status::ok();
+  if (T == 0) {
+    if (outs.expert_counts) std::fill(outs.expert_counts, outs.expert_counts + E, 0);
+    if (outs.dropped) std::fill(outs.dropped, outs.dropped + E, 0);
+    if (outs.stats) *outs.stats = RouterStats{};
+    return Status::ok();
+  }
 
   std::vector<float> x_scratch;
   const float* x32 = as_f32(x, x_scratch);
@@ -58,11 +67,11 @@ Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeF
   TensorView xv = make_view(const_cast<float*>(x32), DType::kF32, {T, d});
   if (layer.gate.ndim != 2 || layer.gate.dims[0] != E || layer.gate.dims[1] != d)
     return Status::invalid("moe_forward: gate must be [E,d]");
-  MOE_RETURN_IF_ERROR(route(xv, layer.gate, p.route, ids, wts, outs.expert_counts, nullptr));
+  MOE_RETURN_IF_ERROR(route(xv, layer.gate, p.route, ids, wts, outs.expert_counts, outs.logits, outs.stats));
 
   std::vector<int32_t> offsets(size_t(E) + 1), sorted_rows(size_t(T * k)), row_of(size_t(T * k));
-  MOE_RETURN_IF_ERROR(permute(ids, T, k, E, p.capacity, offsets.data(), sorted_rows.data(),
-                              row_of.data(), nullptr));
+  MOE_RETURN_IF_ERROR(permute(ids, T, k, E, moe_capacity(p, T, E), offsets.data(), sorted_rows.data(),
+                              row_of.data(), outs.dropped));
   const int64_t R = offsets[size_t(E)];
   std::vector<float> y(size_t(R * d));
   MOE_RETURN_IF_ERROR(grouped_gemm(x32, T, sorted_rows.data(), offsets.data(), w, y.data()));

@@ -1,5 +1,5 @@
 // CPU permute: a stable counting sort of the T*k routing slots by expert (histogram, exclusive
-// scan, scatter). Index-only: no activation is copied. Twin of native/src/cuda/permute.cu.
+// scan, scatter). Index-only: no activation is copied. Slots with id kNoExpert go to no expert. Twin of native/src/cuda/permute.cu.
 #include <algorithm>
 #include <vector>
 
@@ -14,6 +14,7 @@ Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacit
   std::vector<int64_t> count(size_t(E), 0);
   for (int64_t s = 0; s < S; ++s) {
     const int32_t e = topk_ids[s];
+    if (e == kNoExpert) continue;  // random routing dropped this slot: no expert, no capacity drop
     if (e < 0 || e >= E)
       return Status::invalid("permute: topk_ids[" + std::to_string(s) + "] = " + std::to_string(e) +
                              " is not an expert index in [0, " + std::to_string(E) + ")");
@@ -31,6 +32,10 @@ Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacit
   std::vector<int64_t> fill(size_t(E), 0);
   for (int64_t s = 0; s < S; ++s) {
     const int32_t e = topk_ids[s];
+    if (e == kNoExpert) {
+      row_of[s] = -1;
+      continue;
+    }
     const int64_t pos = fill[size_t(e)]++;
     if (capacity >= 0 && pos >= capacity) {
       row_of[s] = -1;

@@ -241,12 +241,6 @@ const float* as_f32(const TensorView& t, std::vector<float>* tmp) {
   return tmp->data();
 }
 
-void count_experts(const int32_t* ids, int64_t slots, int E, int32_t* counts) {
-  std::memset(counts, 0, sizeof(int32_t) * size_t(E));
-  for (int64_t s = 0; s < slots; ++s)
-    if (ids[s] >= 0 && ids[s] < E) ++counts[ids[s]];
-}
-
 // Experts on the device: packed W13/W2 (grouped_gemm_pack's layout), the router gate as f32 when it
 // was given, and the layer's stream with a workspace that grows to the largest call.
 class DeviceExperts final : public PackedExperts {
@@ -311,37 +305,69 @@ const DeviceInfo& device_info() {
 const char* backend_name() { return kName; }
 
 // ---- route ----------------------------------------------------------------------------------------
+// Router logits -> (noisy logits) -> softmax + top-k -> (GShard random routing) -> counts and
+// losses (router_stats.cu), all on the device: the kernels launch_moe_forward chains, one by one.
 Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, int32_t* topk_ids,
-             float* topk_weights, int32_t* expert_counts, float* logits) {
+             float* topk_weights, int32_t* expert_counts, float* logits, RouterStats* stats) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
   const int64_t T = x.dims[0], d = x.dims[1];
   const int E = int(gate.dims[0]), k = p.top_k;
+  if (p.random_routing && k != 2) return Status::invalid("route: random routing needs top_k == 2");
+  const bool noisy = p.noise_gate.data != nullptr;
   if (T == 0) {
     if (expert_counts) std::memset(expert_counts, 0, sizeof(int32_t) * size_t(E));
+    if (stats) *stats = RouterStats();
     return Status::ok();
   }
-  std::vector<float> gate32;
+  std::vector<float> gate32, noise32;
   const float* g = as_f32(gate, &gate32);
+  const float* gn = noisy ? as_f32(p.noise_gate, &noise32) : nullptr;
+  const size_t sws = router_stats_workspace_bytes(T, E);
+  if (sws == 0) return Status::invalid("route: shape not supported on " + std::string(kName));
   Stream st;
   MOE_RETURN_IF_ERROR(st.create());
   Scratch s(st.get());
-  const size_t o_x = s.add(tensor_bytes(x)), o_g = s.add(size_t(E) * d * 4), o_l = s.add(size_t(T) * E * 4),
-               o_i = s.add(size_t(T) * k * 4), o_w = s.add(size_t(T) * k * 4);
+  const size_t gb = size_t(E) * d * 4, lb = size_t(T) * E * 4, kb = size_t(T) * k * 4;
+  const size_t o_x = s.add(tensor_bytes(x)), o_g = s.add(gb), o_gn = s.add(noisy ? gb : 0), o_l = s.add(lb),
+               o_nl = s.add(noisy ? lb : 0), o_noisy = s.add(noisy ? lb : 0), o_i = s.add(kb), o_w = s.add(kb),
+               o_c = s.add(size_t(E) * 4), o_st = s.add(2 * 4), o_ws = s.add(sws);
   MOE_RETURN_IF_ERROR(s.allocate());
-  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_x), x.data, tensor_bytes(x), st.get()));
-  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_g), g, size_t(E) * d * 4, st.get()));
+  cudaStream_t q = st.get();
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_x), x.data, tensor_bytes(x), q));
+  MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_g), g, gb, q));
   MOE_RETURN_IF_ERROR(launched(launch_router_logits(s.at<void>(o_x), dev_dtype(x.dtype), s.at<float>(o_g), T, d, E,
-                                                    s.at<float>(o_l), st.get()),
+                                                    s.at<float>(o_l), q),
                                "router logits"));
-  MOE_RETURN_IF_ERROR(launched(launch_softmax_topk(s.at<float>(o_l), T, E, k, p.normalize, s.at<int32_t>(o_i),
-                                                   s.at<float>(o_w), st.get()),
+  const float* ranked = s.at<float>(o_l);
+  if (noisy) {
+    MOE_RETURN_IF_ERROR(h2d(s.at<void>(o_gn), gn, gb, q));
+    MOE_RETURN_IF_ERROR(launched(launch_router_logits(s.at<void>(o_x), dev_dtype(x.dtype), s.at<float>(o_gn), T, d,
+                                                      E, s.at<float>(o_nl), q),
+                                 "noise logits"));
+    MOE_RETURN_IF_ERROR(launched(launch_noisy_logits(s.at<float>(o_l), s.at<float>(o_nl), T, E, p.noise_seed,
+                                                     s.at<float>(o_noisy), q),
+                                 "noisy logits"));
+    ranked = s.at<float>(o_noisy);
+  }
+  MOE_RETURN_IF_ERROR(launched(launch_softmax_topk(ranked, T, E, k, p.normalize, s.at<int32_t>(o_i), s.at<float>(o_w), q),
                                "softmax + top-k"));
-  MOE_RETURN_IF_ERROR(d2h(topk_ids, s.at<int32_t>(o_i), size_t(T) * k * 4, st.get()));
-  MOE_RETURN_IF_ERROR(d2h(topk_weights, s.at<float>(o_w), size_t(T) * k * 4, st.get()));
-  if (logits) MOE_RETURN_IF_ERROR(d2h(logits, s.at<float>(o_l), size_t(T) * E * 4, st.get()));
-  MOE_RETURN_IF_ERROR(sync(st.get()));
-  if (expert_counts) count_experts(topk_ids, T * k, E, expert_counts);
+  if (p.random_routing)
+    MOE_RETURN_IF_ERROR(launched(launch_random_routing(s.at<int32_t>(o_i), s.at<float>(o_w), T, k, p.random_seed, q),
+                                 "random routing"));
+  if (expert_counts || stats)
+    MOE_RETURN_IF_ERROR(launched(launch_router_stats(s.at<float>(o_l), s.at<int32_t>(o_i), T, E, k,
+                                                     expert_counts ? s.at<int32_t>(o_c) : nullptr,
+                                                     stats ? s.at<float>(o_st) : nullptr, s.at<void>(o_ws), sws, q),
+                                 "router statistics"));
+  float st2[2] = {0, 0};
+  MOE_RETURN_IF_ERROR(d2h(topk_ids, s.at<int32_t>(o_i), kb, q));
+  MOE_RETURN_IF_ERROR(d2h(topk_weights, s.at<float>(o_w), kb, q));
+  if (logits) MOE_RETURN_IF_ERROR(d2h(logits, s.at<float>(o_l), lb, q));
+  if (expert_counts) MOE_RETURN_IF_ERROR(d2h(expert_counts, s.at<int32_t>(o_c), size_t(E) * 4, q));
+  if (stats) MOE_RETURN_IF_ERROR(d2h(st2, s.at<float>(o_st), sizeof st2, q));
+  MOE_RETURN_IF_ERROR(sync(q));
+  if (stats) stats->aux_loss = st2[0], stats->z_loss = st2[1];
   return Status::ok();
 }
 
@@ -483,49 +509,76 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
   const DeviceExperts* cw = nullptr;
   MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &cw));
   DeviceExperts* w = const_cast<DeviceExperts*>(cw);  // only its stream and workspace change, under mu
-  if (p.capacity >= 0)
-    return Status::unsupported(std::string("an expert capacity is not supported by the '") + kName +
-                               "' forward yet (dropless only)");
   const int E = w->num_experts, k = p.route.top_k;
   const int64_t T = x.dims[0], d = w->d, slots = T * k;
   if (T == 0) {
     if (outs.expert_counts) std::memset(outs.expert_counts, 0, sizeof(int32_t) * size_t(E));
+    if (outs.dropped) std::memset(outs.dropped, 0, sizeof(int32_t) * size_t(E));
+    if (outs.stats) *outs.stats = RouterStats();
     return Status::ok();
   }
+  MoeDeviceRouting R;
+  R.top_k = k;
+  R.normalize = p.route.normalize;
+  R.capacity = p.capacity;
+  R.capacity_factor = p.capacity_factor;
+  R.eval_capacity_factor = p.eval_capacity_factor;
+  R.decode = p.decode;
+  R.noise_seed = p.route.noise_seed;
+  R.random_routing = p.route.random_routing;
+  R.random_seed = p.route.random_seed;
+  const bool noisy = p.route.noise_gate.data != nullptr;
   std::lock_guard<std::mutex> lock(w->mu);
   MoeDeviceLayer L = w->layer();
-  const size_t fwd = moe_forward_workspace_bytes(L, T, k);
+  const size_t gb = size_t(E) * d * 4, kb = size_t(slots) * 4, lb = size_t(T) * E * 4;
+  // The layout reserves the noise logits when noise_gate is set: size it with a stand-in pointer
+  // (only its being non-null matters here; the real one is set below, inside the workspace).
+  MoeDeviceRouting sizing = R;
+  if (noisy) sizing.noise_gate = static_cast<const float*>(w->packed);
+  const size_t fwd = moe_forward_workspace_bytes(L, T, sizing);
   if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
-  const size_t o_x = align_up(fwd), o_out = o_x + align_up(tensor_bytes(x)),
-               o_gate = o_out + align_up(tensor_bytes(outs.out)), o_ids = o_gate + (L.gate ? 0 : align_up(size_t(E) * d * 4)),
-               o_w = o_ids + align_up(size_t(slots) * 4), total = o_w + align_up(size_t(slots) * 4);
-  MOE_RETURN_IF_ERROR(w->reserve(total));
+  size_t at = align_up(fwd);
+  auto take = [&](size_t n) {
+    const size_t here = at;
+    at += align_up(n);
+    return here;
+  };
+  const size_t o_x = take(tensor_bytes(x)), o_out = take(tensor_bytes(outs.out)), o_gate = take(L.gate ? 0 : gb),
+               o_noise = take(noisy ? gb : 0), o_ids = take(kb), o_w = take(kb), o_c = take(size_t(E) * 4),
+               o_drop = take(size_t(E) * 4), o_l = take(outs.logits ? lb : 0), o_st = take(8);
+  MOE_RETURN_IF_ERROR(w->reserve(at));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   cudaStream_t s = w->stream;
+  std::vector<float> g32, n32;  // live until the sync below: the copies read them
   if (!L.gate) {  // packed without a gate: this call's gate, copied in
-    std::vector<float> g32;
-    const float* g = as_f32(lw.gate, &g32);
-    MOE_RETURN_IF_ERROR(h2d(ws + o_gate, g, size_t(E) * d * 4, s));
-    MOE_RETURN_IF_ERROR(sync(s));  // g32 dies at the end of this scope
+    MOE_RETURN_IF_ERROR(h2d(ws + o_gate, as_f32(lw.gate, &g32), gb, s));
     L.gate = reinterpret_cast<const float*>(ws + o_gate);
   }
-  const bool want_ids = outs.topk_ids || outs.topk_weights || outs.expert_counts;
-  MOE_RETURN_IF_ERROR(h2d(ws + o_x, x.data, tensor_bytes(x), s));
-  MOE_RETURN_IF_ERROR(launched(launch_moe_forward(L, ws + o_x, dev_dtype(x.dtype), T, k, p.route.normalize, ws + o_out,
-                                                  dev_dtype(outs.out.dtype), want_ids ? reinterpret_cast<int32_t*>(ws + o_ids) : nullptr,
-                                                  want_ids ? reinterpret_cast<float*>(ws + o_w) : nullptr, ws, fwd, s),
-                               "MoE forward"));
-  MOE_RETURN_IF_ERROR(d2h(outs.out.data, ws + o_out, tensor_bytes(outs.out), s));
-  std::vector<int32_t> ids_tmp;
-  int32_t* ids = outs.topk_ids;
-  if (outs.expert_counts && !ids) {
-    ids_tmp.resize(size_t(slots));
-    ids = ids_tmp.data();
+  if (noisy) {
+    MOE_RETURN_IF_ERROR(h2d(ws + o_noise, as_f32(p.route.noise_gate, &n32), gb, s));
+    R.noise_gate = reinterpret_cast<const float*>(ws + o_noise);
   }
-  if (ids) MOE_RETURN_IF_ERROR(d2h(ids, ws + o_ids, size_t(slots) * 4, s));
-  if (outs.topk_weights) MOE_RETURN_IF_ERROR(d2h(outs.topk_weights, ws + o_w, size_t(slots) * 4, s));
+  MoeDeviceOutputs O;
+  O.topk_ids = outs.topk_ids ? reinterpret_cast<int32_t*>(ws + o_ids) : nullptr;
+  O.topk_weights = outs.topk_weights ? reinterpret_cast<float*>(ws + o_w) : nullptr;
+  O.expert_counts = outs.expert_counts ? reinterpret_cast<int32_t*>(ws + o_c) : nullptr;
+  O.dropped = outs.dropped ? reinterpret_cast<int32_t*>(ws + o_drop) : nullptr;
+  O.logits = outs.logits ? reinterpret_cast<float*>(ws + o_l) : nullptr;
+  O.stats = outs.stats ? reinterpret_cast<float*>(ws + o_st) : nullptr;
+  MOE_RETURN_IF_ERROR(h2d(ws + o_x, x.data, tensor_bytes(x), s));
+  MOE_RETURN_IF_ERROR(launched(launch_moe_forward(L, ws + o_x, dev_dtype(x.dtype), T, R, ws + o_out,
+                                                  dev_dtype(outs.out.dtype), O, ws, fwd, s),
+                               "MoE forward"));
+  float st2[2] = {0, 0};
+  MOE_RETURN_IF_ERROR(d2h(outs.out.data, ws + o_out, tensor_bytes(outs.out), s));
+  if (O.topk_ids) MOE_RETURN_IF_ERROR(d2h(outs.topk_ids, O.topk_ids, kb, s));
+  if (O.topk_weights) MOE_RETURN_IF_ERROR(d2h(outs.topk_weights, O.topk_weights, kb, s));
+  if (O.expert_counts) MOE_RETURN_IF_ERROR(d2h(outs.expert_counts, O.expert_counts, size_t(E) * 4, s));
+  if (O.dropped) MOE_RETURN_IF_ERROR(d2h(outs.dropped, O.dropped, size_t(E) * 4, s));
+  if (O.logits) MOE_RETURN_IF_ERROR(d2h(outs.logits, O.logits, lb, s));
+  if (O.stats) MOE_RETURN_IF_ERROR(d2h(st2, O.stats, sizeof st2, s));
   MOE_RETURN_IF_ERROR(sync(s));
-  if (outs.expert_counts) count_experts(ids, slots, E, outs.expert_counts);
+  if (outs.stats) outs.stats->aux_loss = st2[0], outs.stats->z_loss = st2[1];
   return Status::ok();
 }
 

@@ -21,7 +21,7 @@ const DeviceInfo& device_info() {
 
 const char* backend_name() { return "none"; }
 
-Status route(const TensorView&, const TensorView&, const RouteParams&, int32_t*, float*, int32_t*, float*) { return none(); }
+Status route(const TensorView&, const TensorView&, const RouteParams&, int32_t*, float*, int32_t*, float*, RouterStats*) { return none(); }
 Status permute(const int32_t*, int64_t, int, int, int64_t, int32_t*, int32_t*, int32_t*, int32_t*) { return none(); }
 Status pack_experts(const ExpertWeightSource&, const TensorView*, std::unique_ptr<PackedExperts>*) { return none(); }
 Status grouped_gemm(const TensorView&, const int32_t*, int64_t, const int32_t*, const PackedExperts&, float*) { return none(); }

@@ -26,6 +26,41 @@ cudaError_t launch_softmax_topk(const float* logits,    // [num_tokens, num_expe
                                 float* topk_weights,     // [num_tokens, top_k]
                                 cudaStream_t stream);
 
+// Noisy top-k gating (routing.cu; CPU twin: route() with RouteParams::noise_gate):
+// noisy[t, e] = logits[t, e] + route_normal(seed, t, e) * route_softplus(noise_logits[t, e]), the
+// product and the sum each rounded (no FMA), draws from moe/route_rng.h; noise_logits = x W_noise^T
+// from launch_router_logits. Feed `noisy` to launch_softmax_topk (renormalize: the softmax over the
+// k kept values). Errors: cudaErrorInvalidValue for num_tokens < 0, num_experts < 1, a null pointer.
+cudaError_t launch_noisy_logits(const float* logits,        // [num_tokens, num_experts]
+                                const float* noise_logits,  // [num_tokens, num_experts]
+                                int64_t num_tokens, int num_experts, uint64_t seed,
+                                float* noisy,               // [num_tokens, num_experts] (may alias logits)
+                                cudaStream_t stream);
+
+// GShard random routing (routing.cu; CPU twin: route() with RouteParams::random_routing), in place
+// on launch_softmax_topk's output for top_k == 2: the second expert of token t is kept when
+// route_keep_second(seed, t, w0, w1) (probability min(1, 2 * w1 / (w0 + w1))), else its id becomes
+// kNoExpert (-1) and its weight 0. Errors: cudaErrorInvalidValue for num_tokens < 0, top_k != 2, a
+// null pointer.
+cudaError_t launch_random_routing(int32_t* topk_ids,      // [num_tokens, 2]
+                                  float* topk_weights,    // [num_tokens, 2]
+                                  int64_t num_tokens, int top_k, uint64_t seed, cudaStream_t stream);
+
+// Router statistics (router_stats.cu; CPU twin: route() with a RouterStats, moe/ops.h), from the
+// clean f32 logits and the final topk_ids: expert_counts[e] = slots routed to e (kNoExpert slots
+// count nowhere), stats[0] = E * sum_e (count_e / T) * mean_t softmax(logits_t)[e] (Switch loss, HF's
+// top-k definition), stats[1] = mean_t logsumexp(logits_t)^2 (z-loss). Either output may be null.
+// Fixed-order reductions, no atomics: the same bits on every run. T == 0 zeroes the outputs.
+// workspace: device scratch of router_stats_workspace_bytes(num_tokens, num_experts) bytes
+// (256-byte aligned). Errors: cudaErrorInvalidValue for a bad shape, a null input, a small workspace.
+size_t router_stats_workspace_bytes(int64_t num_tokens, int num_experts);  // 0: invalid shape
+cudaError_t launch_router_stats(const float* logits,       // [num_tokens, num_experts]
+                                const int32_t* topk_ids,   // [num_tokens, top_k]
+                                int64_t num_tokens, int num_experts, int top_k,
+                                int32_t* expert_counts,    // [num_experts] or null
+                                float* stats,              // [2] or null
+                                void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
 // Permute: stable counting sort of the T*k routing slots by expert (native/src/cuda/permute.cu; CPU
 // twin: permute() in native/src/cpu/permute.cc, same results bit for bit). Slot s = t * top_k + j.
 //   expert_offsets [E+1]  exclusive prefix sum of the rows each expert keeps
@@ -33,10 +68,12 @@ cudaError_t launch_softmax_topk(const float* logits,    // [num_tokens, num_expe
 //   row_of         [T*k]  sorted row of each slot, -1 when dropped by the capacity (or invalid)
 //   dropped        [E]    slots each expert dropped (may be null)
 // capacity < 0: dropless; else each expert keeps its first `capacity` slots in slot (token) order.
-// Rows of an expert ascend by slot. An id outside [0, num_experts) writes nothing out of bounds: its
-// slot gets row_of = -1, no sorted row, and counts nowhere; first_invalid_slot (a device int, may be
-// null) receives the smallest such slot, or -1 when every id is valid: read it after the stream
-// synchronises to report the CPU twin's error. `workspace`: device scratch of at least
+// Rows of an expert ascend by slot. An id of kNoExpert (-1, moe/route_rng.h: a slot GShard random
+// routing dropped) goes to no expert: row_of = -1, no sorted row, counted neither in expert_offsets
+// nor in dropped, and not reported below. Any other id outside [0, num_experts) writes nothing out
+// of bounds: its slot gets row_of = -1, no sorted row, and counts nowhere; first_invalid_slot (a
+// device int, may be null) receives the smallest such slot, or -1 when every id is valid: read it
+// after the stream synchronises to report the CPU twin's error. `workspace`: device scratch of at least
 // permute_workspace_bytes(num_tokens, top_k, num_experts) bytes (int-aligned; its contents need
 // no initialisation). Several kernels on `stream`, no host round trip (graph-capturable).
 // Limits: num_tokens * top_k <= 2^30, num_experts <= 2^20 - 1 (E <= 1024 takes one pass, larger E
@@ -148,8 +185,35 @@ struct MoeDeviceLayer {
   const void* packed = nullptr;         // device, grouped_gemm_pack's layout (16-byte aligned)
 };
 
+// Routing of one forward: the Mixtral defaults, plus the variants (all off by default; the same
+// semantics as moe::MoeForwardParams on the CPU, whose twin this is).
+struct MoeDeviceRouting {
+  int top_k = 2;
+  bool normalize = true;
+  // Capacity: `capacity` >= 0 wins; else forward_capacity() of moe/route_rng.h from the factors
+  // (decode: decode == 1, or decode == -1 and num_tokens == 1). A factor <= 0: dropless.
+  int64_t capacity = -1;
+  double capacity_factor = 0, eval_capacity_factor = 0;
+  int decode = -1;
+  const float* noise_gate = nullptr;  // device [num_experts, d] f32: noisy top-k gating when set
+  uint64_t noise_seed = 0;
+  bool random_routing = false;        // GShard, top_k == 2 only
+  uint64_t random_seed = 0;
+};
+
+// Optional device outputs of one forward (each may be null).
+struct MoeDeviceOutputs {
+  int32_t* topk_ids = nullptr;       // [T, k] (kNoExpert for a slot random routing dropped)
+  float* topk_weights = nullptr;     // [T, k]
+  int32_t* expert_counts = nullptr;  // [E] slots routed to each expert, before capacity
+  int32_t* dropped = nullptr;        // [E] slots each expert dropped for its capacity
+  float* logits = nullptr;           // [T, E] clean router logits
+  float* stats = nullptr;            // [2]: aux_loss, z_loss (launch_router_stats)
+};
+
 // Workspace for launch_moe_forward (every intermediate on a 256-byte boundary). 0: invalid shape.
 size_t moe_forward_workspace_bytes(const MoeDeviceLayer& layer, int64_t num_tokens, int top_k);
+size_t moe_forward_workspace_bytes(const MoeDeviceLayer& layer, int64_t num_tokens, const MoeDeviceRouting& routing);
 
 // The MoE block (native/src/cuda/moe_forward.cu), all on `stream` with no host synchronisation
 // (graph-capturable): launch_router_logits -> launch_softmax_topk (renormalize = normalize) ->
@@ -163,5 +227,14 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
                                int32_t* topk_ids_out,     // [num_tokens, top_k] or null
                                float* topk_weights_out,   // [num_tokens, top_k] or null
                                void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+// The same with the routing variants: router logits (and x W_noise^T -> launch_noisy_logits when
+// noisy) -> launch_softmax_topk -> launch_random_routing (when on) -> launch_router_stats (when
+// counts or stats are asked for) -> launch_permute with the capacity -> grouped GEMM -> combine.
+// Errors as above, plus cudaErrorInvalidValue for random_routing with top_k != 2.
+cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDType x_dtype, int64_t num_tokens,
+                               const MoeDeviceRouting& routing, void* out, DevDType out_dtype,
+                               const MoeDeviceOutputs& outputs, void* workspace, size_t workspace_bytes,
+                               cudaStream_t stream);
 
 }  // namespace moe

@@ -20,7 +20,9 @@
 // (= token order), and nothing depends on the timing of atomics, so results are bitwise identical
 // across runs and backends.
 //
-// Invalid ids (outside [0, E)): such a slot is left out (row_of = -1, no sorted row, not counted in
+// Id kNoExpert (-1, moe/route_rng.h: GShard random routing's dropped second slot): the slot goes to
+// no expert (row_of = -1, no sorted row, counted neither in expert_offsets nor in dropped) and is not
+// reported. Other invalid ids (outside [0, E)): such a slot is left out (row_of = -1, no sorted row, not counted in
 // expert_offsets or dropped), nothing is written out of bounds, and the smallest such slot index
 // (or -1) is written to the optional device int `first_invalid_slot`, from which the caller builds
 // the CPU twin's error after the stream synchronises.
@@ -28,6 +30,8 @@
 #include "launchers.h"
 
 #include <climits>
+
+#include "../../include/moe/route_rng.h"
 
 namespace moe {
 
@@ -104,8 +108,9 @@ __device__ __forceinline__ Element load_element(const PermutePass& p, int i) {
   if (i < p.num_elements) {
     el.slot = p.perm_in ? p.perm_in[i] : i;
     const int32_t id = p.topk_ids[el.slot];
-    el.bad = id < 0 || id >= p.num_experts;
-    el.key = el.bad ? p.invalid_key : id;
+    const bool no_expert = id < 0 || id >= p.num_experts;
+    el.bad = no_expert && id != kNoExpert;  // kNoExpert (-1) is the explicit "no expert", not an error
+    el.key = no_expert ? p.invalid_key : id;
     if (el.key >= 0) el.digit = (el.key >> p.shift) & ((1 << p.bits) - 1);
   }
   return el;

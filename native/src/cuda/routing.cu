@@ -6,6 +6,10 @@
 //   softmax_topk_general_kernel    any E: one warp per token, lanes striding over the experts and
 //                                  re-reading the row (from L1) on every pass;
 //   launch_softmax_topk            argument checks, the grid, and the switch from E onto the two.
+//   noisy_logits_kernel            noisy top-k gating: H = logits + N(0,1) * softplus(noise logits),
+//                                  one thread per (token, expert), draws from moe/route_rng.h
+//   random_routing_kernel          GShard random routing of a top-2 token's second expert, one
+//                                  thread per token (route_keep_second of moe/route_rng.h)
 //
 // Semantics: softmax in f32 over a row of logits [T,E]. The top-k rank the logits themselves
 // (softmax is monotone, and ranking the f32 logits is exact, while two probabilities can round to
@@ -19,6 +23,8 @@
 
 #include <climits>
 #include <cmath>
+
+#include "../../include/moe/route_rng.h"
 
 namespace moe {
 
@@ -215,6 +221,70 @@ cudaError_t launch_softmax_topk(const float* logits, int64_t num_tokens, int num
                         logits, num_tokens, num_experts, top_k, renormalize, topk_ids, topk_weights);
     }
   }
+}
+
+// ---- routing variants ----------------------------------------------------------------------------
+// The same arithmetic as the CPU twin (route() in native/src/cpu/routing.cc), through the shared
+// helpers of moe/route_rng.h: the draws are equal bit for bit; H differs from the CPU's only by the
+// logits' last bits (another summation order), so routing agrees wherever it does not hinge on them.
+
+namespace {
+constexpr int kVariantThreads = 256;
+}  // namespace
+
+__global__ void __launch_bounds__(kVariantThreads)
+    noisy_logits_kernel(const float* __restrict__ logits,        // [num_tokens, num_experts]
+                        const float* __restrict__ noise_logits,  // [num_tokens, num_experts]
+                        int64_t num_tokens, int num_experts, uint64_t seed,
+                        float* __restrict__ noisy) {             // [num_tokens, num_experts]
+  const int64_t n = num_tokens * num_experts;
+  for (int64_t i = int64_t(blockIdx.x) * kVariantThreads + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * kVariantThreads) {
+    const int64_t t = i / num_experts;
+    const int e = int(i - t * num_experts);
+    // product then sum, each rounded (no FMA contraction), as the CPU twin computes it
+    noisy[i] = __fadd_rn(logits[i], __fmul_rn(route_normal(seed, uint64_t(t), uint32_t(e)),
+                                              route_softplus(noise_logits[i])));
+  }
+}
+
+__global__ void __launch_bounds__(kVariantThreads)
+    random_routing_kernel(int64_t num_tokens, uint64_t seed,
+                          int32_t* __restrict__ topk_ids,        // [num_tokens, 2]
+                          float* __restrict__ topk_weights) {    // [num_tokens, 2]
+  const int64_t t = int64_t(blockIdx.x) * kVariantThreads + threadIdx.x;
+  if (t >= num_tokens) return;
+  if (!route_keep_second(seed, uint64_t(t), topk_weights[2 * t], topk_weights[2 * t + 1])) {
+    topk_ids[2 * t + 1] = kNoExpert;
+    topk_weights[2 * t + 1] = 0.f;
+  }
+}
+
+namespace {
+unsigned variant_blocks(int64_t work) {
+  const int64_t blocks = (work + kVariantThreads - 1) / kVariantThreads;
+  return unsigned(blocks < 65535 ? blocks : 65535);  // grid-stride loops cover the rest
+}
+}  // namespace
+
+cudaError_t launch_noisy_logits(const float* logits, const float* noise_logits, int64_t num_tokens,
+                                int num_experts, uint64_t seed, float* noisy, cudaStream_t stream) {
+  if (num_tokens < 0 || num_experts < 1) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  if (!logits || !noise_logits || !noisy) return cudaErrorInvalidValue;
+  return moe_launch(noisy_logits_kernel, dim3(variant_blocks(num_tokens * num_experts)), dim3(kVariantThreads), 0,
+                    stream, logits, noise_logits, num_tokens, num_experts, seed, noisy);
+}
+
+cudaError_t launch_random_routing(int32_t* topk_ids, float* topk_weights, int64_t num_tokens, int top_k,
+                                  uint64_t seed, cudaStream_t stream) {
+  if (num_tokens < 0 || top_k != 2) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  if (!topk_ids || !topk_weights) return cudaErrorInvalidValue;
+  const int64_t blocks = (num_tokens + kVariantThreads - 1) / kVariantThreads;
+  if (blocks > INT_MAX) return cudaErrorInvalidValue;
+  return moe_launch(random_routing_kernel, dim3(unsigned(blocks)), dim3(kVariantThreads), 0, stream, num_tokens,
+                    seed, topk_ids, topk_weights);
 }
 
 }  // namespace moe
