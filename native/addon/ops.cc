@@ -17,22 +17,6 @@ namespace {
 
 constexpr int64_t kMaxInt32 = 2147483647;
 
-bool async_flag(const Napi::CallbackInfo& info, size_t i) {
-  return i < info.Length() && !info[i].IsUndefined() ? to_bool(info[i], "async") : false;
-}
-
-void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
-  if (info.Length() < n)
-    throw_type_error(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments, got " +
-                                     std::to_string(info.Length()));
-}
-
-void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb) {
-  if (va != vb)
-    throw_range_error(env, std::string(a) + " (" + std::to_string(va) + ") must equal " + b + " (" +
-                               std::to_string(vb) + ")");
-}
-
 // Reads expert weights given as one [E,r,c] tensor or an array of E [r,c] tensors.
 void read_expert_matrix(const Napi::Value& v, const char* name, int64_t* E, int64_t* rows,
                         int64_t* cols, moe::DType* dtype, std::vector<const void*>* ptrs,
