@@ -19,9 +19,14 @@ std::string describe(const Napi::Value& v) {
   if (v.IsNull()) return "null";
   if (v.IsBoolean()) return v.As<Napi::Boolean>().Value() ? "true" : "false";
   if (v.IsNumber()) {
+    const double x = v.As<Napi::Number>().DoubleValue();
+    if (std::isnan(x)) return "NaN";  // as JS writes them
+    if (std::isinf(x)) return x > 0 ? "Infinity" : "-Infinity";
+    // integers print whole (2^53 as 9007199254740992, not 9.00719925474099e+15)
+    if (std::floor(x) == x && std::fabs(x) < 9.2e18) return std::to_string(int64_t(x));
     std::ostringstream o;
-    o.precision(15);  // so that 2147483648 prints as itself, not as 2.14748e+09
-    o << v.As<Napi::Number>().DoubleValue();
+    o.precision(15);
+    o << x;
     return o.str();
   }
   if (v.IsString()) {
