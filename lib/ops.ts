@@ -71,6 +71,29 @@ export function rmsNormSync(x: Tensor, weight: Tensor, options?: RmsNormOptions)
 
 // ---- linear -----------------------------------------------------------------------------------------
 
+/** The JS owner of a native handle: dispose() frees it now; calls already running finish first. */
+abstract class NativeOwner<N extends { dispose(): void }> {
+  readonly #native: N;
+  readonly #what: string;
+  #disposed = false;
+  constructor(native: N, what: string) {
+    this.#native = native;
+    this.#what = what;
+  }
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+  dispose(): void {
+    this.#disposed = true;
+    this.#native.dispose();
+  }
+  /** The native handle; throws ERR_DISPOSED after dispose(). */
+  protected handle(): N {
+    if (this.#disposed) throw new MoeError(`${this.#what} was disposed and cannot be used again`, 'ERR_DISPOSED');
+    return this.#native;
+  }
+}
+
 export interface LinearPackOptions {
   backend?: BackendName;
 }
@@ -80,7 +103,7 @@ export interface LinearPackOptions {
  * projections, the LM head). The weights are copied and packed once; the caller may drop its
  * arrays. Output type defaults to float32.
  */
-export class Linear {
+export class Linear extends NativeOwner<NativeLinear> {
   readonly inFeatures: number;
   readonly outFeatures: number;
   /** Weight type, as packed. */
@@ -88,18 +111,16 @@ export class Linear {
   /** Bytes of the packed copy. */
   readonly bytes: number;
   readonly backend: ResolvedBackend;
-  readonly #native: NativeLinear;
-  #disposed = false;
 
   /** @internal use Linear.pack / packSync */
   constructor(native: NativeLinear, backend: ResolvedBackend) {
+    super(native, 'Linear');
     const info = native.info();
     this.inFeatures = info.inFeatures!;
     this.outFeatures = info.outFeatures!;
     this.type = info.type as FloatType;
     this.bytes = info.bytes!;
     this.backend = backend;
-    this.#native = native;
   }
 
   /** Packs W [out,in] off the event loop. */
@@ -114,25 +135,12 @@ export class Linear {
 
   /** y [T,out] = x [T,in] W^T. */
   async forward(x: Tensor, options?: OutOptions): Promise<Tensor> {
-    return (await binding.linear(nt(x), this.#handle(), ...outArgs(checkOptions(options)), true)) as Tensor;
+    return (await binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), true)) as Tensor;
   }
   forwardSync(x: Tensor, options?: OutOptions): Tensor {
-    return binding.linear(nt(x), this.#handle(), ...outArgs(checkOptions(options)), false) as Tensor;
+    return binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), false) as Tensor;
   }
 
-  get disposed(): boolean {
-    return this.#disposed;
-  }
-  /** Frees the packed weights now; calls still running finish first. */
-  dispose(): void {
-    this.#disposed = true;
-    this.#native.dispose();
-  }
-
-  #handle(): NativeLinear {
-    if (this.#disposed) throw new MoeError('Linear was disposed and cannot be used again', 'ERR_DISPOSED');
-    return this.#native;
-  }
 }
 
 function checkLinear(w: unknown): Linear {
@@ -200,15 +208,13 @@ export interface KvCacheOptions {
  * `reset()` starts a new sequence, `truncate(n)` rewinds to n positions (e.g. to re-use a prompt
  * prefix). Keep one cache per layer and sequence.
  */
-export class KvCache {
+export class KvCache extends NativeOwner<NativeKvCache> {
   readonly maxSeq: number;
   readonly numKvHeads: number;
   readonly headDim: number;
   readonly type: FloatType;
   readonly bytes: number;
   readonly backend: ResolvedBackend;
-  readonly #native: NativeKvCache;
-  #disposed = false;
 
   constructor(init: KvCacheInit, options?: KvCacheOptions) {
     const i = checkOptions(init, 'init');
@@ -218,8 +224,9 @@ export class KvCache {
       return intOption(i, k, 0, 1, Number.MAX_SAFE_INTEGER, `init.${k}`);
     };
     const [maxSeq, heads, hd] = [n('maxSeq'), n('numKvHeads'), n('headDim')];
-    this.#native = binding.create_kv_cache(maxSeq, heads, hd, (i.type ?? 'float32') as FloatType);
-    const info = this.#native.info();
+    const native = binding.create_kv_cache(maxSeq, heads, hd, (i.type ?? 'float32') as FloatType);
+    super(native, 'KvCache');
+    const info = native.info();
     this.maxSeq = info.maxSeq!;
     this.numKvHeads = info.numKvHeads!;
     this.headDim = info.headDim!;
@@ -230,32 +237,20 @@ export class KvCache {
 
   /** Positions written so far (including calls still running). */
   get length(): number {
-    return this.#handle().info().length!;
+    return this.handle().info().length!;
   }
   /** Starts a new sequence. */
   reset(): void {
-    this.#handle().truncate(0);
+    this.handle().truncate(0);
   }
   /** Keeps the first `length` positions (0 <= length <= this.length). */
   truncate(length: number): void {
-    this.#handle().truncate(length);
-  }
-  get disposed(): boolean {
-    return this.#disposed;
-  }
-  dispose(): void {
-    this.#disposed = true;
-    this.#native.dispose();
-  }
-
-  #handle(): NativeKvCache {
-    if (this.#disposed) throw new MoeError('KvCache was disposed and cannot be used again', 'ERR_DISPOSED');
-    return this.#native;
+    this.handle().truncate(length);
   }
   /** @internal */
   static native(c: unknown): NativeKvCache {
     if (!(c instanceof KvCache)) throw typeError(`cache must be a KvCache, got ${describe(c)}`);
-    return c.#handle();
+    return c.handle();
   }
 }
 

@@ -3,8 +3,6 @@
  * code and a message naming the argument and the value (Promise forms reject with the same), and
  * results do not depend on the thread count or break on the portable kernels (child processes).
  */
-import { spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
@@ -34,6 +32,7 @@ import { modelOpsBits } from './helpers/child-model-ops';
 import { RE, runCase, TE, type Case, type Cls } from './helpers/error-cases';
 import { f32, i32 } from './helpers/problems';
 import { randn } from './helpers/reference';
+import { runChild as runChildScript } from './helpers/run-child';
 
 const ft = (dims: number[], seed = 1, type: 'float32' | 'float16' | 'bfloat16' = 'float32') =>
   tensor(type, randn(dims.reduce((a, b) => a * b, 1), seed, 0.3), dims) as Tensor;
@@ -149,18 +148,7 @@ errors('disposed Linear and KvCache: ERR_DISPOSED; a sync call during an async o
 // ---- thread counts and the portable kernels ---------------------------------------------------------
 
 const child = suite('model ops in child processes');
-const script = path.join(__dirname, 'helpers', 'child-model-ops.ts');
-function runChild(mode: string, env: Record<string, string>) {
-  const r = spawnSync(process.execPath, ['-r', 'tsx/cjs', script, mode], {
-    cwd: path.join(__dirname, '..'),
-    env: { ...process.env, ...env },
-    encoding: 'utf8',
-    maxBuffer: 1 << 26,
-    timeout: 120_000,
-  });
-  assert.is(r.status, 0, `child ${mode} ${JSON.stringify(env)} failed (status ${r.status}, signal ${r.signal}):\n${r.stderr}`);
-  return JSON.parse(r.stdout.trim().split('\n').pop()!);
-}
+const runChild = (mode: string, env: Record<string, string>) => runChildScript('child-model-ops.ts', mode, env);
 
 child('MOE_NUM_THREADS=1 and 3 give the same bits as the default thread count', () => {
   const parent = modelOpsBits();

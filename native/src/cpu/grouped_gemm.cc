@@ -65,20 +65,17 @@ template <class El>
 void pack_all(const ExpertWeightSource& src, CpuPackedExperts& p) {
   const int64_t per_expert = p.gemm1_panels + p.gemm2_panels;
   const int64_t total = per_expert * p.num_experts;
-  parallel_for(ceil_div(total, cpu::kPackPanelsPerTask), [&](int64_t task, int) {
-    const int64_t end = std::min(total, (task + 1) * cpu::kPackPanelsPerTask);
-    for (int64_t g = task * cpu::kPackPanelsPerTask; g < end; ++g) {
-      const int e = int(g / per_expert);
-      const int64_t panel = g % per_expert;
-      El* base = p.buf.as<El>() + size_t(e) * p.expert_elems;
-      if (panel < p.gemm1_panels) {
-        pack_gemm1_panel(static_cast<const El*>(src.w1[size_t(e)]), static_cast<const El*>(src.w3[size_t(e)]),
-                         p.d, p.f, panel, base + size_t(panel) * size_t(p.d) * kNR);
-      } else {
-        const int64_t q = panel - p.gemm1_panels;
-        cpu::pack_row_panel(static_cast<const El*>(src.w2[size_t(e)]), p.d, p.f, p.f_pad, q,
-                            base + p.w2_offset + size_t(q) * size_t(p.f_pad) * kNR);
-      }
+  cpu::parallel_pack(total, [&](int64_t g) {
+    const int e = int(g / per_expert);
+    const int64_t panel = g % per_expert;
+    El* base = p.buf.as<El>() + size_t(e) * p.expert_elems;
+    if (panel < p.gemm1_panels) {
+      pack_gemm1_panel(static_cast<const El*>(src.w1[size_t(e)]), static_cast<const El*>(src.w3[size_t(e)]),
+                       p.d, p.f, panel, base + size_t(panel) * size_t(p.d) * kNR);
+    } else {
+      const int64_t q = panel - p.gemm1_panels;
+      cpu::pack_row_panel(static_cast<const El*>(src.w2[size_t(e)]), p.d, p.f, p.f_pad, q,
+                          base + p.w2_offset + size_t(q) * size_t(p.f_pad) * kNR);
     }
   });
 }

@@ -28,10 +28,8 @@ struct CpuPackedLinear final : PackedLinear {
 template <class El>
 void pack_panels(const TensorView& w, CpuPackedLinear& p) {
   const int64_t in = p.in_features, n = p.out_features;
-  parallel_for(cpu::ceil_div(p.panels, cpu::kPackPanelsPerTask), [&](int64_t task, int) {
-    const int64_t end = std::min(p.panels, (task + 1) * cpu::kPackPanelsPerTask);
-    for (int64_t q = task * cpu::kPackPanelsPerTask; q < end; ++q)
-      cpu::pack_row_panel(w.as<const El>(), n, in, in, q, p.buf.as<El>() + size_t(q) * size_t(in) * kNR);
+  cpu::parallel_pack(p.panels, [&](int64_t q) {
+    cpu::pack_row_panel(w.as<const El>(), n, in, in, q, p.buf.as<El>() + size_t(q) * size_t(in) * kNR);
   });
 }
 }  // namespace

@@ -116,6 +116,15 @@ void pack_row_panel(const El* w, int64_t n, int64_t k_len, int64_t k_pad, int64_
   std::memset(dst, 0, size_t(k_pad - k_len) * kNR * sizeof(El));
 }
 
+// fn(panel) for every panel in [0, total), packed in parallel, kPackPanelsPerTask per task.
+template <class Fn>
+void parallel_pack(int64_t total, const Fn& fn) {
+  parallel_for(ceil_div(total, kPackPanelsPerTask), [&](int64_t task, int) {
+    const int64_t end = std::min(total, (task + 1) * kPackPanelsPerTask);
+    for (int64_t g = task * kPackPanelsPerTask; g < end; ++g) fn(g);
+  });
+}
+
 // ---- row layout and tasks -----------------------------------------------------------------------
 // The micro-panels of the gathered rows: group g's rows start at micro-panel mp_base[g].
 struct RowLayout {
