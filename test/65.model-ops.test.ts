@@ -243,6 +243,7 @@ att('one causal pass vs the reference: GQA 4/2, 32/8, 1/1; hd 8/64/128; every ca
     for (const qType of FLOAT_TYPES) cases.push({ T: 33, Hq: 4, Hkv: 2, hd: 8, cacheType, qType });
   cases.push({ T: 12, Hq: 32, Hkv: 8, hd: 64, cacheType: 'bfloat16', qType: 'bfloat16' });
   cases.push({ T: 9, Hq: 1, Hkv: 1, hd: 128, cacheType: 'float16', qType: 'float32' });
+  cases.push({ T: 11, Hq: 2, Hkv: 1, hd: 70, cacheType: 'bfloat16', qType: 'float16' }); // head dim past a multiple of 8
   cases.push({ T: 33, Hq: 4, Hkv: 2, hd: 8, cacheType: 'float32', qType: 'float32', window: 5 });
   cases.push({ T: 20, Hq: 6, Hkv: 3, hd: 16, cacheType: 'bfloat16', qType: 'float32', window: 1 });
   for (const c of cases) {

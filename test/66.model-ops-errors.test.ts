@@ -161,10 +161,10 @@ child('MOE_NUM_THREADS=1 and 3 give the same bits as the default thread count', 
   }
 });
 
-child('MOE_CPU_KERNEL=portable: Linear matches the float64 reference', () => {
+child('MOE_CPU_KERNEL=portable: Linear and attention match the float64 reference', () => {
   const out = runChild('reference', { MOE_CPU_KERNEL: 'portable' });
   assert.is(out.kernel, 'portable');
-  assert.ok(out.checks >= 12, `only ${out.checks} checks ran`);
+  assert.ok(out.checks >= 18, `only ${out.checks} checks ran`);
 });
 
 errors.run();

@@ -4,13 +4,13 @@
  *
  *   node -r tsx/cjs test/helpers/child-model-ops.ts bits        prints the output bits of
  *                                                               `modelOpsBits()` as one JSON line
- *   node -r tsx/cjs test/helpers/child-model-ops.ts reference   checks Linear against the float64
+ *   node -r tsx/cjs test/helpers/child-model-ops.ts reference   checks Linear and attention against the float64
  *                                                               reference; prints one JSON line
  */
 import { addSync, attentionSync, backendInfo, embeddingSync, KvCache, Linear, rmsNormSync, ropeSync, sampleSync, tensor, type Tensor } from '../../lib/index';
 import { i32 } from './problems';
 import { assertClose, FLOAT_TYPES, randInt, randn, tolFor, widen } from './reference';
-import { refLinear } from './reference-model';
+import { refAttention, refLinear, roundAll } from './reference-model';
 
 const b64 = (t: Tensor) => Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength).toString('base64');
 const rt = (type: 'float32' | 'float16' | 'bfloat16', dims: number[], seed: number, scale = 1) =>
@@ -51,6 +51,16 @@ function referenceChecks(): number {
       const L = Linear.packSync(W);
       assertClose(L.forwardSync(x).data, refLinear(widen(x), widen(W), T, k, n), tolFor('float32', k), `portable linear ${type} T=${T} in=${k} out=${n}`);
       L.dispose();
+      checks++;
+    }
+  for (const type of FLOAT_TYPES)
+    for (const [T, Hq, Hkv, hd, window] of [[33, 4, 2, 8, 0], [12, 8, 2, 68, 5]]) {
+      const q = rt('float32', [T, Hq, hd], hd), k = rt('float32', [T, Hkv, hd], hd + 1), v = rt('float32', [T, Hkv, hd], hd + 2);
+      const cache = new KvCache({ maxSeq: T, numKvHeads: Hkv, headDim: hd, type });
+      const out = attentionSync(q, k, v, cache, { slidingWindow: window });
+      cache.dispose();
+      const ref = refAttention(widen(q), roundAll(type, widen(k)), roundAll(type, widen(v)), T, Hq, Hkv, hd, 0, window);
+      assertClose(out.data, ref, tolFor('float32', 64), `portable attention ${type} T=${T} hd=${hd}`);
       checks++;
     }
   return checks;

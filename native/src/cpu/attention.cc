@@ -1,15 +1,18 @@
 // CPU KV cache and causal grouped-query attention (moe/model_ops.h).
 //
 // The cache holds keys and values each as [Hkv, max_seq, hd] in its own dtype. attention() first
-// writes the T new keys and values (converted to the cache's type), then runs one task per
-// (token, query head): the query row in f32, scores against the visible keys read back from the
+// writes the T new keys and values (converted to the cache's type), then computes every (token,
+// query head): the query row in f32, scores against the visible keys read back from the
 // cache, a max-subtracted softmax in f32 and the weighted sum of the values, all in a fixed order.
-// A task's result depends only on its query and the cache contents, so a step-by-step decode
-// gives the same bits as one pass over the whole sequence, on any thread count.
+// The inner loops (scores, weighted sum of the values) stream one kv head's contiguous rows
+// (attn_kernels.h: AVX2/FMA or portable). A task's result depends only on its query and the cache
+// contents, so a step-by-step decode gives the same bits as one pass, on any thread count.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "attn_kernels.h"
+#include "moe/cpu_features.h"
 #include "moe/model_ops.h"
 #include "moe/threadpool.h"
 #include "panel_gemm.h"
@@ -27,13 +30,49 @@ struct CpuKvCache final : KvCache {
 
 // Per thread: the query row, the scores of one query and the output accumulator.
 struct AttnScratch {
-  std::vector<float> q, scores, acc, kv;
+  std::vector<float> q, scores, acc;
 };
 AttnScratch& attn_scratch() {
   thread_local AttnScratch s;
   return s;
 }
+
+constexpr int64_t kKvBlockBytes = 64 << 10;  // keys (or values) of one block, kept in L2 for a group
+
+// ---- portable inner loops (attn_kernels.h) ----
+constexpr int64_t kRowBuf = 1024;  // head dims up to this widen into a stack row
+
+void scores_portable(const float* q, const void* k, DType t, int64_t n, int64_t hd, float scale, float* out) {
+  std::vector<float> heap;
+  float stack[kRowBuf];
+  float* row = hd <= kRowBuf ? stack : (heap.resize(size_t(hd)), heap.data());
+  for (int64_t j = 0; j < n; ++j) {
+    cpu::load_row(k, t, size_t(j) * size_t(hd), hd, row);
+    out[j] = cpu::dot(q, row, hd) * scale;
+  }
+}
+
+void weighted_sum_portable(const float* e, const void* v, DType t, int64_t n, int64_t hd, float* acc) {
+  std::vector<float> heap;
+  float stack[kRowBuf];
+  float* row = hd <= kRowBuf ? stack : (heap.resize(size_t(hd)), heap.data());
+  for (int64_t j = 0; j < n; ++j) {
+    cpu::load_row(v, t, size_t(j) * size_t(hd), hd, row);
+    for (int64_t i = 0; i < hd; ++i) acc[i] += e[j] * row[i];
+  }
+}
+
+const cpu::AttnKernels& attn_kernels() {
+  return cpu_features().kernel == "avx2-fma" ? cpu::attn_avx2_kernels() : cpu::attn_portable_kernels();
+}
 }  // namespace
+
+namespace cpu {
+const AttnKernels& attn_portable_kernels() {
+  static const AttnKernels k = {scores_portable, weighted_sum_portable};
+  return k;
+}
+}  // namespace cpu
 
 Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,
                        std::unique_ptr<KvCache>* out) {
@@ -79,50 +118,52 @@ Status attention(const TensorView& q, const TensorView& k, const TensorView& v, 
       cpu::store_row(c.values.as<void>(), c.dtype, dst, hd, row.data());
     }
 
-  // 2. one task per (token, query head)
+  // 2. one task per (token, kv head), for the `group` query heads that share it: the keys and values
+  //    are streamed in blocks that stay in L2 while every query of the group meets them, so the
+  //    cache is read from memory once per step. Each query's arithmetic is the same whatever the
+  //    blocking (scores per key; the weighted sum in increasing key order).
   const int64_t group = Hq / Hkv;
   const float scale = 1.0f / std::sqrt(float(hd));
-  parallel_for(T * Hq, [&](int64_t task, int) {
-    const int64_t t = task / Hq, h = task % Hq, kvh = h / group;
+  const cpu::AttnKernels& kern = attn_kernels();
+  const size_t es = dtype_size(c.dtype);
+  const int64_t block = std::max<int64_t>(16, kKvBlockBytes / (hd * int64_t(es)));
+  parallel_for(T * Hkv, [&](int64_t task, int) {
+    const int64_t t = task / Hkv, kvh = task % Hkv;
     const int64_t pos = p.start_pos + t;
     const int64_t lo = p.sliding_window > 0 ? std::max<int64_t>(0, pos - p.sliding_window + 1) : 0;
     const int64_t n = pos - lo + 1;
     AttnScratch& s = attn_scratch();
-    s.q.resize(size_t(hd));
-    s.acc.assign(size_t(hd), 0.f);
-    s.kv.resize(size_t(hd));
-    s.scores.resize(size_t(n));
-    cpu::load_row(q.data, q.dtype, size_t(task) * size_t(hd), hd, s.q.data());
-    const bool f32 = c.dtype == DType::kF32;
-    const float* kbase = c.keys.as<const float>();
-    float mx = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) {
-      const size_t off = c.at(kvh, lo + j);
-      const float* kr = kbase + off;
-      if (!f32) {
-        cpu::load_row(c.keys.as<const void>(), c.dtype, off, hd, s.kv.data());
-        kr = s.kv.data();
-      }
-      const float sc = cpu::dot(s.q.data(), kr, hd) * scale;
-      s.scores[size_t(j)] = sc;
-      mx = std::max(mx, sc);
+    s.q.resize(size_t(group * hd));
+    s.acc.assign(size_t(group * hd), 0.f);
+    s.scores.resize(size_t(group * n));
+    const size_t q0 = size_t(t * Hq + kvh * group) * size_t(hd);  // the group's query heads are adjacent
+    cpu::load_row(q.data, q.dtype, q0, group * hd, s.q.data());
+    const uint8_t* keys = c.keys.as<const uint8_t>() + c.at(kvh, lo) * es;
+    const uint8_t* values = c.values.as<const uint8_t>() + c.at(kvh, lo) * es;
+    for (int64_t j0 = 0; j0 < n; j0 += block) {
+      const int64_t nb = std::min(block, n - j0);
+      for (int64_t g = 0; g < group; ++g)
+        kern.scores(s.q.data() + g * hd, keys + size_t(j0 * hd) * es, c.dtype, nb, hd, scale, s.scores.data() + g * n + j0);
     }
-    float sum = 0.f;
-    const float* vbase = c.values.as<const float>();
-    for (int64_t j = 0; j < n; ++j) {
-      const float e = std::exp(s.scores[size_t(j)] - mx);
-      sum += e;
-      const size_t off = c.at(kvh, lo + j);
-      const float* vr = vbase + off;
-      if (!f32) {
-        cpu::load_row(c.values.as<const void>(), c.dtype, off, hd, s.kv.data());
-        vr = s.kv.data();
-      }
-      for (int64_t i = 0; i < hd; ++i) s.acc[size_t(i)] += e * vr[i];
+    for (int64_t g = 0; g < group; ++g) {  // softmax numerators and their sum, in key order
+      float* e = s.scores.data() + g * n;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, e[j]);
+      float sum = 0.f;
+      for (int64_t j = 0; j < n; ++j) sum += (e[j] = std::exp(e[j] - mx));
+      s.q[size_t(g * hd)] = 1.0f / sum;  // the query row is no longer needed: keep 1/sum there
     }
-    const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < hd; ++i) s.acc[size_t(i)] *= inv;
-    cpu::store_row(out.data, out.dtype, size_t(task) * size_t(hd), hd, s.acc.data());
+    for (int64_t j0 = 0; j0 < n; j0 += block) {
+      const int64_t nb = std::min(block, n - j0);
+      for (int64_t g = 0; g < group; ++g)
+        kern.weighted_sum(s.scores.data() + g * n + j0, values + size_t(j0 * hd) * es, c.dtype, nb, hd, s.acc.data() + g * hd);
+    }
+    for (int64_t g = 0; g < group; ++g) {
+      float* acc = s.acc.data() + g * hd;
+      const float inv = s.q[size_t(g * hd)];
+      for (int64_t i = 0; i < hd; ++i) acc[i] *= inv;
+    }
+    cpu::store_row(out.data, out.dtype, q0, group * hd, s.acc.data());
   });
   return Status::ok();
 }
