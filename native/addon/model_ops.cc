@@ -170,7 +170,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
   }
 
   int64_t external_bytes_ = 0;
-  static inline std::shared_ptr<T>* pending_ = nullptr;  // set only while NewInstance runs
+  static inline thread_local std::shared_ptr<T>* pending_ = nullptr;  // set only while NewInstance runs
 };
 
 using LinearWrap = Handle<moe::PackedLinear>;
