@@ -217,12 +217,9 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   moe::TensorView w = to_tensor(info[0], "w", kAnyFloat, 2, &job->keep);
   if (w.dims[0] < 1 || w.dims[1] < 1)
     throw_range_error(env, "w must have at least one row and one column, got dims " + dims_string(w));
-  auto packed = std::make_shared<std::unique_ptr<moe::PackedLinear>>();
-  job->compute = [w, packed]() { return moe::pack_linear(w, packed.get()); };
-  job->finish = [packed](Napi::Env env) -> Napi::Value {
-    return LinearWrap::NewInstance(env, std::shared_ptr<moe::PackedLinear>(std::move(*packed)));
-  };
-  return run_job(env, async_flag(info, 1), std::move(job));
+  return run_make_job<moe::PackedLinear>(
+      env, async_flag(info, 1), std::move(job),
+      [w](std::unique_ptr<moe::PackedLinear>* out) { return moe::pack_linear(w, out); }, LinearWrap::NewInstance);
 }
 
 Napi::Value Linear(const Napi::CallbackInfo& info) {

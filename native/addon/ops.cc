@@ -78,12 +78,9 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   src->d = d1;
   src->f = f1;
   src->dtype = t1;
-  auto packed = std::make_shared<std::unique_ptr<moe::PackedExperts>>();
-  job->compute = [src, packed]() { return moe::pack_experts(*src, packed.get()); };
-  job->finish = [packed](Napi::Env env) -> Napi::Value {
-    return ExpertsWrap::NewInstance(env, std::shared_ptr<moe::PackedExperts>(std::move(*packed)));
-  };
-  return run_job(env, async_flag(info, 3), std::move(job));
+  return run_make_job<moe::PackedExperts>(
+      env, async_flag(info, 3), std::move(job),
+      [src](std::unique_ptr<moe::PackedExperts>* out) { return moe::pack_experts(*src, out); }, ExpertsWrap::NewInstance);
 }
 
 // route(x, gate, topK, normalize, wantLogits, async) -> {topkIds, topkWeights, expertCounts, logits?}
