@@ -103,6 +103,37 @@ export interface NativeBackendInfo {
   };
 }
 
+export interface NativeLinearInfo {
+  disposed: boolean;
+  inFeatures?: number;
+  outFeatures?: number;
+  type?: NativeDType;
+  bytes?: number;
+}
+/** Packed weights of one linear layer W [out,in] (pack_linear). */
+export interface NativeLinear {
+  dispose(): void;
+  info(): NativeLinearInfo;
+}
+export interface NativeKvCacheInfo {
+  disposed: boolean;
+  maxSeq?: number;
+  numKvHeads?: number;
+  headDim?: number;
+  type?: NativeDType;
+  bytes?: number;
+  /** positions written by the calls made so far */
+  length?: number;
+}
+/** One layer's keys and values, each [numKvHeads, maxSeq, headDim] (create_kv_cache). */
+export interface NativeKvCache {
+  dispose(): void;
+  info(): NativeKvCacheInfo;
+  /** Forgets the positions from `length` on (length <= the current length). */
+  truncate(length: number): void;
+}
+type Maybe<T> = T | null | undefined;
+
 type Ret<T, A extends boolean> = A extends true ? Promise<T> : T;
 
 export interface NativeBinding {
@@ -116,6 +147,16 @@ export interface NativeBinding {
   combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A, backend?: string): Ret<NativeTensor, A>;
   moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A, variants?: NativeForwardVariants): Ret<NativeMoeResult, A>;
   dense_ffn<A extends boolean>(x: NativeTensor, weights: NativeExperts, async: A): Ret<NativeTensor, A>;
+  // ---- decoder-model ops (native/addon/model_ops.cc); outType/out may be null ----
+  embedding<A extends boolean>(table: NativeTensor, ids: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  rms_norm<A extends boolean>(x: NativeTensor, weight: NativeTensor, eps: number, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  pack_linear<A extends boolean>(w: NativeTensor, async: A): Ret<NativeLinear, A>;
+  linear<A extends boolean>(x: NativeTensor, w: NativeLinear, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  rope<A extends boolean>(q: NativeTensor, k: Maybe<NativeTensor>, positions: NativeTensor, theta: number, qOut: Maybe<NativeTensor>, kOut: Maybe<NativeTensor>, async: A): Ret<{ q: NativeTensor; k: NativeTensor | null }, A>;
+  create_kv_cache(maxSeq: number, numKvHeads: number, headDim: number, type: NativeDType): NativeKvCache;
+  attention<A extends boolean>(q: NativeTensor, k: NativeTensor, v: NativeTensor, cache: NativeKvCache, startPos: number, slidingWindow: number, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  add<A extends boolean>(a: NativeTensor, b: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  sample<A extends boolean>(logits: NativeTensor, temperature: number, topP: number, seed: number, step: number, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
   /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
   measure_read_bandwidth?(bytes: number, reps: number): number;
   measure_fma_peak?(seconds: number): number;

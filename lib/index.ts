@@ -97,3 +97,31 @@ export {
 } from './params.js';
 export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './progress.js';
 export { Tokenizer, type EncodeOptions, type DecodeOptions } from './tokenizer.js';
+export {
+  embedding,
+  embeddingSync,
+  rmsNorm,
+  rmsNormSync,
+  Linear,
+  linear,
+  linearSync,
+  rope,
+  ropeSync,
+  KvCache,
+  attention,
+  attentionSync,
+  add,
+  addSync,
+  sample,
+  sampleSync,
+  type OutOptions,
+  type RmsNormOptions,
+  type LinearPackOptions,
+  type RopeOptions,
+  type RopeResult,
+  type KvCacheInit,
+  type KvCacheOptions,
+  type AttentionOptions,
+  type AddOptions,
+  type SampleOptions,
+} from './ops.js';

@@ -1,5 +1,3 @@
-import { spawnSync } from 'node:child_process';
-import * as path from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
@@ -21,6 +19,7 @@ import {
 } from '../lib/index';
 import { bitsCases, caseBits } from './helpers/child-check';
 import { makeProblem, perExpert, type MoeProblem } from './helpers/problems';
+import { runChild as runChildScript } from './helpers/run-child';
 import { assertSameTensor, FLOAT_TYPES, randn } from './helpers/reference';
 
 const weightsOf = (p: MoeProblem) => ({ gate: p.gate, w1: p.w1, w3: p.w3, w2: p.w2 });
@@ -248,19 +247,7 @@ loop('setImmediate ticks while packing a large layer with MoeLayer.create', asyn
 
 const child = suite('child processes: the portable kernels and one thread');
 
-const script = path.join(__dirname, 'helpers', 'child-check.ts');
-function runChild(mode: string, env: Record<string, string>) {
-  const r = spawnSync(process.execPath, ['-r', 'tsx/cjs', script, mode], {
-    cwd: path.join(__dirname, '..'),
-    env: { ...process.env, ...env },
-    encoding: 'utf8',
-    maxBuffer: 1 << 26,
-    timeout: 120_000,
-  });
-  assert.is(r.status, 0, `child ${mode} ${JSON.stringify(env)} failed (status ${r.status}, signal ${r.signal}):\n${r.stderr}`);
-  const line = r.stdout.trim().split('\n').pop()!;
-  return JSON.parse(line);
-}
+const runChild = (mode: string, env: Record<string, string>) => runChildScript('child-check.ts', mode, env);
 
 child('MOE_CPU_KERNEL=portable: the portable kernels match the float64 reference', () => {
   const out = runChild('reference', { MOE_CPU_KERNEL: 'portable' });

@@ -25,67 +25,13 @@ import {
   tensor,
   type Tensor,
 } from '../lib/index';
+import { RE, runCase, TE, type Case, type Cls } from './helpers/error-cases';
 import { f32, i32 } from './helpers/problems';
 import { randn } from './helpers/reference';
 
-type Cls = typeof TypeError | typeof RangeError | typeof MoeError;
-const TE = ['ERR_INVALID_ARG_TYPE', TypeError] as const;
-const RE = ['ERR_OUT_OF_RANGE', RangeError] as const;
 // A device backend this process cannot run ('cuda' unless a GPU is there), for the unavailable-backend cases.
 const NO_BACKEND = availableBackends().includes('cuda') ? 'cuda-emu' : 'cuda';
 const EMU_LOADED = availableBackends().includes('cuda-emu');
-
-interface Case {
-  name: string;
-  /** the Sync form or constructor */
-  sync?: () => unknown;
-  /** the Promise form */
-  async?: () => Promise<unknown>;
-  cls: Cls;
-  code: string;
-  /** substrings the message must contain: the argument's name and the bad value */
-  parts: string[];
-}
-
-function checkError(err: unknown, c: Case, form: string): string {
-  assert.ok(err !== undefined, `${c.name} (${form}): nothing was thrown`);
-  assert.ok(err instanceof c.cls, `${c.name} (${form}): expected ${c.cls.name}, got ${(err as Error)?.constructor?.name}: ${(err as Error)?.message}`);
-  const e = err as Error & { code?: string };
-  assert.is(e.code, c.code, `${c.name} (${form}): code (message: ${e.message})`);
-  for (const p of c.parts)
-    assert.ok(e.message.includes(p), `${c.name} (${form}): message ${JSON.stringify(e.message)} should contain ${JSON.stringify(p)}`);
-  return e.message;
-}
-
-async function runCase(c: Case) {
-  let syncMsg: string | undefined;
-  if (c.sync) {
-    let err: unknown;
-    try {
-      c.sync();
-    } catch (e) {
-      err = e;
-    }
-    syncMsg = checkError(err, c, 'sync');
-  }
-  if (c.async) {
-    let p: Promise<unknown> | undefined;
-    try {
-      p = c.async();
-    } catch (e) {
-      assert.unreachable(`${c.name} (async): threw synchronously instead of rejecting: ${(e as Error).message}`);
-    }
-    assert.ok(p instanceof Promise, `${c.name} (async): did not return a Promise`);
-    let err: unknown;
-    try {
-      await p;
-    } catch (e) {
-      err = e;
-    }
-    const asyncMsg = checkError(err, c, 'async');
-    if (syncMsg !== undefined) assert.is(asyncMsg, syncMsg, `${c.name}: the async message differs from the sync one`);
-  }
-}
 
 // ---- fixtures ------------------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-// moe-kernels native addon: module entry. Registers the op bindings, the Experts class and the
-// error class hook; knows nothing of the math.
+// moe-kernels native addon: module entry. Registers the op bindings (MoE and model ops), the
+// Experts, Linear and KvCache classes and the error class hook; knows nothing of the math.
 #include <napi.h>
 
 #include "args.h"
@@ -12,6 +12,7 @@ namespace moe_addon {
 
 void InitOps(Napi::Env env, Napi::Object exports);
 void InitBenchOps(Napi::Env env, Napi::Object exports);
+void InitModelOps(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -69,6 +70,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   ExpertsWrap::Init(env, exports);
   InitOps(env, exports);
   InitBenchOps(env, exports);
+  InitModelOps(env, exports);
   return exports;
 }
 

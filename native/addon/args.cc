@@ -19,9 +19,14 @@ std::string describe(const Napi::Value& v) {
   if (v.IsNull()) return "null";
   if (v.IsBoolean()) return v.As<Napi::Boolean>().Value() ? "true" : "false";
   if (v.IsNumber()) {
+    const double x = v.As<Napi::Number>().DoubleValue();
+    if (std::isnan(x)) return "NaN";  // as JS writes them
+    if (std::isinf(x)) return x > 0 ? "Infinity" : "-Infinity";
+    // integers print whole (2^53 as 9007199254740992, not 9.00719925474099e+15)
+    if (std::floor(x) == x && std::fabs(x) < 9.2e18) return std::to_string(int64_t(x));
     std::ostringstream o;
-    o.precision(15);  // so that 2147483648 prints as itself, not as 2.14748e+09
-    o << v.As<Napi::Number>().DoubleValue();
+    o.precision(15);
+    o << x;
     return o.str();
   }
   if (v.IsString()) {
@@ -179,16 +184,15 @@ bool to_bool(const Napi::Value& v, const char* name) {
   return v.As<Napi::Boolean>().Value();
 }
 
-Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64_t> dims,
-                        moe::TensorView* view) {
+Napi::Object new_tensor(Napi::Env env, moe::DType t, const moe::TensorView& shape, moe::TensorView* view) {
   moe::TensorView v;
   v.dtype = t;
   size_t n = 1;
-  Napi::Array jd = Napi::Array::New(env, dims.size());
-  for (int64_t d : dims) {
-    jd.Set(uint32_t(v.ndim), Napi::Number::New(env, double(d)));
-    v.dims[v.ndim++] = d;
-    n *= size_t(d);
+  Napi::Array jd = Napi::Array::New(env, size_t(shape.ndim));
+  for (int i = 0; i < shape.ndim; ++i) {
+    jd.Set(uint32_t(i), Napi::Number::New(env, double(shape.dims[i])));
+    v.dims[v.ndim++] = shape.dims[i];
+    n *= size_t(shape.dims[i]);
   }
   Napi::Value data;
   if (t == moe::DType::kF32) {
@@ -210,6 +214,29 @@ Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64
   o.Set("dims", jd);
   if (view) *view = v;
   return o;
+}
+
+Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64_t> dims,
+                        moe::TensorView* view) {
+  moe::TensorView shape;
+  for (int64_t d : dims) shape.dims[shape.ndim++] = d;
+  return new_tensor(env, t, shape, view);
+}
+
+bool async_flag(const Napi::CallbackInfo& info, size_t i) {
+  return i < info.Length() && !info[i].IsUndefined() ? to_bool(info[i], "async") : false;
+}
+
+void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
+  if (info.Length() < n)
+    throw_type_error(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments, got " +
+                                     std::to_string(info.Length()));
+}
+
+void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb) {
+  if (va != vb)
+    throw_range_error(env, std::string(a) + " (" + std::to_string(va) + ") must equal " + b + " (" +
+                               std::to_string(vb) + ")");
 }
 
 }  // namespace moe_addon

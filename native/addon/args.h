@@ -25,6 +25,8 @@ enum DTypeMask : unsigned {
 struct AddonData {
   Napi::FunctionReference error_class;   // MoeError, from set_error_class
   Napi::FunctionReference experts_ctor;  // the Experts class
+  Napi::FunctionReference linear_ctor;   // the Linear class (model_ops.cc)
+  Napi::FunctionReference kv_cache_ctor;  // the KvCache class (model_ops.cc)
 };
 AddonData& addon_data(Napi::Env env);
 
@@ -54,7 +56,16 @@ moe::DType to_dtype(const Napi::Value& v, const char* name, unsigned allowed);
 // Allocates a JS tensor {type, data, dims} of fresh zeroed storage, returns it and its view.
 Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64_t> dims,
                         moe::TensorView* view);
+// The same with the dims of `shape` (its data and dtype are ignored).
+Napi::Object new_tensor(Napi::Env env, moe::DType t, const moe::TensorView& shape, moe::TensorView* view);
 
 std::string dims_string(const moe::TensorView& v);
+
+// The trailing `async` flag of an op at argument i: false when absent or undefined.
+bool async_flag(const Napi::CallbackInfo& info, size_t i);
+// TypeError unless the call has at least n arguments.
+void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn);
+// RangeError "a (va) must equal b (vb)" unless va == vb.
+void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb);
 
 }  // namespace moe_addon

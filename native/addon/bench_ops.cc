@@ -18,12 +18,6 @@ namespace moe_addon {
 
 namespace {
 
-void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
-  if (info.Length() < n)
-    throw_type_error(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments, got " +
-                                     std::to_string(info.Length()));
-}
-
 Napi::Value MeasureReadBandwidth(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 2, "measure_read_bandwidth");

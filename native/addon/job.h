@@ -26,4 +26,14 @@ struct Job {
 // async: returns a Promise settled with the result; otherwise runs now and returns it.
 Napi::Value run_job(Napi::Env env, bool async, std::unique_ptr<Job> job);
 
+// A job that builds a backend object (packed weights): make(std::unique_ptr<T>*) -> Status runs as
+// the compute step, then wrap(env, std::shared_ptr<T>) turns the object into its JS handle.
+template <class T, class Make, class Wrap>
+Napi::Value run_make_job(Napi::Env env, bool async, std::unique_ptr<Job> job, Make make, Wrap wrap) {
+  auto made = std::make_shared<std::unique_ptr<T>>();
+  job->compute = [made, make]() { return make(made.get()); };
+  job->finish = [made, wrap](Napi::Env e) -> Napi::Value { return wrap(e, std::shared_ptr<T>(std::move(*made))); };
+  return run_job(env, async, std::move(job));
+}
+
 }  // namespace moe_addon

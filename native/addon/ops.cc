@@ -19,10 +19,6 @@ namespace {
 
 constexpr int64_t kMaxInt32 = 2147483647;
 
-bool async_flag(const Napi::CallbackInfo& info, size_t i) {
-  return i < info.Length() && !info[i].IsUndefined() ? to_bool(info[i], "async") : false;
-}
-
 // The backend an op without packed weights runs on: argument i is undefined / 'cpu' or this build's
 // CUDA backend name ('cuda', or 'cuda-emu' in test builds), which must be available.
 bool on_cuda(const Napi::CallbackInfo& info, size_t i) {
@@ -44,18 +40,6 @@ bool on_cuda(const Napi::CallbackInfo& info, size_t i) {
 }
 
 bool is_cuda(const moe::PackedExperts& w) { return std::string(w.backend()) != "cpu"; }
-
-void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
-  if (info.Length() < n)
-    throw_type_error(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments, got " +
-                                     std::to_string(info.Length()));
-}
-
-void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb) {
-  if (va != vb)
-    throw_range_error(env, std::string(a) + " (" + std::to_string(va) + ") must equal " + b + " (" +
-                               std::to_string(vb) + ")");
-}
 
 // Reads expert weights given as one [E,r,c] tensor or an array of E [r,c] tensors.
 void read_expert_matrix(const Napi::Value& v, const char* name, int64_t* E, int64_t* rows,
@@ -207,15 +191,12 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
       throw_range_error(env, "gate.dims " + dims_string(*gate) + " must be [" + std::to_string(E1) + "," +
                                  std::to_string(d1) + "] (experts, hidden size)");
   }
-  auto packed = std::make_shared<std::unique_ptr<moe::PackedExperts>>();
-  job->compute = [src, packed, cuda, gate, has_gate]() {
-    return cuda ? moe::cuda::pack_experts(*src, has_gate ? gate.get() : nullptr, packed.get())
-                : moe::pack_experts(*src, packed.get());
-  };
-  job->finish = [packed](Napi::Env env) -> Napi::Value {
-    return ExpertsWrap::NewInstance(env, std::shared_ptr<moe::PackedExperts>(std::move(*packed)));
-  };
-  return run_job(env, async_flag(info, 3), std::move(job));
+  return run_make_job<moe::PackedExperts>(
+      env, async_flag(info, 3), std::move(job),
+      [src, cuda, gate, has_gate](std::unique_ptr<moe::PackedExperts>* out) {
+        return cuda ? moe::cuda::pack_experts(*src, has_gate ? gate.get() : nullptr, out) : moe::pack_experts(*src, out);
+      },
+      ExpertsWrap::NewInstance);
 }
 
 // route(x, gate, topK, normalize, wantLogits, async, variants?, backend?)
