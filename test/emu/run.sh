@@ -34,7 +34,10 @@ kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/src/cuda/routing
              "$root/native/src/cuda/permute.cu" "$here/permute_test.cc" "$root/native/src/cuda/combine.cu" "$here/combine_test.cc")
 kernel_srcs+=("$root/native/src/cuda/grouped_gemm.cu" "$here/grouped_gemm_test.cc")
 kernel_srcs+=("$root/native/src/cuda/router.cu" "$root/native/src/cuda/moe_forward.cu" "$here/moe_forward_test.cc")
-headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h)
+kernel_srcs+=("$root/native/src/cuda/model_ops.cu" "$root/native/src/cuda/attention.cu" "$root/native/src/cuda/sampling.cu"
+             "$here/model_ops_test.cc")
+headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h
+         "$root"/native/include/moe/*.h)
 
 # compile DIR FLAGS... -- SOURCES...: compiles the sources into DIR (in parallel), skipping objects
 # newer than their source, every header and this script; prints the object paths.
