@@ -5,7 +5,7 @@
 //   m      = max of the non-NaN logits of the row
 //   q_i    = sample_weight(logit_i, m, temperature)     integer weight in [0, 2^40]:
 //            floor(expf((logit_i - m) / temperature) * 2^40), 0 for NaN (and -inf) logits;
-//            when m = +inf, 2^40 for +inf logits and 0 for the rest
+//            when m = +inf, 2^40 for +inf logits and 0 for the rest; when m = -inf, 0 for all
 //   Q      = sum_i q_i  (< 2^63 for vocab <= 2^23)
 //   P      = top_p_mass(Q, top_p) = max(1, ceil(Q * round(top_p * 2^32) / 2^32)), top_p in [0, 1]
 //   tau    = the largest v with S(v) = sum_{q_i >= v} q_i >= P
@@ -32,7 +32,9 @@ constexpr int64_t kSampleMaxVocab = int64_t(1) << 23;
 MOE_HOST_DEVICE inline uint64_t sample_weight(float logit, float row_max, float temperature) {
   if (logit != logit) return 0;  // NaN
   if (row_max == INFINITY) return logit == INFINITY ? kSampleWeightOne : 0;
+  if (row_max == -INFINITY) return 0;                     // every logit -inf (or NaN)
   const float e = expf((logit - row_max) / temperature);  // in [0, 1]; -inf logits give 0
+  if (!(e > 0.f)) return 0;                                // (and no NaN reaches the cast)
   return uint64_t(e * float(kSampleWeightOne));            // exact scaling, truncation
 }
 

@@ -98,7 +98,7 @@ struct AttnParams {
   DevDType q_dtype;
   int64_t start, window;
   int q_heads, kv_heads;
-  int64_t chunk_first;     // kSplit: blockIdx.x = chunk - chunk_first
+  int64_t chunk_first;     // kSplit: blockIdx.y = chunk - chunk_first
   int num_chunks;          // kSplit: chunks per (query, head) in the workspace
   void* out;               // [T, Hq, hd] of out_dtype (kSingle)
   DevDType out_dtype;
@@ -113,8 +113,10 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
   MOE_SHARED(float, warp_acc, [kAttnWarps][kHd]);
   MOE_SHARED(float, warp_ml, [kAttnWarps][2]);
   const int tid = int(threadIdx.x), lane = tid % kWarp, warp = tid / kWarp;
-  const int64_t t = kSplit ? int64_t(blockIdx.z) : int64_t(blockIdx.x);
-  const int h = kSplit ? int(blockIdx.y) : int(blockIdx.y);
+  // blockIdx.x = t * Hq + h: the query heads of one GQA group are neighbours in launch order, so
+  // their blocks run together and read the group's K/V rows through L2 about once.
+  const int64_t t = int64_t(blockIdx.x) / p.q_heads;
+  const int h = int(int64_t(blockIdx.x) - t * p.q_heads);
   const int64_t pos = p.start + t;
   const int64_t lo = p.window > 0 && pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
   const int kvh = h / (p.q_heads / p.kv_heads);
@@ -134,7 +136,7 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
 
   int64_t c_begin = lo / kAttnChunkKeys, c_end = pos / kAttnChunkKeys + 1;  // this query's chunks
   if constexpr (kSplit) {  // just chunk c; one outside the query's range leaves the empty state
-    const int64_t c = p.chunk_first + blockIdx.x;
+    const int64_t c = p.chunk_first + blockIdx.y;
     const bool inside = c >= c_begin && c < c_end;
     c_begin = inside ? c : 0;
     c_end = inside ? c + 1 : 0;
@@ -210,7 +212,7 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
   }
 
   if constexpr (kSplit) {
-    float* dst = p.partial + ((t * p.q_heads + h) * p.num_chunks + blockIdx.x) * (kHd + 2);
+    float* dst = p.partial + ((t * p.q_heads + h) * p.num_chunks + blockIdx.y) * (kHd + 2);
     if (tid == 0) dst[0] = run_m, dst[1] = run_l;
     MOE_UNROLL
     for (int r = 0; r < kPer; ++r) {
@@ -232,8 +234,8 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
 __global__ void __launch_bounds__(kAttnThreads)
     attention_combine_kernel(const float* __restrict__ partial, int num_chunks, int q_heads, int head_dim,
                              void* __restrict__ out, DevDType out_dtype) {
-  const int64_t t = blockIdx.x;
-  const int h = int(blockIdx.y);
+  const int64_t t = int64_t(blockIdx.x) / q_heads;  // blockIdx.x = t * Hq + h
+  const int h = int(int64_t(blockIdx.x) - t * q_heads);
   const float* src = partial + (t * q_heads + h) * int64_t(num_chunks) * (head_dim + 2);
   for (int e = int(threadIdx.x); e < head_dim; e += kAttnThreads) {
     float m = -INFINITY, l = 0.f, acc[1] = {0.f};
@@ -254,13 +256,13 @@ cudaError_t run_attention(const AttnParams& p, int64_t num_tokens, const void* k
   const TC* kc = static_cast<const TC*>(k_cache);
   const TC* vc = static_cast<const TC*>(v_cache);
   if (!split)
-    return moe_launch(attention_kernel<TC, kE, false>, dim3(unsigned(num_tokens), unsigned(p.q_heads)),
-                      dim3(kAttnThreads), 0, stream, p, kc, vc);
+    return moe_launch(attention_kernel<TC, kE, false>, dim3(unsigned(num_tokens * p.q_heads)), dim3(kAttnThreads), 0,
+                      stream, p, kc, vc);
   cudaError_t err = moe_launch(attention_kernel<TC, kE, true>,
-                               dim3(unsigned(p.num_chunks), unsigned(p.q_heads), unsigned(num_tokens)),
+                               dim3(unsigned(num_tokens * p.q_heads), unsigned(p.num_chunks)),
                                dim3(kAttnThreads), 0, stream, p, kc, vc);
   if (err != cudaSuccess) return err;
-  return moe_launch(attention_combine_kernel, dim3(unsigned(num_tokens), unsigned(p.q_heads)), dim3(kAttnThreads),
+  return moe_launch(attention_combine_kernel, dim3(unsigned(num_tokens * p.q_heads)), dim3(kAttnThreads),
                     0, stream, static_cast<const float*>(p.partial), p.num_chunks, p.q_heads, kE * kWarp, p.out,
                     p.out_dtype);
 }
@@ -303,9 +305,9 @@ cudaError_t launch_attention(const void* q, DevDType q_dtype, int64_t num_tokens
                              int kv_heads, int head_dim, int64_t window, const void* k_cache, const void* v_cache,
                              DevDType cache_dtype, int64_t max_seq, void* out, DevDType out_dtype, void* workspace,
                              size_t workspace_bytes, cudaStream_t stream, AttentionPath path) {
-  if (num_tokens < 0 || start < 0 || q_heads < 1 || kv_heads < 1 || q_heads % kv_heads != 0 || q_heads > 65535 ||
+  if (num_tokens < 0 || start < 0 || q_heads < 1 || kv_heads < 1 || q_heads % kv_heads != 0 ||
       max_seq < 1 || start > max_seq - num_tokens || !dev_dtype_ok(q_dtype) || !dev_dtype_ok(cache_dtype) ||
-      !dev_dtype_ok(out_dtype) || num_tokens > INT_MAX)
+      !dev_dtype_ok(out_dtype) || num_tokens > INT_MAX / q_heads)
     return cudaErrorInvalidValue;
   if (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) return cudaErrorInvalidValue;
   if (path != AttentionPath::kAuto && path != AttentionPath::kSingle && path != AttentionPath::kSplit)
@@ -331,7 +333,7 @@ cudaError_t launch_attention(const void* q, DevDType q_dtype, int64_t num_tokens
   const int64_t n_chunks = (start + num_tokens - 1) / kAttnChunkKeys - p.chunk_first + 1;
   p.num_chunks = int(n_chunks);
   const size_t need = size_t(num_tokens) * size_t(q_heads) * size_t(n_chunks) * size_t(head_dim + 2) * sizeof(float);
-  const bool ws_ok = workspace && ptr_aligned(workspace, 16) && workspace_bytes >= need && num_tokens <= 65535;
+  const bool ws_ok = workspace && ptr_aligned(workspace, 16) && workspace_bytes >= need && n_chunks <= 65535;
   bool split = path == AttentionPath::kSplit;
   if (split && !ws_ok) return cudaErrorInvalidValue;
   if (path == AttentionPath::kAuto) split = ws_ok && n_chunks > 1 && num_tokens * q_heads < kSplitMaxTiles;
