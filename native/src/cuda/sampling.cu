@@ -26,6 +26,9 @@ constexpr int kWarp = 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kSampleThreads = 256;
 constexpr int kSampleWarps = kSampleThreads / kWarp;
+// Blocks per SM the registers must allow: 2 x 256 threads leave up to 128 registers (left alone,
+// ptxas settled on 40 and spilled the sampler's 64-bit state on sm_80/sm_90).
+constexpr int kSampleMinBlocks = 2;
 constexpr int kWeightBits = kSampleWeightBits + 1;  // weights lie in [0, 2^40]
 
 // (v, i) beats (bv, bi): not NaN, and bi unset, or larger, or equal with a lower index.
@@ -35,7 +38,7 @@ __device__ __forceinline__ bool beats(float v, int i, float bv, int bi) {
 }
 
 // The row's argmax (-1 when every value is NaN), returned to every thread.
-__device__ int block_argmax(const float* __restrict__ row, int vocab, float* s_val, int* s_idx) {
+__device__ __forceinline__ int block_argmax(const float* __restrict__ row, int vocab, float* s_val, int* s_idx) {
   float bv = 0.f;
   int bi = -1;
   for (int i = int(threadIdx.x); i < vocab; i += kSampleThreads)
@@ -56,7 +59,7 @@ __device__ int block_argmax(const float* __restrict__ row, int vocab, float* s_v
 }
 
 // Sum over the block, to every thread (exact: integers).
-__device__ uint64_t block_sum_u64(uint64_t v, unsigned long long* s_red) {
+__device__ __forceinline__ uint64_t block_sum_u64(uint64_t v, unsigned long long* s_red) {
   MOE_UNROLL
   for (int off = kWarp / 2; off > 0; off >>= 1) v += __shfl_xor_sync(kFull, (unsigned long long)v, off);
   if (threadIdx.x % kWarp == 0) s_red[threadIdx.x / kWarp] = v;
@@ -68,7 +71,7 @@ __device__ uint64_t block_sum_u64(uint64_t v, unsigned long long* s_red) {
 }
 
 // Exclusive prefix sum over the threads in thread order.
-__device__ uint64_t block_exclusive_scan_u64(uint64_t v, unsigned long long* s_red) {
+__device__ __forceinline__ uint64_t block_exclusive_scan_u64(uint64_t v, unsigned long long* s_red) {
   const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
   uint64_t incl = v;
   MOE_UNROLL
@@ -92,7 +95,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (threadIdx.x == 0) ids[blockIdx.x] = id < 0 ? 0 : id;
 }
 
-__global__ void __launch_bounds__(kSampleThreads)
+__global__ void __launch_bounds__(kSampleThreads, kSampleMinBlocks)
     sample_top_p_kernel(const float* __restrict__ logits, int vocab, float temperature, float top_p,
                         uint64_t seed, uint64_t step, int32_t* __restrict__ ids) {
   MOE_SHARED(float, s_val, [kSampleWarps]);
