@@ -539,6 +539,7 @@ TEST(model_attention_against_reference_sweep) {
   const AttnCase cases[] = {{8, 1, 32, 160, DevDType::kBF16, DevDType::kBF16},
                             {32, 8, 32, 160, DevDType::kF16, DevDType::kF32},
                             {4, 2, 128, 160, DevDType::kF32, DevDType::kBF16},
+                            {4, 2, 64, 160, DevDType::kF16, DevDType::kF16},
                             {2, 1, 256, 160, DevDType::kBF16, DevDType::kF32}};
   for (const AttnCase& c : cases) {
     const DevDType out_t = c.act_t;

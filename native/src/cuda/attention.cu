@@ -66,10 +66,13 @@ __device__ __forceinline__ void merge_state(float& m_a, float& l_a, float (&acc_
   m_a = m;
 }
 
-// kE consecutive elements of a cache row as floats (4 at a time when kE % 4 == 0).
+// kE consecutive elements of a cache row as floats (4 at a time when kE % 4 == 0, else 2 at a time
+// when kE == 2): vector loads, the cache being 16-byte aligned and rows a multiple of 32 elements.
 template <int kE, typename TC>
 __device__ __forceinline__ void load_row(const TC* p, float (&v)[kE]) {
-  if constexpr (kE % 4 == 0) {
+  if constexpr (kE == 2) {
+    elem::load_n<2>(p, v);
+  } else if constexpr (kE % 4 == 0) {
     MOE_UNROLL
     for (int i = 0; i < kE; i += 4) {
       float four[4];

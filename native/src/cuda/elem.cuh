@@ -1,7 +1,8 @@
-// moe-kernels CUDA: element helpers of the model-op kernels (model_ops.cu, attention.cu): f32 <->
-// f32/f16/bf16 conversions (nearest even), loads/stores of 4 consecutive elements (16 bytes of f32 or
-// 8 of f16/bf16, pointer aligned to 4 elements), and loads whose dtype is known only at run time
-// (for small tensors: a norm weight, a query vector). Include after cuda_compat.cuh.
+// moe-kernels CUDA: element helpers of the model-op kernels (model_ops.cu, attention.cu) and the
+// grouped GEMM: f32 <-> f32/f16/bf16 conversions (nearest even), loads of 2 or 4 and stores of 4
+// consecutive elements (one vector access; pointer aligned to that many elements), and loads whose
+// dtype is known only at run time (small tensors: a norm weight, a query vector). Include after
+// cuda_compat.cuh.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -31,12 +32,19 @@ __device__ __forceinline__ float from_bits16(uint32_t b, __half*) {
 }
 __device__ __forceinline__ float from_bits16(uint32_t b, __nv_bfloat16*) { return __uint_as_float(b << 16); }
 
-// kN consecutive elements (kN = 1, or 4 from a pointer aligned to 4 elements) as floats.
+// kN consecutive elements (kN = 1, or 2 / 4 from a pointer aligned to kN elements) as floats.
 template <int kN, typename T>
 __device__ __forceinline__ void load_n(const T* p, float (&v)[kN]) {
-  static_assert(kN == 1 || kN == 4, "scalar or four");
+  static_assert(kN == 1 || kN == 2 || kN == 4, "scalar, two or four");
   if constexpr (kN == 1) {
     v[0] = to_f32(*p);
+  } else if constexpr (kN == 2 && sizeof(T) == 4) {
+    const float2 q = *reinterpret_cast<const float2*>(p);
+    v[0] = q.x, v[1] = q.y;
+  } else if constexpr (kN == 2) {
+    const uint32_t q = *reinterpret_cast<const uint32_t*>(p);
+    v[0] = from_bits16(q & 0xffffu, static_cast<T*>(nullptr));
+    v[1] = from_bits16(q >> 16, static_cast<T*>(nullptr));
   } else if constexpr (sizeof(T) == 4) {
     const float4 q = *reinterpret_cast<const float4*>(p);
     v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
