@@ -94,7 +94,8 @@ bool check_embedding(int64_t T, int64_t V, int64_t d, DevDType tt, DevDType ot, 
   int32_t first_bad = 12345;
   const std::string what = "embedding T=" + std::to_string(T) + " V=" + std::to_string(V) + " d=" + std::to_string(d) +
                            " " + dtype_name(tt) + "->" + dtype_name(ot) + sched();
-  const cudaError_t err = moe::launch_embedding(table.ptr(), tt, V, d, ids.data(), T, out.ptr(), ot, &first_bad, nullptr);
+  const cudaError_t err =
+      moe::launch_embedding(table.ptr(), tt, V, d, ids.data(), T, out.ptr(), ot, &first_bad, nullptr);
   if (err != cudaSuccess) {
     emu_test::fail(__FILE__, __LINE__, what + ": " + moe_error_string(err));
     return false;
@@ -143,7 +144,8 @@ bool check_norm(int64_t T, int64_t d, DevDType at, DevDType wt, DevDType yt, boo
         const float s = round_to(a0.get(k) + b.get(k), at);  // f32 sum of the stored inputs, rounded
         if (sum_buf.get(k) != s) {
           emu_test::fail(__FILE__, __LINE__, what + ": sum[" + std::to_string(k) + "] = " +
-                                                 emu_test::describe(sum_buf.get(k)) + ", want " + emu_test::describe(s));
+                                                 emu_test::describe(sum_buf.get(k)) + ", want " +
+                                                 emu_test::describe(s));
           return false;
         }
         x[size_t(i)] = s;
@@ -177,7 +179,8 @@ bool check_linear(int64_t T, int64_t in, int64_t out, DevDType xt, DevDType wt, 
   Buf y(yt, size_t(T * out));
   std::vector<unsigned char> ws(moe::linear_workspace_bytes(T, in, wt) + 16);
   void* ws_ptr = ws.data() + (16 - reinterpret_cast<uintptr_t>(ws.data()) % 16) % 16;
-  const std::string what = "linear T=" + std::to_string(T) + " in=" + std::to_string(in) + " out=" + std::to_string(out) +
+  const std::string what = "linear T=" + std::to_string(T) + " in=" + std::to_string(in) +
+                           " out=" + std::to_string(out) +
                            " x " + dtype_name(xt) + " w " + dtype_name(wt) + " y " + dtype_name(yt) + " path " +
                            std::to_string(int(path)) + sched();
   const cudaError_t err = moe::launch_linear(x.ptr(), xt, T, in, w.ptr(), wt, out, y.ptr(), yt, ws_ptr,
@@ -464,7 +467,8 @@ TEST(model_linear_every_path) {
       const DevDType y16 = wt == DevDType::kF32 ? DevDType::kF32 : wt;
       if (!check_linear(1, 40, 33, wt, wt, DevDType::kF32, P::kAuto) ||
           !check_linear(5, 13, 24, DevDType::kF32, wt, y16, P::kAuto) ||
-          !check_linear(33, 64, 40, wt, wt, y16, P::kAuto) || !check_linear(33, 13, 33, wt, wt, DevDType::kF32, P::kAuto))
+          !check_linear(33, 64, 40, wt, wt, y16, P::kAuto) ||
+          !check_linear(33, 13, 33, wt, wt, DevDType::kF32, P::kAuto))
         return;
     }
   }
@@ -645,13 +649,15 @@ TEST(model_sampling_top_p_exact_ids_sweep) {
           for (uint64_t step : {0ull, 1000000007ull}) {
             std::vector<int32_t> ids(size_t(T), -1);
             const uint64_t seed = 0x1234567890abcdefull + uint64_t(V);
-            CHECK_OK(moe::launch_sample_top_p(logits.data(), T, V, temperature, top_p, seed, step, ids.data(), nullptr));
+            CHECK_OK(
+                moe::launch_sample_top_p(logits.data(), T, V, temperature, top_p, seed, step, ids.data(), nullptr));
             for (int64_t r = 0; r < T; ++r) {
               const float* row = logits.data() + r * V;
               const int32_t want = reference_sample(row, V, temperature, top_p, seed, step, uint64_t(r));
               const int32_t seq = moe::sample_top_p_row(row, V, temperature, top_p, seed, step, uint64_t(r));
               if (ids[size_t(r)] != want || seq != want) {
-                emu_test::fail(__FILE__, __LINE__, "top-p V=" + std::to_string(V) + " T=" + std::to_string(temperature) +
+                emu_test::fail(__FILE__, __LINE__, "top-p V=" + std::to_string(V) + " T=" +
+                                                       std::to_string(temperature) +
                                                        " p=" + std::to_string(top_p) + " step " + std::to_string(step) +
                                                        " row " + std::to_string(r) + ": got " +
                                                        std::to_string(ids[size_t(r)]) + ", sequential " +

@@ -11,8 +11,9 @@
 //   - keys form chunks of kAttnChunkKeys, aligned to absolute positions (chunk c: [128c, 128c + 128));
 //   - in a chunk, warp w takes the groups of 4 consecutive keys at offsets 16 i + 4 w (i = 0..7), in
 //     order, and keeps an online softmax (m, l, acc): the 4 scores of a group (dot products summed
-//     by lanes in element order, then an xor butterfly), m' = max(m, scores), acc = acc * e^(m - m')
-//     + sum_u e^(s_u - m') v_u in u order; groups outside [lo, pos] are skipped (a no-op anyway);
+//     by lanes in element order, then across lanes by warp_sum4), m' = max(m, scores),
+//     acc = acc * e^(m - m') + sum_u e^(s_u - m') v_u in u order; groups outside [lo, pos] are
+//     skipped (a no-op anyway);
 //   - the 4 warp states merge in warp order into the chunk state, and the chunk states fold in chunk
 //     order from an empty state (merge_state: the same rounding steps everywhere; merging an empty
 //     state is exact, so chunks outside a query's range change nothing).
@@ -64,6 +65,30 @@ __device__ __forceinline__ void merge_state(float& m_a, float& l_a, float (&acc_
   MOE_UNROLL
   for (int i = 0; i < kN; ++i) acc_a[i] = fmaf(acc_a[i], ca, __fmul_rn(acc_b[i], cb));
   m_a = m;
+}
+
+// The 4 lane-partial scores summed over the warp, every lane getting the same 4 totals, in 10
+// shuffles instead of 4 x 5: a reduce-scatter (offset 16: each half of the warp keeps 2 of the
+// values and sends the other 2; offset 8: 1 of 2; offsets 4, 2, 1: the last value), after which
+// lanes 8u..8u+7 hold the total of score u, then 4 broadcasts. A fixed order: the same bits on
+// every run and in every path.
+__device__ __forceinline__ void warp_sum4(float (&s)[kKeysPerGroup], int lane) {
+  static_assert(kKeysPerGroup == 4, "the steps below split 4 values");
+  const bool hi16 = (lane & 16) != 0, hi8 = (lane & 8) != 0;
+  MOE_UNROLL
+  for (int g = 0; g < 2; ++g) {
+    const float send = hi16 ? s[g] : s[g + 2], keep = hi16 ? s[g + 2] : s[g];
+    s[g] = __fadd_rn(keep, __shfl_xor_sync(kFull, send, 16));
+  }
+  {
+    const float send = hi8 ? s[0] : s[1], keep = hi8 ? s[1] : s[0];
+    s[0] = __fadd_rn(keep, __shfl_xor_sync(kFull, send, 8));
+  }
+  MOE_UNROLL
+  for (int off = 4; off > 0; off >>= 1) s[0] = __fadd_rn(s[0], __shfl_xor_sync(kFull, s[0], off));
+  const float mine = s[0];
+  MOE_UNROLL
+  for (int u = 0; u < kKeysPerGroup; ++u) s[u] = __shfl_sync(kFull, mine, 8 * u);
 }
 
 // kE consecutive elements of a cache row as floats (4 at a time when kE % 4 == 0, else 2 at a time
@@ -165,10 +190,7 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
         }
         s[u] = dot;
       }
-      MOE_UNROLL
-      for (int off = kWarp / 2; off > 0; off >>= 1)
-        MOE_UNROLL
-        for (int u = 0; u < kKeysPerGroup; ++u) s[u] = __fadd_rn(s[u], __shfl_xor_sync(kFull, s[u], off));
+      warp_sum4(s, lane);
       float mx = m;
       MOE_UNROLL
       for (int u = 0; u < kKeysPerGroup; ++u) {
