@@ -136,7 +136,7 @@ cudaError_t launch_kv_append(const void* k,              // [num_tokens, kv_head
 // keys span more than one chunk; else kSingle. head_dim: 32, 64, 128 or 256. q may be any dtype.
 // Errors: cudaErrorInvalidValue for invalid shapes (q_heads % kv_heads != 0, start + T > max_seq,
 // head_dim unsupported), an unknown dtype, a null or misaligned (16 bytes for the caches) pointer,
-// or a forced kSplit without a large enough workspace.
+// or a forced kSplit without a large enough workspace (or over more than 65535 chunks).
 constexpr int kAttnChunkKeys = 128;
 enum class AttentionPath : int { kAuto = 0, kSingle = 1, kSplit = 2 };
 size_t attention_workspace_bytes(int64_t num_tokens, int q_heads, int head_dim, int64_t max_seq);  // 0: invalid
