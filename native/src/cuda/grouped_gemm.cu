@@ -50,8 +50,15 @@
 //
 // Workspace (grouped_gemm_workspace_bytes): h [max_rows][f] in the weight dtype, then the converted
 // x [num_tokens][d] in the weight dtype, each starting on a 256-byte boundary.
+//
+// launch_linear (model_launchers.h) reuses the GEMM2 kernels for a plain linear layer y = x W^T of a
+// decoder (attention projections, lm_head): one dense "expert" (expert_offsets null, rows
+// [0, num_tokens): find_tile's dense mode), W [out, in] in Hugging Face layout as is, no packing;
+// the same three paths (decode GEMV for T <= 16, tensor cores, SIMT), y in f32 or the weight type.
 #include "cuda_compat.cuh"
+#include "elem.cuh"
 #include "launchers.h"
+#include "model_launchers.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -121,21 +128,9 @@ using TcTileDefault = TcTile<64, 128, 2, 2, 3>;
 
 // ---- element helpers ------------------------------------------------------------------------------
 
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <>
-__device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-__device__ __forceinline__ uint32_t bits16(__half v) { return __half_as_ushort(v); }
-__device__ __forceinline__ uint32_t bits16(__nv_bfloat16 v) { return __bfloat16_as_ushort(v); }
+using elem::bits16;  // f32 <-> f16/bf16 conversions: elem.cuh, shared with the model ops
+using elem::from_f32;
+using elem::to_f32;
 
 // Two 16-bit values of a 32-bit word (low half first) as floats.
 __device__ __forceinline__ void unpack2(uint32_t w, __nv_bfloat16*, float& lo, float& hi) {
@@ -198,11 +193,22 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // info = {expert, first row, the expert's end row}, or expert = -1 past the last tile. Scans 32
 // experts per step: each lane counts one expert's tiles, a shuffle scan gives the running total and a
 // ballot the lane whose range holds `tile`. tile_rows = INT_MAX gives one tile per expert with rows.
+// expert_offsets null: dense, one expert (0) owning rows [0, dense_rows) (a plain linear layer,
+// launch_linear), no scan.
 __device__ __forceinline__ void find_tile(const int32_t* __restrict__ expert_offsets, int num_experts,
-                                          int tile_rows, int tile, int* info) {
+                                          int dense_rows, int tile_rows, int tile, int* info) {
   const int lane = int(threadIdx.x) % kWarpLanes;
   int before = 0;  // tiles of the experts already scanned
   int expert = -1, row0 = 0, row_end = 0;
+  if (!expert_offsets) {
+    const int count = dense_rows > 0 ? (dense_rows - 1) / tile_rows + 1 : 0;
+    if (tile < count) {
+      expert = 0;
+      row0 = tile_rows == INT_MAX ? 0 : tile * tile_rows;
+      row_end = dense_rows;
+    }
+    num_experts = 0;  // skips the scan
+  }
   for (int e0 = 0; e0 < num_experts; e0 += kWarpLanes) {
     const int e = e0 + lane;
     int lo = 0, rows = 0;
@@ -242,13 +248,14 @@ __device__ __forceinline__ void find_tile(const int32_t* __restrict__ expert_off
 // One kBlockM x kBlockN output tile of one expert. GEMM1 (kGlu): A = x rows gathered by sorted_rows
 // [., K = d], B = packed W13_e [N = 2*f_pad, d], out = h (T) [R, f]: the epilogue pairs n8 tiles
 // 2j (W1) and 2j+1 (W3). GEMM2: A = h [R, K = f] (sorted_rows null), B = W2_e [N = d, f], out = y
-// (f32) [R, d]. Requires K % 8 == 0, 16-byte aligned rows, n_cols even.
-template <typename T, bool kGlu, typename Tile>
+// (OutT: f32 for the MoE; f32 or T for launch_linear) [R, d]. Requires K % 8 == 0, 16-byte aligned
+// rows, n_cols even. expert_offsets null: dense rows [0, dense_rows) of one expert (find_tile).
+template <typename T, bool kGlu, typename Tile, typename OutT = float>
 __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
     grouped_gemm_tc_kernel(const T* __restrict__ act,                // [rows or tokens, k_dim]
                            const int32_t* __restrict__ sorted_rows,  // [R] or null (identity)
-                           const int32_t* __restrict__ expert_offsets,  // [num_experts + 1]
-                           int num_experts,
+                           const int32_t* __restrict__ expert_offsets,  // [num_experts + 1] or null
+                           int num_experts, int dense_rows,
                            const T* __restrict__ w,                  // [E][n_cols][k_dim]
                            int64_t w_expert_stride, int n_cols, int k_dim, int n_features,
                            void* __restrict__ out, int out_stride) {  // [R, out_stride]
@@ -260,7 +267,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
   MOE_SHARED(int, tile_info, [3]);
 
   const int tid = int(threadIdx.x), lane = tid % kWarpLanes, warp = tid / kWarpLanes;
-  if (warp == 0) find_tile(expert_offsets, num_experts, kBM, int(blockIdx.x), tile_info);
+  if (warp == 0) find_tile(expert_offsets, num_experts, dense_rows, kBM, int(blockIdx.x), tile_info);
   __syncthreads();
   const int expert = tile_info[0], row0 = tile_info[1], row_end = tile_info[2];
   if (expert < 0) return;  // past the last tile: the whole block leaves, before any other barrier
@@ -369,7 +376,7 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
                      silu(acc[i][j][half * 2 + 1]) * acc[i][j + 1][half * 2 + 1]);
         }
       } else {
-        float* y = static_cast<float*>(out) + int64_t(row) * out_stride;
+        OutT* y = static_cast<OutT*>(out) + int64_t(row) * out_stride;
         MOE_UNROLL
         for (int j = 0; j < Tile::kTilesN; ++j) {
           const int col = n0 + warp_n * Tile::kWarpN + j * 8 + tig * 2;
@@ -385,10 +392,10 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
 // 16 staged transposed in shared memory as f32. Thread (tx, ty) holds rows ty + 16*i and columns
 // {16*g + l, 16*g + 8 + l} for l = tx % 8 and the two 16-column groups g = 2*(tx/8) + {0,1}: with
 // the packed W13, each pair is W1 and W3 of one feature. Any K, N (bounds-checked scalar loads).
-template <typename T, bool kGlu>
+template <typename T, bool kGlu, typename OutT = float>
 __global__ void __launch_bounds__(kSimtThreads)
     grouped_gemm_simt_kernel(const T* __restrict__ act, const int32_t* __restrict__ sorted_rows,
-                             const int32_t* __restrict__ expert_offsets, int num_experts,
+                             const int32_t* __restrict__ expert_offsets, int num_experts, int dense_rows,
                              const T* __restrict__ w, int64_t w_expert_stride, int n_cols, int k_dim,
                              int n_features, void* __restrict__ out, int out_stride) {
   static_assert(kSimtThreads == 256 && kSimtBlockM == 64 && kSimtBlockN == 64,
@@ -401,7 +408,7 @@ __global__ void __launch_bounds__(kSimtThreads)
   MOE_SHARED(int, tile_info, [3]);
 
   const int tid = int(threadIdx.x);
-  if (tid < kWarpLanes) find_tile(expert_offsets, num_experts, kSimtBlockM, int(blockIdx.x), tile_info);
+  if (tid < kWarpLanes) find_tile(expert_offsets, num_experts, dense_rows, kSimtBlockM, int(blockIdx.x), tile_info);
   __syncthreads();
   const int expert = tile_info[0], row0 = tile_info[1], row_end = tile_info[2];
   if (expert < 0) return;  // the whole block, before any other barrier
@@ -469,10 +476,10 @@ __global__ void __launch_bounds__(kSimtThreads)
         if (feature < n_features) h[feature] = from_f32<T>(silu(acc[i][q]) * acc[i][q + 1]);
       }
     } else {
-      float* y = static_cast<float*>(out) + int64_t(row) * out_stride;
+      OutT* y = static_cast<OutT*>(out) + int64_t(row) * out_stride;
       MOE_UNROLL
       for (int q = 0; q < 4; ++q)
-        if (n0 + cols[q] < n_cols) y[n0 + cols[q]] = acc[i][q];
+        if (n0 + cols[q] < n_cols) y[n0 + cols[q]] = from_f32<OutT>(acc[i][q]);
     }
   }
 }
@@ -514,10 +521,10 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[kGroups][kMats], 
 // kVec), multiplies them with every row of the expert (kGemvRows per pass; the activations come from
 // L1/L2), reduces over the lanes with a reduce-scatter of xor shuffles, and every (feature, row)
 // pair is stored by one lane.
-template <typename T, bool kGlu, bool kVec, int kGemvRows>
+template <typename T, bool kGlu, bool kVec, int kGemvRows, typename OutT = float>
 __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     grouped_gemv_kernel(const T* __restrict__ act, const int32_t* __restrict__ sorted_rows,
-                        const int32_t* __restrict__ expert_offsets, int num_experts,
+                        const int32_t* __restrict__ expert_offsets, int num_experts, int dense_rows,
                         const T* __restrict__ w, int64_t w_expert_stride, int k_dim, int n_features,
                         void* __restrict__ out, int out_stride) {
   constexpr int kV = kVec ? int(16 / sizeof(T)) : 1;  // elements per load
@@ -526,7 +533,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
   MOE_SHARED(int, tile_info, [3]);
 
   const int tid = int(threadIdx.x), lane = tid % kWarpLanes, warp = tid / kWarpLanes;
-  if (warp == 0) find_tile(expert_offsets, num_experts, INT_MAX, int(blockIdx.y), tile_info);
+  if (warp == 0) find_tile(expert_offsets, num_experts, dense_rows, INT_MAX, int(blockIdx.y), tile_info);
   __syncthreads();
   const int expert = tile_info[0], row_begin = tile_info[1], row_end = tile_info[2];
   if (expert < 0) return;  // fewer experts with rows than blocks: the whole block leaves
@@ -592,7 +599,7 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       if constexpr (kGlu) {
         static_cast<T*>(out)[int64_t(r0 + rr) * out_stride + feat0 + q] = from_f32<T>(silu(acc[0][0]) * acc[0][1]);
       } else {
-        static_cast<float*>(out)[int64_t(r0 + rr) * out_stride + feat0 + q] = acc[0][0];
+        static_cast<OutT*>(out)[int64_t(r0 + rr) * out_stride + feat0 + q] = from_f32<OutT>(acc[0][0]);
       }
     }
   }
@@ -704,7 +711,7 @@ cudaError_t run_decode_rows(const GemmArgs<T>& a) {
   cudaError_t err = MOE_BOOL_SWITCH(a.d % kV == 0, kVec, [&] {
     return moe_launch(grouped_gemv_kernel<T, true, kVec, kRows>,
                       dim3(unsigned((a.f + kPerBlock - 1) / kPerBlock), unsigned(experts)), dim3(kGemvThreads), 0,
-                      a.stream, a.x, a.sorted_rows, a.expert_offsets, a.num_experts, a.w13, a.w13_stride, a.d, a.f,
+                      a.stream, a.x, a.sorted_rows, a.expert_offsets, a.num_experts, 0, a.w13, a.w13_stride, a.d, a.f,
                       static_cast<void*>(a.h), a.f);
   });
   if (err != cudaSuccess) return err;
@@ -712,7 +719,7 @@ cudaError_t run_decode_rows(const GemmArgs<T>& a) {
     return moe_launch(grouped_gemv_kernel<T, false, kVec, kRows>,
                       dim3(unsigned((a.d + kPerBlock - 1) / kPerBlock), unsigned(experts)), dim3(kGemvThreads), 0,
                       a.stream, static_cast<const T*>(a.h), static_cast<const int32_t*>(nullptr), a.expert_offsets,
-                      a.num_experts, a.w2, a.w2_stride, a.f, a.d, static_cast<void*>(a.y), a.d);
+                      a.num_experts, 0, a.w2, a.w2_stride, a.f, a.d, static_cast<void*>(a.y), a.d);
   });
 }
 
@@ -728,12 +735,12 @@ cudaError_t run_simt(const GemmArgs<T>& a) {
       !tile_grid(a.max_rows, a.num_experts, kSimtBlockM, a.d, kSimtBlockN, &grid2))
     return cudaErrorInvalidValue;
   cudaError_t err = moe_launch(grouped_gemm_simt_kernel<T, true>, grid1, dim3(kSimtThreads), 0, a.stream, a.x,
-                               a.sorted_rows, a.expert_offsets, a.num_experts, a.w13, a.w13_stride, 2 * a.f_pad,
+                               a.sorted_rows, a.expert_offsets, a.num_experts, 0, a.w13, a.w13_stride, 2 * a.f_pad,
                                a.d, a.f, static_cast<void*>(a.h), a.f);
   if (err != cudaSuccess) return err;
   return moe_launch(grouped_gemm_simt_kernel<T, false>, grid2, dim3(kSimtThreads), 0, a.stream,
                     static_cast<const T*>(a.h), static_cast<const int32_t*>(nullptr), a.expert_offsets,
-                    a.num_experts, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
+                    a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
 
 template <typename T, typename Tile>
@@ -743,12 +750,12 @@ cudaError_t run_tensor_cores(const GemmArgs<T>& a) {
       !tile_grid(a.max_rows, a.num_experts, Tile::kBlockM, a.d, Tile::kBlockN, &grid2))
     return cudaErrorInvalidValue;
   cudaError_t err = moe_launch(grouped_gemm_tc_kernel<T, true, Tile>, grid1, dim3(Tile::kThreads), 0, a.stream,
-                               a.x, a.sorted_rows, a.expert_offsets, a.num_experts, a.w13, a.w13_stride,
+                               a.x, a.sorted_rows, a.expert_offsets, a.num_experts, 0, a.w13, a.w13_stride,
                                2 * a.f_pad, a.d, a.f, static_cast<void*>(a.h), a.f);
   if (err != cudaSuccess) return err;
   return moe_launch(grouped_gemm_tc_kernel<T, false, Tile>, grid2, dim3(Tile::kThreads), 0, a.stream,
                     static_cast<const T*>(a.h), static_cast<const int32_t*>(nullptr), a.expert_offsets,
-                    a.num_experts, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
+                    a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
 
 template <typename T>
@@ -884,6 +891,121 @@ cudaError_t launch_grouped_gemm(const void* x, DevDType x_dtype, int64_t num_tok
     case DevDType::kBF16:
       return launch_typed<__nv_bfloat16>(x, x_dtype, num_tokens, sorted_rows, expert_offsets, max_rows, packed,
                                          num_experts, d, f, P, y, workspace, W, path, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+// ---- linear: y = x W^T through the GEMM2 kernels, one dense expert ------------------------------------
+
+namespace {
+
+bool linear_shape_ok(int64_t rows, int64_t in, int64_t out) {
+  return rows >= 0 && in >= 1 && out >= 1 && in <= kMaxDim && out <= kMaxDim && rows <= INT_MAX / in &&
+         rows <= INT_MAX / out;
+}
+
+template <typename T, typename OutT>
+cudaError_t run_linear(const T* x, int rows, int in, const T* w, int out, OutT* y, GroupedGemmPath path,
+                       cudaStream_t stream) {
+  const int32_t* const none = nullptr;  // no sorted_rows, no expert_offsets: dense rows [0, rows)
+  void* const yv = static_cast<void*>(y);
+  switch (path) {
+    case GroupedGemmPath::kDecode: {
+      constexpr int kPerBlock = kGemvWarps * kGemvFeatures;
+      const dim3 grid(unsigned((out + kPerBlock - 1) / kPerBlock), 1u);
+      const bool one = rows == 1;
+      return MOE_BOOL_SWITCH(in % int(16 / sizeof(T)) == 0, kVec, [&] {
+        return one ? moe_launch(grouped_gemv_kernel<T, false, kVec, kGemvRowsOneToken, OutT>, grid,
+                                dim3(kGemvThreads), 0, stream, x, none, none, 1, rows, w, int64_t(0), in, out, yv, out)
+                   : moe_launch(grouped_gemv_kernel<T, false, kVec, kGemvRowsMany, OutT>, grid, dim3(kGemvThreads),
+                                0, stream, x, none, none, 1, rows, w, int64_t(0), in, out, yv, out);
+      });
+    }
+    case GroupedGemmPath::kSimt: {
+      dim3 grid;
+      if (!tile_grid(rows, 0, kSimtBlockM, out, kSimtBlockN, &grid)) return cudaErrorInvalidValue;
+      return moe_launch(grouped_gemm_simt_kernel<T, false, OutT>, grid, dim3(kSimtThreads), 0, stream, x, none,
+                        none, 1, rows, w, int64_t(0), out, in, out, yv, out);
+    }
+    case GroupedGemmPath::kTensorCores:
+      if constexpr (sizeof(T) == 2) {
+        using Tile = TcTileDefault;
+        dim3 grid;
+        if (!tile_grid(rows, 0, Tile::kBlockM, out, Tile::kBlockN, &grid)) return cudaErrorInvalidValue;
+        return moe_launch(grouped_gemm_tc_kernel<T, false, Tile, OutT>, grid, dim3(Tile::kThreads), 0, stream, x,
+                          none, none, 1, rows, w, int64_t(0), out, in, out, yv, out);
+      }
+      return cudaErrorInvalidValue;
+    case GroupedGemmPath::kAuto: break;
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t launch_linear_typed(const void* x, DevDType x_dtype, int64_t rows, int64_t in, const void* w,
+                                int64_t out, void* y, DevDType y_dtype, void* workspace, GroupedGemmPath path,
+                                cudaStream_t stream) {
+  const T* xw = static_cast<const T*>(x);
+  const DevDType w_dtype = sizeof(T) == 4                    ? DevDType::kF32
+                           : std::is_same<T, __half>::value ? DevDType::kF16
+                                                            : DevDType::kBF16;
+  if (x_dtype != w_dtype || !aligned_to(x, 16)) {
+    T* dst = static_cast<T*>(workspace);
+    const cudaError_t err = convert_x_to<T>(x, x_dtype, dst, rows * in, stream);
+    if (err != cudaSuccess) return err;
+    xw = dst;
+  }
+  const T* wt = static_cast<const T*>(w);
+  if (y_dtype == DevDType::kF32)
+    return run_linear<T, float>(xw, int(rows), int(in), wt, int(out), static_cast<float*>(y), path, stream);
+  if constexpr (sizeof(T) == 2)
+    return run_linear<T, T>(xw, int(rows), int(in), wt, int(out), static_cast<T*>(y), path, stream);
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+GroupedGemmPath linear_path(int64_t num_tokens, int64_t in_features, int64_t out_features, DevDType w_dtype) {
+  if (num_tokens <= kDecodeMaxRows) return GroupedGemmPath::kDecode;
+  if (w_dtype != DevDType::kF32 && in_features % 8 == 0 && out_features % 2 == 0)
+    return GroupedGemmPath::kTensorCores;
+  return GroupedGemmPath::kSimt;
+}
+
+size_t linear_workspace_bytes(int64_t num_tokens, int64_t in_features, DevDType w_dtype) {
+  if (!valid_dtype(w_dtype) || !linear_shape_ok(num_tokens, in_features, 1)) return 0;
+  const size_t bytes = align256(size_t(num_tokens * in_features) * elem_bytes(w_dtype));
+  return bytes == 0 ? 256 : bytes;
+}
+
+cudaError_t launch_linear(const void* x, DevDType x_dtype, int64_t num_tokens, int64_t in_features,
+                          const void* w, DevDType w_dtype, int64_t out_features, void* y, DevDType y_dtype,
+                          void* workspace, size_t workspace_bytes, cudaStream_t stream, GroupedGemmPath path) {
+  if (!valid_dtype(x_dtype) || !valid_dtype(w_dtype) || !linear_shape_ok(num_tokens, in_features, out_features))
+    return cudaErrorInvalidValue;
+  if (y_dtype != DevDType::kF32 && y_dtype != w_dtype) return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  if (!x || !w || !y || !aligned_to(w, 16) || !aligned_to(y, elem_bytes(y_dtype) * 2) ||
+      !aligned_to(x, elem_bytes(x_dtype)))
+    return cudaErrorInvalidValue;
+  const bool convert = x_dtype != w_dtype || !aligned_to(x, 16);
+  if (convert && (!workspace || !aligned_to(workspace, 16) ||
+                  workspace_bytes < linear_workspace_bytes(num_tokens, in_features, w_dtype)))
+    return cudaErrorInvalidValue;
+  if (path == GroupedGemmPath::kAuto) path = linear_path(num_tokens, in_features, out_features, w_dtype);
+  if (path == GroupedGemmPath::kTensorCores &&
+      (w_dtype == DevDType::kF32 || in_features % 8 != 0 || out_features % 2 != 0))
+    return cudaErrorInvalidValue;
+  switch (w_dtype) {
+    case DevDType::kF32:
+      return launch_linear_typed<float>(x, x_dtype, num_tokens, in_features, w, out_features, y, y_dtype,
+                                        workspace, path, stream);
+    case DevDType::kF16:
+      return launch_linear_typed<__half>(x, x_dtype, num_tokens, in_features, w, out_features, y, y_dtype,
+                                         workspace, path, stream);
+    case DevDType::kBF16:
+      return launch_linear_typed<__nv_bfloat16>(x, x_dtype, num_tokens, in_features, w, out_features, y, y_dtype,
+                                                workspace, path, stream);
   }
   return cudaErrorInvalidValue;
 }
