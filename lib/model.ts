@@ -363,17 +363,31 @@ export class MixtralModel {
     }
   }
 
-  /** A model from weights in memory (e.g. tests): `globals` and `layers` as MixtralCheckpoint loads them. */
-  static async fromWeights(config: MixtralConfig, weights: { globals: MixtralGlobalWeights; layers: readonly MixtralLayerWeights[] }, options?: MixtralRuntimeOptions): Promise<MixtralModel> {
+  /**
+   * A model from weights in memory (tests, benchmarks): `globals` and `layers` as MixtralCheckpoint
+   * loads them. `layers` may be an array or an (async) iterable that makes each layer on demand:
+   * each is packed and dropped before the next is asked for.
+   */
+  static async fromWeights(
+    config: MixtralConfig,
+    weights: { globals: MixtralGlobalWeights; layers: Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> },
+    options?: MixtralRuntimeOptions,
+  ): Promise<MixtralModel> {
     if (config?.modelType !== 'mixtral') throw typeError(`config must be a MixtralConfig (parseMixtralConfig), got ${describe(config)}`);
     const w = checkOptions(weights, 'weights');
-    const layers = w.layers as MixtralLayerWeights[];
-    if (!Array.isArray(layers) || layers.length !== config.numHiddenLayers)
-      throw rangeError(`weights.layers must be an array of ${config.numHiddenLayers} layers (num_hidden_layers), got ${describe(layers)}`);
+    const layers = w.layers as Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> | undefined;
+    if (layers == null || (typeof (layers as Iterable<unknown>)[Symbol.iterator] !== 'function' && typeof (layers as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'))
+      throw typeError(`weights.layers must be an array or an iterable of layer weights, got ${describe(layers)}`);
     const { maxSeq } = runtimeOptions(config, options);
     const blocks: MixtralBlock[] = [];
     try {
-      for (const l of layers) blocks.push(await MixtralBlock.create(config, l, options));
+      for await (const l of layers) {
+        if (blocks.length === config.numHiddenLayers)
+          throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got more`);
+        blocks.push(await MixtralBlock.create(config, l, options));
+      }
+      if (blocks.length !== config.numHiddenLayers)
+        throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
       return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as MixtralGlobalWeights, blocks, maxSeq);
     } catch (e) {
       for (const b of blocks) b.dispose();

@@ -222,6 +222,18 @@ m('fromWeights and one MixtralBlock on its own; tied embeddings', async (ctx) =>
   assert.is(model.maxSeq, 32);
   assert.is(model.blocks[0].cache.type, 'bfloat16');
   model.dispose();
+  // layers made on demand by a generator; the wrong number of layers is an error
+  const lazy = await MixtralModel.fromWeights(ctx.config, { globals: ctx.weights.globals, layers: (function* () { yield* ctx.weights.layers; })() });
+  assert.is(lazy.blocks.length, 2);
+  lazy.dispose();
+  for (const layers of [ctx.weights.layers.slice(0, 1), [...ctx.weights.layers, ctx.weights.layers[0]]])
+    try {
+      await MixtralModel.fromWeights(ctx.config, { globals: ctx.weights.globals, layers });
+      assert.unreachable('no error');
+    } catch (e) {
+      assert.instance(e, RangeError);
+      assert.match((e as Error).message, /weights\.layers must give 2 layers \(num_hidden_layers\), got (1|more)/);
+    }
   // a block: its output after the first layer, compared through a one-layer model's reference
   const cfg1 = parseMixtralConfig({ ...RAW, num_hidden_layers: 1 });
   const block = await MixtralBlock.create(cfg1, ctx.weights.layers[0]);
