@@ -12,6 +12,7 @@
 const fs = require('node:fs');
 const path = require('node:path');
 const os = require('node:os');
+const util = require('node:util');
 
 const { root, DTYPES, collect, note, peakRssBytes, progress, randomMatrix, seedOf } = require('./common');
 
@@ -35,55 +36,35 @@ const HELP = `usage: node bench/model.js [options]      (node bench/run.js --mod
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const o = { ci: false, dtype: 'bfloat16', prompt: null, decode: null, runs: null, backend: 'auto', json: null };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
-    const val = () => (v !== undefined ? v : argv[++i]);
-    const int = () => {
-      const n = Number(val());
-      if (!Number.isInteger(n) || n < 1) throw new UsageError(`${a} needs a positive integer`);
-      return n;
-    };
-    switch (a) {
-      case '--model':
-        break; // when run through bench/run.js
-      case '--help':
-      case '-h':
-        o.help = true;
-        break;
-      case '--ci':
-        o.ci = true;
-        break;
-      case '--dtype':
-      case '--dtypes': {
-        const t = { f32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16' }[String(val()).toLowerCase()];
-        if (!t) throw new UsageError('--dtype must be bfloat16 or float32');
-        o.dtype = t;
-        break;
-      }
-      case '--prompt':
-        o.prompt = int();
-        break;
-      case '--decode':
-        o.decode = int();
-        break;
-      case '--runs':
-        o.runs = int();
-        break;
-      case '--backend':
-        o.backend = val();
-        if (!['auto', 'cpu', 'cuda', 'cuda-emu'].includes(o.backend)) throw new UsageError(`--backend: ${JSON.stringify(o.backend)} is not one of auto, cpu, cuda`);
-        break;
-      case '--json':
-        o.json = val();
-        break;
-      default:
-        throw new UsageError(`unknown option ${JSON.stringify(argv[i])} (--help lists them)`);
-    }
+  let values;
+  try {
+    ({ values } = util.parseArgs({
+      args: argv,
+      options: {
+        model: { type: 'boolean' }, // when run through bench/run.js
+        ci: { type: 'boolean', default: false },
+        dtype: { type: 'string', default: 'bfloat16' },
+        prompt: { type: 'string' },
+        decode: { type: 'string' },
+        runs: { type: 'string' },
+        backend: { type: 'string', default: 'auto' },
+        json: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }));
+  } catch (e) {
+    throw new UsageError(`${e.message} (--help lists the options)`);
   }
+  const int = (name) => {
+    if (values[name] === undefined) return null;
+    const n = Number(values[name]);
+    if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} needs a positive integer, got ${JSON.stringify(values[name])}`);
+    return n;
+  };
+  const dtype = { f32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16' }[values.dtype.toLowerCase()];
+  if (!dtype) throw new UsageError(`--dtype must be bfloat16 or float32, got ${JSON.stringify(values.dtype)}`);
+  if (!['auto', 'cpu', 'cuda', 'cuda-emu'].includes(values.backend)) throw new UsageError(`--backend: ${JSON.stringify(values.backend)} is not one of auto, cpu, cuda`);
+  const o = { ...values, dtype, prompt: int('prompt'), decode: int('decode'), runs: int('runs') };
   return {
     ...o,
     shape: SHAPES[o.ci ? 'tiny' : 'scaled'],
