@@ -3,15 +3,17 @@
  * safetensors writer (both expert layouts), against the float64 whole-model reference of
  * helpers/reference-mixtral.ts: logits for f32/f16/bf16 weights, the KV cache (continuing and
  * rewinding a sequence, greedy generate equal to recomputing the whole sequence each step), seeded
- * sampling, the sliding window, cancellation, routing statistics, dispose, and load errors.
+ * sampling, the sliding window, cancellation, routing statistics, dispose, and load errors. The MoE
+ * layers also run on every device backend this process has ('cuda' with a GPU; 'cuda-emu' when
+ * scripts/run-tests.js runs this file on the test build of the addon).
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MixtralBlock, MixtralModel, MoeError, parseMixtralConfig, tensor, type FloatType, type MixtralConfig, type Tensor } from '../lib/index';
+import { availableBackends, MixtralBlock, MixtralModel, MoeError, parseMixtralConfig, tensor, type FloatType, type MixtralConfig, type Tensor } from '../lib/index';
 import { expectMoeError, makeMixtralWeights, tinyMixtralRaw, tmpDir, writeTinyMixtral, type TinyWeights } from './helpers/checkpoints';
-import { assertClose, FLOAT_TYPES, randInt, randn, type Tol } from './helpers/reference';
+import { assertClose, FLOAT_TYPES, randInt, randn, tolFor, type Tol } from './helpers/reference';
 import { refArgmax } from './helpers/reference-model';
 import { refMixtral, refWeights, type RefMixtralConfig } from './helpers/reference-mixtral';
 
@@ -81,6 +83,30 @@ m('load (both expert layouts, f32/f16/bf16 weights): logits of forward equal the
       assert.is(logits.type, 'float32');
       assert.equal([...logits.dims], [11, 97]);
       assertClose(logits.data, ref.logits, TOL[dtype], `${layout} ${dtype}`);
+      model.dispose();
+    }
+});
+
+const DEVICES = availableBackends().filter((b) => b !== 'cpu');
+
+m('MoE layers on each device backend (the rest on the CPU): logits against the reference, greedy decode as on the CPU', async (ctx) => {
+  const required = process.env.MOE_TEST_REQUIRE_BACKEND;
+  if (required) assert.ok((DEVICES as string[]).includes(required), `backend ${required} is required but not available (${availableBackends().join(', ')})`);
+  const seq = ids(7, 31);
+  for (const backend of DEVICES)
+    for (const dtype of ['float32', 'bfloat16'] as const) {
+      const model = await MixtralModel.load(ctx.packed, { dtype, backend });
+      assert.ok(model.blocks.every((b) => b.moe.backend === backend));
+      const ref = refMixtral(refConfig(ctx.config), refWeights(refConfig(ctx.config), ctx.weights, dtype), seq);
+      // with 16-bit weights the device's grouped GEMM reads x rounded to bf16 and keeps h in it
+      // (README, Backends): errors of that rounding, not of f32 arithmetic
+      const tol = dtype === 'float32' ? TOL.float32 : tolFor('bfloat16', 64);
+      assertClose((await model.forward(seq)).data, ref.logits, tol, `${backend} ${dtype}`);
+      if (dtype === 'float32') {
+        const cpu = await MixtralModel.load(ctx.packed);
+        assert.equal(await model.generateAll(seq, { maxNewTokens: 4 }), await cpu.generateAll(seq, { maxNewTokens: 4 }), `${backend}: greedy tokens`);
+        cpu.dispose();
+      }
       model.dispose();
     }
 });
