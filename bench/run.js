@@ -13,6 +13,7 @@
 //   node bench/run.js [--quick] [--mixtral | --shape scaled|mixtral|tiny] [--tokens 1,8]
 //                     [--dtypes float32,bfloat16] [--layers moe,dense-total,dense-active]
 //                     [--json path] [--budget s] [--max-call-seconds s] [--ci] [--help]
+//   node bench/run.js --model [...]   the whole-model row instead (bench/model.js)
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
@@ -36,6 +37,8 @@ const HELP = `usage: node bench/run.js [options]      (npm run bench -- [options
   --backend NAME            auto (default: cuda when a GPU runs, else cpu) | cpu | cuda | cuda-emu
                             (cuda: the real Mixtral layer by default, T=1..4096, times from CUDA events;
                             cuda-emu: the test build's emulated backend, a smoke run of that path)
+  --model                   the whole-model row instead: a scaled Mixtral (4 layers, d=1024, vocab 32000)
+                            through generate, prefill and decode tokens/s (bench/model.js --help)
   --help                    this text
 
 Activations are float32. Targets from the issue are printed as PASS/MISS lines; the exit code does not
@@ -168,7 +171,12 @@ function ensureBuilt() {
 }
 
 async function main() {
-  const opts = parseArgs(process.argv.slice(2));
+  const argv = process.argv.slice(2);
+  if (argv.includes('--model')) {
+    ensureBuilt();
+    return require('./model').runModel(argv);
+  }
+  const opts = parseArgs(argv);
   if (opts.help) {
     console.log(HELP);
     return;
@@ -253,6 +261,7 @@ async function main() {
 }
 
 main().catch((e) => {
-  console.error(e instanceof UsageError ? `bench: ${e.message}` : `bench: ${e && e.stack ? e.stack : e}`);
+  const usage = e instanceof UsageError || e instanceof require('./model').UsageError;
+  console.error(usage ? `bench: ${e.message}` : `bench: ${e && e.stack ? e.stack : e}`);
   process.exit(1);
 });

@@ -2,6 +2,7 @@
  * The `moe-kernels` command (bin/moe-kernels.js runs `main`). Commands:
  *   params <config.json | dir>     parameter breakdown, total and active, and a memory estimate
  *   inspect <dir | file>           the tensors of a checkpoint, checked against config.json
+ *   generate <dir>                 runs a model: token ids (or text, with tokenizer.json) in and out
  * `main` returns the exit code (0 ok, 1 failed, 2 usage error) and never exits the process.
  */
 import * as fs from 'node:fs';
@@ -13,6 +14,10 @@ import { countParameters, estimateMemory, formatBytes, type MemoryEstimate } fro
 import { Checkpoint } from './safetensors.js';
 import { FLOAT_TYPES, type FloatType } from './tensor.js';
 import { MixtralCheckpoint } from './weights.js';
+import { createProgressBar } from './progress.js';
+import type { BackendName } from './backend.js';
+import type { MixtralModel as MixtralModelType } from './model.js';
+import { Tokenizer } from './tokenizer.js';
 
 export interface CliIo {
   stdout: { write(s: string): unknown };
@@ -25,6 +30,7 @@ const HELP: Record<string, string> = {
 Commands:
   params <config.json | checkpoint dir>   parameters (total, active, by part) and memory needed
   inspect <checkpoint dir | file>         tensors of a checkpoint, checked against its config.json
+  generate <checkpoint dir>               run a Mixtral checkpoint: prompt in, generated tokens out
 
 Run 'moe-kernels <command> --help' for a command's options.
 `,
@@ -52,6 +58,29 @@ Options:
   --no-check         list only
   --json             print JSON instead of a table
   -h, --help         this help
+`,
+  generate: `Usage: moe-kernels generate <checkpoint dir> (--prompt-ids <ids> | --prompt <text>) [options]
+
+Loads a Mixtral checkpoint (config.json + safetensors; progress on stderr) and generates tokens
+after the prompt, printing them as they come: token ids with --prompt-ids, text with --prompt (the
+checkpoint's tokenizer.json encodes the prompt and decodes the output). Attention, norms and
+projections run on the CPU; --backend applies to the MoE layers.
+
+Options:
+  --prompt-ids <ids>       comma-separated token ids, e.g. 1,2,3
+  --prompt <text>          text (needs tokenizer.json in the checkpoint dir)
+  --max-new-tokens <n>     tokens to generate (default 16)
+  --temperature <t>        0 (default) is greedy
+  --top-p <p>              nucleus sampling threshold in (0, 1] (default 1)
+  --seed <n>               seed of the draws (default 0)
+  --stop-ids <ids>         stop after one of these ids (default: the tokenizer's end-of-sequence
+                           token with --prompt, none with --prompt-ids)
+  --dtype <t>              convert the weights as they load: float32, float16, bfloat16 (default: as stored)
+  --backend <b>            MoE layers' backend: auto (default), cpu, cuda
+  --max-seq <n>            KV cache positions (default: prompt + new tokens)
+  --stats                  after generating, print the tokens routed to each expert, per layer
+  --no-progress            no loading progress on stderr
+  -h, --help               this help
 `,
 };
 
@@ -215,7 +244,128 @@ function checkAgainst(ckpt: Checkpoint, cfgPath: string): { ok: boolean; message
   }
 }
 
-const COMMANDS: Record<string, (args: string[], io: CliIo) => number> = { params, inspect };
+function idList(v: string, flag: string): number[] {
+  const ids = v.split(',').map((x) => x.trim()).filter((x) => x !== '').map(Number);
+  if (ids.length === 0 || !ids.every((n) => Number.isInteger(n) && n >= 0)) throw new UsageError(`${flag} must be comma-separated token ids, got '${v}'`);
+  return ids;
+}
+
+function numberFlag(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${v}'`);
+  return n;
+}
+
+async function generate(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      'prompt-ids': { type: 'string' },
+      prompt: { type: 'string' },
+      'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      'stop-ids': { type: 'string' },
+      dtype: { type: 'string' },
+      backend: { type: 'string' },
+      'max-seq': { type: 'string' },
+      stats: { type: 'boolean' },
+      'no-progress': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return io.stdout.write(HELP.generate), 0;
+  if (positionals.length !== 1) throw new UsageError('generate takes one argument: a checkpoint directory');
+  if ((values['prompt-ids'] === undefined) === (values.prompt === undefined)) throw new UsageError('give one of --prompt-ids and --prompt');
+  const backend = values.backend;
+  if (backend !== undefined && !['auto', 'cpu', 'cuda', 'cuda-emu'].includes(backend)) throw new UsageError(`--backend must be one of auto, cpu, cuda, got '${backend}'`);
+  const maxNewTokens = positiveInt(values['max-new-tokens'], '--max-new-tokens') ?? 16;
+  const seed = numberFlag(values.seed, '--seed');
+  if (seed !== undefined && (!Number.isInteger(seed) || seed < 0)) throw new UsageError(`--seed must be a non-negative integer, got '${values.seed}'`);
+  const opts = {
+    maxNewTokens,
+    temperature: numberFlag(values.temperature, '--temperature'),
+    topP: numberFlag(values['top-p'], '--top-p'),
+    seed,
+  };
+  const dtype = floatType(values.dtype, '--dtype');
+  const dir = positionals[0];
+  // the model loads the native addon: only here, so that params and inspect run without it
+  const { MixtralModel } = require('./model.js') as { MixtralModel: typeof MixtralModelType };
+  let tokenizer: Tokenizer | null = null;
+  let promptIds: number[];
+  if (values.prompt !== undefined) {
+    const tj = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(tj)) throw new MoeError(`${dir}: no tokenizer.json for --prompt; give token ids with --prompt-ids`, 'ERR_FILE_NOT_FOUND');
+    tokenizer = Tokenizer.fromFile(tj);
+    promptIds = tokenizer.encode(values.prompt);
+  } else promptIds = idList(values['prompt-ids']!, '--prompt-ids');
+  const stop = values['stop-ids'] !== undefined ? idList(values['stop-ids'], '--stop-ids') : tokenizer?.eosTokenId != null ? [tokenizer.eosTokenId] : [];
+  const maxSeq = positiveInt(values['max-seq'], '--max-seq') ?? promptIds.length + maxNewTokens;
+
+  const bar = values['no-progress'] ? null : createProgressBar({ stream: io.stderr as NodeJS.WritableStream, label: 'loading' });
+  const t0 = Date.now();
+  const model = await MixtralModel.load(dir, { dtype, backend: backend as BackendName | undefined, maxSeq, onProgress: bar?.update });
+  bar?.done();
+  const ac = new AbortController();
+  const onSigint = () => ac.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    const loaded = Date.now();
+    io.stderr.write(`loaded in ${((loaded - t0) / 1000).toFixed(1)} s; prompt: ${promptIds.length} tokens\n`);
+    const out: number[] = [];
+    let firstAt = 0;
+    let shown = '';
+    try {
+      for await (const id of model.generate(promptIds, { ...opts, stopTokens: stop, signal: ac.signal })) {
+        if (out.length === 0) firstAt = Date.now();
+        out.push(id);
+        if (tokenizer) {
+          // decode the whole output each time: byte-fallback pieces only make text together
+          const text = tokenizer.decode(out, { skipSpecialTokens: true });
+          if (text.startsWith(shown) && !text.endsWith('\ufffd')) {
+            io.stdout.write(text.slice(shown.length));
+            shown = text;
+          }
+        } else io.stdout.write(`${out.length > 1 ? ' ' : ''}${id}`);
+      }
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'ERR_ABORTED') throw e;
+      io.stdout.write('\n');
+      io.stderr.write(`aborted after ${out.length} tokens\n`);
+      return 130;
+    }
+    if (tokenizer) {
+      const text = tokenizer.decode(out, { skipSpecialTokens: true });
+      if (text.startsWith(shown)) io.stdout.write(text.slice(shown.length));
+    }
+    io.stdout.write('\n');
+    const end = Date.now();
+    const decodeRate = out.length > 1 && end > firstAt ? `, decode ${(((out.length - 1) * 1000) / (end - firstAt)).toFixed(1)} tokens/s` : '';
+    io.stderr.write(`${out.length} tokens; prefill ${promptIds.length} tokens in ${((firstAt - loaded) / 1000).toFixed(2)} s${decodeRate}\n`);
+    if (values.stats) io.stdout.write(statsTable(model.routingStats()));
+    return 0;
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+    model.dispose();
+  }
+}
+
+/** Tokens routed to each expert, one row per layer, with each expert's share of the layer's slots. */
+function statsTable(s: { tokens: number; tokensPerExpert: number[][] }): string {
+  const E = s.tokensPerExpert[0]?.length ?? 0;
+  const rows = s.tokensPerExpert.map((counts, l) => {
+    const all = counts.reduce((a, b) => a + b, 0);
+    return [String(l), ...counts.map((c) => `${c} (${all ? Math.round((100 * c) / all) : 0}%)`)];
+  });
+  const head = ['layer', ...Array.from({ length: E }, (_, e) => `expert ${e}`)];
+  return `tokens per expert (${s.tokens} tokens through the model):\n` + table([head, ...rows], [false, ...Array<boolean>(E).fill(true)]);
+}
+
+const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate };
 
 /** Runs the CLI on `argv` (without node and the script); resolves to the exit code. */
 export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
@@ -230,14 +380,14 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
     return 2;
   }
   try {
-    return run(rest, io);
+    return await run(rest, io);
   } catch (e) {
     const err = e as Error & { code?: string };
     if (e instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
       io.stderr.write(`moe-kernels ${cmd}: ${err.message}\n\n${HELP[cmd]}`);
       return 2;
     }
-    if (e instanceof MoeError) {
+    if (e instanceof MoeError || ((e instanceof RangeError || e instanceof TypeError) && err.code?.startsWith('ERR_'))) {
       io.stderr.write(`moe-kernels ${cmd}: ${err.message} (${err.code})\n`);
       return 1;
     }

@@ -125,3 +125,14 @@ export {
   type AddOptions,
   type SampleOptions,
 } from './ops.js';
+export {
+  MixtralBlock,
+  MixtralModel,
+  type MixtralRuntimeOptions,
+  type MixtralLoadOptions,
+  type BlockForwardOptions,
+  type BlockOutput,
+  type ModelForwardOptions,
+  type GenerateOptions,
+  type RoutingStats,
+} from './model.js';

@@ -1,13 +1,14 @@
 // The moe-kernels command as users run it (bin/moe-kernels.js on the built dist/, in a child
-// process): params and inspect, --help, exit codes 0 / 1 (failed) / 2 (usage). And the progress
-// display the CLI's loaders use, on a fake terminal and a fake log.
+// process): params, inspect and generate, --help, exit codes 0 / 1 (failed) / 2 (usage). And the
+// progress display the CLI's loaders use, on a fake terminal and a fake log.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createProgressBar, type LoadProgress } from '../lib/index';
-import { mixtral8x7bRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
+import { createProgressBar, MixtralModel, Tokenizer, type LoadProgress } from '../lib/index';
+import { mixtral8x7bRaw, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
+import { tinyTokenizerJson } from './helpers/tokenizers';
 
 const root = path.join(__dirname, '..');
 const bin = path.join(root, 'bin', 'moe-kernels.js');
@@ -37,7 +38,7 @@ cli('--help for the command and each subcommand; no command is a usage error', (
   assert.match(main.out, /Usage: moe-kernels <command>/);
   assert.match(main.out, /params/);
   assert.match(main.out, /inspect/);
-  for (const c of ['params', 'inspect']) {
+  for (const c of ['params', 'inspect', 'generate']) {
     const r = run(c, '--help');
     assert.is(r.code, 0, r.err);
     assert.match(r.out, new RegExp(`Usage: moe-kernels ${c}`));
@@ -126,6 +127,70 @@ cli('inspect: a mis-shaped tensor fails (1) naming it; a single file works; --no
   const c = run('inspect', corrupt);
   assert.is(c.code, 1);
   assert.match(c.err, /corrupt\.safetensors: invalid safetensors header: .* \(ERR_SAFETENSORS_HEADER\)/);
+});
+
+cli('generate: token ids as they come, the greedy tokens of MixtralModel; --stats; progress on stderr', async ({ dir }) => {
+  const d = path.join(dir, 'gen');
+  await writeTinyMixtral(d, { layout: 'packed' });
+  const r = run('generate', d, '--prompt-ids', '5,17,3', '--max-new-tokens', '6', '--stats');
+  assert.is(r.code, 0, r.err);
+  const model = await MixtralModel.load(d);
+  const want = await model.generateAll([5, 17, 3], { maxNewTokens: 6 });
+  const lines = r.out.split('\n');
+  assert.is(lines[0], want.join(' '));
+  assert.match(r.out, /tokens per expert \(8 tokens through the model\):\nlayer\s+expert 0\s+expert 1\s+expert 2\s+expert 3\n0\s+\d+ \(\d+%\)/);
+  assert.match(r.err, /loading 100% .* tensors 21\/21/);
+  assert.match(r.err, /6 tokens; prefill 3 tokens in [\d.]+ s, decode [\d.]+ tokens\/s/);
+  // sampling flags reach the sampler: the same seed gives the same tokens as the library
+  const s = run('generate', d, '--prompt-ids=5,17,3', '--max-new-tokens=6', '--temperature=1.2', '--top-p=0.9', '--seed=4', '--dtype=bfloat16', '--no-progress');
+  assert.is(s.code, 0, s.err);
+  const bf = await MixtralModel.load(d, { dtype: 'bfloat16' });
+  assert.is(s.out.trim(), (await bf.generateAll([5, 17, 3], { maxNewTokens: 6, temperature: 1.2, topP: 0.9, seed: 4 })).join(' '));
+  assert.not.match(s.err, /loading/);
+  model.dispose();
+  bf.dispose();
+});
+
+cli('generate: text in and out with the checkpoint\'s tokenizer.json, stopping at </s>', async ({ dir }) => {
+  const d = path.join(dir, 'gen-text');
+  await writeTinyMixtral(d, { raw: tinyMixtralRaw({ vocab_size: 277 }), seed: 3 });
+  fs.writeFileSync(path.join(d, 'tokenizer.json'), JSON.stringify(tinyTokenizerJson()));
+  fs.writeFileSync(path.join(d, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>' }));
+  const r = run('generate', d, '--prompt', 'hello world', '--max-new-tokens', '12', '--no-progress');
+  assert.is(r.code, 0, r.err);
+  const tok = Tokenizer.fromFile(d);
+  const model = await MixtralModel.load(d);
+  const ids = await model.generateAll(tok.encode('hello world'), { maxNewTokens: 12, stopTokens: [2] });
+  assert.is(r.out, tok.decode(ids, { skipSpecialTokens: true }) + '\n');
+  assert.match(r.err, /prompt: 3 tokens/);
+  model.dispose();
+});
+
+cli('generate: usage errors (2) and failures (1) with a message', async ({ dir }) => {
+  const d = path.join(dir, 'gen-err');
+  await writeTinyMixtral(d);
+  for (const [args, pattern] of [
+    [[d], /give one of --prompt-ids and --prompt/],
+    [[d, '--prompt-ids', '1,x'], /--prompt-ids must be comma-separated token ids, got '1,x'/],
+    [[d, '--prompt-ids', '1', '--max-new-tokens', '0'], /--max-new-tokens must be a positive integer, got '0'/],
+    [[d, '--prompt-ids', '1', '--temperature', 'hot'], /--temperature must be a number, got 'hot'/],
+    [[d, '--prompt-ids', '1', '--backend', 'tpu'], /--backend must be one of auto, cpu, cuda, got 'tpu'/],
+    [['--prompt-ids', '1'], /generate takes one argument: a checkpoint directory/],
+  ] as const) {
+    const r = run('generate', ...args);
+    assert.is(r.code, 2, `${args.join(' ')}: ${r.err}`);
+    assert.match(r.err, pattern);
+  }
+  for (const [args, pattern] of [
+    [[d, '--prompt', 'hi'], /no tokenizer\.json for --prompt; give token ids with --prompt-ids \(ERR_FILE_NOT_FOUND\)/],
+    [[d, '--prompt-ids', '1,97'], /promptIds\[1\] must be a token id in \[0, 97\), got 97 \(ERR_OUT_OF_RANGE\)/],
+    [[path.join(dir, 'nowhere'), '--prompt-ids', '1'], /nowhere/],
+  ] as const) {
+    const r = run('generate', ...args);
+    assert.is(r.code, 1, `${args.join(' ')}: ${r.err}`);
+    assert.match(r.err, pattern);
+    assert.not.match(r.err, /\n\s+at /);
+  }
 });
 
 cli.run();

@@ -1,0 +1,653 @@
+/**
+ * Mixtral decoder blocks and whole models, composed from the native ops (lib/ops.ts) and the MoE
+ * layer (lib/layers.ts). Thin: the classes hold packed weights, KV caches and scratch tensors, and
+ * call ops; no math happens here beyond shapes.
+ *
+ *   MixtralBlock   h += o_proj(attention(rope(q,k), v; KV cache, sliding window)) of rmsNorm(h)
+ *                  h += moe(rmsNorm(h))                                     (h: [T,d] float32)
+ *   MixtralModel   embed_tokens -> blocks -> norm -> lm_head: token ids [T] -> logits [T,V] float32
+ *
+ * The residual stream, q/k/v and logits are float32 whatever the weight type; the KV caches are
+ * float32 unless `kvType` says otherwise. The attention ops, norms, projections and sampling run
+ * on the CPU backend for now; `backend` applies to the MoE layers (the experts), which can run on
+ * CUDA. One model holds one sequence (one KV cache per block): calls on a model must not overlap.
+ */
+import { type BackendName } from './backend.js';
+import { type MixtralConfig } from './config.js';
+import { describe, MoeError, rangeError, typeError } from './errors.js';
+import { MoeLayer } from './layers.js';
+import { add, attention, embedding, KvCache, Linear, rmsNorm, rope, sample } from './ops.js';
+import { boolOption, checkOptions, intOption } from './options.js';
+import { checkMemory, estimateMemory, type MemoryEstimate } from './params.js';
+import { cast, checkTensor, FLOAT_TYPES, type FloatType, type Tensor, zeros } from './tensor.js';
+import { MixtralCheckpoint, type LoadProgress, type MixtralGlobalWeights, type MixtralLayerWeights } from './weights.js';
+
+/** Options shared by blocks and models. */
+export interface MixtralRuntimeOptions {
+  /** Backend of the MoE layers ('auto' default). Attention, norms and projections run on the CPU for now. */
+  backend?: BackendName;
+  /** Positions each KV cache holds (the longest sequence). Default min(max_position_embeddings, 4096). */
+  maxSeq?: number;
+  /** Element type of the KV caches. Default 'float32'. */
+  kvType?: FloatType;
+}
+
+const DEFAULT_MAX_SEQ = 4096;
+
+/** A [rows, cols] view of the same data (no copy). */
+const view = <T extends Tensor>(t: T, dims: number[]): T => ({ type: t.type, data: t.data, dims }) as unknown as T;
+
+/** The scratch tensors of one forward of T tokens; a decode loop (T = 1) reuses one set. */
+class Workspace {
+  readonly T: number;
+  readonly positions: Tensor<'int32'>;
+  readonly normed: Tensor<'float32'>;
+  readonly q: Tensor<'float32'>;
+  readonly k: Tensor<'float32'>;
+  readonly v: Tensor<'float32'>;
+  readonly attn: Tensor<'float32'>;
+  readonly proj: Tensor<'float32'>;
+
+  constructor(c: MixtralConfig, T: number) {
+    const { hiddenSize: d, numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: hd } = c;
+    this.T = T;
+    this.positions = zeros('int32', [T]);
+    this.normed = zeros('float32', [T, d]);
+    this.q = zeros('float32', [T, hq * hd]);
+    this.k = zeros('float32', [T, hkv * hd]);
+    this.v = zeros('float32', [T, hkv * hd]);
+    this.attn = zeros('float32', [T, hq, hd]);
+    this.proj = zeros('float32', [T, d]);
+  }
+
+  /** Positions start .. start+T-1. */
+  setPositions(start: number): void {
+    const p = this.positions.data;
+    for (let t = 0; t < p.length; t++) p[t] = start + t;
+  }
+}
+
+function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}
+
+function abortError(signal: AbortSignal): MoeError {
+  const e = new MoeError('the operation was aborted', 'ERR_ABORTED');
+  e.name = 'AbortError';
+  (e as { cause?: unknown }).cause = signal.reason;
+  return e;
+}
+
+function checkSignal(v: unknown): AbortSignal | undefined {
+  if (v === undefined) return undefined;
+  if (!(v instanceof AbortSignal)) throw typeError(`options.signal must be an AbortSignal, got ${describe(v)}`);
+  return v;
+}
+
+function floatTypeOption(o: Record<string, unknown>, key: string, dflt: FloatType): FloatType {
+  const v = o[key] ?? dflt;
+  if (!(FLOAT_TYPES as readonly unknown[]).includes(v))
+    throw typeError(`options.${key} must be one of ${FLOAT_TYPES.map((t) => `'${t}'`).join(', ')}, got ${describe(v)}`);
+  return v as FloatType;
+}
+
+function runtimeOptions(config: MixtralConfig, options: unknown) {
+  const o = checkOptions(options);
+  const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
+  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined };
+}
+
+// ---- block -------------------------------------------------------------------------------------------
+
+export interface BlockForwardOptions {
+  /** Position of the first token; default the KV cache's length (append). 0 starts a new sequence. */
+  startPos?: number;
+  /** Update x in place (x must be float32) instead of returning a fresh tensor. Default false. */
+  inPlace?: boolean;
+}
+
+export interface BlockOutput {
+  /** [T,d] float32. */
+  output: Tensor<'float32'>;
+  /** [E] tokens the MoE layer routed to each expert in this call. */
+  tokensPerExpert: Tensor<'int32'>;
+}
+
+/**
+ * One Mixtral decoder layer with its KV cache: input RMSNorm, q/k/v projections, rotary embedding
+ * (the config's rope_theta), causal grouped-query attention (sliding window from the config), o
+ * projection, residual add, post-attention RMSNorm, the sparse MoE layer, residual add.
+ */
+export class MixtralBlock {
+  readonly index: number;
+  readonly config: MixtralConfig;
+  readonly cache: KvCache;
+  readonly moe: MoeLayer;
+  readonly #inputNorm: Tensor;
+  readonly #postNorm: Tensor;
+  readonly #wq: Linear;
+  readonly #wk: Linear;
+  readonly #wv: Linear;
+  readonly #wo: Linear;
+  #disposed = false;
+
+  private constructor(index: number, config: MixtralConfig, parts: { inputNorm: Tensor; postNorm: Tensor; wq: Linear; wk: Linear; wv: Linear; wo: Linear; moe: MoeLayer; cache: KvCache }) {
+    this.index = index;
+    this.config = config;
+    this.#inputNorm = parts.inputNorm;
+    this.#postNorm = parts.postNorm;
+    this.#wq = parts.wq;
+    this.#wk = parts.wk;
+    this.#wv = parts.wv;
+    this.#wo = parts.wo;
+    this.moe = parts.moe;
+    this.cache = parts.cache;
+  }
+
+  /**
+   * Packs one layer's weights (Hugging Face layout, as `MixtralCheckpoint.loadLayer` gives them);
+   * the caller may drop its arrays afterwards. The norm weights are copied.
+   */
+  static async create(config: MixtralConfig, weights: MixtralLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
+    if (config?.modelType !== 'mixtral') throw typeError(`config must be a MixtralConfig (parseMixtralConfig), got ${describe(config)}`);
+    const { maxSeq, kvType, backend } = runtimeOptions(config, options);
+    const w = checkOptions(weights, 'weights') as unknown as MixtralLayerWeights;
+    const a = checkOptions(w.attention, 'weights.attention') as unknown as MixtralLayerWeights['attention'];
+    const { hiddenSize: d } = config;
+    const norm = (t: unknown, name: string) => {
+      const c = checkTensor(t, name, FLOAT_TYPES);
+      if (c.dims.length !== 1 || c.dims[0] !== d) throw rangeError(`${name}.dims must be [${d}], got [${c.dims.join(',')}]`);
+      return { type: c.type, data: c.data.slice(), dims: [d] } as Tensor;
+    };
+    const inputNorm = norm(w.inputLayernorm, 'weights.inputLayernorm');
+    const postNorm = norm(w.postAttentionLayernorm, 'weights.postAttentionLayernorm');
+    const q = config.numAttentionHeads * config.headDim;
+    const kv = config.numKeyValueHeads * config.headDim;
+    const owned: { dispose(): void }[] = [];
+    try {
+      const lin = async (t: Tensor, name: string, rows: number, cols: number) => {
+        const c = checkTensor(t, `weights.attention.${name}`, FLOAT_TYPES);
+        if (c.dims.length !== 2 || c.dims[0] !== rows || c.dims[1] !== cols)
+          throw rangeError(`weights.attention.${name}.dims must be [${rows},${cols}], got [${c.dims.join(',')}]`);
+        const l = await Linear.pack(c);
+        owned.push(l);
+        return l;
+      };
+      const wq = await lin(a.qProj, 'qProj', q, d);
+      const wk = await lin(a.kProj, 'kProj', kv, d);
+      const wv = await lin(a.vProj, 'vProj', kv, d);
+      const wo = await lin(a.oProj, 'oProj', d, q);
+      const moe = await MoeLayer.create(w.moe, { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend });
+      owned.push(moe);
+      if (moe.numExperts !== config.numExperts || moe.hiddenSize !== d || moe.intermediateSize !== config.intermediateSize)
+        throw rangeError(
+          `weights.moe: ${moe.numExperts} experts of [${moe.intermediateSize},${moe.hiddenSize}], expected ${config.numExperts} of [${config.intermediateSize},${d}] from the config`,
+        );
+      const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType });
+      return new MixtralBlock(typeof w.index === 'number' ? w.index : 0, config, { inputNorm, postNorm, wq, wk, wv, wo, moe, cache });
+    } catch (e) {
+      for (const o of owned) o.dispose();
+      throw e;
+    }
+  }
+
+  /** Bytes of the packed weights and the KV cache. */
+  get bytes(): number {
+    const lin = this.#wq.bytes + this.#wk.bytes + this.#wv.bytes + this.#wo.bytes;
+    return lin + this.moe.bytes + this.cache.bytes + this.#inputNorm.data.byteLength + this.#postNorm.data.byteLength;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Runs the block on x [T,d] (any float type; float32 for inPlace). */
+  async forward(x: Tensor, options?: BlockForwardOptions): Promise<BlockOutput> {
+    this.#check();
+    const o = checkOptions(options);
+    const c = checkTensor(x, 'x', FLOAT_TYPES);
+    const d = this.config.hiddenSize;
+    if (c.dims.length !== 2 || c.dims[1] !== d) throw rangeError(`x.dims must be [T,${d}], got [${c.dims.join(',')}]`);
+    const inPlace = boolOption(o, 'inPlace', false);
+    if (inPlace && c.type !== 'float32') throw typeError(`x must be float32 for inPlace, got ${c.type}`);
+    const length = this.cache.length;
+    const start = intOption(o, 'startPos', length, 0, length);
+    const h = (inPlace ? c : c.type === 'float32' ? { type: 'float32', data: c.data.slice(), dims: [...c.dims] } : cast(c, 'float32')) as Tensor<'float32'>;
+    const ws = new Workspace(this.config, c.dims[0]);
+    ws.setPositions(start);
+    const tokensPerExpert = await this.run(h, ws, start);
+    return { output: h, tokensPerExpert };
+  }
+
+  /** Starts a new sequence (empties the KV cache). */
+  reset(): void {
+    this.#check();
+    this.cache.reset();
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const l of [this.#wq, this.#wk, this.#wv, this.#wo]) l.dispose();
+    this.moe.dispose();
+    this.cache.dispose();
+  }
+
+  /**
+   * @internal h [T,d] float32 updated in place; ws holds the scratch tensors and the positions of
+   * the T tokens, the first at `start`. Returns the MoE layer's tokens per expert.
+   */
+  async run(h: Tensor<'float32'>, ws: Workspace, start: number): Promise<Tensor<'int32'>> {
+    const c = this.config;
+    const [T, hq, hkv, hd] = [ws.T, c.numAttentionHeads, c.numKeyValueHeads, c.headDim];
+    const eps = c.rmsNormEps;
+    await rmsNorm(h, this.#inputNorm, { eps, out: ws.normed });
+    await Promise.all([this.#wq.forward(ws.normed, { out: ws.q }), this.#wk.forward(ws.normed, { out: ws.k }), this.#wv.forward(ws.normed, { out: ws.v })]);
+    const q3 = view(ws.q, [T, hq, hd]);
+    const k3 = view(ws.k, [T, hkv, hd]);
+    await rope(q3, k3, ws.positions, { theta: c.ropeTheta, inPlace: true });
+    await attention(q3, k3, view(ws.v, [T, hkv, hd]), this.cache, { startPos: start, slidingWindow: c.slidingWindow ?? 0, out: ws.attn });
+    await this.#wo.forward(view(ws.attn, [T, hq * hd]), { out: ws.proj });
+    await add(h, ws.proj, { inPlace: true });
+    await rmsNorm(h, this.#postNorm, { eps, out: ws.normed });
+    const { output, routing } = await this.moe.forward(ws.normed, { returnRouting: true });
+    await add(h, output, { inPlace: true });
+    return routing!.tokensPerExpert;
+  }
+
+  #check(): void {
+    if (this.#disposed) throw new MoeError('MixtralBlock was disposed and cannot be used again', 'ERR_DISPOSED');
+  }
+}
+
+// ---- model -------------------------------------------------------------------------------------------
+
+export interface MixtralLoadOptions extends MixtralRuntimeOptions {
+  /** Convert the weights to this type as they load. Default: as stored. */
+  dtype?: FloatType;
+  /** Loading progress (bytes and tensors), e.g. `createProgressBar().update`. */
+  onProgress?: (p: LoadProgress) => void;
+  /** Check the memory estimate against the free memory before loading (default true). */
+  memoryCheck?: boolean;
+  /** Bytes available for the memory check. Default: this machine's free memory. */
+  availableBytes?: number;
+}
+
+export interface ModelForwardOptions {
+  /**
+   * Position of the first token. Default 0: a new sequence (the KV caches restart). n > 0 appends
+   * to (or rewinds) the cached sequence: it must be at most `model.length`.
+   */
+  startPos?: number;
+}
+
+export interface GenerateOptions {
+  /** Tokens to generate (at most). Default 16. */
+  maxNewTokens?: number;
+  /** 0 (default): greedy. */
+  temperature?: number;
+  /** Nucleus sampling threshold in (0, 1]; default 1. */
+  topP?: number;
+  /** Seed of the draws; default 0. Token i is drawn with step = its position (prompt length + i). */
+  seed?: number;
+  /** Stops generation with ERR_ABORTED (the model stays usable). */
+  signal?: AbortSignal;
+  /** Called with each new token id and its index among the new tokens. */
+  onToken?: (id: number, index: number) => void;
+  /** Generation ends after one of these ids (which is yielded). */
+  stopTokens?: readonly number[];
+}
+
+/** Tokens routed to each expert, per MoE layer, since the last resetRoutingStats(). */
+export interface RoutingStats {
+  /** Tokens that went through the model (each counts topK times in a layer's counts). */
+  tokens: number;
+  /** [layer][expert] counts. */
+  tokensPerExpert: number[][];
+}
+
+/** A whole Mixtral model: embeddings, decoder blocks with KV caches, final norm, LM head. */
+export class MixtralModel {
+  readonly config: MixtralConfig;
+  readonly blocks: readonly MixtralBlock[];
+  /** Positions each KV cache holds. */
+  readonly maxSeq: number;
+  readonly #embed: Tensor;
+  readonly #norm: Tensor;
+  readonly #lmHead: Linear;
+  readonly #stats: Float64Array[];
+  #statTokens = 0;
+  #length = 0;
+  #busy = false;
+  #sequence = 0;
+  #disposed = false;
+  #decode: { ws: Workspace; hidden: Tensor<'float32'>; normed: Tensor<'float32'>; logits: Tensor<'float32'>; ids: Tensor<'int32'>; next: Tensor<'int32'> } | null = null;
+
+  private constructor(config: MixtralConfig, embed: Tensor, norm: Tensor, lmHead: Linear, blocks: MixtralBlock[], maxSeq: number) {
+    this.config = config;
+    this.#embed = embed;
+    this.#norm = norm;
+    this.#lmHead = lmHead;
+    this.blocks = blocks;
+    this.maxSeq = maxSeq;
+    this.#stats = blocks.map(() => new Float64Array(config.numExperts));
+  }
+
+  /**
+   * Loads a Hugging Face Mixtral checkpoint (directory with config.json and safetensors) layer by
+   * layer: each layer's tensors are read, packed into native layers and dropped before the next
+   * is read, so the peak host memory stays near one copy of the model. Before reading anything the
+   * memory estimate (weights at `dtype` and the KV caches of `maxSeq` positions) is checked against
+   * the free memory: ERR_OUT_OF_MEMORY when it does not fit.
+   */
+  static async load(dir: string, options?: MixtralLoadOptions): Promise<MixtralModel> {
+    const o = checkOptions(options);
+    const ckpt = await MixtralCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
+    try {
+      const config = ckpt.config;
+      const { maxSeq, kvType } = runtimeOptions(config, o);
+      const stored = ckpt.checkpoint.info('model.embed_tokens.weight').type as FloatType;
+      const estimate = MixtralModel.estimateMemory(config, { dtype: (o.dtype as FloatType | undefined) ?? stored, kvType, maxSeq });
+      if (boolOption(o, 'memoryCheck', true)) checkMemory(estimate, o.availableBytes === undefined ? undefined : { availableBytes: o.availableBytes as number });
+      const globals = await ckpt.loadGlobals();
+      const blocks: MixtralBlock[] = [];
+      try {
+        for await (const layer of ckpt.layers()) blocks.push(await MixtralBlock.create(config, layer, o));
+        return await MixtralModel.#assemble(config, globals, blocks, maxSeq);
+      } catch (e) {
+        for (const b of blocks) b.dispose();
+        throw e;
+      }
+    } finally {
+      ckpt.close();
+    }
+  }
+
+  /**
+   * A model from weights in memory (tests, benchmarks): `globals` and `layers` as MixtralCheckpoint
+   * loads them. `layers` may be an array or an (async) iterable that makes each layer on demand:
+   * each is packed and dropped before the next is asked for.
+   */
+  static async fromWeights(
+    config: MixtralConfig,
+    weights: { globals: MixtralGlobalWeights; layers: Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> },
+    options?: MixtralRuntimeOptions,
+  ): Promise<MixtralModel> {
+    if (config?.modelType !== 'mixtral') throw typeError(`config must be a MixtralConfig (parseMixtralConfig), got ${describe(config)}`);
+    const w = checkOptions(weights, 'weights');
+    const layers = w.layers as Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> | undefined;
+    if (layers == null || (typeof (layers as Iterable<unknown>)[Symbol.iterator] !== 'function' && typeof (layers as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'))
+      throw typeError(`weights.layers must be an array or an iterable of layer weights, got ${describe(layers)}`);
+    const { maxSeq } = runtimeOptions(config, options);
+    const blocks: MixtralBlock[] = [];
+    try {
+      for await (const l of layers) {
+        if (blocks.length === config.numHiddenLayers)
+          throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got more`);
+        blocks.push(await MixtralBlock.create(config, l, options));
+      }
+      if (blocks.length !== config.numHiddenLayers)
+        throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
+      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as MixtralGlobalWeights, blocks, maxSeq);
+    } catch (e) {
+      for (const b of blocks) b.dispose();
+      throw e;
+    }
+  }
+
+  /** Memory of a model: weights at `dtype` and KV caches of `maxSeq` positions in `kvType`. */
+  static estimateMemory(config: MixtralConfig, options?: { dtype?: FloatType; kvType?: FloatType; maxSeq?: number }): MemoryEstimate {
+    const { maxSeq, kvType } = runtimeOptions(config, options);
+    return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq });
+  }
+
+  static async #assemble(config: MixtralConfig, g: MixtralGlobalWeights, blocks: MixtralBlock[], maxSeq: number): Promise<MixtralModel> {
+    const { vocabSize: V, hiddenSize: d } = config;
+    const check = (t: unknown, name: string, dims: number[]) => {
+      const c = checkTensor(t, name, FLOAT_TYPES);
+      if (c.dims.length !== dims.length || c.dims.some((x, i) => x !== dims[i])) throw rangeError(`${name}.dims must be [${dims.join(',')}], got [${c.dims.join(',')}]`);
+      return c;
+    };
+    const embed = check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
+    const norm = check(g.norm, 'weights.globals.norm', [d]);
+    const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d]);
+    const lmHead = await Linear.pack(head);
+    // the embedding table and the norm are read in place by the ops: keep private copies
+    const copy = (t: Tensor) => ({ type: t.type, data: t.data.slice(), dims: [...t.dims] }) as Tensor;
+    return new MixtralModel(config, copy(embed), copy(norm), lmHead, blocks, maxSeq);
+  }
+
+  /** Positions in the KV caches (the sequence so far). */
+  get length(): number {
+    return this.#length;
+  }
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Bytes of the packed weights, the embedding table and the KV caches. */
+  get bytes(): number {
+    return this.blocks.reduce((n, b) => n + b.bytes, 0) + this.#lmHead.bytes + this.#embed.data.byteLength + this.#norm.data.byteLength;
+  }
+
+  /**
+   * Logits [T,V] float32 of token ids [T]. Default startPos 0 starts a new sequence; a later call
+   * with startPos = model.length continues it from the KV caches (one token at a time to decode).
+   */
+  async forward(tokenIds: readonly number[] | Int32Array, options?: ModelForwardOptions): Promise<Tensor<'float32'>> {
+    const o = checkOptions(options);
+    const ids = this.#ids(tokenIds, 'tokenIds');
+    const start = intOption(o, 'startPos', 0, 0, this.#length);
+    this.#checkRoom(start, ids.length);
+    this.#enter();
+    try {
+      this.#sequence++;
+      return await this.#forward(ids, start, false, undefined);
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /**
+   * Generates up to maxNewTokens tokens after `promptIds`: a new sequence (prefill of the prompt
+   * once, then one token per step through the KV caches). Each token is drawn by `sample` from the
+   * last position's logits with step = that token's position, so a seed gives the same tokens on
+   * every run. Aborting through `signal` ends the iteration with a MoeError ERR_ABORTED; breaking
+   * out of the loop ends it too. Another forward/generate on the model while this one is paused
+   * (between two tokens) ends this one with ERR_BUSY at its next step.
+   */
+  async *generate(promptIds: readonly number[] | Int32Array, options?: GenerateOptions): AsyncGenerator<number, void, undefined> {
+    const g = this.#generateArgs(promptIds, options);
+    this.#enter();
+    let mine: number;
+    let pos = 0;
+    let next: number;
+    try {
+      mine = ++this.#sequence;
+      checkAborted(g.signal);
+      const logits = await this.#forward(g.ids, 0, true, g.signal);
+      pos = g.ids.length;
+      next = await this.#pick(logits, g, pos);
+    } finally {
+      this.#busy = false;
+    }
+    for (let i = 0; ; i++) {
+      g.onToken?.(next, i);
+      yield next;
+      if (i + 1 >= g.maxNewTokens || g.stop.has(next)) return;
+      if (this.#sequence !== mine)
+        throw new MoeError('the model ran another forward or generate during this generation; one sequence per model at a time', 'ERR_BUSY');
+      this.#enter();
+      try {
+        checkAborted(g.signal);
+        const logits = await this.#decodeStep(next, pos, g.signal);
+        pos++;
+        next = await this.#pick(logits, g, pos);
+      } finally {
+        this.#busy = false;
+      }
+    }
+  }
+
+  /** `generate` run to its end: resolves to the new token ids (onToken sees each as it comes). */
+  async generateAll(promptIds: readonly number[] | Int32Array, options?: GenerateOptions): Promise<number[]> {
+    const out: number[] = [];
+    for await (const id of this.generate(promptIds, options)) out.push(id);
+    return out;
+  }
+
+  /** Starts a new sequence (empties the KV caches). */
+  reset(): void {
+    this.#check();
+    if (this.#busy) throw new MoeError('the model is running a forward or generate step; await it first', 'ERR_BUSY');
+    for (const b of this.blocks) b.reset();
+    this.#length = 0;
+    this.#sequence++;
+  }
+
+  /** Tokens each MoE layer routed to each expert since the model was built or resetRoutingStats(). */
+  routingStats(): RoutingStats {
+    return { tokens: this.#statTokens, tokensPerExpert: this.#stats.map((s) => Array.from(s)) };
+  }
+
+  resetRoutingStats(): void {
+    for (const s of this.#stats) s.fill(0);
+    this.#statTokens = 0;
+  }
+
+  /** Frees every native layer and cache now; calls already running finish first. */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const b of this.blocks) b.dispose();
+    this.#lmHead.dispose();
+    this.#decode = null;
+  }
+
+  // ---- internals ----
+
+  #check(): void {
+    if (this.#disposed) throw new MoeError('MixtralModel was disposed and cannot be used again', 'ERR_DISPOSED');
+  }
+
+  #enter(): void {
+    this.#check();
+    if (this.#busy) throw new MoeError('the model is running another forward or generate step; calls on one model must not overlap (one sequence per model)', 'ERR_BUSY');
+    this.#busy = true;
+  }
+
+  #ids(tokenIds: unknown, name: string): Int32Array {
+    if (!(Array.isArray(tokenIds) || tokenIds instanceof Int32Array)) throw typeError(`${name} must be an array of token ids or an Int32Array, got ${describe(tokenIds)}`);
+    if (tokenIds.length === 0) throw rangeError(`${name} must not be empty`);
+    const V = this.config.vocabSize;
+    const ids = Int32Array.from(tokenIds as ArrayLike<number>);
+    for (let i = 0; i < ids.length; i++) {
+      const v = (tokenIds as ArrayLike<number>)[i];
+      if (!Number.isInteger(v) || v < 0 || v >= V) throw rangeError(`${name}[${i}] must be a token id in [0, ${V}), got ${describe(v)}`);
+    }
+    return ids;
+  }
+
+  #checkRoom(start: number, T: number): void {
+    if (start + T > this.maxSeq)
+      throw rangeError(`startPos + tokens (${start} + ${T}) must not exceed the model's maxSeq (${this.maxSeq}); load the model with a larger maxSeq`);
+  }
+
+  #generateArgs(promptIds: unknown, options: unknown) {
+    const o = checkOptions(options);
+    const ids = this.#ids(promptIds, 'promptIds');
+    const maxNewTokens = intOption(o, 'maxNewTokens', 16, 1);
+    // the last new token is not fed back: the caches hold the prompt and maxNewTokens - 1 more
+    this.#checkRoom(0, ids.length + maxNewTokens - 1);
+    const num = (k: string, dflt: number) => {
+      const v = o[k] ?? dflt;
+      if (typeof v !== 'number' || Number.isNaN(v)) throw typeError(`options.${k} must be a number, got ${describe(v)}`);
+      return v;
+    };
+    const temperature = num('temperature', 0);
+    const topP = num('topP', 1);
+    if (!(temperature >= 0) || !Number.isFinite(temperature)) throw rangeError(`options.temperature must be a finite number >= 0, got ${temperature}`);
+    if (!(topP > 0 && topP <= 1)) throw rangeError(`options.topP must be in (0, 1], got ${topP}`);
+    const seed = intOption(o, 'seed', 0, 0);
+    if (o.onToken !== undefined && typeof o.onToken !== 'function') throw typeError(`options.onToken must be a function, got ${describe(o.onToken)}`);
+    const stopTokens = o.stopTokens ?? [];
+    if (!Array.isArray(stopTokens) || !stopTokens.every((t) => Number.isInteger(t))) throw typeError(`options.stopTokens must be an array of token ids, got ${describe(stopTokens)}`);
+    return {
+      ids,
+      maxNewTokens,
+      temperature,
+      topP,
+      seed,
+      signal: checkSignal(o.signal),
+      onToken: o.onToken as GenerateOptions['onToken'],
+      stop: new Set<number>(stopTokens as number[]),
+    };
+  }
+
+  async #pick(logits: Tensor<'float32'>, g: { temperature: number; topP: number; seed: number }, position: number): Promise<number> {
+    const dec = this.#decodeBuffers();
+    await sample(logits, { temperature: g.temperature, topP: g.topP, seed: g.seed, step: position, out: dec.next });
+    return dec.next.data[0];
+  }
+
+  #decodeBuffers() {
+    if (!this.#decode) {
+      const { hiddenSize: d, vocabSize: V } = this.config;
+      this.#decode = {
+        ws: new Workspace(this.config, 1),
+        hidden: zeros('float32', [1, d]),
+        normed: zeros('float32', [1, d]),
+        logits: zeros('float32', [1, V]),
+        ids: zeros('int32', [1]),
+        next: zeros('int32', [1]),
+      };
+    }
+    return this.#decode;
+  }
+
+  /** One token at `pos` through the caches: logits [1,V] in the reused decode buffer. */
+  async #decodeStep(id: number, pos: number, signal: AbortSignal | undefined): Promise<Tensor<'float32'>> {
+    const dec = this.#decodeBuffers();
+    dec.ids.data[0] = id;
+    dec.ws.setPositions(pos);
+    await embedding(this.#embed, dec.ids, { outType: 'float32', out: dec.hidden });
+    await this.#blocks(dec.hidden, dec.ws, pos, signal);
+    await rmsNorm(dec.hidden, this.#norm, { eps: this.config.rmsNormEps, out: dec.normed });
+    return this.#lmHead.forward(dec.normed, { out: dec.logits }) as Promise<Tensor<'float32'>>;
+  }
+
+  /**
+   * T tokens from `start`: logits [T,V], or only the last position's [1,V] (in the reused decode
+   * buffer) when `lastOnly`.
+   */
+  async #forward(ids: Int32Array, start: number, lastOnly: boolean, signal: AbortSignal | undefined): Promise<Tensor<'float32'>> {
+    const T = ids.length;
+    if (T === 1 && lastOnly) return this.#decodeStep(ids[0], start, signal);
+    const ws = T === 1 ? this.#decodeBuffers().ws : new Workspace(this.config, T);
+    ws.setPositions(start);
+    const h = (await embedding(this.#embed, { type: 'int32', data: ids, dims: [T] }, { outType: 'float32' })) as Tensor<'float32'>;
+    await this.#blocks(h, ws, start, signal);
+    const d = this.config.hiddenSize;
+    if (lastOnly) {
+      const dec = this.#decodeBuffers();
+      await rmsNorm({ type: 'float32', data: h.data.subarray((T - 1) * d), dims: [1, d] }, this.#norm, { eps: this.config.rmsNormEps, out: dec.normed });
+      return this.#lmHead.forward(dec.normed, { out: dec.logits }) as Promise<Tensor<'float32'>>;
+    }
+    await rmsNorm(h, this.#norm, { eps: this.config.rmsNormEps, out: h });
+    return this.#lmHead.forward(h) as Promise<Tensor<'float32'>>;
+  }
+
+  async #blocks(h: Tensor<'float32'>, ws: Workspace, start: number, signal: AbortSignal | undefined): Promise<void> {
+    // a failed or aborted call leaves the caches mid-sequence: keep `length` at the last good state
+    this.#length = Math.min(this.#length, start);
+    for (let i = 0; i < this.blocks.length; i++) {
+      checkAborted(signal);
+      const counts = await this.blocks[i].run(h, ws, start);
+      const s = this.#stats[i];
+      for (let e = 0; e < s.length; e++) s[e] += counts.data[e];
+    }
+    this.#statTokens += ws.T;
+    this.#length = start + ws.T;
+  }
+}

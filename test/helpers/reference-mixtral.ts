@@ -1,0 +1,124 @@
+/**
+ * A float64 reference of a whole Mixtral model (Hugging Face MixtralForCausalLM, eager attention),
+ * composed from the op references of reference-model.ts and the MoE block of reference.ts; it never
+ * calls the library. Weights come in as float64 arrays of the values the library holds (16-bit
+ * weights widened from their bits, or f32 values rounded with `roundAll`), so a comparison measures
+ * the library's f32 arithmetic only.
+ */
+import { refMoe, widen, type RefExperts, type RefRoute } from './reference';
+import { refAttention, refEmbedding, refLinear, refRmsNorm, refRope, roundAll, type FloatType } from './reference-model';
+
+export interface RefMixtralConfig {
+  hiddenSize: number;
+  intermediateSize: number;
+  numAttentionHeads: number;
+  numKeyValueHeads: number;
+  headDim: number;
+  numExperts: number;
+  numExpertsPerTok: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  /** 0: full attention. */
+  slidingWindow: number;
+}
+
+export interface RefLayer {
+  inputLayernorm: Float64Array;
+  postAttentionLayernorm: Float64Array;
+  qProj: Float64Array;
+  kProj: Float64Array;
+  vProj: Float64Array;
+  oProj: Float64Array;
+  gate: Float64Array;
+  experts: RefExperts;
+}
+
+export interface RefMixtralWeights {
+  embedTokens: Float64Array;
+  norm: Float64Array;
+  lmHead: Float64Array;
+  layers: RefLayer[];
+}
+
+type T16 = { type: string; data: ArrayLike<number> };
+
+/** The float64 values of a tensor as the library holds it after loading with `dtype` (undefined: as given). */
+function values(t: T16, dtype: FloatType | undefined): Float64Array {
+  const v = widen(t);
+  return dtype === undefined || dtype === t.type ? v : roundAll(dtype, v);
+}
+
+function cat(parts: T16[], dtype: FloatType | undefined): Float64Array {
+  const all = parts.map((p) => values(p, dtype));
+  const out = new Float64Array(all.reduce((n, a) => n + a.length, 0));
+  let o = 0;
+  for (const a of all) {
+    out.set(a, o);
+    o += a.length;
+  }
+  return out;
+}
+
+interface LayerLike {
+  inputLayernorm: T16;
+  postAttentionLayernorm: T16;
+  attention: { qProj: T16; kProj: T16; vProj: T16; oProj: T16 };
+  moe: { gate: T16; w1: T16[]; w3: T16[]; w2: T16[] };
+}
+
+/** Reference weights from the library-shaped weights (as written to a checkpoint), converted to `dtype`. */
+export function refWeights(
+  c: RefMixtralConfig,
+  w: { globals: { embedTokens: T16; norm: T16; lmHead: T16 }; layers: LayerLike[] },
+  dtype?: FloatType,
+): RefMixtralWeights {
+  return {
+    embedTokens: values(w.globals.embedTokens, dtype),
+    norm: values(w.globals.norm, dtype),
+    lmHead: values(w.globals.lmHead, dtype),
+    layers: w.layers.map((l) => ({
+      inputLayernorm: values(l.inputLayernorm, dtype),
+      postAttentionLayernorm: values(l.postAttentionLayernorm, dtype),
+      qProj: values(l.attention.qProj, dtype),
+      kProj: values(l.attention.kProj, dtype),
+      vProj: values(l.attention.vProj, dtype),
+      oProj: values(l.attention.oProj, dtype),
+      gate: values(l.moe.gate, dtype),
+      experts: { E: c.numExperts, d: c.hiddenSize, f: c.intermediateSize, w1: cat(l.moe.w1, dtype), w3: cat(l.moe.w3, dtype), w2: cat(l.moe.w2, dtype) },
+    })),
+  };
+}
+
+export interface RefMixtralResult {
+  /** [T,V] */
+  logits: Float64Array;
+  /** Per layer, the MoE routing (with its near-tie margins). */
+  routes: RefRoute[];
+}
+
+/** Logits [T,V] of token ids at positions 0..T-1 (a fresh sequence). */
+export function refMixtral(c: RefMixtralConfig, w: RefMixtralWeights, ids: ArrayLike<number>): RefMixtralResult {
+  const T = ids.length;
+  const { hiddenSize: d, numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: hd } = c;
+  const positions = Array.from({ length: T }, (_, t) => t);
+  const h = refEmbedding(w.embedTokens, d, ids);
+  const routes: RefRoute[] = [];
+  const addInto = (a: Float64Array, b: Float64Array) => {
+    for (let i = 0; i < a.length; i++) a[i] += b[i];
+  };
+  for (const l of w.layers) {
+    const n = refRmsNorm(h, l.inputLayernorm, T, d, c.rmsNormEps);
+    const q = refRope(refLinear(n, l.qProj, T, d, hq * hd), T, hq, hd, positions, c.ropeTheta);
+    const k = refRope(refLinear(n, l.kProj, T, d, hkv * hd), T, hkv, hd, positions, c.ropeTheta);
+    const v = refLinear(n, l.vProj, T, d, hkv * hd);
+    const a = refAttention(q, k, v, T, hq, hkv, hd, 0, c.slidingWindow);
+    addInto(h, refLinear(a, l.oProj, T, hq * hd, d));
+    const n2 = refRmsNorm(h, l.postAttentionLayernorm, T, d, c.rmsNormEps);
+    const moe = refMoe(n2, l.gate, l.experts, T, c.numExpertsPerTok, true);
+    routes.push(moe.route);
+    addInto(h, moe.out);
+  }
+  const hn = refRmsNorm(h, w.norm, T, d, c.rmsNormEps);
+  return { logits: refLinear(hn, w.lmHead, T, d, c.vocabSize), routes };
+}
