@@ -169,17 +169,15 @@ void return_stats(Job* job, std::shared_ptr<moe::RouterStats> stats) {
   };
 }
 
-// pack_experts(w1, w3, w2, async, backend?, gate?) -> Experts
-Napi::Value PackExperts(const Napi::CallbackInfo& info) {
+// Expert weights w1, w3, w2 (arguments 0-2) into src, with their shapes and types checked against
+// each other.
+void read_expert_source(const Napi::CallbackInfo& info, moe::ExpertWeightSource* src, KeepAlive* keep) {
   Napi::Env env = info.Env();
-  expect_args(info, 3, "pack_experts");
-  auto job = std::make_unique<Job>();
-  auto src = std::make_shared<moe::ExpertWeightSource>();
   int64_t E1, f1, d1, E3, f3, d3, E2, d2, f2;
   moe::DType t1, t3, t2;
-  read_expert_matrix(info[0], "w1", &E1, &f1, &d1, &t1, &src->w1, &job->keep);
-  read_expert_matrix(info[1], "w3", &E3, &f3, &d3, &t3, &src->w3, &job->keep);
-  read_expert_matrix(info[2], "w2", &E2, &d2, &f2, &t2, &src->w2, &job->keep);
+  read_expert_matrix(info[0], "w1", &E1, &f1, &d1, &t1, &src->w1, keep);
+  read_expert_matrix(info[1], "w3", &E3, &f3, &d3, &t3, &src->w3, keep);
+  read_expert_matrix(info[2], "w2", &E2, &d2, &f2, &t2, &src->w2, keep);
   check_same(env, "w3 expert count", E3, "w1 expert count", E1);
   check_same(env, "w2 expert count", E2, "w1 expert count", E1);
   check_same(env, "w3 rows (f)", f3, "w1 rows (f)", f1);
@@ -197,6 +195,16 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   src->d = d1;
   src->f = f1;
   src->dtype = t1;
+}
+
+// pack_experts(w1, w3, w2, async, backend?, gate?) -> Experts
+Napi::Value PackExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 3, "pack_experts");
+  auto job = std::make_unique<Job>();
+  auto src = std::make_shared<moe::ExpertWeightSource>();
+  read_expert_source(info, src.get(), &job->keep);
+  const int64_t E1 = src->num_experts, d1 = src->d;
   const bool cuda = on_cuda(info, 4);
   // The router gate travels with weights packed for CUDA, so that a forward copies no weights.
   auto gate = std::make_shared<moe::TensorView>();
@@ -438,22 +446,9 @@ Napi::Value MergeExperts(const Napi::CallbackInfo& info) {
   expect_args(info, 5, "merge_experts");
   auto job = std::make_unique<Job>();
   auto src = std::make_shared<moe::ExpertWeightSource>();
-  int64_t E1, f1, d1, E3, f3, d3, E2, d2, f2;
-  moe::DType t1, t3, t2;
-  read_expert_matrix(info[0], "w1", &E1, &f1, &d1, &t1, &src->w1, &job->keep);
-  read_expert_matrix(info[1], "w3", &E3, &f3, &d3, &t3, &src->w3, &job->keep);
-  read_expert_matrix(info[2], "w2", &E2, &d2, &f2, &t2, &src->w2, &job->keep);
-  check_same(env, "w3 expert count", E3, "w1 expert count", E1);
-  check_same(env, "w2 expert count", E2, "w1 expert count", E1);
-  check_same(env, "w3 rows (f)", f3, "w1 rows (f)", f1);
-  check_same(env, "w3 columns (d)", d3, "w1 columns (d)", d1);
-  check_same(env, "w2 rows (d)", d2, "w1 columns (d)", d1);
-  check_same(env, "w2 columns (f)", f2, "w1 rows (f)", f1);
-  if (t3 != t1 || t2 != t1) throw_type_error(env, "w1, w3 and w2 must share one type");
-  src->num_experts = int(E1);
-  src->d = d1;
-  src->f = f1;
-  src->dtype = t1;
+  read_expert_source(info, src.get(), &job->keep);
+  const int64_t E1 = src->num_experts, f1 = src->f, d1 = src->d;
+  const moe::DType t1 = src->dtype;
   if (!info[3].IsArray()) throw_type_error(env, "distribution must be an array of numbers, got " + describe(info[3]));
   Napi::Array a = info[3].As<Napi::Array>();
   check_same(env, "distribution length", a.Length(), "the number of experts", E1);
