@@ -168,4 +168,19 @@ function peakRssBytes() {
   return process.resourceUsage().maxRSS * 1024;
 }
 
-module.exports = { root, lib, native, SHAPES, DTYPES, randomMatrix, randomInput, seedOf, progress, note, collect, peakRssBytes };
+/**
+ * Calls handle(name, val, raw) for each command-line option: `--name=value` and `--name value` both
+ * work; val() returns the value (taking the next argument when there was no '='), raw is the
+ * argument as given.
+ */
+function forEachOption(argv, handle) {
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i];
+    let v;
+    const eq = a.indexOf('=');
+    if (a.startsWith('--') && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
+    handle(a, () => (v !== undefined ? v : argv[++i]), argv[i]);
+  }
+}
+
+module.exports = { root, forEachOption, lib, native, SHAPES, DTYPES, randomMatrix, randomInput, seedOf, progress, note, collect, peakRssBytes };

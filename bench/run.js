@@ -14,11 +14,12 @@
 //                     [--dtypes float32,bfloat16] [--layers moe,dense-total,dense-active]
 //                     [--json path] [--budget s] [--max-call-seconds s] [--ci] [--help]
 //   node bench/run.js --model [...]   the whole-model row instead (bench/model.js)
+//   node bench/run.js --variants [...]   the routing-variants rows (bench/variants.js --help)
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
-const { root, SHAPES, DTYPES, collect, note, peakRssBytes, randomInput } = require('./common');
+const { root, SHAPES, DTYPES, collect, forEachOption, note, peakRssBytes, randomInput } = require('./common');
 
 const CONTENDERS = ['moe', 'dense-total', 'dense-active'];
 
@@ -39,6 +40,8 @@ const HELP = `usage: node bench/run.js [options]      (npm run bench -- [options
                             cuda-emu: the test build's emulated backend, a smoke run of that path)
   --model                   the whole-model row instead: a scaled Mixtral (4 layers, d=1024, vocab 32000)
                             through generate, prefill and decode tokens/s (bench/model.js --help)
+  --variants                the routing-variants bench instead (capacity, fine-grained, shared
+                            expert, merged FFN): bench/variants.js, its options (--help there)
   --help                    this text
 
 Activations are float32. Targets from the issue are printed as PASS/MISS lines; the exit code does not
@@ -53,12 +56,7 @@ function parseList(v, name) {
 
 function parseArgs(argv) {
   const o = { backend: 'auto', shapeGiven: false, shape: 'scaled', quick: false, ci: false, tokens: null, dtypes: null, layers: null, json: null, budget: null, maxCallSeconds: null };
-  for (let i = 0; i < argv.length; i++) {
-    let a = argv[i];
-    let v;
-    const eq = a.indexOf('=');
-    if (a.startsWith('--') && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
-    const val = () => (v !== undefined ? v : argv[++i]);
+  forEachOption(argv, (a, val, raw) => {
     switch (a) {
       case '--help':
       case '-h':
@@ -115,9 +113,9 @@ function parseArgs(argv) {
         break;
       }
       default:
-        throw new UsageError(`unknown option ${JSON.stringify(argv[i])} (--help lists them)`);
+        throw new UsageError(`unknown option ${JSON.stringify(raw)} (--help lists them)`);
     }
-  }
+  });
   if (o.ci && o.shape === 'scaled') o.shape = 'tiny';
   if (!SHAPES[o.shape]) throw new UsageError(`--shape: ${JSON.stringify(o.shape)} is not one of ${Object.keys(SHAPES).join(', ')}`);
   const mode = o.ci ? 'ci' : o.quick ? 'quick' : 'full';
@@ -175,6 +173,11 @@ async function main() {
   if (argv.includes('--model')) {
     ensureBuilt();
     return require('./model').runModel(argv);
+  }
+  // --variants: the routing-variants bench (bench/variants.js) with the remaining options
+  if (argv.includes('--variants')) {
+    ensureBuilt();
+    return require('./variants').main(argv);
   }
   const opts = parseArgs(argv);
   if (opts.help) {

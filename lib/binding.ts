@@ -48,6 +48,10 @@ export interface NativeForwardVariants extends NativeRouteVariants {
   /** -1: auto (T == 1), 0: prefill, 1: decode. */
   decode?: number;
   wantLogits?: boolean;
+  /** Shared experts packed as one expert (same backend and type as the experts). */
+  sharedExperts?: NativeExperts;
+  /** Sigmoid gate of the shared experts, [1,d]. */
+  sharedGate?: NativeTensor;
 }
 export interface NativeRouteResult {
   topkIds: NativeTensor;
@@ -147,6 +151,8 @@ export interface NativeBinding {
   combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A, backend?: string): Ret<NativeTensor, A>;
   moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A, variants?: NativeForwardVariants): Ret<NativeMoeResult, A>;
   dense_ffn<A extends boolean>(x: NativeTensor, weights: NativeExperts, async: A): Ret<NativeTensor, A>;
+  /** Weighted average of the experts' W1/W3/W2 (distribution normalised natively), in their type. */
+  merge_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, distribution: number[], async: A): Ret<{ w1: NativeTensor; w3: NativeTensor; w2: NativeTensor }, A>;
   // ---- decoder-model ops (native/addon/model_ops.cc); outType/out may be null ----
   embedding<A extends boolean>(table: NativeTensor, ids: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
   rms_norm<A extends boolean>(x: NativeTensor, weight: NativeTensor, eps: number, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;

@@ -50,7 +50,10 @@ export {
   type Routing,
   type DenseFfnWeights,
   type DenseFfnOptions,
+  type SharedExpertsWeights,
 } from './layers.js';
+export { mergeExperts, mergeExpertWeights, mergeDistribution, mergeDistance, type MergeOptions, type MergeDistance } from './merge.js';
+export { routingHeatmapSvg, formatRoutingTable, routingEntropy, type RoutingHeatmapOptions, type RoutingTableOptions } from './routing-stats.js';
 export {
   SafetensorsFile,
   Checkpoint,

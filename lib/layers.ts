@@ -16,6 +16,25 @@ export interface MoeLayerWeights extends ExpertWeightsInit {
   gate: Tensor;
 }
 
+/**
+ * Shared experts (DeepSeekMoE, Qwen2-MoE): an always-active SwiGLU FFN applied to every token and
+ * added to the routed output. Several shared experts are one of intermediate size n·f_shared: stack
+ * their w1/w3 rows and their w2 columns (DeepSeek-MoE stores them that way already).
+ */
+export interface SharedExpertsWeights {
+  /** Gate projection [f_shared,d] (`mlp.shared_expert.gate_proj.weight`). */
+  w1: Tensor;
+  /** Up projection [f_shared,d]. */
+  w3: Tensor;
+  /** Down projection [d,f_shared]. */
+  w2: Tensor;
+  /**
+   * Optional sigmoid gate [1,d] (Qwen2-MoE's `mlp.shared_expert_gate.weight`):
+   * out = moe(x) + sigmoid(x·gᵀ)·shared(x). Without it out = moe(x) + shared(x).
+   */
+  gate?: Tensor;
+}
+
 export interface MoeLayerOptions {
   /** Experts per token. Default 2 (Mixtral). */
   topK?: number;
@@ -37,6 +56,8 @@ export interface MoeLayerOptions {
   noise?: NoiseOptions;
   /** GShard random routing of the second expert (topK = 2). Default: off. */
   randomRouting?: RandomRoutingOptions;
+  /** Shared experts added to every token's output (packed with the layer). Default: none. */
+  sharedExperts?: SharedExpertsWeights;
   backend?: BackendName;
 }
 
@@ -107,13 +128,24 @@ export class MoeLayer {
   readonly #gate: Tensor;
   readonly #experts: ExpertWeights;
   readonly #variants: ReturnType<typeof routeVariantOptions>;
+  readonly #shared: ExpertWeights | undefined;
+  readonly #sharedGate: Tensor | undefined;
+  /** Intermediate size of the shared experts; 0 without them. */
+  readonly sharedIntermediateSize: number;
 
   /** Packs the weights synchronously; prefer `MoeLayer.create` for large layers. */
-  constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights) {
+  constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights, /** @internal */ packedShared?: ExpertWeights) {
     const o = checkOptions(options);
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
     const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate });
+    let shared = packedShared;
     try {
+      const s = sharedOptions(o, experts);
+      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate });
+      if (shared) checkShared(shared, experts);
+      this.#shared = shared;
+      this.#sharedGate = s?.gate;
+      this.sharedIntermediateSize = shared?.intermediateSize ?? 0;
       const E = experts.numExperts;
       if (gate.dims.length !== 2 || gate.dims[0] !== E || gate.dims[1] !== experts.hiddenSize)
         throw rangeError(`weights.gate.dims must be [${E},${experts.hiddenSize}] (experts, hidden size), got [${gate.dims.join(',')}]`);
@@ -124,6 +156,7 @@ export class MoeLayer {
       this.#variants = routeVariantOptions(o, this.topK, E, experts.hiddenSize, true);
     } catch (e) {
       if (!packed) experts.dispose();
+      if (!packedShared) shared?.dispose();
       throw e;
     }
     this.numExperts = experts.numExperts;
@@ -140,17 +173,21 @@ export class MoeLayer {
     const o = checkOptions(options);
     const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
     const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate });
+    let shared: ExpertWeights | undefined;
     try {
-      return new MoeLayer(weights, options, packed);
+      const s = sharedOptions(o, packed);
+      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate });
+      return new MoeLayer(weights, options, packed, shared);
     } catch (e) {
       packed.dispose();
+      shared?.dispose();
       throw e;
     }
   }
 
   /** Bytes held by the layer's weights. */
   get bytes(): number {
-    return this.#experts.bytes + this.#gate.data.byteLength;
+    return this.#experts.bytes + this.#gate.data.byteLength + (this.#shared?.bytes ?? 0) + (this.#sharedGate?.data.byteLength ?? 0);
   }
 
   get disposed(): boolean {
@@ -172,6 +209,7 @@ export class MoeLayer {
   /** Frees the packed weights; calls already running finish first. */
   dispose(): void {
     this.#experts.dispose();
+    this.#shared?.dispose();
   }
 
   #args(options?: ForwardOptions) {
@@ -189,8 +227,37 @@ export class MoeLayer {
       decode: phase === 'auto' ? -1 : phase === 'decode' ? 1 : 0,
       wantLogits: logits,
     };
+    if (this.#shared) {
+      variants.sharedExperts = nativeExperts(this.#shared, 'sharedExperts');
+      if (this.#sharedGate) variants.sharedGate = nt(this.#sharedGate);
+    }
     return [nativeExperts(this.#experts, 'experts'), boolOption(o, 'returnRouting', false), variants, stats] as const;
   }
+}
+
+/** The checked shared-expert weights of the options (gate copied), or undefined. */
+function sharedOptions(o: Record<string, unknown>, experts: ExpertWeights): { weights: ExpertWeightsInit; gate?: Tensor } | undefined {
+  if (o.sharedExperts === undefined) return undefined;
+  const s = checkOptions(o.sharedExperts, 'options.sharedExperts');
+  const m = (k: 'w1' | 'w3' | 'w2') => {
+    const t = checkTensor(required<unknown>(s, k, 'options.sharedExperts'), `options.sharedExperts.${k}`, FLOAT_TYPES);
+    if (t.dims.length !== 2) throw rangeError(`options.sharedExperts.${k} must be 2-D, got dims [${t.dims.join(',')}]`);
+    if (t.type !== experts.type) throw typeError(`options.sharedExperts.${k}.type '${t.type}' differs from the experts' '${experts.type}'`);
+    return [t];
+  };
+  const weights = { w1: m('w1'), w3: m('w3'), w2: m('w2') };
+  let gate: Tensor | undefined;
+  if (s.gate !== undefined) {
+    gate = copyTensor(s.gate, 'options.sharedExperts.gate');
+    if (gate.dims.length !== 2 || gate.dims[0] !== 1 || gate.dims[1] !== experts.hiddenSize)
+      throw rangeError(`options.sharedExperts.gate.dims must be [1,${experts.hiddenSize}], got [${gate.dims.join(',')}]`);
+  }
+  return { weights, gate };
+}
+
+function checkShared(shared: ExpertWeights, experts: ExpertWeights): void {
+  if (shared.hiddenSize !== experts.hiddenSize)
+    throw rangeError(`options.sharedExperts hidden size ${shared.hiddenSize} differs from the experts' ${experts.hiddenSize}`);
 }
 
 function output(r: NativeMoeResult, routing: boolean, stats: boolean): MoeOutput {
@@ -224,7 +291,7 @@ export async function moeForward(x: Tensor, weights: MoeLayerWeights | MoeLayer,
     for (const k of ['topK', 'normalize', 'capacityFactor', 'evalCapacityFactor'] as const)
       if (o[k] !== undefined && o[k] !== weights[k])
         throw rangeError(`options.${k} (${describe(o[k])}) differs from the layer's ${k} (${weights[k]}); it is fixed when the layer is created`);
-    for (const k of ['noise', 'randomRouting'] as const)
+    for (const k of ['noise', 'randomRouting', 'sharedExperts'] as const)
       if (o[k] !== undefined) throw rangeError(`options.${k} cannot be given with a MoeLayer; it is fixed when the layer is created`);
     return weights.forward(x, options);
   }

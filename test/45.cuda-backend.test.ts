@@ -28,6 +28,7 @@ import {
   type Tensor,
 } from '../lib/index';
 import { f32, i32, makeProblem, perExpert, type MoeProblem } from './helpers/problems';
+import { makeShared, refMoeShared } from './helpers/shared-experts';
 import {
   assertClose,
   assertSameTensor,
@@ -359,6 +360,47 @@ for (const B of DEVICE) {
     layer.dispose();
   });
   rv.run();
+
+  const sh = suite(`${B}: shared experts, as on the CPU`);
+  for (const wType of ['float32', 'bfloat16'] as FloatType[])
+    for (const gated of [false, true])
+      sh(`${wType}, ${gated ? 'sigmoid-gated' : 'ungated'}: vs the float64 block and the CPU`, async () => {
+        const p = makeProblem({ T: 19, d: 16, f: 8, E: 8, seed: 61, wType, gateScale: 8 });
+        const sx = makeShared(16, 24, wType, gated, 62);
+        const o = { topK: 2, sharedExperts: sx.opts };
+        const dev = await MoeLayer.create(weightsOf(p), { ...o, backend: B });
+        const cpu = await MoeLayer.create(weightsOf(p), o);
+        const a = await dev.forward(p.x);
+        const b = await cpu.forward(p.x);
+        const tol = tolFor(wType, 24);
+        // with 16-bit weights the device rounds x and h to the weights' type (file comment): an
+        // absolute tolerance of 2% of the output's RMS covers that, the CPU keeps them in f32
+        const ref = widen(b.output);
+        const rms = Math.sqrt(ref.reduce((acc, v) => acc + v * v, 0) / ref.length);
+        const loose = { atol: wType === 'float32' ? tol.atol * 4 : 0.02 * rms, rtol: tol.rtol * 4 };
+        assertClose(widen(a.output), ref, loose, 'device vs CPU');
+        if (wType === 'float32')
+          assertClose(widen(a.output), refMoeShared(p.xr, p.gr, p.wr, p.T, 2, true, sx.ref), loose, 'device vs reference');
+        assertSameTensor((await dev.forward(p.x)).output, a.output, 'deterministic on the device');
+        dev.dispose();
+        cpu.dispose();
+      });
+  sh('with capacity drops and a decode call (T = 1)', async () => {
+    const p = makeProblem({ T: 24, d: 16, f: 8, E: 4, seed: 63, gateScale: 8 });
+    const sx = makeShared(16, 8, 'float32', true, 64);
+    const o = { topK: 1, capacityFactor: 0.5, sharedExperts: sx.opts };
+    const dev = await MoeLayer.create(weightsOf(p), { ...o, backend: B });
+    const cpu = await MoeLayer.create(weightsOf(p), o);
+    const a = await dev.forward(p.x, { returnRouting: true });
+    const b = await cpu.forward(p.x, { returnRouting: true });
+    assert.equal([...a.routing!.dropped.data], [...b.routing!.dropped.data], 'dropped slots');
+    assertClose(a.output.data, b.output.data, tolFor('float32', 16), 'output');
+    const one = tensor('float32', p.x.data.slice(0, 16) as Float32Array, [1, 16]);
+    assertClose((await dev.forward(one)).output.data, (await cpu.forward(one)).output.data, tolFor('float32', 16), 'decode');
+    dev.dispose();
+    cpu.dispose();
+  });
+  sh.run();
 }
 
 if (DEVICE.length === 0) console.log(`45.cuda-backend: no device backend in this process (${backendInfo().reason}); run through npm test for 'cuda-emu'`);

@@ -76,12 +76,15 @@ void read_expert_matrix(const Napi::Value& v, const char* name, int64_t* E, int6
 
 // Routing variants, the optional trailing object of route and moe_forward (lib/stages.ts and
 // lib/layers.ts build it): {noiseGate, noiseSeed, randomRouting, randomSeed, wantStats} and, for
-// moe_forward only, {capacityFactor, evalCapacityFactor, decode (-1 auto, 0, 1), wantLogits}.
+// moe_forward only, {capacityFactor, evalCapacityFactor, decode (-1 auto, 0, 1), wantLogits,
+// sharedExperts (Experts packed as one expert), sharedGate ([1,d])}.
 struct Variants {
   moe::RouteParams route;  // top_k / normalize are set by the caller
   bool want_stats = false, want_logits = false;
   double capacity_factor = 0, eval_capacity_factor = 0;
   int decode = -1;
+  std::shared_ptr<const moe::PackedExperts> shared;  // shared experts, or null
+  moe::TensorView shared_gate;                        // [1,d], or empty
 };
 
 double to_factor(const Napi::Value& v, const char* name) {
@@ -101,7 +104,8 @@ Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int6
     throw_type_error(env, "variants must be an object, got " + describe(info[i]));
   Napi::Object o = info[i].As<Napi::Object>();
   static const char* kRouteKeys[] = {"noiseGate", "noiseSeed", "randomRouting", "randomSeed", "wantStats"};
-  static const char* kForwardKeys[] = {"capacityFactor", "evalCapacityFactor", "decode", "wantLogits"};
+  static const char* kForwardKeys[] = {"capacityFactor", "evalCapacityFactor", "decode", "wantLogits",
+                                       "sharedExperts", "sharedGate"};
   Napi::Array names = o.GetPropertyNames();
   for (uint32_t n = 0; n < names.Length(); ++n) {
     const std::string key = names.Get(n).ToString().Utf8Value();
@@ -135,6 +139,18 @@ Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int6
     if (!get("evalCapacityFactor").IsUndefined())
       r.eval_capacity_factor = to_factor(get("evalCapacityFactor"), "evalCapacityFactor");
     if (!get("decode").IsUndefined()) r.decode = int(to_int(get("decode"), "decode", -1, 1));
+    if (!get("sharedExperts").IsUndefined()) {
+      r.shared = ExpertsWrap::Get(get("sharedExperts"), "sharedExperts");
+      if (r.shared->num_experts != 1)
+        throw_range_error(env, "sharedExperts must be packed as one expert, got " + std::to_string(r.shared->num_experts));
+      check_same(env, "sharedExperts d", r.shared->d, "the experts' d", d);
+    }
+    if (!get("sharedGate").IsUndefined()) {
+      if (!r.shared) throw_type_error(env, "sharedGate is given without sharedExperts");
+      r.shared_gate = to_tensor(get("sharedGate"), "sharedGate", kAnyFloat, 2, keep);
+      if (r.shared_gate.dims[0] != 1 || r.shared_gate.dims[1] != d)
+        throw_range_error(env, "sharedGate.dims " + dims_string(r.shared_gate) + " must be [1," + std::to_string(d) + "]");
+    }
   }
   return r;
 }
@@ -153,17 +169,15 @@ void return_stats(Job* job, std::shared_ptr<moe::RouterStats> stats) {
   };
 }
 
-// pack_experts(w1, w3, w2, async, backend?, gate?) -> Experts
-Napi::Value PackExperts(const Napi::CallbackInfo& info) {
+// Expert weights w1, w3, w2 (arguments 0-2) into src, with their shapes and types checked against
+// each other.
+void read_expert_source(const Napi::CallbackInfo& info, moe::ExpertWeightSource* src, KeepAlive* keep) {
   Napi::Env env = info.Env();
-  expect_args(info, 3, "pack_experts");
-  auto job = std::make_unique<Job>();
-  auto src = std::make_shared<moe::ExpertWeightSource>();
   int64_t E1, f1, d1, E3, f3, d3, E2, d2, f2;
   moe::DType t1, t3, t2;
-  read_expert_matrix(info[0], "w1", &E1, &f1, &d1, &t1, &src->w1, &job->keep);
-  read_expert_matrix(info[1], "w3", &E3, &f3, &d3, &t3, &src->w3, &job->keep);
-  read_expert_matrix(info[2], "w2", &E2, &d2, &f2, &t2, &src->w2, &job->keep);
+  read_expert_matrix(info[0], "w1", &E1, &f1, &d1, &t1, &src->w1, keep);
+  read_expert_matrix(info[1], "w3", &E3, &f3, &d3, &t3, &src->w3, keep);
+  read_expert_matrix(info[2], "w2", &E2, &d2, &f2, &t2, &src->w2, keep);
   check_same(env, "w3 expert count", E3, "w1 expert count", E1);
   check_same(env, "w2 expert count", E2, "w1 expert count", E1);
   check_same(env, "w3 rows (f)", f3, "w1 rows (f)", f1);
@@ -181,6 +195,16 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   src->d = d1;
   src->f = f1;
   src->dtype = t1;
+}
+
+// pack_experts(w1, w3, w2, async, backend?, gate?) -> Experts
+Napi::Value PackExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 3, "pack_experts");
+  auto job = std::make_unique<Job>();
+  auto src = std::make_shared<moe::ExpertWeightSource>();
+  read_expert_source(info, src.get(), &job->keep);
+  const int64_t E1 = src->num_experts, d1 = src->d;
   const bool cuda = on_cuda(info, 4);
   // The router gate travels with weights packed for CUDA, so that a forward copies no weights.
   auto gate = std::make_shared<moe::TensorView>();
@@ -329,8 +353,8 @@ Napi::Value Combine(const Napi::CallbackInfo& info) {
   job->result = Napi::Persistent(new_tensor(env, out_t, {T, d}, &out));
   const bool cuda = on_cuda(info, 5);
   job->compute = [=]() {
-    return (cuda ? moe::cuda::combine : moe::combine)(y.as<const float>(), R, row_of.as<const int32_t>(),
-                                                      wts.as<const float>(), T, int(k), out);
+    if (cuda) return moe::cuda::combine(y.as<const float>(), R, row_of.as<const int32_t>(), wts.as<const float>(), T, int(k), out);
+    return moe::combine(y.as<const float>(), R, row_of.as<const int32_t>(), wts.as<const float>(), T, int(k), out);
   };
   return run_job(env, async_flag(info, 4), std::move(job));
 }
@@ -360,6 +384,12 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   p.route.normalize = to_bool(info[4], "normalize");
   p.capacity = to_int(info[5], "capacity", -1, kMaxInt32);
   const bool want_routing = to_bool(info[6], "wantRouting");
+  if (v.shared && std::string(v.shared->backend()) != w->backend())
+    throw_type_error(env, std::string("sharedExperts were packed for '") + v.shared->backend() + "', the experts for '" +
+                              w->backend() + "'");
+  if (v.shared && v.shared->dtype != w->dtype)
+    throw_type_error(env, std::string("sharedExperts.type '") + moe::dtype_name(v.shared->dtype) +
+                              "' differs from the experts' '" + moe::dtype_name(w->dtype) + "'");
   if (T * p.route.top_k > kMaxInt32) throw_range_error(env, "too many tokens: " + std::to_string(T));
   moe::MoeForwardOutputs outs;
   moe::TensorView ids, wts, counts, dropped, logits;
@@ -385,6 +415,8 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     moe::MoeLayerWeights layer;
     layer.gate = gate;
     layer.experts = w.get();
+    layer.shared = v.shared.get();
+    layer.shared_gate = v.shared_gate;
     moe::MoeForwardOutputs o = outs;
     o.stats = stats.get();
     return (is_cuda(*w) ? moe::cuda::moe_forward : moe::moe_forward)(layer, x, p, o);
@@ -408,6 +440,39 @@ Napi::Value DenseFfn(const Napi::CallbackInfo& info) {
   return run_job(env, async_flag(info, 2), std::move(job));
 }
 
+// merge_experts(w1, w3, w2, distribution: number[], async) -> {w1, w3, w2} (the weights' type)
+Napi::Value MergeExperts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 5, "merge_experts");
+  auto job = std::make_unique<Job>();
+  auto src = std::make_shared<moe::ExpertWeightSource>();
+  read_expert_source(info, src.get(), &job->keep);
+  const int64_t E1 = src->num_experts, f1 = src->f, d1 = src->d;
+  const moe::DType t1 = src->dtype;
+  if (!info[3].IsArray()) throw_type_error(env, "distribution must be an array of numbers, got " + describe(info[3]));
+  Napi::Array a = info[3].As<Napi::Array>();
+  check_same(env, "distribution length", a.Length(), "the number of experts", E1);
+  auto p = std::make_shared<std::vector<double>>(size_t(E1));
+  double sum = 0;
+  for (uint32_t e = 0; e < a.Length(); ++e) {
+    const Napi::Value v = a.Get(e);
+    const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!std::isfinite(x) || x < 0)
+      throw_range_error(env, "distribution[" + std::to_string(e) + "] must be a finite number >= 0, got " + describe(v));
+    (*p)[e] = x;
+    sum += x;
+  }
+  if (!(sum > 0)) throw_range_error(env, "distribution must not be all zeros");
+  moe::TensorView o1, o3, o2;
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("w1", new_tensor(env, t1, {f1, d1}, &o1));
+  r.Set("w3", new_tensor(env, t1, {f1, d1}, &o3));
+  r.Set("w2", new_tensor(env, t1, {d1, f1}, &o2));
+  job->result = Napi::Persistent(r);
+  job->compute = [=]() { return moe::merge_experts(*src, p->data(), o1.data, o3.data, o2.data); };
+  return run_job(env, async_flag(info, 4), std::move(job));
+}
+
 }  // namespace
 
 void InitOps(Napi::Env env, Napi::Object exports) {
@@ -418,6 +483,7 @@ void InitOps(Napi::Env env, Napi::Object exports) {
   exports.Set("combine", Napi::Function::New(env, Combine, "combine"));
   exports.Set("moe_forward", Napi::Function::New(env, MoeForward, "moe_forward"));
   exports.Set("dense_ffn", Napi::Function::New(env, DenseFfn, "dense_ffn"));
+  exports.Set("merge_experts", Napi::Function::New(env, MergeExperts, "merge_experts"));
 }
 
 }  // namespace moe_addon

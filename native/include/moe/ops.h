@@ -106,15 +106,25 @@ Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
 // ---- combine -------------------------------------------------------------------------------
 // out[t] = sum_j topk_weights[t,j] * y[row_of[t,j]], summed in f32 in j order; row_of < 0 skipped.
 // out: [T,d] f32/f16/bf16.
+// With shared experts (shared: [T,d] f32, their output for every token), the f32 sum then gets
+// + shared[t] (shared_logit null) or + sigmoid(shared_logit[t]) * shared[t] (Qwen2-MoE's gated
+// shared expert; shared_logit: [T] f32, x . g), the product and the sum each rounded.
 Status combine(const float* y, int64_t R, const int32_t* row_of, const float* topk_weights,
-               int64_t T, int k, const TensorView& out);
+               int64_t T, int k, const TensorView& out, const float* shared = nullptr,
+               const float* shared_logit = nullptr);
 
 // ---- whole layers --------------------------------------------------------------------------
 // An MoE layer: router gate (f32 copy, [E,d]) and packed experts.
 // gate: [E,d] any float dtype (small; widened per call). experts: packed once per layer.
+// Shared experts (DeepSeekMoE / Qwen2-MoE), optional: an always-active SwiGLU FFN packed as one
+// expert (several shared experts are one of intermediate size n * f_shared: their rows concatenated),
+// applied to every token and added to the routed output, scaled by sigmoid(x . shared_gate) when
+// shared_gate ([1,d], any float dtype) is set.
 struct MoeLayerWeights {
   TensorView gate;
   const PackedExperts* experts = nullptr;
+  const PackedExperts* shared = nullptr;  // num_experts == 1, same d and backend as `experts`
+  TensorView shared_gate;                 // [1,d] or empty
 };
 
 struct MoeForwardParams {
@@ -150,6 +160,13 @@ Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeF
 // Dense SwiGLU FFN (the baseline): experts packed with num_experts == 1.
 // out = W2 (silu(W1 x) * (W3 x)), out [T,d] any float dtype.
 Status dense_ffn(const PackedExperts& w, const TensorView& x, const TensorView& out);
+
+// Expert merging for serving: one dense SwiGLU FFN whose W1, W3, W2 are the weighted averages
+// sum_e p_e W_e of the experts' (p: [E] f64 weights, normalised here to sum to one; all >= 0 and
+// not all 0). f32 accumulation in expert order; outputs in the experts' dtype. w1, w3: [f,d];
+// w2: [d,f]; out_w*: same shapes and dtype. Averaging SwiGLU experts is an approximation: the
+// merged FFN is not the routed mixture of the experts' outputs.
+Status merge_experts(const ExpertWeightSource& src, const double* p, void* out_w1, void* out_w3, void* out_w2);
 
 // Widens a [n] float tensor of any dtype to f32 (threaded for large n).
 void widen_to_f32(const TensorView& x, float* dst);

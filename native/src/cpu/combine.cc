@@ -1,6 +1,7 @@
 // CPU combine: out[t] = sum_j w[t,j] * y[row_of[t,j]], accumulated in f32 in fixed j order so the
 // result is the same bits on every run. Twin of native/src/cuda/combine.cu.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "moe/ops.h"
@@ -9,7 +10,7 @@
 namespace moe {
 
 Status combine(const float* y, int64_t R, const int32_t* row_of, const float* topk_weights,
-               int64_t T, int k, const TensorView& out) {
+               int64_t T, int k, const TensorView& out, const float* shared, const float* shared_logit) {
   if (out.ndim != 2 || out.dims[0] != T) return Status::invalid("combine: out must be [T,d]");
   const int64_t d = out.dims[1];
   for (int64_t s = 0; s < T * k; ++s)
@@ -29,6 +30,11 @@ Status combine(const float* y, int64_t R, const int32_t* row_of, const float* to
         const float w = topk_weights[t * k + j];
         const float* yr = y + int64_t(r) * d;
         for (int64_t i = 0; i < d; ++i) acc[size_t(i)] += w * yr[i];
+      }
+      if (shared) {  // shared experts: + shared[t], gated by sigmoid(shared_logit[t]) when given
+        const float g = shared_logit ? 1.f / (1.f + std::exp(-shared_logit[t])) : 1.f;
+        const float* sr = shared + t * d;
+        for (int64_t i = 0; i < d; ++i) acc[size_t(i)] += g * sr[i];
       }
       if (out.dtype == DType::kF32) {
         std::copy(acc.begin(), acc.end(), out.as<float>() + t * d);

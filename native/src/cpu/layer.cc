@@ -1,6 +1,8 @@
-// CPU whole-layer ops: the MoE forward (route -> permute -> grouped GEMM -> combine) with scratch
-// that grows with T*k*(d+f) and never with the weights, and the dense SwiGLU FFN baseline.
+// CPU whole-layer ops: the MoE forward (route -> permute -> grouped GEMM -> combine, plus the shared
+// experts when the layer has them) with scratch that grows with T*k*(d+f) and never with the
+// weights, the dense SwiGLU FFN baseline, and merge_experts (a dense FFN averaged from the experts).
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "moe/ops.h"
@@ -75,7 +77,59 @@ Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeF
   const int64_t R = offsets[size_t(E)];
   std::vector<float> y(size_t(R * d));
   MOE_RETURN_IF_ERROR(grouped_gemm(x32, T, sorted_rows.data(), offsets.data(), w, y.data()));
-  return combine(y.data(), R, row_of.data(), wts, T, k, outs.out);
+  if (!layer.shared) return combine(y.data(), R, row_of.data(), wts, T, k, outs.out);
+
+  // Shared experts: the packed dense FFN on every token (identity rows), and the gate's logit
+  // x . g per token (f32 sums in index order), added to the routed sum by combine.
+  std::vector<float> ys(size_t(T * d)), logit;
+  const int32_t all_rows[2] = {0, int32_t(T)};
+  MOE_RETURN_IF_ERROR(grouped_gemm(x32, T, nullptr, all_rows, *layer.shared, ys.data()));
+  if (layer.shared_gate.data) {
+    logit.resize(size_t(T));
+    std::vector<float> g(static_cast<size_t>(d));
+    widen_to_f32(layer.shared_gate, g.data());
+    for (int64_t t = 0; t < T; ++t) {  // T*d multiply-adds: less than a pool wake-up costs
+      float s = 0.f;
+      for (int64_t i = 0; i < d; ++i) s += x32[t * d + i] * g[size_t(i)];
+      logit[size_t(t)] = s;
+    }
+  }
+  return combine(y.data(), R, row_of.data(), wts, T, k, outs.out, ys.data(), logit.empty() ? nullptr : logit.data());
+}
+
+Status merge_experts(const ExpertWeightSource& src, const double* p, void* out_w1, void* out_w3, void* out_w2) {
+  const int E = src.num_experts;
+  if (E < 1 || src.d < 1 || src.f < 1) return Status::invalid("merge_experts: need E, d, f >= 1");
+  if (int(src.w1.size()) != E || int(src.w3.size()) != E || int(src.w2.size()) != E)
+    return Status::invalid("merge_experts: one pointer per expert for w1, w3 and w2");
+  double sum = 0;
+  for (int e = 0; e < E; ++e) {
+    if (!(p[e] >= 0) || !std::isfinite(p[e]))
+      return Status::invalid("merge_experts: weight " + std::to_string(e) + " must be finite and >= 0");
+    sum += p[e];
+  }
+  if (!(sum > 0)) return Status::invalid("merge_experts: the weights sum to 0");
+  std::vector<float> pf(static_cast<size_t>(E));
+  for (int e = 0; e < E; ++e) pf[size_t(e)] = float(p[e] / sum);
+  const size_t n = size_t(src.d * src.f);
+  const std::vector<const void*>* mats[3] = {&src.w1, &src.w3, &src.w2};
+  void* outs[3] = {out_w1, out_w3, out_w2};
+  constexpr size_t kChunk = 1 << 14;
+  const int64_t chunks = int64_t((n + kChunk - 1) / kChunk);
+  parallel_for(3 * chunks, [&](int64_t task, int) {
+    const int m = int(task / chunks);
+    const size_t i0 = size_t(task % chunks) * kChunk, i1 = std::min(n, i0 + kChunk);
+    float acc[kChunk];
+    std::fill(acc, acc + (i1 - i0), 0.f);
+    for (int e = 0; e < E; ++e) {
+      const float pe = pf[size_t(e)];
+      if (pe == 0.f) continue;
+      const void* wsrc = (*mats[m])[size_t(e)];
+      for (size_t i = i0; i < i1; ++i) acc[i - i0] += pe * load_as_f32(wsrc, src.dtype, i);
+    }
+    for (size_t i = i0; i < i1; ++i) store_from_f32(outs[m], src.dtype, i, acc[i - i0]);
+  });
+  return Status::ok();
 }
 
 Status dense_ffn(const PackedExperts& w, const TensorView& x, const TensorView& out) {

@@ -528,8 +528,20 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
   R.random_routing = p.route.random_routing;
   R.random_seed = p.route.random_seed;
   const bool noisy = p.route.noise_gate.data != nullptr;
+  const DeviceExperts* sw = nullptr;  // shared experts: one packed expert, its gate packed with it
+  if (lw.shared) {
+    MOE_RETURN_IF_ERROR(device_experts(*lw.shared, &sw));
+    if (sw->num_experts != 1 || sw->d != d || sw->dtype != w->dtype)
+      return Status::invalid("moe_forward: the shared experts must be one packed expert of the experts' d and type");
+  }
+  const bool shared_gate_copy = sw && !sw->gate && lw.shared_gate.data;
   std::lock_guard<std::mutex> lock(w->mu);
   MoeDeviceLayer L = w->layer();
+  if (sw) {
+    L.shared_packed = sw->packed;
+    L.shared_f = sw->f;
+    L.shared_gate = sw->gate;
+  }
   const size_t gb = size_t(E) * d * 4, kb = size_t(slots) * 4, lb = size_t(T) * E * 4;
   // The layout reserves the noise logits when noise_gate is set: size it with a stand-in pointer
   // (only its being non-null matters here; the real one is set below, inside the workspace).
@@ -545,11 +557,16 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
   };
   const size_t o_x = take(tensor_bytes(x)), o_out = take(tensor_bytes(outs.out)), o_gate = take(L.gate ? 0 : gb),
                o_noise = take(noisy ? gb : 0), o_ids = take(kb), o_w = take(kb), o_c = take(size_t(E) * 4),
-               o_drop = take(size_t(E) * 4), o_l = take(outs.logits ? lb : 0), o_st = take(8);
+               o_drop = take(size_t(E) * 4), o_l = take(outs.logits ? lb : 0), o_st = take(8),
+               o_sg = take(shared_gate_copy ? size_t(d) * 4 : 0);
   MOE_RETURN_IF_ERROR(w->reserve(at));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   cudaStream_t s = w->stream;
-  std::vector<float> g32, n32;  // live until the sync below: the copies read them
+  std::vector<float> g32, n32, sg32;  // live until the sync below: the copies read them
+  if (shared_gate_copy) {  // shared experts packed without their gate: this call's, copied in
+    MOE_RETURN_IF_ERROR(h2d(ws + o_sg, as_f32(lw.shared_gate, &sg32), size_t(d) * 4, s));
+    L.shared_gate = reinterpret_cast<const float*>(ws + o_sg);
+  }
   if (!L.gate) {  // packed without a gate: this call's gate, copied in
     MOE_RETURN_IF_ERROR(h2d(ws + o_gate, as_f32(lw.gate, &g32), gb, s));
     L.gate = reinterpret_cast<const float*>(ws + o_gate);

@@ -7,6 +7,11 @@
 //                               4 elements), kVec = 1 is the scalar path for any d or alignment;
 //                               OutT = float, __half, __nv_bfloat16
 //   launch_combine              argument checks, the grid, the switch onto the instances
+//   shared experts              with `shared` ([T,d] f32, the shared experts' output for every
+//                               token) the sum then gets + shared[t], or + sigmoid(shared_logit[t]) *
+//                               shared[t] (Qwen2-MoE's gated shared expert), as in the CPU twin
+//   launch_row_span             expert_offsets {0, n} on the device, for a one-expert grouped GEMM
+//                               over every token (the shared experts) without a host round trip
 //
 // Deterministic: each output element is one thread's f32 sum over j = 0, 1, ... in order, starting
 // from 0, no atomics. Every term is rounded as a product, then as a sum (__fmul_rn, __fadd_rn: nvcc
@@ -56,6 +61,8 @@ __global__ void __launch_bounds__(kCombineThreads)
                    const int32_t* __restrict__ row_of,       // [num_tokens, top_k]
                    const float* __restrict__ topk_weights,   // [num_tokens, top_k]
                    int64_t num_tokens, int top_k, int64_t d,
+                   const float* __restrict__ shared,         // [num_tokens, d] or null
+                   const float* __restrict__ shared_logit,   // [num_tokens] or null
                    OutT* __restrict__ out) {                 // [num_tokens, d]
   static_assert(kVec == 1 || kVec == kCombineVec, "scalar or float4");
   const int64_t groups = d / kVec;  // d % kVec == 0 (the launcher's choice)
@@ -85,6 +92,12 @@ __global__ void __launch_bounds__(kCombineThreads)
       MOE_UNROLL
       for (int v = 0; v < kVec; ++v) acc[v] = __fadd_rn(acc[v], __fmul_rn(w, x[v]));
     }
+    if (shared) {
+      const float g = shared_logit ? 1.f / (1.f + expf(-shared_logit[t])) : 1.f;
+      const float* src = shared + t * d + col;
+      MOE_UNROLL
+      for (int v = 0; v < kVec; ++v) acc[v] = __fadd_rn(acc[v], __fmul_rn(g, src[v]));
+    }
     OutT* dst = out + t * d + col;
     if constexpr (kVec == kCombineVec) {
       store_out4(dst, acc);
@@ -101,42 +114,53 @@ bool aligned_to(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t
 template <typename OutT>
 cudaError_t launch_combine_typed(const float* y, int64_t num_rows, const int32_t* row_of,
                                  const float* topk_weights, int64_t num_tokens, int top_k, int64_t d,
-                                 OutT* out, cudaStream_t stream) {
+                                 const float* shared, const float* shared_logit, OutT* out, cudaStream_t stream) {
   const bool vec = d % kCombineVec == 0 && aligned_to(y, sizeof(float4)) &&
-                   aligned_to(out, kCombineVec * sizeof(OutT));
+                   aligned_to(out, kCombineVec * sizeof(OutT)) && aligned_to(shared, sizeof(float4));
   const int64_t work = num_tokens * (vec ? d / kCombineVec : d);
   const int64_t want = (work + kCombineThreads - 1) / kCombineThreads;
   const dim3 grid(unsigned(want < int64_t(kMaxCombineBlocks) ? want : int64_t(kMaxCombineBlocks)));
   if (vec)
     return moe_launch(combine_kernel<OutT, kCombineVec>, grid, dim3(kCombineThreads), 0, stream, y,
-                      num_rows, row_of, topk_weights, num_tokens, top_k, d, out);
+                      num_rows, row_of, topk_weights, num_tokens, top_k, d, shared, shared_logit, out);
   return moe_launch(combine_kernel<OutT, 1>, grid, dim3(kCombineThreads), 0, stream, y, num_rows, row_of,
-                    topk_weights, num_tokens, top_k, d, out);
+                    topk_weights, num_tokens, top_k, d, shared, shared_logit, out);
 }
 
 }  // namespace
 
 cudaError_t launch_combine(const float* y, int64_t num_rows, const int32_t* row_of,
                            const float* topk_weights, int64_t num_tokens, int top_k, int64_t d,
-                           void* out, DevDType out_dtype, cudaStream_t stream) {
+                           void* out, DevDType out_dtype, cudaStream_t stream, const float* shared,
+                           const float* shared_logit) {
   if (num_tokens < 0 || top_k < 1 || d < 0 || num_rows < 0) return cudaErrorInvalidValue;
   if (out_dtype != DevDType::kF32 && out_dtype != DevDType::kF16 && out_dtype != DevDType::kBF16)
     return cudaErrorInvalidValue;
   if (num_tokens == 0 || d == 0) return cudaSuccess;
-  if (!row_of || !topk_weights || !out || (num_rows > 0 && !y)) return cudaErrorInvalidValue;
+  if (!row_of || !topk_weights || !out || (num_rows > 0 && !y) || (shared_logit && !shared))
+    return cudaErrorInvalidValue;
   if (num_tokens > INT64_MAX / top_k || num_tokens > INT64_MAX / d) return cudaErrorInvalidValue;
   switch (out_dtype) {
     case DevDType::kF32:
-      return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d,
-                                  static_cast<float*>(out), stream);
+      return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d, shared,
+                                  shared_logit, static_cast<float*>(out), stream);
     case DevDType::kF16:
-      return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d,
-                                  static_cast<__half*>(out), stream);
+      return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d, shared,
+                                  shared_logit, static_cast<__half*>(out), stream);
     case DevDType::kBF16:
-      return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d,
-                                  static_cast<__nv_bfloat16*>(out), stream);
+      return launch_combine_typed(y, num_rows, row_of, topk_weights, num_tokens, top_k, d, shared,
+                                  shared_logit, static_cast<__nv_bfloat16*>(out), stream);
   }
   return cudaErrorInvalidValue;
+}
+
+__global__ void row_span_kernel(int32_t* __restrict__ offsets, int32_t n) {
+  if (threadIdx.x == 0) offsets[0] = 0, offsets[1] = n;
+}
+
+cudaError_t launch_row_span(int32_t* offsets, int64_t n, cudaStream_t stream) {
+  if (!offsets || n < 0 || n > INT32_MAX) return cudaErrorInvalidValue;
+  return moe_launch(row_span_kernel, dim3(1), dim3(32), 0, stream, offsets, int32_t(n));
 }
 
 }  // namespace moe

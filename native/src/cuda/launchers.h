@@ -100,6 +100,8 @@ enum class DevDType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 // on every run and match the CPU twin; row_of < 0 (dropped) contributes nothing, and so does a row
 // >= num_rows (the CPU twin rejects one; nothing is read out of bounds). out is f32, f16 or bf16
 // (rounded to nearest even). float4 loads when d % 4 == 0 and the pointers allow it.
+// Shared experts: with `shared` the f32 sum then gets + g * shared[t, :], g = 1 or, with
+// shared_logit, sigmoid(shared_logit[t]) (product and sum rounded, as the CPU twin's).
 // Errors: cudaErrorInvalidValue for num_tokens < 0, top_k < 1, d < 0, num_rows < 0, an unknown
 // out_dtype, or a null pointer that is needed (num_tokens == 0 or d == 0 launches nothing).
 cudaError_t launch_combine(const float* y,              // [num_rows, d]
@@ -108,7 +110,13 @@ cudaError_t launch_combine(const float* y,              // [num_rows, d]
                            const float* topk_weights,   // [num_tokens, top_k]
                            int64_t num_tokens, int top_k, int64_t d,
                            void* out,                   // [num_tokens, d] of out_dtype
-                           DevDType out_dtype, cudaStream_t stream);
+                           DevDType out_dtype, cudaStream_t stream,
+                           const float* shared = nullptr,        // [num_tokens, d] or null
+                           const float* shared_logit = nullptr); // [num_tokens] or null
+
+// offsets[0] = 0, offsets[1] = n (combine.cu): the expert_offsets of a one-expert grouped GEMM over
+// n rows, written on the device. Errors: cudaErrorInvalidValue for a null pointer or n out of int32.
+cudaError_t launch_row_span(int32_t* offsets, int64_t n, cudaStream_t stream);
 
 // Grouped expert GEMMs with fused SwiGLU (native/src/cuda/grouped_gemm.cu; CPU twin: grouped_gemm()
 // in native/src/cpu/grouped_gemm.cc). For each sorted row r of expert e (expert_offsets[e] <= r <
@@ -183,6 +191,12 @@ struct MoeDeviceLayer {
   DevDType w_dtype = DevDType::kBF16;   // expert weights' dtype
   const float* gate = nullptr;          // device [num_experts, d], f32
   const void* packed = nullptr;         // device, grouped_gemm_pack's layout (16-byte aligned)
+  // Shared experts (optional): one packed expert of intermediate size shared_f (same d and w_dtype),
+  // run on every token and added in the combine, scaled by sigmoid(x . shared_gate) when
+  // shared_gate (device [1, d] f32) is set.
+  const void* shared_packed = nullptr;
+  int64_t shared_f = 0;
+  const float* shared_gate = nullptr;
 };
 
 // Routing of one forward: the Mixtral defaults, plus the variants (all off by default; the same
@@ -230,7 +244,9 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
 
 // The same with the routing variants: router logits (and x W_noise^T -> launch_noisy_logits when
 // noisy) -> launch_softmax_topk -> launch_random_routing (when on) -> launch_router_stats (when
-// counts or stats are asked for) -> launch_permute with the capacity -> grouped GEMM -> combine.
+// counts or stats are asked for) -> launch_permute with the capacity -> grouped GEMM -> [shared
+// experts: launch_row_span -> one-expert grouped GEMM over all tokens -> router logits of
+// shared_gate] -> combine (with the shared output added).
 // Errors as above, plus cudaErrorInvalidValue for random_routing with top_k != 2.
 cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDType x_dtype, int64_t num_tokens,
                                const MoeDeviceRouting& routing, void* out, DevDType out_dtype,

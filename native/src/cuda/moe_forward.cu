@@ -1,13 +1,16 @@
 // moe-kernels CUDA: the MoE block forward pass, chained on one stream with no host round trip
 // (graph-capturable): router logits -> [noisy gating] -> softmax + top-k -> [random routing] ->
 // [router statistics] -> permute (dropless, or with the capacity) -> grouped expert GEMMs with fused
-// SwiGLU (max_rows = T*k) -> weighted combine. Host code only: every kernel is one of the launchers
+// SwiGLU (max_rows = T*k) -> [shared experts on every token] -> weighted combine (plus the shared
+// output). Host code only: every kernel is one of the launchers
 // of router.cu, routing.cu, router_stats.cu, permute.cu, grouped_gemm.cu and combine.cu.
 //
 // Workspace: every intermediate on a 256-byte boundary, in this order:
 //   logits f32 [T,E] | noise logits f32 [T,E] (noisy gating only) | ids i32 [T,k] | weights f32 [T,k] |
 //   expert_offsets i32 [E+1] | sorted_rows i32 [T*k] | row_of i32 [T*k] | y f32 [T*k, d] |
-//   permute scratch | grouped-GEMM scratch | router-statistics scratch
+//   permute scratch | grouped-GEMM scratch (the larger of the routed and the shared GEMM's) |
+//   router-statistics scratch | shared experts only: y_shared f32 [T, d] | shared logit f32 [T] |
+//   shared offsets i32 [2]
 // (logits / ids / weights are written to the caller's outputs instead when those are given).
 #include "cuda_compat.cuh"
 #include "launchers.h"
@@ -25,7 +28,7 @@ size_t align_up(size_t n) { return (n + kMoeAlign - 1) / kMoeAlign * kMoeAlign; 
 
 struct MoeWorkspaceLayout {
   size_t logits = 0, noise = 0, ids = 0, weights = 0, offsets = 0, sorted_rows = 0, row_of = 0, y = 0,
-         permute = 0, gemm = 0, stats = 0;
+         permute = 0, gemm = 0, stats = 0, shared_y = 0, shared_logit = 0, shared_offsets = 0;
   size_t permute_bytes = 0, gemm_bytes = 0, stats_bytes = 0;
   size_t bytes = 0;  // 0: invalid shape
 };
@@ -49,6 +52,12 @@ MoeWorkspaceLayout moe_layout(const MoeDeviceLayer& layer, int64_t num_tokens, c
   L.gemm_bytes = grouped_gemm_workspace_bytes(num_tokens, slots, layer.d, layer.f, layer.w_dtype);
   L.stats_bytes = router_stats_workspace_bytes(num_tokens, E);
   if (L.permute_bytes == 0 || L.gemm_bytes == 0 || L.stats_bytes == 0) return L;
+  if (layer.shared_packed) {  // the shared experts' GEMM reuses the routed one's scratch
+    if (layer.shared_f < 1) return L;
+    const size_t shared_gemm = grouped_gemm_workspace_bytes(num_tokens, num_tokens, layer.d, layer.shared_f, layer.w_dtype);
+    if (shared_gemm == 0) return L;
+    if (shared_gemm > L.gemm_bytes) L.gemm_bytes = shared_gemm;
+  }
   size_t at = 0;
   auto take = [&](size_t bytes) {
     const size_t here = at;
@@ -66,6 +75,11 @@ MoeWorkspaceLayout moe_layout(const MoeDeviceLayer& layer, int64_t num_tokens, c
   L.permute = take(L.permute_bytes);
   L.gemm = take(L.gemm_bytes);
   L.stats = take(L.stats_bytes);
+  if (layer.shared_packed) {
+    L.shared_y = take(size_t(num_tokens) * size_t(layer.d) * sizeof(float));
+    L.shared_logit = take(size_t(num_tokens) * sizeof(float));
+    L.shared_offsets = take(2 * sizeof(int32_t));
+  }
   L.bytes = at;
   return L;
 }
@@ -145,7 +159,25 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
   err = launch_grouped_gemm(x, x_dtype, num_tokens, sorted_rows, offsets, /*max_rows=*/slots, layer.packed, E,
                             layer.d, layer.f, layer.w_dtype, y, ws + L.gemm, L.gemm_bytes, stream);
   if (err != cudaSuccess) return err;
-  return launch_combine(y, slots, row_of, weights, num_tokens, top_k, layer.d, out, out_dtype, stream);
+  float* shared_y = nullptr;
+  float* shared_logit = nullptr;
+  if (layer.shared_packed) {  // every token through the one shared expert, then its gate's logit
+    int32_t* span = reinterpret_cast<int32_t*>(ws + L.shared_offsets);
+    shared_y = reinterpret_cast<float*>(ws + L.shared_y);
+    err = launch_row_span(span, num_tokens, stream);
+    if (err != cudaSuccess) return err;
+    err = launch_grouped_gemm(x, x_dtype, num_tokens, /*sorted_rows=*/nullptr, span, /*max_rows=*/num_tokens,
+                              layer.shared_packed, 1, layer.d, layer.shared_f, layer.w_dtype, shared_y, ws + L.gemm,
+                              L.gemm_bytes, stream);
+    if (err != cudaSuccess) return err;
+    if (layer.shared_gate) {
+      shared_logit = reinterpret_cast<float*>(ws + L.shared_logit);
+      err = launch_router_logits(x, x_dtype, layer.shared_gate, num_tokens, layer.d, 1, shared_logit, stream);
+      if (err != cudaSuccess) return err;
+    }
+  }
+  return launch_combine(y, slots, row_of, weights, num_tokens, top_k, layer.d, out, out_dtype, stream, shared_y,
+                        shared_logit);
 }
 
 cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDType x_dtype, int64_t num_tokens,

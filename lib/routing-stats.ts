@@ -1,0 +1,154 @@
+/**
+ * Routing statistics for people: where the tokens went, per layer and expert. `formatRoutingTable`
+ * prints a text table (tokens per expert, drops, entropy per layer); `routingHeatmapSvg` draws a
+ * standalone SVG heat map (layers × experts, colour = share of the layer's routed slots) that a
+ * browser opens as is. Pure string generation, no native code.
+ */
+import { describe, rangeError, typeError } from './errors.js';
+import { checkOptions } from './options.js';
+
+export interface RoutingHeatmapOptions {
+  /** Title above the grid. Default 'Routing: share of tokens per expert'. */
+  title?: string;
+  /** Cell size in px. Default 22 (14 above 48 experts). */
+  cellSize?: number;
+  /** Row labels. Default 'layer 0', 'layer 1', ... */
+  layerLabels?: readonly string[];
+}
+
+function checkCounts(counts: unknown, name: string): number[][] {
+  if (!Array.isArray(counts) || counts.length === 0) throw typeError(`${name} must be a non-empty array of per-layer counts, got ${describe(counts)}`);
+  const rows = counts.map((r, l) => {
+    if (r === null || typeof r !== 'object' || typeof (r as ArrayLike<number>).length !== 'number')
+      throw typeError(`${name}[${l}] must be an array of counts, got ${describe(r)}`);
+    const row = Array.from(r as ArrayLike<number>, Number);
+    row.forEach((v, e) => {
+      if (!Number.isFinite(v) || v < 0) throw rangeError(`${name}[${l}][${e}] must be a finite count >= 0, got ${describe(v)}`);
+    });
+    return row;
+  });
+  const E = rows[0].length;
+  if (E === 0) throw rangeError(`${name}[0] has no experts`);
+  rows.forEach((r, l) => {
+    if (r.length !== E) throw rangeError(`${name}[${l}] has ${r.length} experts, ${name}[0] has ${E}`);
+  });
+  return rows;
+}
+
+/** Shannon entropy (bits) of a layer's routing distribution; log2(E) is perfectly even. */
+export function routingEntropy(counts: ArrayLike<number>): number {
+  let total = 0;
+  for (let i = 0; i < counts.length; i++) total += counts[i];
+  if (total <= 0) return 0;
+  let h = 0;
+  for (let i = 0; i < counts.length; i++) {
+    const p = counts[i] / total;
+    if (p > 0) h -= p * Math.log2(p);
+  }
+  return h;
+}
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+
+/** White (0) to dark blue (max share) through a perceptually even-ish blue ramp. */
+function colour(t: number): string {
+  const c = Math.max(0, Math.min(1, t));
+  const lerp = (a: number, b: number) => Math.round(a + (b - a) * c);
+  return `rgb(${lerp(247, 8)},${lerp(251, 48)},${lerp(255, 107)})`;
+}
+
+/**
+ * A standalone SVG heat map of counts [layers][experts]: one rect per cell, coloured by the cell's
+ * share of its layer's slots (scaled to the largest share in the map), with the count and share in
+ * each cell's <title> (hover text), axis labels, a colour legend and a title.
+ */
+export function routingHeatmapSvg(counts: readonly (readonly number[] | ArrayLike<number>)[], options?: RoutingHeatmapOptions): string {
+  const rows = checkCounts(counts, 'counts');
+  const o = checkOptions(options);
+  const L = rows.length, E = rows[0].length;
+  const title = o.title === undefined ? 'Routing: share of tokens per expert' : String(o.title);
+  const cell = o.cellSize === undefined ? (E > 48 ? 14 : 22) : Number(o.cellSize);
+  if (!Number.isFinite(cell) || cell < 4 || cell > 200) throw rangeError(`options.cellSize must be in [4, 200], got ${describe(o.cellSize)}`);
+  const labels = o.layerLabels === undefined ? rows.map((_, l) => `layer ${l}`) : Array.from(o.layerLabels as readonly string[], String);
+  if (labels.length !== L) throw rangeError(`options.layerLabels must hold ${L} labels, got ${labels.length}`);
+  const shares = rows.map((r) => {
+    const s = r.reduce((a, b) => a + b, 0);
+    return r.map((v) => (s > 0 ? v / s : 0));
+  });
+  const maxShare = Math.max(1e-12, ...shares.flat());
+  const labelW = Math.max(60, 8 + 7 * Math.max(...labels.map((s) => s.length)));
+  const top = 56, left = labelW, gridW = E * cell, gridH = L * cell;
+  const legendW = Math.min(240, Math.max(120, gridW));
+  const width = Math.max(left + gridW + 16, left + legendW + 80, 8 * title.length + 24);
+  const height = top + gridH + 80;
+  const step = E <= 16 ? 1 : E <= 64 ? 4 : 8; // expert labels every `step` columns
+  const out: string[] = [];
+  out.push(`<?xml version="1.0" encoding="UTF-8"?>`);
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="white"/>`);
+  out.push(`<text x="12" y="22" font-size="15" font-weight="bold">${esc(title)}</text>`);
+  out.push(`<text x="${left + gridW / 2}" y="${top - 20}" text-anchor="middle">expert</text>`);
+  const cells: string[] = [];
+  for (let e = 0; e < E; e += step) out.push(`<text x="${left + e * cell + cell / 2}" y="${top - 6}" text-anchor="middle">${e}</text>`);
+  for (let l = 0; l < L; l++) {
+    const y = top + l * cell;
+    out.push(`<text x="${left - 6}" y="${y + cell / 2 + 4}" text-anchor="end">${esc(labels[l])}</text>`);
+    for (let e = 0; e < E; e++) {
+      const s = shares[l][e];
+      cells.push(
+        `<rect class="cell" x="${left + e * cell}" y="${y}" width="${cell}" height="${cell}" fill="${colour(s / maxShare)}" stroke="#ddd" stroke-width="0.5">` +
+          `<title>${esc(labels[l])}, expert ${e}: ${rows[l][e]} tokens (${(100 * s).toFixed(1)}%)</title></rect>`,
+      );
+    }
+  }
+  out.push(`<g id="cells">`, ...cells, `</g>`);
+  // legend: a gradient bar from 0 to the largest share
+  const ly = top + gridH + 28;
+  out.push(`<defs><linearGradient id="legend-ramp" x1="0" x2="1" y1="0" y2="0">`);
+  for (let i = 0; i <= 4; i++) out.push(`<stop offset="${i * 25}%" stop-color="${colour(i / 4)}"/>`);
+  out.push(`</linearGradient></defs>`);
+  out.push(`<text x="${left}" y="${ly - 6}">share of the layer's tokens</text>`);
+  out.push(`<rect id="legend" x="${left}" y="${ly}" width="${legendW}" height="12" fill="url(#legend-ramp)" stroke="#999" stroke-width="0.5"/>`);
+  out.push(`<text x="${left}" y="${ly + 26}" text-anchor="start">0%</text>`);
+  out.push(`<text x="${left + legendW}" y="${ly + 26}" text-anchor="end">${(100 * maxShare).toFixed(1)}%</text>`);
+  out.push(`<text x="${left + legendW + 8}" y="${ly + 10}">(even: ${(100 / E).toFixed(1)}%)</text>`);
+  out.push(`</svg>`);
+  return out.join('\n') + '\n';
+}
+
+export interface RoutingTableOptions {
+  /** Dropped slots [layers][experts] (capacity), shown per layer. */
+  dropped?: readonly (readonly number[] | ArrayLike<number>)[];
+  /** Row labels. Default 'layer 0', ... */
+  layerLabels?: readonly string[];
+}
+
+/**
+ * A text table of counts [layers][experts]: one row per layer with the tokens of each expert, the
+ * total, the dropped slots (when given), the entropy in bits and its ratio to the even log2(E).
+ */
+export function formatRoutingTable(counts: readonly (readonly number[] | ArrayLike<number>)[], options?: RoutingTableOptions): string {
+  const rows = checkCounts(counts, 'counts');
+  const o = checkOptions(options);
+  const L = rows.length, E = rows[0].length;
+  const dropped = o.dropped === undefined ? undefined : checkCounts(o.dropped, 'options.dropped');
+  if (dropped && (dropped.length !== L || dropped[0].length !== E))
+    throw rangeError(`options.dropped must be [${L}][${E}] like counts, got [${dropped.length}][${dropped[0].length}]`);
+  const labels = o.layerLabels === undefined ? rows.map((_, l) => `layer ${l}`) : Array.from(o.layerLabels as readonly string[], String);
+  if (labels.length !== L) throw rangeError(`options.layerLabels must hold ${L} labels, got ${labels.length}`);
+  const head = ['', ...Array.from({ length: E }, (_, e) => `e${e}`), 'total', ...(dropped ? ['dropped'] : []), 'entropy', 'even'];
+  const body = rows.map((r, l) => {
+    const h = routingEntropy(r);
+    return [
+      labels[l],
+      ...r.map(String),
+      String(r.reduce((a, b) => a + b, 0)),
+      ...(dropped ? [String(dropped[l].reduce((a, b) => a + b, 0))] : []),
+      h.toFixed(3),
+      E > 1 ? `${((100 * h) / Math.log2(E)).toFixed(1)}%` : '-',
+    ];
+  });
+  const widths = head.map((_, c) => Math.max(head[c].length, ...body.map((r) => r[c].length)));
+  const line = (cells: string[]) => cells.map((s, c) => (c === 0 ? s.padEnd(widths[c]) : s.padStart(widths[c]))).join('  ').trimEnd();
+  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n') + '\n';
+}
