@@ -17,6 +17,7 @@ import { MixtralCheckpoint } from './weights.js';
 import { createProgressBar } from './progress.js';
 import type { BackendName } from './backend.js';
 import type { MixtralModel as MixtralModelType } from './model.js';
+import { formatRoutingTable, routingHeatmapSvg } from './routing-stats.js';
 import { Tokenizer } from './tokenizer.js';
 
 export interface CliIo {
@@ -79,6 +80,8 @@ Options:
   --backend <b>            MoE layers' backend: auto (default), cpu, cuda
   --max-seq <n>            KV cache positions (default: prompt + new tokens)
   --stats                  after generating, print the tokens routed to each expert, per layer
+                           (with each layer's routing entropy)
+  --stats-svg <file>       also write them as an SVG heat map (layers x experts) to <file>
   --no-progress            no loading progress on stderr
   -h, --help               this help
 `,
@@ -273,6 +276,7 @@ async function generate(args: string[], io: CliIo): Promise<number> {
       backend: { type: 'string' },
       'max-seq': { type: 'string' },
       stats: { type: 'boolean' },
+      'stats-svg': { type: 'string' },
       'no-progress': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
@@ -346,23 +350,17 @@ async function generate(args: string[], io: CliIo): Promise<number> {
     const end = Date.now();
     const decodeRate = out.length > 1 && end > firstAt ? `, decode ${(((out.length - 1) * 1000) / (end - firstAt)).toFixed(1)} tokens/s` : '';
     io.stderr.write(`${out.length} tokens; prefill ${promptIds.length} tokens in ${((firstAt - loaded) / 1000).toFixed(2)} s${decodeRate}\n`);
-    if (values.stats) io.stdout.write(statsTable(model.routingStats()));
+    const rs = model.routingStats();
+    if (values.stats) io.stdout.write(`tokens per expert (${rs.tokens} tokens through the model):\n` + formatRoutingTable(rs.tokensPerExpert));
+    if (values['stats-svg'] !== undefined) {
+      fs.writeFileSync(values['stats-svg'], routingHeatmapSvg(rs.tokensPerExpert, { title: `${path.basename(path.resolve(dir))}: tokens per expert over ${rs.tokens} tokens` }));
+      io.stderr.write(`routing heat map: ${values['stats-svg']}\n`);
+    }
     return 0;
   } finally {
     process.removeListener('SIGINT', onSigint);
     model.dispose();
   }
-}
-
-/** Tokens routed to each expert, one row per layer, with each expert's share of the layer's slots. */
-function statsTable(s: { tokens: number; tokensPerExpert: number[][] }): string {
-  const E = s.tokensPerExpert[0]?.length ?? 0;
-  const rows = s.tokensPerExpert.map((counts, l) => {
-    const all = counts.reduce((a, b) => a + b, 0);
-    return [String(l), ...counts.map((c) => `${c} (${all ? Math.round((100 * c) / all) : 0}%)`)];
-  });
-  const head = ['layer', ...Array.from({ length: E }, (_, e) => `expert ${e}`)];
-  return `tokens per expert (${s.tokens} tokens through the model):\n` + table([head, ...rows], [false, ...Array<boolean>(E).fill(true)]);
 }
 
 const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate };

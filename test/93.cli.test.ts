@@ -132,13 +132,18 @@ cli('inspect: a mis-shaped tensor fails (1) naming it; a single file works; --no
 cli('generate: token ids as they come, the greedy tokens of MixtralModel; --stats; progress on stderr', async ({ dir }) => {
   const d = path.join(dir, 'gen');
   await writeTinyMixtral(d, { layout: 'packed' });
-  const r = run('generate', d, '--prompt-ids', '5,17,3', '--max-new-tokens', '6', '--stats');
+  const svg = path.join(dir, 'routing.svg');
+  const r = run('generate', d, '--prompt-ids', '5,17,3', '--max-new-tokens', '6', '--stats', '--stats-svg', svg);
   assert.is(r.code, 0, r.err);
   const model = await MixtralModel.load(d);
   const want = await model.generateAll([5, 17, 3], { maxNewTokens: 6 });
   const lines = r.out.split('\n');
   assert.is(lines[0], want.join(' '));
-  assert.match(r.out, /tokens per expert \(8 tokens through the model\):\nlayer\s+expert 0\s+expert 1\s+expert 2\s+expert 3\n0\s+\d+ \(\d+%\)/);
+  assert.match(r.out, /tokens per expert \(8 tokens through the model\):\n\s+e0\s+e1\s+e2\s+e3\s+total\s+entropy\s+even\n[- ]+\nlayer 0(\s+\d+){4}\s+16\s+[\d.]+\s+[\d.]+%\nlayer 1/);
+  const text = fs.readFileSync(svg, 'utf8');
+  assert.match(text, /<svg[^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+  assert.is((text.match(/<rect class="cell"/g) ?? []).length, 2 * 4, 'one cell per layer and expert');
+  assert.match(r.err, /routing heat map: .*routing\.svg/);
   assert.match(r.err, /loading 100% .* tensors 21\/21/);
   assert.match(r.err, /6 tokens; prefill 3 tokens in [\d.]+ s, decode [\d.]+ tokens\/s/);
   // sampling flags reach the sampler: the same seed gives the same tokens as the library
