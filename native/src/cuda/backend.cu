@@ -180,8 +180,24 @@ class Stream {
   cudaStream_t s_ = nullptr;
 };
 
-// One stream-ordered device allocation carved into 256-byte aligned pieces: add() the pieces, then
-// allocate(); freed on its stream when it goes out of scope.
+// Offsets of 256-byte aligned pieces laid out one after another from `start`, in the order they are
+// added: the one layout rule of every buffer below (per-call scratch and layer workspaces).
+class Carve {
+ public:
+  explicit Carve(size_t start = 0) : total_(align_up(start)) {}
+  size_t add(size_t bytes) {
+    const size_t at = total_;
+    total_ += align_up(bytes);
+    return at;
+  }
+  size_t total() const { return total_; }
+
+ private:
+  size_t total_;
+};
+
+// One stream-ordered device allocation carved into pieces: add() the pieces, then allocate(); freed
+// on its stream when it goes out of scope.
 class Scratch {
  public:
   explicit Scratch(cudaStream_t s) : s_(s) {}
@@ -190,17 +206,14 @@ class Scratch {
   ~Scratch() {
     if (base_) cudaFreeAsync(base_, s_);
   }
-  size_t add(size_t bytes) {
-    const size_t at = total_;
-    total_ += align_up(bytes);
-    return at;
-  }
+  size_t add(size_t bytes) { return carve_.add(bytes); }
   Status allocate() {
-    if (total_ == 0) return Status::ok();
-    cudaError_t e = cudaMallocAsync(&base_, total_, s_);
+    const size_t n = carve_.total();
+    if (n == 0) return Status::ok();
+    cudaError_t e = cudaMallocAsync(&base_, n, s_);
     if (e != cudaSuccess) {
       base_ = nullptr;
-      return from_cuda(e, ("allocating " + std::to_string(total_) + " bytes of device scratch").c_str());
+      return from_cuda(e, ("allocating " + std::to_string(n) + " bytes of device scratch").c_str());
     }
     return Status::ok();
   }
@@ -209,7 +222,7 @@ class Scratch {
  private:
   cudaStream_t s_;
   void* base_ = nullptr;
-  size_t total_ = 0;
+  Carve carve_;
 };
 
 Status h2d(void* dst, const void* src, size_t n, cudaStream_t s) {
@@ -269,7 +282,7 @@ class DeviceExperts final : public PackedExperts {
     return l;
   }
   // Grows the workspace to at least n bytes (stream-ordered). Call with `mu` held.
-  Status reserve(size_t n) {
+  Status reserve(size_t n) const {
     if (n <= workspace_bytes) return Status::ok();
     if (workspace) cudaFreeAsync(workspace, stream), workspace = nullptr, workspace_bytes = 0;
     MOE_CUDA_TRY(cudaMallocAsync(&workspace, n, stream), ("allocating a " + std::to_string(n) + "-byte layer workspace").c_str());
@@ -282,9 +295,10 @@ class DeviceExperts final : public PackedExperts {
   float* gate = nullptr;
   size_t gate_bytes = 0;
   cudaStream_t stream = nullptr;
-  std::mutex mu;  // one call at a time on the layer's stream and workspace
-  void* workspace = nullptr;
-  size_t workspace_bytes = 0;
+  // Per-call state of const experts: one call at a time on the layer's stream and workspace.
+  mutable std::mutex mu;
+  mutable void* workspace = nullptr;
+  mutable size_t workspace_bytes = 0;
 };
 
 Status device_experts(const PackedExperts& w, const DeviceExperts** out) {
@@ -506,9 +520,8 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
                    const MoeForwardOutputs& outs) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
-  const DeviceExperts* cw = nullptr;
-  MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &cw));
-  DeviceExperts* w = const_cast<DeviceExperts*>(cw);  // only its stream and workspace change, under mu
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &w));
   const int E = w->num_experts, k = p.route.top_k;
   const int64_t T = x.dims[0], d = w->d, slots = T * k;
   if (T == 0) {
@@ -549,17 +562,12 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
   if (noisy) sizing.noise_gate = static_cast<const float*>(w->packed);
   const size_t fwd = moe_forward_workspace_bytes(L, T, sizing);
   if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
-  size_t at = align_up(fwd);
-  auto take = [&](size_t n) {
-    const size_t here = at;
-    at += align_up(n);
-    return here;
-  };
-  const size_t o_x = take(tensor_bytes(x)), o_out = take(tensor_bytes(outs.out)), o_gate = take(L.gate ? 0 : gb),
-               o_noise = take(noisy ? gb : 0), o_ids = take(kb), o_w = take(kb), o_c = take(size_t(E) * 4),
-               o_drop = take(size_t(E) * 4), o_l = take(outs.logits ? lb : 0), o_st = take(8),
-               o_sg = take(shared_gate_copy ? size_t(d) * 4 : 0);
-  MOE_RETURN_IF_ERROR(w->reserve(at));
+  Carve c(fwd);  // the forward's own workspace first, then this call's copies
+  const size_t o_x = c.add(tensor_bytes(x)), o_out = c.add(tensor_bytes(outs.out)), o_gate = c.add(L.gate ? 0 : gb),
+               o_noise = c.add(noisy ? gb : 0), o_ids = c.add(kb), o_w = c.add(kb), o_c = c.add(size_t(E) * 4),
+               o_drop = c.add(size_t(E) * 4), o_l = c.add(outs.logits ? lb : 0), o_st = c.add(8),
+               o_sg = c.add(shared_gate_copy ? size_t(d) * 4 : 0);
+  MOE_RETURN_IF_ERROR(w->reserve(c.total()));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   cudaStream_t s = w->stream;
   std::vector<float> g32, n32, sg32;  // live until the sync below: the copies read them
@@ -602,9 +610,8 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
 Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView& out) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
-  const DeviceExperts* cw = nullptr;
-  MOE_RETURN_IF_ERROR(device_experts(pw, &cw));
-  DeviceExperts* w = const_cast<DeviceExperts*>(cw);
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &w));
   if (w->num_experts != 1) return Status::invalid("dense_ffn needs weights packed as one expert");
   const int64_t T = x.dims[0], d = w->d;
   if (T == 0) return Status::ok();
@@ -619,10 +626,10 @@ Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView&
   for (int64_t t = 0; t < T; ++t) host_i[size_t(t) + 2] = int32_t(t);
   std::lock_guard<std::mutex> lock(w->mu);
   cudaStream_t s = w->stream;
-  const size_t o_x = 0, o_off = o_x + align_up(tensor_bytes(x)), o_y = o_off + align_up(size_t(T + 2) * 4),
-               o_one = o_y + align_up(size_t(T) * d * 4), o_out = o_one + align_up(size_t(T) * 4),
-               o_ws = o_out + align_up(tensor_bytes(out)), total = o_ws + gws;
-  MOE_RETURN_IF_ERROR(w->reserve(total));
+  Carve c;
+  const size_t o_x = c.add(tensor_bytes(x)), o_off = c.add(size_t(T + 2) * 4), o_y = c.add(size_t(T) * d * 4),
+               o_one = c.add(size_t(T) * 4), o_out = c.add(tensor_bytes(out)), o_ws = c.add(gws);
+  MOE_RETURN_IF_ERROR(w->reserve(c.total()));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   MOE_RETURN_IF_ERROR(h2d(ws + o_x, x.data, tensor_bytes(x), s));
   MOE_RETURN_IF_ERROR(h2d(ws + o_off, host_i.data(), size_t(T + 2) * 4, s));
@@ -706,9 +713,8 @@ Status time_loop(cudaStream_t s, int iters, double* ms_per_call, Fn&& call) {
 Status time_moe_forward(const PackedExperts& pw, int64_t T, int top_k, int iters, double* ms_per_call) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
-  const DeviceExperts* cw = nullptr;
-  MOE_RETURN_IF_ERROR(device_experts(pw, &cw));
-  DeviceExperts* w = const_cast<DeviceExperts*>(cw);
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &w));
   if (!w->gate) return Status::invalid("time_moe_forward needs experts packed with their router gate");
   if (T < 1 || top_k < 1 || top_k > w->num_experts) return Status::invalid("time_moe_forward: bad T or top_k");
   std::lock_guard<std::mutex> lock(w->mu);
@@ -716,8 +722,9 @@ Status time_moe_forward(const PackedExperts& pw, int64_t T, int top_k, int iters
   const size_t fwd = moe_forward_workspace_bytes(L, T, top_k);
   if (fwd == 0) return Status::invalid("time_moe_forward: shape not supported");
   const size_t xb = size_t(T) * w->d * dtype_size(w->dtype);
-  const size_t o_x = align_up(fwd), o_out = o_x + align_up(xb);
-  MOE_RETURN_IF_ERROR(w->reserve(o_out + xb));
+  Carve c(fwd);
+  const size_t o_x = c.add(xb), o_out = c.add(xb);
+  MOE_RETURN_IF_ERROR(w->reserve(c.total()));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   MOE_RETURN_IF_ERROR(upload_randn(ws + o_x, T * w->d, w->dtype, w->stream));
   const DevDType dt = dev_dtype(w->dtype);
@@ -731,17 +738,17 @@ Status time_moe_forward(const PackedExperts& pw, int64_t T, int top_k, int iters
 Status time_dense_ffn(const PackedExperts& pw, int64_t T, int iters, double* ms_per_call) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
-  const DeviceExperts* cw = nullptr;
-  MOE_RETURN_IF_ERROR(device_experts(pw, &cw));
-  DeviceExperts* w = const_cast<DeviceExperts*>(cw);
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &w));
   if (w->num_experts != 1 || T < 1 || T > (int64_t(1) << 30)) return Status::invalid("time_dense_ffn: one expert and T >= 1");
   std::lock_guard<std::mutex> lock(w->mu);
   const DevDType dt = dev_dtype(w->dtype);
   const size_t gws = grouped_gemm_workspace_bytes(T, T, w->d, w->f, dt);
   if (gws == 0) return Status::invalid("time_dense_ffn: shape not supported");
   const size_t xb = size_t(T) * w->d * dtype_size(w->dtype);
-  const size_t o_x = 0, o_off = align_up(xb), o_y = o_off + kAlign, o_ws = o_y + align_up(size_t(T) * w->d * 4);
-  MOE_RETURN_IF_ERROR(w->reserve(o_ws + gws));
+  Carve c;
+  const size_t o_x = c.add(xb), o_off = c.add(2 * sizeof(int32_t)), o_y = c.add(size_t(T) * w->d * 4), o_ws = c.add(gws);
+  MOE_RETURN_IF_ERROR(w->reserve(c.total()));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   const int32_t off[2] = {0, int32_t(T)};
   MOE_RETURN_IF_ERROR(h2d(ws + o_off, off, sizeof off, w->stream));
