@@ -24,10 +24,15 @@ export interface BackendInfo {
   cuda: NativeBackendInfo['cuda'];
 }
 
+// The native answer never changes in a process (the device is probed once, the pool is sized once),
+// and resolveBackend runs on every op call: ask once.
+let cachedInfo: NativeBackendInfo | undefined;
+const nativeInfo = (): NativeBackendInfo => (cachedInfo ??= binding.backend_info());
+
 const realCuda = (n: NativeBackendInfo) => n.cuda.name === 'cuda' && n.cuda.available;
 
 export function backendInfo(): BackendInfo {
-  const n = binding.backend_info();
+  const n = nativeInfo();
   const backend = realCuda(n) ? 'cuda' : 'cpu';
   const reason = realCuda(n) ? `cuda: ${n.cuda.reason}` : `cuda: ${n.cuda.reason}, using cpu`;
   const cuda = { ...n.cuda, ...(n.cuda.device ? { device: { ...n.cuda.device } } : {}) };
@@ -36,7 +41,7 @@ export function backendInfo(): BackendInfo {
 
 /** The backends this process can run, CPU first (e.g. ['cpu'], ['cpu', 'cuda'], ['cpu', 'cuda-emu']). */
 export function availableBackends(): ResolvedBackend[] {
-  const n = binding.backend_info();
+  const n = nativeInfo();
   return n.cuda.available && (n.cuda.name === 'cuda' || n.cuda.name === 'cuda-emu') ? ['cpu', n.cuda.name] : ['cpu'];
 }
 
@@ -45,7 +50,7 @@ export function resolveBackend(backend: unknown = 'auto'): ResolvedBackend {
   if (backend !== 'auto' && backend !== 'cpu' && backend !== 'cuda' && backend !== 'cuda-emu')
     throw typeError(`options.backend must be 'auto', 'cpu', 'cuda' or 'cuda-emu', got ${describe(backend)}`);
   if (backend === 'cpu') return 'cpu';
-  const n = binding.backend_info();
+  const n = nativeInfo();
   if (backend === 'auto') return realCuda(n) ? 'cuda' : 'cpu';
   if (n.cuda.name !== backend) {
     const has = n.cuda.name === 'none' ? n.cuda.reason : `its CUDA backend is '${n.cuda.name}'`;

@@ -38,6 +38,7 @@ import {
   randInt,
   randn,
   refCombine,
+  refPermute,
   refRoute,
   skipTokens,
   tolFor,
@@ -89,13 +90,9 @@ function refDeviceGemm(p: MoeProblem, sortedRows: ArrayLike<number>, offsets: Ar
 /** The MoE block as the device computes it: router on x, experts as refDeviceGemm. */
 function refDeviceMoe(p: MoeProblem, k: number, normalize: boolean) {
   const r = refRoute(p.xr, p.gr, p.T, p.d, p.E, k, normalize);
-  const layout = refPermuteOf(r.ids, p.T, k, p.E);
+  const layout = refPermute(r.ids, p.T, k, p.E);
   const y = refDeviceGemm(p, layout.sortedRows, layout.offsets);
   return { out: refCombine(y, layout.rowOf, r.weights, p.T, k, p.d), route: r };
-}
-function refPermuteOf(ids: Int32Array, T: number, k: number, E: number) {
-  const cpu = permuteSync(i32(ids, [T, k]), E);
-  return { sortedRows: cpu.sortedRows.data, offsets: cpu.expertOffsets.data, rowOf: cpu.rowOf.data };
 }
 
 // Set by scripts/run-tests.js for the emulated passes, so that a pass that loaded the wrong addon
