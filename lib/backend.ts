@@ -60,3 +60,9 @@ export function resolveBackend(backend: unknown = 'auto'): ResolvedBackend {
   if (!n.cuda.available) throw new MoeError(`backend '${backend}' is not available: ${n.cuda.reason}`, 'ERR_BACKEND_UNAVAILABLE');
   return backend;
 }
+
+/** This build's CUDA backend when it can run ('cuda' or 'cuda-emu'), else null: where device tensors live. */
+export function deviceBackendName(): 'cuda' | 'cuda-emu' | null {
+  const n = nativeInfo();
+  return n.cuda.available && (n.cuda.name === 'cuda' || n.cuda.name === 'cuda-emu') ? n.cuda.name : null;
+}

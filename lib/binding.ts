@@ -67,7 +67,8 @@ export interface NativePermuteResult {
   dropped: NativeTensor;
 }
 export interface NativeMoeResult {
-  out: NativeTensor;
+  /** A device tensor when x was one (and expertCounts too). */
+  out: NativeTensor | NativeDeviceTensor;
   topkIds?: NativeTensor;
   topkWeights?: NativeTensor;
   expertCounts?: NativeTensor;
@@ -136,6 +137,20 @@ export interface NativeKvCache {
   /** Forgets the positions from `length` on (length <= the current length). */
   truncate(length: number): void;
 }
+/** Device memory of the CUDA backend (native/addon/device.cc). */
+export interface NativeDeviceBuffer {
+  dispose(): void;
+  info(): { disposed: boolean; bytes: number };
+}
+/** A device tensor: `buffer` from byteOffset on, of type and dims. */
+export interface NativeDeviceTensor {
+  type: NativeDType;
+  dims: number[];
+  buffer: NativeDeviceBuffer;
+  byteOffset: number;
+}
+/** Ops take host tensors, or device tensors (all of one place). */
+export type AnyT = NativeTensor | NativeDeviceTensor;
 type Maybe<T> = T | null | undefined;
 
 type Ret<T, A extends boolean> = A extends true ? Promise<T> : T;
@@ -149,20 +164,24 @@ export interface NativeBinding {
   permute<A extends boolean>(topkIds: NativeTensor, numExperts: number, capacity: number, async: A, backend?: string): Ret<NativePermuteResult, A>;
   grouped_gemm<A extends boolean>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, async: A): Ret<NativeTensor, A>;
   combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A, backend?: string): Ret<NativeTensor, A>;
-  moe_forward<A extends boolean>(x: NativeTensor, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A, variants?: NativeForwardVariants): Ret<NativeMoeResult, A>;
-  dense_ffn<A extends boolean>(x: NativeTensor, weights: NativeExperts, async: A): Ret<NativeTensor, A>;
+  moe_forward<A extends boolean>(x: AnyT, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A, variants?: NativeForwardVariants): Ret<NativeMoeResult, A>;
+  dense_ffn<A extends boolean>(x: AnyT, weights: NativeExperts, async: A): Ret<AnyT, A>;
   /** Weighted average of the experts' W1/W3/W2 (distribution normalised natively), in their type. */
   merge_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, distribution: number[], async: A): Ret<{ w1: NativeTensor; w3: NativeTensor; w2: NativeTensor }, A>;
   // ---- decoder-model ops (native/addon/model_ops.cc); outType/out may be null ----
-  embedding<A extends boolean>(table: NativeTensor, ids: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
-  rms_norm<A extends boolean>(x: NativeTensor, weight: NativeTensor, eps: number, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
-  pack_linear<A extends boolean>(w: NativeTensor, async: A): Ret<NativeLinear, A>;
-  linear<A extends boolean>(x: NativeTensor, w: NativeLinear, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
-  rope<A extends boolean>(q: NativeTensor, k: Maybe<NativeTensor>, positions: NativeTensor, theta: number, qOut: Maybe<NativeTensor>, kOut: Maybe<NativeTensor>, async: A): Ret<{ q: NativeTensor; k: NativeTensor | null }, A>;
-  create_kv_cache(maxSeq: number, numKvHeads: number, headDim: number, type: NativeDType): NativeKvCache;
-  attention<A extends boolean>(q: NativeTensor, k: NativeTensor, v: NativeTensor, cache: NativeKvCache, startPos: number, slidingWindow: number, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
-  add<A extends boolean>(a: NativeTensor, b: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
-  sample<A extends boolean>(logits: NativeTensor, temperature: number, topP: number, seed: number, step: number, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  embedding<A extends boolean>(table: AnyT, ids: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
+  rms_norm<A extends boolean>(x: AnyT, weight: AnyT, eps: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
+  pack_linear<A extends boolean>(w: NativeTensor, async: A, backend?: string): Ret<NativeLinear, A>;
+  linear<A extends boolean>(x: AnyT, w: NativeLinear, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
+  rope<A extends boolean>(q: AnyT, k: Maybe<AnyT>, positions: NativeTensor, theta: number, qOut: Maybe<AnyT>, kOut: Maybe<AnyT>, async: A): Ret<{ q: AnyT; k: AnyT | null }, A>;
+  create_kv_cache(maxSeq: number, numKvHeads: number, headDim: number, type: NativeDType, backend?: string): NativeKvCache;
+  attention<A extends boolean>(q: AnyT, k: AnyT, v: AnyT, cache: NativeKvCache, startPos: number, slidingWindow: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
+  add<A extends boolean>(a: AnyT, b: AnyT, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
+  sample<A extends boolean>(logits: AnyT, temperature: number, topP: number, seed: number, step: number, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  // ---- device tensors (native/addon/device.cc) ----
+  device_alloc(type: NativeDType, dims: number[]): NativeDeviceTensor;
+  device_upload<A extends boolean>(dst: NativeDeviceTensor, src: NativeTensor, async: A): Ret<NativeDeviceTensor, A>;
+  device_download<A extends boolean>(src: NativeDeviceTensor, out: NativeTensor | null, async: A): Ret<NativeTensor, A>;
   /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
   measure_read_bandwidth?(bytes: number, reps: number): number;
   measure_fma_peak?(seconds: number): number;

@@ -51,7 +51,9 @@ export {
   type DenseFfnWeights,
   type DenseFfnOptions,
   type SharedExpertsWeights,
+  type DeviceMoeOutput,
 } from './layers.js';
+export { DeviceTensor, isDeviceTensor, type DeviceOptions } from './device.js';
 export { mergeExperts, mergeExpertWeights, mergeDistribution, mergeDistance, type MergeOptions, type MergeDistance } from './merge.js';
 export { routingHeatmapSvg, formatRoutingTable, routingEntropy, type RoutingHeatmapOptions, type RoutingTableOptions } from './routing-stats.js';
 export {
@@ -127,6 +129,8 @@ export {
   type AttentionOptions,
   type AddOptions,
   type SampleOptions,
+  type AnyTensor,
+  type Placed,
 } from './ops.js';
 export {
   MixtralBlock,

@@ -3,7 +3,8 @@
  * block-sparse MoE: router, top-k, SwiGLU experts, weighted combine) and the dense SwiGLU FFN
  * baseline. Both keep exactly one packed copy of their weights in the backend.
  */
-import { binding, type NativeForwardVariants, type NativeMoeResult, type NativeTensor } from './binding.js';
+import { binding, type NativeDeviceTensor, type NativeForwardVariants, type NativeMoeResult, type NativeTensor } from './binding.js';
+import { DeviceTensor } from './device.js';
 import { type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
 import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
@@ -99,7 +100,15 @@ export interface MoeOutput {
   routerStats?: MoeRouterStats;
 }
 
-const nt = (t: Tensor) => t as unknown as NativeTensor;
+/** The MoE layer's result for a DeviceTensor input: device tensors, the routing counts only. */
+export interface DeviceMoeOutput {
+  /** [T,d] on the device, the type of the input. */
+  output: DeviceTensor;
+  /** With returnRouting: the slots routed to each expert, [E] int32 on the device. */
+  routing?: { tokensPerExpert: DeviceTensor<'int32'> };
+}
+
+const nt = (t: Tensor | DeviceTensor) => t as unknown as NativeTensor;
 
 /** A private copy of a float tensor the layer keeps (the caller may reuse its arrays). */
 function copyTensor(t: unknown, name: string): Tensor {
@@ -194,16 +203,25 @@ export class MoeLayer {
     return this.#experts.disposed;
   }
 
-  /** Runs the layer on x [T,d] off the event loop. */
-  async forward(x: Tensor, options?: ForwardOptions): Promise<MoeOutput> {
+  /**
+   * Runs the layer on x [T,d] off the event loop. A DeviceTensor x (a layer on a CUDA backend) keeps
+   * the work on the device and gives device tensors; router logits and losses need host tensors.
+   */
+  async forward(x: Tensor, options?: ForwardOptions): Promise<MoeOutput>;
+  async forward(x: DeviceTensor, options?: ForwardOptions): Promise<DeviceMoeOutput>;
+  async forward(x: Tensor | DeviceTensor, options?: ForwardOptions): Promise<MoeOutput | DeviceMoeOutput> {
     const [w, routing, variants, stats] = this.#args(options);
-    return output(await binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, true, variants), routing, stats);
+    const r = await binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, true, variants);
+    return x instanceof DeviceTensor ? deviceOutput(r, routing) : output(r, routing, stats);
   }
 
   /** Runs the layer on the calling thread (for tiny calls). */
-  forwardSync(x: Tensor, options?: ForwardOptions): MoeOutput {
+  forwardSync(x: Tensor, options?: ForwardOptions): MoeOutput;
+  forwardSync(x: DeviceTensor, options?: ForwardOptions): DeviceMoeOutput;
+  forwardSync(x: Tensor | DeviceTensor, options?: ForwardOptions): MoeOutput | DeviceMoeOutput {
     const [w, routing, variants, stats] = this.#args(options);
-    return output(binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, false, variants), routing, stats);
+    const r = binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, false, variants);
+    return x instanceof DeviceTensor ? deviceOutput(r, routing) : output(r, routing, stats);
   }
 
   /** Frees the packed weights; calls already running finish first. */
@@ -258,6 +276,12 @@ function sharedOptions(o: Record<string, unknown>, experts: ExpertWeights): { we
 function checkShared(shared: ExpertWeights, experts: ExpertWeights): void {
   if (shared.hiddenSize !== experts.hiddenSize)
     throw rangeError(`options.sharedExperts hidden size ${shared.hiddenSize} differs from the experts' ${experts.hiddenSize}`);
+}
+
+function deviceOutput(r: NativeMoeResult, routing: boolean): DeviceMoeOutput {
+  const res: DeviceMoeOutput = { output: DeviceTensor.wrap(r.out as NativeDeviceTensor) };
+  if (routing && r.expertCounts) res.routing = { tokensPerExpert: DeviceTensor.wrap<'int32'>(r.expertCounts as unknown as NativeDeviceTensor) };
+  return res;
 }
 
 function output(r: NativeMoeResult, routing: boolean, stats: boolean): MoeOutput {
@@ -357,11 +381,18 @@ export class DenseFfn {
     return this.#w.disposed;
   }
 
-  async forward(x: Tensor): Promise<Tensor> {
-    return (await binding.dense_ffn(nt(x), this.#native(), true)) as Tensor;
+  /** out [T,d] = FFN(x); a DeviceTensor x (an FFN on a CUDA backend) gives a DeviceTensor. */
+  async forward(x: Tensor): Promise<Tensor>;
+  async forward(x: DeviceTensor): Promise<DeviceTensor>;
+  async forward(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
+    const r = await binding.dense_ffn(nt(x), this.#native(), true);
+    return x instanceof DeviceTensor ? DeviceTensor.wrap(r as NativeDeviceTensor) : (r as Tensor);
   }
-  forwardSync(x: Tensor): Tensor {
-    return binding.dense_ffn(nt(x), this.#native(), false) as Tensor;
+  forwardSync(x: Tensor): Tensor;
+  forwardSync(x: DeviceTensor): DeviceTensor;
+  forwardSync(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
+    const r = binding.dense_ffn(nt(x), this.#native(), false);
+    return x instanceof DeviceTensor ? DeviceTensor.wrap(r as NativeDeviceTensor) : (r as Tensor);
   }
   dispose(): void {
     this.#w.dispose();

@@ -15,35 +15,48 @@
  * off the event loop) and a Sync form (for tiny calls, e.g. one decode step); both give the same
  * bits on any thread count. Ops that produce a tensor take `out` (write into a tensor you own, to
  * avoid an allocation per call in a decode loop) and `outType` (the type of a fresh output).
+ *
+ * Ops run where their tensors are: host `Tensor`s on the CPU backend, `DeviceTensor`s (lib/device.ts)
+ * on the CUDA backend, returning device tensors (sample returns host ids). A Linear or KvCache
+ * created with a CUDA `backend` serves device tensors. On CUDA: rope's frequencies are f32 (HF's
+ * rounding; the CPU computes angles in f64), attention needs a head dim of 32, 64, 128 or 256, add
+ * needs one type for a, b and out, and linear writes float32 or the weights' type.
  */
-import { binding, type NativeKvCache, type NativeLinear, type NativeTensor } from './binding.js';
+import { binding, type NativeDeviceTensor, type NativeKvCache, type NativeLinear, type NativeTensor } from './binding.js';
+import { DeviceTensor } from './device.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, typeError } from './errors.js';
 import { boolOption, checkOptions, intOption } from './options.js';
 import type { FloatType, Tensor } from './tensor.js';
 
-/**
- * The model ops run on the CPU backend only for now (their CUDA kernels are not wired into the
- * addon yet): 'auto' means the CPU here, and asking for a device backend says so instead of
- * silently running on the CPU.
- */
-function cpuOnlyBackend(backend: unknown, what: string): ResolvedBackend {
-  const r = resolveBackend(backend);
-  if (r === 'cpu' || backend === undefined || backend === 'auto') return 'cpu';
-  throw new MoeError(`${what} has no '${r}' implementation yet: use backend 'cpu'`, 'ERR_UNSUPPORTED');
+/** Where a Linear or KvCache lives: the CPU unless a backend is asked for. */
+function ownerBackend(backend: unknown): ResolvedBackend {
+  return backend === undefined ? 'cpu' : resolveBackend(backend);
 }
+const nativeBackend = (b: ResolvedBackend) => (b === 'cpu' ? undefined : b);
 
-const nt = (t: Tensor | null | undefined) => t as unknown as NativeTensor;
+/** A host tensor or a device tensor: ops take tensors of one place and return that place's. */
+export type AnyTensor = Tensor | DeviceTensor;
+/** The result of an op on X: a DeviceTensor for device inputs, else a host Tensor. */
+export type Placed<X> = X extends DeviceTensor ? DeviceTensor : Tensor;
+
+const nt = (t: AnyTensor | null | undefined) => t as unknown as NativeTensor;
+
+/** A native result as the caller's place: native device objects become DeviceTensors. */
+function placed<R>(r: unknown): R {
+  if (r && typeof r === 'object' && !(r instanceof DeviceTensor) && 'buffer' in r) return DeviceTensor.wrap(r as NativeDeviceTensor) as R;
+  return r as R;
+}
 
 export interface OutOptions {
   /** Type of a fresh output tensor (default: per op). Ignored when `out` is given, except that it must match. */
   outType?: FloatType;
-  /** A tensor of the result's dims to write into; it is returned. */
-  out?: Tensor;
+  /** A tensor of the result's dims to write into (a DeviceTensor for device inputs); it is returned. */
+  out?: AnyTensor;
 }
 
 function outArgs(o: Record<string, unknown>) {
-  return [o.outType as FloatType | undefined, nt(o.out as Tensor | undefined)] as const;
+  return [o.outType as FloatType | undefined, nt(o.out as AnyTensor | undefined)] as const;
 }
 
 function numberOption(o: Record<string, unknown>, key: string, dflt: number): number {
@@ -56,11 +69,11 @@ function numberOption(o: Record<string, unknown>, key: string, dflt: number): nu
 // ---- embedding ----------------------------------------------------------------------------------
 
 /** Rows of `table` [V,d] for token `ids` [T]; output type defaults to the table's. */
-export async function embedding(table: Tensor, ids: Tensor<'int32'>, options?: OutOptions): Promise<Tensor> {
-  return (await binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), true)) as Tensor;
+export async function embedding<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Promise<Placed<X>> {
+  return placed(await binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), true));
 }
-export function embeddingSync(table: Tensor, ids: Tensor<'int32'>, options?: OutOptions): Tensor {
-  return binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), false) as Tensor;
+export function embeddingSync<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Placed<X> {
+  return placed(binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), false));
 }
 
 // ---- RMS norm -------------------------------------------------------------------------------------
@@ -71,13 +84,13 @@ export interface RmsNormOptions extends OutOptions {
 }
 
 /** Hugging Face MixtralRMSNorm: x * rsqrt(mean(x^2) + eps) * weight, in f32; output type defaults to x's. */
-export async function rmsNorm(x: Tensor, weight: Tensor, options?: RmsNormOptions): Promise<Tensor> {
+export async function rmsNorm<X extends AnyTensor>(x: X, weight: AnyTensor, options?: RmsNormOptions): Promise<Placed<X>> {
   const o = checkOptions(options);
-  return (await binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), true)) as Tensor;
+  return placed(await binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), true));
 }
-export function rmsNormSync(x: Tensor, weight: Tensor, options?: RmsNormOptions): Tensor {
+export function rmsNormSync<X extends AnyTensor>(x: X, weight: AnyTensor, options?: RmsNormOptions): Placed<X> {
   const o = checkOptions(options);
-  return binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), false) as Tensor;
+  return placed(binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), false));
 }
 
 // ---- linear -----------------------------------------------------------------------------------------
@@ -106,6 +119,7 @@ abstract class NativeOwner<N extends { dispose(): void }> {
 }
 
 export interface LinearPackOptions {
+  /** Where the weights live: 'cpu' (default), or a CUDA backend to serve device tensors ('auto': CUDA when available). */
   backend?: BackendName;
 }
 
@@ -136,20 +150,20 @@ export class Linear extends NativeOwner<NativeLinear> {
 
   /** Packs W [out,in] off the event loop. */
   static async pack(w: Tensor, options?: LinearPackOptions): Promise<Linear> {
-    const backend = cpuOnlyBackend(checkOptions(options).backend, 'Linear');
-    return new Linear(await binding.pack_linear(nt(w), true), backend);
+    const backend = ownerBackend(checkOptions(options).backend);
+    return new Linear(await binding.pack_linear(nt(w), true, nativeBackend(backend)), backend);
   }
   static packSync(w: Tensor, options?: LinearPackOptions): Linear {
-    const backend = cpuOnlyBackend(checkOptions(options).backend, 'Linear');
-    return new Linear(binding.pack_linear(nt(w), false), backend);
+    const backend = ownerBackend(checkOptions(options).backend);
+    return new Linear(binding.pack_linear(nt(w), false, nativeBackend(backend)), backend);
   }
 
-  /** y [T,out] = x [T,in] W^T. */
-  async forward(x: Tensor, options?: OutOptions): Promise<Tensor> {
-    return (await binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), true)) as Tensor;
+  /** y [T,out] = x [T,in] W^T (device tensors for a Linear on a CUDA backend). */
+  async forward<X extends AnyTensor>(x: X, options?: OutOptions): Promise<Placed<X>> {
+    return placed(await binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), true));
   }
-  forwardSync(x: Tensor, options?: OutOptions): Tensor {
-    return binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), false) as Tensor;
+  forwardSync<X extends AnyTensor>(x: X, options?: OutOptions): Placed<X> {
+    return placed(binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), false));
   }
 
 }
@@ -159,10 +173,10 @@ function checkLinear(w: unknown): Linear {
   return w;
 }
 /** y = x W^T with packed weights (the same as w.forward(x)). */
-export async function linear(x: Tensor, w: Linear, options?: OutOptions): Promise<Tensor> {
+export async function linear<X extends AnyTensor>(x: X, w: Linear, options?: OutOptions): Promise<Placed<X>> {
   return checkLinear(w).forward(x, options);
 }
-export function linearSync(x: Tensor, w: Linear, options?: OutOptions): Tensor {
+export function linearSync<X extends AnyTensor>(x: X, w: Linear, options?: OutOptions): Placed<X> {
   return checkLinear(w).forwardSync(x, options);
 }
 
@@ -174,12 +188,12 @@ export interface RopeOptions {
   /** Rotate q and k in place (returns the same tensors). Default false: fresh tensors of their types. */
   inPlace?: boolean;
 }
-export interface RopeResult {
-  q: Tensor;
-  k: Tensor | null;
+export interface RopeResult<X extends AnyTensor = Tensor> {
+  q: Placed<X>;
+  k: Placed<X> | null;
 }
 
-function ropeArgs(q: Tensor, k: Tensor | null | undefined, options?: RopeOptions) {
+function ropeArgs(q: AnyTensor, k: AnyTensor | null | undefined, options?: RopeOptions) {
   const o = checkOptions(options);
   const inPlace = boolOption(o, 'inPlace', false);
   return [numberOption(o, 'theta', 10000), inPlace ? nt(q) : null, inPlace ? nt(k) : null] as const;
@@ -190,13 +204,15 @@ function ropeArgs(q: Tensor, k: Tensor | null | undefined, options?: RopeOptions
  * theta^(-2i/hd)); angles, cosines and sines in f64, rotation in f32. q [T,Hq,hd] and k [T,Hkv,hd]
  * (k may be null), positions [T] int32.
  */
-export async function rope(q: Tensor, k: Tensor | null, positions: Tensor<'int32'>, options?: RopeOptions): Promise<RopeResult> {
+export async function rope<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'>, options?: RopeOptions): Promise<RopeResult<X>> {
   const [theta, qo, ko] = ropeArgs(q, k, options);
-  return (await binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, true)) as unknown as RopeResult;
+  const r = await binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, true);
+  return { q: placed(r.q), k: placed(r.k) };
 }
-export function ropeSync(q: Tensor, k: Tensor | null, positions: Tensor<'int32'>, options?: RopeOptions): RopeResult {
+export function ropeSync<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'>, options?: RopeOptions): RopeResult<X> {
   const [theta, qo, ko] = ropeArgs(q, k, options);
-  return binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, false) as unknown as RopeResult;
+  const r = binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, false);
+  return { q: placed(r.q), k: placed(r.k) };
 }
 
 // ---- KV cache and attention ---------------------------------------------------------------------------
@@ -210,6 +226,7 @@ export interface KvCacheInit {
   type?: FloatType;
 }
 export interface KvCacheOptions {
+  /** Where the keys and values live: 'cpu' (default), or a CUDA backend for device tensors. */
   backend?: BackendName;
 }
 
@@ -229,13 +246,13 @@ export class KvCache extends NativeOwner<NativeKvCache> {
 
   constructor(init: KvCacheInit, options?: KvCacheOptions) {
     const i = checkOptions(init, 'init');
-    const backend = cpuOnlyBackend(checkOptions(options).backend, 'KvCache');
+    const backend = ownerBackend(checkOptions(options).backend);
     const n = (k: string) => {
       if (i[k] === undefined) throw typeError(`init.${k} is required, got undefined`);
       return intOption(i, k, 0, 1, Number.MAX_SAFE_INTEGER, `init.${k}`);
     };
     const [maxSeq, heads, hd] = [n('maxSeq'), n('numKvHeads'), n('headDim')];
-    const native = binding.create_kv_cache(maxSeq, heads, hd, (i.type ?? 'float32') as FloatType);
+    const native = binding.create_kv_cache(maxSeq, heads, hd, (i.type ?? 'float32') as FloatType, nativeBackend(backend));
     super(native, 'KvCache');
     const info = native.info();
     this.maxSeq = info.maxSeq!;
@@ -285,13 +302,13 @@ function attentionArgs(cache: KvCache, options?: AttentionOptions) {
  * kv head h / (Hq/Hkv)). Output type defaults to q's. Async calls on one cache run in call order;
  * a Sync call while an async one on the same cache is running throws ERR_BUSY.
  */
-export async function attention(q: Tensor, k: Tensor, v: Tensor, cache: KvCache, options?: AttentionOptions): Promise<Tensor> {
+export async function attention<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Promise<Placed<X>> {
   const [c, start, window, outType, out] = attentionArgs(cache, options);
-  return (await binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, true)) as Tensor;
+  return placed(await binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, true));
 }
-export function attentionSync(q: Tensor, k: Tensor, v: Tensor, cache: KvCache, options?: AttentionOptions): Tensor {
+export function attentionSync<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Placed<X> {
   const [c, start, window, outType, out] = attentionArgs(cache, options);
-  return binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, false) as Tensor;
+  return placed(binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, false));
 }
 
 // ---- residual add ---------------------------------------------------------------------------------------
@@ -301,18 +318,18 @@ export interface AddOptions extends OutOptions {
   inPlace?: boolean;
 }
 
-function addArgs(a: Tensor, options?: AddOptions) {
+function addArgs(a: AnyTensor, options?: AddOptions) {
   const o = checkOptions(options);
   const [outType, out] = outArgs(o);
   return [outType, boolOption(o, 'inPlace', false) ? nt(a) : out] as const;
 }
 
 /** a + b element-wise in f32 (same dims); output type defaults to a's. */
-export async function add(a: Tensor, b: Tensor, options?: AddOptions): Promise<Tensor> {
-  return (await binding.add(nt(a), nt(b), ...addArgs(a, options), true)) as Tensor;
+export async function add<X extends AnyTensor>(a: X, b: X, options?: AddOptions): Promise<Placed<X>> {
+  return placed(await binding.add(nt(a), nt(b), ...addArgs(a, options), true));
 }
-export function addSync(a: Tensor, b: Tensor, options?: AddOptions): Tensor {
-  return binding.add(nt(a), nt(b), ...addArgs(a, options), false) as Tensor;
+export function addSync<X extends AnyTensor>(a: X, b: X, options?: AddOptions): Placed<X> {
+  return placed(binding.add(nt(a), nt(b), ...addArgs(a, options), false));
 }
 
 // ---- sampling --------------------------------------------------------------------------------------------
@@ -340,9 +357,9 @@ function sampleArgs(options?: SampleOptions) {
  * temperature) in f32 cut to topP, drawn with a counter-based RNG of (seed, step, row): the same
  * seed and step give the same token on any backend and thread count.
  */
-export async function sample(logits: Tensor<'float32'>, options?: SampleOptions): Promise<Tensor<'int32'>> {
+export async function sample(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Promise<Tensor<'int32'>> {
   return (await binding.sample(nt(logits), ...sampleArgs(options), true)) as Tensor<'int32'>;
 }
-export function sampleSync(logits: Tensor<'float32'>, options?: SampleOptions): Tensor<'int32'> {
+export function sampleSync(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Tensor<'int32'> {
   return binding.sample(nt(logits), ...sampleArgs(options), false) as Tensor<'int32'>;
 }

@@ -13,6 +13,7 @@ namespace moe_addon {
 void InitOps(Napi::Env env, Napi::Object exports);
 void InitBenchOps(Napi::Env env, Napi::Object exports);
 void InitModelOps(Napi::Env env, Napi::Object exports);
+void InitDevice(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -71,6 +72,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitOps(env, exports);
   InitBenchOps(env, exports);
   InitModelOps(env, exports);
+  InitDevice(env, exports);
   return exports;
 }
 

@@ -116,8 +116,7 @@ moe::DType to_dtype(const Napi::Value& v, const char* name, unsigned allowed) {
   throw_type_error(env, std::string(name) + " must be one of " + allowed_s + ", got " + describe(v));
 }
 
-moe::TensorView to_tensor(const Napi::Value& v, const char* name, unsigned allowed, int ndim,
-                          KeepAlive* keep) {
+moe::TensorView to_tensor_shape(const Napi::Value& v, const char* name, unsigned allowed, int ndim) {
   Napi::Env env = v.Env();
   const std::string n(name);
   if (!v.IsObject() || v.IsArray() || v.IsTypedArray())
@@ -146,6 +145,16 @@ moe::TensorView to_tensor(const Napi::Value& v, const char* name, unsigned allow
     numel *= x;
   }
   if (numel > 9007199254740991.0) throw_range_error(env, n + " has too many elements: dims " + describe(dv));
+  return t;
+}
+
+moe::TensorView to_tensor(const Napi::Value& v, const char* name, unsigned allowed, int ndim,
+                          KeepAlive* keep) {
+  Napi::Env env = v.Env();
+  const std::string n(name);
+  moe::TensorView t = to_tensor_shape(v, name, allowed, ndim);
+  Napi::Object o = v.As<Napi::Object>();
+  const double numel = double(t.numel());
 
   Napi::Value data = o.Get("data");
   napi_typedarray_type want = t.dtype == moe::DType::kF32   ? napi_float32_array

@@ -27,6 +27,7 @@ struct AddonData {
   Napi::FunctionReference experts_ctor;  // the Experts class
   Napi::FunctionReference linear_ctor;   // the Linear class (model_ops.cc)
   Napi::FunctionReference kv_cache_ctor;  // the KvCache class (model_ops.cc)
+  Napi::FunctionReference device_buffer_ctor;  // the DeviceBuffer class (device.cc)
 };
 AddonData& addon_data(Napi::Env env);
 
@@ -42,6 +43,9 @@ void throw_if_error(Napi::Env env, const moe::Status& st);
 
 // JS objects an async job must keep alive until it finishes (the typed arrays it reads/writes).
 using KeepAlive = std::vector<Napi::ObjectReference>;
+
+// The type and dims of {type, dims, ...} (data not read): shared by host and device tensors.
+moe::TensorView to_tensor_shape(const Napi::Value& v, const char* name, unsigned allowed, int ndim);
 
 // Parses {type, data, dims}, reading data in place. ndim < 0 accepts any rank up to 4.
 // When `keep` is given, the typed array is added to it.

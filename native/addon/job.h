@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "args.h"
 #include "moe/status.h"
@@ -17,6 +18,7 @@ namespace moe_addon {
 
 struct Job {
   KeepAlive keep;                                    // inputs and outputs kept alive
+  std::vector<std::shared_ptr<void>> hold;           // device buffers the job uses (device.h)
   Napi::ObjectReference result;                      // what the call returns, built before compute
   std::function<moe::Status()> compute;              // runs off the JS thread (async)
   std::function<Napi::Value(Napi::Env)> finish;      // optional: builds the result after compute

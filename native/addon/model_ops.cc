@@ -23,7 +23,9 @@
 #include <type_traits>
 
 #include "args.h"
+#include "device.h"
 #include "job.h"
+#include "moe/cuda_backend.h"
 #include "moe/model_ops.h"
 
 namespace moe_addon {
@@ -47,14 +49,18 @@ double to_number(const Napi::Value& v, const char* name, double lo, double hi, b
 }
 
 // The result tensor of an op: the caller's `out` when given (its dims must be those of `shape`,
-// its type `type` when that is given, or one of `allowed`), else a fresh one of `type` or `dflt`.
+// its type `type` when that is given, or one of `allowed`), else a fresh one of `type` or `dflt`;
+// a device tensor when `device`.
 Napi::Object output(const Napi::Value& out_v, const Napi::Value& type_v, moe::DType dflt, unsigned allowed,
-                    const moe::TensorView& shape, KeepAlive* keep, moe::TensorView* view) {
+                    const moe::TensorView& shape, Job* job, moe::TensorView* view, bool device = false) {
   Napi::Env env = out_v.Env();
   const bool typed = given(type_v);
   const moe::DType t = typed ? to_dtype(type_v, "outType", allowed) : dflt;
-  if (!given(out_v)) return new_tensor(env, t, shape, view);
-  *view = to_tensor(out_v, "out", allowed, shape.ndim, keep);
+  if (!given(out_v)) return device ? new_device_tensor(env, t, shape, &job->hold, view) : new_tensor(env, t, shape, view);
+  if (is_device_tensor(out_v) != device)
+    throw_type_error(env, std::string("out must be ") + (device ? "a device tensor, like the op's inputs" : "a host tensor, like the op's inputs") +
+                              ", got " + (device ? "a host tensor" : "a device tensor"));
+  *view = device ? to_device_tensor(out_v, "out", allowed, shape.ndim, &job->hold) : to_tensor(out_v, "out", allowed, shape.ndim, &job->keep);
   for (int i = 0; i < shape.ndim; ++i)
     if (view->dims[i] != shape.dims[i])
       throw_range_error(env, "out.dims must be " + dims_string(shape) + ", got " + dims_string(*view));
@@ -182,7 +188,8 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 2, "embedding");
   auto job = std::make_unique<Job>();
-  moe::TensorView table = to_tensor(info[0], "table", kAnyFloat, 2, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView table = tensor_arg(info[0], "table", kAnyFloat, 2, job.get(), dev);
   moe::TensorView ids = to_tensor(info[1], "ids", kI32, 1, &job->keep);
   const int64_t V = table.dims[0], d = table.dims[1], T = ids.dims[0];
   const int32_t* ip = ids.as<const int32_t>();
@@ -191,8 +198,10 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
       throw_range_error(env, "ids.data[" + std::to_string(t) + "] must be a token index in [0, " + std::to_string(V) +
                                  "), got " + std::to_string(ip[t]));
   moe::TensorView out;
-  job->result = Napi::Persistent(output(info[3], info[2], table.dtype, kAnyFloat, shape_of({T, d}), &job->keep, &out));
-  job->compute = [=]() { return moe::embedding(table, ids.as<const int32_t>(), T, out); };
+  job->result = Napi::Persistent(output(info[3], info[2], table.dtype, kAnyFloat, shape_of({T, d}), job.get(), &out, dev));
+  job->compute = [=]() {
+    return (dev ? moe::cuda::dev::embedding : moe::embedding)(table, ids.as<const int32_t>(), T, out);
+  };
   return run_job(env, async_flag(info, 4), std::move(job));
 }
 
@@ -200,16 +209,18 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 3, "rms_norm");
   auto job = std::make_unique<Job>();
-  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
-  moe::TensorView w = to_tensor(info[1], "weight", kAnyFloat, 1, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView x = tensor_arg(info[0], "x", kAnyFloat, 2, job.get(), dev);
+  moe::TensorView w = tensor_arg(info[1], "weight", kAnyFloat, 1, job.get(), dev);
   check_same(env, "weight.dims[0]", w.dims[0], "x.dims[1]", x.dims[1]);
   const float eps = float(to_number(info[2], "eps", 0.0, 1.0));
   moe::TensorView out;
-  job->result = Napi::Persistent(output(info[4], info[3], x.dtype, kAnyFloat, x, &job->keep, &out));
-  job->compute = [=]() { return moe::rms_norm(x, w, eps, out); };
+  job->result = Napi::Persistent(output(info[4], info[3], x.dtype, kAnyFloat, x, job.get(), &out, dev));
+  job->compute = [=]() { return (dev ? moe::cuda::dev::rms_norm : moe::rms_norm)(x, w, eps, out); };
   return run_job(env, async_flag(info, 5), std::move(job));
 }
 
+// pack_linear(w, async, backend?)
 Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "pack_linear");
@@ -217,22 +228,28 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   moe::TensorView w = to_tensor(info[0], "w", kAnyFloat, 2, &job->keep);
   if (w.dims[0] < 1 || w.dims[1] < 1)
     throw_range_error(env, "w must have at least one row and one column, got dims " + dims_string(w));
+  const bool cuda = on_cuda(info, 2);
   return run_make_job<moe::PackedLinear>(
       env, async_flag(info, 1), std::move(job),
-      [w](std::unique_ptr<moe::PackedLinear>* out) { return moe::pack_linear(w, out); }, LinearWrap::NewInstance);
+      [w, cuda](std::unique_ptr<moe::PackedLinear>* out) {
+        return (cuda ? moe::cuda::dev::pack_linear : moe::pack_linear)(w, out);
+      },
+      LinearWrap::NewInstance);
 }
 
 Napi::Value Linear(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 2, "linear");
   auto job = std::make_unique<Job>();
-  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView x = tensor_arg(info[0], "x", kAnyFloat, 2, job.get(), dev);
   std::shared_ptr<const moe::PackedLinear> w = LinearWrap::Get(info[1], "w")->obj;
+  check_place(env, "the Linear", w->backend(), dev);
   check_same(env, "x.dims[1]", x.dims[1], "the weights' in features", w->in_features);
   moe::TensorView y;
   job->result = Napi::Persistent(output(info[3], info[2], moe::DType::kF32, kAnyFloat,
-                                        shape_of({x.dims[0], w->out_features}), &job->keep, &y));
-  job->compute = [=]() { return moe::linear(x, *w, y); };
+                                        shape_of({x.dims[0], w->out_features}), job.get(), &y, dev));
+  job->compute = [=]() { return (dev ? moe::cuda::dev::linear : moe::linear)(x, *w, y); };
   return run_job(env, async_flag(info, 4), std::move(job));
 }
 
@@ -240,9 +257,10 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 4, "rope");
   auto job = std::make_unique<Job>();
-  moe::TensorView q = to_tensor(info[0], "q", kAnyFloat, 3, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView q = tensor_arg(info[0], "q", kAnyFloat, 3, job.get(), dev);
   const bool has_k = given(info[1]);
-  moe::TensorView k = has_k ? to_tensor(info[1], "k", kAnyFloat, 3, &job->keep) : moe::TensorView();
+  moe::TensorView k = has_k ? tensor_arg(info[1], "k", kAnyFloat, 3, job.get(), dev) : moe::TensorView();
   moe::TensorView pos = to_tensor(info[2], "positions", kI32, 1, &job->keep);
   const int64_t T = q.dims[0], hd = q.dims[2];
   if (hd % 2 != 0) throw_range_error(env, "q.dims[2] (head dim) must be even, got " + std::to_string(hd));
@@ -255,17 +273,19 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   moe::TensorView qo, ko;
   Napi::Value none = env.Undefined();
   Napi::Object r = Napi::Object::New(env);
-  r.Set("q", output(info.Length() > 4 ? info[4] : none, none, q.dtype, kAnyFloat, q, &job->keep, &qo));
-  r.Set("k", has_k ? Napi::Value(output(info.Length() > 5 ? info[5] : none, none, k.dtype, kAnyFloat, k, &job->keep, &ko))
+  r.Set("q", output(info.Length() > 4 ? info[4] : none, none, q.dtype, kAnyFloat, q, job.get(), &qo, dev));
+  r.Set("k", has_k ? Napi::Value(output(info.Length() > 5 ? info[5] : none, none, k.dtype, kAnyFloat, k, job.get(), &ko, dev))
                    : env.Null());
   job->result = Napi::Persistent(r);
   job->compute = [=]() {
-    MOE_RETURN_IF_ERROR(moe::rope(q, pos.as<const int32_t>(), theta, qo));
-    return has_k ? moe::rope(k, pos.as<const int32_t>(), theta, ko) : moe::Status::ok();
+    auto op = dev ? moe::cuda::dev::rope : moe::rope;
+    MOE_RETURN_IF_ERROR(op(q, pos.as<const int32_t>(), theta, qo));
+    return has_k ? op(k, pos.as<const int32_t>(), theta, ko) : moe::Status::ok();
   };
   return run_job(env, async_flag(info, 6), std::move(job));
 }
 
+// create_kv_cache(maxSeq, numKvHeads, headDim, type, backend?)
 Napi::Value CreateKvCache(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 4, "create_kv_cache");
@@ -273,8 +293,9 @@ Napi::Value CreateKvCache(const Napi::CallbackInfo& info) {
   const int64_t heads = to_int(info[1], "numKvHeads", 1, 4096);
   const int64_t hd = to_int(info[2], "headDim", 1, 65536);
   const moe::DType t = to_dtype(info[3], "type", kAnyFloat);
+  const bool cuda = on_cuda(info, 4);
   std::unique_ptr<moe::KvCache> c;
-  throw_if_error(env, moe::create_kv_cache(max_seq, heads, hd, t, &c));
+  throw_if_error(env, (cuda ? moe::cuda::dev::create_kv_cache : moe::create_kv_cache)(max_seq, heads, hd, t, &c));
   return KvCacheWrap::NewInstance(env, std::shared_ptr<moe::KvCache>(std::move(c)));
 }
 
@@ -282,11 +303,13 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 6, "attention");
   auto job = std::make_unique<Job>();
-  moe::TensorView q = to_tensor(info[0], "q", kAnyFloat, 3, &job->keep);
-  moe::TensorView k = to_tensor(info[1], "k", kAnyFloat, 3, &job->keep);
-  moe::TensorView v = to_tensor(info[2], "v", kAnyFloat, 3, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView q = tensor_arg(info[0], "q", kAnyFloat, 3, job.get(), dev);
+  moe::TensorView k = tensor_arg(info[1], "k", kAnyFloat, 3, job.get(), dev);
+  moe::TensorView v = tensor_arg(info[2], "v", kAnyFloat, 3, job.get(), dev);
   KvCacheWrap* h = KvCacheWrap::Get(info[3], "cache");
   std::shared_ptr<moe::KvCache> cache = h->obj;
+  check_place(env, "the KvCache", cache->backend(), dev);
   const int64_t T = q.dims[0], Hq = q.dims[1];
   check_same(env, "k.dims[1]", k.dims[1], "the cache's numKvHeads", cache->num_kv_heads);
   check_same(env, "k.dims[2]", k.dims[2], "the cache's headDim", cache->head_dim);
@@ -305,7 +328,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   p.start_pos = start;
   p.sliding_window = to_int(info[5], "slidingWindow", 0, kMaxSafeInteger);
   moe::TensorView out;
-  job->result = Napi::Persistent(output(info[7], info[6], q.dtype, kAnyFloat, q, &job->keep, &out));
+  job->result = Napi::Persistent(output(info[7], info[6], q.dtype, kAnyFloat, q, job.get(), &out, dev));
   const bool async = async_flag(info, 8);
   if (!async && h->inflight->load() > 0)
     throw_moe_error(env, "ERR_BUSY", "cache is in use by an async attention call: await it before a sync call");
@@ -313,7 +336,7 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   auto inflight = h->inflight;
   if (async) inflight->fetch_add(1);
   job->compute = [=]() {
-    moe::Status st = moe::attention(q, k, v, *cache, p, out);
+    moe::Status st = (dev ? moe::cuda::dev::attention : moe::attention)(q, k, v, *cache, p, out);
     if (async) inflight->fetch_sub(1);
     return st;
   };
@@ -324,22 +347,25 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 2, "add");
   auto job = std::make_unique<Job>();
-  moe::TensorView a = to_tensor(info[0], "a", kAnyFloat, -1, &job->keep);
-  moe::TensorView b = to_tensor(info[1], "b", kAnyFloat, -1, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView a = tensor_arg(info[0], "a", kAnyFloat, -1, job.get(), dev);
+  moe::TensorView b = tensor_arg(info[1], "b", kAnyFloat, -1, job.get(), dev);
   bool same = a.ndim == b.ndim;
   for (int i = 0; same && i < a.ndim; ++i) same = a.dims[i] == b.dims[i];
   if (!same) throw_range_error(env, "b.dims " + dims_string(b) + " must equal a.dims " + dims_string(a));
   moe::TensorView out;
-  job->result = Napi::Persistent(output(info[3], info[2], a.dtype, kAnyFloat, a, &job->keep, &out));
-  job->compute = [=]() { return moe::add(a, b, out); };
+  job->result = Napi::Persistent(output(info[3], info[2], a.dtype, kAnyFloat, a, job.get(), &out, dev));
+  job->compute = [=]() { return (dev ? moe::cuda::dev::add : moe::add)(a, b, out); };
   return run_job(env, async_flag(info, 4), std::move(job));
 }
 
+// The ids are a host tensor whatever the place of the logits.
 Napi::Value Sample(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 5, "sample");
   auto job = std::make_unique<Job>();
-  moe::TensorView l = to_tensor(info[0], "logits", kF32, -1, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView l = tensor_arg(info[0], "logits", kF32, -1, job.get(), dev);
   if (l.ndim != 1 && l.ndim != 2)
     throw_range_error(env, "logits.dims must be [V] or [T,V], got " + dims_string(l));
   const int64_t V = l.dims[l.ndim - 1], T = l.ndim == 2 ? l.dims[0] : 1;
@@ -350,8 +376,11 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
   p.seed = uint64_t(to_int(info[3], "seed", 0, int64_t(kMaxSafeInteger)));
   p.step = uint64_t(to_int(info[4], "step", 0, int64_t(kMaxSafeInteger)));
   moe::TensorView ids;
-  job->result = Napi::Persistent(output(info[5], env.Undefined(), moe::DType::kI32, kI32, shape_of({T}), &job->keep, &ids));
-  job->compute = [=]() { return moe::sample(l.as<const float>(), T, V, p, ids.as<int32_t>()); };
+  job->result = Napi::Persistent(output(info[5], env.Undefined(), moe::DType::kI32, kI32, shape_of({T}), job.get(), &ids));
+  job->compute = [=]() {
+    if (dev) return moe::cuda::dev::sample(l, T, V, p, ids.as<int32_t>());
+    return moe::sample(l.as<const float>(), T, V, p, ids.as<int32_t>());
+  };
   return run_job(env, async_flag(info, 6), std::move(job));
 }
 

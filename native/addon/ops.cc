@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "args.h"
+#include "device.h"
 #include "experts.h"
 #include "job.h"
 #include "moe/cuda_backend.h"
@@ -18,26 +19,6 @@ namespace moe_addon {
 namespace {
 
 constexpr int64_t kMaxInt32 = 2147483647;
-
-// The backend an op without packed weights runs on: argument i is undefined / 'cpu' or this build's
-// CUDA backend name ('cuda', or 'cuda-emu' in test builds), which must be available.
-bool on_cuda(const Napi::CallbackInfo& info, size_t i) {
-  if (i >= info.Length() || info[i].IsUndefined() || info[i].IsNull()) return false;
-  Napi::Env env = info.Env();
-  const std::string cuda = moe::cuda::backend_name();
-  if (!info[i].IsString())
-    throw_type_error(env, "backend must be 'cpu' or '" + cuda + "', got " + describe(info[i]));
-  const std::string b = info[i].As<Napi::String>();
-  if (b == "cpu") return false;
-  if (b != cuda || cuda == "none")
-    throw_moe_error(env, "ERR_BACKEND_UNAVAILABLE",
-                    "backend '" + b + "' is not in this build: " +
-                        (cuda == "none" ? moe::cuda::device_info().reason : "its CUDA backend is '" + cuda + "'"));
-  if (!moe::cuda::device_info().available)
-    throw_moe_error(env, "ERR_BACKEND_UNAVAILABLE",
-                    "backend '" + b + "' is not available: " + moe::cuda::device_info().reason);
-  return true;
-}
 
 bool is_cuda(const moe::PackedExperts& w) { return std::string(w.backend()) != "cpu"; }
 
@@ -366,9 +347,11 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 7, "moe_forward");
   auto job = std::make_unique<Job>();
-  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  const bool dev = is_device_tensor(info[0]);  // device x: out and expertCounts are device tensors
+  moe::TensorView x = tensor_arg(info[0], "x", kAnyFloat, 2, job.get(), dev);
   moe::TensorView gate = to_tensor(info[1], "gate", kAnyFloat, 2, &job->keep);
   auto w = ExpertsWrap::Get(info[2], "experts");
+  check_place(env, "the experts", w->backend(), dev);
   const int64_t T = x.dims[0], E = w->num_experts;
   check_same(env, "x.dims[1]", x.dims[1], "the experts' d", w->d);
   check_same(env, "gate.dims[0]", gate.dims[0], "the number of experts", E);
@@ -394,6 +377,18 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   moe::MoeForwardOutputs outs;
   moe::TensorView ids, wts, counts, dropped, logits;
   Napi::Object r = Napi::Object::New(env);
+  if (dev) {
+    if (v.want_logits || v.want_stats)
+      throw_moe_error(env, "ERR_UNSUPPORTED", "router logits and losses are not returned for device tensors: run on host tensors");
+    moe::TensorView shape;
+    shape.ndim = 2, shape.dims[0] = T, shape.dims[1] = w->d;
+    r.Set("out", new_device_tensor(env, x.dtype, shape, &job->hold, &outs.out));
+    if (want_routing) {
+      shape.ndim = 1, shape.dims[0] = E;
+      r.Set("expertCounts", new_device_tensor(env, moe::DType::kI32, shape, &job->hold, &counts));
+      outs.expert_counts = counts.as<int32_t>();
+    }
+  } else {
   r.Set("out", new_tensor(env, x.dtype, {T, w->d}, &outs.out));
   if (want_routing) {
     r.Set("topkIds", new_tensor(env, moe::DType::kI32, {T, p.route.top_k}, &ids));
@@ -409,6 +404,7 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     r.Set("logits", new_tensor(env, moe::DType::kF32, {T, E}, &logits));
     outs.logits = logits.as<float>();
   }
+  }
   auto stats = v.want_stats ? std::make_shared<moe::RouterStats>() : nullptr;
   job->result = Napi::Persistent(r);
   job->compute = [=]() {
@@ -419,6 +415,7 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     layer.shared_gate = v.shared_gate;
     moe::MoeForwardOutputs o = outs;
     o.stats = stats.get();
+    if (dev) return moe::cuda::dev::moe_forward(layer, x, p, o);
     return (is_cuda(*w) ? moe::cuda::moe_forward : moe::moe_forward)(layer, x, p, o);
   };
   return_stats(job.get(), stats);
@@ -430,13 +427,20 @@ Napi::Value DenseFfn(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 2, "dense_ffn");
   auto job = std::make_unique<Job>();
-  moe::TensorView x = to_tensor(info[0], "x", kAnyFloat, 2, &job->keep);
+  const bool dev = is_device_tensor(info[0]);
+  moe::TensorView x = tensor_arg(info[0], "x", kAnyFloat, 2, job.get(), dev);
   auto w = ExpertsWrap::Get(info[1], "weights");
+  check_place(env, "the FFN", w->backend(), dev);
   check_same(env, "weights expert count", w->num_experts, "1 (a dense FFN)", 1);
   check_same(env, "x.dims[1]", x.dims[1], "the FFN's d", w->d);
-  moe::TensorView out;
-  job->result = Napi::Persistent(new_tensor(env, x.dtype, {x.dims[0], w->d}, &out));
-  job->compute = [=]() { return (is_cuda(*w) ? moe::cuda::dense_ffn : moe::dense_ffn)(*w, x, out); };
+  moe::TensorView out, shape = x;
+  shape.dims[1] = w->d;
+  job->result = Napi::Persistent(dev ? new_device_tensor(env, x.dtype, shape, &job->hold, &out)
+                                     : new_tensor(env, x.dtype, {x.dims[0], w->d}, &out));
+  job->compute = [=]() {
+    if (dev) return moe::cuda::dev::dense_ffn(*w, x, out);
+    return (is_cuda(*w) ? moe::cuda::dense_ffn : moe::dense_ffn)(*w, x, out);
+  };
   return run_job(env, async_flag(info, 2), std::move(job));
 }
 

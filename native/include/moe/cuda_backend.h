@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "moe/model_ops.h"
 #include "moe/ops.h"
 #include "moe/status.h"
 #include "moe/tensor.h"
@@ -60,6 +61,51 @@ Status combine(const float* y, int64_t R, const int32_t* row_of, const float* to
 Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeForwardParams& p,
                    const MoeForwardOutputs& outs);
 Status dense_ffn(const PackedExperts& w, const TensorView& x, const TensorView& out);
+
+// ---- device-resident tensors ---------------------------------------------------------------------
+// A model forward on CUDA keeps its activations on the device: the ops below take TensorViews whose
+// `data` are device pointers (into DeviceBuffers) and enqueue their kernels on the backend's one
+// tensor stream in call order, without waiting for them. Only `download` and `dev::sample` (which
+// return host data) wait for the stream, and a kernel error that was not caught at launch shows
+// there. Buffers are allocated and freed stream-ordered on that stream, so dropping a buffer while
+// enqueued work still reads it is safe. Host inputs of the ops (token ids, positions) are copied in
+// before the op returns; the caller may reuse them at once.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+// `bytes` of zeroed device memory (bytes 0: a valid empty buffer).
+Status alloc_device(size_t bytes, std::shared_ptr<DeviceBuffer>* out);
+// Host -> device (waits until the copy is done, so `src` may be freed afterwards).
+Status upload(void* dst, const void* src, size_t n);
+// Device -> host, after all work enqueued before it on the tensor stream; waits.
+Status download(void* dst, const void* src, size_t n);
+
+namespace dev {
+// moe/model_ops.h's ops on device tensors; "host" marks host arrays. Differences from the CPU:
+// rope's frequencies are f32 (HF's rounding), attention needs head_dim 32, 64, 128 or 256, and add
+// needs one dtype for a, b and out.
+Status embedding(const TensorView& table, const int32_t* ids /*host*/, int64_t T, const TensorView& out);
+Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
+// w: host [out,in]; uploaded as is (the CUDA linear reads HF layout). backend() is backend_name().
+Status pack_linear(const TensorView& w, std::unique_ptr<PackedLinear>* out);
+Status linear(const TensorView& x, const PackedLinear& w, const TensorView& y);
+Status rope(const TensorView& x, const int32_t* positions /*host*/, double theta, const TensorView& out);
+Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,
+                       std::unique_ptr<KvCache>* out);
+Status attention(const TensorView& q, const TensorView& k, const TensorView& v, KvCache& cache,
+                 const AttentionParams& p, const TensorView& out);
+Status add(const TensorView& a, const TensorView& b, const TensorView& out);
+Status sample(const TensorView& logits, int64_t T, int64_t V, const SampleParams& p, int32_t* ids /*host*/);
+// The MoE layer on device x [T,d] -> outs.out [T,d] (device). Of the other outputs only
+// expert_counts may be set, as a device int32 [E]; the layer's experts come from pack_experts here.
+Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeForwardParams& p,
+                   const MoeForwardOutputs& outs);
+// A one-expert FFN (pack_experts here) on device x [T,d] -> out [T,d].
+Status dense_ffn(const PackedExperts& w, const TensorView& x, const TensorView& out);
+}  // namespace dev
 
 // ---- bench ---------------------------------------------------------------------------------------
 // Device time of one call, averaged over `iters` calls between two CUDA events, on device-resident

@@ -40,6 +40,7 @@ class PackedLinear {
   int64_t in_features = 0, out_features = 0;
   DType dtype = DType::kF32;
   virtual size_t bytes() const = 0;  // memory held by the packed weights
+  virtual const char* backend() const { return "cpu"; }  // which backend packed it
 };
 
 // w: [out,in] f32/f16/bf16. Copies and repacks; the source may be freed afterwards.
@@ -69,6 +70,7 @@ class KvCache {
   int64_t max_seq = 0, num_kv_heads = 0, head_dim = 0;
   DType dtype = DType::kF32;
   virtual size_t bytes() const = 0;
+  virtual const char* backend() const { return "cpu"; }  // where the keys and values live
 };
 
 Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,

@@ -25,6 +25,7 @@
 
 #include "cuda_compat.cuh"
 #include "launchers.h"
+#include "model_launchers.h"
 
 namespace moe {
 namespace cuda {
@@ -645,6 +646,360 @@ Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView&
   MOE_RETURN_IF_ERROR(d2h(out.data, ws + o_out, tensor_bytes(out), s));
   return sync(s);  // host_i and ones outlive the copies
 }
+
+// ---- device-resident tensors ------------------------------------------------------------------------
+namespace {
+
+// The one stream of the device-tensor ops: created on first use, kept for the process.
+Status tensor_stream(cudaStream_t* out) {
+  MOE_RETURN_IF_ERROR(ready());
+  static cudaStream_t stream = nullptr;
+  static cudaError_t err = cudaSuccess;
+  static std::once_flag once;
+  std::call_once(once, [] { err = cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking); });
+  if (err != cudaSuccess) return from_cuda(err, "creating the tensor stream");
+  *out = stream;
+  return Status::ok();
+}
+
+class DeviceBufferImpl final : public DeviceBuffer {
+ public:
+  ~DeviceBufferImpl() override {
+    cudaStream_t s = nullptr;
+    if (data && tensor_stream(&s).is_ok()) cudaFreeAsync(data, s);  // after the work enqueued on it
+  }
+};
+
+class DeviceLinear final : public PackedLinear {
+ public:
+  ~DeviceLinear() override {
+    if (w && ready().is_ok()) cudaFree(w);  // waits for the device: runs at dispose, never in an op
+  }
+  size_t bytes() const override { return w_bytes; }
+  const char* backend() const override { return kName; }
+  void* w = nullptr;
+  size_t w_bytes = 0;
+};
+
+class DeviceKvCache final : public KvCache {
+ public:
+  ~DeviceKvCache() override {
+    if (ready().is_ok()) {
+      if (k) cudaFree(k);
+      if (v) cudaFree(v);
+    }
+  }
+  size_t bytes() const override { return 2 * half_bytes; }
+  const char* backend() const override { return kName; }
+  void* k = nullptr;  // [max_seq, kv_heads, head_dim] (attention.cu's layout)
+  void* v = nullptr;
+  size_t half_bytes = 0;
+};
+
+int64_t rows_of(const TensorView& t) { return t.ndim == 0 ? 0 : t.numel() / t.dims[t.ndim - 1]; }
+int64_t last_dim(const TensorView& t) { return t.ndim == 0 ? 0 : t.dims[t.ndim - 1]; }
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  const auto* pa = static_cast<const unsigned char*>(a.data);
+  const auto* pb = static_cast<const unsigned char*>(b.data);
+  return pa < pb + tensor_bytes(b) && pb < pa + tensor_bytes(a);
+}
+
+// A copy of `t` in `scratch` (enqueued), when `t` overlaps `out`: for ops whose kernels read their
+// input while other blocks write the output.
+Status unalias(const TensorView& t, const TensorView& out, Scratch& scratch, size_t off, TensorView* view, cudaStream_t s) {
+  *view = t;
+  if (!overlaps(t, out)) return Status::ok();
+  view->data = scratch.at<void>(off);
+  MOE_CUDA_TRY(cudaMemcpyAsync(view->data, t.data, tensor_bytes(t), cudaMemcpyDeviceToDevice, s), "copying an aliased input");
+  return Status::ok();
+}
+
+Status same_dtype(const char* op, const TensorView& a, const char* an, const TensorView& b, const char* bn) {
+  if (a.dtype == b.dtype) return Status::ok();
+  return Status::unsupported(std::string(op) + " on " + kName + " needs " + an + " and " + bn + " of one type, got " +
+                             dtype_name(a.dtype) + " and " + dtype_name(b.dtype));
+}
+
+}  // namespace
+
+Status alloc_device(size_t bytes, std::shared_ptr<DeviceBuffer>* out) {
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  auto b = std::make_shared<DeviceBufferImpl>();
+  if (bytes > 0) {
+    cudaError_t e = cudaMallocAsync(&b->data, bytes, s);
+    if (e != cudaSuccess) {
+      b->data = nullptr;
+      return from_cuda(e, ("allocating a " + std::to_string(bytes) + "-byte device tensor").c_str());
+    }
+    MOE_CUDA_TRY(cudaMemsetAsync(b->data, 0, bytes, s), "zeroing a device tensor");
+  }
+  b->bytes = bytes;
+  *out = std::move(b);
+  return Status::ok();
+}
+
+Status upload(void* dst, const void* src, size_t n) {
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  MOE_RETURN_IF_ERROR(h2d(dst, src, n, s));
+  return sync(s);
+}
+
+Status download(void* dst, const void* src, size_t n) {
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  MOE_RETURN_IF_ERROR(d2h(dst, src, n, s));
+  return sync(s);
+}
+
+namespace dev {
+
+Status embedding(const TensorView& table, const int32_t* ids, int64_t T, const TensorView& out) {
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  Scratch sc(s);
+  const size_t o_ids = sc.add(size_t(T) * 4);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_ids), ids, size_t(T) * 4, s));
+  return launched(launch_embedding(table.data, dev_dtype(table.dtype), table.dims[0], table.dims[1], sc.at<int32_t>(o_ids), T,
+                                   out.data, dev_dtype(out.dtype), nullptr, s),
+                  "embedding");
+}
+
+Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out) {
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  // one row per block, read before it is written: out may alias x
+  return launched(launch_rms_norm(x.data, dev_dtype(x.dtype), weight.data, dev_dtype(weight.dtype), rows_of(x), last_dim(x),
+                                  eps, out.data, dev_dtype(out.dtype), s),
+                  "rms_norm");
+}
+
+Status pack_linear(const TensorView& w, std::unique_ptr<PackedLinear>* out) {
+  MOE_RETURN_IF_ERROR(ready());
+  if (w.ndim != 2 || !is_float(w.dtype)) return Status::invalid("pack_linear: w must be a 2-d float tensor");
+  MOE_EMU_SERIAL;
+  auto l = std::make_unique<DeviceLinear>();
+  l->out_features = w.dims[0];
+  l->in_features = w.dims[1];
+  l->dtype = w.dtype;
+  l->w_bytes = tensor_bytes(w);
+  MOE_CUDA_TRY(cudaMalloc(&l->w, l->w_bytes), ("allocating " + std::to_string(l->w_bytes) + " bytes of linear weights").c_str());
+  MOE_CUDA_TRY(cudaMemcpy(l->w, w.data, l->w_bytes, cudaMemcpyHostToDevice), "uploading linear weights");
+  *out = std::move(l);
+  return Status::ok();
+}
+
+Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) {
+  if (std::strcmp(pw.backend(), kName) != 0)
+    return Status::invalid(std::string("the Linear was packed by the '") + pw.backend() + "' backend; device tensors need '" + kName + "'");
+  const auto& w = static_cast<const DeviceLinear&>(pw);
+  if (y.dtype != DType::kF32 && y.dtype != w.dtype)
+    return Status::unsupported(std::string("linear on ") + kName + " writes float32 or the weights' type (" + dtype_name(w.dtype) +
+                               "), got out type " + dtype_name(y.dtype));
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  const int64_t T = rows_of(x);
+  const bool convert = x.dtype != w.dtype;
+  const size_t wsb = convert ? linear_workspace_bytes(T, w.in_features, dev_dtype(w.dtype)) : 0;
+  Scratch sc(s);
+  const size_t o_ws = sc.add(wsb), o_x = sc.add(overlaps(x, y) ? tensor_bytes(x) : 0);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  TensorView xin;
+  MOE_RETURN_IF_ERROR(unalias(x, y, sc, o_x, &xin, s));
+  return launched(launch_linear(xin.data, dev_dtype(x.dtype), T, w.in_features, w.w, dev_dtype(w.dtype), w.out_features, y.data,
+                                dev_dtype(y.dtype), wsb ? sc.at<void>(o_ws) : nullptr, wsb, s),
+                  "linear");
+}
+
+Status rope(const TensorView& x, const int32_t* positions, double theta, const TensorView& out) {
+  MOE_RETURN_IF_ERROR(same_dtype("rope", x, "x", out, "out"));
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  const int64_t T = x.dims[0];
+  Scratch sc(s);
+  const size_t o_pos = sc.add(size_t(T) * 4);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_pos), positions, size_t(T) * 4, s));
+  if (out.data != x.data) {  // the kernel rotates in place: rotate a copy
+    if (overlaps(x, out)) return Status::invalid("rope: out overlaps x without being x");
+    MOE_CUDA_TRY(cudaMemcpyAsync(out.data, x.data, tensor_bytes(x), cudaMemcpyDeviceToDevice, s), "copying x to out");
+  }
+  return launched(launch_rope(out.data, nullptr, dev_dtype(x.dtype), T, int(x.dims[1]), 0, int(x.dims[2]), sc.at<int32_t>(o_pos),
+                              float(theta), s),
+                  "rope");
+}
+
+Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype, std::unique_ptr<KvCache>* out) {
+  MOE_RETURN_IF_ERROR(ready());
+  if (max_seq < 1 || num_kv_heads < 1 || head_dim < 1 || !is_float(dtype))
+    return Status::invalid("create_kv_cache: invalid shape or type");
+  if (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256)
+    return Status::unsupported(std::string("the attention on ") + kName + " needs a head dim of 32, 64, 128 or 256, got " +
+                               std::to_string(head_dim));
+  auto c = std::make_unique<DeviceKvCache>();
+  c->max_seq = max_seq;
+  c->num_kv_heads = num_kv_heads;
+  c->head_dim = head_dim;
+  c->dtype = dtype;
+  c->half_bytes = size_t(max_seq) * size_t(num_kv_heads) * size_t(head_dim) * dtype_size(dtype);
+  const std::string what = "allocating a " + std::to_string(2 * c->half_bytes) + "-byte KV cache";
+  MOE_CUDA_TRY(cudaMalloc(&c->k, c->half_bytes), what.c_str());
+  MOE_CUDA_TRY(cudaMalloc(&c->v, c->half_bytes), what.c_str());
+  *out = std::move(c);
+  return Status::ok();
+}
+
+Status attention(const TensorView& q, const TensorView& k, const TensorView& v, KvCache& cache, const AttentionParams& p,
+                 const TensorView& out) {
+  if (std::strcmp(cache.backend(), kName) != 0)
+    return Status::invalid(std::string("the KvCache lives on '") + cache.backend() + "'; device tensors need one of '" + kName + "'");
+  MOE_RETURN_IF_ERROR(same_dtype("attention", k, "k", v, "v"));
+  auto& c = static_cast<DeviceKvCache&>(cache);
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  const int64_t T = q.dims[0];
+  const int hq = int(q.dims[1]), hkv = int(c.num_kv_heads), hd = int(c.head_dim);
+  const size_t wsb = attention_workspace_bytes(T, hq, hd, c.max_seq);
+  Scratch sc(s);
+  const size_t o_ws = sc.add(wsb), o_q = sc.add(overlaps(q, out) ? tensor_bytes(q) : 0);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  TensorView qin;
+  MOE_RETURN_IF_ERROR(unalias(q, out, sc, o_q, &qin, s));
+  const DevDType cdt = dev_dtype(c.dtype);
+  MOE_RETURN_IF_ERROR(launched(launch_kv_append(k.data, v.data, dev_dtype(k.dtype), T, hkv, hd, p.start_pos, c.k, c.v, cdt, c.max_seq, s),
+                               "appending to the KV cache"));
+  return launched(launch_attention(qin.data, dev_dtype(q.dtype), T, p.start_pos, hq, hkv, hd, p.sliding_window, c.k, c.v, cdt,
+                                   c.max_seq, out.data, dev_dtype(out.dtype), sc.at<void>(o_ws), wsb, s),
+                  "attention");
+}
+
+Status add(const TensorView& a, const TensorView& b, const TensorView& out) {
+  MOE_RETURN_IF_ERROR(same_dtype("add", a, "a", b, "b"));
+  MOE_RETURN_IF_ERROR(same_dtype("add", a, "a", out, "out"));
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  return launched(launch_residual_add(a.data, b.data, out.data, dev_dtype(a.dtype), a.numel(), s), "add");
+}
+
+Status sample(const TensorView& logits, int64_t T, int64_t V, const SampleParams& p, int32_t* ids) {
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  Scratch sc(s);
+  const size_t o_ids = sc.add(size_t(T) * 4);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  const float* l = static_cast<const float*>(logits.data);
+  MOE_RETURN_IF_ERROR(launched(launch_sample_top_p(l, T, V, p.temperature, p.top_p, p.seed, p.step, sc.at<int32_t>(o_ids), s),
+                               "sampling"));
+  MOE_RETURN_IF_ERROR(d2h(ids, sc.at<void>(o_ids), size_t(T) * 4, s));
+  return sync(s);
+}
+
+Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForwardParams& p, const MoeForwardOutputs& outs) {
+  if (outs.topk_ids || outs.topk_weights || outs.dropped || outs.logits || outs.stats)
+    return Status::unsupported("moe_forward on device tensors returns the output and the expert counts only");
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &w));
+  const DeviceExperts* sw = nullptr;
+  if (lw.shared) {
+    MOE_RETURN_IF_ERROR(device_experts(*lw.shared, &sw));
+    if (sw->num_experts != 1 || sw->d != w->d || sw->dtype != w->dtype)
+      return Status::invalid("moe_forward: the shared experts must be one packed expert of the experts' d and type");
+  }
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  const int E = w->num_experts;
+  const int64_t T = x.dims[0], d = w->d;
+  if (T == 0) return Status::ok();
+  MoeDeviceRouting R;
+  R.top_k = p.route.top_k;
+  R.normalize = p.route.normalize;
+  R.capacity = p.capacity;
+  R.capacity_factor = p.capacity_factor;
+  R.eval_capacity_factor = p.eval_capacity_factor;
+  R.decode = p.decode;
+  R.noise_seed = p.route.noise_seed;
+  R.random_routing = p.route.random_routing;
+  R.random_seed = p.route.random_seed;
+  const bool noisy = p.route.noise_gate.data != nullptr;
+  MoeDeviceLayer L = w->layer();
+  const bool shared_gate_copy = sw && !sw->gate && lw.shared_gate.data;
+  if (sw) L.shared_packed = sw->packed, L.shared_f = sw->f, L.shared_gate = sw->gate;
+  MoeDeviceRouting sizing = R;
+  if (noisy) sizing.noise_gate = static_cast<const float*>(w->packed);  // only non-null matters
+  const size_t fwd = moe_forward_workspace_bytes(L, T, sizing);
+  if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
+  const size_t gb = size_t(E) * size_t(d) * 4;
+  // a per-call workspace on the tensor stream: the layer's own workspace serves its stream only
+  Scratch sc(s);
+  const size_t o_fwd = sc.add(fwd), o_gate = sc.add(L.gate ? 0 : gb), o_noise = sc.add(noisy ? gb : 0),
+               o_sg = sc.add(shared_gate_copy ? size_t(d) * 4 : 0);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  std::vector<float> g32, n32, sg32;  // pageable sources: cudaMemcpyAsync has staged them on return
+  if (!L.gate) {
+    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_gate), as_f32(lw.gate, &g32), gb, s));
+    L.gate = sc.at<float>(o_gate);
+  }
+  if (noisy) {
+    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_noise), as_f32(p.route.noise_gate, &n32), gb, s));
+    R.noise_gate = sc.at<float>(o_noise);
+  }
+  if (shared_gate_copy) {
+    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_sg), as_f32(lw.shared_gate, &sg32), size_t(d) * 4, s));
+    L.shared_gate = sc.at<float>(o_sg);
+  }
+  MoeDeviceOutputs O;
+  O.expert_counts = outs.expert_counts;
+  return launched(launch_moe_forward(L, x.data, dev_dtype(x.dtype), T, R, outs.out.data, dev_dtype(outs.out.dtype), O,
+                                     sc.at<void>(o_fwd), fwd, s),
+                  "MoE forward");
+}
+
+Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView& out) {
+  const DeviceExperts* w = nullptr;
+  MOE_RETURN_IF_ERROR(device_experts(pw, &w));
+  if (w->num_experts != 1) return Status::invalid("dense_ffn needs weights packed as one expert");
+  cudaStream_t s = nullptr;
+  MOE_RETURN_IF_ERROR(tensor_stream(&s));
+  MOE_EMU_SERIAL;
+  const int64_t T = x.dims[0], d = w->d;
+  if (T == 0) return Status::ok();
+  const DevDType wt = dev_dtype(w->dtype);
+  const size_t gws = grouped_gemm_workspace_bytes(T, T, d, w->f, wt);
+  if (gws == 0 || T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
+  // as the host-pointer dense_ffn: y = FFN(x) in f32, then out = 1.0 * y through combine
+  std::vector<int32_t> host_i(size_t(T) + 2);
+  std::vector<float> ones(size_t(T), 1.0f);
+  host_i[0] = 0, host_i[1] = int32_t(T);
+  for (int64_t t = 0; t < T; ++t) host_i[size_t(t) + 2] = int32_t(t);
+  Scratch sc(s);
+  const size_t o_off = sc.add(size_t(T + 2) * 4), o_y = sc.add(size_t(T) * d * 4), o_one = sc.add(size_t(T) * 4),
+               o_ws = sc.add(gws);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_off), host_i.data(), size_t(T + 2) * 4, s));  // staged on return
+  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_one), ones.data(), size_t(T) * 4, s));
+  const int32_t* offsets = sc.at<const int32_t>(o_off);
+  float* y = sc.at<float>(o_y);
+  MOE_RETURN_IF_ERROR(launched(launch_grouped_gemm(x.data, dev_dtype(x.dtype), T, nullptr, offsets, T, w->packed, 1, d, w->f, wt,
+                                                   y, sc.at<void>(o_ws), gws, s),
+                               "dense FFN"));
+  return launched(launch_combine(y, T, offsets + 2, sc.at<const float>(o_one), T, 1, d, out.data, dev_dtype(out.dtype), s),
+                  "dense FFN output");
+}
+
+}  // namespace dev
 
 // ---- bench -----------------------------------------------------------------------------------------
 namespace {

@@ -28,6 +28,22 @@ Status grouped_gemm(const TensorView&, const int32_t*, int64_t, const int32_t*, 
 Status combine(const float*, int64_t, const int32_t*, const float*, int64_t, int, const TensorView&) { return none(); }
 Status moe_forward(const MoeLayerWeights&, const TensorView&, const MoeForwardParams&, const MoeForwardOutputs&) { return none(); }
 Status dense_ffn(const PackedExperts&, const TensorView&, const TensorView&) { return none(); }
+Status alloc_device(size_t, std::shared_ptr<DeviceBuffer>*) { return none(); }
+Status upload(void*, const void*, size_t) { return none(); }
+Status download(void*, const void*, size_t) { return none(); }
+namespace dev {
+Status embedding(const TensorView&, const int32_t*, int64_t, const TensorView&) { return none(); }
+Status rms_norm(const TensorView&, const TensorView&, float, const TensorView&) { return none(); }
+Status pack_linear(const TensorView&, std::unique_ptr<PackedLinear>*) { return none(); }
+Status linear(const TensorView&, const PackedLinear&, const TensorView&) { return none(); }
+Status rope(const TensorView&, const int32_t*, double, const TensorView&) { return none(); }
+Status create_kv_cache(int64_t, int64_t, int64_t, DType, std::unique_ptr<KvCache>*) { return none(); }
+Status attention(const TensorView&, const TensorView&, const TensorView&, KvCache&, const AttentionParams&, const TensorView&) { return none(); }
+Status add(const TensorView&, const TensorView&, const TensorView&) { return none(); }
+Status sample(const TensorView&, int64_t, int64_t, const SampleParams&, int32_t*) { return none(); }
+Status moe_forward(const MoeLayerWeights&, const TensorView&, const MoeForwardParams&, const MoeForwardOutputs&) { return none(); }
+Status dense_ffn(const PackedExperts&, const TensorView&, const TensorView&) { return none(); }
+}  // namespace dev
 Status time_moe_forward(const PackedExperts&, int64_t, int, int, double*) { return none(); }
 Status time_dense_ffn(const PackedExperts&, int64_t, int, double*) { return none(); }
 
