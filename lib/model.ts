@@ -8,15 +8,18 @@
  *   MixtralModel   embed_tokens -> blocks -> norm -> lm_head: token ids [T] -> logits [T,V] float32
  *
  * The residual stream, q/k/v and logits are float32 whatever the weight type; the KV caches are
- * float32 unless `kvType` says otherwise. The attention ops, norms, projections and sampling run
- * on the CPU backend for now; `backend` applies to the MoE layers (the experts), which can run on
- * CUDA. One model holds one sequence (one KV cache per block): calls on a model must not overlap.
+ * float32 unless `kvType` says otherwise. `backend` places the whole model: on 'cpu' the tensors
+ * are host tensors; on a CUDA backend every weight, KV cache and activation is on the device
+ * (DeviceTensor), the ops enqueue on one stream, and only the logits (forward) or the sampled ids
+ * (generate) and the routing counts come back to the host. One model holds one sequence (one KV
+ * cache per block): calls on a model must not overlap.
  */
-import { type BackendName } from './backend.js';
+import { backendInfo, resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
+import { DeviceTensor } from './device.js';
 import { type MixtralConfig } from './config.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
 import { MoeLayer } from './layers.js';
-import { add, attention, embedding, KvCache, Linear, rmsNorm, rope, sample } from './ops.js';
+import { add, attention, embedding, KvCache, Linear, rmsNorm, rope, sample, type AnyTensor } from './ops.js';
 import { boolOption, checkOptions, intOption } from './options.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from './params.js';
 import { cast, checkTensor, FLOAT_TYPES, type FloatType, type Tensor, zeros } from './tensor.js';
@@ -24,7 +27,10 @@ import { MixtralCheckpoint, type LoadProgress, type MixtralGlobalWeights, type M
 
 /** Options shared by blocks and models. */
 export interface MixtralRuntimeOptions {
-  /** Backend of the MoE layers ('auto' default). Attention, norms and projections run on the CPU for now. */
+  /**
+   * Where the model runs ('auto' default: CUDA when a device is available, else the CPU). On a CUDA
+   * backend all weights, caches and activations live on the device.
+   */
   backend?: BackendName;
   /** Positions each KV cache holds (the longest sequence). Default min(max_position_embeddings, 4096). */
   maxSeq?: number;
@@ -34,30 +40,62 @@ export interface MixtralRuntimeOptions {
 
 const DEFAULT_MAX_SEQ = 4096;
 
-/** A [rows, cols] view of the same data (no copy). */
-const view = <T extends Tensor>(t: T, dims: number[]): T => ({ type: t.type, data: t.data, dims }) as unknown as T;
+/** The same data with other dims (no copy), on the host or the device. */
+function view<T extends AnyTensor>(t: T, dims: number[]): T {
+  if (t instanceof DeviceTensor) return t.reshape(dims) as T;
+  return { type: t.type, data: (t as Tensor).data, dims } as unknown as T;
+}
+
+/** Where a model's tensors live: the host, or the device of a CUDA backend. */
+type Place = { device: false } | { device: true; backend: ResolvedBackend };
+
+function placeOf(backend: BackendName | undefined): Place {
+  const r = resolveBackend(backend ?? 'auto');
+  return r === 'cpu' ? { device: false } : { device: true, backend: r };
+}
+
+/** A zeroed float32 activation tensor of the place. */
+function activation(place: Place, dims: number[]): AnyTensor {
+  return place.device ? DeviceTensor.zeros('float32', dims, { backend: place.backend }) : zeros('float32', dims);
+}
+
+/** A copy of a host tensor kept by a layer, on the place. */
+async function keep(place: Place, t: Tensor): Promise<AnyTensor> {
+  const copy = { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
+  return place.device ? DeviceTensor.from(copy, { backend: place.backend }) : copy;
+}
+
+const bytesOf = (t: AnyTensor) => (t instanceof DeviceTensor ? t.bytes : (t as Tensor).data.byteLength);
+const release = (t: AnyTensor | undefined | null) => {
+  if (t instanceof DeviceTensor) t.dispose();
+};
 
 /** The scratch tensors of one forward of T tokens; a decode loop (T = 1) reuses one set. */
 class Workspace {
   readonly T: number;
   readonly positions: Tensor<'int32'>;
-  readonly normed: Tensor<'float32'>;
-  readonly q: Tensor<'float32'>;
-  readonly k: Tensor<'float32'>;
-  readonly v: Tensor<'float32'>;
-  readonly attn: Tensor<'float32'>;
-  readonly proj: Tensor<'float32'>;
+  readonly normed: AnyTensor;
+  readonly q: AnyTensor;
+  readonly k: AnyTensor;
+  readonly v: AnyTensor;
+  readonly attn: AnyTensor;
+  readonly proj: AnyTensor;
 
-  constructor(c: MixtralConfig, T: number) {
+  constructor(c: MixtralConfig, T: number, place: Place) {
     const { hiddenSize: d, numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: hd } = c;
     this.T = T;
     this.positions = zeros('int32', [T]);
-    this.normed = zeros('float32', [T, d]);
-    this.q = zeros('float32', [T, hq * hd]);
-    this.k = zeros('float32', [T, hkv * hd]);
-    this.v = zeros('float32', [T, hkv * hd]);
-    this.attn = zeros('float32', [T, hq, hd]);
-    this.proj = zeros('float32', [T, d]);
+    this.normed = activation(place, [T, d]);
+    this.q = activation(place, [T, hq * hd]);
+    this.k = activation(place, [T, hkv * hd]);
+    this.v = activation(place, [T, hkv * hd]);
+    this.attn = activation(place, [T, hq, hd]);
+    this.proj = activation(place, [T, d]);
+  }
+
+  /** Frees the device tensors now (host ones are left to the GC). */
+  dispose(): void {
+    for (const t of [this.normed, this.q, this.k, this.v, this.attn, this.proj]) release(t);
   }
 
   /** Positions start .. start+T-1. */
@@ -94,7 +132,7 @@ function floatTypeOption(o: Record<string, unknown>, key: string, dflt: FloatTyp
 function runtimeOptions(config: MixtralConfig, options: unknown) {
   const o = checkOptions(options);
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
-  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined };
+  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined) };
 }
 
 // ---- block -------------------------------------------------------------------------------------------
@@ -123,16 +161,19 @@ export class MixtralBlock {
   readonly config: MixtralConfig;
   readonly cache: KvCache;
   readonly moe: MoeLayer;
-  readonly #inputNorm: Tensor;
-  readonly #postNorm: Tensor;
+  /** @internal where the block's tensors live */
+  readonly place: Place;
+  readonly #inputNorm: AnyTensor;
+  readonly #postNorm: AnyTensor;
   readonly #wq: Linear;
   readonly #wk: Linear;
   readonly #wv: Linear;
   readonly #wo: Linear;
   #disposed = false;
 
-  private constructor(index: number, config: MixtralConfig, parts: { inputNorm: Tensor; postNorm: Tensor; wq: Linear; wk: Linear; wv: Linear; wo: Linear; moe: MoeLayer; cache: KvCache }) {
+  private constructor(index: number, config: MixtralConfig, place: Place, parts: { inputNorm: AnyTensor; postNorm: AnyTensor; wq: Linear; wk: Linear; wv: Linear; wo: Linear; moe: MoeLayer; cache: KvCache }) {
     this.index = index;
+    this.place = place;
     this.config = config;
     this.#inputNorm = parts.inputNorm;
     this.#postNorm = parts.postNorm;
@@ -150,26 +191,31 @@ export class MixtralBlock {
    */
   static async create(config: MixtralConfig, weights: MixtralLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
     if (config?.modelType !== 'mixtral') throw typeError(`config must be a MixtralConfig (parseMixtralConfig), got ${describe(config)}`);
-    const { maxSeq, kvType, backend } = runtimeOptions(config, options);
+    const { maxSeq, kvType, backend, place } = runtimeOptions(config, options);
     const w = checkOptions(weights, 'weights') as unknown as MixtralLayerWeights;
     const a = checkOptions(w.attention, 'weights.attention') as unknown as MixtralLayerWeights['attention'];
     const { hiddenSize: d } = config;
     const norm = (t: unknown, name: string) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
       if (c.dims.length !== 1 || c.dims[0] !== d) throw rangeError(`${name}.dims must be [${d}], got [${c.dims.join(',')}]`);
-      return { type: c.type, data: c.data.slice(), dims: [d] } as Tensor;
+      return c as Tensor;
     };
-    const inputNorm = norm(w.inputLayernorm, 'weights.inputLayernorm');
-    const postNorm = norm(w.postAttentionLayernorm, 'weights.postAttentionLayernorm');
+    const inputNorm0 = norm(w.inputLayernorm, 'weights.inputLayernorm');
+    const postNorm0 = norm(w.postAttentionLayernorm, 'weights.postAttentionLayernorm');
     const q = config.numAttentionHeads * config.headDim;
     const kv = config.numKeyValueHeads * config.headDim;
     const owned: { dispose(): void }[] = [];
+    const dev = place.device ? { backend: place.backend } : undefined;
     try {
+      const inputNorm = await keep(place, inputNorm0);
+      if (inputNorm instanceof DeviceTensor) owned.push(inputNorm);
+      const postNorm = await keep(place, postNorm0);
+      if (postNorm instanceof DeviceTensor) owned.push(postNorm);
       const lin = async (t: Tensor, name: string, rows: number, cols: number) => {
         const c = checkTensor(t, `weights.attention.${name}`, FLOAT_TYPES);
         if (c.dims.length !== 2 || c.dims[0] !== rows || c.dims[1] !== cols)
           throw rangeError(`weights.attention.${name}.dims must be [${rows},${cols}], got [${c.dims.join(',')}]`);
-        const l = await Linear.pack(c);
+        const l = await Linear.pack(c, dev);
         owned.push(l);
         return l;
       };
@@ -183,8 +229,8 @@ export class MixtralBlock {
         throw rangeError(
           `weights.moe: ${moe.numExperts} experts of [${moe.intermediateSize},${moe.hiddenSize}], expected ${config.numExperts} of [${config.intermediateSize},${d}] from the config`,
         );
-      const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType });
-      return new MixtralBlock(typeof w.index === 'number' ? w.index : 0, config, { inputNorm, postNorm, wq, wk, wv, wo, moe, cache });
+      const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);
+      return new MixtralBlock(typeof w.index === 'number' ? w.index : 0, config, place, { inputNorm, postNorm, wq, wk, wv, wo, moe, cache });
     } catch (e) {
       for (const o of owned) o.dispose();
       throw e;
@@ -194,7 +240,7 @@ export class MixtralBlock {
   /** Bytes of the packed weights and the KV cache. */
   get bytes(): number {
     const lin = this.#wq.bytes + this.#wk.bytes + this.#wv.bytes + this.#wo.bytes;
-    return lin + this.moe.bytes + this.cache.bytes + this.#inputNorm.data.byteLength + this.#postNorm.data.byteLength;
+    return lin + this.moe.bytes + this.cache.bytes + bytesOf(this.#inputNorm) + bytesOf(this.#postNorm);
   }
 
   get disposed(): boolean {
@@ -213,10 +259,21 @@ export class MixtralBlock {
     const length = this.cache.length;
     const start = intOption(o, 'startPos', length, 0, length);
     const h = (inPlace ? c : c.type === 'float32' ? { type: 'float32', data: c.data.slice(), dims: [...c.dims] } : cast(c, 'float32')) as Tensor<'float32'>;
-    const ws = new Workspace(this.config, c.dims[0]);
+    const ws = new Workspace(this.config, c.dims[0], this.place);
     ws.setPositions(start);
-    const tokensPerExpert = await this.run(h, ws, start);
-    return { output: h, tokensPerExpert };
+    if (!this.place.device) return { output: h, tokensPerExpert: (await this.run(h, ws, start)) as Tensor<'int32'> };
+    // on the device: the block's input up, its output and counts down
+    const hd = await DeviceTensor.from(h, { backend: this.place.backend });
+    try {
+      const counts = (await this.run(hd, ws, start)) as DeviceTensor<'int32'>;
+      await hd.toHost(h);
+      const tokensPerExpert = await counts.toHost();
+      counts.dispose();
+      return { output: h, tokensPerExpert };
+    } finally {
+      hd.dispose();
+      ws.dispose();
+    }
   }
 
   /** Starts a new sequence (empties the KV cache). */
@@ -231,13 +288,16 @@ export class MixtralBlock {
     for (const l of [this.#wq, this.#wk, this.#wv, this.#wo]) l.dispose();
     this.moe.dispose();
     this.cache.dispose();
+    release(this.#inputNorm);
+    release(this.#postNorm);
   }
 
   /**
-   * @internal h [T,d] float32 updated in place; ws holds the scratch tensors and the positions of
-   * the T tokens, the first at `start`. Returns the MoE layer's tokens per expert.
+   * @internal h [T,d] float32 updated in place (a DeviceTensor on a device block); ws holds the
+   * scratch tensors and the positions of the T tokens, the first at `start`. Returns the MoE layer's
+   * tokens per expert (on the device for a device block: read it after the forward).
    */
-  async run(h: Tensor<'float32'>, ws: Workspace, start: number): Promise<Tensor<'int32'>> {
+  async run(h: AnyTensor, ws: Workspace, start: number): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
     const c = this.config;
     const [T, hq, hkv, hd] = [ws.T, c.numAttentionHeads, c.numKeyValueHeads, c.headDim];
     const eps = c.rmsNormEps;
@@ -250,7 +310,13 @@ export class MixtralBlock {
     await this.#wo.forward(view(ws.attn, [T, hq * hd]), { out: ws.proj });
     await add(h, ws.proj, { inPlace: true });
     await rmsNorm(h, this.#postNorm, { eps, out: ws.normed });
-    const { output, routing } = await this.moe.forward(ws.normed, { returnRouting: true });
+    if (ws.normed instanceof DeviceTensor) {
+      const { output, routing } = await this.moe.forward(ws.normed, { returnRouting: true });
+      await add(h, output, { inPlace: true });
+      output.dispose(); // stream-ordered: after the add
+      return routing!.tokensPerExpert;
+    }
+    const { output, routing } = await this.moe.forward(ws.normed as Tensor, { returnRouting: true });
     await add(h, output, { inPlace: true });
     return routing!.tokensPerExpert;
   }
@@ -312,8 +378,11 @@ export class MixtralModel {
   readonly blocks: readonly MixtralBlock[];
   /** Positions each KV cache holds. */
   readonly maxSeq: number;
-  readonly #embed: Tensor;
-  readonly #norm: Tensor;
+  /** Where the model runs: 'cpu', or the CUDA backend holding every weight, cache and activation. */
+  readonly backend: ResolvedBackend;
+  readonly #place: Place;
+  readonly #embed: AnyTensor;
+  readonly #norm: AnyTensor;
   readonly #lmHead: Linear;
   readonly #stats: Float64Array[];
   #statTokens = 0;
@@ -321,10 +390,12 @@ export class MixtralModel {
   #busy = false;
   #sequence = 0;
   #disposed = false;
-  #decode: { ws: Workspace; hidden: Tensor<'float32'>; normed: Tensor<'float32'>; logits: Tensor<'float32'>; ids: Tensor<'int32'>; next: Tensor<'int32'> } | null = null;
+  #decode: { ws: Workspace; hidden: AnyTensor; normed: AnyTensor; logits: AnyTensor; ids: Tensor<'int32'>; next: Tensor<'int32'> } | null = null;
 
-  private constructor(config: MixtralConfig, embed: Tensor, norm: Tensor, lmHead: Linear, blocks: MixtralBlock[], maxSeq: number) {
+  private constructor(config: MixtralConfig, place: Place, embed: AnyTensor, norm: AnyTensor, lmHead: Linear, blocks: MixtralBlock[], maxSeq: number) {
     this.config = config;
+    this.#place = place;
+    this.backend = place.device ? place.backend : 'cpu';
     this.#embed = embed;
     this.#norm = norm;
     this.#lmHead = lmHead;
@@ -345,15 +416,18 @@ export class MixtralModel {
     const ckpt = await MixtralCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
     try {
       const config = ckpt.config;
-      const { maxSeq, kvType } = runtimeOptions(config, o);
+      const { maxSeq, kvType, place } = runtimeOptions(config, o);
       const stored = ckpt.checkpoint.info('model.embed_tokens.weight').type as FloatType;
       const estimate = MixtralModel.estimateMemory(config, { dtype: (o.dtype as FloatType | undefined) ?? stored, kvType, maxSeq });
-      if (boolOption(o, 'memoryCheck', true)) checkMemory(estimate, o.availableBytes === undefined ? undefined : { availableBytes: o.availableBytes as number });
+      // on a device the weights and caches must fit its memory (emulated devices: the host's)
+      const deviceBytes = place.device && !backendInfo().cuda.emulated ? backendInfo().cuda.device?.totalMemory : undefined;
+      const available = o.availableBytes ?? deviceBytes;
+      if (boolOption(o, 'memoryCheck', true)) checkMemory(estimate, available === undefined ? undefined : { availableBytes: available as number });
       const globals = await ckpt.loadGlobals();
       const blocks: MixtralBlock[] = [];
       try {
         for await (const layer of ckpt.layers()) blocks.push(await MixtralBlock.create(config, layer, o));
-        return await MixtralModel.#assemble(config, globals, blocks, maxSeq);
+        return await MixtralModel.#assemble(config, globals, blocks, maxSeq, place);
       } catch (e) {
         for (const b of blocks) b.dispose();
         throw e;
@@ -378,7 +452,7 @@ export class MixtralModel {
     const layers = w.layers as Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> | undefined;
     if (layers == null || (typeof (layers as Iterable<unknown>)[Symbol.iterator] !== 'function' && typeof (layers as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'))
       throw typeError(`weights.layers must be an array or an iterable of layer weights, got ${describe(layers)}`);
-    const { maxSeq } = runtimeOptions(config, options);
+    const { maxSeq, place } = runtimeOptions(config, options);
     const blocks: MixtralBlock[] = [];
     try {
       for await (const l of layers) {
@@ -388,7 +462,7 @@ export class MixtralModel {
       }
       if (blocks.length !== config.numHiddenLayers)
         throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
-      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as MixtralGlobalWeights, blocks, maxSeq);
+      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as MixtralGlobalWeights, blocks, maxSeq, place);
     } catch (e) {
       for (const b of blocks) b.dispose();
       throw e;
@@ -401,7 +475,7 @@ export class MixtralModel {
     return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq });
   }
 
-  static async #assemble(config: MixtralConfig, g: MixtralGlobalWeights, blocks: MixtralBlock[], maxSeq: number): Promise<MixtralModel> {
+  static async #assemble(config: MixtralConfig, g: MixtralGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
     const check = (t: unknown, name: string, dims: number[]) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
@@ -411,10 +485,18 @@ export class MixtralModel {
     const embed = check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
     const norm = check(g.norm, 'weights.globals.norm', [d]);
     const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d]);
-    const lmHead = await Linear.pack(head);
+    const lmHead = await Linear.pack(head, place.device ? { backend: place.backend } : undefined);
     // the embedding table and the norm are read in place by the ops: keep private copies
-    const copy = (t: Tensor) => ({ type: t.type, data: t.data.slice(), dims: [...t.dims] }) as Tensor;
-    return new MixtralModel(config, copy(embed), copy(norm), lmHead, blocks, maxSeq);
+    const kept: AnyTensor[] = [];
+    try {
+      kept.push(await keep(place, embed as Tensor));
+      kept.push(await keep(place, norm as Tensor));
+    } catch (e) {
+      lmHead.dispose();
+      kept.forEach(release);
+      throw e;
+    }
+    return new MixtralModel(config, place, kept[0], kept[1], lmHead, blocks, maxSeq);
   }
 
   /** Positions in the KV caches (the sequence so far). */
@@ -428,7 +510,7 @@ export class MixtralModel {
 
   /** Bytes of the packed weights, the embedding table and the KV caches. */
   get bytes(): number {
-    return this.blocks.reduce((n, b) => n + b.bytes, 0) + this.#lmHead.bytes + this.#embed.data.byteLength + this.#norm.data.byteLength;
+    return this.blocks.reduce((n, b) => n + b.bytes, 0) + this.#lmHead.bytes + bytesOf(this.#embed) + bytesOf(this.#norm);
   }
 
   /**
@@ -443,7 +525,13 @@ export class MixtralModel {
     this.#enter();
     try {
       this.#sequence++;
-      return await this.#forward(ids, start, false, undefined);
+      const logits = await this.#forward(ids, start, false, undefined);
+      if (!(logits instanceof DeviceTensor)) return logits as Tensor<'float32'>;
+      try {
+        return (await logits.toHost()) as Tensor<'float32'>;
+      } finally {
+        logits.dispose();
+      }
     } finally {
       this.#busy = false;
     }
@@ -522,6 +610,12 @@ export class MixtralModel {
     this.#disposed = true;
     for (const b of this.blocks) b.dispose();
     this.#lmHead.dispose();
+    release(this.#embed);
+    release(this.#norm);
+    if (this.#decode) {
+      this.#decode.ws.dispose();
+      for (const t of [this.#decode.hidden, this.#decode.normed, this.#decode.logits]) release(t);
+    }
     this.#decode = null;
   }
 
@@ -585,20 +679,21 @@ export class MixtralModel {
     };
   }
 
-  async #pick(logits: Tensor<'float32'>, g: { temperature: number; topP: number; seed: number }, position: number): Promise<number> {
+  async #pick(logits: AnyTensor, g: { temperature: number; topP: number; seed: number }, position: number): Promise<number> {
     const dec = this.#decodeBuffers();
-    await sample(logits, { temperature: g.temperature, topP: g.topP, seed: g.seed, step: position, out: dec.next });
+    await sample(logits as Tensor<'float32'>, { temperature: g.temperature, topP: g.topP, seed: g.seed, step: position, out: dec.next });
     return dec.next.data[0];
   }
 
   #decodeBuffers() {
     if (!this.#decode) {
       const { hiddenSize: d, vocabSize: V } = this.config;
+      const place = this.#place;
       this.#decode = {
-        ws: new Workspace(this.config, 1),
-        hidden: zeros('float32', [1, d]),
-        normed: zeros('float32', [1, d]),
-        logits: zeros('float32', [1, V]),
+        ws: new Workspace(this.config, 1, place),
+        hidden: activation(place, [1, d]),
+        normed: activation(place, [1, d]),
+        logits: activation(place, [1, V]),
         ids: zeros('int32', [1]),
         next: zeros('int32', [1]),
       };
@@ -607,47 +702,66 @@ export class MixtralModel {
   }
 
   /** One token at `pos` through the caches: logits [1,V] in the reused decode buffer. */
-  async #decodeStep(id: number, pos: number, signal: AbortSignal | undefined): Promise<Tensor<'float32'>> {
+  async #decodeStep(id: number, pos: number, signal: AbortSignal | undefined): Promise<AnyTensor> {
     const dec = this.#decodeBuffers();
     dec.ids.data[0] = id;
     dec.ws.setPositions(pos);
     await embedding(this.#embed, dec.ids, { outType: 'float32', out: dec.hidden });
     await this.#blocks(dec.hidden, dec.ws, pos, signal);
     await rmsNorm(dec.hidden, this.#norm, { eps: this.config.rmsNormEps, out: dec.normed });
-    return this.#lmHead.forward(dec.normed, { out: dec.logits }) as Promise<Tensor<'float32'>>;
+    return this.#lmHead.forward(dec.normed, { out: dec.logits });
   }
 
   /**
-   * T tokens from `start`: logits [T,V], or only the last position's [1,V] (in the reused decode
-   * buffer) when `lastOnly`.
+   * T tokens from `start`: logits [T,V] (a fresh tensor, on the model's place), or only the last
+   * position's [1,V] (in the reused decode buffer) when `lastOnly`.
    */
-  async #forward(ids: Int32Array, start: number, lastOnly: boolean, signal: AbortSignal | undefined): Promise<Tensor<'float32'>> {
+  async #forward(ids: Int32Array, start: number, lastOnly: boolean, signal: AbortSignal | undefined): Promise<AnyTensor> {
     const T = ids.length;
     if (T === 1 && lastOnly) return this.#decodeStep(ids[0], start, signal);
-    const ws = T === 1 ? this.#decodeBuffers().ws : new Workspace(this.config, T);
+    const ws = T === 1 ? this.#decodeBuffers().ws : new Workspace(this.config, T, this.#place);
     ws.setPositions(start);
-    const h = (await embedding(this.#embed, { type: 'int32', data: ids, dims: [T] }, { outType: 'float32' })) as Tensor<'float32'>;
-    await this.#blocks(h, ws, start, signal);
-    const d = this.config.hiddenSize;
-    if (lastOnly) {
-      const dec = this.#decodeBuffers();
-      await rmsNorm({ type: 'float32', data: h.data.subarray((T - 1) * d), dims: [1, d] }, this.#norm, { eps: this.config.rmsNormEps, out: dec.normed });
-      return this.#lmHead.forward(dec.normed, { out: dec.logits }) as Promise<Tensor<'float32'>>;
+    const h = await embedding(this.#embed, { type: 'int32', data: ids, dims: [T] }, { outType: 'float32' });
+    try {
+      await this.#blocks(h, ws, start, signal);
+      const d = this.config.hiddenSize;
+      const eps = this.config.rmsNormEps;
+      if (lastOnly) {
+        const dec = this.#decodeBuffers();
+        const last = h instanceof DeviceTensor ? h.rows(T - 1, 1) : ({ type: 'float32', data: (h as Tensor).data.subarray((T - 1) * d), dims: [1, d] } as Tensor);
+        await rmsNorm(last, this.#norm, { eps, out: dec.normed });
+        return await this.#lmHead.forward(dec.normed, { out: dec.logits });
+      }
+      await rmsNorm(h, this.#norm, { eps, out: h });
+      return await this.#lmHead.forward(h);
+    } finally {
+      release(h); // stream-ordered on a device: after the work that reads it
+      if (ws !== this.#decode?.ws) ws.dispose();
     }
-    await rmsNorm(h, this.#norm, { eps: this.config.rmsNormEps, out: h });
-    return this.#lmHead.forward(h) as Promise<Tensor<'float32'>>;
   }
 
-  async #blocks(h: Tensor<'float32'>, ws: Workspace, start: number, signal: AbortSignal | undefined): Promise<void> {
+  async #blocks(h: AnyTensor, ws: Workspace, start: number, signal: AbortSignal | undefined): Promise<void> {
     // a failed or aborted call leaves the caches mid-sequence: keep `length` at the last good state
     this.#length = Math.min(this.#length, start);
-    for (let i = 0; i < this.blocks.length; i++) {
-      checkAborted(signal);
-      const counts = await this.blocks[i].run(h, ws, start);
-      const s = this.#stats[i];
-      for (let e = 0; e < s.length; e++) s[e] += counts.data[e];
+    const pending: DeviceTensor<'int32'>[] = [];
+    try {
+      for (let i = 0; i < this.blocks.length; i++) {
+        checkAborted(signal);
+        const counts = await this.blocks[i].run(h, ws, start);
+        if (counts instanceof DeviceTensor) pending.push(counts);
+        else this.#count(i, counts);
+      }
+      // device counts: read back once the blocks' work is done (the first download waits for it)
+      for (let i = 0; i < pending.length; i++) this.#count(i, await pending[i].toHost());
+    } finally {
+      pending.forEach(release);
     }
     this.#statTokens += ws.T;
     this.#length = start + ws.T;
+  }
+
+  #count(layer: number, counts: Tensor<'int32'>): void {
+    const s = this.#stats[layer];
+    for (let e = 0; e < s.length; e++) s[e] += counts.data[e];
   }
 }
