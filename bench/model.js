@@ -29,7 +29,8 @@ const HELP = `usage: node bench/model.js [options]      (node bench/run.js --mod
   --prompt N          prompt tokens (prefill), default 128 (--ci 16)
   --decode N          tokens generated after the first, default 32 (--ci 4)
   --runs N            generations timed (the median is reported), default 3 (--ci 1)
-  --backend B         MoE layers' backend: auto (default), cpu, cuda; the rest runs on the CPU
+  --backend B         where the whole model runs: auto (default), cpu, cuda (cuda-emu: the test
+                      build's emulated device, a smoke run of that path)
   --json PATH         where the JSON goes, default bench/results/model.json
   --help              this text`;
 
@@ -63,7 +64,7 @@ function parseArgs(argv) {
   };
   const dtype = { f32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16' }[values.dtype.toLowerCase()];
   if (!dtype) throw new UsageError(`--dtype must be bfloat16 or float32, got ${JSON.stringify(values.dtype)}`);
-  if (!['auto', 'cpu', 'cuda', 'cuda-emu'].includes(values.backend)) throw new UsageError(`--backend: ${JSON.stringify(values.backend)} is not one of auto, cpu, cuda`);
+  if (!['auto', 'cpu', 'cuda', 'cuda-emu'].includes(values.backend)) throw new UsageError(`--backend: ${JSON.stringify(values.backend)} is not one of auto, cpu, cuda, cuda-emu`);
   const o = { ...values, dtype, prompt: int('prompt'), decode: int('decode'), runs: int('runs') };
   return {
     ...o,
@@ -137,8 +138,8 @@ async function runModel(argv) {
   const info = lib.backendInfo();
   const bpw = DTYPES[opts.dtype].bytes;
   console.log(`# ${s.title}: ${s.layers} layers, d=${s.d}, f=${s.f}, E=${s.E}, k=${s.k}, heads ${s.heads}/${s.kvHeads} x ${config.headDim}, vocab ${s.vocab}; ${opts.dtype} weights`);
-  console.log(`# ${os.cpus()[0].model.trim()}, ${info.cpu.threads} compute threads (${info.cpu.kernel}); MoE backend: ${opts.backend}; ${info.reason}`);
-  console.log('# attention, norms, projections and the LM head run on the CPU backend; activations and KV caches are float32');
+  console.log(`# ${os.cpus()[0].model.trim()}, ${info.cpu.threads} compute threads (${info.cpu.kernel}); backend: ${opts.backend}; ${info.reason}`);
+  console.log('# the whole model runs on the backend (on CUDA: weights, KV caches and activations on the device); activations and KV caches are float32');
 
   const p = progress('model: weights', s.layers);
   const maxSeq = opts.prompt + opts.decode + 1;
@@ -148,7 +149,9 @@ async function runModel(argv) {
     lmHead: randomMatrix(opts.dtype, s.vocab, s.d, seedOf('model', 'lm_head')),
   };
   const model = await lib.MixtralModel.fromWeights(config, { globals, layers: layerWeights(config, opts.dtype, (i) => p.tick(i, `layer ${i}/${s.layers}`)) }, { backend: opts.backend, maxSeq });
-  p.done(`${s.layers} layers built, ${(model.bytes / 1e9).toFixed(2)} GB`);
+  p.done(`${s.layers} layers built on ${model.backend}, ${(model.bytes / 1e9).toFixed(2)} GB`);
+  // the memory roof of decode: the device's DRAM bandwidth on CUDA (from its clocks), else none here
+  const peakGBps = model.backend === 'cuda' ? info.cuda.device?.peakGBps ?? 0 : 0;
   collect();
 
   const counts = lib.countParameters(config);
@@ -175,7 +178,7 @@ async function runModel(argv) {
   const decodeStepS = median(runs.map((x) => x.decodeS / x.decodeTokens));
   const rows = [
     ['prefill', `${opts.prompt} tokens`, `${(prefillS * 1000).toFixed(1)} ms`, `${(opts.prompt / prefillS).toFixed(1)}`, `${((2 * counts.active * opts.prompt) / prefillS / 1e9).toFixed(1)} GFLOP/s (active params)`],
-    ['decode', `1 token at ${opts.prompt}..${opts.prompt + opts.decode}`, `${(decodeStepS * 1000).toFixed(2)} ms`, `${(1 / decodeStepS).toFixed(1)}`, `${(activeBytes / decodeStepS / 1e9).toFixed(1)} GB/s of active weights`],
+    ['decode', `1 token at ${opts.prompt}..${opts.prompt + opts.decode}`, `${(decodeStepS * 1000).toFixed(2)} ms`, `${(1 / decodeStepS).toFixed(1)}`, `${(activeBytes / decodeStepS / 1e9).toFixed(1)} GB/s of active weights${peakGBps ? ` (${((100 * activeBytes) / decodeStepS / 1e9 / peakGBps).toFixed(0)}% of the device's ${peakGBps.toFixed(0)} GB/s)` : ''}`],
   ];
   const widths = [0, 1, 2, 3, 4].map((i) => Math.max(...[['phase', 'tokens', 'time', 'tokens/s', 'rate'], ...rows].map((r) => r[i].length)));
   for (const r of [['phase', 'tokens', 'time', 'tokens/s', 'rate'], ...rows]) console.log(r.map((c, i) => (i === 3 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd());
@@ -188,7 +191,7 @@ async function runModel(argv) {
     mode: opts.ci ? 'ci' : 'full',
     shape: s,
     dtype: opts.dtype,
-    backend: opts.backend,
+    backend: model.backend,
     cpu: { model: os.cpus()[0].model.trim(), ...info.cpu },
     parameters: { total: counts.total, active: counts.active },
     promptTokens: opts.prompt,
