@@ -351,7 +351,7 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
   moe::TensorView x = tensor_arg(info[0], "x", kAnyFloat, 2, job.get(), dev);
   moe::TensorView gate = to_tensor(info[1], "gate", kAnyFloat, 2, &job->keep);
   auto w = ExpertsWrap::Get(info[2], "experts");
-  check_place(env, "the experts", w->backend(), dev);
+  if (dev) check_place(env, "the experts", w->backend(), dev);  // host tensors: copied in and out on CUDA
   const int64_t T = x.dims[0], E = w->num_experts;
   check_same(env, "x.dims[1]", x.dims[1], "the experts' d", w->d);
   check_same(env, "gate.dims[0]", gate.dims[0], "the number of experts", E);
@@ -430,7 +430,7 @@ Napi::Value DenseFfn(const Napi::CallbackInfo& info) {
   const bool dev = is_device_tensor(info[0]);
   moe::TensorView x = tensor_arg(info[0], "x", kAnyFloat, 2, job.get(), dev);
   auto w = ExpertsWrap::Get(info[1], "weights");
-  check_place(env, "the FFN", w->backend(), dev);
+  if (dev) check_place(env, "the FFN", w->backend(), dev);
   check_same(env, "weights expert count", w->num_experts, "1 (a dense FFN)", 1);
   check_same(env, "x.dims[1]", x.dims[1], "the FFN's d", w->d);
   moe::TensorView out, shape = x;

@@ -302,6 +302,21 @@ class DeviceExperts final : public PackedExperts {
   mutable size_t workspace_bytes = 0;
 };
 
+// The routing of MoeForwardParams as the device launcher takes it (noise gate pointer set by the caller).
+MoeDeviceRouting device_routing(const MoeForwardParams& p) {
+  MoeDeviceRouting R;
+  R.top_k = p.route.top_k;
+  R.normalize = p.route.normalize;
+  R.capacity = p.capacity;
+  R.capacity_factor = p.capacity_factor;
+  R.eval_capacity_factor = p.eval_capacity_factor;
+  R.decode = p.decode;
+  R.noise_seed = p.route.noise_seed;
+  R.random_routing = p.route.random_routing;
+  R.random_seed = p.route.random_seed;
+  return R;
+}
+
 Status device_experts(const PackedExperts& w, const DeviceExperts** out) {
   if (std::strcmp(w.backend(), kName) != 0)
     return Status::invalid(std::string("the experts were packed by the '") + w.backend() +
@@ -531,16 +546,7 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
     if (outs.stats) *outs.stats = RouterStats();
     return Status::ok();
   }
-  MoeDeviceRouting R;
-  R.top_k = k;
-  R.normalize = p.route.normalize;
-  R.capacity = p.capacity;
-  R.capacity_factor = p.capacity_factor;
-  R.eval_capacity_factor = p.eval_capacity_factor;
-  R.decode = p.decode;
-  R.noise_seed = p.route.noise_seed;
-  R.random_routing = p.route.random_routing;
-  R.random_seed = p.route.random_seed;
+  MoeDeviceRouting R = device_routing(p);
   const bool noisy = p.route.noise_gate.data != nullptr;
   const DeviceExperts* sw = nullptr;  // shared experts: one packed expert, its gate packed with it
   if (lw.shared) {
@@ -608,43 +614,65 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
   return Status::ok();
 }
 
+namespace {
+
+// A dense FFN (one packed expert) on T device rows: y = FFN(x) in f32 by the grouped GEMM, then
+// out = 1.0 * y through combine (k = 1, identity rows), the same rounding to the output type as the
+// MoE layer's. Its pieces of a workspace, carved after `c`'s:
+struct DenseFfnPlan {
+  size_t o_off = 0, o_y = 0, o_one = 0, o_ws = 0, gws = 0;
+};
+Status plan_dense_ffn(const DeviceExperts& w, int64_t T, Carve* c, DenseFfnPlan* p) {
+  p->gws = grouped_gemm_workspace_bytes(T, T, w.d, w.f, dev_dtype(w.dtype));
+  if (p->gws == 0 || T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
+  p->o_off = c->add(size_t(T + 2) * 4);
+  p->o_y = c->add(size_t(T) * size_t(w.d) * 4);
+  p->o_one = c->add(size_t(T) * 4);
+  p->o_ws = c->add(p->gws);
+  return Status::ok();
+}
+// Enqueues it on s; ws: the workspace base of the plan's offsets.
+Status enqueue_dense_ffn(const DeviceExperts& w, const void* x, DType x_dtype, int64_t T, void* out, DType out_dtype,
+                         unsigned char* ws, const DenseFfnPlan& p, cudaStream_t s) {
+  std::vector<int32_t> host_i(size_t(T) + 2);  // offsets {0, T}, then rows 0..T-1
+  std::vector<float> ones(size_t(T), 1.0f);
+  host_i[0] = 0, host_i[1] = int32_t(T);
+  for (int64_t t = 0; t < T; ++t) host_i[size_t(t) + 2] = int32_t(t);
+  // pageable sources: cudaMemcpyAsync has staged them when it returns
+  MOE_RETURN_IF_ERROR(h2d(ws + p.o_off, host_i.data(), size_t(T + 2) * 4, s));
+  MOE_RETURN_IF_ERROR(h2d(ws + p.o_one, ones.data(), size_t(T) * 4, s));
+  const int32_t* offsets = reinterpret_cast<const int32_t*>(ws + p.o_off);
+  float* y = reinterpret_cast<float*>(ws + p.o_y);
+  MOE_RETURN_IF_ERROR(launched(launch_grouped_gemm(x, dev_dtype(x_dtype), T, nullptr, offsets, T, w.packed, 1, w.d, w.f,
+                                                   dev_dtype(w.dtype), y, ws + p.o_ws, p.gws, s),
+                               "dense FFN"));
+  return launched(launch_combine(y, T, offsets + 2, reinterpret_cast<const float*>(ws + p.o_one), T, 1, w.d, out,
+                                 dev_dtype(out_dtype), s),
+                  "dense FFN output");
+}
+
+}  // namespace
+
 Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView& out) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
   const DeviceExperts* w = nullptr;
   MOE_RETURN_IF_ERROR(device_experts(pw, &w));
   if (w->num_experts != 1) return Status::invalid("dense_ffn needs weights packed as one expert");
-  const int64_t T = x.dims[0], d = w->d;
+  const int64_t T = x.dims[0];
   if (T == 0) return Status::ok();
-  const DevDType wt = dev_dtype(w->dtype);
-  const size_t gws = grouped_gemm_workspace_bytes(T, T, d, w->f, wt);
-  if (gws == 0 || T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
-  // y = FFN(x) in f32, then out = 1.0 * y through combine (k = 1, identity rows): the same rounding to
-  // the output type as the MoE layer's.
-  std::vector<int32_t> host_i(size_t(T) + 2);
-  std::vector<float> ones(size_t(T), 1.0f);
-  host_i[0] = 0, host_i[1] = int32_t(T);
-  for (int64_t t = 0; t < T; ++t) host_i[size_t(t) + 2] = int32_t(t);
   std::lock_guard<std::mutex> lock(w->mu);
   cudaStream_t s = w->stream;
   Carve c;
-  const size_t o_x = c.add(tensor_bytes(x)), o_off = c.add(size_t(T + 2) * 4), o_y = c.add(size_t(T) * d * 4),
-               o_one = c.add(size_t(T) * 4), o_out = c.add(tensor_bytes(out)), o_ws = c.add(gws);
+  const size_t o_x = c.add(tensor_bytes(x)), o_out = c.add(tensor_bytes(out));
+  DenseFfnPlan plan;
+  MOE_RETURN_IF_ERROR(plan_dense_ffn(*w, T, &c, &plan));
   MOE_RETURN_IF_ERROR(w->reserve(c.total()));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   MOE_RETURN_IF_ERROR(h2d(ws + o_x, x.data, tensor_bytes(x), s));
-  MOE_RETURN_IF_ERROR(h2d(ws + o_off, host_i.data(), size_t(T + 2) * 4, s));
-  MOE_RETURN_IF_ERROR(h2d(ws + o_one, ones.data(), size_t(T) * 4, s));
-  const int32_t* offsets = reinterpret_cast<const int32_t*>(ws + o_off);
-  float* y = reinterpret_cast<float*>(ws + o_y);
-  MOE_RETURN_IF_ERROR(launched(launch_grouped_gemm(ws + o_x, dev_dtype(x.dtype), T, nullptr, offsets, T, w->packed, 1, d,
-                                                   w->f, wt, y, ws + o_ws, gws, s),
-                               "dense FFN"));
-  MOE_RETURN_IF_ERROR(launched(launch_combine(y, T, offsets + 2, reinterpret_cast<const float*>(ws + o_one), T, 1, d,
-                                              ws + o_out, dev_dtype(out.dtype), s),
-                               "dense FFN output"));
+  MOE_RETURN_IF_ERROR(enqueue_dense_ffn(*w, ws + o_x, x.dtype, T, ws + o_out, out.dtype, ws, plan, s));
   MOE_RETURN_IF_ERROR(d2h(out.data, ws + o_out, tensor_bytes(out), s));
-  return sync(s);  // host_i and ones outlive the copies
+  return sync(s);
 }
 
 // ---- device-resident tensors ------------------------------------------------------------------------
@@ -740,21 +768,19 @@ Status alloc_device(size_t bytes, std::shared_ptr<DeviceBuffer>* out) {
   return Status::ok();
 }
 
-Status upload(void* dst, const void* src, size_t n) {
+namespace {
+// A copy on the tensor stream, after the work enqueued before it, waited for.
+Status copy_and_wait(void* dst, const void* src, size_t n, bool to_device) {
   cudaStream_t s = nullptr;
   MOE_RETURN_IF_ERROR(tensor_stream(&s));
   MOE_EMU_SERIAL;
-  MOE_RETURN_IF_ERROR(h2d(dst, src, n, s));
+  MOE_RETURN_IF_ERROR(to_device ? h2d(dst, src, n, s) : d2h(dst, src, n, s));
   return sync(s);
 }
+}  // namespace
 
-Status download(void* dst, const void* src, size_t n) {
-  cudaStream_t s = nullptr;
-  MOE_RETURN_IF_ERROR(tensor_stream(&s));
-  MOE_EMU_SERIAL;
-  MOE_RETURN_IF_ERROR(d2h(dst, src, n, s));
-  return sync(s);
-}
+Status upload(void* dst, const void* src, size_t n) { return copy_and_wait(dst, src, n, true); }
+Status download(void* dst, const void* src, size_t n) { return copy_and_wait(dst, src, n, false); }
 
 namespace dev {
 
@@ -923,16 +949,7 @@ Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForw
   const int E = w->num_experts;
   const int64_t T = x.dims[0], d = w->d;
   if (T == 0) return Status::ok();
-  MoeDeviceRouting R;
-  R.top_k = p.route.top_k;
-  R.normalize = p.route.normalize;
-  R.capacity = p.capacity;
-  R.capacity_factor = p.capacity_factor;
-  R.eval_capacity_factor = p.eval_capacity_factor;
-  R.decode = p.decode;
-  R.noise_seed = p.route.noise_seed;
-  R.random_routing = p.route.random_routing;
-  R.random_seed = p.route.random_seed;
+  MoeDeviceRouting R = device_routing(p);
   const bool noisy = p.route.noise_gate.data != nullptr;
   MoeDeviceLayer L = w->layer();
   const bool shared_gate_copy = sw && !sw->gate && lw.shared_gate.data;
@@ -974,29 +991,15 @@ Status dense_ffn(const PackedExperts& pw, const TensorView& x, const TensorView&
   cudaStream_t s = nullptr;
   MOE_RETURN_IF_ERROR(tensor_stream(&s));
   MOE_EMU_SERIAL;
-  const int64_t T = x.dims[0], d = w->d;
+  const int64_t T = x.dims[0];
   if (T == 0) return Status::ok();
-  const DevDType wt = dev_dtype(w->dtype);
-  const size_t gws = grouped_gemm_workspace_bytes(T, T, d, w->f, wt);
-  if (gws == 0 || T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
-  // as the host-pointer dense_ffn: y = FFN(x) in f32, then out = 1.0 * y through combine
-  std::vector<int32_t> host_i(size_t(T) + 2);
-  std::vector<float> ones(size_t(T), 1.0f);
-  host_i[0] = 0, host_i[1] = int32_t(T);
-  for (int64_t t = 0; t < T; ++t) host_i[size_t(t) + 2] = int32_t(t);
+  Carve c;
+  DenseFfnPlan plan;
+  MOE_RETURN_IF_ERROR(plan_dense_ffn(*w, T, &c, &plan));
   Scratch sc(s);
-  const size_t o_off = sc.add(size_t(T + 2) * 4), o_y = sc.add(size_t(T) * d * 4), o_one = sc.add(size_t(T) * 4),
-               o_ws = sc.add(gws);
+  const size_t base = sc.add(c.total());
   MOE_RETURN_IF_ERROR(sc.allocate());
-  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_off), host_i.data(), size_t(T + 2) * 4, s));  // staged on return
-  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_one), ones.data(), size_t(T) * 4, s));
-  const int32_t* offsets = sc.at<const int32_t>(o_off);
-  float* y = sc.at<float>(o_y);
-  MOE_RETURN_IF_ERROR(launched(launch_grouped_gemm(x.data, dev_dtype(x.dtype), T, nullptr, offsets, T, w->packed, 1, d, w->f, wt,
-                                                   y, sc.at<void>(o_ws), gws, s),
-                               "dense FFN"));
-  return launched(launch_combine(y, T, offsets + 2, sc.at<const float>(o_one), T, 1, d, out.data, dev_dtype(out.dtype), s),
-                  "dense FFN output");
+  return enqueue_dense_ffn(*w, x.data, x.dtype, T, out.data, out.dtype, sc.at<unsigned char>(base), plan, s);
 }
 
 }  // namespace dev
