@@ -75,16 +75,22 @@ export {
   type ModelType,
 } from './config.js';
 export {
+  MoeCheckpoint,
   MixtralCheckpoint,
   detectExpertLayout,
+  moeTensorSpecs,
   mixtralTensorSpecs,
+  decoderLayerTensors,
   mixtralLayerTensors,
   type ExpertLayout,
   type ExpectedTensor,
   type AttentionWeights,
   type MoeBlockWeights,
+  type DecoderLayerWeights,
   type MixtralLayerWeights,
+  type ModelGlobalWeights,
   type MixtralGlobalWeights,
+  type MoeOpenOptions,
   type MixtralOpenOptions,
   type LoadProgress,
 } from './weights.js';
@@ -131,6 +137,8 @@ export {
 export {
   MixtralBlock,
   MixtralModel,
+  MoeModel,
+  DecoderBlock,
   type MixtralRuntimeOptions,
   type MixtralLoadOptions,
   type BlockForwardOptions,
@@ -139,3 +147,4 @@ export {
   type GenerateOptions,
   type RoutingStats,
 } from './model.js';
+export { type BlockFfn, type BlockFfnOutput } from './block-ffn.js';
