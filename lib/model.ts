@@ -417,8 +417,9 @@ export class MixtralModel {
         if (blocks.length === config.numHiddenLayers)
           throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got more`);
         const i = blocks.length;
-        if (l?.index !== undefined && l.index !== i) throw rangeError(`weights.layers[${i}].index must be ${i}, got ${describe(l.index)}`);
-        blocks.push(await MixtralBlock.create(config, l?.index === undefined ? { ...checkOptions(l, `weights.layers[${i}]`), index: i } as DecoderLayerWeights : l, options));
+        const layer = checkOptions(l, `weights.layers[${i}]`) as unknown as DecoderLayerWeights;
+        if (layer.index !== undefined && layer.index !== i) throw rangeError(`weights.layers[${i}].index must be ${i}, got ${describe(layer.index)}`);
+        blocks.push(await MixtralBlock.create(config, layer.index === undefined ? { ...layer, index: i } : layer, options));
       }
       if (blocks.length !== config.numHiddenLayers)
         throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
