@@ -8,12 +8,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { parseMoeConfig, type MixtralConfig, type MoeModelConfig } from './config.js';
+import { parseMoeConfig, type MoeModelConfig } from './config.js';
 import { MoeError } from './errors.js';
 import { countParameters, estimateMemory, formatBytes, type MemoryEstimate } from './params.js';
 import { Checkpoint } from './safetensors.js';
 import { FLOAT_TYPES, type FloatType } from './tensor.js';
-import { MixtralCheckpoint } from './weights.js';
+import { MoeCheckpoint } from './weights.js';
 import { createProgressBar } from './progress.js';
 import type { BackendName } from './backend.js';
 import type { MixtralModel as MixtralModelType } from './model.js';
@@ -31,7 +31,7 @@ const HELP: Record<string, string> = {
 Commands:
   params <config.json | checkpoint dir>   parameters (total, active, by part) and memory needed
   inspect <checkpoint dir | file>         tensors of a checkpoint, checked against its config.json
-  generate <checkpoint dir>               run a Mixtral checkpoint: prompt in, generated tokens out
+  generate <checkpoint dir>               run a checkpoint (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
 
 Run 'moe-kernels <command> --help' for a command's options.
 `,
@@ -62,10 +62,11 @@ Options:
 `,
   generate: `Usage: moe-kernels generate <checkpoint dir> (--prompt-ids <ids> | --prompt <text>) [options]
 
-Loads a Mixtral checkpoint (config.json + safetensors; progress on stderr) and generates tokens
-after the prompt, printing them as they come: token ids with --prompt-ids, text with --prompt (the
-checkpoint's tokenizer.json encodes the prompt and decodes the output). Attention, norms and
-projections run on the CPU; --backend applies to the MoE layers.
+Loads a Mixtral, Qwen2-MoE or DeepSeek-MoE checkpoint (config.json + safetensors; progress on
+stderr) and generates tokens after the prompt, printing them as they come: token ids with
+--prompt-ids, text with --prompt (the checkpoint's tokenizer.json encodes the prompt and decodes the
+output). Attention, norms and projections run on the CPU; --backend applies to the FFN layers (MoE
+and dense).
 
 Options:
   --prompt-ids <ids>       comma-separated token ids, e.g. 1,2,3
@@ -79,7 +80,7 @@ Options:
   --dtype <t>              convert the weights as they load: float32, float16, bfloat16 (default: as stored)
   --backend <b>            MoE layers' backend: auto (default), cpu, cuda
   --max-seq <n>            KV cache positions (default: prompt + new tokens)
-  --stats                  after generating, print the tokens routed to each expert, per layer
+  --stats                  after generating, print the tokens routed to each expert, per MoE layer
                            (with each layer's routing entropy)
   --stats-svg <file>       also write them as an SVG heat map (layers x experts) to <file>
   --no-progress            no loading progress on stderr
@@ -231,9 +232,8 @@ function checkAgainst(ckpt: Checkpoint, cfgPath: string): { ok: boolean; message
     if (e instanceof MoeError) return { ok: false, message: e.message };
     throw e;
   }
-  if (config.modelType !== 'mixtral') return { ok: true, message: `config is ${config.modelType}: tensor names are only checked for mixtral so far` };
   try {
-    const m = MixtralCheckpoint.openSync(ckpt, { config: config as MixtralConfig }); // the caller closes ckpt
+    const m = MoeCheckpoint.openSync(ckpt, { config }); // the caller closes ckpt
     const unused = m.unusedTensors();
     return {
       ok: true,
@@ -351,9 +351,17 @@ async function generate(args: string[], io: CliIo): Promise<number> {
     const decodeRate = out.length > 1 && end > firstAt ? `, decode ${(((out.length - 1) * 1000) / (end - firstAt)).toFixed(1)} tokens/s` : '';
     io.stderr.write(`${out.length} tokens; prefill ${promptIds.length} tokens in ${((firstAt - loaded) / 1000).toFixed(2)} s${decodeRate}\n`);
     const rs = model.routingStats();
-    if (values.stats) io.stdout.write(`tokens per expert (${rs.tokens} tokens through the model):\n` + formatRoutingTable(rs.tokensPerExpert));
+    // one row per MoE layer, labelled with its decoder-layer index (dense layers have no experts)
+    const layerLabels = rs.layers.map((i) => `layer ${i}`);
+    if (values.stats)
+      io.stdout.write(
+        rs.layers.length === 0
+          ? 'tokens per expert: the model has no MoE layers\n'
+          : `tokens per expert (${rs.tokens} tokens through the model):\n` + formatRoutingTable(rs.tokensPerExpert, { layerLabels }),
+      );
     if (values['stats-svg'] !== undefined) {
-      fs.writeFileSync(values['stats-svg'], routingHeatmapSvg(rs.tokensPerExpert, { title: `${path.basename(path.resolve(dir))}: tokens per expert over ${rs.tokens} tokens` }));
+      if (rs.layers.length === 0) throw new MoeError('--stats-svg: the model has no MoE layers to draw', 'ERR_UNSUPPORTED');
+      fs.writeFileSync(values['stats-svg'], routingHeatmapSvg(rs.tokensPerExpert, { title: `${path.basename(path.resolve(dir))}: tokens per expert over ${rs.tokens} tokens`, layerLabels }));
       io.stderr.write(`routing heat map: ${values['stats-svg']}\n`);
     }
     return 0;

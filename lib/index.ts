@@ -77,16 +77,22 @@ export {
   type ModelType,
 } from './config.js';
 export {
+  MoeCheckpoint,
   MixtralCheckpoint,
   detectExpertLayout,
+  moeTensorSpecs,
   mixtralTensorSpecs,
+  decoderLayerTensors,
   mixtralLayerTensors,
   type ExpertLayout,
   type ExpectedTensor,
   type AttentionWeights,
   type MoeBlockWeights,
+  type DecoderLayerWeights,
   type MixtralLayerWeights,
+  type ModelGlobalWeights,
   type MixtralGlobalWeights,
+  type MoeOpenOptions,
   type MixtralOpenOptions,
   type LoadProgress,
 } from './weights.js';
@@ -135,6 +141,8 @@ export {
 export {
   MixtralBlock,
   MixtralModel,
+  MoeModel,
+  DecoderBlock,
   type MixtralRuntimeOptions,
   type MixtralLoadOptions,
   type BlockForwardOptions,
@@ -143,3 +151,4 @@ export {
   type GenerateOptions,
   type RoutingStats,
 } from './model.js';
+export { type BlockFfn, type BlockFfnOutput } from './block-ffn.js';

@@ -1,11 +1,14 @@
 /**
- * Mixtral decoder blocks and whole models, composed from the native ops (lib/ops.ts) and the MoE
- * layer (lib/layers.ts). Thin: the classes hold packed weights, KV caches and scratch tensors, and
- * call ops; no math happens here beyond shapes.
+ * Decoder blocks and whole models of Mixtral, Qwen2-MoE and DeepSeek-MoE, composed from the native
+ * ops (lib/ops.ts) and the FFN layers (lib/layers.ts, chosen per layer by lib/block-ffn.ts). Thin:
+ * the classes hold packed weights, KV caches and scratch tensors, and call ops; no math happens
+ * here beyond shapes.
  *
  *   MixtralBlock   h += o_proj(attention(rope(q,k), v; KV cache, sliding window)) of rmsNorm(h)
- *                  h += moe(rmsNorm(h))                                     (h: [T,d] float32)
+ *   (DecoderBlock) h += ffn(rmsNorm(h))                                     (h: [T,d] float32)
+ *                  ffn: the MoE layer (+ shared experts) or a dense SwiGLU FFN, by config.layerKinds
  *   MixtralModel   embed_tokens -> blocks -> norm -> lm_head: token ids [T] -> logits [T,V] float32
+ *   (MoeModel)
  *
  * The residual stream, q/k/v and logits are float32 whatever the weight type; the KV caches are
  * float32 unless `kvType` says otherwise. `backend` places the whole model: on 'cpu' the tensors
@@ -15,15 +18,16 @@
  * cache per block): calls on a model must not overlap.
  */
 import { backendInfo, resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
+import { createBlockFfn, NO_EXPERTS, type BlockFfn } from './block-ffn.js';
+import { type LayerKind, type MoeModelConfig } from './config.js';
 import { DeviceTensor } from './device.js';
-import { type MixtralConfig } from './config.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
-import { MoeLayer } from './layers.js';
+import { type DenseFfn, type MoeLayer } from './layers.js';
 import { add, attention, embedding, KvCache, Linear, rmsNorm, rope, sample, type AnyTensor } from './ops.js';
 import { boolOption, checkOptions, intOption } from './options.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from './params.js';
 import { cast, checkTensor, FLOAT_TYPES, type FloatType, type Tensor, zeros } from './tensor.js';
-import { MixtralCheckpoint, type LoadProgress, type MixtralGlobalWeights, type MixtralLayerWeights } from './weights.js';
+import { MoeCheckpoint, type DecoderLayerWeights, type LoadProgress, type ModelGlobalWeights } from './weights.js';
 
 /** Options shared by blocks and models. */
 export interface MixtralRuntimeOptions {
@@ -81,7 +85,7 @@ class Workspace {
   readonly attn: AnyTensor;
   readonly proj: AnyTensor;
 
-  constructor(c: MixtralConfig, T: number, place: Place) {
+  constructor(c: MoeModelConfig, T: number, place: Place) {
     const { hiddenSize: d, numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: hd } = c;
     this.T = T;
     this.positions = zeros('int32', [T]);
@@ -129,7 +133,17 @@ function floatTypeOption(o: Record<string, unknown>, key: string, dflt: FloatTyp
   return v as FloatType;
 }
 
-function runtimeOptions(config: MixtralConfig, options: unknown) {
+const MODEL_TYPES: readonly string[] = ['mixtral', 'qwen2_moe', 'deepseek'];
+
+/** A config from parseMoeConfig / parseMixtralConfig (any supported family). */
+function checkConfig(config: unknown): MoeModelConfig {
+  const c = config as MoeModelConfig | null | undefined;
+  if (!MODEL_TYPES.includes(c?.modelType as string) || !Array.isArray(c?.layerKinds) || c.layerKinds.length !== c.numHiddenLayers)
+    throw typeError(`config must be a MoeModelConfig (parseMoeConfig or parseMixtralConfig), got ${describe(c?.modelType ?? config)}`);
+  return c;
+}
+
+function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const o = checkOptions(options);
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
   return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined) };
@@ -147,20 +161,29 @@ export interface BlockForwardOptions {
 export interface BlockOutput {
   /** [T,d] float32. */
   output: Tensor<'float32'>;
-  /** [E] tokens the MoE layer routed to each expert in this call. */
+  /** [E] tokens the MoE layer routed to each expert in this call; [0] (no experts) for a dense block. */
   tokensPerExpert: Tensor<'int32'>;
 }
 
 /**
- * One Mixtral decoder layer with its KV cache: input RMSNorm, q/k/v projections, rotary embedding
- * (the config's rope_theta), causal grouped-query attention (sliding window from the config), o
- * projection, residual add, post-attention RMSNorm, the sparse MoE layer, residual add.
+ * One decoder layer with its KV cache: input RMSNorm, q/k/v projections, rotary embedding (the
+ * config's rope_theta), causal grouped-query attention (sliding window from the config), o
+ * projection, residual add, post-attention RMSNorm, the FFN, residual add. The FFN follows
+ * `config.layerKinds[index]`: the sparse MoE layer (with the shared experts the config declares,
+ * top-k weights renormalised when `normTopkProb`) or a dense SwiGLU FFN. Every Mixtral layer is MoE.
  */
 export class MixtralBlock {
   readonly index: number;
-  readonly config: MixtralConfig;
+  readonly config: MoeModelConfig;
   readonly cache: KvCache;
-  readonly moe: MoeLayer;
+  /** 'moe' or 'dense': which FFN the block has. */
+  readonly kind: LayerKind;
+  /** The FFN: `ffn.moe` or `ffn.dense`. */
+  readonly ffn: BlockFfn;
+  /** The MoE layer of an MoE block; null in a dense block. */
+  readonly moe: MoeLayer | null;
+  /** The dense FFN of a dense block; null in an MoE block. */
+  readonly dense: DenseFfn | null;
   /** @internal where the block's tensors live */
   readonly place: Place;
   readonly #inputNorm: AnyTensor;
@@ -171,7 +194,7 @@ export class MixtralBlock {
   readonly #wo: Linear;
   #disposed = false;
 
-  private constructor(index: number, config: MixtralConfig, place: Place, parts: { inputNorm: AnyTensor; postNorm: AnyTensor; wq: Linear; wk: Linear; wv: Linear; wo: Linear; moe: MoeLayer; cache: KvCache }) {
+  private constructor(index: number, config: MoeModelConfig, place: Place, parts: { inputNorm: AnyTensor; postNorm: AnyTensor; wq: Linear; wk: Linear; wv: Linear; wo: Linear; ffn: BlockFfn; cache: KvCache }) {
     this.index = index;
     this.place = place;
     this.config = config;
@@ -181,19 +204,24 @@ export class MixtralBlock {
     this.#wk = parts.wk;
     this.#wv = parts.wv;
     this.#wo = parts.wo;
-    this.moe = parts.moe;
+    this.ffn = parts.ffn;
+    this.kind = parts.ffn.kind;
+    this.moe = parts.ffn.moe;
+    this.dense = parts.ffn.dense;
     this.cache = parts.cache;
   }
 
   /**
-   * Packs one layer's weights (Hugging Face layout, as `MixtralCheckpoint.loadLayer` gives them);
-   * the caller may drop its arrays afterwards. The norm weights are copied.
+   * Packs one layer's weights (Hugging Face layout, as `MoeCheckpoint.loadLayer` gives them: `moe`
+   * for an MoE layer, `mlp` for a dense one, by `config.layerKinds[weights.index]`); the caller
+   * may drop its arrays afterwards. The norm weights are copied.
    */
-  static async create(config: MixtralConfig, weights: MixtralLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
-    if (config?.modelType !== 'mixtral') throw typeError(`config must be a MixtralConfig (parseMixtralConfig), got ${describe(config)}`);
+  static async create(config: MoeModelConfig, weights: DecoderLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
+    checkConfig(config);
     const { maxSeq, kvType, backend, place } = runtimeOptions(config, options);
-    const w = checkOptions(weights, 'weights') as unknown as MixtralLayerWeights;
-    const a = checkOptions(w.attention, 'weights.attention') as unknown as MixtralLayerWeights['attention'];
+    const w = checkOptions(weights, 'weights') as unknown as DecoderLayerWeights;
+    const index = intOption(w as unknown as Record<string, unknown>, 'index', 0, 0, config.numHiddenLayers - 1, 'weights.index');
+    const a = checkOptions(w.attention, 'weights.attention') as unknown as DecoderLayerWeights['attention'];
     const { hiddenSize: d } = config;
     const norm = (t: unknown, name: string) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
@@ -223,14 +251,10 @@ export class MixtralBlock {
       const wk = await lin(a.kProj, 'kProj', kv, d);
       const wv = await lin(a.vProj, 'vProj', kv, d);
       const wo = await lin(a.oProj, 'oProj', d, q);
-      const moe = await MoeLayer.create(w.moe, { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend });
-      owned.push(moe);
-      if (moe.numExperts !== config.numExperts || moe.hiddenSize !== d || moe.intermediateSize !== config.intermediateSize)
-        throw rangeError(
-          `weights.moe: ${moe.numExperts} experts of [${moe.intermediateSize},${moe.hiddenSize}], expected ${config.numExperts} of [${config.intermediateSize},${d}] from the config`,
-        );
+      const ffn = await createBlockFfn(config, w, index, backend);
+      owned.push(ffn);
       const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);
-      return new MixtralBlock(typeof w.index === 'number' ? w.index : 0, config, place, { inputNorm, postNorm, wq, wk, wv, wo, moe, cache });
+      return new MixtralBlock(index, config, place, { inputNorm, postNorm, wq, wk, wv, wo, ffn, cache });
     } catch (e) {
       for (const o of owned) o.dispose();
       throw e;
@@ -240,7 +264,7 @@ export class MixtralBlock {
   /** Bytes of the packed weights and the KV cache. */
   get bytes(): number {
     const lin = this.#wq.bytes + this.#wk.bytes + this.#wv.bytes + this.#wo.bytes;
-    return lin + this.moe.bytes + this.cache.bytes + bytesOf(this.#inputNorm) + bytesOf(this.#postNorm);
+    return lin + this.ffn.bytes + this.cache.bytes + bytesOf(this.#inputNorm) + bytesOf(this.#postNorm);
   }
 
   get disposed(): boolean {
@@ -265,8 +289,9 @@ export class MixtralBlock {
     // on the device: the block's input up, its output and counts down
     const hd = await DeviceTensor.from(h, { backend: this.place.backend });
     try {
-      const counts = (await this.run(hd, ws, start)) as DeviceTensor<'int32'>;
+      const counts = await this.run(hd, ws, start);
       await hd.toHost(h);
+      if (!(counts instanceof DeviceTensor)) return { output: h, tokensPerExpert: counts }; // dense: [0]
       const tokensPerExpert = await counts.toHost();
       counts.dispose();
       return { output: h, tokensPerExpert };
@@ -286,7 +311,7 @@ export class MixtralBlock {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const l of [this.#wq, this.#wk, this.#wv, this.#wo]) l.dispose();
-    this.moe.dispose();
+    this.ffn.dispose();
     this.cache.dispose();
     release(this.#inputNorm);
     release(this.#postNorm);
@@ -295,7 +320,7 @@ export class MixtralBlock {
   /**
    * @internal h [T,d] float32 updated in place (a DeviceTensor on a device block); ws holds the
    * scratch tensors and the positions of the T tokens, the first at `start`. Returns the MoE layer's
-   * tokens per expert (on the device for a device block: read it after the forward).
+   * tokens per expert ([0] when dense; on the device for a device block: read it after the forward).
    */
   async run(h: AnyTensor, ws: Workspace, start: number): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
     const c = this.config;
@@ -310,15 +335,10 @@ export class MixtralBlock {
     await this.#wo.forward(view(ws.attn, [T, hq * hd]), { out: ws.proj });
     await add(h, ws.proj, { inPlace: true });
     await rmsNorm(h, this.#postNorm, { eps, out: ws.normed });
-    if (ws.normed instanceof DeviceTensor) {
-      const { output, routing } = await this.moe.forward(ws.normed, { returnRouting: true });
-      await add(h, output, { inPlace: true });
-      output.dispose(); // stream-ordered: after the add
-      return routing!.tokensPerExpert;
-    }
-    const { output, routing } = await this.moe.forward(ws.normed as Tensor, { returnRouting: true });
-    await add(h, output, { inPlace: true });
-    return routing!.tokensPerExpert;
+    const { output, tokensPerExpert } = await this.ffn.forward(ws.normed as Tensor | DeviceTensor);
+    await add(h, output as AnyTensor, { inPlace: true });
+    release(output); // on the device: stream-ordered, after the add
+    return tokensPerExpert ?? NO_EXPERTS;
   }
 
   #check(): void {
@@ -368,13 +388,18 @@ export interface GenerateOptions {
 export interface RoutingStats {
   /** Tokens that went through the model (each counts topK times in a layer's counts). */
   tokens: number;
-  /** [layer][expert] counts. */
+  /** [MoE layer][expert] counts: one row per MoE layer (dense layers have no experts and no row). */
   tokensPerExpert: number[][];
+  /** The decoder-layer index of each row of tokensPerExpert (Mixtral: 0, 1, ... every layer). */
+  layers: number[];
 }
 
-/** A whole Mixtral model: embeddings, decoder blocks with KV caches, final norm, LM head. */
+/**
+ * A whole decoder model (Mixtral, Qwen2-MoE or DeepSeek-MoE; also exported as `MoeModel`):
+ * embeddings, decoder blocks with KV caches, final norm, LM head.
+ */
 export class MixtralModel {
-  readonly config: MixtralConfig;
+  readonly config: MoeModelConfig;
   readonly blocks: readonly MixtralBlock[];
   /** Positions each KV cache holds. */
   readonly maxSeq: number;
@@ -392,7 +417,7 @@ export class MixtralModel {
   #disposed = false;
   #decode: { ws: Workspace; hidden: AnyTensor; normed: AnyTensor; logits: AnyTensor; ids: Tensor<'int32'>; next: Tensor<'int32'> } | null = null;
 
-  private constructor(config: MixtralConfig, place: Place, embed: AnyTensor, norm: AnyTensor, lmHead: Linear, blocks: MixtralBlock[], maxSeq: number) {
+  private constructor(config: MoeModelConfig, place: Place, embed: AnyTensor, norm: AnyTensor, lmHead: Linear, blocks: MixtralBlock[], maxSeq: number) {
     this.config = config;
     this.#place = place;
     this.backend = place.device ? place.backend : 'cpu';
@@ -401,11 +426,13 @@ export class MixtralModel {
     this.#lmHead = lmHead;
     this.blocks = blocks;
     this.maxSeq = maxSeq;
-    this.#stats = blocks.map(() => new Float64Array(config.numExperts));
+    // a dense block reports no experts ([0]): its row stays empty and routingStats leaves it out
+    this.#stats = blocks.map((b) => new Float64Array(b.kind === 'moe' ? config.numExperts : 0));
   }
 
   /**
-   * Loads a Hugging Face Mixtral checkpoint (directory with config.json and safetensors) layer by
+   * Loads a Hugging Face checkpoint (directory with config.json and safetensors) of Mixtral,
+   * Qwen2-MoE or DeepSeek-MoE (`model_type`; see MoeCheckpoint for the tensor names) layer by
    * layer: each layer's tensors are read, packed into native layers and dropped before the next
    * is read, so the peak host memory stays near one copy of the model. Before reading anything the
    * memory estimate (weights at `dtype` and the KV caches of `maxSeq` positions) is checked against
@@ -413,7 +440,7 @@ export class MixtralModel {
    */
   static async load(dir: string, options?: MixtralLoadOptions): Promise<MixtralModel> {
     const o = checkOptions(options);
-    const ckpt = await MixtralCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
+    const ckpt = await MoeCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
     try {
       const config = ckpt.config;
       const { maxSeq, kvType, place } = runtimeOptions(config, o);
@@ -438,18 +465,19 @@ export class MixtralModel {
   }
 
   /**
-   * A model from weights in memory (tests, benchmarks): `globals` and `layers` as MixtralCheckpoint
-   * loads them. `layers` may be an array or an (async) iterable that makes each layer on demand:
-   * each is packed and dropped before the next is asked for.
+   * A model from weights in memory (tests, benchmarks): `globals` and `layers` as MoeCheckpoint
+   * loads them (layer i: `moe` or `mlp` by `config.layerKinds[i]`; its `index`, when given, must
+   * be i). `layers` may be an array or an (async) iterable that makes each layer on demand: each is
+   * packed and dropped before the next is asked for.
    */
   static async fromWeights(
-    config: MixtralConfig,
-    weights: { globals: MixtralGlobalWeights; layers: Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> },
+    config: MoeModelConfig,
+    weights: { globals: ModelGlobalWeights; layers: Iterable<DecoderLayerWeights> | AsyncIterable<DecoderLayerWeights> },
     options?: MixtralRuntimeOptions,
   ): Promise<MixtralModel> {
-    if (config?.modelType !== 'mixtral') throw typeError(`config must be a MixtralConfig (parseMixtralConfig), got ${describe(config)}`);
+    checkConfig(config);
     const w = checkOptions(weights, 'weights');
-    const layers = w.layers as Iterable<MixtralLayerWeights> | AsyncIterable<MixtralLayerWeights> | undefined;
+    const layers = w.layers as Iterable<DecoderLayerWeights> | AsyncIterable<DecoderLayerWeights> | undefined;
     if (layers == null || (typeof (layers as Iterable<unknown>)[Symbol.iterator] !== 'function' && typeof (layers as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'))
       throw typeError(`weights.layers must be an array or an iterable of layer weights, got ${describe(layers)}`);
     const { maxSeq, place } = runtimeOptions(config, options);
@@ -458,11 +486,14 @@ export class MixtralModel {
       for await (const l of layers) {
         if (blocks.length === config.numHiddenLayers)
           throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got more`);
-        blocks.push(await MixtralBlock.create(config, l, options));
+        const i = blocks.length;
+        const layer = checkOptions(l, `weights.layers[${i}]`) as unknown as DecoderLayerWeights;
+        if (layer.index !== undefined && layer.index !== i) throw rangeError(`weights.layers[${i}].index must be ${i}, got ${describe(layer.index)}`);
+        blocks.push(await MixtralBlock.create(config, layer.index === undefined ? { ...layer, index: i } : layer, options));
       }
       if (blocks.length !== config.numHiddenLayers)
         throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
-      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as MixtralGlobalWeights, blocks, maxSeq, place);
+      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as ModelGlobalWeights, blocks, maxSeq, place);
     } catch (e) {
       for (const b of blocks) b.dispose();
       throw e;
@@ -470,12 +501,12 @@ export class MixtralModel {
   }
 
   /** Memory of a model: weights at `dtype` and KV caches of `maxSeq` positions in `kvType`. */
-  static estimateMemory(config: MixtralConfig, options?: { dtype?: FloatType; kvType?: FloatType; maxSeq?: number }): MemoryEstimate {
+  static estimateMemory(config: MoeModelConfig, options?: { dtype?: FloatType; kvType?: FloatType; maxSeq?: number }): MemoryEstimate {
     const { maxSeq, kvType } = runtimeOptions(config, options);
     return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq });
   }
 
-  static async #assemble(config: MixtralConfig, g: MixtralGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place): Promise<MixtralModel> {
+  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
     const check = (t: unknown, name: string, dims: number[]) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
@@ -594,9 +625,13 @@ export class MixtralModel {
     this.#sequence++;
   }
 
-  /** Tokens each MoE layer routed to each expert since the model was built or resetRoutingStats(). */
+  /**
+   * Tokens each MoE layer routed to each expert since the model was built or resetRoutingStats():
+   * one row per MoE layer, `layers` giving its decoder-layer index (dense layers have no row).
+   */
   routingStats(): RoutingStats {
-    return { tokens: this.#statTokens, tokensPerExpert: this.#stats.map((s) => Array.from(s)) };
+    const moe = this.blocks.flatMap((b, i) => (b.kind === 'moe' ? [i] : []));
+    return { tokens: this.#statTokens, tokensPerExpert: moe.map((i) => Array.from(this.#stats[i])), layers: moe };
   }
 
   resetRoutingStats(): void {
@@ -743,18 +778,18 @@ export class MixtralModel {
   async #blocks(h: AnyTensor, ws: Workspace, start: number, signal: AbortSignal | undefined): Promise<void> {
     // a failed or aborted call leaves the caches mid-sequence: keep `length` at the last good state
     this.#length = Math.min(this.#length, start);
-    const pending: DeviceTensor<'int32'>[] = [];
+    const pending: [number, DeviceTensor<'int32'>][] = [];
     try {
       for (let i = 0; i < this.blocks.length; i++) {
         checkAborted(signal);
         const counts = await this.blocks[i].run(h, ws, start);
-        if (counts instanceof DeviceTensor) pending.push(counts);
+        if (counts instanceof DeviceTensor) pending.push([i, counts]);
         else this.#count(i, counts);
       }
       // device counts: read back once the blocks' work is done (the first download waits for it)
-      for (let i = 0; i < pending.length; i++) this.#count(i, await pending[i].toHost());
+      for (const [i, counts] of pending) this.#count(i, await counts.toHost());
     } finally {
-      pending.forEach(release);
+      for (const [, counts] of pending) counts.dispose();
     }
     this.#statTokens += ws.T;
     this.#length = start + ws.T;
@@ -765,3 +800,6 @@ export class MixtralModel {
     for (let e = 0; e < s.length; e++) s[e] += counts.data[e];
   }
 }
+
+/** MixtralModel under a family-neutral name: it runs Mixtral, Qwen2-MoE and DeepSeek-MoE. */
+export { MixtralModel as MoeModel, MixtralBlock as DecoderBlock };

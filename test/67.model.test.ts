@@ -265,7 +265,7 @@ m('routing statistics: tokens per expert per layer over a run, reset', async (ct
   assert.is(s.tokens, 9 + 2 + 3);
   for (const layer of s.tokensPerExpert) assert.is(layer.reduce((a, b) => a + b, 0), s.tokens * 2);
   model.resetRoutingStats();
-  assert.equal(model.routingStats(), { tokens: 0, tokensPerExpert: [[0, 0, 0, 0], [0, 0, 0, 0]] });
+  assert.equal(model.routingStats(), { tokens: 0, tokensPerExpert: [[0, 0, 0, 0], [0, 0, 0, 0]], layers: [0, 1] });
   model.dispose();
 });
 

@@ -1,15 +1,18 @@
 /**
- * Tiny Mixtral checkpoints written on the fly: a config.json object, random weights, and a writer
- * for either expert layout, single-file or sharded. The weights are kept, so a test can compare
- * what the loader returns with what was written.
+ * Tiny checkpoints written on the fly: a config.json object, random weights, and a writer for
+ * either expert layout, single-file or sharded; Mixtral, and Qwen2-MoE / DeepSeek-MoE (dense layers,
+ * shared experts) in their Hugging Face names. The weights are kept, so a test can compare what
+ * the loader returns with what was written.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
+  decoderLayerTensors,
   mixtralLayerTensors,
   MoeError,
   parseMixtralConfig,
+  parseMoeConfig,
   tensor,
   writeSafetensors,
   writeShardedSafetensors,
@@ -18,6 +21,9 @@ import {
   type MixtralConfig,
   type MixtralGlobalWeights,
   type MixtralLayerWeights,
+  type DecoderLayerWeights,
+  type ModelGlobalWeights,
+  type MoeModelConfig,
   type Tensor,
 } from '../../lib/index';
 import { randn } from './reference';
@@ -160,4 +166,129 @@ export async function expectMoeError(fn: () => unknown, code: string, ...pattern
   for (const p of patterns)
     if (typeof p === 'string' ? !err.message.includes(p) : !p.test(err.message)) throw new Error(`message ${JSON.stringify(err.message)} does not contain ${String(p)}`);
   return err;
+}
+
+// ---- Qwen2-MoE and DeepSeek-MoE ----------------------------------------------------------------
+
+/**
+ * Qwen2-MoE, 4 layers alternating dense / MoE (decoder_sparse_step 2: layers 1 and 3 are MoE),
+ * hidden 64, dense FFN 80, 6 experts of 32, top-2 without renormalising, a gated shared expert of
+ * 48, 4 / 2 heads, vocab 97.
+ */
+export function tinyQwen2MoeRaw(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    architectures: ['Qwen2MoeForCausalLM'],
+    model_type: 'qwen2_moe',
+    hidden_size: 64,
+    intermediate_size: 80,
+    moe_intermediate_size: 32,
+    shared_expert_intermediate_size: 48,
+    num_experts: 6,
+    num_experts_per_tok: 2,
+    decoder_sparse_step: 2,
+    mlp_only_layers: [],
+    norm_topk_prob: false,
+    num_hidden_layers: 4,
+    num_attention_heads: 4,
+    num_key_value_heads: 2,
+    vocab_size: 97,
+    max_position_embeddings: 128,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    use_sliding_window: false,
+    sliding_window: 4096,
+    tie_word_embeddings: false,
+    torch_dtype: 'float32',
+    ...over,
+  };
+}
+
+/**
+ * DeepSeek-MoE, 3 layers: layer 0 dense (first_k_dense_replace 1, FFN 96), layers 1-2 MoE with 8
+ * routed experts of 24, top-3 without renormalising, 2 shared experts (one ungated FFN of 48),
+ * 4 heads (no GQA), vocab 97.
+ */
+export function tinyDeepseekRaw(over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    architectures: ['DeepseekForCausalLM'],
+    model_type: 'deepseek',
+    hidden_size: 64,
+    intermediate_size: 96,
+    moe_intermediate_size: 24,
+    n_routed_experts: 8,
+    n_shared_experts: 2,
+    num_experts_per_tok: 3,
+    first_k_dense_replace: 1,
+    moe_layer_freq: 1,
+    norm_topk_prob: false,
+    scoring_func: 'softmax',
+    num_hidden_layers: 3,
+    num_attention_heads: 4,
+    num_key_value_heads: 4,
+    vocab_size: 97,
+    max_position_embeddings: 128,
+    rms_norm_eps: 1e-6,
+    rope_theta: 10000,
+    attention_bias: false,
+    tie_word_embeddings: false,
+    torch_dtype: 'float32',
+    ...over,
+  };
+}
+
+export interface TinyModelWeights {
+  config: MoeModelConfig;
+  globals: ModelGlobalWeights;
+  layers: DecoderLayerWeights[];
+}
+
+/** Random weights of any family's config (seeded), in `dtype`: `mlp` for dense layers, `moe` (+ shared experts) for MoE ones. */
+export function makeModelWeights(config: MoeModelConfig, seed = 1, dtype: FloatType = 'float32'): TinyModelWeights {
+  let s = seed * 1000;
+  const t = (dims: number[]): Tensor => tensor(dtype, randn(dims.reduce((a, b) => a * b, 1), s++, 0.1), dims);
+  const { hiddenSize: d, numExperts: E, vocabSize: V } = config;
+  const q = config.numAttentionHeads * config.headDim;
+  const kv = config.numKeyValueHeads * config.headDim;
+  const swiglu = (f: number) => ({ w1: t([f, d]), w3: t([f, d]), w2: t([d, f]) });
+  const embedTokens = t([V, d]);
+  const globals = { embedTokens, norm: t([d]), lmHead: config.tieWordEmbeddings ? embedTokens : t([V, d]) };
+  const layers = config.layerKinds.map((kind, index): DecoderLayerWeights => {
+    const l: DecoderLayerWeights = {
+      index,
+      inputLayernorm: t([d]),
+      postAttentionLayernorm: t([d]),
+      attention: { qProj: t([q, d]), kProj: t([kv, d]), vProj: t([kv, d]), oProj: t([d, q]) },
+    };
+    if (kind === 'dense') l.mlp = swiglu(config.intermediateSize);
+    else {
+      const f = config.moeIntermediateSize;
+      const experts = Array.from({ length: E }, () => swiglu(f));
+      l.moe = { gate: t([E, d]), w1: experts.map((x) => x.w1), w3: experts.map((x) => x.w3), w2: experts.map((x) => x.w2) };
+      if (config.sharedExpertIntermediateSize > 0)
+        l.moe.sharedExperts = { ...swiglu(config.sharedExpertIntermediateSize), ...(config.sharedExpertGate ? { gate: t([1, d]) } : {}) };
+    }
+    return l;
+  });
+  return { config, globals, layers };
+}
+
+/** Every tensor of any family's weights under its checkpoint name, in `layout`. */
+export function modelCheckpointTensors(w: TinyModelWeights, layout: ExpertLayout): Record<string, Tensor> {
+  const out: Record<string, Tensor> = { 'model.embed_tokens.weight': w.globals.embedTokens };
+  for (const l of w.layers) Object.assign(out, decoderLayerTensors(w.config.modelType, l, layout));
+  out['model.norm.weight'] = w.globals.norm;
+  if (!w.config.tieWordEmbeddings) out['lm_head.weight'] = w.globals.lmHead;
+  return out;
+}
+
+/** Writes config.json (`o.raw`, required) and the weights of any family into `dir`; returns the weights. */
+export async function writeTinyModel(dir: string, o: TinyCheckpointOptions & { raw: Record<string, unknown> }): Promise<TinyModelWeights> {
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(o.raw, null, 2));
+  const w = makeModelWeights(parseMoeConfig(o.raw), o.seed ?? 1, o.dtype ?? 'float32');
+  const tensors = modelCheckpointTensors(w, o.layout ?? 'per-expert');
+  o.edit?.(tensors);
+  if (o.maxShardBytes !== undefined) await writeShardedSafetensors(dir, tensors, { maxShardBytes: o.maxShardBytes });
+  else await writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  return w;
 }

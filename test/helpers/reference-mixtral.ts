@@ -1,12 +1,15 @@
 /**
- * A float64 reference of a whole Mixtral model (Hugging Face MixtralForCausalLM, eager attention),
- * composed from the op references of reference-model.ts and the MoE block of reference.ts; it never
- * calls the library. Weights come in as float64 arrays of the values the library holds (16-bit
+ * A float64 reference of a whole decoder model (Hugging Face MixtralForCausalLM, eager attention;
+ * also Qwen2MoeForCausalLM and DeepSeek-MoE without attention biases: dense SwiGLU layers, shared
+ * experts with or without Qwen2-MoE's sigmoid gate, top-k weights renormalised or not), composed
+ * from the op references of reference-model.ts, the MoE block and dense FFN of reference.ts and
+ * the shared experts of shared-experts.ts; it never calls the library. Weights come in as float64 arrays of the values the library holds (16-bit
  * weights widened from their bits, or f32 values rounded with `roundAll`), so a comparison measures
  * the library's f32 arithmetic only.
  */
-import { refMoe, widen, type RefExperts, type RefRoute } from './reference';
+import { refDense, refMoe, widen, type RefExperts, type RefRoute } from './reference';
 import { refAttention, refEmbedding, refLinear, refRmsNorm, refRope, roundAll, type FloatType } from './reference-model';
+import { refMoeShared, type RefShared } from './shared-experts';
 
 export interface RefMixtralConfig {
   hiddenSize: number;
@@ -21,6 +24,10 @@ export interface RefMixtralConfig {
   ropeTheta: number;
   /** 0: full attention. */
   slidingWindow: number;
+  /** Width of each routed expert; default intermediateSize (Mixtral). */
+  moeIntermediateSize?: number;
+  /** Renormalise the top-k weights; default true (Mixtral). */
+  normTopkProb?: boolean;
 }
 
 export interface RefLayer {
@@ -30,8 +37,12 @@ export interface RefLayer {
   kProj: Float64Array;
   vProj: Float64Array;
   oProj: Float64Array;
-  gate: Float64Array;
-  experts: RefExperts;
+  /** MoE layers: router and experts (and shared experts when the model has them). */
+  gate?: Float64Array;
+  experts?: RefExperts;
+  shared?: RefShared;
+  /** Dense layers: the SwiGLU FFN as one expert. */
+  dense?: RefExperts;
 }
 
 export interface RefMixtralWeights {
@@ -41,7 +52,7 @@ export interface RefMixtralWeights {
   layers: RefLayer[];
 }
 
-type T16 = { type: string; data: ArrayLike<number> };
+type T16 = { type: string; data: ArrayLike<number>; dims: readonly number[] };
 
 /** The float64 values of a tensor as the library holds it after loading with `dtype` (undefined: as given). */
 function values(t: T16, dtype: FloatType | undefined): Float64Array {
@@ -64,7 +75,13 @@ interface LayerLike {
   inputLayernorm: T16;
   postAttentionLayernorm: T16;
   attention: { qProj: T16; kProj: T16; vProj: T16; oProj: T16 };
-  moe: { gate: T16; w1: T16[]; w3: T16[]; w2: T16[] };
+  moe?: { gate: T16; w1: T16[]; w3: T16[]; w2: T16[]; sharedExperts?: { w1: T16; w3: T16; w2: T16; gate?: T16 } };
+  mlp?: { w1: T16; w3: T16; w2: T16 };
+}
+
+/** One SwiGLU FFN [f,d] as a single expert. */
+function oneExpert(m: { w1: T16; w3: T16; w2: T16 }, d: number, f: number, dtype: FloatType | undefined): RefExperts {
+  return { E: 1, d, f, w1: values(m.w1, dtype), w3: values(m.w3, dtype), w2: values(m.w2, dtype) };
 }
 
 /** Reference weights from the library-shaped weights (as written to a checkpoint), converted to `dtype`. */
@@ -77,24 +94,36 @@ export function refWeights(
     embedTokens: values(w.globals.embedTokens, dtype),
     norm: values(w.globals.norm, dtype),
     lmHead: values(w.globals.lmHead, dtype),
-    layers: w.layers.map((l) => ({
-      inputLayernorm: values(l.inputLayernorm, dtype),
-      postAttentionLayernorm: values(l.postAttentionLayernorm, dtype),
-      qProj: values(l.attention.qProj, dtype),
-      kProj: values(l.attention.kProj, dtype),
-      vProj: values(l.attention.vProj, dtype),
-      oProj: values(l.attention.oProj, dtype),
-      gate: values(l.moe.gate, dtype),
-      experts: { E: c.numExperts, d: c.hiddenSize, f: c.intermediateSize, w1: cat(l.moe.w1, dtype), w3: cat(l.moe.w3, dtype), w2: cat(l.moe.w2, dtype) },
-    })),
+    layers: w.layers.map((l): RefLayer => {
+      const d = c.hiddenSize;
+      const out: RefLayer = {
+        inputLayernorm: values(l.inputLayernorm, dtype),
+        postAttentionLayernorm: values(l.postAttentionLayernorm, dtype),
+        qProj: values(l.attention.qProj, dtype),
+        kProj: values(l.attention.kProj, dtype),
+        vProj: values(l.attention.vProj, dtype),
+        oProj: values(l.attention.oProj, dtype),
+      };
+      if (l.mlp) out.dense = oneExpert(l.mlp, d, l.mlp.w1.dims[0], dtype);
+      if (l.moe) {
+        const f = c.moeIntermediateSize ?? c.intermediateSize;
+        out.gate = values(l.moe.gate, dtype);
+        out.experts = { E: c.numExperts, d, f, w1: cat(l.moe.w1, dtype), w3: cat(l.moe.w3, dtype), w2: cat(l.moe.w2, dtype) };
+        const s = l.moe.sharedExperts;
+        if (s) out.shared = { w: oneExpert(s, d, s.w1.dims[0], dtype), gate: s.gate && values(s.gate, dtype) };
+      }
+      return out;
+    }),
   };
 }
 
 export interface RefMixtralResult {
   /** [T,V] */
   logits: Float64Array;
-  /** Per layer, the MoE routing (with its near-tie margins). */
+  /** Per MoE layer, the routing (with its near-tie margins). */
   routes: RefRoute[];
+  /** The decoder-layer index of each of `routes` (dense layers have none). */
+  moeLayers: number[];
 }
 
 /** Logits [T,V] of token ids at positions 0..T-1 (a fresh sequence). */
@@ -104,10 +133,11 @@ export function refMixtral(c: RefMixtralConfig, w: RefMixtralWeights, ids: Array
   const positions = Array.from({ length: T }, (_, t) => t);
   const h = refEmbedding(w.embedTokens, d, ids);
   const routes: RefRoute[] = [];
+  const moeLayers: number[] = [];
   const addInto = (a: Float64Array, b: Float64Array) => {
     for (let i = 0; i < a.length; i++) a[i] += b[i];
   };
-  for (const l of w.layers) {
+  for (const [i, l] of w.layers.entries()) {
     const n = refRmsNorm(h, l.inputLayernorm, T, d, c.rmsNormEps);
     const q = refRope(refLinear(n, l.qProj, T, d, hq * hd), T, hq, hd, positions, c.ropeTheta);
     const k = refRope(refLinear(n, l.kProj, T, d, hkv * hd), T, hkv, hd, positions, c.ropeTheta);
@@ -115,10 +145,16 @@ export function refMixtral(c: RefMixtralConfig, w: RefMixtralWeights, ids: Array
     const a = refAttention(q, k, v, T, hq, hkv, hd, 0, c.slidingWindow);
     addInto(h, refLinear(a, l.oProj, T, hq * hd, d));
     const n2 = refRmsNorm(h, l.postAttentionLayernorm, T, d, c.rmsNormEps);
-    const moe = refMoe(n2, l.gate, l.experts, T, c.numExpertsPerTok, true);
+    if (l.dense) {
+      addInto(h, refDense(n2, l.dense, T));
+      continue;
+    }
+    const normalize = c.normTopkProb ?? true;
+    const moe = refMoe(n2, l.gate!, l.experts!, T, c.numExpertsPerTok, normalize);
     routes.push(moe.route);
-    addInto(h, moe.out);
+    moeLayers.push(i);
+    addInto(h, l.shared ? refMoeShared(n2, l.gate!, l.experts!, T, c.numExpertsPerTok, normalize, l.shared) : moe.out);
   }
   const hn = refRmsNorm(h, w.norm, T, d, c.rmsNormEps);
-  return { logits: refLinear(hn, w.lmHead, T, d, c.vocabSize), routes };
+  return { logits: refLinear(hn, w.lmHead, T, d, c.vocabSize), routes, moeLayers };
 }
