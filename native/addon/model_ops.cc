@@ -160,6 +160,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
       o.Set("length", Napi::Number::New(env, double(length)));
     } else {
       o.Set("inFeatures", Napi::Number::New(env, double(obj->in_features)));
+      o.Set("bias", Napi::Boolean::New(env, obj->has_bias));
       o.Set("outFeatures", Napi::Number::New(env, double(obj->out_features)));
     }
     return o;
@@ -220,7 +221,7 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
   return run_job(env, async_flag(info, 5), std::move(job));
 }
 
-// pack_linear(w, async, backend?)
+// pack_linear(w, async, backend?, bias?)
 Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "pack_linear");
@@ -229,10 +230,16 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   if (w.dims[0] < 1 || w.dims[1] < 1)
     throw_range_error(env, "w must have at least one row and one column, got dims " + dims_string(w));
   const bool cuda = on_cuda(info, 2);
+  const bool has_bias = info.Length() > 3 && given(info[3]);
+  moe::TensorView bias;
+  if (has_bias) {
+    bias = to_tensor(info[3], "bias", kAnyFloat, 1, &job->keep);
+    check_same(env, "bias.dims[0]", bias.dims[0], "w.dims[0] (out features)", w.dims[0]);
+  }
   return run_make_job<moe::PackedLinear>(
       env, async_flag(info, 1), std::move(job),
-      [w, cuda](std::unique_ptr<moe::PackedLinear>* out) {
-        return (cuda ? moe::cuda::dev::pack_linear : moe::pack_linear)(w, out);
+      [w, bias, has_bias, cuda](std::unique_ptr<moe::PackedLinear>* out) {
+        return (cuda ? moe::cuda::dev::pack_linear : moe::pack_linear)(w, has_bias ? &bias : nullptr, out);
       },
       LinearWrap::NewInstance);
 }

@@ -89,8 +89,9 @@ namespace dev {
 // needs one dtype for a, b and out.
 Status embedding(const TensorView& table, const int32_t* ids /*host*/, int64_t T, const TensorView& out);
 Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
-// w: host [out,in]; uploaded as is (the CUDA linear reads HF layout). backend() is backend_name().
-Status pack_linear(const TensorView& w, std::unique_ptr<PackedLinear>* out);
+// w: host [out,in] (bias: null or host [out]); uploaded as is (the CUDA linear reads HF layout), the
+// bias as f32. backend() is backend_name().
+Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
 Status linear(const TensorView& x, const PackedLinear& w, const TensorView& y);
 Status rope(const TensorView& x, const int32_t* positions /*host*/, double theta, const TensorView& out);
 Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,

@@ -3,7 +3,7 @@
 //
 //   embedding   table [V,d], ids [T] i32                      -> out [T,d]
 //   rms_norm    x [T,d], weight [d]                           -> out [T,d]
-//   linear      x [T,in], packed W [out,in]                   -> y [T,out]        (y = x W^T)
+//   linear      x [T,in], packed W [out,in] (+ bias [out])    -> y [T,out]        (y = x W^T + b)
 //   rope        x [T,H,hd], positions [T] i32                 -> out [T,H,hd]     (may alias x)
 //   attention   q [T,Hq,hd], k/v [T,Hkv,hd], KV cache         -> out [T,Hq,hd]
 //   add         a [n], b [n]                                  -> out [n]          (may alias a)
@@ -32,22 +32,26 @@ Status embedding(const TensorView& table, const int32_t* ids, int64_t T, const T
 // out may alias x.
 Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
 
-// ---- linear (no bias) ------------------------------------------------------------------------
-// Backend-specific packed copy of one weight matrix W [out,in] (HF layout), built once.
+// ---- linear (optional bias) --------------------------------------------------------------------
+// Backend-specific packed copy of one weight matrix W [out,in] (HF layout) and its optional bias
+// [out] (kept as f32), built once.
 class PackedLinear {
  public:
   virtual ~PackedLinear() = default;
   int64_t in_features = 0, out_features = 0;
   DType dtype = DType::kF32;
+  bool has_bias = false;
   virtual size_t bytes() const = 0;  // memory held by the packed weights
   virtual const char* backend() const { return "cpu"; }  // which backend packed it
 };
 
-// w: [out,in] f32/f16/bf16. Copies and repacks; the source may be freed afterwards.
-Status pack_linear(const TensorView& w, std::unique_ptr<PackedLinear>* out);
+// w: [out,in] f32/f16/bf16; bias: null or [out] of any float type (Qwen2's q/k/v projections).
+// Copies and repacks; the sources may be freed afterwards.
+Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
 
 // x: [T,in]; y: [T,out], any float types. The op reads all of x before writing y, so y may alias
-// x. Every output is one f32 multiply-add chain in k order: a row's result does not depend on T.
+// x. Every output is one f32 multiply-add chain in k order, then + bias[j] in f32, rounded once to
+// y's type: a row's result does not depend on T.
 Status linear(const TensorView& x, const PackedLinear& w, const TensorView& y);
 
 // ---- rotary position embedding (HF rotate_half convention) -----------------------------------

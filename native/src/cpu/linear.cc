@@ -20,9 +20,10 @@ using cpu::kNR;
 
 struct CpuPackedLinear final : PackedLinear {
   cpu::AlignedBuffer buf;
+  std::vector<float> bias;  // [out] or empty
   size_t elem_size = 4;
   int64_t panels = 0;  // ceil(out / kNR)
-  size_t bytes() const override { return buf.size(); }
+  size_t bytes() const override { return buf.size() + bias.size() * sizeof(float); }
 };
 
 template <class El>
@@ -34,10 +35,17 @@ void pack_panels(const TensorView& w, CpuPackedLinear& p) {
 }
 }  // namespace
 
-Status pack_linear(const TensorView& w, std::unique_ptr<PackedLinear>* out) {
+Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) {
   if (w.ndim != 2 || w.dims[0] < 1 || w.dims[1] < 1) return Status::invalid("pack_linear: w must be [out,in], both >= 1");
   if (!is_float(w.dtype)) return Status::unsupported(std::string("pack_linear: weights of type ") + dtype_name(w.dtype));
+  if (bias && (bias->ndim != 1 || bias->dims[0] != w.dims[0] || !is_float(bias->dtype)))
+    return Status::invalid("pack_linear: bias must be a float [out] tensor");
   auto p = std::make_unique<CpuPackedLinear>();
+  if (bias) {
+    p->has_bias = true;
+    p->bias.resize(size_t(w.dims[0]));
+    widen_to_f32(*bias, p->bias.data());
+  }
   p->out_features = w.dims[0];
   p->in_features = w.dims[1];
   p->dtype = w.dtype;
@@ -91,12 +99,14 @@ Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) 
                    const int64_t r0 = int64_t(t.mp0 + mp) * kMR;
                    const int64_t c0 = p * kNR;
                    const int64_t ncols = std::min<int64_t>(kNR, n - c0);
+                   const float* b = w->has_bias ? w->bias.data() + c0 : nullptr;
                    for (int i = 0; i < rows; ++i) {
                      const size_t o = size_t(r0 + i) * size_t(n) + size_t(c0);
-                     if (y.dtype == DType::kF32)
-                       std::memcpy(y.as<float>() + o, tile + size_t(i) * kNR, size_t(ncols) * sizeof(float));
+                     const float* acc = tile + size_t(i) * kNR;
+                     if (y.dtype == DType::kF32 && !b)
+                       std::memcpy(y.as<float>() + o, acc, size_t(ncols) * sizeof(float));
                      else
-                       for (int64_t j = 0; j < ncols; ++j) store_from_f32(y.data, y.dtype, o + size_t(j), tile[size_t(i) * kNR + size_t(j)]);
+                       for (int64_t j = 0; j < ncols; ++j) store_from_f32(y.data, y.dtype, o + size_t(j), b ? acc[j] + b[j] : acc[j]);
                    }
                  });
   if (buf.size() > cpu::kKeepScratchBytes) buf.release();

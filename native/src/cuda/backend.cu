@@ -701,12 +701,16 @@ class DeviceBufferImpl final : public DeviceBuffer {
 class DeviceLinear final : public PackedLinear {
  public:
   ~DeviceLinear() override {
-    if (w && ready().is_ok()) cudaFree(w);  // waits for the device: runs at dispose, never in an op
+    if (ready().is_ok()) {  // cudaFree waits for the device: runs at dispose, never in an op
+      if (w) cudaFree(w);
+      if (bias) cudaFree(bias);
+    }
   }
-  size_t bytes() const override { return w_bytes; }
+  size_t bytes() const override { return w_bytes + (bias ? size_t(out_features) * 4 : 0); }
   const char* backend() const override { return kName; }
   void* w = nullptr;
   size_t w_bytes = 0;
+  float* bias = nullptr;  // [out] f32 or null
 };
 
 class DeviceKvCache final : public KvCache {
@@ -807,11 +811,19 @@ Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const 
                   "rms_norm");
 }
 
-Status pack_linear(const TensorView& w, std::unique_ptr<PackedLinear>* out) {
+Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) {
   MOE_RETURN_IF_ERROR(ready());
   if (w.ndim != 2 || !is_float(w.dtype)) return Status::invalid("pack_linear: w must be a 2-d float tensor");
+  if (bias && (bias->ndim != 1 || bias->dims[0] != w.dims[0] || !is_float(bias->dtype)))
+    return Status::invalid("pack_linear: bias must be a float [out] tensor");
   MOE_EMU_SERIAL;
   auto l = std::make_unique<DeviceLinear>();
+  if (bias) {
+    std::vector<float> b32;
+    l->has_bias = true;
+    MOE_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&l->bias), size_t(w.dims[0]) * 4), "allocating a linear bias");
+    MOE_CUDA_TRY(cudaMemcpy(l->bias, as_f32(*bias, &b32), size_t(w.dims[0]) * 4, cudaMemcpyHostToDevice), "uploading a linear bias");
+  }
   l->out_features = w.dims[0];
   l->in_features = w.dims[1];
   l->dtype = w.dtype;
@@ -835,14 +847,22 @@ Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) 
   const int64_t T = rows_of(x);
   const bool convert = x.dtype != w.dtype;
   const size_t wsb = convert ? linear_workspace_bytes(T, w.in_features, dev_dtype(w.dtype)) : 0;
+  // with a bias and a 16-bit y: x W^T in f32 first, then + bias rounded once (as the CPU's epilogue)
+  const bool via_f32 = w.bias && y.dtype != DType::kF32;
   Scratch sc(s);
-  const size_t o_ws = sc.add(wsb), o_x = sc.add(overlaps(x, y) ? tensor_bytes(x) : 0);
+  const size_t o_ws = sc.add(wsb), o_x = sc.add(overlaps(x, y) ? tensor_bytes(x) : 0),
+               o_y32 = sc.add(via_f32 ? size_t(T) * size_t(w.out_features) * 4 : 0);
   MOE_RETURN_IF_ERROR(sc.allocate());
   TensorView xin;
   MOE_RETURN_IF_ERROR(unalias(x, y, sc, o_x, &xin, s));
-  return launched(launch_linear(xin.data, dev_dtype(x.dtype), T, w.in_features, w.w, dev_dtype(w.dtype), w.out_features, y.data,
-                                dev_dtype(y.dtype), wsb ? sc.at<void>(o_ws) : nullptr, wsb, s),
-                  "linear");
+  void* y_gemm = via_f32 ? sc.at<void>(o_y32) : y.data;
+  const DevDType yt = via_f32 ? DevDType::kF32 : dev_dtype(y.dtype);
+  MOE_RETURN_IF_ERROR(launched(launch_linear(xin.data, dev_dtype(x.dtype), T, w.in_features, w.w, dev_dtype(w.dtype), w.out_features,
+                                             y_gemm, yt, wsb ? sc.at<void>(o_ws) : nullptr, wsb, s),
+                               "linear"));
+  if (!w.bias) return Status::ok();
+  return launched(launch_bias_add(static_cast<const float*>(y_gemm), w.bias, T, w.out_features, y.data, dev_dtype(y.dtype), s),
+                  "linear bias");
 }
 
 Status rope(const TensorView& x, const int32_t* positions, double theta, const TensorView& out) {

@@ -34,7 +34,7 @@ Status download(void*, const void*, size_t) { return none(); }
 namespace dev {
 Status embedding(const TensorView&, const int32_t*, int64_t, const TensorView&) { return none(); }
 Status rms_norm(const TensorView&, const TensorView&, float, const TensorView&) { return none(); }
-Status pack_linear(const TensorView&, std::unique_ptr<PackedLinear>*) { return none(); }
+Status pack_linear(const TensorView&, const TensorView*, std::unique_ptr<PackedLinear>*) { return none(); }
 Status linear(const TensorView&, const PackedLinear&, const TensorView&) { return none(); }
 Status rope(const TensorView&, const int32_t*, double, const TensorView&) { return none(); }
 Status create_kv_cache(int64_t, int64_t, int64_t, DType, std::unique_ptr<KvCache>*) { return none(); }

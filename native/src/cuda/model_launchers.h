@@ -85,6 +85,13 @@ cudaError_t launch_linear(const void* x,                 // [num_tokens, in_feat
                           void* workspace, size_t workspace_bytes,  // may be null if x is w_dtype, aligned
                           cudaStream_t stream, GroupedGemmPath path = GroupedGemmPath::kAuto);
 
+// out[r, c] = x[r, c] + bias[c] in f32, rounded once to out_dtype (a linear layer's bias, after
+// launch_linear wrote x in f32); out may alias x when out_dtype is f32 (element by element).
+// Errors: cudaErrorInvalidValue for rows or cols < 0, an unknown dtype or a null/misaligned pointer
+// (rows * cols == 0 launches nothing).
+cudaError_t launch_bias_add(const float* x, const float* bias, int64_t rows, int64_t cols, void* out, DevDType out_dtype,
+                            cudaStream_t stream);
+
 // ---- RoPE (model_ops.cu) -------------------------------------------------------------------------
 // Rotary embedding in place, Hugging Face rotate_half convention: for each token t, head, and
 // i < head_dim / 2, with x1 = v[i], x2 = v[i + head_dim/2]:

@@ -7,6 +7,7 @@
 //   rms_norm_kernel<TA, TO, kAdd, kVec> one block per row: (kAdd: sum = a + b, stored) sum of squares
 //                                       in f32, a fixed-order block reduction, y = x * r * w
 //   residual_add_kernel<T, kVec>        out = a + b, grid-stride
+//   bias_add_kernel<TO>                 out[r, c] = x[r, c] + bias[c] (a linear's bias), grid-stride
 //   rope_kernel<T>                      one thread per (token, frequency): sincosf once, applied to
 //                                       every q and k head of the token, in place
 //
@@ -156,6 +157,13 @@ __global__ void __launch_bounds__(kAddThreads)
   }
 }
 
+template <typename TO>
+__global__ void __launch_bounds__(kAddThreads)
+    bias_add_kernel(const float* x, const float* __restrict__ bias, int64_t n, int64_t cols, TO* out) {
+  for (int64_t i = int64_t(blockIdx.x) * kAddThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kAddThreads)
+    out[i] = elem::from_f32<TO>(__fadd_rn(x[i], bias[i % cols]));
+}
+
 // ---- RoPE ------------------------------------------------------------------------------------------
 
 struct RopeFreqs {
@@ -280,6 +288,19 @@ cudaError_t launch_residual_add(const void* a, const void* b, void* out, DevDTyp
                         stream, at, bt, ot, n / kVec4);
     return moe_launch(residual_add_kernel<T, 1>, dim3(grid_for(n, kAddThreads)), dim3(kAddThreads), 0, stream, at, bt,
                       ot, n);
+  });
+}
+
+cudaError_t launch_bias_add(const float* x, const float* bias, int64_t rows, int64_t cols, void* out, DevDType out_dtype,
+                            cudaStream_t stream) {
+  if (rows < 0 || cols < 0 || !dev_dtype_ok(out_dtype) || (cols > 0 && rows > INT64_MAX / cols)) return cudaErrorInvalidValue;
+  const int64_t n = rows * cols;
+  if (n == 0) return cudaSuccess;
+  if (!x || !bias || !out || !ptr_aligned(x, 4) || !ptr_aligned(bias, 4) || !ptr_aligned(out, dev_elem_bytes(out_dtype)))
+    return cudaErrorInvalidValue;
+  return MOE_DTYPE_SWITCH(out_dtype, T, [&] {
+    return moe_launch(bias_add_kernel<T>, dim3(grid_for(n, kAddThreads)), dim3(kAddThreads), 0, stream, x, bias, n, cols,
+                      static_cast<T*>(out));
   });
 }
 
