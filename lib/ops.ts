@@ -353,9 +353,13 @@ function sampleArgs(options?: SampleOptions) {
 }
 
 /**
- * Token ids [T] from float32 logits [V] or [T,V]: argmax at temperature 0, else softmax(logits /
- * temperature) in f32 cut to topP, drawn with a counter-based RNG of (seed, step, row): the same
- * seed and step give the same token on any backend and thread count.
+ * Token ids [T] from float32 logits [V] or [T,V] (V <= 2^23): argmax at temperature 0 (ties to the
+ * lower index, NaN never wins). Otherwise softmax(logits / temperature) cut to topP, by the exact
+ * integer rule of native/include/moe/sampling_rule.h: weights floor(exp((l - max) / temperature) *
+ * 2^40) in f32, the nucleus = the fewest largest weights (ties: lower index first) whose sum reaches
+ * topP of the total, one Philox4x32-10 draw of (seed, step, row) scaled to the nucleus's sum, and the
+ * first nucleus id in index order whose running sum passes it. The same logits, options and row
+ * give the same token on the CPU and the CUDA backend and on any thread count.
  */
 export async function sample(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Promise<Tensor<'int32'>> {
   return (await binding.sample(nt(logits), ...sampleArgs(options), true)) as Tensor<'int32'>;

@@ -50,17 +50,36 @@ export function routingEntropy(counts: ArrayLike<number>): number {
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
-/** White (0) to dark blue (max share) through a perceptually even-ish blue ramp. */
+/** ColorBrewer's sequential "Blues" (9 classes), white to dark blue: even steps of lightness. */
+const RAMP: readonly (readonly [number, number, number])[] = [
+  [247, 251, 255], [222, 235, 247], [198, 219, 239], [158, 202, 225], [107, 174, 214],
+  [66, 146, 198], [33, 113, 181], [8, 81, 156], [8, 48, 107],
+];
+
+/** The ramp at t in [0, 1] (0: white, 1: the largest share), linear between its stops. */
 function colour(t: number): string {
-  const c = Math.max(0, Math.min(1, t));
-  const lerp = (a: number, b: number) => Math.round(a + (b - a) * c);
-  return `rgb(${lerp(247, 8)},${lerp(251, 48)},${lerp(255, 107)})`;
+  const x = Math.max(0, Math.min(1, t)) * (RAMP.length - 1);
+  const i = Math.min(RAMP.length - 2, Math.floor(x)), f = x - i;
+  const c = RAMP[i].map((a, k) => Math.round(a + (RAMP[i + 1][k] - a) * f));
+  return `rgb(${c[0]},${c[1]},${c[2]})`;
+}
+
+/**
+ * Width in px of text in the SVG's sans-serif at `size` px: a generous estimate (DejaVu Sans, the
+ * usual fallback, averages about 0.6 em; bold about 0.66 em), so that nothing is cut off.
+ */
+const textWidth = (text: string, size: number, bold = false) => Math.ceil(text.length * size * (bold ? 0.68 : 0.62));
+
+/** The smallest of 1, 2, 5, 10, 20, 50, ... whose multiple of `cell` px holds `need` px. */
+function labelStep(cell: number, need: number): number {
+  for (let m = 1; ; m *= 10) for (const k of [1, 2, 5]) if (k * m * cell >= need) return k * m;
 }
 
 /**
  * A standalone SVG heat map of counts [layers][experts]: one rect per cell, coloured by the cell's
  * share of its layer's slots (scaled to the largest share in the map), with the count and share in
- * each cell's <title> (hover text), axis labels, a colour legend and a title.
+ * each cell's <title> (hover text), axis labels (thinned so that they never overlap), a colour
+ * legend with the even share (1/E) marked, and a title. A layer without tokens is hatched grey.
  */
 export function routingHeatmapSvg(counts: readonly (readonly number[] | ArrayLike<number>)[], options?: RoutingHeatmapOptions): string {
   const rows = checkCounts(counts, 'counts');
@@ -71,47 +90,74 @@ export function routingHeatmapSvg(counts: readonly (readonly number[] | ArrayLik
   if (!Number.isFinite(cell) || cell < 4 || cell > 200) throw rangeError(`options.cellSize must be in [4, 200], got ${describe(o.cellSize)}`);
   const labels = o.layerLabels === undefined ? rows.map((_, l) => `layer ${l}`) : Array.from(o.layerLabels as readonly string[], String);
   if (labels.length !== L) throw rangeError(`options.layerLabels must hold ${L} labels, got ${labels.length}`);
-  const shares = rows.map((r) => {
-    const s = r.reduce((a, b) => a + b, 0);
-    return r.map((v) => (s > 0 ? v / s : 0));
-  });
+  const totals = rows.map((r) => r.reduce((a, b) => a + b, 0));
+  const shares = rows.map((r, l) => r.map((v) => (totals[l] > 0 ? v / totals[l] : 0)));
   const maxShare = Math.max(1e-12, ...shares.flat());
-  const labelW = Math.max(60, 8 + 7 * Math.max(...labels.map((s) => s.length)));
-  const top = 56, left = labelW, gridW = E * cell, gridH = L * cell;
+  const even = 1 / E;
+  const font = 11;
+  // labels: every `colStep`-th expert and `rowStep`-th layer, so that neighbours never overlap
+  const colStep = labelStep(cell, textWidth(String(E - 1), font) + 6);
+  const rowStep = labelStep(cell, font + 2);
+  const shownLabels = labels.filter((_, l) => l % rowStep === 0);
+  const left = Math.max(60, 14 + Math.max(...shownLabels.map((t) => textWidth(t, font))));
+  const top = 62, gridW = E * cell, gridH = L * cell;
   const legendW = Math.min(240, Math.max(120, gridW));
-  const width = Math.max(left + gridW + 16, left + legendW + 80, 8 * title.length + 24);
-  const height = top + gridH + 80;
-  const step = E <= 16 ? 1 : E <= 64 ? 4 : 8; // expert labels every `step` columns
+  const evenText = `even share ${(100 * even).toFixed(1)}%`;
+  const anyEmpty = totals.some((t) => t === 0);
+  const emptyText = 'a layer without tokens';
+  const ly = top + gridH + 30;
+  const width = Math.max(
+    left + gridW + 16,
+    left + legendW + 22 + textWidth(evenText, font) + 12,
+    anyEmpty ? left + 18 + textWidth(emptyText, font) + 12 : 0,
+    12 + textWidth(title, 15, true) + 12,
+  );
+  const height = ly + 34 + (anyEmpty ? 18 : 0);
   const out: string[] = [];
   out.push(`<?xml version="1.0" encoding="UTF-8"?>`);
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`);
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="${font}">`);
+  out.push(`<defs>`);
+  out.push(`<linearGradient id="legend-ramp" x1="0" x2="1" y1="0" y2="0">`);
+  RAMP.forEach((_, i) => out.push(`<stop offset="${+((100 * i) / (RAMP.length - 1)).toFixed(3)}%" stop-color="${colour(i / (RAMP.length - 1))}"/>`));
+  out.push(`</linearGradient>`);
+  out.push(`<pattern id="no-tokens" width="6" height="6" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">`);
+  out.push(`<rect width="6" height="6" fill="#eeeeee"/><line x1="0" y1="0" x2="0" y2="6" stroke="#999999" stroke-width="2"/>`);
+  out.push(`</pattern>`);
+  out.push(`</defs>`);
   out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="white"/>`);
   out.push(`<text x="12" y="22" font-size="15" font-weight="bold">${esc(title)}</text>`);
-  out.push(`<text x="${left + gridW / 2}" y="${top - 20}" text-anchor="middle">expert</text>`);
+  out.push(`<text x="${left + gridW / 2}" y="${top - 22}" text-anchor="middle">expert</text>`);
   const cells: string[] = [];
-  for (let e = 0; e < E; e += step) out.push(`<text x="${left + e * cell + cell / 2}" y="${top - 6}" text-anchor="middle">${e}</text>`);
+  for (let e = 0; e < E; e += colStep) out.push(`<text x="${left + e * cell + cell / 2}" y="${top - 6}" text-anchor="middle">${e}</text>`);
   for (let l = 0; l < L; l++) {
     const y = top + l * cell;
-    out.push(`<text x="${left - 6}" y="${y + cell / 2 + 4}" text-anchor="end">${esc(labels[l])}</text>`);
+    if (l % rowStep === 0) out.push(`<text x="${left - 6}" y="${y + cell / 2 + 4}" text-anchor="end">${esc(labels[l])}</text>`);
     for (let e = 0; e < E; e++) {
       const s = shares[l][e];
+      const fill = totals[l] > 0 ? colour(s / maxShare) : 'url(#no-tokens)';
+      const hover = totals[l] > 0 ? `${rows[l][e]} tokens (${(100 * s).toFixed(1)}%)` : 'no tokens in this layer';
       cells.push(
-        `<rect class="cell" x="${left + e * cell}" y="${y}" width="${cell}" height="${cell}" fill="${colour(s / maxShare)}" stroke="#ddd" stroke-width="0.5">` +
-          `<title>${esc(labels[l])}, expert ${e}: ${rows[l][e]} tokens (${(100 * s).toFixed(1)}%)</title></rect>`,
+        `<rect class="cell" x="${left + e * cell}" y="${y}" width="${cell}" height="${cell}" fill="${fill}" stroke="#dddddd" stroke-width="0.5">` +
+          `<title>${esc(labels[l])}, expert ${e}: ${hover}</title></rect>`,
       );
     }
   }
   out.push(`<g id="cells">`, ...cells, `</g>`);
-  // legend: a gradient bar from 0 to the largest share
-  const ly = top + gridH + 28;
-  out.push(`<defs><linearGradient id="legend-ramp" x1="0" x2="1" y1="0" y2="0">`);
-  for (let i = 0; i <= 4; i++) out.push(`<stop offset="${i * 25}%" stop-color="${colour(i / 4)}"/>`);
-  out.push(`</linearGradient></defs>`);
-  out.push(`<text x="${left}" y="${ly - 6}">share of the layer's tokens</text>`);
-  out.push(`<rect id="legend" x="${left}" y="${ly}" width="${legendW}" height="12" fill="url(#legend-ramp)" stroke="#999" stroke-width="0.5"/>`);
+  // legend: the ramp from 0 to the largest share, with the even share 1/E marked on it
+  out.push(`<text x="${left}" y="${ly - 7}">share of the layer's tokens</text>`);
+  out.push(`<rect id="legend" x="${left}" y="${ly}" width="${legendW}" height="12" fill="url(#legend-ramp)" stroke="#999999" stroke-width="0.5"/>`);
+  if (even <= maxShare) {
+    const ex = +(left + (legendW * even) / maxShare).toFixed(2);
+    out.push(`<line id="legend-even" x1="${ex}" y1="${ly - 3}" x2="${ex}" y2="${ly + 15}" stroke="#d62728" stroke-width="2"/>`);
+  }
   out.push(`<text x="${left}" y="${ly + 26}" text-anchor="start">0%</text>`);
   out.push(`<text x="${left + legendW}" y="${ly + 26}" text-anchor="end">${(100 * maxShare).toFixed(1)}%</text>`);
-  out.push(`<text x="${left + legendW + 8}" y="${ly + 10}">(even: ${(100 / E).toFixed(1)}%)</text>`);
+  out.push(`<line x1="${left + legendW + 14}" y1="${ly - 3}" x2="${left + legendW + 14}" y2="${ly + 15}" stroke="#d62728" stroke-width="2"/>`);
+  out.push(`<text x="${left + legendW + 22}" y="${ly + 10}">${esc(evenText)}</text>`);
+  if (anyEmpty) {
+    out.push(`<rect x="${left}" y="${ly + 36}" width="12" height="12" fill="url(#no-tokens)" stroke="#999999" stroke-width="0.5"/>`);
+    out.push(`<text x="${left + 18}" y="${ly + 46}">${esc(emptyText)}</text>`);
+  }
   out.push(`</svg>`);
   return out.join('\n') + '\n';
 }

@@ -101,6 +101,86 @@ h('SVG: one rect per cell with the count and share in its title, labels, legend,
   assert.is((big.match(/<rect class="cell"/g) ?? []).length, 24 * 64);
 });
 
+/** The <text> elements of an SVG: x, y, anchor, font size and the text itself (entities decoded). */
+function svgTexts(svg: string) {
+  return [...svg.matchAll(/<text ([^>]*)>([^<]*)<\/text>/g)].map(([, attrs, body]) => {
+    const a = (n: string) => new RegExp(`(?:^|\\s)${n}="([^"]*)"`).exec(attrs)?.[1];
+    return {
+      x: Number(a('x')),
+      y: Number(a('y')),
+      anchor: a('text-anchor') || 'start',
+      size: Number(a('font-size') || 11),
+      bold: a('font-weight') === 'bold',
+      text: body.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&amp;/g, '&'),
+    };
+  });
+}
+const svgSize = (svg: string) => {
+  const [, w, h] = /<svg [^>]*width="([\d.]+)" height="([\d.]+)"/.exec(svg)!;
+  return { width: Number(w), height: Number(h) };
+};
+/** Horizontal extent of a text at about 0.6 em per character (bold 0.65), by its anchor. */
+const extent = (t: ReturnType<typeof svgTexts>[number]) => {
+  const w = t.text.length * t.size * (t.bold ? 0.65 : 0.6);
+  const x0 = t.anchor === 'end' ? t.x - w : t.anchor === 'middle' ? t.x - w / 2 : t.x;
+  return [x0, x0 + w];
+};
+
+h('SVG as seen rendered: nothing cut off, labels thinned so they never overlap, the even share marked, empty layers hatched', () => {
+  const shapes: [number, number, Parameters<typeof routingHeatmapSvg>[1]][] = [
+    [4, 8, undefined],
+    [3, 4, undefined], // narrow grid: the default title and the legend text are wider than it
+    [32, 64, undefined],
+    [32, 64, { cellSize: 6 }],
+    [2, 200, { cellSize: 4, title: 'a long title that is much wider than anything else in this small map' }],
+    [3, 3, { layerLabels: ['block.0.moe', 'a very long layer label, longer than the grid', 'x'] }],
+  ];
+  for (const [L, E, opts] of shapes) {
+    const what = `${L}x${E} ${JSON.stringify(opts)}`;
+    const counts = Array.from({ length: L }, (_, l) => Array.from({ length: E }, (_, e) => (l * 5 + e * 3) % 7));
+    const svg = routingHeatmapSvg(counts, opts);
+    const { width, height } = svgSize(svg);
+    const texts = svgTexts(svg);
+    for (const t of texts) {
+      const [x0, x1] = extent(t);
+      assert.ok(x0 >= 0 && x1 <= width, `${what}: "${t.text}" spans [${x0}, ${x1}], the picture is ${width} wide`);
+      assert.ok(t.y - t.size >= 0 && t.y + 4 <= height, `${what}: "${t.text}" at y ${t.y}, the picture is ${height} high`);
+    }
+    // expert labels (the numbers on the top row) and layer labels: no two overlap
+    const cols = texts.filter((t) => /^\d+$/.test(t.text) && t.anchor === 'middle').map(extent);
+    assert.ok(cols.length >= Math.min(E, 5), `${what}: ${cols.length} expert labels`);
+    for (let i = 1; i < cols.length; i++) assert.ok(cols[i][0] >= cols[i - 1][1], `${what}: expert labels ${i - 1} and ${i} overlap`);
+    const layerLabels = opts?.layerLabels ?? counts.map((_, l) => `layer ${l}`);
+    const rowsY = texts.filter((t) => t.anchor === 'end' && layerLabels.includes(t.text)).map((t) => t.y);
+    const cell = opts?.cellSize ?? (E > 48 ? 14 : 22);
+    assert.ok(rowsY.length >= Math.min(L, Math.floor((L * cell) / 30) + 1), `${what}: ${rowsY.length} layer labels`);
+    for (let i = 1; i < rowsY.length; i++) assert.ok(rowsY[i] - rowsY[i - 1] >= 11, `${what}: layer labels ${i - 1} and ${i} overlap`);
+    assert.is((svg.match(/<rect class="cell"/g) ?? []).length, L * E);
+  }
+  // 64 experts at the default cell size: labels on every second expert, every layer labelled
+  const big = svgTexts(routingHeatmapSvg(Array.from({ length: 32 }, () => Array.from({ length: 64 }, (_, e) => e + 1))));
+  assert.equal(big.filter((t) => t.anchor === 'middle' && /^\d+$/.test(t.text)).map((t) => Number(t.text)), Array.from({ length: 32 }, (_, i) => 2 * i));
+  assert.is(big.filter((t) => /^layer \d+$/.test(t.text)).length, 32);
+
+  // the colour ramp: 0 white, the largest share the darkest blue, a middle share in between and blue
+  const svg = routingHeatmapSvg([[0, 1, 2], [0, 0, 0]]);
+  const fills = [...svg.matchAll(/<rect class="cell"[^>]*fill="([^"]*)"/g)].map((x) => x[1]);
+  assert.is(fills[0], 'rgb(247,251,255)', 'share 0');
+  assert.is(fills[2], 'rgb(8,48,107)', 'the largest share');
+  const [r, g, b] = /rgb\((\d+),(\d+),(\d+)\)/.exec(fills[1])!.slice(1).map(Number);
+  assert.ok(b > r + 60 && r < 150, `half the largest share is clearly blue, not grey: ${fills[1]}`);
+  // a layer without tokens: hatched, said so in its hover text and in the legend
+  assert.ok(fills.slice(3).every((f) => f === 'url(#no-tokens)'), 'the empty layer is hatched');
+  assert.ok(svg.includes('layer 1, expert 0: no tokens in this layer'));
+  assert.ok(svg.includes('<pattern id="no-tokens"') && svg.includes('a layer without tokens'));
+  assert.not.ok(routingHeatmapSvg([[1, 2]]).includes('a layer without tokens'), 'no hatch legend without an empty layer');
+  // the even share 1/E marked on the legend: here the largest share is 2/3, even 1/3: half way
+  const legend = /<rect id="legend" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"/.exec(svg)!.slice(1).map(Number);
+  const mark = Number(/<line id="legend-even" x1="([\d.]+)"/.exec(svg)![1]);
+  assert.ok(Math.abs(mark - (legend[0] + legend[1] / 2)) < 0.01, `even marker at ${mark}, legend ${legend}`);
+  assert.ok(svg.includes('even share 33.3%'));
+});
+
 h('table: tokens per expert, totals, drops, entropy', () => {
   const t = formatRoutingTable(counts, { dropped: [[0, 0, 1, 0], [0, 3, 0, 0], [0, 0, 0, 0]] });
   const lines = t.trimEnd().split('\n');

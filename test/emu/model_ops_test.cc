@@ -6,6 +6,9 @@
 // attention (same bits). Shapes that break tiles: T = 1, 5, 33; d = 7, 33, 200; V = 97, 1000; hd
 // 32/64/128/256; Hq/Hkv = 4/2, 8/1, 32/8; windows shorter than the sequence; contexts across the
 // 128-key chunk boundary. Kernels run under every schedule on small shapes.
+// The CPU backend's ops first: <memory> must not see the emulator's __noinline__ macro.
+#include "../../native/include/moe/model_ops.h"
+
 #include "../../native/src/cuda/cuda_compat.cuh"
 #include "../../native/src/cuda/launchers.h"
 #include "../../native/src/cuda/model_launchers.h"
@@ -385,6 +388,13 @@ int32_t reference_sample(const float* row, int64_t V, float temperature, float t
   return -1;
 }
 
+// moe::sample_top_p_row with its own scratch.
+int32_t sequential_sample(const float* row, int64_t V, float temperature, float top_p, uint64_t seed, uint64_t step,
+                          uint64_t r) {
+  std::vector<uint64_t> q(static_cast<size_t>(V));
+  return moe::sample_top_p_row(row, V, temperature, top_p, seed, step, r, q.data());
+}
+
 std::vector<float> make_logits(int64_t T, int64_t V, uint64_t seed) {
   Rng rng(seed);
   std::vector<float> l(static_cast<size_t>(T * V));
@@ -630,6 +640,10 @@ TEST(model_sampling_greedy_ties_and_nan) {
     CHECK_EQ(ids[0], 9);
     CHECK_EQ(ids[2], 60);
   }
+  std::vector<int32_t> cpu(4, -7);  // the CPU backend's greedy op: the same ids
+  CHECK(moe::sample(logits.data(), 4, V, moe::SampleParams{}, cpu.data()).is_ok());
+  CHECK_OK(moe::launch_argmax(logits.data(), 4, V, ids.data(), nullptr));
+  for (int r = 0; r < 4; ++r) CHECK_EQ(cpu[size_t(r)], ids[size_t(r)]);
   const std::vector<float> big = make_logits(3, 1000, 4);
   std::vector<int32_t> got(3);
   CHECK_OK(moe::launch_argmax(big.data(), 3, 1000, got.data(), nullptr));
@@ -651,10 +665,24 @@ TEST(model_sampling_top_p_exact_ids_sweep) {
             const uint64_t seed = 0x1234567890abcdefull + uint64_t(V);
             CHECK_OK(
                 moe::launch_sample_top_p(logits.data(), T, V, temperature, top_p, seed, step, ids.data(), nullptr));
+            // The CPU backend's op (top_p in (0, 1] there; 0 is the CUDA launcher's clamp)
+            std::vector<int32_t> cpu(size_t(T), -1);
+            if (top_p > 0.f) {
+              moe::SampleParams sp;
+              sp.temperature = temperature, sp.top_p = top_p, sp.seed = seed, sp.step = step;
+              CHECK(moe::sample(logits.data(), T, V, sp, cpu.data()).is_ok());
+            }
             for (int64_t r = 0; r < T; ++r) {
               const float* row = logits.data() + r * V;
               const int32_t want = reference_sample(row, V, temperature, top_p, seed, step, uint64_t(r));
-              const int32_t seq = moe::sample_top_p_row(row, V, temperature, top_p, seed, step, uint64_t(r));
+              const int32_t seq = sequential_sample(row, V, temperature, top_p, seed, step, uint64_t(r));
+              if (top_p > 0.f && cpu[size_t(r)] != want) {
+                emu_test::fail(__FILE__, __LINE__, "top-p V=" + std::to_string(V) + " p=" + std::to_string(top_p) +
+                                                       " row " + std::to_string(r) + ": CPU backend " +
+                                                       std::to_string(cpu[size_t(r)]) + ", reference " +
+                                                       std::to_string(want));
+                return;
+              }
               if (ids[size_t(r)] != want || seq != want) {
                 emu_test::fail(__FILE__, __LINE__, "top-p V=" + std::to_string(V) + " T=" +
                                                        std::to_string(temperature) +
@@ -688,6 +716,12 @@ TEST(model_sampling_infinite_and_nan_rows) {
   CHECK_EQ(ids[0], 0);
   CHECK_EQ(ids[1], 7);
   CHECK_EQ(ids[2], 30);
-  for (int64_t r = 0; r < 3; ++r)
-    CHECK_EQ(ids[size_t(r)], moe::sample_top_p_row(logits.data() + r * V, V, 1.f, 0.9f, 42, 7, uint64_t(r)));
+  std::vector<int32_t> cpu(3, -1);
+  moe::SampleParams sp;
+  sp.temperature = 1.f, sp.top_p = 0.9f, sp.seed = 42, sp.step = 7;
+  CHECK(moe::sample(logits.data(), 3, V, sp, cpu.data()).is_ok());
+  for (int64_t r = 0; r < 3; ++r) {
+    CHECK_EQ(ids[size_t(r)], sequential_sample(logits.data() + r * V, V, 1.f, 0.9f, 42, 7, uint64_t(r)));
+    CHECK_EQ(ids[size_t(r)], cpu[size_t(r)]);  // the CPU backend's op
+  }
 }

@@ -116,28 +116,50 @@ export function refAttention(q: Float64Array, keys: Float64Array, values: Float6
 }
 
 // ---- sampling ----------------------------------------------------------------------------------
+// Written from the rule in native/include/moe/sampling_rule.h's header comment, in BigInt integers
+// and by its definition (a sort), not by the library's threshold search.
 
-const M64 = (1n << 64n) - 1n;
+const M32 = 0xffffffffn;
+const ONE = 1n << 40n; // the weight of the row's maximum
 
-/** splitmix64 output for state z (z + golden gamma, then the finaliser). */
-export function splitmix64(z: bigint): bigint {
-  z = (z + 0x9e3779b97f4a7c15n) & M64;
-  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & M64;
-  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & M64;
-  return z ^ (z >> 31n);
+/**
+ * Philox4x32-10 (Salmon et al. SC'11, the Random123 constants) of counter c [4] and key k [2], in
+ * BigInt 32-bit words.
+ */
+export function philox4x32(c: readonly bigint[], k: readonly bigint[]): bigint[] {
+  let [c0, c1, c2, c3] = c;
+  let [k0, k1] = k;
+  for (let round = 0; round < 10; round++) {
+    const p0 = 0xd2511f53n * c0, p1 = 0xcd9e8d57n * c2;
+    [c0, c1, c2, c3] = [((p1 >> 32n) ^ c1 ^ k0) & M32, p1 & M32, ((p0 >> 32n) ^ c3 ^ k1) & M32, p0 & M32];
+    k0 = (k0 + 0x9e3779b9n) & M32;
+    k1 = (k1 + 0xbb67ae85n) & M32;
+  }
+  return [c0, c1, c2, c3];
 }
 
-/** The sampler's uniform number of (seed, step, row): top 24 bits of mix(mix(mix(seed) ^ step) ^ row). */
-export function rngUniform(seed: number, step: number, row: number): number {
-  const u = splitmix64(splitmix64(splitmix64(BigInt(seed)) ^ BigInt(step)) ^ BigInt(row));
-  return Number(u >> 40n) / 2 ** 24;
+/** The sampler's 64 random bits of (seed, step, row): counter (row, step), key seed, words 1:0. */
+export function philoxDraw(seed: number, step: number, row: number): bigint {
+  const [s, t, r] = [BigInt(seed), BigInt(step), BigInt(row)];
+  const v = philox4x32([r & M32, r >> 32n, t & M32, t >> 32n], [s & M32, s >> 32n]);
+  return (v[1] << 32n) | v[0];
+}
+
+/** The integer weight of one logit given the row maximum m: floor(expf((l - m) / T) * 2^40) in f32 steps. */
+export function sampleWeight(l: number, m: number, temperature: number): bigint {
+  if (Number.isNaN(l)) return 0n;
+  if (m === Infinity) return l === Infinity ? ONE : 0n;
+  if (m === -Infinity) return 0n;
+  const f = Math.fround;
+  const e = f(Math.exp(f(f(l - m) / f(temperature))));
+  return e > 0 ? BigInt(Math.floor(e * 2 ** 40)) : 0n;
 }
 
 export interface RefSample {
   id: number;
   /**
-   * How far the draw is from a decision boundary, relative to the total: below ~1e-5 an f32
-   * implementation may legitimately pick a neighbour (Infinity for greedy).
+   * How near the row is to a decision boundary, relative to the weight total: below ~1e-6 a last-bit
+   * difference between the C library's expf and Math.exp could pick a neighbour (Infinity for greedy).
    */
   margin: number;
 }
@@ -150,41 +172,45 @@ export function refArgmax(l: ArrayLike<number>): number {
 }
 
 /**
- * One row: temperature 0 -> argmax; else p ~ exp((l - max) / temperature), keep the fewest most
- * probable (ties to the lower index) reaching topP, then the first kept index (in index order)
- * whose running probability exceeds u * (kept total), u = rngUniform(seed, step, row).
+ * One row: temperature 0 -> argmax; else integer weights q (sampleWeight), P = max(1, ceil(Q *
+ * round(topP * 2^32) / 2^32)), the nucleus = the shortest prefix of the ids sorted by decreasing q
+ * (ties: lower index first) with sum >= P, target = floor(philoxDraw * Qn / 2^64) (Qn: the
+ * nucleus's sum), and the id is the first nucleus id in index order whose running sum exceeds target.
+ * A row whose weights are all 0 (every logit NaN or -inf) gives the argmax.
  */
 export function refSample(l: ArrayLike<number>, temperature: number, topP: number, seed: number, step: number, row: number): RefSample {
   const am = refArgmax(l);
-  if (temperature === 0 || !Number.isFinite(l[am])) return { id: am, margin: Infinity };
+  if (temperature === 0) return { id: am, margin: Infinity };
   const V = l.length;
-  const e = Array.from(l, (v) => (Number.isNaN(v) ? 0 : Math.exp((v - l[am]) / temperature)));
-  const total = e.reduce((a, b) => a + b, 0);
-  let kept = new Array<boolean>(V).fill(true);
-  let topMargin = Infinity;
-  if (topP < 1) {
-    const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => e[b] - e[a] || a - b);
-    kept = new Array<boolean>(V).fill(false);
-    let cum = 0;
-    for (const i of order) {
-      if (cum >= topP * total) break;
-      // a cut right at a cumulative boundary is decided by rounding: report it
-      topMargin = Math.min(topMargin, Math.abs(cum - topP * total) / total);
-      cum += e[i];
-      kept[i] = true;
-    }
-    topMargin = Math.min(topMargin, Math.abs(cum - topP * total) / total);
+  const q = Array.from(l, (v) => sampleWeight(v, l[am], temperature));
+  const total = q.reduce((a, b) => a + b, 0n);
+  if (total === 0n) return { id: am, margin: Infinity };
+  const rel = (x: bigint) => Math.abs(Number(x)) / Number(total);
+  const tp = BigInt(Math.floor(Math.fround(topP) * 2 ** 32 + 0.5));
+  let mass = (total * tp + M32) >> 32n;
+  if (mass < 1n) mass = 1n;
+  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => (q[a] === q[b] ? a - b : q[a] > q[b] ? -1 : 1));
+  const kept = new Array<boolean>(V).fill(false);
+  let acc = 0n;
+  let n = 0;
+  while (acc < mass) {
+    kept[order[n]] = true;
+    acc += q[order[n++]];
   }
-  const keptTotal = e.reduce((a, v, i) => a + (kept[i] ? v : 0), 0);
-  const target = rngUniform(seed, step, row) * keptTotal;
-  let cum = 0;
-  let last = am;
+  // the cut (unless the nucleus holds every weight): the prefix sums on both sides of P, and the
+  // gap to the first weight left out (equal logits give equal weights in any implementation)
+  let margin = Infinity;
+  if (acc < total) {
+    margin = Math.min(rel(mass - (acc - q[order[n - 1]])), rel(acc - mass));
+    if (q[order[n - 1]] !== q[order[n]]) margin = Math.min(margin, rel(q[order[n - 1]] - q[order[n]]));
+  }
+  const target = (philoxDraw(seed, step, row) * acc) >> 64n;
+  let run = 0n;
   for (let i = 0; i < V; i++) {
-    if (!kept[i] || e[i] <= 0) continue;
-    const before = cum;
-    cum += e[i];
-    last = i;
-    if (cum > target) return { id: i, margin: Math.min(topMargin, (target - before) / keptTotal, (cum - target) / keptTotal) };
+    if (!kept[i]) continue;
+    const before = run;
+    run += q[i];
+    if (run > target) return { id: i, margin: Math.min(margin, rel(target - before), rel(run - target)) };
   }
-  return { id: last, margin: 0 };
+  throw new Error('refSample: the target lies past the nucleus');
 }

@@ -104,17 +104,21 @@ Status add(const TensorView& a, const TensorView& b, const TensorView& out);
 // ---- sampling ----------------------------------------------------------------------------------
 struct SampleParams {
   float temperature = 0.f;  // 0: greedy argmax (ties to the lower index, NaN never wins)
-  float top_p = 1.f;        // in (0, 1]: nucleus size
+  float top_p = 1.f;        // in (0, 1]: nucleus mass
   uint64_t seed = 0;
   uint64_t step = 0;        // e.g. the decode step: (seed, step, row) picks the random number
 };
 
-// ids[t] for each row t of logits [T,V] f32:
-//   temperature 0: argmax. Otherwise e_i = exp((l_i - max) / temperature) in f32 (NaN logits get
-//   0), S = sum of e_i in index order. top_p < 1 keeps the smallest set of highest e_i (ties to
-//   the lower index) whose sum reaches top_p * S. Then u = rng_uniform(seed, step, t) (moe/rng.h)
-//   and the result is the first kept index, in increasing index order, where the running sum of
-//   kept e_i exceeds u * (sum of kept e_i). A row with no finite maximum falls back to argmax.
+// ids[t] for each row t of logits [T,V] f32, V <= 2^23:
+//   temperature 0: argmax (ties to the lower index, NaN never wins, 0 when all NaN). Otherwise the
+//   exact integer rule of moe/sampling_rule.h, the one the CUDA kernel follows, so both backends
+//   give the same id: integer weights q_i = floor(expf((l_i - max) / temperature) * 2^40) (0 for
+//   NaN and -inf), the nucleus = the shortest prefix of the weights sorted by decreasing value
+//   (ties: lower index first) whose sum reaches P = max(1, ceil(sum q * round(top_p * 2^32) /
+//   2^32)), and target = mulhi(philox_u64(seed, step, t), nucleus sum) (moe/rng_philox.h); the id
+//   is the first nucleus index, in increasing index order, where the running sum of nucleus weights
+//   exceeds target.
+//   +inf logits share the draw equally; a row of only NaN / -inf falls back to argmax.
 Status sample(const float* logits, int64_t T, int64_t V, const SampleParams& p, int32_t* ids);
 
 }  // namespace moe

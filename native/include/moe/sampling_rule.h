@@ -52,45 +52,48 @@ MOE_HOST_DEVICE inline uint64_t top_p_mass(uint64_t total, float top_p) {
 
 namespace moe {
 
-// The rule above, sequentially, for one row (host code: the CPU backend's sampler; O(V * 41)).
-// temperature must be > 0 (greedy is the caller's choice). Returns the chosen id.
+// The rule above from the weights on, sequentially, for one row (host code): q [vocab] holds
+// sample_weight of each logit, total their sum (> 0). Returns the chosen id. O(vocab * 42) on
+// integers: the threshold search reads the weights once per bit.
+inline int32_t sample_top_p_weights(const uint64_t* q, int64_t vocab, uint64_t total, float top_p, uint64_t seed,
+                                    uint64_t step, uint64_t row) {
+  const uint64_t mass = top_p_mass(total, top_p);
+  uint64_t tau = 0;
+  for (int b = kSampleWeightBits; b >= 0; --b) {
+    const uint64_t cand = tau | (uint64_t(1) << b);
+    uint64_t s = 0;
+    for (int64_t i = 0; i < vocab; ++i) s += q[i] >= cand ? q[i] : 0;
+    if (s >= mass) tau = cand;
+  }
+  uint64_t above = 0;
+  for (int64_t i = 0; i < vocab; ++i) above += q[i] > tau ? q[i] : 0;
+  const uint64_t ties = (mass - above + tau - 1) / tau;
+  const uint64_t target = mulhi_u64(philox_u64(seed, step, row), above + ties * tau);
+  uint64_t run = 0, tie_rank = 0;
+  int64_t last = -1;
+  for (int64_t i = 0; i < vocab; ++i) {
+    const bool in = q[i] > tau || (q[i] == tau && tie_rank++ < ties);
+    if (!in) continue;
+    run += q[i];
+    last = i;
+    if (run > target) return int32_t(i);
+  }
+  return int32_t(last);  // not reached: target < the nucleus's sum
+}
+
+// The whole rule for one row (host code: the CPU backend's sampler). temperature must be > 0
+// (greedy is the caller's choice); q is scratch for vocab weights. Returns the chosen id.
 inline int32_t sample_top_p_row(const float* logits, int64_t vocab, float temperature, float top_p, uint64_t seed,
-                                uint64_t step, uint64_t row) {
+                                uint64_t step, uint64_t row, uint64_t* q) {
   int64_t greedy = -1;
   for (int64_t i = 0; i < vocab; ++i)
     if (logits[i] == logits[i] && (greedy < 0 || logits[i] > logits[greedy])) greedy = i;
   if (greedy < 0) return 0;
   const float m = logits[greedy];
   uint64_t total = 0;
-  for (int64_t i = 0; i < vocab; ++i) total += sample_weight(logits[i], m, temperature);
+  for (int64_t i = 0; i < vocab; ++i) total += q[i] = sample_weight(logits[i], m, temperature);
   if (total == 0) return int32_t(greedy);
-  const uint64_t mass = top_p_mass(total, top_p);
-  uint64_t tau = 0;
-  for (int b = kSampleWeightBits; b >= 0; --b) {
-    const uint64_t cand = tau | (uint64_t(1) << b);
-    uint64_t s = 0;
-    for (int64_t i = 0; i < vocab; ++i) {
-      const uint64_t w = sample_weight(logits[i], m, temperature);
-      if (w >= cand) s += w;
-    }
-    if (s >= mass) tau = cand;
-  }
-  uint64_t above = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const uint64_t w = sample_weight(logits[i], m, temperature);
-    if (w > tau) above += w;
-  }
-  const uint64_t ties = (mass - above + tau - 1) / tau;
-  const uint64_t target = mulhi_u64(philox_u64(seed, step, row), above + ties * tau);
-  uint64_t run = 0, tie_rank = 0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const uint64_t w = sample_weight(logits[i], m, temperature);
-    const bool in = w > tau || (w == tau && tie_rank++ < ties);
-    if (!in) continue;
-    run += w;
-    if (run > target) return int32_t(i);
-  }
-  return int32_t(greedy);  // not reached
+  return sample_top_p_weights(q, vocab, total, top_p, seed, step, row);
 }
 
 }  // namespace moe
