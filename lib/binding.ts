@@ -112,6 +112,7 @@ export interface NativeLinearInfo {
   disposed: boolean;
   inFeatures?: number;
   outFeatures?: number;
+  bias?: boolean;
   type?: NativeDType;
   bytes?: number;
 }
@@ -171,7 +172,7 @@ export interface NativeBinding {
   // ---- decoder-model ops (native/addon/model_ops.cc); outType/out may be null ----
   embedding<A extends boolean>(table: AnyT, ids: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
   rms_norm<A extends boolean>(x: AnyT, weight: AnyT, eps: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  pack_linear<A extends boolean>(w: NativeTensor, async: A, backend?: string): Ret<NativeLinear, A>;
+  pack_linear<A extends boolean>(w: NativeTensor, async: A, backend?: string, bias?: NativeTensor): Ret<NativeLinear, A>;
   linear<A extends boolean>(x: AnyT, w: NativeLinear, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
   rope<A extends boolean>(q: AnyT, k: Maybe<AnyT>, positions: NativeTensor, theta: number, qOut: Maybe<AnyT>, kOut: Maybe<AnyT>, async: A): Ret<{ q: AnyT; k: AnyT | null }, A>;
   create_kv_cache(maxSeq: number, numKvHeads: number, headDim: number, type: NativeDType, backend?: string): NativeKvCache;

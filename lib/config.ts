@@ -25,8 +25,10 @@ export interface MoeModelConfig {
   numKeyValueHeads: number;
   /** Per-head size; `hidden_size / num_attention_heads` when config.json has none. */
   headDim: number;
-  /** Biases on the q, k, v projections (Qwen2-MoE: true). */
+  /** Biases on the q, k, v projections (Qwen2-MoE: true; DeepSeek-MoE: attention_bias). */
   attentionBias: boolean;
+  /** A bias on the o projection (DeepSeek-MoE: attention_bias; Qwen2-MoE: false). */
+  attentionOutputBias: boolean;
   vocabSize: number;
   maxPositionEmbeddings: number;
   rmsNormEps: number;
@@ -158,6 +160,7 @@ function parseMixtral(c: Fields): MixtralConfig {
     ...base,
     intermediateSize,
     attentionBias: false,
+    attentionOutputBias: false,
     numExperts,
     numExpertsPerTok,
     moeIntermediateSize: intermediateSize,
@@ -185,6 +188,7 @@ function parseQwen2Moe(c: Fields): MoeModelConfig {
     ...base,
     intermediateSize: c.int('intermediate_size'),
     attentionBias: true,
+    attentionOutputBias: false,
     numExperts,
     numExpertsPerTok,
     moeIntermediateSize: c.int('moe_intermediate_size'),
@@ -215,6 +219,7 @@ function parseDeepseek(c: Fields): MoeModelConfig {
     ...base,
     intermediateSize: c.int('intermediate_size'),
     attentionBias: c.bool('attention_bias', false),
+    attentionOutputBias: c.bool('attention_bias', false),
     numExperts,
     numExpertsPerTok,
     moeIntermediateSize,

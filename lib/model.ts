@@ -239,18 +239,24 @@ export class MixtralBlock {
       if (inputNorm instanceof DeviceTensor) owned.push(inputNorm);
       const postNorm = await keep(place, postNorm0);
       if (postNorm instanceof DeviceTensor) owned.push(postNorm);
-      const lin = async (t: Tensor, name: string, rows: number, cols: number) => {
+      const lin = async (t: Tensor, name: string, rows: number, cols: number, bias: { name: string; t: Tensor | undefined; declared: boolean }) => {
         const c = checkTensor(t, `weights.attention.${name}`, FLOAT_TYPES);
         if (c.dims.length !== 2 || c.dims[0] !== rows || c.dims[1] !== cols)
           throw rangeError(`weights.attention.${name}.dims must be [${rows},${cols}], got [${c.dims.join(',')}]`);
-        const l = await Linear.pack(c, dev);
+        const bn = `weights.attention.${bias.name}`;
+        if (bias.declared !== (bias.t !== undefined))
+          throw rangeError(bias.declared ? `${bn} is required: this ${config.modelType} config has projection biases` : `${bn} is given but this ${config.modelType} config has no such bias`);
+        const b = bias.t === undefined ? undefined : checkTensor(bias.t, bn, FLOAT_TYPES);
+        if (b && (b.dims.length !== 1 || b.dims[0] !== rows)) throw rangeError(`${bn}.dims must be [${rows}], got [${b.dims.join(',')}]`);
+        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}) });
         owned.push(l);
         return l;
       };
-      const wq = await lin(a.qProj, 'qProj', q, d);
-      const wk = await lin(a.kProj, 'kProj', kv, d);
-      const wv = await lin(a.vProj, 'vProj', kv, d);
-      const wo = await lin(a.oProj, 'oProj', d, q);
+      const qkvBias = config.attentionBias;
+      const wq = await lin(a.qProj, 'qProj', q, d, { name: 'qBias', t: a.qBias, declared: qkvBias });
+      const wk = await lin(a.kProj, 'kProj', kv, d, { name: 'kBias', t: a.kBias, declared: qkvBias });
+      const wv = await lin(a.vProj, 'vProj', kv, d, { name: 'vBias', t: a.vBias, declared: qkvBias });
+      const wo = await lin(a.oProj, 'oProj', d, q, { name: 'oBias', t: a.oBias, declared: config.attentionOutputBias });
       const ffn = await createBlockFfn(config, w, index, backend);
       owned.push(ffn);
       const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);

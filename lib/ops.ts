@@ -119,6 +119,8 @@ abstract class NativeOwner<N extends { dispose(): void }> {
 }
 
 export interface LinearPackOptions {
+  /** A bias [out] (any float type, kept as f32): y = x W^T + bias. */
+  bias?: Tensor;
   /** Where the weights live: 'cpu' (default), or a CUDA backend to serve device tensors ('auto': CUDA when available). */
   backend?: BackendName;
 }
@@ -136,6 +138,8 @@ export class Linear extends NativeOwner<NativeLinear> {
   /** Bytes of the packed copy. */
   readonly bytes: number;
   readonly backend: ResolvedBackend;
+  /** Whether the layer adds a bias. */
+  readonly hasBias: boolean;
 
   /** @internal use Linear.pack / packSync */
   constructor(native: NativeLinear, backend: ResolvedBackend) {
@@ -146,16 +150,19 @@ export class Linear extends NativeOwner<NativeLinear> {
     this.type = info.type as FloatType;
     this.bytes = info.bytes!;
     this.backend = backend;
+    this.hasBias = info.bias === true;
   }
 
-  /** Packs W [out,in] off the event loop. */
+  /** Packs W [out,in] (and its bias) off the event loop. */
   static async pack(w: Tensor, options?: LinearPackOptions): Promise<Linear> {
-    const backend = ownerBackend(checkOptions(options).backend);
-    return new Linear(await binding.pack_linear(nt(w), true, nativeBackend(backend)), backend);
+    const o = checkOptions(options);
+    const backend = ownerBackend(o.backend);
+    return new Linear(await binding.pack_linear(nt(w), true, nativeBackend(backend), nt(o.bias as Tensor | undefined) ?? undefined), backend);
   }
   static packSync(w: Tensor, options?: LinearPackOptions): Linear {
-    const backend = ownerBackend(checkOptions(options).backend);
-    return new Linear(binding.pack_linear(nt(w), false, nativeBackend(backend)), backend);
+    const o = checkOptions(options);
+    const backend = ownerBackend(o.backend);
+    return new Linear(binding.pack_linear(nt(w), false, nativeBackend(backend), nt(o.bias as Tensor | undefined) ?? undefined), backend);
   }
 
   /** y [T,out] = x [T,in] W^T (device tensors for a Linear on a CUDA backend). */

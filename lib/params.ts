@@ -40,7 +40,7 @@ export function countParameters(config: MoeModelConfig): ParameterCounts {
   const d = c.hiddenSize;
   const q = c.numAttentionHeads * c.headDim;
   const kv = c.numKeyValueHeads * c.headDim;
-  const attnLayer = d * q + 2 * d * kv + q * d + (c.attentionBias ? q + 2 * kv : 0);
+  const attnLayer = d * q + 2 * d * kv + q * d + (c.attentionBias ? q + 2 * kv : 0) + (c.attentionOutputBias ? d : 0);
   const moeLayers = c.layerKinds.filter((k) => k === 'moe').length;
   const denseLayers = c.layerKinds.length - moeLayers;
   const expert = swiglu(d, c.moeIntermediateSize);

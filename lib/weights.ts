@@ -20,8 +20,9 @@
  * Experts load as E tensors per projection (views into a packed tensor, no copy), the form that
  * `MoeLayer.create({ gate, w1, w3, w2 }, { sharedExperts })` takes.
  *
- * Attention biases (`self_attn.*_proj.bias`, which Qwen2-MoE checkpoints on the Hub carry) are not
- * supported: a checkpoint that has one is refused with ERR_UNSUPPORTED naming the tensor.
+ * Attention biases: `self_attn.{q,k,v}_proj.bias` when the config has them (Qwen2-MoE always,
+ * DeepSeek-MoE with attention_bias, which also biases o_proj); a bias the config does not declare
+ * is refused with ERR_UNSUPPORTED naming the tensor.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -43,6 +44,11 @@ export interface AttentionWeights {
   vProj: Tensor;
   /** [d, heads·headDim] */
   oProj: Tensor;
+  /** Biases [heads·headDim], [kvHeads·headDim] ×2, [d]: when the config declares them. */
+  qBias?: Tensor;
+  kBias?: Tensor;
+  vBias?: Tensor;
+  oBias?: Tensor;
 }
 
 /** One sparse MoE block in the form `MoeLayer.create` takes. */
@@ -172,6 +178,13 @@ function layerSpecs(c: MoeModelConfig, layout: ExpertLayout, i: number): Expecte
     { name: `${P(i)}.self_attn.o_proj.weight`, shape: [d, q] },
     { name: `${P(i)}.post_attention_layernorm.weight`, shape: [d] },
   ];
+  if (c.attentionBias)
+    out.push(
+      { name: `${P(i)}.self_attn.q_proj.bias`, shape: [q] },
+      { name: `${P(i)}.self_attn.k_proj.bias`, shape: [kv] },
+      { name: `${P(i)}.self_attn.v_proj.bias`, shape: [kv] },
+    );
+  if (c.attentionOutputBias) out.push({ name: `${P(i)}.self_attn.o_proj.bias`, shape: [d] });
   const swiglu = (name: (m: Mat) => string, f: number) => {
     for (const m of MATS) out.push({ name: name(m), shape: m === 'w2' ? [d, f] : [f, d] });
   };
@@ -247,14 +260,15 @@ function checkExpected(ckpt: Checkpoint, spec: ExpectedTensor, c: MoeModelConfig
   return info;
 }
 
-/** Refuses attention biases, which the model's projections cannot apply (yet). */
+/** Refuses attention biases the config does not declare (they would be silently ignored). */
 function checkNoAttentionBias(ckpt: Checkpoint, c: MoeModelConfig): void {
   for (let i = 0; i < c.numHiddenLayers; i++)
     for (const p of ['q', 'k', 'v', 'o']) {
       const name = `${P(i)}.self_attn.${p}_proj.bias`;
-      if (ckpt.has(name))
+      const declared = p === 'o' ? c.attentionOutputBias : c.attentionBias;
+      if (!declared && ckpt.has(name))
         throw new MoeError(
-          `${ckpt.info(name).file}: tensor '${name}' (shape [${ckpt.info(name).shape.join(',')}]): attention projections with a bias (${c.modelType}) are not supported yet`,
+          `${ckpt.info(name).file}: tensor '${name}' (shape [${ckpt.info(name).shape.join(',')}]): this ${c.modelType} config declares no ${p}_proj bias`,
           'ERR_UNSUPPORTED',
         );
     }
@@ -420,6 +434,8 @@ export class MoeCheckpoint {
       postAttentionLayernorm: a('post_attention_layernorm.weight'),
       attention: { qProj: a('self_attn.q_proj.weight'), kProj: a('self_attn.k_proj.weight'), vProj: a('self_attn.v_proj.weight'), oProj: a('self_attn.o_proj.weight') },
     };
+    if (this.config.attentionBias) Object.assign(out.attention, { qBias: a('self_attn.q_proj.bias'), kBias: a('self_attn.k_proj.bias'), vBias: a('self_attn.v_proj.bias') });
+    if (this.config.attentionOutputBias) out.attention.oBias = a('self_attn.o_proj.bias');
     const n = ffnNames(this.config, this.layout, i);
     if (n.kind === 'dense') {
       out.mlp = { w1: g(n.mlp('w1')), w3: g(n.mlp('w3')), w2: g(n.mlp('w2')) };
@@ -515,6 +531,10 @@ export function decoderLayerTensors(modelType: ModelType, layer: DecoderLayerWei
     [`${p}.self_attn.o_proj.weight`]: layer.attention.oProj,
     [`${p}.post_attention_layernorm.weight`]: layer.postAttentionLayernorm,
   };
+  for (const [k, name] of [['qBias', 'q'], ['kBias', 'k'], ['vBias', 'v'], ['oBias', 'o']] as const) {
+    const b = layer.attention[k];
+    if (b) out[`${p}.self_attn.${name}_proj.bias`] = b;
+  }
   if (layer.mlp) {
     for (const m of MATS) out[`${p}.mlp.${PROJ[m]}.weight`] = layer.mlp[m];
     return out;

@@ -100,6 +100,15 @@ for (const backend of DEVICES) {
       await rejects(() => lin.forward(x), TypeError, 'lives on');
       lin.dispose();
     }
+    // a bias: added in f32 before the one rounding (as the CPU), f32 and 16-bit y
+    const wb = rt('bfloat16', n * k, 14, 0.1, [n, k]);
+    const bias = rt('float32', n, 15, 1);
+    const lb = await Linear.pack(wb, { ...dev, bias });
+    const xb = rt('float32', T * k, 16, 1, [T, k]);
+    const refB = refLinear(widen(tensor('bfloat16', xb.data as Float32Array, [T, k])), widen(wb), T, k, n).map((v, i) => v + bias.data[i % n]);
+    assertClose((await (await lb.forward(up(xb))).toHost()).data, refB, tolFor('float32', k), 'linear + bias');
+    assertClose(widen(await (await lb.forward(up(xb), { outType: 'bfloat16' })).toHost()), refB, tolFor('bfloat16', k), 'linear + bias -> bf16');
+    lb.dispose();
     const sq = await Linear.pack(rt('float32', 64 * 64, 7, 0.1, [64, 64]), dev);
     const x = up(rt('float32', 2 * 64, 8, 1, [2, 64]));
     const fresh = await (await sq.forward(x)).toHost();

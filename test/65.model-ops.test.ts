@@ -126,6 +126,25 @@ lin('every weight and activation type (T=33, in=33, out=47)', () => {
     }
 });
 
+lin('a bias [out] of any type, added in f32 before the one rounding to y (f32 and 16-bit y)', async () => {
+  const [T, k, n] = [5, 33, 47];
+  const W = rt('bfloat16', n * k, 22, 1 / Math.sqrt(k), [n, k]);
+  const x = rt('float32', T * k, 23, 1, [T, k]);
+  const plain = refLinear(widen(x), widen(W), T, k, n);
+  for (const bType of FLOAT_TYPES) {
+    const b = rt(bType, n, 24, 1);
+    const L = await Linear.pack(W, { bias: b });
+    assert.ok(L.hasBias);
+    const ref = plain.map((v, i) => v + widen(b)[i % n]);
+    assertClose((await L.forward(x)).data, ref, tolFor('float32', k), `bias ${bType}`);
+    for (const outType of ['float16', 'bfloat16'] as const)
+      assertClose(widen(await L.forward(x, { outType })), ref, tolFor(outType, k), `bias ${bType} -> ${outType}`);
+    L.dispose();
+  }
+  assert.not.ok(Linear.packSync(W).hasBias);
+  assert.throws(() => Linear.packSync(W, { bias: rt('float32', n - 1, 1) }), /bias.dims\[0\] \(46\) must equal w.dims\[0\] \(out features\) \(47\)/);
+});
+
 lin('shapes: decode (T=1), prefill, odd sizes, K past the L2 panel size (blocked order)', async () => {
   const shapes: [number, number, number, FloatType][] = [
     [1, 512, 1000, 'bfloat16'], [1, 33, 1, 'float32'], [2, 1, 17, 'float16'], [7, 100, 17, 'float32'],

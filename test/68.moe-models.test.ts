@@ -93,9 +93,9 @@ m('configs: layer kinds by the Hugging Face rules, shared-expert sizes; countPar
     const ck = await MoeCheckpoint.open(ctx.dirs[family]['per-expert']);
     const c = ck.config;
     const p = countParameters(c);
-    // Qwen2-MoE counts its q/k/v biases, which these checkpoints leave out (they are not supported)
-    const bias = c.attentionBias ? c.numHiddenLayers * (c.numAttentionHeads + 2 * c.numKeyValueHeads) * c.headDim : 0;
-    assert.is((p.total - bias) * 4, ck.bytesTotal, `${family}: parameters = the checkpoint's f32 size`);
+    // every parameter, the projection biases included (Qwen2-MoE q/k/v; DeepSeek here q/k/v/o)
+    assert.ok(c.attentionBias, `${family}: these checkpoints carry attention biases`);
+    assert.is(p.total * 4, ck.bytesTotal, `${family}: parameters = the checkpoint's f32 size`);
     assert.is(ck.bytesTotal, ck.checkpoint.totalBytes);
     assert.ok(p.denseFfn > 0 && p.sharedExperts > 0, family);
     ck.close();
@@ -261,7 +261,7 @@ m('fromWeights: layers by config.layerKinds; the wrong FFN for a layer, or missi
   await bad([l0, { ...l1, index: 2 }, ...w.layers.slice(2)], /weights\.layers\[1\]\.index must be 1, got 2/);
 });
 
-m('load errors: missing or mis-shaped shared-expert and dense tensors are named with their shapes; attention biases are refused', async (ctx) => {
+m('load errors: missing or mis-shaped shared-expert and dense tensors are named with their shapes; projection biases checked against the config', async (ctx) => {
   const q = (name: string, edit: (t: Record<string, Tensor>) => void) => writeTinyModel(path.join(ctx.dir, name), { raw: FAMILIES.qwen2_moe, edit });
   const s = (name: string, edit: (t: Record<string, Tensor>) => void) => writeTinyModel(path.join(ctx.dir, name), { raw: FAMILIES.deepseek, edit });
   await q('no-shared-up', (t) => delete t['model.layers.3.mlp.shared_expert.up_proj.weight']);
@@ -278,8 +278,14 @@ m('load errors: missing or mis-shaped shared-expert and dense tensors are named 
   await expectMoeError(() => MoeModel.load(path.join(ctx.dir, 'no-dense-down')), 'ERR_TENSOR_MISSING', "'model.layers.0.mlp.down_proj.weight'", 'expected shape [64,96]');
   await s('routed-expert', (t) => delete t['model.layers.1.mlp.experts.7.gate_proj.weight']);
   await expectMoeError(() => MoeModel.load(path.join(ctx.dir, 'routed-expert')), 'ERR_TENSOR_MISSING', "'model.layers.1.mlp.experts.7.gate_proj.weight'", 'expected shape [24,64]');
-  await q('bias', (t) => (t['model.layers.0.self_attn.q_proj.bias'] = tensor('float32', new Float32Array(64), [64])));
-  await expectMoeError(() => MoeModel.load(path.join(ctx.dir, 'bias')), 'ERR_UNSUPPORTED', "'model.layers.0.self_attn.q_proj.bias'", 'shape [64]', 'not supported');
+  // Qwen2-MoE's q/k/v biases are part of the checkpoint: a missing or mis-shaped one is named
+  await q('no-bias', (t) => delete t['model.layers.2.self_attn.k_proj.bias']);
+  await expectMoeError(() => MoeModel.load(path.join(ctx.dir, 'no-bias')), 'ERR_TENSOR_MISSING', "'model.layers.2.self_attn.k_proj.bias'", 'expected shape [32]');
+  await q('bias-shape', (t) => (t['model.layers.0.self_attn.q_proj.bias'] = tensor('float32', new Float32Array(60), [60])));
+  await expectMoeError(() => MoeModel.load(path.join(ctx.dir, 'bias-shape')), 'ERR_TENSOR_SHAPE', "'model.layers.0.self_attn.q_proj.bias' has shape [60], expected [64]");
+  // ... and a bias the config does not declare (Qwen2-MoE's o_proj has none) is refused, not ignored
+  await q('o-bias', (t) => (t['model.layers.0.self_attn.o_proj.bias'] = tensor('float32', new Float32Array(64), [64])));
+  await expectMoeError(() => MoeModel.load(path.join(ctx.dir, 'o-bias')), 'ERR_UNSUPPORTED', "'model.layers.0.self_attn.o_proj.bias'", 'shape [64]', 'declares no o_proj bias');
   // Mixtral's own loader keeps taking Mixtral only
   await expectMoeError(() => MixtralCheckpoint.open(ctx.dirs.qwen2_moe['per-expert']), 'ERR_CONFIG', "model_type must be 'mixtral'");
 });

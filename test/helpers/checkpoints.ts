@@ -206,7 +206,7 @@ export function tinyQwen2MoeRaw(over: Record<string, unknown> = {}): Record<stri
 /**
  * DeepSeek-MoE, 3 layers: layer 0 dense (first_k_dense_replace 1, FFN 96), layers 1-2 MoE with 8
  * routed experts of 24, top-3 without renormalising, 2 shared experts (one ungated FFN of 48),
- * 4 heads (no GQA), vocab 97.
+ * 4 heads (no GQA), biases on q/k/v/o (attention_bias), vocab 97.
  */
 export function tinyDeepseekRaw(over: Record<string, unknown> = {}): Record<string, unknown> {
   return {
@@ -229,7 +229,7 @@ export function tinyDeepseekRaw(over: Record<string, unknown> = {}): Record<stri
     max_position_embeddings: 128,
     rms_norm_eps: 1e-6,
     rope_theta: 10000,
-    attention_bias: false,
+    attention_bias: true,
     tie_word_embeddings: false,
     torch_dtype: 'float32',
     ...over,
@@ -259,6 +259,8 @@ export function makeModelWeights(config: MoeModelConfig, seed = 1, dtype: FloatT
       postAttentionLayernorm: t([d]),
       attention: { qProj: t([q, d]), kProj: t([kv, d]), vProj: t([kv, d]), oProj: t([d, q]) },
     };
+    if (config.attentionBias) Object.assign(l.attention, { qBias: t([q]), kBias: t([kv]), vBias: t([kv]) });
+    if (config.attentionOutputBias) l.attention.oBias = t([d]);
     if (kind === 'dense') l.mlp = swiglu(config.intermediateSize);
     else {
       const f = config.moeIntermediateSize;

@@ -37,6 +37,11 @@ export interface RefLayer {
   kProj: Float64Array;
   vProj: Float64Array;
   oProj: Float64Array;
+  /** Projection biases, when the model has them. */
+  qBias?: Float64Array;
+  kBias?: Float64Array;
+  vBias?: Float64Array;
+  oBias?: Float64Array;
   /** MoE layers: router and experts (and shared experts when the model has them). */
   gate?: Float64Array;
   experts?: RefExperts;
@@ -74,9 +79,16 @@ function cat(parts: T16[], dtype: FloatType | undefined): Float64Array {
 interface LayerLike {
   inputLayernorm: T16;
   postAttentionLayernorm: T16;
-  attention: { qProj: T16; kProj: T16; vProj: T16; oProj: T16 };
+  attention: { qProj: T16; kProj: T16; vProj: T16; oProj: T16; qBias?: T16; kBias?: T16; vBias?: T16; oBias?: T16 };
   moe?: { gate: T16; w1: T16[]; w3: T16[]; w2: T16[]; sharedExperts?: { w1: T16; w3: T16; w2: T16; gate?: T16 } };
   mlp?: { w1: T16; w3: T16; w2: T16 };
+}
+
+/** y [T,n] + bias [n] on every row (in place), or y when there is no bias. */
+function withBias(y: Float64Array, bias: Float64Array | undefined): Float64Array {
+  if (!bias) return y;
+  for (let i = 0; i < y.length; i++) y[i] += bias[i % bias.length];
+  return y;
 }
 
 /** One SwiGLU FFN [f,d] as a single expert. */
@@ -104,6 +116,8 @@ export function refWeights(
         vProj: values(l.attention.vProj, dtype),
         oProj: values(l.attention.oProj, dtype),
       };
+      // biases: kept in f32 by the library, from the values loaded (converted to dtype like the rest)
+      for (const k of ['qBias', 'kBias', 'vBias', 'oBias'] as const) if (l.attention[k]) out[k] = values(l.attention[k]!, dtype);
       if (l.mlp) out.dense = oneExpert(l.mlp, d, l.mlp.w1.dims[0], dtype);
       if (l.moe) {
         const f = c.moeIntermediateSize ?? c.intermediateSize;
@@ -139,11 +153,11 @@ export function refMixtral(c: RefMixtralConfig, w: RefMixtralWeights, ids: Array
   };
   for (const [i, l] of w.layers.entries()) {
     const n = refRmsNorm(h, l.inputLayernorm, T, d, c.rmsNormEps);
-    const q = refRope(refLinear(n, l.qProj, T, d, hq * hd), T, hq, hd, positions, c.ropeTheta);
-    const k = refRope(refLinear(n, l.kProj, T, d, hkv * hd), T, hkv, hd, positions, c.ropeTheta);
-    const v = refLinear(n, l.vProj, T, d, hkv * hd);
+    const q = refRope(withBias(refLinear(n, l.qProj, T, d, hq * hd), l.qBias), T, hq, hd, positions, c.ropeTheta);
+    const k = refRope(withBias(refLinear(n, l.kProj, T, d, hkv * hd), l.kBias), T, hkv, hd, positions, c.ropeTheta);
+    const v = withBias(refLinear(n, l.vProj, T, d, hkv * hd), l.vBias);
     const a = refAttention(q, k, v, T, hq, hkv, hd, 0, c.slidingWindow);
-    addInto(h, refLinear(a, l.oProj, T, hq * hd, d));
+    addInto(h, withBias(refLinear(a, l.oProj, T, hq * hd, d), l.oBias));
     const n2 = refRmsNorm(h, l.postAttentionLayernorm, T, d, c.rmsNormEps);
     if (l.dense) {
       addInto(h, refDense(n2, l.dense, T));
