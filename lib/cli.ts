@@ -65,8 +65,8 @@ Options:
 Loads a Mixtral, Qwen2-MoE or DeepSeek-MoE checkpoint (config.json + safetensors; progress on
 stderr) and generates tokens after the prompt, printing them as they come: token ids with
 --prompt-ids, text with --prompt (the checkpoint's tokenizer.json encodes the prompt and decodes the
-output). Attention, norms and projections run on the CPU; --backend applies to the FFN layers (MoE
-and dense).
+output). --backend places the whole model: on CUDA every weight, KV cache and activation stays on
+the device.
 
 Options:
   --prompt-ids <ids>       comma-separated token ids, e.g. 1,2,3
@@ -78,7 +78,7 @@ Options:
   --stop-ids <ids>         stop after one of these ids (default: the tokenizer's end-of-sequence
                            token with --prompt, none with --prompt-ids)
   --dtype <t>              convert the weights as they load: float32, float16, bfloat16 (default: as stored)
-  --backend <b>            MoE layers' backend: auto (default), cpu, cuda
+  --backend <b>            where the model runs: auto (default: cuda when a GPU runs), cpu, cuda
   --max-seq <n>            KV cache positions (default: prompt + new tokens)
   --stats                  after generating, print the tokens routed to each expert, per MoE layer
                            (with each layer's routing entropy)
