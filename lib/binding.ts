@@ -183,6 +183,7 @@ export interface NativeBinding {
   device_alloc(type: NativeDType, dims: number[]): NativeDeviceTensor;
   device_upload<A extends boolean>(dst: NativeDeviceTensor, src: NativeTensor, async: A): Ret<NativeDeviceTensor, A>;
   device_download<A extends boolean>(src: NativeDeviceTensor, out: NativeTensor | null, async: A): Ret<NativeTensor, A>;
+  cuda_transfer_stats(): { toDevice: { calls: number; bytes: number }; toHost: { calls: number; bytes: number } };
   /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
   measure_read_bandwidth?(bytes: number, reps: number): number;
   measure_fma_peak?(seconds: number): number;

@@ -134,6 +134,21 @@ export class DeviceTensor<T extends DType = DType> {
   }
 }
 
+/** Host <-> device copies, each way: how many and how many bytes. */
+export interface TransferStats {
+  toDevice: { calls: number; bytes: number };
+  toHost: { calls: number; bytes: number };
+}
+
+/**
+ * The host <-> device copies the CUDA backend's ops made since the process started (inputs,
+ * results; not the one-time weight uploads when layers are packed): take the difference around a
+ * call to see what it moved. All zero without a CUDA backend.
+ */
+export function deviceTransferStats(): TransferStats {
+  return binding.cuda_transfer_stats();
+}
+
 /** True for a DeviceTensor. */
 export function isDeviceTensor(t: unknown): t is DeviceTensor {
   return t instanceof DeviceTensor;

@@ -53,7 +53,7 @@ export {
   type SharedExpertsWeights,
   type DeviceMoeOutput,
 } from './layers.js';
-export { DeviceTensor, isDeviceTensor, type DeviceOptions } from './device.js';
+export { DeviceTensor, isDeviceTensor, deviceTransferStats, type DeviceOptions, type TransferStats } from './device.js';
 export { mergeExperts, mergeExpertWeights, mergeDistribution, mergeDistance, type MergeOptions, type MergeDistance } from './merge.js';
 export { routingHeatmapSvg, formatRoutingTable, routingEntropy, type RoutingHeatmapOptions, type RoutingTableOptions } from './routing-stats.js';
 export {

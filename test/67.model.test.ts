@@ -11,7 +11,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { availableBackends, MixtralBlock, MixtralModel, MoeError, parseMixtralConfig, tensor, type FloatType, type MixtralConfig, type Tensor } from '../lib/index';
+import { availableBackends, deviceTransferStats, MixtralBlock, MixtralModel, MoeError, parseMixtralConfig, tensor, type FloatType, type MixtralConfig, type Tensor } from '../lib/index';
 import { expectMoeError, makeMixtralWeights, tinyMixtralRaw, tmpDir, writeTinyMixtral, type TinyWeights } from './helpers/checkpoints';
 import { assertClose, FLOAT_TYPES, randInt, randn, tolFor, type Tol } from './helpers/reference';
 import { refArgmax } from './helpers/reference-model';
@@ -121,8 +121,17 @@ m('the whole model on each device backend: weights, caches and activations on th
         const step = await model.forward([seq[p]], { startPos: p });
         assertClose(step.data, full.data.subarray(p * 97, (p + 1) * 97), TOL.float32, `${backend} ${dtype}: decode at ${p}`);
       }
+      // what one decode step moves between host and device: the token id and positions in; the
+      // logits and each layer's routing counts out; no activation crosses (a row is 256 bytes)
+      const before = deviceTransferStats();
+      await model.forward([seq[8]], { startPos: 8 });
+      const after = deviceTransferStats();
+      const L = config.numHiddenLayers, E = config.numExperts;
+      assert.is(after.toHost.calls - before.toHost.calls, 1 + L, 'copies to the host: logits + counts per layer');
+      assert.is(after.toHost.bytes - before.toHost.bytes, 4 * 97 + 4 * L * E, 'bytes to the host');
+      assert.ok(after.toDevice.bytes - before.toDevice.bytes < 4 * config.hiddenSize, `bytes to the device: ${after.toDevice.bytes - before.toDevice.bytes} (ids and positions only)`);
       const stats = model.routingStats();
-      assert.is(stats.tokens, 9 + 5 + 4);
+      assert.is(stats.tokens, 9 + 5 + 4 + 1);
       for (const layer of stats.tokensPerExpert) assert.is(layer.reduce((a, b) => a + b, 0), stats.tokens * 2, 'routing counts come back from the device');
       if (dtype === 'float32') {
         const cpu = await MixtralModel.load(dir, { backend: 'cpu' });

@@ -134,6 +134,22 @@ Napi::Value DeviceDownload(const Napi::CallbackInfo& info) {
   return run_job(env, async_flag(info, 2), std::move(job));
 }
 
+// cuda_transfer_stats() -> {toDevice: {calls, bytes}, toHost: {calls, bytes}}
+Napi::Value TransferStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const moe::cuda::TransferStats t = moe::cuda::transfer_stats();
+  auto pair = [&](uint64_t calls, uint64_t bytes) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("calls", Napi::Number::New(env, double(calls)));
+    o.Set("bytes", Napi::Number::New(env, double(bytes)));
+    return o;
+  };
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("toDevice", pair(t.to_device_calls, t.to_device_bytes));
+  r.Set("toHost", pair(t.to_host_calls, t.to_host_bytes));
+  return r;
+}
+
 }  // namespace
 
 // The backend an op without packed weights runs on: argument i is undefined / 'cpu' or this build's
@@ -216,6 +232,7 @@ void InitDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("device_alloc", Napi::Function::New(env, DeviceAlloc, "device_alloc"));
   exports.Set("device_upload", Napi::Function::New(env, DeviceUpload, "device_upload"));
   exports.Set("device_download", Napi::Function::New(env, DeviceDownload, "device_download"));
+  exports.Set("cuda_transfer_stats", Napi::Function::New(env, TransferStats, "cuda_transfer_stats"));
 }
 
 }  // namespace moe_addon

@@ -44,6 +44,14 @@ const DeviceInfo& device_info();
 // "cuda", "cuda-emu", or "none".
 const char* backend_name();
 
+// Host <-> device copies made by this backend's ops since the process started (inputs, results;
+// not the one-time weight uploads of pack_*): what a caller can check to see that work stays on
+// the device.
+struct TransferStats {
+  uint64_t to_device_calls = 0, to_device_bytes = 0, to_host_calls = 0, to_host_bytes = 0;
+};
+TransferStats transfer_stats();
+
 // ---- the ops (host pointers in and out; see moe/ops.h for the semantics) ------------------------
 Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, int32_t* topk_ids,
              float* topk_weights, int32_t* expert_counts, float* logits, RouterStats* stats = nullptr);

@@ -12,6 +12,7 @@
 // nothing throws or exits.
 // Standard and moe/ headers first: under the emulator, cuda_compat.cuh defines CUDA's keyword
 // macros (__noinline__, ...), which libstdc++'s <memory> spells as attributes of its own.
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -226,14 +227,22 @@ class Scratch {
   Carve carve_;
 };
 
+// Every host <-> device copy an op makes (inputs, results, per-call gates) goes through these two and
+// is counted (transfer_stats); the one-time weight uploads of pack_* are not.
+std::atomic<uint64_t> g_h2d_calls{0}, g_h2d_bytes{0}, g_d2h_calls{0}, g_d2h_bytes{0};
+
 Status h2d(void* dst, const void* src, size_t n, cudaStream_t s) {
   if (n == 0) return Status::ok();
   MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, s), "copying to the device");
+  g_h2d_calls.fetch_add(1, std::memory_order_relaxed);
+  g_h2d_bytes.fetch_add(n, std::memory_order_relaxed);
   return Status::ok();
 }
 Status d2h(void* dst, const void* src, size_t n, cudaStream_t s) {
   if (n == 0) return Status::ok();
   MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, s), "copying from the device");
+  g_d2h_calls.fetch_add(1, std::memory_order_relaxed);
+  g_d2h_bytes.fetch_add(n, std::memory_order_relaxed);
   return Status::ok();
 }
 Status sync(cudaStream_t s) {
@@ -333,6 +342,15 @@ const DeviceInfo& device_info() {
 }
 
 const char* backend_name() { return kName; }
+
+TransferStats transfer_stats() {
+  TransferStats t;
+  t.to_device_calls = g_h2d_calls.load(std::memory_order_relaxed);
+  t.to_device_bytes = g_h2d_bytes.load(std::memory_order_relaxed);
+  t.to_host_calls = g_d2h_calls.load(std::memory_order_relaxed);
+  t.to_host_bytes = g_d2h_bytes.load(std::memory_order_relaxed);
+  return t;
+}
 
 // ---- route ----------------------------------------------------------------------------------------
 // Router logits -> (noisy logits) -> softmax + top-k -> (GShard random routing) -> counts and

@@ -20,6 +20,7 @@ const DeviceInfo& device_info() {
 }
 
 const char* backend_name() { return "none"; }
+TransferStats transfer_stats() { return TransferStats(); }
 
 Status route(const TensorView&, const TensorView&, const RouteParams&, int32_t*, float*, int32_t*, float*, RouterStats*) { return none(); }
 Status permute(const int32_t*, int64_t, int, int, int64_t, int32_t*, int32_t*, int32_t*, int32_t*) { return none(); }
