@@ -52,6 +52,8 @@ export interface NativeForwardVariants extends NativeRouteVariants {
   sharedExperts?: NativeExperts;
   /** Sigmoid gate of the shared experts, [1,d]. */
   sharedGate?: NativeTensor;
+  /** Device x with wantRouting: the device int32 [E] to write the expert counts into. */
+  countsOut?: NativeDeviceTensor;
 }
 export interface NativeRouteResult {
   topkIds: NativeTensor;

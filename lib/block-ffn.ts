@@ -30,7 +30,8 @@ export interface BlockFfn {
   /** Bytes of the packed weights. */
   readonly bytes: number;
   readonly disposed: boolean;
-  forward(x: Tensor | DeviceTensor): Promise<BlockFfnOutput>;
+  /** countsOut (device x, MoE layer): the device int32 [E] to write the counts into. */
+  forward(x: Tensor | DeviceTensor, countsOut?: DeviceTensor<'int32'>): Promise<BlockFfnOutput>;
   dispose(): void;
 }
 
@@ -44,8 +45,8 @@ class MoeBlockFfn implements BlockFfn {
   get disposed() {
     return this.moe.disposed;
   }
-  async forward(x: Tensor | DeviceTensor): Promise<BlockFfnOutput> {
-    const { output, routing } = x instanceof DeviceTensor ? await this.moe.forward(x, { returnRouting: true }) : await this.moe.forward(x, { returnRouting: true });
+  async forward(x: Tensor | DeviceTensor, countsOut?: DeviceTensor<'int32'>): Promise<BlockFfnOutput> {
+    const { output, routing } = x instanceof DeviceTensor ? await this.moe.forward(x, { returnRouting: true, countsOut }) : await this.moe.forward(x, { returnRouting: true });
     return { output, tokensPerExpert: routing!.tokensPerExpert };
   }
   dispose() {

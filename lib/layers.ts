@@ -71,6 +71,11 @@ export interface ForwardOptions {
   returnLogits?: boolean;
   /** Which capacity factor applies: 'auto' (default: decode when T == 1), 'prefill' or 'decode'. */
   phase?: 'auto' | 'prefill' | 'decode';
+  /**
+   * Device x with returnRouting: write the tokens per expert into this device int32 [E] (e.g. a row
+   * of one [layers, E] tensor that a model reads back once) instead of a fresh one.
+   */
+  countsOut?: DeviceTensor<'int32'>;
 }
 
 export interface Routing {
@@ -245,6 +250,10 @@ export class MoeLayer {
       decode: phase === 'auto' ? -1 : phase === 'decode' ? 1 : 0,
       wantLogits: logits,
     };
+    if (o.countsOut !== undefined) {
+      if (!(o.countsOut instanceof DeviceTensor)) throw typeError(`options.countsOut must be a DeviceTensor, got ${describe(o.countsOut)}`);
+      variants.countsOut = o.countsOut as unknown as NativeDeviceTensor;
+    }
     if (this.#shared) {
       variants.sharedExperts = nativeExperts(this.#shared, 'sharedExperts');
       if (this.#sharedGate) variants.sharedGate = nt(this.#sharedGate);

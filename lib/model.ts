@@ -328,7 +328,7 @@ export class MixtralBlock {
    * scratch tensors and the positions of the T tokens, the first at `start`. Returns the MoE layer's
    * tokens per expert ([0] when dense; on the device for a device block: read it after the forward).
    */
-  async run(h: AnyTensor, ws: Workspace, start: number): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
+  async run(h: AnyTensor, ws: Workspace, start: number, countsOut?: DeviceTensor<'int32'>): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
     const c = this.config;
     const [T, hq, hkv, hd] = [ws.T, c.numAttentionHeads, c.numKeyValueHeads, c.headDim];
     const eps = c.rmsNormEps;
@@ -341,7 +341,7 @@ export class MixtralBlock {
     await this.#wo.forward(view(ws.attn, [T, hq * hd]), { out: ws.proj });
     await add(h, ws.proj, { inPlace: true });
     await rmsNorm(h, this.#postNorm, { eps, out: ws.normed });
-    const { output, tokensPerExpert } = await this.ffn.forward(ws.normed as Tensor | DeviceTensor);
+    const { output, tokensPerExpert } = await this.ffn.forward(ws.normed as Tensor | DeviceTensor, countsOut);
     await add(h, output as AnyTensor, { inPlace: true });
     release(output); // on the device: stream-ordered, after the add
     return tokensPerExpert ?? NO_EXPERTS;
@@ -422,6 +422,8 @@ export class MixtralModel {
   #sequence = 0;
   #disposed = false;
   #decode: { ws: Workspace; hidden: AnyTensor; normed: AnyTensor; logits: AnyTensor; ids: Tensor<'int32'>; next: Tensor<'int32'> } | null = null;
+  /** On a device: every layer's routing counts of one forward, [layers, E], read back at once. */
+  #deviceCounts: DeviceTensor<'int32'> | null = null;
 
   private constructor(config: MoeModelConfig, place: Place, embed: AnyTensor, norm: AnyTensor, lmHead: Linear, blocks: MixtralBlock[], maxSeq: number) {
     this.config = config;
@@ -653,6 +655,8 @@ export class MixtralModel {
     this.#lmHead.dispose();
     release(this.#embed);
     release(this.#norm);
+    this.#deviceCounts?.dispose();
+    this.#deviceCounts = null;
     if (this.#decode) {
       this.#decode.ws.dispose();
       for (const t of [this.#decode.hidden, this.#decode.normed, this.#decode.logits]) release(t);
@@ -784,26 +788,26 @@ export class MixtralModel {
   async #blocks(h: AnyTensor, ws: Workspace, start: number, signal: AbortSignal | undefined): Promise<void> {
     // a failed or aborted call leaves the caches mid-sequence: keep `length` at the last good state
     this.#length = Math.min(this.#length, start);
-    const pending: [number, DeviceTensor<'int32'>][] = [];
-    try {
-      for (let i = 0; i < this.blocks.length; i++) {
-        checkAborted(signal);
-        const counts = await this.blocks[i].run(h, ws, start);
-        if (counts instanceof DeviceTensor) pending.push([i, counts]);
-        else this.#count(i, counts);
-      }
-      // device counts: read back once the blocks' work is done (the first download waits for it)
-      for (const [i, counts] of pending) this.#count(i, await counts.toHost());
-    } finally {
-      for (const [, counts] of pending) counts.dispose();
+    const E = this.config.numExperts;
+    // on a device the MoE layers write their counts into rows of one tensor, copied back once
+    const rows = this.#place.device && E > 0 ? (this.#deviceCounts ??= DeviceTensor.zeros('int32', [this.blocks.length, E], { backend: this.#place.backend })) : null;
+    for (let i = 0; i < this.blocks.length; i++) {
+      checkAborted(signal);
+      const moe = this.blocks[i].kind === 'moe';
+      const counts = await this.blocks[i].run(h, ws, start, rows && moe ? (rows.rows(i, 1).reshape([E]) as DeviceTensor<'int32'>) : undefined);
+      if (!(counts instanceof DeviceTensor)) this.#count(i, counts.data);
+    }
+    if (rows) {
+      const all = (await rows.toHost()).data;
+      for (let i = 0; i < this.blocks.length; i++) if (this.blocks[i].kind === 'moe') this.#count(i, all.subarray(i * E, (i + 1) * E));
     }
     this.#statTokens += ws.T;
     this.#length = start + ws.T;
   }
 
-  #count(layer: number, counts: Tensor<'int32'>): void {
+  #count(layer: number, counts: ArrayLike<number>): void {
     const s = this.#stats[layer];
-    for (let e = 0; e < s.length; e++) s[e] += counts.data[e];
+    for (let e = 0; e < s.length; e++) s[e] += counts[e];
   }
 }
 

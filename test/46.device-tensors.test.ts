@@ -172,6 +172,13 @@ for (const backend of DEVICES) {
     const counts = await r.routing!.tokensPerExpert.toHost();
     assert.is([...counts.data].reduce((a, b) => a + b, 0), T * 2);
     await expectMoeError(() => layer.forward(up(x), { returnRouterStats: true }), 'ERR_UNSUPPORTED', 'host tensors');
+    // countsOut: the counts written into the caller's device tensor (a row of a bigger one here)
+    const rows = DeviceTensor.zeros('int32', [3, E], dev);
+    const into = rows.rows(1, 1).reshape([E]) as DeviceTensor<'int32'>;
+    await layer.forward(up(x), { returnRouting: true, countsOut: into });
+    assert.equal([...(await rows.toHost()).data], [...new Array(E).fill(0), ...counts.data, ...new Array(E).fill(0)]);
+    await rejects(() => layer.forward(x, { returnRouting: true, countsOut: into }), TypeError, 'countsOut is for device tensors');
+    await rejects(() => layer.forward(up(x), { returnRouting: true, countsOut: rows as DeviceTensor<'int32'> }), RangeError, 'countsOut.dims must have 1 entries');
     const cpuLayer = await MoeLayer.create({ w1, w3, w2, gate }, { topK: 2 });
     await rejects(() => cpuLayer.forward(up(x) as never), TypeError, 'lives on');
     const ffn = await DenseFfn.create({ w1: w1Of(w1, f, d), w3: w1Of(w3, f, d), w2: w1Of(w2, d, f) }, { backend });

@@ -86,7 +86,7 @@ Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int6
   Napi::Object o = info[i].As<Napi::Object>();
   static const char* kRouteKeys[] = {"noiseGate", "noiseSeed", "randomRouting", "randomSeed", "wantStats"};
   static const char* kForwardKeys[] = {"capacityFactor", "evalCapacityFactor", "decode", "wantLogits",
-                                       "sharedExperts", "sharedGate"};
+                                       "sharedExperts", "sharedGate", "countsOut"};
   Napi::Array names = o.GetPropertyNames();
   for (uint32_t n = 0; n < names.Length(); ++n) {
     const std::string key = names.Get(n).ToString().Utf8Value();
@@ -384,11 +384,21 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     shape.ndim = 2, shape.dims[0] = T, shape.dims[1] = w->d;
     r.Set("out", new_device_tensor(env, x.dtype, shape, &job->hold, &outs.out));
     if (want_routing) {
+      // variants.countsOut: the caller's device int32 [E] (e.g. a row of one [layers, E] tensor)
+      Napi::Value given_counts = info.Length() > 8 && info[8].IsObject() ? info[8].As<Napi::Object>().Get("countsOut") : env.Undefined();
       shape.ndim = 1, shape.dims[0] = E;
-      r.Set("expertCounts", new_device_tensor(env, moe::DType::kI32, shape, &job->hold, &counts));
+      if (given_counts.IsUndefined()) {
+        r.Set("expertCounts", new_device_tensor(env, moe::DType::kI32, shape, &job->hold, &counts));
+      } else {
+        counts = to_device_tensor(given_counts, "countsOut", kI32, 1, &job->hold);
+        check_same(env, "countsOut.dims[0]", counts.dims[0], "the number of experts", E);
+        r.Set("expertCounts", given_counts);
+      }
       outs.expert_counts = counts.as<int32_t>();
     }
   } else {
+  if (info.Length() > 8 && info[8].IsObject() && !info[8].As<Napi::Object>().Get("countsOut").IsUndefined())
+    throw_type_error(env, "countsOut is for device tensors: x is a host tensor");
   r.Set("out", new_tensor(env, x.dtype, {T, w->d}, &outs.out));
   if (want_routing) {
     r.Set("topkIds", new_tensor(env, moe::DType::kI32, {T, p.route.top_k}, &ids));
