@@ -176,7 +176,7 @@ export interface NativeBinding {
   rms_norm<A extends boolean>(x: AnyT, weight: AnyT, eps: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
   pack_linear<A extends boolean>(w: NativeTensor, async: A, backend?: string, bias?: NativeTensor): Ret<NativeLinear, A>;
   linear<A extends boolean>(x: AnyT, w: NativeLinear, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  rope<A extends boolean>(q: AnyT, k: Maybe<AnyT>, positions: NativeTensor, theta: number, qOut: Maybe<AnyT>, kOut: Maybe<AnyT>, async: A): Ret<{ q: AnyT; k: AnyT | null }, A>;
+  rope<A extends boolean>(q: AnyT, k: Maybe<AnyT>, positions: AnyT, theta: number, qOut: Maybe<AnyT>, kOut: Maybe<AnyT>, async: A): Ret<{ q: AnyT; k: AnyT | null }, A>;
   create_kv_cache(maxSeq: number, numKvHeads: number, headDim: number, type: NativeDType, backend?: string): NativeKvCache;
   attention<A extends boolean>(q: AnyT, k: AnyT, v: AnyT, cache: NativeKvCache, startPos: number, slidingWindow: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
   add<A extends boolean>(a: AnyT, b: AnyT, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;

@@ -78,6 +78,8 @@ const release = (t: AnyTensor | undefined | null) => {
 class Workspace {
   readonly T: number;
   readonly positions: Tensor<'int32'>;
+  /** On a device: the positions, uploaded once per forward (setPositions) for every layer's rope. */
+  readonly positionsDevice: DeviceTensor<'int32'> | null;
   readonly normed: AnyTensor;
   readonly q: AnyTensor;
   readonly k: AnyTensor;
@@ -89,6 +91,7 @@ class Workspace {
     const { hiddenSize: d, numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: hd } = c;
     this.T = T;
     this.positions = zeros('int32', [T]);
+    this.positionsDevice = place.device ? DeviceTensor.zeros('int32', [T], { backend: place.backend }) : null;
     this.normed = activation(place, [T, d]);
     this.q = activation(place, [T, hq * hd]);
     this.k = activation(place, [T, hkv * hd]);
@@ -99,14 +102,16 @@ class Workspace {
 
   /** Frees the device tensors now (host ones are left to the GC). */
   dispose(): void {
-    for (const t of [this.normed, this.q, this.k, this.v, this.attn, this.proj]) release(t);
+    for (const t of [this.normed, this.q, this.k, this.v, this.attn, this.proj, this.positionsDevice]) release(t);
   }
 
-  /** Positions start .. start+T-1. */
-  setPositions(start: number): void {
+  /** Positions start .. start+T-1 (on the device too, for a device model). */
+  async setPositions(start: number): Promise<void> {
     const p = this.positions.data;
     for (let t = 0; t < p.length; t++) p[t] = start + t;
+    await this.positionsDevice?.copyFrom(this.positions);
   }
+
 }
 
 function checkAborted(signal: AbortSignal | undefined): void {
@@ -290,7 +295,7 @@ export class MixtralBlock {
     const start = intOption(o, 'startPos', length, 0, length);
     const h = (inPlace ? c : c.type === 'float32' ? { type: 'float32', data: c.data.slice(), dims: [...c.dims] } : cast(c, 'float32')) as Tensor<'float32'>;
     const ws = new Workspace(this.config, c.dims[0], this.place);
-    ws.setPositions(start);
+    await ws.setPositions(start);
     if (!this.place.device) return { output: h, tokensPerExpert: (await this.run(h, ws, start)) as Tensor<'int32'> };
     // on the device: the block's input up, its output and counts down
     const hd = await DeviceTensor.from(h, { backend: this.place.backend });
@@ -336,7 +341,7 @@ export class MixtralBlock {
     await Promise.all([this.#wq.forward(ws.normed, { out: ws.q }), this.#wk.forward(ws.normed, { out: ws.k }), this.#wv.forward(ws.normed, { out: ws.v })]);
     const q3 = view(ws.q, [T, hq, hd]);
     const k3 = view(ws.k, [T, hkv, hd]);
-    await rope(q3, k3, ws.positions, { theta: c.ropeTheta, inPlace: true });
+    await rope(q3, k3, ws.positionsDevice ?? ws.positions, { theta: c.ropeTheta, inPlace: true });
     await attention(q3, k3, view(ws.v, [T, hkv, hd]), this.cache, { startPos: start, slidingWindow: c.slidingWindow ?? 0, out: ws.attn });
     await this.#wo.forward(view(ws.attn, [T, hq * hd]), { out: ws.proj });
     await add(h, ws.proj, { inPlace: true });
@@ -750,7 +755,7 @@ export class MixtralModel {
   async #decodeStep(id: number, pos: number, signal: AbortSignal | undefined): Promise<AnyTensor> {
     const dec = this.#decodeBuffers();
     dec.ids.data[0] = id;
-    dec.ws.setPositions(pos);
+    await dec.ws.setPositions(pos);
     await embedding(this.#embed, dec.ids, { outType: 'float32', out: dec.hidden });
     await this.#blocks(dec.hidden, dec.ws, pos, signal);
     await rmsNorm(dec.hidden, this.#norm, { eps: this.config.rmsNormEps, out: dec.normed });
@@ -765,7 +770,7 @@ export class MixtralModel {
     const T = ids.length;
     if (T === 1 && lastOnly) return this.#decodeStep(ids[0], start, signal);
     const ws = T === 1 ? this.#decodeBuffers().ws : new Workspace(this.config, T, this.#place);
-    ws.setPositions(start);
+    await ws.setPositions(start);
     const h = await embedding(this.#embed, { type: 'int32', data: ids, dims: [T] }, { outType: 'float32' });
     try {
       await this.#blocks(h, ws, start, signal);

@@ -209,14 +209,15 @@ function ropeArgs(q: AnyTensor, k: AnyTensor | null | undefined, options?: RopeO
 /**
  * Rotary embedding, Hugging Face rotate_half convention (pairs i, i + hd/2; inv_freq =
  * theta^(-2i/hd)); angles, cosines and sines in f64, rotation in f32. q [T,Hq,hd] and k [T,Hkv,hd]
- * (k may be null), positions [T] int32.
+ * (k may be null), positions [T] int32 (on the device for device q, k: a device positions tensor
+ * costs no copy per call, where host positions are copied in each time).
  */
-export async function rope<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'>, options?: RopeOptions): Promise<RopeResult<X>> {
+export async function rope<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'> | DeviceTensor<'int32'>, options?: RopeOptions): Promise<RopeResult<X>> {
   const [theta, qo, ko] = ropeArgs(q, k, options);
   const r = await binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, true);
   return { q: placed(r.q), k: placed(r.k) };
 }
-export function ropeSync<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'>, options?: RopeOptions): RopeResult<X> {
+export function ropeSync<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'> | DeviceTensor<'int32'>, options?: RopeOptions): RopeResult<X> {
   const [theta, qo, ko] = ropeArgs(q, k, options);
   const r = binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, false);
   return { q: placed(r.q), k: placed(r.k) };

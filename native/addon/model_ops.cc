@@ -268,7 +268,10 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   moe::TensorView q = tensor_arg(info[0], "q", kAnyFloat, 3, job.get(), dev);
   const bool has_k = given(info[1]);
   moe::TensorView k = has_k ? tensor_arg(info[1], "k", kAnyFloat, 3, job.get(), dev) : moe::TensorView();
-  moe::TensorView pos = to_tensor(info[2], "positions", kI32, 1, &job->keep);
+  // positions: a host int32 tensor, or (device q) a device one, which costs no copy per call
+  const bool pos_dev = dev && is_device_tensor(info[2]);
+  moe::TensorView pos = pos_dev ? to_device_tensor(info[2], "positions", kI32, 1, &job->hold)
+                                : to_tensor(info[2], "positions", kI32, 1, &job->keep);
   const int64_t T = q.dims[0], hd = q.dims[2];
   if (hd % 2 != 0) throw_range_error(env, "q.dims[2] (head dim) must be even, got " + std::to_string(hd));
   check_same(env, "positions.dims[0]", pos.dims[0], "q.dims[0]", T);
@@ -285,9 +288,12 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
                    : env.Null());
   job->result = Napi::Persistent(r);
   job->compute = [=]() {
-    auto op = dev ? moe::cuda::dev::rope : moe::rope;
-    MOE_RETURN_IF_ERROR(op(q, pos.as<const int32_t>(), theta, qo));
-    return has_k ? op(k, pos.as<const int32_t>(), theta, ko) : moe::Status::ok();
+    auto op = [&](const moe::TensorView& x, const moe::TensorView& out) {
+      if (dev) return moe::cuda::dev::rope(x, pos.as<const int32_t>(), pos_dev, theta, out);
+      return moe::rope(x, pos.as<const int32_t>(), theta, out);
+    };
+    MOE_RETURN_IF_ERROR(op(q, qo));
+    return has_k ? op(k, ko) : moe::Status::ok();
   };
   return run_job(env, async_flag(info, 6), std::move(job));
 }

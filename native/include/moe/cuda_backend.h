@@ -101,7 +101,9 @@ Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const 
 // bias as f32. backend() is backend_name().
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
 Status linear(const TensorView& x, const PackedLinear& w, const TensorView& y);
-Status rope(const TensorView& x, const int32_t* positions /*host*/, double theta, const TensorView& out);
+// positions: host, or device when positions_on_device (a model uploads them once per forward: a
+// copy from pageable host memory waits for the stream, so one per layer would stall it).
+Status rope(const TensorView& x, const int32_t* positions, bool positions_on_device, double theta, const TensorView& out);
 Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,
                        std::unique_ptr<KvCache>* out);
 Status attention(const TensorView& q, const TensorView& k, const TensorView& v, KvCache& cache,

@@ -883,22 +883,24 @@ Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) 
                   "linear bias");
 }
 
-Status rope(const TensorView& x, const int32_t* positions, double theta, const TensorView& out) {
+Status rope(const TensorView& x, const int32_t* positions, bool positions_on_device, double theta, const TensorView& out) {
   MOE_RETURN_IF_ERROR(same_dtype("rope", x, "x", out, "out"));
   cudaStream_t s = nullptr;
   MOE_RETURN_IF_ERROR(tensor_stream(&s));
   MOE_EMU_SERIAL;
   const int64_t T = x.dims[0];
   Scratch sc(s);
-  const size_t o_pos = sc.add(size_t(T) * 4);
+  const size_t o_pos = sc.add(positions_on_device ? 0 : size_t(T) * 4);
   MOE_RETURN_IF_ERROR(sc.allocate());
-  MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_pos), positions, size_t(T) * 4, s));
+  if (!positions_on_device) {
+    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_pos), positions, size_t(T) * 4, s));
+    positions = sc.at<const int32_t>(o_pos);
+  }
   if (out.data != x.data) {  // the kernel rotates in place: rotate a copy
     if (overlaps(x, out)) return Status::invalid("rope: out overlaps x without being x");
     MOE_CUDA_TRY(cudaMemcpyAsync(out.data, x.data, tensor_bytes(x), cudaMemcpyDeviceToDevice, s), "copying x to out");
   }
-  return launched(launch_rope(out.data, nullptr, dev_dtype(x.dtype), T, int(x.dims[1]), 0, int(x.dims[2]), sc.at<int32_t>(o_pos),
-                              float(theta), s),
+  return launched(launch_rope(out.data, nullptr, dev_dtype(x.dtype), T, int(x.dims[1]), 0, int(x.dims[2]), positions, float(theta), s),
                   "rope");
 }
 

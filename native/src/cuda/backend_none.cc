@@ -37,7 +37,7 @@ Status embedding(const TensorView&, const int32_t*, int64_t, const TensorView&) 
 Status rms_norm(const TensorView&, const TensorView&, float, const TensorView&) { return none(); }
 Status pack_linear(const TensorView&, const TensorView*, std::unique_ptr<PackedLinear>*) { return none(); }
 Status linear(const TensorView&, const PackedLinear&, const TensorView&) { return none(); }
-Status rope(const TensorView&, const int32_t*, double, const TensorView&) { return none(); }
+Status rope(const TensorView&, const int32_t*, bool, double, const TensorView&) { return none(); }
 Status create_kv_cache(int64_t, int64_t, int64_t, DType, std::unique_ptr<KvCache>*) { return none(); }
 Status attention(const TensorView&, const TensorView&, const TensorView&, KvCache&, const AttentionParams&, const TensorView&) { return none(); }
 Status add(const TensorView&, const TensorView&, const TensorView&) { return none(); }
