@@ -13,6 +13,7 @@ import * as path from 'node:path';
 import {
   availableBackends,
   countParameters,
+  deviceTransferStats,
   DecoderBlock,
   MixtralCheckpoint,
   MixtralModel,
@@ -189,6 +190,12 @@ m('the whole model on each device backend (MoE layers with shared experts, dense
       assert.is(model.backend, backend);
       assert.ok(model.blocks.every((b) => (b.moe ?? b.dense)!.backend === backend && b.cache.backend === backend));
       assertClose((await model.forward(seq)).data, ref, TOL.float32, `${backend} ${family}`);
+      // a decode step, dense layers and shared experts included: the id and position in, the logits
+      // and the counts out, nothing per layer
+      const before = deviceTransferStats();
+      await model.forward([seq[0]], { startPos: seq.length });
+      const after = deviceTransferStats();
+      assert.equal([after.toDevice.calls - before.toDevice.calls, after.toHost.calls - before.toHost.calls], [2, 2], `${backend} ${family}: copies in, out`);
       const moeLayers = w.config.layerKinds.filter((k) => k === 'moe').length;
       assert.is(model.routingStats().tokensPerExpert.length, moeLayers, 'routing counts of the MoE layers come back from the device');
       const cpu = await MoeModel.load(dir, { backend: 'cpu' });

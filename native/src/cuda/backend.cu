@@ -652,6 +652,15 @@ Status plan_dense_ffn(const DeviceExperts& w, int64_t T, Carve* c, DenseFfnPlan*
 // Enqueues it on s; ws: the workspace base of the plan's offsets.
 Status enqueue_dense_ffn(const DeviceExperts& w, const void* x, DType x_dtype, int64_t T, void* out, DType out_dtype,
                          unsigned char* ws, const DenseFfnPlan& p, cudaStream_t s) {
+  if (out_dtype == DType::kF32) {
+    // combine with k = 1 and weight 1.0 would copy y unchanged: the GEMM writes out directly, and
+    // the offsets are made on the device (no host copy, which would wait for the stream)
+    int32_t* offsets = reinterpret_cast<int32_t*>(ws + p.o_off);
+    MOE_RETURN_IF_ERROR(launched(launch_row_span(offsets, T, s), "dense FFN offsets"));
+    return launched(launch_grouped_gemm(x, dev_dtype(x_dtype), T, nullptr, offsets, T, w.packed, 1, w.d, w.f, dev_dtype(w.dtype),
+                                        static_cast<float*>(out), ws + p.o_ws, p.gws, s),
+                    "dense FFN");
+  }
   std::vector<int32_t> host_i(size_t(T) + 2);  // offsets {0, T}, then rows 0..T-1
   std::vector<float> ones(size_t(T), 1.0f);
   host_i[0] = 0, host_i[1] = int32_t(T);
