@@ -14,8 +14,7 @@ import * as path from 'node:path';
 import { availableBackends, deviceTransferStats, MixtralBlock, MixtralModel, MoeError, parseMixtralConfig, tensor, type FloatType, type MixtralConfig, type Tensor } from '../lib/index';
 import { expectMoeError, makeMixtralWeights, tinyMixtralRaw, tmpDir, writeTinyMixtral, type TinyWeights } from './helpers/checkpoints';
 import { assertClose, FLOAT_TYPES, randInt, randn, tolFor, type Tol } from './helpers/reference';
-import { refArgmax } from './helpers/reference-model';
-import { refMixtral, refWeights, type RefMixtralConfig } from './helpers/reference-mixtral';
+import { argmaxClear, assertNoNearTies, lastRow, refMixtral, refWeights, type RefMixtralConfig } from './helpers/reference-mixtral';
 
 /** The issue's tiny model: 2 layers, hidden 64, 4 experts of 48, top-2, 4/2 heads of 16, vocab 97, theta 1e6. */
 const RAW = tinyMixtralRaw({ head_dim: 16 });
@@ -36,21 +35,6 @@ const TOL: Record<FloatType, Tol> = {
 
 const ids = (n: number, seed: number) => Array.from(randInt(n, 97, seed));
 
-/** Checks the reference routes have no near tie (which f32 could legitimately decide otherwise). */
-function assertNoNearTies(routes: { margin: Float64Array }[], label: string) {
-  for (const [i, r] of routes.entries()) assert.ok(Math.min(...r.margin) > 1e-4, `${label}: layer ${i} has a near tie in its routing; pick another seed`);
-}
-
-/** Argmax of a logits row, asserting the top two are not a near tie. */
-function argmaxClear(row: ArrayLike<number>, label: string): number {
-  const best = refArgmax(row);
-  let second = -Infinity;
-  for (let i = 0; i < row.length; i++) if (i !== best) second = Math.max(second, row[i]);
-  assert.ok(row[best] - second > 1e-4, `${label}: argmax near tie (${row[best]} vs ${second})`);
-  return best;
-}
-
-const lastRow = (t: Tensor, V: number) => (t.data as Float32Array).subarray(t.data.length - V);
 
 const m = suite<{ dir: string; packed: string; weights: TinyWeights; config: MixtralConfig }>('MixtralModel', {
   dir: '',
@@ -76,7 +60,7 @@ m('load (both expert layouts, f32/f16/bf16 weights): logits of forward equal the
       const model = await MixtralModel.load(dir, { dtype, onProgress: (p) => progress.push(p.tensorsLoaded) });
       assert.is(progress.at(-1), layout === 'packed' ? 21 : 41, 'progress reaches every tensor');
       assert.is(model.blocks.length, 2);
-      assert.is(model.blocks[0].moe.weightType, dtype);
+      assert.is(model.blocks[0].moe!.weightType, dtype);
       const ref = refMixtral(refConfig(ctx.config), refWeights(refConfig(ctx.config), ctx.weights, dtype), seq);
       assertNoNearTies(ref.routes, `${layout} ${dtype}`);
       const logits = await model.forward(seq);
@@ -103,7 +87,7 @@ m('the whole model on each device backend: weights, caches and activations on th
     for (const dtype of FLOAT_TYPES) {
       const model = await MixtralModel.load(dir, { dtype, backend });
       assert.is(model.backend, backend);
-      assert.ok(model.blocks.every((b) => b.moe.backend === backend && b.cache.backend === backend), 'every layer and cache on the device');
+      assert.ok(model.blocks.every((b) => b.moe!.backend === backend && b.cache.backend === backend), 'every layer and cache on the device');
       const ref = refMixtral(refConfig(config), refWeights(refConfig(config), weights, dtype), seq);
       assertNoNearTies(ref.routes, `${backend} ${dtype}`);
       // with 16-bit weights every device GEMM (q, k, v, o, the two expert GEMMs per layer, the LM
@@ -333,7 +317,7 @@ m('dispose frees everything; later calls throw ERR_DISPOSED', async (ctx) => {
   assert.ok(model.bytes > 0);
   model.dispose();
   assert.ok(model.disposed);
-  assert.ok(model.blocks.every((b) => b.disposed && b.moe.disposed && b.cache.disposed));
+  assert.ok(model.blocks.every((b) => b.disposed && b.moe!.disposed && b.cache.disposed));
   await expectMoeError(() => model.forward([1]), 'ERR_DISPOSED');
   await expectMoeError(() => model.generateAll([1]), 'ERR_DISPOSED');
   model.dispose(); // twice is fine

@@ -27,8 +27,7 @@ import {
 import { main } from '../lib/cli';
 import { expectMoeError, makeModelWeights, tinyDeepseekRaw, tinyQwen2MoeRaw, tmpDir, writeTinyModel, type TinyModelWeights } from './helpers/checkpoints';
 import { assertClose, assertSameTensor, randInt, randn, type Tol } from './helpers/reference';
-import { refArgmax } from './helpers/reference-model';
-import { refMixtral, refWeights, type RefMixtralConfig } from './helpers/reference-mixtral';
+import { argmaxClear, assertNoNearTies, lastRow, refMixtral, refWeights, type RefMixtralConfig } from './helpers/reference-mixtral';
 
 const FAMILIES = { qwen2_moe: tinyQwen2MoeRaw(), deepseek: tinyDeepseekRaw() } as const;
 type Family = keyof typeof FAMILIES;
@@ -43,19 +42,6 @@ const TOL: Record<'float32' | 'bfloat16', Tol> = {
 
 const ids = (n: number, seed: number) => Array.from(randInt(n, 97, seed));
 
-function assertNoNearTies(routes: { margin: Float64Array }[], label: string) {
-  for (const [i, r] of routes.entries()) assert.ok(Math.min(...r.margin) > 1e-4, `${label}: MoE layer ${i} has a near tie in its routing; pick another seed`);
-}
-
-function argmaxClear(row: ArrayLike<number>, label: string): number {
-  const best = refArgmax(row);
-  let second = -Infinity;
-  for (let i = 0; i < row.length; i++) if (i !== best) second = Math.max(second, row[i]);
-  assert.ok(row[best] - second > 1e-4, `${label}: argmax near tie (${row[best]} vs ${second})`);
-  return best;
-}
-
-const lastRow = (t: Tensor, V: number) => (t.data as Float32Array).subarray(t.data.length - V);
 
 interface Ctx {
   dir: string;

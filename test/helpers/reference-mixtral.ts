@@ -8,7 +8,8 @@
  * the library's f32 arithmetic only.
  */
 import { refDense, refMoe, widen, type RefExperts, type RefRoute } from './reference';
-import { refAttention, refEmbedding, refLinear, refRmsNorm, refRope, roundAll, type FloatType } from './reference-model';
+import * as assert from 'uvu/assert';
+import { refArgmax, refAttention, refEmbedding, refLinear, refRmsNorm, refRope, roundAll, type FloatType } from './reference-model';
 import { refMoeShared, type RefShared } from './shared-experts';
 
 export interface RefMixtralConfig {
@@ -172,3 +173,20 @@ export function refMixtral(c: RefMixtralConfig, w: RefMixtralWeights, ids: Array
   const hn = refRmsNorm(h, w.norm, T, d, c.rmsNormEps);
   return { logits: refLinear(hn, w.lmHead, T, d, c.vocabSize), routes, moeLayers };
 }
+
+/** Checks the reference routes have no near tie (which f32 could legitimately decide otherwise). */
+export function assertNoNearTies(routes: { margin: Float64Array }[], label: string): void {
+  for (const [i, r] of routes.entries()) assert.ok(Math.min(...r.margin) > 1e-4, `${label}: MoE layer ${i} has a near tie in its routing; pick another seed`);
+}
+
+/** Argmax of a logits row, asserting the top two are not a near tie. */
+export function argmaxClear(row: ArrayLike<number>, label: string): number {
+  const best = refArgmax(row);
+  let second = -Infinity;
+  for (let i = 0; i < row.length; i++) if (i !== best) second = Math.max(second, row[i]);
+  assert.ok(row[best] - second > 1e-4, `${label}: argmax near tie (${row[best]} vs ${second})`);
+  return best;
+}
+
+/** The last row of logits [T,V]. */
+export const lastRow = (t: { data: ArrayLike<number> & { subarray(a: number): ArrayLike<number> } }, V: number) => (t.data as Float32Array).subarray(t.data.length - V);
