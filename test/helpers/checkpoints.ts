@@ -9,7 +9,6 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import {
   decoderLayerTensors,
-  mixtralLayerTensors,
   MoeError,
   parseMixtralConfig,
   parseMoeConfig,
@@ -88,37 +87,14 @@ export interface TinyWeights {
   layers: MixtralLayerWeights[];
 }
 
-/** Random weights of a config (seeded), in `dtype`. */
+/** Random weights of a Mixtral config (seeded), in `dtype`: makeModelWeights. */
 export function makeMixtralWeights(config: MixtralConfig, seed = 1, dtype: FloatType = 'float32'): TinyWeights {
-  let s = seed * 1000;
-  const t = (dims: number[]): Tensor => tensor(dtype, randn(dims.reduce((a, b) => a * b, 1), s++, 0.1), dims);
-  const { hiddenSize: d, intermediateSize: f, numExperts: E, vocabSize: V } = config;
-  const q = config.numAttentionHeads * config.headDim;
-  const kv = config.numKeyValueHeads * config.headDim;
-  const embedTokens = t([V, d]);
-  const globals = { embedTokens, norm: t([d]), lmHead: config.tieWordEmbeddings ? embedTokens : t([V, d]) };
-  const layers = Array.from({ length: config.numHiddenLayers }, (_, index) => ({
-    index,
-    inputLayernorm: t([d]),
-    postAttentionLayernorm: t([d]),
-    attention: { qProj: t([q, d]), kProj: t([kv, d]), vProj: t([kv, d]), oProj: t([d, q]) },
-    moe: {
-      gate: t([E, d]),
-      w1: Array.from({ length: E }, () => t([f, d])),
-      w3: Array.from({ length: E }, () => t([f, d])),
-      w2: Array.from({ length: E }, () => t([d, f])),
-    },
-  }));
-  return { config, globals, layers };
+  return makeModelWeights(config, seed, dtype) as TinyWeights;
 }
 
-/** Every tensor of the weights under its checkpoint name, in `layout`. */
+/** Every tensor of the weights under its checkpoint name, in `layout`: modelCheckpointTensors. */
 export function checkpointTensors(w: TinyWeights, layout: ExpertLayout): Record<string, Tensor> {
-  const out: Record<string, Tensor> = { 'model.embed_tokens.weight': w.globals.embedTokens };
-  for (const l of w.layers) Object.assign(out, mixtralLayerTensors(l, layout));
-  out['model.norm.weight'] = w.globals.norm;
-  if (!w.config.tieWordEmbeddings) out['lm_head.weight'] = w.globals.lmHead;
-  return out;
+  return modelCheckpointTensors(w, layout);
 }
 
 export interface TinyCheckpointOptions {
@@ -135,14 +111,8 @@ export interface TinyCheckpointOptions {
 /** Writes config.json and the weights into `dir`; returns the weights. */
 export async function writeTinyMixtral(dir: string, o: TinyCheckpointOptions = {}): Promise<TinyWeights> {
   const raw = o.raw ?? tinyMixtralRaw();
-  fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(raw, null, 2));
-  const w = makeMixtralWeights(parseMixtralConfig(raw), o.seed ?? 1, o.dtype ?? 'float32');
-  const tensors = checkpointTensors(w, o.layout ?? 'per-expert');
-  o.edit?.(tensors);
-  if (o.maxShardBytes !== undefined) await writeShardedSafetensors(dir, tensors, { maxShardBytes: o.maxShardBytes });
-  else await writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
-  return w;
+  parseMixtralConfig(raw); // a Mixtral config, or the error here
+  return (await writeTinyModel(dir, { ...o, raw })) as TinyWeights;
 }
 
 /** A fresh temporary directory; remove with fs.rmSync(dir, { recursive: true }). */
@@ -264,8 +234,10 @@ export function makeModelWeights(config: MoeModelConfig, seed = 1, dtype: FloatT
     if (kind === 'dense') l.mlp = swiglu(config.intermediateSize);
     else {
       const f = config.moeIntermediateSize;
-      const experts = Array.from({ length: E }, () => swiglu(f));
-      l.moe = { gate: t([E, d]), w1: experts.map((x) => x.w1), w3: experts.map((x) => x.w3), w2: experts.map((x) => x.w2) };
+      // drawn router first, then every expert's w1, every w3, every w2 (the tests' seeds assume it)
+      const gate = t([E, d]);
+      const many = (dims: number[]) => Array.from({ length: E }, () => t(dims));
+      l.moe = { gate, w1: many([f, d]), w3: many([f, d]), w2: many([d, f]) };
       if (config.sharedExpertIntermediateSize > 0)
         l.moe.sharedExperts = { ...swiglu(config.sharedExpertIntermediateSize), ...(config.sharedExpertGate ? { gate: t([1, d]) } : {}) };
     }
