@@ -227,24 +227,24 @@ class Scratch {
   Carve carve_;
 };
 
-// Every host <-> device copy an op makes (inputs, results, per-call gates) goes through these two and
-// is counted (transfer_stats); the one-time weight uploads of pack_* are not.
-std::atomic<uint64_t> g_h2d_calls{0}, g_h2d_bytes{0}, g_d2h_calls{0}, g_d2h_bytes{0};
+// Every host <-> device copy an op makes (inputs, results, per-call gates) goes through copy_async
+// and is counted (transfer_stats); the one-time weight uploads of pack_* are not.
+struct CopyCount {
+  std::atomic<uint64_t> calls{0}, bytes{0};
+};
+CopyCount g_to_device, g_to_host;
 
-Status h2d(void* dst, const void* src, size_t n, cudaStream_t s) {
+Status copy_async(void* dst, const void* src, size_t n, cudaMemcpyKind kind, cudaStream_t s) {
   if (n == 0) return Status::ok();
-  MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, s), "copying to the device");
-  g_h2d_calls.fetch_add(1, std::memory_order_relaxed);
-  g_h2d_bytes.fetch_add(n, std::memory_order_relaxed);
+  const bool up = kind == cudaMemcpyHostToDevice;
+  MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, kind, s), up ? "copying to the device" : "copying from the device");
+  CopyCount& c = up ? g_to_device : g_to_host;
+  c.calls.fetch_add(1, std::memory_order_relaxed);
+  c.bytes.fetch_add(n, std::memory_order_relaxed);
   return Status::ok();
 }
-Status d2h(void* dst, const void* src, size_t n, cudaStream_t s) {
-  if (n == 0) return Status::ok();
-  MOE_CUDA_TRY(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, s), "copying from the device");
-  g_d2h_calls.fetch_add(1, std::memory_order_relaxed);
-  g_d2h_bytes.fetch_add(n, std::memory_order_relaxed);
-  return Status::ok();
-}
+Status h2d(void* dst, const void* src, size_t n, cudaStream_t s) { return copy_async(dst, src, n, cudaMemcpyHostToDevice, s); }
+Status d2h(void* dst, const void* src, size_t n, cudaStream_t s) { return copy_async(dst, src, n, cudaMemcpyDeviceToHost, s); }
 Status sync(cudaStream_t s) {
   MOE_CUDA_TRY(cudaStreamSynchronize(s), "running the kernels");
   return Status::ok();
@@ -345,10 +345,10 @@ const char* backend_name() { return kName; }
 
 TransferStats transfer_stats() {
   TransferStats t;
-  t.to_device_calls = g_h2d_calls.load(std::memory_order_relaxed);
-  t.to_device_bytes = g_h2d_bytes.load(std::memory_order_relaxed);
-  t.to_host_calls = g_d2h_calls.load(std::memory_order_relaxed);
-  t.to_host_bytes = g_d2h_bytes.load(std::memory_order_relaxed);
+  t.to_device_calls = g_to_device.calls.load(std::memory_order_relaxed);
+  t.to_device_bytes = g_to_device.bytes.load(std::memory_order_relaxed);
+  t.to_host_calls = g_to_host.calls.load(std::memory_order_relaxed);
+  t.to_host_bytes = g_to_host.bytes.load(std::memory_order_relaxed);
   return t;
 }
 
