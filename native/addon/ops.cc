@@ -66,6 +66,7 @@ struct Variants {
   int decode = -1;
   std::shared_ptr<const moe::PackedExperts> shared;  // shared experts, or null
   moe::TensorView shared_gate;                        // [1,d], or empty
+  Napi::Value counts_out;                             // countsOut (device x only), or empty
 };
 
 double to_factor(const Napi::Value& v, const char* name) {
@@ -132,6 +133,7 @@ Variants read_variants(const Napi::CallbackInfo& info, size_t i, int64_t E, int6
       if (r.shared_gate.dims[0] != 1 || r.shared_gate.dims[1] != d)
         throw_range_error(env, "sharedGate.dims " + dims_string(r.shared_gate) + " must be [1," + std::to_string(d) + "]");
     }
+    if (!get("countsOut").IsUndefined()) r.counts_out = get("countsOut");  // checked by moe_forward, which knows x's place
   }
   return r;
 }
@@ -385,19 +387,18 @@ Napi::Value MoeForward(const Napi::CallbackInfo& info) {
     r.Set("out", new_device_tensor(env, x.dtype, shape, &job->hold, &outs.out));
     if (want_routing) {
       // variants.countsOut: the caller's device int32 [E] (e.g. a row of one [layers, E] tensor)
-      Napi::Value given_counts = info.Length() > 8 && info[8].IsObject() ? info[8].As<Napi::Object>().Get("countsOut") : env.Undefined();
       shape.ndim = 1, shape.dims[0] = E;
-      if (given_counts.IsUndefined()) {
+      if (v.counts_out.IsEmpty()) {
         r.Set("expertCounts", new_device_tensor(env, moe::DType::kI32, shape, &job->hold, &counts));
       } else {
-        counts = to_device_tensor(given_counts, "countsOut", kI32, 1, &job->hold);
+        counts = to_device_tensor(v.counts_out, "countsOut", kI32, 1, &job->hold);
         check_same(env, "countsOut.dims[0]", counts.dims[0], "the number of experts", E);
-        r.Set("expertCounts", given_counts);
+        r.Set("expertCounts", v.counts_out);
       }
       outs.expert_counts = counts.as<int32_t>();
     }
   } else {
-  if (info.Length() > 8 && info[8].IsObject() && !info[8].As<Napi::Object>().Get("countsOut").IsUndefined())
+  if (!v.counts_out.IsEmpty())
     throw_type_error(env, "countsOut is for device tensors: x is a host tensor");
   r.Set("out", new_tensor(env, x.dtype, {T, w->d}, &outs.out));
   if (want_routing) {
