@@ -17,10 +17,7 @@ import { binding, type NativeDeviceBuffer, type NativeDeviceTensor, type NativeT
 import { deviceBackendName, resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
 import { checkOptions } from './options.js';
-import { checkDims, checkTensor, type DType, type Tensor } from './tensor.js';
-
-const ELEM_BYTES: Record<DType, number> = { float32: 4, float16: 2, bfloat16: 2, int32: 4 };
-const DTYPES: readonly DType[] = ['float32', 'float16', 'bfloat16', 'int32'];
+import { checkDims, checkTensor, checkType, DTYPE_BYTES, type DType, type Tensor } from './tensor.js';
 
 export interface DeviceOptions {
   /** A CUDA backend: 'auto' (default) means this build's CUDA backend, which must be available. */
@@ -60,7 +57,7 @@ export class DeviceTensor<T extends DType = DType> {
   /** A zeroed device tensor. */
   static zeros<T extends DType>(type: T, dims: readonly number[], options?: DeviceOptions): DeviceTensor<T> {
     const backend = deviceBackend(checkOptions(options).backend);
-    if (!DTYPES.includes(type)) throw typeError(`type must be one of ${DTYPES.map((t) => `'${t}'`).join(', ')}, got ${describe(type)}`);
+    checkType(type, 'type');
     checkDims(dims, 'dims');
     return new DeviceTensor<T>(binding.device_alloc(type, [...dims]), backend);
   }
@@ -88,7 +85,7 @@ export class DeviceTensor<T extends DType = DType> {
     return this.dims.reduce((a, b) => a * b, 1);
   }
   get bytes(): number {
-    return this.numel * ELEM_BYTES[this.type];
+    return this.numel * DTYPE_BYTES[this.type];
   }
   get disposed(): boolean {
     return this.buffer.info().disposed;
@@ -119,7 +116,7 @@ export class DeviceTensor<T extends DType = DType> {
     const n = this.dims[0] ?? 0;
     if (!Number.isInteger(start) || !Number.isInteger(count) || start < 0 || count < 0 || start + count > n)
       throw rangeError(`rows(${describe(start)}, ${describe(count)}) must lie within the ${n} rows of dim 0`);
-    const row = this.dims.slice(1).reduce((a, b) => a * b, 1) * ELEM_BYTES[this.type];
+    const row = this.dims.slice(1).reduce((a, b) => a * b, 1) * DTYPE_BYTES[this.type];
     return new DeviceTensor<T>({ type: this.type, dims: [count, ...this.dims.slice(1)], buffer: this.buffer, byteOffset: this.byteOffset + start * row }, this.backend);
   }
 

@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import type { MoeModelConfig } from './config.js';
 import { describe, MoeError, typeError } from './errors.js';
 import { checkOptions, intOption } from './options.js';
-import { FLOAT_TYPES, type FloatType } from './tensor.js';
+import { DTYPE_BYTES, FLOAT_TYPES, type FloatType } from './tensor.js';
 
 export interface ParameterCounts {
   /** Every parameter of the model. */
@@ -59,7 +59,6 @@ export function countParameters(config: MoeModelConfig): ParameterCounts {
   return { total: rest + r.experts.total, active: rest + r.experts.active, ...r };
 }
 
-const ELEM_BYTES: Record<FloatType, number> = { float32: 4, float16: 2, bfloat16: 2 };
 
 export interface MemoryOptions {
   /** Weight type. Default: the config's torch_dtype, else 'bfloat16'. */
@@ -98,8 +97,8 @@ export function estimateMemory(config: MoeModelConfig, options?: MemoryOptions):
   const kvDtype = floatOption(o, 'kvDtype', dtype);
   const contextLength = intOption(o, 'contextLength', config.maxPositionEmbeddings, 1);
   const batch = intOption(o, 'batch', 1, 1);
-  const weightsBytes = countParameters(config).total * ELEM_BYTES[dtype];
-  const kvCacheBytes = 2 * config.numHiddenLayers * config.numKeyValueHeads * config.headDim * contextLength * batch * ELEM_BYTES[kvDtype];
+  const weightsBytes = countParameters(config).total * DTYPE_BYTES[dtype];
+  const kvCacheBytes = 2 * config.numHiddenLayers * config.numKeyValueHeads * config.headDim * contextLength * batch * DTYPE_BYTES[kvDtype];
   return { dtype, kvDtype, contextLength, batch, weightsBytes, kvCacheBytes, totalBytes: weightsBytes + kvCacheBytes };
 }
 

@@ -21,12 +21,14 @@ export interface Tensor<T extends DType = DType> {
 
 export const FLOAT_TYPES: readonly FloatType[] = ['float32', 'float16', 'bfloat16'];
 const ALL_TYPES: readonly DType[] = [...FLOAT_TYPES, 'int32'];
+/** Bytes of one element of each type (16-bit floats travel as Uint16Array). */
+export const DTYPE_BYTES: Readonly<Record<DType, number>> = { float32: 4, float16: 2, bfloat16: 2, int32: 4 };
 
 export function isFloatType(t: unknown): t is FloatType {
   return (FLOAT_TYPES as readonly unknown[]).includes(t);
 }
 
-function checkType(type: unknown, name: string, allowed: readonly DType[] = ALL_TYPES): asserts type is DType {
+export function checkType(type: unknown, name: string, allowed: readonly DType[] = ALL_TYPES): asserts type is DType {
   if (!(allowed as readonly unknown[]).includes(type))
     throw typeError(`${name} must be one of ${allowed.map((t) => `'${t}'`).join(', ')}, got ${describe(type)}`);
 }
