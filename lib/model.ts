@@ -63,10 +63,10 @@ function activation(place: Place, dims: number[]): AnyTensor {
   return place.device ? DeviceTensor.zeros('float32', dims, { backend: place.backend }) : zeros('float32', dims);
 }
 
-/** A copy of a host tensor kept by a layer, on the place. */
+/** A copy of a host tensor kept by a layer, on the place (on a device the upload is the copy). */
 async function keep(place: Place, t: Tensor): Promise<AnyTensor> {
-  const copy = { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
-  return place.device ? DeviceTensor.from(copy, { backend: place.backend }) : copy;
+  if (place.device) return DeviceTensor.from(t, { backend: place.backend });
+  return { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
 }
 
 const bytesOf = (t: AnyTensor) => (t instanceof DeviceTensor ? t.bytes : (t as Tensor).data.byteLength);
