@@ -550,64 +550,102 @@ Status combine(const float* y, int64_t R, const int32_t* row_of, const float* to
 }
 
 // ---- whole layers ----------------------------------------------------------------------------------
+namespace {
+
+// What both MoE forwards (host tensors on the layer's stream, device tensors on the tensor stream)
+// set up the same way: the experts' device layer with the shared experts, the routing, the
+// forward's workspace size, and the per-call f32 gates a layer packed without (router gate, noise
+// gate, shared gate), copied into pieces carved after the caller's.
+struct ForwardSetup {
+  const DeviceExperts* w = nullptr;
+  MoeDeviceLayer L;
+  MoeDeviceRouting R;
+  size_t fwd = 0;  // moe_forward_workspace_bytes
+  const MoeLayerWeights* lw = nullptr;
+  const MoeForwardParams* p = nullptr;
+  size_t o_gate = 0, o_noise = 0, o_sg = 0;
+  bool gate_copy = false, noise_copy = false, shared_gate_copy = false;
+  std::vector<float> g32, n32, sg32;  // pageable sources: live until the caller's copies are staged
+
+  Status plan(const MoeLayerWeights& layer, const MoeForwardParams& params, int64_t T) {
+    lw = &layer, p = &params;
+    MOE_RETURN_IF_ERROR(device_experts(*layer.experts, &w));
+    const DeviceExperts* sw = nullptr;  // shared experts: one packed expert, its gate packed with it
+    if (layer.shared) {
+      MOE_RETURN_IF_ERROR(device_experts(*layer.shared, &sw));
+      if (sw->num_experts != 1 || sw->d != w->d || sw->dtype != w->dtype)
+        return Status::invalid("moe_forward: the shared experts must be one packed expert of the experts' d and type");
+    }
+    R = device_routing(params);
+    L = w->layer();
+    if (sw) L.shared_packed = sw->packed, L.shared_f = sw->f, L.shared_gate = sw->gate;
+    gate_copy = !L.gate;
+    noise_copy = params.route.noise_gate.data != nullptr;
+    shared_gate_copy = sw && !sw->gate && layer.shared_gate.data;
+    // The layout reserves the noise logits when noise_gate is set: size it with a stand-in pointer
+    // (only its being non-null matters here; the real one is set by copy_gates).
+    MoeDeviceRouting sizing = R;
+    if (noise_copy) sizing.noise_gate = static_cast<const float*>(w->packed);
+    if (T == 0) return Status::ok();  // nothing to size: callers return before launching
+    fwd = moe_forward_workspace_bytes(L, T, sizing);
+    if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
+    return Status::ok();
+  }
+  size_t gate_bytes() const { return size_t(w->num_experts) * size_t(w->d) * 4; }
+  void carve_gates(Carve* c) {
+    o_gate = c->add(gate_copy ? gate_bytes() : 0);
+    o_noise = c->add(noise_copy ? gate_bytes() : 0);
+    o_sg = c->add(shared_gate_copy ? size_t(w->d) * 4 : 0);
+  }
+  // Enqueues the gate copies into base + the carved offsets and points L and R at them.
+  Status copy_gates(unsigned char* base, cudaStream_t s) {
+    if (gate_copy) {
+      MOE_RETURN_IF_ERROR(h2d(base + o_gate, as_f32(lw->gate, &g32), gate_bytes(), s));
+      L.gate = reinterpret_cast<const float*>(base + o_gate);
+    }
+    if (noise_copy) {
+      MOE_RETURN_IF_ERROR(h2d(base + o_noise, as_f32(p->route.noise_gate, &n32), gate_bytes(), s));
+      R.noise_gate = reinterpret_cast<const float*>(base + o_noise);
+    }
+    if (shared_gate_copy) {
+      MOE_RETURN_IF_ERROR(h2d(base + o_sg, as_f32(lw->shared_gate, &sg32), size_t(w->d) * 4, s));
+      L.shared_gate = reinterpret_cast<const float*>(base + o_sg);
+    }
+    return Status::ok();
+  }
+};
+
+}  // namespace
+
 Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForwardParams& p,
                    const MoeForwardOutputs& outs) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
-  const DeviceExperts* w = nullptr;
-  MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &w));
+  ForwardSetup f;
+  const int64_t T = x.dims[0];
+  MOE_RETURN_IF_ERROR(f.plan(lw, p, T));
+  const DeviceExperts* w = f.w;
   const int E = w->num_experts, k = p.route.top_k;
-  const int64_t T = x.dims[0], d = w->d, slots = T * k;
   if (T == 0) {
     if (outs.expert_counts) std::memset(outs.expert_counts, 0, sizeof(int32_t) * size_t(E));
     if (outs.dropped) std::memset(outs.dropped, 0, sizeof(int32_t) * size_t(E));
     if (outs.stats) *outs.stats = RouterStats();
     return Status::ok();
   }
-  MoeDeviceRouting R = device_routing(p);
-  const bool noisy = p.route.noise_gate.data != nullptr;
-  const DeviceExperts* sw = nullptr;  // shared experts: one packed expert, its gate packed with it
-  if (lw.shared) {
-    MOE_RETURN_IF_ERROR(device_experts(*lw.shared, &sw));
-    if (sw->num_experts != 1 || sw->d != d || sw->dtype != w->dtype)
-      return Status::invalid("moe_forward: the shared experts must be one packed expert of the experts' d and type");
-  }
-  const bool shared_gate_copy = sw && !sw->gate && lw.shared_gate.data;
+  const int64_t slots = T * k;
   std::lock_guard<std::mutex> lock(w->mu);
-  MoeDeviceLayer L = w->layer();
-  if (sw) {
-    L.shared_packed = sw->packed;
-    L.shared_f = sw->f;
-    L.shared_gate = sw->gate;
-  }
-  const size_t gb = size_t(E) * d * 4, kb = size_t(slots) * 4, lb = size_t(T) * E * 4;
-  // The layout reserves the noise logits when noise_gate is set: size it with a stand-in pointer
-  // (only its being non-null matters here; the real one is set below, inside the workspace).
-  MoeDeviceRouting sizing = R;
-  if (noisy) sizing.noise_gate = static_cast<const float*>(w->packed);
-  const size_t fwd = moe_forward_workspace_bytes(L, T, sizing);
-  if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
-  Carve c(fwd);  // the forward's own workspace first, then this call's copies
-  const size_t o_x = c.add(tensor_bytes(x)), o_out = c.add(tensor_bytes(outs.out)), o_gate = c.add(L.gate ? 0 : gb),
-               o_noise = c.add(noisy ? gb : 0), o_ids = c.add(kb), o_w = c.add(kb), o_c = c.add(size_t(E) * 4),
-               o_drop = c.add(size_t(E) * 4), o_l = c.add(outs.logits ? lb : 0), o_st = c.add(8),
-               o_sg = c.add(shared_gate_copy ? size_t(d) * 4 : 0);
+  const size_t kb = size_t(slots) * 4, lb = size_t(T) * E * 4;
+  Carve c(f.fwd);  // the forward's own workspace first, then this call's copies
+  const size_t o_x = c.add(tensor_bytes(x)), o_out = c.add(tensor_bytes(outs.out)), o_ids = c.add(kb), o_w = c.add(kb),
+               o_c = c.add(size_t(E) * 4), o_drop = c.add(size_t(E) * 4), o_l = c.add(outs.logits ? lb : 0), o_st = c.add(8);
+  f.carve_gates(&c);
   MOE_RETURN_IF_ERROR(w->reserve(c.total()));
   unsigned char* ws = static_cast<unsigned char*>(w->workspace);
   cudaStream_t s = w->stream;
-  std::vector<float> g32, n32, sg32;  // live until the sync below: the copies read them
-  if (shared_gate_copy) {  // shared experts packed without their gate: this call's, copied in
-    MOE_RETURN_IF_ERROR(h2d(ws + o_sg, as_f32(lw.shared_gate, &sg32), size_t(d) * 4, s));
-    L.shared_gate = reinterpret_cast<const float*>(ws + o_sg);
-  }
-  if (!L.gate) {  // packed without a gate: this call's gate, copied in
-    MOE_RETURN_IF_ERROR(h2d(ws + o_gate, as_f32(lw.gate, &g32), gb, s));
-    L.gate = reinterpret_cast<const float*>(ws + o_gate);
-  }
-  if (noisy) {
-    MOE_RETURN_IF_ERROR(h2d(ws + o_noise, as_f32(p.route.noise_gate, &n32), gb, s));
-    R.noise_gate = reinterpret_cast<const float*>(ws + o_noise);
-  }
+  MOE_RETURN_IF_ERROR(f.copy_gates(ws, s));
+  const MoeDeviceLayer& L = f.L;
+  const MoeDeviceRouting& R = f.R;
+  const size_t fwd = f.fwd;
   MoeDeviceOutputs O;
   O.topk_ids = outs.topk_ids ? reinterpret_cast<int32_t*>(ws + o_ids) : nullptr;
   O.topk_weights = outs.topk_weights ? reinterpret_cast<float*>(ws + o_w) : nullptr;
@@ -984,52 +1022,25 @@ Status sample(const TensorView& logits, int64_t T, int64_t V, const SampleParams
 Status moe_forward(const MoeLayerWeights& lw, const TensorView& x, const MoeForwardParams& p, const MoeForwardOutputs& outs) {
   if (outs.topk_ids || outs.topk_weights || outs.dropped || outs.logits || outs.stats)
     return Status::unsupported("moe_forward on device tensors returns the output and the expert counts only");
-  const DeviceExperts* w = nullptr;
-  MOE_RETURN_IF_ERROR(device_experts(*lw.experts, &w));
-  const DeviceExperts* sw = nullptr;
-  if (lw.shared) {
-    MOE_RETURN_IF_ERROR(device_experts(*lw.shared, &sw));
-    if (sw->num_experts != 1 || sw->d != w->d || sw->dtype != w->dtype)
-      return Status::invalid("moe_forward: the shared experts must be one packed expert of the experts' d and type");
-  }
   cudaStream_t s = nullptr;
   MOE_RETURN_IF_ERROR(tensor_stream(&s));
   MOE_EMU_SERIAL;
-  const int E = w->num_experts;
-  const int64_t T = x.dims[0], d = w->d;
+  const int64_t T = x.dims[0];
+  ForwardSetup f;
+  MOE_RETURN_IF_ERROR(f.plan(lw, p, T));
   if (T == 0) return Status::ok();
-  MoeDeviceRouting R = device_routing(p);
-  const bool noisy = p.route.noise_gate.data != nullptr;
-  MoeDeviceLayer L = w->layer();
-  const bool shared_gate_copy = sw && !sw->gate && lw.shared_gate.data;
-  if (sw) L.shared_packed = sw->packed, L.shared_f = sw->f, L.shared_gate = sw->gate;
-  MoeDeviceRouting sizing = R;
-  if (noisy) sizing.noise_gate = static_cast<const float*>(w->packed);  // only non-null matters
-  const size_t fwd = moe_forward_workspace_bytes(L, T, sizing);
-  if (fwd == 0) return Status::invalid("moe_forward: shape not supported on " + std::string(kName));
-  const size_t gb = size_t(E) * size_t(d) * 4;
   // a per-call workspace on the tensor stream: the layer's own workspace serves its stream only
+  Carve c(f.fwd);
+  f.carve_gates(&c);
   Scratch sc(s);
-  const size_t o_fwd = sc.add(fwd), o_gate = sc.add(L.gate ? 0 : gb), o_noise = sc.add(noisy ? gb : 0),
-               o_sg = sc.add(shared_gate_copy ? size_t(d) * 4 : 0);
+  const size_t base = sc.add(c.total());
   MOE_RETURN_IF_ERROR(sc.allocate());
-  std::vector<float> g32, n32, sg32;  // pageable sources: cudaMemcpyAsync has staged them on return
-  if (!L.gate) {
-    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_gate), as_f32(lw.gate, &g32), gb, s));
-    L.gate = sc.at<float>(o_gate);
-  }
-  if (noisy) {
-    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_noise), as_f32(p.route.noise_gate, &n32), gb, s));
-    R.noise_gate = sc.at<float>(o_noise);
-  }
-  if (shared_gate_copy) {
-    MOE_RETURN_IF_ERROR(h2d(sc.at<void>(o_sg), as_f32(lw.shared_gate, &sg32), size_t(d) * 4, s));
-    L.shared_gate = sc.at<float>(o_sg);
-  }
+  unsigned char* ws = sc.at<unsigned char>(base);
+  MOE_RETURN_IF_ERROR(f.copy_gates(ws, s));
   MoeDeviceOutputs O;
   O.expert_counts = outs.expert_counts;
-  return launched(launch_moe_forward(L, x.data, dev_dtype(x.dtype), T, R, outs.out.data, dev_dtype(outs.out.dtype), O,
-                                     sc.at<void>(o_fwd), fwd, s),
+  return launched(launch_moe_forward(f.L, x.data, dev_dtype(x.dtype), T, f.R, outs.out.data, dev_dtype(outs.out.dtype), O, ws,
+                                     f.fwd, s),
                   "MoE forward");
 }
 
