@@ -22,7 +22,7 @@ function expectedExperts(T, E, k) {
 }
 
 async function runCuda(opts, lib, backend) {
-  const { binding } = require('../dist/binding.js');
+  const { binding } = require('../dist/core/binding.js');
   const info = lib.backendInfo();
   const dev = info.cuda.device || {};
   const emulated = backend === 'cuda-emu';

@@ -158,7 +158,7 @@ function ensureBuilt() {
   } else {
     const libDir = path.join(root, 'lib');
     const built = fs.statSync(index).mtimeMs;
-    const stale = fs.existsSync(libDir) && fs.readdirSync(libDir).some((f) => f.endsWith('.ts') && fs.statSync(path.join(libDir, f)).mtimeMs > built);
+    const stale = fs.existsSync(libDir) && fs.readdirSync(libDir, { recursive: true }).some((f) => String(f).endsWith('.ts') && fs.statSync(path.join(libDir, String(f))).mtimeMs > built);
     if (stale) note('bench: note: lib/ is newer than dist/ (npm run build:ts to bench the current sources)');
   }
   try {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// The moe-kernels command: `moe-kernels --help`. The commands live in lib/cli.ts (compiled to dist/).
+// The moe-kernels command: `moe-kernels --help`. The commands live in lib/cli/cli.ts (compiled to dist/).
 'use strict';
-require('../dist/cli.js')
+require('../dist/cli/cli.js')
   .main(process.argv.slice(2))
   .then(
     (code) => {

@@ -4,7 +4,7 @@
  *   const layer = await MoeLayer.create({ gate, w1, w3, w2 }, { topK: 2 });
  *   const { output } = await layer.forward(tensor('float32', x, [T, d]));
  */
-export { MoeError } from './errors.js';
+export { MoeError } from './core/errors.js';
 export {
   tensor,
   zeros,
@@ -18,10 +18,10 @@ export {
   type DType,
   type FloatType,
   type DataOf,
-} from './tensor.js';
-export { backendInfo, availableBackends, type BackendInfo, type BackendName, type ResolvedBackend } from './backend.js';
-export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './experts.js';
-export { type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
+} from './core/tensor.js';
+export { backendInfo, availableBackends, type BackendInfo, type BackendName, type ResolvedBackend } from './core/backend.js';
+export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './moe/experts.js';
+export { type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './moe/routing-variants.js';
 export {
   route,
   routeSync,
@@ -36,7 +36,7 @@ export {
   type PermuteOptions,
   type PermuteResult,
   type CombineOptions,
-} from './stages.js';
+} from './moe/stages.js';
 export {
   MoeLayer,
   moeForward,
@@ -52,10 +52,10 @@ export {
   type DenseFfnOptions,
   type SharedExpertsWeights,
   type DeviceMoeOutput,
-} from './layers.js';
-export { DeviceTensor, isDeviceTensor, deviceTransferStats, type DeviceOptions, type TransferStats } from './device.js';
-export { mergeExperts, mergeExpertWeights, mergeDistribution, mergeDistance, type MergeOptions, type MergeDistance } from './merge.js';
-export { routingHeatmapSvg, formatRoutingTable, routingEntropy, type RoutingHeatmapOptions, type RoutingTableOptions } from './routing-stats.js';
+} from './moe/layers.js';
+export { DeviceTensor, isDeviceTensor, deviceTransferStats, type DeviceOptions, type TransferStats } from './core/device.js';
+export { mergeExperts, mergeExpertWeights, mergeDistribution, mergeDistance, type MergeOptions, type MergeDistance } from './moe/merge.js';
+export { routingHeatmapSvg, formatRoutingTable, routingEntropy, type RoutingHeatmapOptions, type RoutingTableOptions } from './moe/routing-stats.js';
 export {
   SafetensorsFile,
   Checkpoint,
@@ -67,7 +67,7 @@ export {
   type TensorInfo,
   type ReadOptions,
   type ShardOptions,
-} from './safetensors.js';
+} from './hf/safetensors.js';
 export {
   parseMoeConfig,
   parseMixtralConfig,
@@ -75,7 +75,7 @@ export {
   type MixtralConfig,
   type LayerKind,
   type ModelType,
-} from './config.js';
+} from './hf/config.js';
 export {
   MoeCheckpoint,
   MixtralCheckpoint,
@@ -95,7 +95,7 @@ export {
   type MoeOpenOptions,
   type MixtralOpenOptions,
   type LoadProgress,
-} from './weights.js';
+} from './hf/weights.js';
 export {
   countParameters,
   estimateMemory,
@@ -105,9 +105,9 @@ export {
   type MemoryOptions,
   type MemoryEstimate,
   type MemoryCheckOptions,
-} from './params.js';
-export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './progress.js';
-export { Tokenizer, type EncodeOptions, type DecodeOptions } from './tokenizer.js';
+} from './hf/params.js';
+export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './hf/progress.js';
+export { Tokenizer, type EncodeOptions, type DecodeOptions } from './hf/tokenizer.js';
 export {
   embedding,
   embeddingSync,
@@ -137,7 +137,7 @@ export {
   type SampleOptions,
   type AnyTensor,
   type Placed,
-} from './ops.js';
+} from './model/primitives.js';
 export {
   MixtralBlock,
   MixtralModel,
@@ -150,5 +150,5 @@ export {
   type ModelForwardOptions,
   type GenerateOptions,
   type RoutingStats,
-} from './model.js';
-export { type BlockFfn, type BlockFfnOutput } from './block-ffn.js';
+} from './model/model.js';
+export { type BlockFfn, type BlockFfnOutput } from './model/block-ffn.js';

@@ -7,7 +7,7 @@
  */
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
-import { binding } from '../lib/binding';
+import { binding } from '../lib/core/binding';
 import { MoeLayer, moeForward, permuteSync, routeSync, tensor, type MoeLayerOptions, type Tensor } from '../lib/index';
 import { f32, i32, makeProblem, type MoeProblem } from './helpers/problems';
 import { assertClose, assertSameTensor, randn, tolFor, uniform, widen } from './helpers/reference';

@@ -1,5 +1,5 @@
 /**
- * Device tensors (lib/device.ts) and the decoder-model ops on them, on every device backend this
+ * Device tensors (lib/core/device.ts) and the decoder-model ops on them, on every device backend this
  * process has ('cuda' with a GPU; 'cuda-emu' when scripts/run-tests.js runs this file on the test
  * build of the addon): each op against the float64 reference of helpers/reference-model.ts, the
  * KV cache on the device (decode equals one pass, bit for bit), views, the MoE layer and the dense

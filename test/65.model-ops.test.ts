@@ -1,5 +1,5 @@
 /**
- * The decoder-model ops (lib/ops.ts) against the float64 reference of helpers/reference-model.ts:
+ * The decoder-model ops (lib/model/primitives.ts) against the float64 reference of helpers/reference-model.ts:
  * every dtype, shapes that break tiling, the KV cache (step-by-step decode equals one pass, rewind,
  * sliding window), sampling (greedy ties, NaN, top-p edges, determinism, the draw itself), the
  * Promise forms, and caller-provided outputs.

@@ -24,7 +24,7 @@ import {
   type MoeModelConfig,
   type Tensor,
 } from '../lib/index';
-import { main } from '../lib/cli';
+import { main } from '../lib/cli/cli';
 import { expectMoeError, makeModelWeights, tinyDeepseekRaw, tinyQwen2MoeRaw, tmpDir, writeTinyModel, type TinyModelWeights } from './helpers/checkpoints';
 import { assertClose, assertSameTensor, randInt, randn, type Tol } from './helpers/reference';
 import { argmaxClear, assertNoNearTies, lastRow, refMixtral, refWeights, type RefMixtralConfig } from './helpers/reference-mixtral';

@@ -24,11 +24,11 @@ cli.before((ctx) => {
 });
 cli.after((ctx) => fs.rmSync(ctx.dir, { recursive: true, force: true }));
 
-cli('the package declares the bin and ships it; dist/cli.js is built', () => {
+cli('the package declares the bin and ships it; dist/cli/cli.js is built', () => {
   const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8'));
   assert.is(pkg.bin['moe-kernels'], 'bin/moe-kernels.js');
   assert.ok(pkg.files.includes('bin'));
-  assert.ok(fs.existsSync(path.join(root, 'dist', 'cli.js')), 'dist/cli.js missing: run npm run build:ts');
+  assert.ok(fs.existsSync(path.join(root, 'dist', 'cli', 'cli.js')), 'dist/cli/cli.js missing: run npm run build:ts');
   assert.match(fs.readFileSync(bin, 'utf8'), /^#!\/usr\/bin\/env node/);
 });
 

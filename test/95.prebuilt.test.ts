@@ -36,7 +36,7 @@ if (!hasPrebuild) {
     const r = spawnSync('tar', ['-tzf', ctx.tgz], { encoding: 'utf8' });
     assert.is(r.status, 0, r.stderr);
     const files = r.stdout.split('\n');
-    for (const f of ['package/dist/index.js', 'package/dist/index.mjs', 'package/native/src/cuda/grouped_gemm.cu', 'package/CMakeLists.txt'])
+    for (const f of ['package/dist/index.js', 'package/dist/index.mjs', 'package/native/backends/cuda/grouped_gemm.cu', 'package/CMakeLists.txt'])
       assert.ok(files.includes(f), `${f} missing from the tarball`);
     assert.ok(files.some((f) => /^package\/prebuilds\/linux-x64\/.+\.node$/.test(f)), 'no prebuilt binary in the tarball');
     assert.not.ok(files.some((f) => f.startsWith('package/build/') || f.startsWith('package/test/')), 'build outputs or tests shipped');

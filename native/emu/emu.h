@@ -1,7 +1,7 @@
 // moe-kernels CUDA emulator: the device-side language and runtime that lets a .cu kernel file
 // compile with g++ (`g++ -x c++ -std=c++17 -DMOE_CUDA_EMU`) and run on the CPU.
 //
-// Kernels do not include this header directly: they include native/src/cuda/cuda_compat.cuh, which
+// Kernels do not include this header directly: they include native/backends/cuda/cuda_compat.cuh, which
 // picks real CUDA under nvcc and this header otherwise. What is emulated, and how:
 //   - each GPU thread is a fiber (fiber.h); a block's threads run on one OS thread, one at a time,
 //     switching only at synchronisation points, in an order chosen by the schedule (round-robin,
@@ -149,7 +149,7 @@ struct SharedSite {
 void* shared_static(SharedSite* site);
 void* shared_dynamic(const char* file, int line);
 
-// PTX instructions that have no CPU counterpart (native/src/cuda/cuda_compat.cuh wraps them).
+// PTX instructions that have no CPU counterpart (native/backends/cuda/cuda_compat.cuh wraps them).
 enum class MmaType : int { kBF16, kF16 };
 void ldmatrix(int num, bool trans, const void* row_addr, uint32_t* out, const char* file, int line);
 void mma_m16n8k16(MmaType t, float* d, const uint32_t* a, const uint32_t* b, const float* c,

@@ -1,4 +1,4 @@
-// test/emu: native/src/cuda/combine.cu run in the emulator against a scalar reference written here
+// test/emu: native/backends/cuda/combine.cu run in the emulator against a scalar reference written here
 // from the op's semantics (DESIGN.md "combine"): out[t] = sum over j of w[t,j] * y[row_of[t,j]],
 // summed in f32 from 0 in j order, every product and sum rounded on its own (no FMA), dropped slots
 // (row_of = -1) skipped. f32 output must match bit for bit; f16/bf16 output must be the reference
@@ -6,8 +6,8 @@
 // own conversions (native/include/moe/dtype.h), so GPU and CPU results are the same bits. Shapes:
 // d = 1, 3, 4, 33, 128 (float4 and scalar paths, and misaligned pointers that force the scalar
 // path); k = 1, 2, 6; T = 1, 33, 511; values that overflow f16; every schedule for small shapes.
-#include "../../native/src/cuda/cuda_compat.cuh"
-#include "../../native/src/cuda/launchers.h"
+#include "../../native/backends/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/launchers.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

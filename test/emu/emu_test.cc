@@ -4,7 +4,7 @@
 // shared-memory poisoning / bounds / limits, schedules, mma.sync and ldmatrix lane layouts against
 // tables written here from the PTX ISA, cp.async, atomics (on one thread and on the pool), host shims.
 // Compiled with g++ -x c++ -DMOE_CUDA_EMU like any .cu file (test/emu/run.sh).
-#include "../../native/src/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/cuda_compat.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

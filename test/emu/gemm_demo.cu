@@ -4,7 +4,7 @@
 // benchmark shape (128x128x256), (2) check the wrappers end to end against a plain loop, and (3) let
 // test/emu/nvcc-check.sh prove the wrappers' inline PTX assembles for every target.
 // Shapes must be multiples of the block tile (the launcher says so otherwise).
-#include "../../native/src/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/cuda_compat.cuh"
 
 #include <cuda_bf16.h>
 

@@ -1,6 +1,6 @@
 // test/emu: runs test/emu/gemm_demo.cu in the emulator against a plain loop and reports the time of
 // the EMULATION.md benchmark shape (128x128x256 bf16 with cp.async + ldmatrix + mma.sync).
-#include "../../native/src/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/cuda_compat.cuh"
 
 #include <cuda_bf16.h>
 

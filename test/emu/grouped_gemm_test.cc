@@ -1,4 +1,4 @@
-// test/emu: native/src/cuda/grouped_gemm.cu run in the emulator against a scalar reference written
+// test/emu: native/backends/cuda/grouped_gemm.cu run in the emulator against a scalar reference written
 // here from the op's semantics (DESIGN.md "grouped GEMM"): for each sorted row r of expert e and its
 // token t, h = silu(W1_e x_t) * (W3_e x_t), y_r = W2_e h, accumulated in double from the same rounded
 // inputs the kernels see (x rounded to the weight dtype; h rounded to it between the GEMMs).
@@ -10,8 +10,8 @@
 // each path under every schedule (bf16: synchronisation does not depend on the dtype), the rest under
 // round-robin. run.sh runs this file in three builds, one with ucontext fibers (~30x slower at warp
 // collectives): keep the case count low.
-#include "../../native/src/cuda/cuda_compat.cuh"
-#include "../../native/src/cuda/launchers.h"
+#include "../../native/backends/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/launchers.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

@@ -1,4 +1,4 @@
-// test/emu: native/src/cuda/moe_forward.cu (with router.cu and the launchers it chains) run in the
+// test/emu: native/backends/cuda/moe_forward.cu (with router.cu and the launchers it chains) run in the
 // emulator against a double-precision reference of the Mixtral MoE block written here from its
 // semantics: logits = x gateᵀ, softmax over E, top-k (ties to the lower index), weights renormalised
 // over the k kept (or not), out_t = Σ_j w_tj · W2_e (silu(W1_e x_t) ⊙ (W3_e x_t)), from the same
@@ -8,8 +8,8 @@
 // reference's, weights within 1e-5. Shapes: d=64 f=128 E=4 k=2 at T=1 (decode path) and T=33
 // (tensor cores for bf16/f16, SIMT for f32); bf16 at T=1 and T=33 under every schedule. Weights and
 // activations go through cudaMalloc / cudaMemcpy; the layer runs on a created stream.
-#include "../../native/src/cuda/cuda_compat.cuh"
-#include "../../native/src/cuda/launchers.h"
+#include "../../native/backends/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/launchers.h"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

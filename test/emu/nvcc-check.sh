@@ -3,7 +3,7 @@
 # sm_89, sm_90 SASS, plus compute_90 PTX for newer GPUs), prints ptxas's report per kernel and
 # target, and fails when a kernel spills registers (non-zero "spill stores" or "spill loads") or
 # a file does not compile, or when a tensor-core kernel of grouped_gemm.cu has no mma.sync in its PTX.
-# No GPU needed. Files: native/src/cuda/*.cu, and test/emu/gemm_demo.cu,
+# No GPU needed. Files: native/backends/cuda/*.cu, and test/emu/gemm_demo.cu,
 # which exercises every inline-PTX wrapper of cuda_compat.cuh.
 # Environment: CUDA_HOME (default /usr/local/cuda), NVCC_FLAGS (extra flags).
 set -uo pipefail
@@ -18,13 +18,13 @@ mkdir -p "$out"
 targets=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86
          -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90
          -gencode arch=compute_90,code=compute_90)
-files=("$root"/native/src/cuda/*.cu "$here/gemm_demo.cu")
+files=("$root"/native/backends/cuda/*.cu "$here/gemm_demo.cu")
 
 status=0
 pids=()
 # PTX of the grouped GEMM for the tensor-core check at the end, compiled alongside the objects.
 gg_ptx="$out/grouped_gemm.compute_90.ptx"
-"$NVCC" -std=c++17 -O3 -I "$root/native/include" -ptx -arch=compute_90 ${NVCC_FLAGS:-} "$root/native/src/cuda/grouped_gemm.cu" \
+"$NVCC" -std=c++17 -O3 -I "$root/native/include" -ptx -arch=compute_90 ${NVCC_FLAGS:-} "$root/native/backends/cuda/grouped_gemm.cu" \
   -o "$gg_ptx" >"$out/grouped_gemm.ptx.txt" 2>&1 &
 gg_ptx_pid=$!
 for f in "${files[@]}"; do

@@ -1,4 +1,4 @@
-// test/emu: native/src/cuda/permute.cu run in the emulator against a scalar reference written here
+// test/emu: native/backends/cuda/permute.cu run in the emulator against a scalar reference written here
 // from the op's semantics (DESIGN.md "permute"; the CPU twin's algorithm): a stable counting sort of
 // the T*k slots by expert, capacity keeping each expert's first slots in token order. Every output
 // (expert_offsets, sorted_rows, row_of, dropped, first_invalid_slot) must equal the reference
@@ -7,8 +7,8 @@
 // slot; capacity none, 0, 1, a middle value, exactly the largest count, larger than T*k; invalid
 // ids. Small shapes under every schedule, the rest under round-robin. The case count is kept low on
 // purpose: run.sh also runs this file with ucontext fibers, ~50x slower at warp collectives.
-#include "../../native/src/cuda/cuda_compat.cuh"
-#include "../../native/src/cuda/launchers.h"
+#include "../../native/backends/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/launchers.h"
 
 #include <algorithm>
 #include <string>
@@ -27,7 +27,7 @@ struct Result {
   int32_t first_invalid = -1;
 };
 
-// The CPU twin's algorithm (native/src/cpu/permute.cc), with the CUDA launcher's rule for invalid
+// The CPU twin's algorithm (native/backends/cpu/permute.cc), with the CUDA launcher's rule for invalid
 // ids: such a slot is left out (row_of -1, counted nowhere) and the smallest one is reported.
 Result reference_permute(const std::vector<int32_t>& ids, int64_t T, int k, int E, int64_t capacity) {
   const int64_t S = T * k;

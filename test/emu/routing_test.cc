@@ -1,10 +1,10 @@
-// test/emu: native/src/cuda/routing.cu run in the emulator against a scalar reference written here
+// test/emu: native/backends/cuda/routing.cu run in the emulator against a scalar reference written here
 // from the op's semantics (DESIGN.md "route"): softmax in f32, top-k by logit with ties to the lower
 // expert index and NaN last, ids by decreasing weight, optional renormalisation. Shapes: E = 1, 3, 8,
 // 16, 64 and odd ones (5, 33, 100); k = 1, 2, 6; T = 1, 33, 511; deliberate ties and NaNs; every
 // schedule.
-#include "../../native/src/cuda/cuda_compat.cuh"
-#include "../../native/src/cuda/launchers.h"
+#include "../../native/backends/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/launchers.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // test/emu: the routing variants of the CUDA kernels (routing.cu: launch_noisy_logits,
 // launch_random_routing; router_stats.cu: launch_router_stats; permute.cu with kNoExpert ids;
 // moe_forward.cu with MoeDeviceRouting) run in the emulator against their CPU twins from
-// native/src/cpu (route, permute, moe_forward), linked into this test. Inputs are small integers
+// native/backends/cpu (route, permute, moe_forward), linked into this test. Inputs are small integers
 // (x) and multiples of 1/8 (gates), so every router logit is exact in f32 whatever the summation
 // order: both backends then see the same logits and the same draws (moe/route_rng.h), and the ids,
 // capacity drops and counts must agree exactly; weights, losses and outputs within rounding. Every
@@ -14,10 +14,10 @@
 #include <string>
 #include <vector>
 
-#include "../../native/include/moe/ops.h"
+#include "../../native/include/moe/moe_ops.h"
 
-#include "../../native/src/cuda/cuda_compat.cuh"
-#include "../../native/src/cuda/launchers.h"
+#include "../../native/backends/cuda/cuda_compat.cuh"
+#include "../../native/backends/cuda/launchers.h"
 
 #include "check.h"
 #include "schedules.h"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # test/emu/run.sh: builds and runs the CUDA emulator's tests (primitives, the routing kernel, a tiled
 # tensor-core GEMM) with g++ against native/emu: the .cu sources compile as C++ (-x c++ -DMOE_CUDA_EMU).
-# The CPU backend (native/src/cpu) is linked in too, as the twin some tests compare the kernels with.
+# The CPU backend (native/backends/cpu) is linked in too, as the twin some tests compare the kernels with.
 #
 # Passes (each prints one line per test and "N passed, M failed"):
 #   1. -O2, the x86-64 assembly fiber switch                        (the build tests normally use)
@@ -30,20 +30,20 @@ fi
 
 common=(-std=c++17 -g1 -Wall -Wextra -Wno-unknown-pragmas -isystem "$CUDA_HOME/include" -I"$root/native/include" -pthread)
 runtime_srcs=("$root/native/emu/fiber.cc" "$root/native/emu/emu_runtime.cc")
-kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/src/cuda/routing.cu" "$here/routing_test.cc"
+kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/backends/cuda/routing.cu" "$here/routing_test.cc"
              "$here/gemm_demo.cu" "$here/gemm_demo_test.cc"
-             "$root/native/src/cuda/permute.cu" "$here/permute_test.cc" "$root/native/src/cuda/combine.cu" "$here/combine_test.cc")
-kernel_srcs+=("$root/native/src/cuda/grouped_gemm.cu" "$here/grouped_gemm_test.cc")
-kernel_srcs+=("$root/native/src/cuda/router.cu" "$root/native/src/cuda/moe_forward.cu" "$here/moe_forward_test.cc")
-kernel_srcs+=("$root/native/src/cuda/router_stats.cu" "$here/routing_variants_test.cc")
+             "$root/native/backends/cuda/permute.cu" "$here/permute_test.cc" "$root/native/backends/cuda/combine.cu" "$here/combine_test.cc")
+kernel_srcs+=("$root/native/backends/cuda/grouped_gemm.cu" "$here/grouped_gemm_test.cc")
+kernel_srcs+=("$root/native/backends/cuda/router.cu" "$root/native/backends/cuda/moe_forward.cu" "$here/moe_forward_test.cc")
+kernel_srcs+=("$root/native/backends/cuda/router_stats.cu" "$here/routing_variants_test.cc")
 # The CPU backend, linked in as the twin the CUDA kernels are compared with (routing_variants_test).
 cpu_srcs=()
-for f in "$root"/native/src/cpu/*.cc; do case "$f" in *_avx2.cc) ;; *) cpu_srcs+=("$f") ;; esac; done
-cpu_avx2_srcs=("$root"/native/src/cpu/*_avx2.cc)
+for f in "$root"/native/backends/cpu/*.cc; do case "$f" in *_avx2.cc) ;; *) cpu_srcs+=("$f") ;; esac; done
+cpu_avx2_srcs=("$root"/native/backends/cpu/*_avx2.cc)
 cpu_flags=(-fno-math-errno)
-kernel_srcs+=("$root/native/src/cuda/model_ops.cu" "$root/native/src/cuda/attention.cu" "$root/native/src/cuda/sampling.cu"
-             "$here/model_ops_test.cc")
-headers=("$root"/native/emu/*.h "$root"/native/src/cuda/*.cuh "$root"/native/src/cuda/*.h "$here"/*.h
+kernel_srcs+=("$root/native/backends/cuda/token_ops.cu" "$root/native/backends/cuda/attention.cu" "$root/native/backends/cuda/sampling.cu"
+             "$here/decoder_kernels_test.cc")
+headers=("$root"/native/emu/*.h "$root"/native/backends/cuda/*.cuh "$root"/native/backends/cuda/*.h "$here"/*.h
          "$root"/native/include/moe/*.h)
 
 # compile DIR FLAGS... -- SOURCES...: compiles the sources into DIR (in parallel), skipping objects

@@ -1,5 +1,5 @@
 /**
- * Float64 references of the decoder-model ops (lib/ops.ts), written from their semantics (Hugging
+ * Float64 references of the decoder-model ops (lib/model/primitives.ts), written from their semantics (Hugging
  * Face Mixtral: MixtralRMSNorm, rotate_half RoPE, eager causal GQA attention, nn.Linear without
  * bias) and never calling the library. Inputs are float64 arrays of the values the library sees
  * (16-bit inputs widened by `widen` of reference.ts); where the library stores an intermediate in a

@@ -68,7 +68,7 @@ export function randInt(n: number, hi: number, seed: number): Int32Array {
   return out;
 }
 
-// ---- our own 16-bit decoders (independent of lib/tensor.ts) -------------------------------------
+// ---- our own 16-bit decoders (independent of lib/core/tensor.ts) -------------------------------------
 
 const scratchU32 = new Uint32Array(1);
 const scratchF32 = new Float32Array(scratchU32.buffer);

@@ -1,24 +1,24 @@
 // moe-kernels: the CUDA backend's host side, as the addon sees it (no CUDA header in here).
 //
-// The ops have the names and host-memory signatures of the CPU backend (moe/ops.h): each copies
-// its inputs to the device, runs the kernels of native/src/cuda on a stream, copies the results
+// The ops have the names and host-memory signatures of the CPU backend (moe/moe_ops.h): each copies
+// its inputs to the device, runs the kernels of native/backends/cuda on a stream, copies the results
 // back and waits for that stream only (never the whole device). Weights are uploaded once, by
 // pack_experts, into a PackedExperts whose backend() is backend_name(); they stay on the device
 // until that object is destroyed (the addon's dispose() or finaliser).
 //
-// One source (native/src/cuda/backend.cu), two builds:
+// One source (native/backends/cuda/backend.cu), two builds:
 //   - nvcc + static cudart: backend "cuda", the kernels on a real GPU;
 //   - g++ against native/emu (MOE_CUDA_EMU, test builds only): backend "cuda-emu", the same kernels
 //     and the same host code on the CPU emulator of the CUDA execution model.
-// A build without either has no CUDA backend: native/src/cuda/backend_none.cc answers for it.
+// A build without either has no CUDA backend: native/backends/cuda/backend_none.cc answers for it.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 
-#include "moe/model_ops.h"
-#include "moe/ops.h"
+#include "moe/decoder_ops.h"
+#include "moe/moe_ops.h"
 #include "moe/status.h"
 #include "moe/tensor.h"
 
@@ -52,7 +52,7 @@ struct TransferStats {
 };
 TransferStats transfer_stats();
 
-// ---- the ops (host pointers in and out; see moe/ops.h for the semantics) ------------------------
+// ---- the ops (host pointers in and out; see moe/moe_ops.h for the semantics) ------------------------
 Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, int32_t* topk_ids,
              float* topk_weights, int32_t* expert_counts, float* logits, RouterStats* stats = nullptr);
 Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacity,
@@ -92,7 +92,7 @@ Status upload(void* dst, const void* src, size_t n);
 Status download(void* dst, const void* src, size_t n);
 
 namespace dev {
-// moe/model_ops.h's ops on device tensors; "host" marks host arrays. Differences from the CPU:
+// moe/decoder_ops.h's ops on device tensors; "host" marks host arrays. Differences from the CPU:
 // rope's frequencies are f32 (HF's rounding), attention needs head_dim 32, 64, 128 or 256, and add
 // needs one dtype for a, b and out.
 Status embedding(const TensorView& table, const int32_t* ids /*host*/, int64_t T, const TensorView& out);

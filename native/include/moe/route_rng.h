@@ -1,6 +1,6 @@
 // moe-kernels: the routing variants' arithmetic that both backends must share bit for bit, in one
-// header that compiles as plain C++ (native/src/cpu) and as host/device code under nvcc or the CUDA
-// emulator (native/src/cuda): the expert capacity rule, and a counter-based random generator keyed by
+// header that compiles as plain C++ (native/backends/cpu) and as host/device code under nvcc or the CUDA
+// emulator (native/backends/cuda): the expert capacity rule, and a counter-based random generator keyed by
 // (seed, token, expert, stream), so a seeded variant routes the same on every backend, every run,
 // whatever the thread or block layout (no generator state to advance).
 //
@@ -45,7 +45,7 @@ inline int64_t expert_capacity(int64_t T, int k, int E, double factor) {
   return c >= 2147483647.0 ? 2147483647 : int64_t(c);
 }
 
-// The capacity a forward applies (MoeForwardParams in moe/ops.h, launch_moe_forward's options):
+// The capacity a forward applies (MoeForwardParams in moe/moe_ops.h, launch_moe_forward's options):
 // an explicit capacity >= 0 wins; otherwise a call is "decode" when decode == 1, or when decode == -1
 // (auto) and T == 1, and then takes eval_factor if it is > 0; every other call takes factor.
 inline int64_t forward_capacity(int64_t capacity, double factor, double eval_factor, int decode, int64_t T, int k,

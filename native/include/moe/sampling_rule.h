@@ -1,5 +1,5 @@
 // moe-kernels: the exact rule of temperature + top-p sampling, shared by the CUDA kernel
-// (native/src/cuda/sampling.cu), the CPU backend and the tests. Every decision is made on integers,
+// (native/backends/cuda/sampling.cu), the CPU backend and the tests. Every decision is made on integers,
 // so a parallel GPU reduction and a sequential loop choose the same id from the same logits:
 //
 //   m      = max of the non-NaN logits of the row

@@ -1,0 +1,402 @@
+/**
+ * The `moe-kernels` command (bin/moe-kernels.js runs `main`). Commands:
+ *   params <config.json | dir>     parameter breakdown, total and active, and a memory estimate
+ *   inspect <dir | file>           the tensors of a checkpoint, checked against config.json
+ *   generate <dir>                 runs a model: token ids (or text, with tokenizer.json) in and out
+ * `main` returns the exit code (0 ok, 1 failed, 2 usage error) and never exits the process.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseMoeConfig, type MoeModelConfig } from '../hf/config.js';
+import { MoeError } from '../core/errors.js';
+import { countParameters, estimateMemory, formatBytes, type MemoryEstimate } from '../hf/params.js';
+import { Checkpoint } from '../hf/safetensors.js';
+import { FLOAT_TYPES, type FloatType } from '../core/tensor.js';
+import { MoeCheckpoint } from '../hf/weights.js';
+import { createProgressBar } from '../hf/progress.js';
+import type { BackendName } from '../core/backend.js';
+import type { MixtralModel as MixtralModelType } from '../model/model.js';
+import { formatRoutingTable, routingHeatmapSvg } from '../moe/routing-stats.js';
+import { Tokenizer } from '../hf/tokenizer.js';
+
+export interface CliIo {
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown };
+}
+
+const HELP: Record<string, string> = {
+  main: `Usage: moe-kernels <command> [options]
+
+Commands:
+  params <config.json | checkpoint dir>   parameters (total, active, by part) and memory needed
+  inspect <checkpoint dir | file>         tensors of a checkpoint, checked against its config.json
+  generate <checkpoint dir>               run a checkpoint (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
+
+Run 'moe-kernels <command> --help' for a command's options.
+`,
+  params: `Usage: moe-kernels params <config.json | checkpoint dir> [options]
+
+Prints the parameter breakdown of a Hugging Face MoE config (mixtral, qwen2_moe, deepseek): total
+parameters, the parameters one token uses (active), and the memory the weights and a KV cache need.
+
+Options:
+  --dtype <t>        weight type: float32, float16, bfloat16 (default: the config's torch_dtype, else bfloat16)
+  --kv-dtype <t>     KV cache type (default: --dtype)
+  --context <n>      tokens of context per sequence (default: max_position_embeddings)
+  --batch <n>        sequences at once (default 1)
+  --json             print JSON instead of tables
+  -h, --help         this help
+`,
+  inspect: `Usage: moe-kernels inspect <checkpoint dir | model.safetensors.index.json | file.safetensors> [options]
+
+Lists every tensor (name, dtype, shape, bytes) from the headers, without reading tensor data, and
+when a config.json is next to the checkpoint (or given) checks that every tensor the config needs is
+present with the expected shape.
+
+Options:
+  --config <path>    config.json to check against (default: the one next to the checkpoint)
+  --no-check         list only
+  --json             print JSON instead of a table
+  -h, --help         this help
+`,
+  generate: `Usage: moe-kernels generate <checkpoint dir> (--prompt-ids <ids> | --prompt <text>) [options]
+
+Loads a Mixtral, Qwen2-MoE or DeepSeek-MoE checkpoint (config.json + safetensors; progress on
+stderr) and generates tokens after the prompt, printing them as they come: token ids with
+--prompt-ids, text with --prompt (the checkpoint's tokenizer.json encodes the prompt and decodes the
+output). --backend places the whole model: on CUDA every weight, KV cache and activation stays on
+the device.
+
+Options:
+  --prompt-ids <ids>       comma-separated token ids, e.g. 1,2,3
+  --prompt <text>          text (needs tokenizer.json in the checkpoint dir)
+  --max-new-tokens <n>     tokens to generate (default 16)
+  --temperature <t>        0 (default) is greedy
+  --top-p <p>              nucleus sampling threshold in (0, 1] (default 1)
+  --seed <n>               seed of the draws (default 0)
+  --stop-ids <ids>         stop after one of these ids (default: the tokenizer's end-of-sequence
+                           token with --prompt, none with --prompt-ids)
+  --dtype <t>              convert the weights as they load: float32, float16, bfloat16 (default: as stored)
+  --backend <b>            where the model runs: auto (default: cuda when a GPU runs), cpu, cuda
+  --max-seq <n>            KV cache positions (default: prompt + new tokens)
+  --stats                  after generating, print the tokens routed to each expert, per MoE layer
+                           (with each layer's routing entropy)
+  --stats-svg <file>       also write them as an SVG heat map (layers x experts) to <file>
+  --no-progress            no loading progress on stderr
+  -h, --help               this help
+`,
+};
+
+class UsageError extends Error {}
+
+/** Pads columns; numbers (right-aligned) where `right[i]`. */
+function table(rows: string[][], right: boolean[] = []): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => (right[i] ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+const num = (n: number) => n.toLocaleString('en-US');
+const billions = (n: number) => (n >= 1e9 ? `${(n / 1e9).toFixed(2)}B` : n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(2)}K` : String(n));
+
+function positiveInt(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a positive integer, got '${v}'`);
+  return n;
+}
+
+function floatType(v: string | undefined, flag: string): FloatType | undefined {
+  if (v === undefined) return undefined;
+  if (!(FLOAT_TYPES as readonly string[]).includes(v)) throw new UsageError(`${flag} must be one of ${FLOAT_TYPES.join(', ')}, got '${v}'`);
+  return v as FloatType;
+}
+
+function configPath(p: string): string {
+  return fs.existsSync(p) && fs.statSync(p).isDirectory() ? path.join(p, 'config.json') : p;
+}
+
+function params(args: string[], io: CliIo): number {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      dtype: { type: 'string' },
+      'kv-dtype': { type: 'string' },
+      context: { type: 'string' },
+      batch: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return io.stdout.write(HELP.params), 0;
+  if (positionals.length !== 1) throw new UsageError('params takes one argument: a config.json or a checkpoint directory');
+  const config = parseMoeConfig(configPath(positionals[0]));
+  const counts = countParameters(config);
+  const mem = estimateMemory(config, {
+    dtype: floatType(values.dtype, '--dtype'),
+    kvDtype: floatType(values['kv-dtype'], '--kv-dtype'),
+    contextLength: positiveInt(values.context, '--context'),
+    batch: positiveInt(values.batch, '--batch'),
+  });
+  if (values.json) {
+    io.stdout.write(JSON.stringify({ config, parameters: counts, memory: mem }, null, 2) + '\n');
+    return 0;
+  }
+  io.stdout.write(describeConfig(config) + '\n');
+  io.stdout.write(paramsTable(counts) + '\n');
+  io.stdout.write(memoryTable(mem));
+  return 0;
+}
+
+function describeConfig(c: MoeModelConfig): string {
+  const moe = c.layerKinds.filter((k) => k === 'moe').length;
+  const shared = c.sharedExpertIntermediateSize > 0 ? `, shared expert ${c.sharedExpertIntermediateSize}` : '';
+  return (
+    `${c.modelType}: ${c.numHiddenLayers} layers (${moe} MoE), hidden ${c.hiddenSize}, heads ${c.numAttentionHeads}/${c.numKeyValueHeads} kv x ${c.headDim}, ` +
+    `${c.numExperts} experts x ${c.moeIntermediateSize}, top-${c.numExpertsPerTok}${shared}, vocab ${c.vocabSize}${c.tieWordEmbeddings ? ' (tied)' : ''}\n`
+  );
+}
+
+function paramsTable(p: ReturnType<typeof countParameters>): string {
+  const rows: [string, number, number][] = [
+    ['embeddings', p.embeddings, p.embeddings],
+    ['attention', p.attention, p.attention],
+    ['norms', p.norms, p.norms],
+    ['router', p.router, p.router],
+    ['experts', p.experts.total, p.experts.active],
+  ];
+  if (p.sharedExperts) rows.push(['shared experts', p.sharedExperts, p.sharedExperts]);
+  if (p.denseFfn) rows.push(['dense FFN', p.denseFfn, p.denseFfn]);
+  rows.push(['lm head', p.lmHead, p.lmHead]);
+  const body = rows.map(([n, t, a]) => [n, num(t), billions(t), num(a), billions(a)]);
+  return table(
+    [['part', 'total', '', 'active', ''], ...body, ['all', num(p.total), billions(p.total), num(p.active), billions(p.active)]],
+    [false, true, true, true, true],
+  );
+}
+
+function memoryTable(m: MemoryEstimate): string {
+  return table(
+    [
+      ['memory', 'bytes', ''],
+      [`weights (${m.dtype})`, num(m.weightsBytes), formatBytes(m.weightsBytes)],
+      [`KV cache (${m.kvDtype}, ${m.contextLength} tokens x ${m.batch})`, num(m.kvCacheBytes), formatBytes(m.kvCacheBytes)],
+      ['total', num(m.totalBytes), formatBytes(m.totalBytes)],
+    ],
+    [false, true, true],
+  );
+}
+
+function inspect(args: string[], io: CliIo): number {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      config: { type: 'string' },
+      'no-check': { type: 'boolean' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return io.stdout.write(HELP.inspect), 0;
+  if (positionals.length !== 1) throw new UsageError('inspect takes one argument: a checkpoint directory, index file or .safetensors file');
+  const ckpt = Checkpoint.openSync(positionals[0]);
+  try {
+    const infos = ckpt.infos();
+    const cfgPath = values.config ?? path.join(ckpt.dir, 'config.json');
+    let check: { ok: boolean; message: string } | null = null;
+    if (!values['no-check'] && (values.config !== undefined || fs.existsSync(cfgPath))) check = checkAgainst(ckpt, cfgPath);
+    if (values.json) {
+      const tensors = infos.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, bytes: t.byteLength, file: path.basename(t.file) }));
+      io.stdout.write(JSON.stringify({ dir: ckpt.dir, files: ckpt.files.map((f) => path.basename(f)), totalBytes: ckpt.totalBytes, tensors, check }, null, 2) + '\n');
+    } else {
+      const multi = ckpt.files.length > 1;
+      const rows = infos.map((t) => [t.name, t.dtype, `[${t.shape.join(',')}]`, num(t.byteLength), ...(multi ? [path.basename(t.file)] : [])]);
+      io.stdout.write(table([['name', 'dtype', 'shape', 'bytes', ...(multi ? ['file'] : [])], ...rows], [false, false, false, true, false]));
+      io.stdout.write(`${infos.length} tensors in ${ckpt.files.length} file${ckpt.files.length > 1 ? 's' : ''}, ${formatBytes(ckpt.totalBytes)} (${num(ckpt.totalBytes)} bytes)\n`);
+      if (check) (check.ok ? io.stdout : io.stderr).write(`${check.ok ? 'ok' : 'error'}: ${check.message}\n`);
+    }
+    return check && !check.ok ? 1 : 0;
+  } finally {
+    ckpt.close();
+  }
+}
+
+/** Checks a checkpoint against a config: every tensor the config implies, with its shape. */
+function checkAgainst(ckpt: Checkpoint, cfgPath: string): { ok: boolean; message: string } {
+  let config: MoeModelConfig;
+  try {
+    config = parseMoeConfig(cfgPath);
+  } catch (e) {
+    if (e instanceof MoeError) return { ok: false, message: e.message };
+    throw e;
+  }
+  try {
+    const m = MoeCheckpoint.openSync(ckpt, { config }); // the caller closes ckpt
+    const unused = m.unusedTensors();
+    return {
+      ok: true,
+      message:
+        `all ${m.tensorsTotal} tensors that ${path.basename(cfgPath)} implies are present with the expected shapes (expert layout: ${m.layout}; ${formatBytes(m.bytesTotal)})` +
+        (unused.length ? `; ${unused.length} unused: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}` : ''),
+    };
+  } catch (e) {
+    if (e instanceof MoeError) return { ok: false, message: e.message };
+    throw e;
+  }
+}
+
+function idList(v: string, flag: string): number[] {
+  const ids = v.split(',').map((x) => x.trim()).filter((x) => x !== '').map(Number);
+  if (ids.length === 0 || !ids.every((n) => Number.isInteger(n) && n >= 0)) throw new UsageError(`${flag} must be comma-separated token ids, got '${v}'`);
+  return ids;
+}
+
+function numberFlag(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${v}'`);
+  return n;
+}
+
+async function generate(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      'prompt-ids': { type: 'string' },
+      prompt: { type: 'string' },
+      'max-new-tokens': { type: 'string' },
+      temperature: { type: 'string' },
+      'top-p': { type: 'string' },
+      seed: { type: 'string' },
+      'stop-ids': { type: 'string' },
+      dtype: { type: 'string' },
+      backend: { type: 'string' },
+      'max-seq': { type: 'string' },
+      stats: { type: 'boolean' },
+      'stats-svg': { type: 'string' },
+      'no-progress': { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return io.stdout.write(HELP.generate), 0;
+  if (positionals.length !== 1) throw new UsageError('generate takes one argument: a checkpoint directory');
+  if ((values['prompt-ids'] === undefined) === (values.prompt === undefined)) throw new UsageError('give one of --prompt-ids and --prompt');
+  const backend = values.backend;
+  if (backend !== undefined && !['auto', 'cpu', 'cuda', 'cuda-emu'].includes(backend)) throw new UsageError(`--backend must be one of auto, cpu, cuda, got '${backend}'`);
+  const maxNewTokens = positiveInt(values['max-new-tokens'], '--max-new-tokens') ?? 16;
+  const seed = numberFlag(values.seed, '--seed');
+  if (seed !== undefined && (!Number.isInteger(seed) || seed < 0)) throw new UsageError(`--seed must be a non-negative integer, got '${values.seed}'`);
+  const opts = {
+    maxNewTokens,
+    temperature: numberFlag(values.temperature, '--temperature'),
+    topP: numberFlag(values['top-p'], '--top-p'),
+    seed,
+  };
+  const dtype = floatType(values.dtype, '--dtype');
+  const dir = positionals[0];
+  // the model loads the native addon: only here, so that params and inspect run without it
+  const { MixtralModel } = require('../model/model.js') as { MixtralModel: typeof MixtralModelType };
+  let tokenizer: Tokenizer | null = null;
+  let promptIds: number[];
+  if (values.prompt !== undefined) {
+    const tj = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(tj)) throw new MoeError(`${dir}: no tokenizer.json for --prompt; give token ids with --prompt-ids`, 'ERR_FILE_NOT_FOUND');
+    tokenizer = Tokenizer.fromFile(tj);
+    promptIds = tokenizer.encode(values.prompt);
+  } else promptIds = idList(values['prompt-ids']!, '--prompt-ids');
+  const stop = values['stop-ids'] !== undefined ? idList(values['stop-ids'], '--stop-ids') : tokenizer?.eosTokenId != null ? [tokenizer.eosTokenId] : [];
+  const maxSeq = positiveInt(values['max-seq'], '--max-seq') ?? promptIds.length + maxNewTokens;
+
+  const bar = values['no-progress'] ? null : createProgressBar({ stream: io.stderr as NodeJS.WritableStream, label: 'loading' });
+  const t0 = Date.now();
+  const model = await MixtralModel.load(dir, { dtype, backend: backend as BackendName | undefined, maxSeq, onProgress: bar?.update });
+  bar?.done();
+  const ac = new AbortController();
+  const onSigint = () => ac.abort();
+  process.once('SIGINT', onSigint);
+  try {
+    const loaded = Date.now();
+    io.stderr.write(`loaded in ${((loaded - t0) / 1000).toFixed(1)} s; prompt: ${promptIds.length} tokens\n`);
+    const out: number[] = [];
+    let firstAt = 0;
+    let shown = '';
+    try {
+      for await (const id of model.generate(promptIds, { ...opts, stopTokens: stop, signal: ac.signal })) {
+        if (out.length === 0) firstAt = Date.now();
+        out.push(id);
+        if (tokenizer) {
+          // decode the whole output each time: byte-fallback pieces only make text together
+          const text = tokenizer.decode(out, { skipSpecialTokens: true });
+          if (text.startsWith(shown) && !text.endsWith('\ufffd')) {
+            io.stdout.write(text.slice(shown.length));
+            shown = text;
+          }
+        } else io.stdout.write(`${out.length > 1 ? ' ' : ''}${id}`);
+      }
+    } catch (e) {
+      if ((e as { code?: string }).code !== 'ERR_ABORTED') throw e;
+      io.stdout.write('\n');
+      io.stderr.write(`aborted after ${out.length} tokens\n`);
+      return 130;
+    }
+    if (tokenizer) {
+      const text = tokenizer.decode(out, { skipSpecialTokens: true });
+      if (text.startsWith(shown)) io.stdout.write(text.slice(shown.length));
+    }
+    io.stdout.write('\n');
+    const end = Date.now();
+    const decodeRate = out.length > 1 && end > firstAt ? `, decode ${(((out.length - 1) * 1000) / (end - firstAt)).toFixed(1)} tokens/s` : '';
+    io.stderr.write(`${out.length} tokens; prefill ${promptIds.length} tokens in ${((firstAt - loaded) / 1000).toFixed(2)} s${decodeRate}\n`);
+    const rs = model.routingStats();
+    // one row per MoE layer, labelled with its decoder-layer index (dense layers have no experts)
+    const layerLabels = rs.layers.map((i) => `layer ${i}`);
+    if (values.stats)
+      io.stdout.write(
+        rs.layers.length === 0
+          ? 'tokens per expert: the model has no MoE layers\n'
+          : `tokens per expert (${rs.tokens} tokens through the model):\n` + formatRoutingTable(rs.tokensPerExpert, { layerLabels }),
+      );
+    if (values['stats-svg'] !== undefined) {
+      if (rs.layers.length === 0) throw new MoeError('--stats-svg: the model has no MoE layers to draw', 'ERR_UNSUPPORTED');
+      fs.writeFileSync(values['stats-svg'], routingHeatmapSvg(rs.tokensPerExpert, { title: `${path.basename(path.resolve(dir))}: tokens per expert over ${rs.tokens} tokens`, layerLabels }));
+      io.stderr.write(`routing heat map: ${values['stats-svg']}\n`);
+    }
+    return 0;
+  } finally {
+    process.removeListener('SIGINT', onSigint);
+    model.dispose();
+  }
+}
+
+const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate };
+
+/** Runs the CLI on `argv` (without node and the script); resolves to the exit code. */
+export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    io.stdout.write(HELP.main);
+    return cmd === undefined ? 2 : 0;
+  }
+  const run = COMMANDS[cmd];
+  if (!run) {
+    io.stderr.write(`moe-kernels: unknown command '${cmd}'\n\n${HELP.main}`);
+    return 2;
+  }
+  try {
+    return await run(rest, io);
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    if (e instanceof UsageError || err.code?.startsWith('ERR_PARSE_ARGS')) {
+      io.stderr.write(`moe-kernels ${cmd}: ${err.message}\n\n${HELP[cmd]}`);
+      return 2;
+    }
+    if (e instanceof MoeError || ((e instanceof RangeError || e instanceof TypeError) && err.code?.startsWith('ERR_'))) {
+      io.stderr.write(`moe-kernels ${cmd}: ${err.message} (${err.code})\n`);
+      return 1;
+    }
+    throw e;
+  }
+}

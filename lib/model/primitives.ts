@@ -1,0 +1,377 @@
+/**
+ * The ops of a whole decoder model (Mixtral) besides the MoE layer: embedding, RMS norm, linear
+ * projections, rotary embedding, causal grouped-query attention with a KV cache, the residual add
+ * and token sampling. Building blocks for MixtralBlock / MixtralModel.
+ *
+ *   embedding   table [V,d], ids [T] int32                   -> [T,d]
+ *   rmsNorm     x [T,d], weight [d]                           -> [T,d]
+ *   Linear      W [out,in] packed once; forward(x [T,in])     -> [T,out]  (x W^T, no bias)
+ *   rope        q [T,Hq,hd], k [T,Hkv,hd], positions [T]      -> rotated q, k
+ *   attention   q [T,Hq,hd], k, v [T,Hkv,hd], KvCache         -> [T,Hq,hd]
+ *   add         a, b (same dims)                              -> a + b
+ *   sample      logits [V] or [T,V] float32                   -> ids [T] int32
+ *
+ * Tensors of any float type in, f32 math and accumulation inside. Every op has a Promise form (runs
+ * off the event loop) and a Sync form (for tiny calls, e.g. one decode step); both give the same
+ * bits on any thread count. Ops that produce a tensor take `out` (write into a tensor you own, to
+ * avoid an allocation per call in a decode loop) and `outType` (the type of a fresh output).
+ *
+ * Ops run where their tensors are: host `Tensor`s on the CPU backend, `DeviceTensor`s (lib/core/device.ts)
+ * on the CUDA backend, returning device tensors (sample returns host ids). A Linear or KvCache
+ * created with a CUDA `backend` serves device tensors. On CUDA: rope's frequencies are f32 (HF's
+ * rounding; the CPU computes angles in f64), attention needs a head dim of 32, 64, 128 or 256, add
+ * needs one type for a, b and out, and linear writes float32 or the weights' type.
+ */
+import { binding, type NativeDeviceTensor, type NativeKvCache, type NativeLinear, type NativeTensor } from '../core/binding.js';
+import { DeviceTensor } from '../core/device.js';
+import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
+import { describe, MoeError, typeError } from '../core/errors.js';
+import { boolOption, checkOptions, intOption } from '../core/options.js';
+import type { FloatType, Tensor } from '../core/tensor.js';
+
+/** Where a Linear or KvCache lives: the CPU unless a backend is asked for. */
+function ownerBackend(backend: unknown): ResolvedBackend {
+  return backend === undefined ? 'cpu' : resolveBackend(backend);
+}
+const nativeBackend = (b: ResolvedBackend) => (b === 'cpu' ? undefined : b);
+
+/** A host tensor or a device tensor: ops take tensors of one place and return that place's. */
+export type AnyTensor = Tensor | DeviceTensor;
+/** The result of an op on X: a DeviceTensor for device inputs, else a host Tensor. */
+export type Placed<X> = X extends DeviceTensor ? DeviceTensor : Tensor;
+
+const nt = (t: AnyTensor | null | undefined) => t as unknown as NativeTensor;
+
+/** A native result as the caller's place: native device objects become DeviceTensors. */
+function placed<R>(r: unknown): R {
+  if (r && typeof r === 'object' && !(r instanceof DeviceTensor) && 'buffer' in r) return DeviceTensor.wrap(r as NativeDeviceTensor) as R;
+  return r as R;
+}
+
+export interface OutOptions {
+  /** Type of a fresh output tensor (default: per op). Ignored when `out` is given, except that it must match. */
+  outType?: FloatType;
+  /** A tensor of the result's dims to write into (a DeviceTensor for device inputs); it is returned. */
+  out?: AnyTensor;
+}
+
+function outArgs(o: Record<string, unknown>) {
+  return [o.outType as FloatType | undefined, nt(o.out as AnyTensor | undefined)] as const;
+}
+
+function numberOption(o: Record<string, unknown>, key: string, dflt: number): number {
+  const v = o[key];
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number') throw typeError(`options.${key} must be a number, got ${describe(v)}`);
+  return v; // range checked natively, with the value in the message
+}
+
+// ---- embedding ----------------------------------------------------------------------------------
+
+/** Rows of `table` [V,d] for token `ids` [T]; output type defaults to the table's. */
+export async function embedding<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Promise<Placed<X>> {
+  return placed(await binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), true));
+}
+export function embeddingSync<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Placed<X> {
+  return placed(binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), false));
+}
+
+// ---- RMS norm -------------------------------------------------------------------------------------
+
+export interface RmsNormOptions extends OutOptions {
+  /** Added to mean(x^2); default 1e-5 (Mixtral's rms_norm_eps). */
+  eps?: number;
+}
+
+/** Hugging Face MixtralRMSNorm: x * rsqrt(mean(x^2) + eps) * weight, in f32; output type defaults to x's. */
+export async function rmsNorm<X extends AnyTensor>(x: X, weight: AnyTensor, options?: RmsNormOptions): Promise<Placed<X>> {
+  const o = checkOptions(options);
+  return placed(await binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), true));
+}
+export function rmsNormSync<X extends AnyTensor>(x: X, weight: AnyTensor, options?: RmsNormOptions): Placed<X> {
+  const o = checkOptions(options);
+  return placed(binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), false));
+}
+
+// ---- linear -----------------------------------------------------------------------------------------
+
+/** The JS owner of a native handle: dispose() frees it now; calls already running finish first. */
+abstract class NativeOwner<N extends { dispose(): void }> {
+  readonly #native: N;
+  readonly #what: string;
+  #disposed = false;
+  constructor(native: N, what: string) {
+    this.#native = native;
+    this.#what = what;
+  }
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+  dispose(): void {
+    this.#disposed = true;
+    this.#native.dispose();
+  }
+  /** The native handle; throws ERR_DISPOSED after dispose(). */
+  protected handle(): N {
+    if (this.#disposed) throw new MoeError(`${this.#what} was disposed and cannot be used again`, 'ERR_DISPOSED');
+    return this.#native;
+  }
+}
+
+export interface LinearPackOptions {
+  /** A bias [out] (any float type, kept as f32): y = x W^T + bias. */
+  bias?: Tensor;
+  /** Where the weights live: 'cpu' (default), or a CUDA backend to serve device tensors ('auto': CUDA when available). */
+  backend?: BackendName;
+}
+
+/**
+ * A linear layer without bias, y = x W^T, with W [out,in] in Hugging Face layout (q/k/v/o
+ * projections, the LM head). The weights are copied and packed once; the caller may drop its
+ * arrays. Output type defaults to float32.
+ */
+export class Linear extends NativeOwner<NativeLinear> {
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  /** Weight type, as packed. */
+  readonly type: FloatType;
+  /** Bytes of the packed copy. */
+  readonly bytes: number;
+  readonly backend: ResolvedBackend;
+  /** Whether the layer adds a bias. */
+  readonly hasBias: boolean;
+
+  /** @internal use Linear.pack / packSync */
+  constructor(native: NativeLinear, backend: ResolvedBackend) {
+    super(native, 'Linear');
+    const info = native.info();
+    this.inFeatures = info.inFeatures!;
+    this.outFeatures = info.outFeatures!;
+    this.type = info.type as FloatType;
+    this.bytes = info.bytes!;
+    this.backend = backend;
+    this.hasBias = info.bias === true;
+  }
+
+  /** Packs W [out,in] (and its bias) off the event loop. */
+  static async pack(w: Tensor, options?: LinearPackOptions): Promise<Linear> {
+    const o = checkOptions(options);
+    const backend = ownerBackend(o.backend);
+    return new Linear(await binding.pack_linear(nt(w), true, nativeBackend(backend), nt(o.bias as Tensor | undefined) ?? undefined), backend);
+  }
+  static packSync(w: Tensor, options?: LinearPackOptions): Linear {
+    const o = checkOptions(options);
+    const backend = ownerBackend(o.backend);
+    return new Linear(binding.pack_linear(nt(w), false, nativeBackend(backend), nt(o.bias as Tensor | undefined) ?? undefined), backend);
+  }
+
+  /** y [T,out] = x [T,in] W^T (device tensors for a Linear on a CUDA backend). */
+  async forward<X extends AnyTensor>(x: X, options?: OutOptions): Promise<Placed<X>> {
+    return placed(await binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), true));
+  }
+  forwardSync<X extends AnyTensor>(x: X, options?: OutOptions): Placed<X> {
+    return placed(binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), false));
+  }
+
+}
+
+function checkLinear(w: unknown): Linear {
+  if (!(w instanceof Linear)) throw typeError(`w must be a Linear from Linear.pack(), got ${describe(w)}`);
+  return w;
+}
+/** y = x W^T with packed weights (the same as w.forward(x)). */
+export async function linear<X extends AnyTensor>(x: X, w: Linear, options?: OutOptions): Promise<Placed<X>> {
+  return checkLinear(w).forward(x, options);
+}
+export function linearSync<X extends AnyTensor>(x: X, w: Linear, options?: OutOptions): Placed<X> {
+  return checkLinear(w).forwardSync(x, options);
+}
+
+// ---- rotary position embedding ---------------------------------------------------------------------
+
+export interface RopeOptions {
+  /** Base of the frequencies; default 10000 (Hugging Face's default; Mixtral's config says 1e6). */
+  theta?: number;
+  /** Rotate q and k in place (returns the same tensors). Default false: fresh tensors of their types. */
+  inPlace?: boolean;
+}
+export interface RopeResult<X extends AnyTensor = Tensor> {
+  q: Placed<X>;
+  k: Placed<X> | null;
+}
+
+function ropeArgs(q: AnyTensor, k: AnyTensor | null | undefined, options?: RopeOptions) {
+  const o = checkOptions(options);
+  const inPlace = boolOption(o, 'inPlace', false);
+  return [numberOption(o, 'theta', 10000), inPlace ? nt(q) : null, inPlace ? nt(k) : null] as const;
+}
+
+/**
+ * Rotary embedding, Hugging Face rotate_half convention (pairs i, i + hd/2; inv_freq =
+ * theta^(-2i/hd)); angles, cosines and sines in f64, rotation in f32. q [T,Hq,hd] and k [T,Hkv,hd]
+ * (k may be null), positions [T] int32 (on the device for device q, k: a device positions tensor
+ * costs no copy per call, where host positions are copied in each time).
+ */
+export async function rope<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'> | DeviceTensor<'int32'>, options?: RopeOptions): Promise<RopeResult<X>> {
+  const [theta, qo, ko] = ropeArgs(q, k, options);
+  const r = await binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, true);
+  return { q: placed(r.q), k: placed(r.k) };
+}
+export function ropeSync<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'> | DeviceTensor<'int32'>, options?: RopeOptions): RopeResult<X> {
+  const [theta, qo, ko] = ropeArgs(q, k, options);
+  const r = binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, false);
+  return { q: placed(r.q), k: placed(r.k) };
+}
+
+// ---- KV cache and attention ---------------------------------------------------------------------------
+
+export interface KvCacheInit {
+  /** Positions the cache can hold (the whole sequence: there is no ring buffer). */
+  maxSeq: number;
+  numKvHeads: number;
+  headDim: number;
+  /** Element type of the stored keys and values; default 'float32'. */
+  type?: FloatType;
+}
+export interface KvCacheOptions {
+  /** Where the keys and values live: 'cpu' (default), or a CUDA backend for device tensors. */
+  backend?: BackendName;
+}
+
+/**
+ * One attention layer's keys and values, each [numKvHeads, maxSeq, headDim] in the backend, and
+ * the sequence length written so far. `attention` appends at `startPos` (default: the length);
+ * `reset()` starts a new sequence, `truncate(n)` rewinds to n positions (e.g. to re-use a prompt
+ * prefix). Keep one cache per layer and sequence.
+ */
+export class KvCache extends NativeOwner<NativeKvCache> {
+  readonly maxSeq: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  readonly type: FloatType;
+  readonly bytes: number;
+  readonly backend: ResolvedBackend;
+
+  constructor(init: KvCacheInit, options?: KvCacheOptions) {
+    const i = checkOptions(init, 'init');
+    const backend = ownerBackend(checkOptions(options).backend);
+    const n = (k: string) => {
+      if (i[k] === undefined) throw typeError(`init.${k} is required, got undefined`);
+      return intOption(i, k, 0, 1, Number.MAX_SAFE_INTEGER, `init.${k}`);
+    };
+    const [maxSeq, heads, hd] = [n('maxSeq'), n('numKvHeads'), n('headDim')];
+    const native = binding.create_kv_cache(maxSeq, heads, hd, (i.type ?? 'float32') as FloatType, nativeBackend(backend));
+    super(native, 'KvCache');
+    const info = native.info();
+    this.maxSeq = info.maxSeq!;
+    this.numKvHeads = info.numKvHeads!;
+    this.headDim = info.headDim!;
+    this.type = info.type as FloatType;
+    this.bytes = info.bytes!;
+    this.backend = backend;
+  }
+
+  /** Positions written so far (including calls still running). */
+  get length(): number {
+    return this.handle().info().length!;
+  }
+  /** Starts a new sequence. */
+  reset(): void {
+    this.handle().truncate(0);
+  }
+  /** Keeps the first `length` positions (0 <= length <= this.length). */
+  truncate(length: number): void {
+    this.handle().truncate(length);
+  }
+  /** @internal */
+  static native(c: unknown): NativeKvCache {
+    if (!(c instanceof KvCache)) throw typeError(`cache must be a KvCache, got ${describe(c)}`);
+    return c.handle();
+  }
+}
+
+export interface AttentionOptions extends OutOptions {
+  /** Position of the first of the T tokens; default the cache's length (append). */
+  startPos?: number;
+  /** 0 (default): full causal attention; w: a query at p sees keys j with p - w < j <= p. */
+  slidingWindow?: number;
+}
+
+function attentionArgs(cache: KvCache, options?: AttentionOptions) {
+  const o = checkOptions(options);
+  const native = KvCache.native(cache);
+  const start = o.startPos === undefined ? native.info().length! : (o.startPos as number);
+  return [native, start, (o.slidingWindow ?? 0) as number, ...outArgs(o)] as const;
+}
+
+/**
+ * Causal grouped-query attention: writes k, v [T,Hkv,hd] into the cache at startPos.., then
+ * returns softmax(q K^T / sqrt(hd)) V for q [T,Hq,hd] over the visible positions (query head h uses
+ * kv head h / (Hq/Hkv)). Output type defaults to q's. Async calls on one cache run in call order;
+ * a Sync call while an async one on the same cache is running throws ERR_BUSY.
+ */
+export async function attention<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Promise<Placed<X>> {
+  const [c, start, window, outType, out] = attentionArgs(cache, options);
+  return placed(await binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, true));
+}
+export function attentionSync<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Placed<X> {
+  const [c, start, window, outType, out] = attentionArgs(cache, options);
+  return placed(binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, false));
+}
+
+// ---- residual add ---------------------------------------------------------------------------------------
+
+export interface AddOptions extends OutOptions {
+  /** Write the sum into a (returns a). Default false. */
+  inPlace?: boolean;
+}
+
+function addArgs(a: AnyTensor, options?: AddOptions) {
+  const o = checkOptions(options);
+  const [outType, out] = outArgs(o);
+  return [outType, boolOption(o, 'inPlace', false) ? nt(a) : out] as const;
+}
+
+/** a + b element-wise in f32 (same dims); output type defaults to a's. */
+export async function add<X extends AnyTensor>(a: X, b: X, options?: AddOptions): Promise<Placed<X>> {
+  return placed(await binding.add(nt(a), nt(b), ...addArgs(a, options), true));
+}
+export function addSync<X extends AnyTensor>(a: X, b: X, options?: AddOptions): Placed<X> {
+  return placed(binding.add(nt(a), nt(b), ...addArgs(a, options), false));
+}
+
+// ---- sampling --------------------------------------------------------------------------------------------
+
+export interface SampleOptions {
+  /** 0 (default): greedy argmax, ties to the lower index, NaN never wins. */
+  temperature?: number;
+  /** Nucleus: keep the fewest most likely tokens whose probability reaches topP; (0, 1], default 1. */
+  topP?: number;
+  /** Integer in [0, 2^53); default 0. */
+  seed?: number;
+  /** Integer in [0, 2^53), e.g. the decode step; default 0. Row t of a call draws from (seed, step, t). */
+  step?: number;
+  /** An int32 tensor [T] to write the ids into. */
+  out?: Tensor<'int32'>;
+}
+
+function sampleArgs(options?: SampleOptions) {
+  const o = checkOptions(options);
+  return [numberOption(o, 'temperature', 0), numberOption(o, 'topP', 1), numberOption(o, 'seed', 0), numberOption(o, 'step', 0), nt(o.out as Tensor)] as const;
+}
+
+/**
+ * Token ids [T] from float32 logits [V] or [T,V] (V <= 2^23): argmax at temperature 0 (ties to the
+ * lower index, NaN never wins). Otherwise softmax(logits / temperature) cut to topP, by the exact
+ * integer rule of native/include/moe/sampling_rule.h: weights floor(exp((l - max) / temperature) *
+ * 2^40) in f32, the nucleus = the fewest largest weights (ties: lower index first) whose sum reaches
+ * topP of the total, one Philox4x32-10 draw of (seed, step, row) scaled to the nucleus's sum, and the
+ * first nucleus id in index order whose running sum passes it. The same logits, options and row
+ * give the same token on the CPU and the CUDA backend and on any thread count.
+ */
+export async function sample(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Promise<Tensor<'int32'>> {
+  return (await binding.sample(nt(logits), ...sampleArgs(options), true)) as Tensor<'int32'>;
+}
+export function sampleSync(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Tensor<'int32'> {
+  return binding.sample(nt(logits), ...sampleArgs(options), false) as Tensor<'int32'>;
+}

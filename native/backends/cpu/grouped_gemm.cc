@@ -1,0 +1,165 @@
+// CPU grouped GEMM over experts with fused SwiGLU:
+//   for each row r of expert e:  y[r] = W2_e (silu(W1_e x[src(r)]) * (W3_e x[src(r)])).
+//
+// pack_experts repacks every expert once into column panels (layout in gemm_kernels.h), keeping
+// 16-bit weights 16-bit. grouped_gemm then runs three parallel phases of the panel GEMM machinery
+// (panel_gemm.h, which explains the task split, the streaming and blocked orders, and why results
+// are bitwise reproducible), with one group per expert:
+//   0. gather: the token rows of each expert are copied into micro-panels of kMR rows (A1);
+//   1. GEMM1 over the interleaved W1/W3 panels, SwiGLU in the epilogue, h written as micro-panels
+//      (H), the A operand of
+//   2. GEMM2 over the W2 panels, written to y.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "gemm_kernels.h"
+#include "moe/moe_ops.h"
+#include "moe/threadpool.h"
+#include "panel_gemm.h"
+
+namespace moe {
+
+namespace {
+using cpu::AlignedBuffer;
+using cpu::ceil_div;
+using cpu::GemmKernels;
+using cpu::kGateCols;
+using cpu::kMR;
+using cpu::kNR;
+using cpu::WeightType;
+
+// The packed weights of all experts, one allocation, original element type.
+struct CpuPackedExperts final : PackedExperts {
+  AlignedBuffer buf;
+  size_t elem_size = 4;
+  int64_t f_pad = 0;        // f rounded up to kGateCols: K of GEMM2
+  int64_t gemm1_panels = 0;  // f_pad / kGateCols
+  int64_t gemm2_panels = 0;  // ceil(d / kNR)
+  size_t w2_offset = 0;      // elements from an expert's start to its GEMM2 panels
+  size_t expert_elems = 0;   // elements per expert
+  size_t bytes() const override { return buf.size(); }
+  const uint8_t* expert(int e) const { return buf.as<const uint8_t>() + size_t(e) * expert_elems * elem_size; }
+};
+
+// ---- packing ------------------------------------------------------------------------------------
+// GEMM1 panel p: kGateCols rows of W1 then the same rows of W3, as in gemm_kernels.h; GEMM2 panels
+// are plain row panels (cpu::pack_row_panel). El is the raw element: packing only moves bits.
+template <class El>
+void pack_gemm1_panel(const El* w1, const El* w3, int64_t d, int64_t f, int64_t p, El* dst) {
+  const int64_t valid = std::min<int64_t>(kGateCols, f - p * kGateCols);
+  const El* g = w1 + p * kGateCols * d;
+  const El* u = w3 + p * kGateCols * d;
+  for (int64_t k = 0; k < d; ++k, dst += kNR) {
+    if (valid == kGateCols) {  // constant trip count: the common, unrolled case
+      for (int j = 0; j < kGateCols; ++j) dst[j] = g[j * d + k];
+      for (int j = 0; j < kGateCols; ++j) dst[kGateCols + j] = u[j * d + k];
+    } else {
+      for (int j = 0; j < kGateCols; ++j) dst[j] = j < valid ? g[j * d + k] : El(0);
+      for (int j = 0; j < kGateCols; ++j) dst[kGateCols + j] = j < valid ? u[j * d + k] : El(0);
+    }
+  }
+}
+
+template <class El>
+void pack_all(const ExpertWeightSource& src, CpuPackedExperts& p) {
+  const int64_t per_expert = p.gemm1_panels + p.gemm2_panels;
+  const int64_t total = per_expert * p.num_experts;
+  cpu::parallel_pack(total, [&](int64_t g) {
+    const int e = int(g / per_expert);
+    const int64_t panel = g % per_expert;
+    El* base = p.buf.as<El>() + size_t(e) * p.expert_elems;
+    if (panel < p.gemm1_panels) {
+      pack_gemm1_panel(static_cast<const El*>(src.w1[size_t(e)]), static_cast<const El*>(src.w3[size_t(e)]),
+                       p.d, p.f, panel, base + size_t(panel) * size_t(p.d) * kNR);
+    } else {
+      const int64_t q = panel - p.gemm1_panels;
+      cpu::pack_row_panel(static_cast<const El*>(src.w2[size_t(e)]), p.d, p.f, p.f_pad, q,
+                          base + p.w2_offset + size_t(q) * size_t(p.f_pad) * kNR);
+    }
+  });
+}
+
+}  // namespace
+
+Status pack_experts(const ExpertWeightSource& src, std::unique_ptr<PackedExperts>* out) {
+  if (src.num_experts < 1 || src.d < 1 || src.f < 1) return Status::invalid("pack_experts: empty shape");
+  if (src.dtype != DType::kF32 && src.dtype != DType::kF16 && src.dtype != DType::kBF16)
+    return Status::unsupported(std::string("pack_experts: weights of type ") + dtype_name(src.dtype));
+  auto p = std::make_unique<CpuPackedExperts>();
+  p->num_experts = src.num_experts;
+  p->d = src.d;
+  p->f = src.f;
+  p->dtype = src.dtype;
+  p->elem_size = dtype_size(src.dtype);
+  p->f_pad = ceil_div(src.f, kGateCols) * kGateCols;
+  p->gemm1_panels = p->f_pad / kGateCols;
+  p->gemm2_panels = ceil_div(src.d, kNR);
+  p->w2_offset = size_t(p->gemm1_panels) * size_t(src.d) * kNR;
+  p->expert_elems = p->w2_offset + size_t(p->gemm2_panels) * size_t(p->f_pad) * kNR;
+  if (!p->buf.reserve(p->expert_elems * size_t(src.num_experts) * p->elem_size))
+    return Status::oom("pack_experts: cannot allocate the packed weights");
+  if (p->elem_size == 4)
+    pack_all<uint32_t>(src, *p);
+  else
+    pack_all<uint16_t>(src, *p);
+  *out = std::move(p);
+  return Status::ok();
+}
+
+Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
+                    const int32_t* expert_offsets, const PackedExperts& pw, float* y) {
+  // Every PackedExperts reaching the CPU backend was made by pack_experts above (the addon builds
+  // with -fno-rtti under node-gyp, so this cannot be a dynamic_cast).
+  const auto* w = static_cast<const CpuPackedExperts*>(&pw);
+  const int E = w->num_experts;
+  const int64_t d = w->d, f_pad = w->f_pad, R = expert_offsets[E];
+  if (R == 0) return Status::ok();
+  (void)T;
+
+  const cpu::RowLayout L = cpu::make_row_layout(expert_offsets, E);
+  const int64_t n_mp = L.mp_base[size_t(E)];
+
+  // scratch: A1 [n_mp][d][kMR], H [n_mp][f_pad][kMR], per-thread tiles
+  const int nthreads = ComputePool::instance().num_threads();
+  const size_t a1_floats = cpu::round_up_floats(size_t(n_mp) * size_t(d) * kMR);
+  const size_t h_floats = cpu::round_up_floats(size_t(n_mp) * size_t(f_pad) * kMR);
+  const size_t thread_floats = size_t(nthreads) * cpu::kThreadScratchFloats;
+  AlignedBuffer& buf = cpu::thread_scratch();
+  if (!buf.reserve((a1_floats + h_floats + thread_floats) * sizeof(float)))
+    return Status::oom("grouped_gemm: cannot allocate the activation scratch");
+  float* a1 = buf.as<float>();
+  float* h = a1 + a1_floats;
+  float* tiles = h + h_floats;
+
+  // 0. gather the token rows of each expert into micro-panels
+  cpu::gather_micro_panels(x, d, sorted_rows, expert_offsets, L, a1);
+
+  const GemmKernels& kern = cpu::kernels();
+  const WeightType wt = cpu::weight_type(w->dtype);
+  const size_t expert_bytes = w->expert_elems * w->elem_size;
+
+  // 1. GEMM1 (interleaved W1/W3) with the SwiGLU epilogue -> H
+  cpu::GemmPhase g1{&kern, wt, w->elem_size, w->expert(0), expert_bytes, d, a1, &L};
+  cpu::run_phase(g1, cpu::make_tasks(L, w->gemm1_panels, d * kNR * int64_t(w->elem_size)), tiles,
+            [&](const cpu::Task& t, int64_t p, int mp, int rows, const float* tile) {
+              float* hm = h + size_t(L.mp_base[size_t(t.e)] + t.mp0 + mp) * size_t(f_pad) * kMR;
+              kern.swiglu(rows, tile, hm + size_t(p) * kGateCols * kMR);
+            });
+
+  // 2. GEMM2 (W2 panels) -> y
+  cpu::GemmPhase g2{&kern, wt, w->elem_size, w->expert(0) + w->w2_offset * w->elem_size, expert_bytes, f_pad, h, &L};
+  cpu::run_phase(g2, cpu::make_tasks(L, w->gemm2_panels, f_pad * kNR * int64_t(w->elem_size)), tiles,
+            [&](const cpu::Task& t, int64_t p, int mp, int rows, const float* tile) {
+              const int64_t r0 = expert_offsets[t.e] + int64_t(t.mp0 + mp) * kMR;
+              const int64_t c0 = p * kNR;
+              const size_t ncols = size_t(std::min<int64_t>(kNR, d - c0));
+              for (int i = 0; i < rows; ++i)
+                std::memcpy(y + size_t(r0 + i) * size_t(d) + size_t(c0), tile + size_t(i) * kNR, ncols * sizeof(float));
+            });
+
+  if (buf.size() > cpu::kKeepScratchBytes) buf.release();
+  return Status::ok();
+}
+
+}  // namespace moe
