@@ -1331,6 +1331,7 @@ cudaError_t cudaFree(void* ptr) {
 }
 
 cudaError_t cudaMallocHost(void** ptr, size_t size) { return cudaMalloc(ptr, size); }
+cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) { return cudaMalloc(ptr, size); }
 cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }
 
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
@@ -1377,6 +1378,7 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) {
   *event = new CUevent_st{std::chrono::steady_clock::now()};
   return cudaSuccess;
 }
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   delete event;
   return cudaSuccess;
@@ -1387,6 +1389,11 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+// Work completes when it is issued: a recorded event is always reached.
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  if (!event) return host_error(cudaErrorInvalidValue, "cudaEventQuery: null event");
+  return cudaSuccess;
+}
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (!ms || !start || !end) return host_error(cudaErrorInvalidValue, "cudaEventElapsedTime: null argument");
   *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
