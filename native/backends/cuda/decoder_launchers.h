@@ -58,6 +58,11 @@ cudaError_t launch_add_rms_norm(const void* a,           // [num_tokens, d] of a
                                 void* y,                 // [num_tokens, d] of y_dtype
                                 DevDType y_dtype, cudaStream_t stream);
 
+// out[i] = in[i] converted from in_dtype to out_dtype (through f32, rounded to nearest even), n elements;
+// out must not overlap in unless it is in (the same dtype). Errors: cudaErrorInvalidValue for n < 0, an
+// unknown dtype, a null or misaligned pointer (n == 0 launches nothing).
+cudaError_t launch_cast(const void* in, DevDType in_dtype, void* out, DevDType out_dtype, int64_t n, cudaStream_t stream);
+
 // out[i] = a[i] + b[i] (f32 math, rounded to dtype), n elements; out may alias a or b.
 cudaError_t launch_residual_add(const void* a, const void* b, void* out, DevDType dtype, int64_t n,
                                 cudaStream_t stream);

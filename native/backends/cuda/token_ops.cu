@@ -8,6 +8,7 @@
 //                                       in f32, a fixed-order block reduction, y = x * r * w
 //   residual_add_kernel<T, kVec>        out = a + b, grid-stride
 //   bias_add_kernel<TO>                 out[r, c] = x[r, c] + bias[c] (a linear's bias), grid-stride
+//   cast_kernel<TI, TO>                 out = in converted (round to nearest even), grid-stride
 //   rope_kernel<T>                      one thread per (token, frequency): sincosf once, applied to
 //                                       every q and k head of the token, in place
 //
@@ -164,6 +165,12 @@ __global__ void __launch_bounds__(kAddThreads)
     out[i] = elem::from_f32<TO>(__fadd_rn(x[i], bias[i % cols]));
 }
 
+template <typename TI, typename TO>
+__global__ void __launch_bounds__(kAddThreads) cast_kernel(const TI* in, int64_t n, TO* out) {
+  for (int64_t i = int64_t(blockIdx.x) * kAddThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kAddThreads)
+    out[i] = elem::from_f32<TO>(elem::to_f32(in[i]));
+}
+
 // ---- RoPE ------------------------------------------------------------------------------------------
 
 struct RopeFreqs {
@@ -301,6 +308,19 @@ cudaError_t launch_bias_add(const float* x, const float* bias, int64_t rows, int
   return MOE_DTYPE_SWITCH(out_dtype, T, [&] {
     return moe_launch(bias_add_kernel<T>, dim3(grid_for(n, kAddThreads)), dim3(kAddThreads), 0, stream, x, bias, n, cols,
                       static_cast<T*>(out));
+  });
+}
+
+cudaError_t launch_cast(const void* in, DevDType in_dtype, void* out, DevDType out_dtype, int64_t n, cudaStream_t stream) {
+  if (n < 0 || !dev_dtype_ok(in_dtype) || !dev_dtype_ok(out_dtype)) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  if (!in || !out || !ptr_aligned(in, dev_elem_bytes(in_dtype)) || !ptr_aligned(out, dev_elem_bytes(out_dtype)))
+    return cudaErrorInvalidValue;
+  return MOE_DTYPE_SWITCH(in_dtype, TI, [&] {
+    return MOE_DTYPE_SWITCH(out_dtype, TO, [&] {
+      return moe_launch(cast_kernel<TI, TO>, dim3(grid_for(n, kAddThreads)), dim3(kAddThreads), 0, stream,
+                        static_cast<const TI*>(in), n, static_cast<TO*>(out));
+    });
   });
 }
 
