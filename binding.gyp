@@ -16,7 +16,8 @@
       "sources": [
         "<!@(node -p \"require('fs').readdirSync('native/napi').filter(f => f.endsWith('.cc')).map(f => 'native/napi/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('native/backends/cpu').filter(f => f.endsWith('.cc') && !f.endsWith('_avx2.cc')).map(f => 'native/backends/cpu/' + f).join(' ')\")",
-        "native/backends/cuda/backend_none.cc"
+        "native/backends/cuda/backend_none.cc",
+        "native/backends/registry.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/include"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

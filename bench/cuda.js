@@ -56,11 +56,11 @@ async function runCuda(opts, lib, backend) {
         p.tick(e + 1);
       }
       const gate = c.fDense ? undefined : randomMatrix(dtype, E, d, seedOf(c.name, 'gate'));
-      const w = await binding.pack_experts(mats.w1, mats.w3, mats.w2, true, backend, gate);
+      const w = await binding.pack_experts({ ...mats, gate }, { backend, async: true });
       p.done('uploaded');
       try {
         for (const T of tokens) {
-          const time = (iters) => (c.fDense ? binding.cuda_time_dense_ffn(w, T, iters) : binding.cuda_time_moe_forward(w, T, k, iters));
+          const time = (iters) => (c.fDense ? binding.time_dense_ffn(w, { T, iters }) : binding.time_moe_forward(w, { T, topK: k, iters }));
           const first = time(1);
           const iters = Math.max(1, Math.min(1000, Math.floor(budgetMs / Math.max(first, 1e-3))));
           const ms = time(iters);

@@ -390,15 +390,17 @@ errors('layer options', async () => {
   layer.dispose();
 });
 
-errors('native checks of the variants object', () => {
+errors('native checks of the options object', () => {
   const p = makeProblem({ T: 4, d: 8, f: 4, E: 4, seed: 1502 });
   const nt = (t: Tensor) => t as never;
-  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 2, true, false, false, { bogus: 1 } as never), TypeError, 'variants.bogus');
-  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 2, true, false, false, { capacityFactor: 1 } as never), TypeError, 'variants.capacityFactor');
-  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 1, true, false, false, { randomRouting: true }), RangeError, 'topK = 2');
-  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 2, true, false, false, { noiseSeed: 3 }), TypeError, 'noiseSeed');
-  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 2, true, false, false, { noiseGate: nt(f32([1], [1, 1])) }), RangeError, 'noiseGate.dims');
-  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 2, true, false, false, 5 as never), TypeError, 'variants');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), { topK: 2, bogus: 1 } as never), TypeError, 'options.bogus is not a known option of route');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), { topK: 2, capacityFactor: 1 } as never), TypeError, 'options.capacityFactor is not a known option of route');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), { topK: 1, randomRouting: true }), RangeError, 'topK = 2');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), { topK: 2, noiseSeed: 3 }), TypeError, 'noiseSeed');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), { topK: 2, noiseGate: nt(f32([1], [1, 1])) }), RangeError, 'noiseGate.dims');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), 5 as never), TypeError, 'options must be an object');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), {} as never), TypeError, 'options.topK is required');
+  throwsWith(() => binding.route(nt(p.x), nt(p.gate), { topK: 2, async: 1 } as never), TypeError, 'options.async must be a boolean');
 });
 
 errors.run();

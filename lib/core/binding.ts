@@ -1,7 +1,8 @@
 /**
  * The native module: its one hand-written type, and its loading with node-gyp-build (a prebuilt
  * binary from prebuilds/ when one fits, else build/Release from a source build).
- * Native names are snake_case; every op takes a trailing `async` flag (true: a Promise).
+ * Native names are snake_case; every op takes its tensors, then one options object (`async: true`
+ * returns a Promise).
  */
 import * as path from 'node:path';
 import { MoeError } from './errors.js';
@@ -22,6 +23,8 @@ export interface NativeExpertsInfo {
   f?: number;
   type?: NativeDType;
   bytes?: number;
+  backend?: string;
+  hasGate?: boolean;
 }
 /** Packed expert weights held by the backend (one copy per layer). */
 export interface NativeExperts {
@@ -34,24 +37,35 @@ export interface NativeRouterStats {
   auxLoss: number;
   zLoss: number;
 }
-/** Routing variants: the optional trailing argument of route and moe_forward. */
-export interface NativeRouteVariants {
+/** Every call takes one options object; `async: true` returns a Promise. */
+interface Async<A extends boolean> {
+  async?: A;
+}
+/** Which backend runs an op without packed weights: 'cpu' (default) or a device backend of this build. */
+interface OnBackend {
+  backend?: string;
+}
+/** The routing options of route and moe_forward (moe::RouteParams in native/include/moe/moe_params.h). */
+export interface NativeRouteOptions {
+  topK: number;
+  normalize?: boolean;
   noiseGate?: NativeTensor;
   noiseSeed?: number;
   randomRouting?: boolean;
   randomSeed?: number;
   wantStats?: boolean;
 }
-export interface NativeForwardVariants extends NativeRouteVariants {
+export interface NativeForwardOptions extends NativeRouteOptions {
+  /** Slots per expert; -1 (default): from the factors. */
+  capacity?: number;
   capacityFactor?: number;
   evalCapacityFactor?: number;
   /** -1: auto (T == 1), 0: prefill, 1: decode. */
   decode?: number;
+  wantRouting?: boolean;
   wantLogits?: boolean;
-  /** Shared experts packed as one expert (same backend and type as the experts). */
+  /** Shared experts packed as one expert with their optional gate [1,d] (same backend and type as the experts). */
   sharedExperts?: NativeExperts;
-  /** Sigmoid gate of the shared experts, [1,d]. */
-  sharedGate?: NativeTensor;
   /** Device x with wantRouting: the device int32 [E] to write the expert counts into. */
   countsOut?: NativeDeviceTensor;
 }
@@ -78,8 +92,17 @@ export interface NativeMoeResult {
   logits?: NativeTensor;
   stats?: NativeRouterStats;
 }
+/** What a backend of the build says of itself (native/include/moe/backend.h, Capabilities). */
+interface NativeBackendStatus {
+  /** 'cpu'; 'cuda', 'cuda-emu' (test builds: kernels on the CPU emulator) or 'none'. */
+  name: string;
+  compiled: boolean;
+  available: boolean;
+  emulated: boolean;
+  reason: string;
+}
 export interface NativeBackendInfo {
-  cpu: {
+  cpu: NativeBackendStatus & {
     kernel: string;
     threads: number;
     avx2: boolean;
@@ -88,13 +111,8 @@ export interface NativeBackendInfo {
     avx512f: boolean;
     avx512bf16: boolean;
   };
-  cuda: {
-    /** 'cuda', 'cuda-emu' (test builds: kernels on the CPU emulator) or 'none'. */
+  cuda: NativeBackendStatus & {
     name: 'cuda' | 'cuda-emu' | 'none';
-    compiled: boolean;
-    available: boolean;
-    emulated: boolean;
-    reason: string;
     device?: {
       ordinal: number;
       name: string;
@@ -117,6 +135,7 @@ export interface NativeLinearInfo {
   bias?: boolean;
   type?: NativeDType;
   bytes?: number;
+  backend?: string;
 }
 /** Packed weights of one linear layer W [out,in] (pack_linear). */
 export interface NativeLinear {
@@ -130,6 +149,7 @@ export interface NativeKvCacheInfo {
   headDim?: number;
   type?: NativeDType;
   bytes?: number;
+  backend?: string;
   /** positions written by the calls made so far */
   length?: number;
 }
@@ -140,7 +160,7 @@ export interface NativeKvCache {
   /** Forgets the positions from `length` on (length <= the current length). */
   truncate(length: number): void;
 }
-/** Device memory of the CUDA backend (native/napi/bind_device.cc). */
+/** Device memory of a device backend (a moe::Buffer). */
 export interface NativeDeviceBuffer {
   dispose(): void;
   info(): { disposed: boolean; bytes: number };
@@ -155,43 +175,49 @@ export interface NativeDeviceTensor {
 /** Ops take host tensors, or device tensors (all of one place). */
 export type AnyT = NativeTensor | NativeDeviceTensor;
 type Maybe<T> = T | null | undefined;
+/** The result type of an op and its output options. */
+interface Out {
+  outType?: Maybe<NativeDType>;
+  out?: Maybe<AnyT>;
+}
 
 type Ret<T, A extends boolean> = A extends true ? Promise<T> : T;
 
 export interface NativeBinding {
   set_error_class(cls: new (message: string, code: string) => Error): void;
   backend_info(): NativeBackendInfo;
-  /** backend: 'cpu' (default) or this build's CUDA backend; gate: uploaded with CUDA experts. */
-  pack_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, async: A, backend?: string, gate?: NativeTensor): Ret<NativeExperts, A>;
-  route<A extends boolean>(x: NativeTensor, gate: NativeTensor, topK: number, normalize: boolean, wantLogits: boolean, async: A, variants?: NativeRouteVariants, backend?: string): Ret<NativeRouteResult, A>;
-  permute<A extends boolean>(topkIds: NativeTensor, numExperts: number, capacity: number, async: A, backend?: string): Ret<NativePermuteResult, A>;
-  grouped_gemm<A extends boolean>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, async: A): Ret<NativeTensor, A>;
-  combine<A extends boolean>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, outType: NativeDType, async: A, backend?: string): Ret<NativeTensor, A>;
-  moe_forward<A extends boolean>(x: AnyT, gate: NativeTensor, experts: NativeExperts, topK: number, normalize: boolean, capacity: number, wantRouting: boolean, async: A, variants?: NativeForwardVariants): Ret<NativeMoeResult, A>;
-  dense_ffn<A extends boolean>(x: AnyT, weights: NativeExperts, async: A): Ret<AnyT, A>;
+  /** gate: the router gate [E,d] packed with the experts (moe_forward needs it). */
+  pack_experts<A extends boolean = false>(weights: { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor }, options?: OnBackend & Async<A>): Ret<NativeExperts, A>;
+  route<A extends boolean = false>(x: NativeTensor, gate: NativeTensor, options: NativeRouteOptions & { wantLogits?: boolean } & OnBackend & Async<A>): Ret<NativeRouteResult, A>;
+  permute<A extends boolean = false>(topkIds: NativeTensor, options: { numExperts: number; capacity?: number } & OnBackend & Async<A>): Ret<NativePermuteResult, A>;
+  grouped_gemm<A extends boolean = false>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, options?: Async<A>): Ret<NativeTensor, A>;
+  combine<A extends boolean = false>(y: NativeTensor, rowOf: NativeTensor, topkWeights: NativeTensor, options?: { outType?: NativeDType } & OnBackend & Async<A>): Ret<NativeTensor, A>;
+  moe_forward<A extends boolean = false>(x: AnyT, experts: NativeExperts, options: NativeForwardOptions & Async<A>): Ret<NativeMoeResult, A>;
+  dense_ffn<A extends boolean = false>(x: AnyT, weights: NativeExperts, options?: Async<A>): Ret<AnyT, A>;
   /** Weighted average of the experts' W1/W3/W2 (distribution normalised natively), in their type. */
-  merge_experts<A extends boolean>(w1: NativeExpertMatrix, w3: NativeExpertMatrix, w2: NativeExpertMatrix, distribution: number[], async: A): Ret<{ w1: NativeTensor; w3: NativeTensor; w2: NativeTensor }, A>;
-  // ---- decoder-model ops (native/napi/bind_decoder.cc); outType/out may be null ----
-  embedding<A extends boolean>(table: AnyT, ids: NativeTensor, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  rms_norm<A extends boolean>(x: AnyT, weight: AnyT, eps: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  pack_linear<A extends boolean>(w: NativeTensor, async: A, backend?: string, bias?: NativeTensor): Ret<NativeLinear, A>;
-  linear<A extends boolean>(x: AnyT, w: NativeLinear, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  rope<A extends boolean>(q: AnyT, k: Maybe<AnyT>, positions: AnyT, theta: number, qOut: Maybe<AnyT>, kOut: Maybe<AnyT>, async: A): Ret<{ q: AnyT; k: AnyT | null }, A>;
-  create_kv_cache(maxSeq: number, numKvHeads: number, headDim: number, type: NativeDType, backend?: string): NativeKvCache;
-  attention<A extends boolean>(q: AnyT, k: AnyT, v: AnyT, cache: NativeKvCache, startPos: number, slidingWindow: number, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  add<A extends boolean>(a: AnyT, b: AnyT, outType: Maybe<NativeDType>, out: Maybe<AnyT>, async: A): Ret<AnyT, A>;
-  sample<A extends boolean>(logits: AnyT, temperature: number, topP: number, seed: number, step: number, out: Maybe<NativeTensor>, async: A): Ret<NativeTensor, A>;
+  merge_experts<A extends boolean = false>(weights: { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix }, distribution: number[], options?: Async<A>): Ret<{ w1: NativeTensor; w3: NativeTensor; w2: NativeTensor }, A>;
+  // ---- decoder-model ops (native/napi/bind_decoder.cc) ----
+  embedding<A extends boolean = false>(table: AnyT, ids: NativeTensor, options?: Out & Async<A>): Ret<AnyT, A>;
+  rms_norm<A extends boolean = false>(x: AnyT, weight: AnyT, options?: { eps?: number } & Out & Async<A>): Ret<AnyT, A>;
+  pack_linear<A extends boolean = false>(w: NativeTensor, options?: { bias?: NativeTensor } & OnBackend & Async<A>): Ret<NativeLinear, A>;
+  linear<A extends boolean = false>(x: AnyT, w: NativeLinear, options?: Out & Async<A>): Ret<AnyT, A>;
+  rope<A extends boolean = false>(q: AnyT, k: Maybe<AnyT>, positions: AnyT, options?: { theta?: number; qOut?: Maybe<AnyT>; kOut?: Maybe<AnyT> } & Async<A>): Ret<{ q: AnyT; k: AnyT | null }, A>;
+  create_kv_cache(shape: { maxSeq: number; numKvHeads: number; headDim: number; type?: NativeDType }, options?: OnBackend): NativeKvCache;
+  attention<A extends boolean = false>(q: AnyT, k: AnyT, v: AnyT, cache: NativeKvCache, options?: { startPos?: number; slidingWindow?: number } & Out & Async<A>): Ret<AnyT, A>;
+  add<A extends boolean = false>(a: AnyT, b: AnyT, options?: Out & Async<A>): Ret<AnyT, A>;
+  sample<A extends boolean = false>(logits: AnyT, options?: { temperature?: number; topP?: number; seed?: number; step?: number; out?: Maybe<NativeTensor> } & Async<A>): Ret<NativeTensor, A>;
   // ---- device tensors (native/napi/bind_device.cc) ----
-  device_alloc(type: NativeDType, dims: number[]): NativeDeviceTensor;
-  device_upload<A extends boolean>(dst: NativeDeviceTensor, src: NativeTensor, async: A): Ret<NativeDeviceTensor, A>;
-  device_download<A extends boolean>(src: NativeDeviceTensor, out: NativeTensor | null, async: A): Ret<NativeTensor, A>;
-  cuda_transfer_stats(): { toDevice: { calls: number; bytes: number }; toHost: { calls: number; bytes: number } };
-  /** Machine peaks for the bench, measured with the same instruction set as the kernels. */
-  measure_read_bandwidth?(bytes: number, reps: number): number;
-  measure_fma_peak?(seconds: number): number;
-  /** CUDA bench: ms per call between CUDA events, inputs already on the device. */
-  cuda_time_moe_forward?(experts: NativeExperts, T: number, topK: number, iters: number): number;
-  cuda_time_dense_ffn?(weights: NativeExperts, T: number, iters: number): number;
+  device_alloc(type: NativeDType, dims: number[], options?: OnBackend): NativeDeviceTensor;
+  device_upload<A extends boolean = false>(dst: NativeDeviceTensor, src: NativeTensor, options?: Async<A>): Ret<NativeDeviceTensor, A>;
+  device_download<A extends boolean = false>(src: NativeDeviceTensor, options?: { out?: Maybe<NativeTensor> } & Async<A>): Ret<NativeTensor, A>;
+  transfer_stats(): { toDevice: { calls: number; bytes: number }; toHost: { calls: number; bytes: number } };
+  // ---- the bench's measurements (native/napi/bind_bench.cc) ----
+  /** Machine peaks, measured with the same instruction set as the kernels. */
+  measure_read_bandwidth(bytes: number, reps: number, options?: OnBackend): number;
+  measure_fma_peak(seconds: number, options?: OnBackend): number;
+  /** ms per call between device events, inputs already in the backend's memory. */
+  time_moe_forward(experts: NativeExperts, options: { T: number; topK: number; iters: number }): number;
+  time_dense_ffn(weights: NativeExperts, options: { T: number; iters: number }): number;
 }
 
 function load(): NativeBinding {

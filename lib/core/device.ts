@@ -59,20 +59,20 @@ export class DeviceTensor<T extends DType = DType> {
     const backend = deviceBackend(checkOptions(options).backend);
     checkType(type, 'type');
     checkDims(dims, 'dims');
-    return new DeviceTensor<T>(binding.device_alloc(type, [...dims]), backend);
+    return new DeviceTensor<T>(binding.device_alloc(type, [...dims], { backend }), backend);
   }
 
   /** A device copy of a host tensor (the copy runs off the event loop). */
   static async from<T extends DType>(t: Tensor<T>, options?: DeviceOptions): Promise<DeviceTensor<T>> {
     const c = checkTensor(t, 'tensor');
     const d = DeviceTensor.zeros(c.type, c.dims, options);
-    await binding.device_upload(d.native(), c as unknown as NativeTensor, true);
+    await binding.device_upload(d.native(), c as unknown as NativeTensor, { async: true });
     return d as DeviceTensor<T>;
   }
   static fromSync<T extends DType>(t: Tensor<T>, options?: DeviceOptions): DeviceTensor<T> {
     const c = checkTensor(t, 'tensor');
     const d = DeviceTensor.zeros(c.type, c.dims, options);
-    binding.device_upload(d.native(), c as unknown as NativeTensor, false);
+    binding.device_upload(d.native(), c as unknown as NativeTensor);
     return d as DeviceTensor<T>;
   }
 
@@ -93,14 +93,14 @@ export class DeviceTensor<T extends DType = DType> {
 
   /** Copies the data to the host after the work enqueued before this call (into `out` when given). */
   async toHost(out?: Tensor<T>): Promise<Tensor<T>> {
-    return (await binding.device_download(this.native(), (out ?? null) as NativeTensor | null, true)) as unknown as Tensor<T>;
+    return (await binding.device_download(this.native(), { out: out as NativeTensor | undefined, async: true })) as unknown as Tensor<T>;
   }
   toHostSync(out?: Tensor<T>): Tensor<T> {
-    return binding.device_download(this.native(), (out ?? null) as NativeTensor | null, false) as unknown as Tensor<T>;
+    return binding.device_download(this.native(), { out: out as NativeTensor | undefined }) as unknown as Tensor<T>;
   }
   /** Overwrites the data with a host tensor of the same type and dims. */
   async copyFrom(src: Tensor<T>): Promise<this> {
-    await binding.device_upload(this.native(), checkTensor(src, 'src') as unknown as NativeTensor, true);
+    await binding.device_upload(this.native(), checkTensor(src, 'src') as unknown as NativeTensor, { async: true });
     return this;
   }
 
@@ -143,7 +143,7 @@ export interface TransferStats {
  * call to see what it moved. All zero without a CUDA backend.
  */
 export function deviceTransferStats(): TransferStats {
-  return binding.cuda_transfer_stats();
+  return binding.transfer_stats();
 }
 
 /** True for a DeviceTensor. */

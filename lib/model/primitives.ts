@@ -33,7 +33,9 @@ import type { FloatType, Tensor } from '../core/tensor.js';
 function ownerBackend(backend: unknown): ResolvedBackend {
   return backend === undefined ? 'cpu' : resolveBackend(backend);
 }
-const nativeBackend = (b: ResolvedBackend) => (b === 'cpu' ? undefined : b);
+function packArgs(o: Record<string, unknown>, backend: ResolvedBackend) {
+  return { backend, ...(o.bias === undefined ? {} : { bias: nt(o.bias as Tensor) }) };
+}
 
 /** A host tensor or a device tensor: ops take tensors of one place and return that place's. */
 export type AnyTensor = Tensor | DeviceTensor;
@@ -56,7 +58,7 @@ export interface OutOptions {
 }
 
 function outArgs(o: Record<string, unknown>) {
-  return [o.outType as FloatType | undefined, nt(o.out as AnyTensor | undefined)] as const;
+  return { outType: o.outType as FloatType | undefined, out: nt(o.out as AnyTensor | undefined) };
 }
 
 function numberOption(o: Record<string, unknown>, key: string, dflt: number): number {
@@ -70,10 +72,10 @@ function numberOption(o: Record<string, unknown>, key: string, dflt: number): nu
 
 /** Rows of `table` [V,d] for token `ids` [T]; output type defaults to the table's. */
 export async function embedding<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Promise<Placed<X>> {
-  return placed(await binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), true));
+  return placed(await binding.embedding(nt(table), nt(ids), { ...outArgs(checkOptions(options)), async: true }));
 }
 export function embeddingSync<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Placed<X> {
-  return placed(binding.embedding(nt(table), nt(ids), ...outArgs(checkOptions(options)), false));
+  return placed(binding.embedding(nt(table), nt(ids), outArgs(checkOptions(options))));
 }
 
 // ---- RMS norm -------------------------------------------------------------------------------------
@@ -86,11 +88,11 @@ export interface RmsNormOptions extends OutOptions {
 /** Hugging Face MixtralRMSNorm: x * rsqrt(mean(x^2) + eps) * weight, in f32; output type defaults to x's. */
 export async function rmsNorm<X extends AnyTensor>(x: X, weight: AnyTensor, options?: RmsNormOptions): Promise<Placed<X>> {
   const o = checkOptions(options);
-  return placed(await binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), true));
+  return placed(await binding.rms_norm(nt(x), nt(weight), { eps: numberOption(o, 'eps', 1e-5), ...outArgs(o), async: true }));
 }
 export function rmsNormSync<X extends AnyTensor>(x: X, weight: AnyTensor, options?: RmsNormOptions): Placed<X> {
   const o = checkOptions(options);
-  return placed(binding.rms_norm(nt(x), nt(weight), numberOption(o, 'eps', 1e-5), ...outArgs(o), false));
+  return placed(binding.rms_norm(nt(x), nt(weight), { eps: numberOption(o, 'eps', 1e-5), ...outArgs(o) }));
 }
 
 // ---- linear -----------------------------------------------------------------------------------------
@@ -157,20 +159,20 @@ export class Linear extends NativeOwner<NativeLinear> {
   static async pack(w: Tensor, options?: LinearPackOptions): Promise<Linear> {
     const o = checkOptions(options);
     const backend = ownerBackend(o.backend);
-    return new Linear(await binding.pack_linear(nt(w), true, nativeBackend(backend), nt(o.bias as Tensor | undefined) ?? undefined), backend);
+    return new Linear(await binding.pack_linear(nt(w), { ...packArgs(o, backend), async: true }), backend);
   }
   static packSync(w: Tensor, options?: LinearPackOptions): Linear {
     const o = checkOptions(options);
     const backend = ownerBackend(o.backend);
-    return new Linear(binding.pack_linear(nt(w), false, nativeBackend(backend), nt(o.bias as Tensor | undefined) ?? undefined), backend);
+    return new Linear(binding.pack_linear(nt(w), packArgs(o, backend)), backend);
   }
 
   /** y [T,out] = x [T,in] W^T (device tensors for a Linear on a CUDA backend). */
   async forward<X extends AnyTensor>(x: X, options?: OutOptions): Promise<Placed<X>> {
-    return placed(await binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), true));
+    return placed(await binding.linear(nt(x), this.handle(), { ...outArgs(checkOptions(options)), async: true }));
   }
   forwardSync<X extends AnyTensor>(x: X, options?: OutOptions): Placed<X> {
-    return placed(binding.linear(nt(x), this.handle(), ...outArgs(checkOptions(options)), false));
+    return placed(binding.linear(nt(x), this.handle(), outArgs(checkOptions(options))));
   }
 
 }
@@ -203,7 +205,7 @@ export interface RopeResult<X extends AnyTensor = Tensor> {
 function ropeArgs(q: AnyTensor, k: AnyTensor | null | undefined, options?: RopeOptions) {
   const o = checkOptions(options);
   const inPlace = boolOption(o, 'inPlace', false);
-  return [numberOption(o, 'theta', 10000), inPlace ? nt(q) : null, inPlace ? nt(k) : null] as const;
+  return { theta: numberOption(o, 'theta', 10000), qOut: inPlace ? nt(q) : null, kOut: inPlace ? nt(k) : null };
 }
 
 /**
@@ -213,13 +215,11 @@ function ropeArgs(q: AnyTensor, k: AnyTensor | null | undefined, options?: RopeO
  * costs no copy per call, where host positions are copied in each time).
  */
 export async function rope<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'> | DeviceTensor<'int32'>, options?: RopeOptions): Promise<RopeResult<X>> {
-  const [theta, qo, ko] = ropeArgs(q, k, options);
-  const r = await binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, true);
+  const r = await binding.rope(nt(q), nt(k), nt(positions), { ...ropeArgs(q, k, options), async: true });
   return { q: placed(r.q), k: placed(r.k) };
 }
 export function ropeSync<X extends AnyTensor>(q: X, k: X | null, positions: Tensor<'int32'> | DeviceTensor<'int32'>, options?: RopeOptions): RopeResult<X> {
-  const [theta, qo, ko] = ropeArgs(q, k, options);
-  const r = binding.rope(nt(q), nt(k), nt(positions), theta, qo, ko, false);
+  const r = binding.rope(nt(q), nt(k), nt(positions), ropeArgs(q, k, options));
   return { q: placed(r.q), k: placed(r.k) };
 }
 
@@ -260,7 +260,7 @@ export class KvCache extends NativeOwner<NativeKvCache> {
       return intOption(i, k, 0, 1, Number.MAX_SAFE_INTEGER, `init.${k}`);
     };
     const [maxSeq, heads, hd] = [n('maxSeq'), n('numKvHeads'), n('headDim')];
-    const native = binding.create_kv_cache(maxSeq, heads, hd, (i.type ?? 'float32') as FloatType, nativeBackend(backend));
+    const native = binding.create_kv_cache({ maxSeq, numKvHeads: heads, headDim: hd, type: (i.type ?? 'float32') as FloatType }, { backend });
     super(native, 'KvCache');
     const info = native.info();
     this.maxSeq = info.maxSeq!;
@@ -301,7 +301,7 @@ function attentionArgs(cache: KvCache, options?: AttentionOptions) {
   const o = checkOptions(options);
   const native = KvCache.native(cache);
   const start = o.startPos === undefined ? native.info().length! : (o.startPos as number);
-  return [native, start, (o.slidingWindow ?? 0) as number, ...outArgs(o)] as const;
+  return [native, { startPos: start, slidingWindow: (o.slidingWindow ?? 0) as number, ...outArgs(o) }] as const;
 }
 
 /**
@@ -311,12 +311,12 @@ function attentionArgs(cache: KvCache, options?: AttentionOptions) {
  * a Sync call while an async one on the same cache is running throws ERR_BUSY.
  */
 export async function attention<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Promise<Placed<X>> {
-  const [c, start, window, outType, out] = attentionArgs(cache, options);
-  return placed(await binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, true));
+  const [c, opts] = attentionArgs(cache, options);
+  return placed(await binding.attention(nt(q), nt(k), nt(v), c, { ...opts, async: true }));
 }
 export function attentionSync<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Placed<X> {
-  const [c, start, window, outType, out] = attentionArgs(cache, options);
-  return placed(binding.attention(nt(q), nt(k), nt(v), c, start, window, outType, out, false));
+  const [c, opts] = attentionArgs(cache, options);
+  return placed(binding.attention(nt(q), nt(k), nt(v), c, opts));
 }
 
 // ---- residual add ---------------------------------------------------------------------------------------
@@ -328,16 +328,16 @@ export interface AddOptions extends OutOptions {
 
 function addArgs(a: AnyTensor, options?: AddOptions) {
   const o = checkOptions(options);
-  const [outType, out] = outArgs(o);
-  return [outType, boolOption(o, 'inPlace', false) ? nt(a) : out] as const;
+  const { outType, out } = outArgs(o);
+  return { outType, out: boolOption(o, 'inPlace', false) ? nt(a) : out };
 }
 
 /** a + b element-wise in f32 (same dims); output type defaults to a's. */
 export async function add<X extends AnyTensor>(a: X, b: X, options?: AddOptions): Promise<Placed<X>> {
-  return placed(await binding.add(nt(a), nt(b), ...addArgs(a, options), true));
+  return placed(await binding.add(nt(a), nt(b), { ...addArgs(a, options), async: true }));
 }
 export function addSync<X extends AnyTensor>(a: X, b: X, options?: AddOptions): Placed<X> {
-  return placed(binding.add(nt(a), nt(b), ...addArgs(a, options), false));
+  return placed(binding.add(nt(a), nt(b), addArgs(a, options)));
 }
 
 // ---- sampling --------------------------------------------------------------------------------------------
@@ -357,7 +357,7 @@ export interface SampleOptions {
 
 function sampleArgs(options?: SampleOptions) {
   const o = checkOptions(options);
-  return [numberOption(o, 'temperature', 0), numberOption(o, 'topP', 1), numberOption(o, 'seed', 0), numberOption(o, 'step', 0), nt(o.out as Tensor)] as const;
+  return { temperature: numberOption(o, 'temperature', 0), topP: numberOption(o, 'topP', 1), seed: numberOption(o, 'seed', 0), step: numberOption(o, 'step', 0), out: nt(o.out as Tensor) };
 }
 
 /**
@@ -370,8 +370,8 @@ function sampleArgs(options?: SampleOptions) {
  * give the same token on the CPU and the CUDA backend and on any thread count.
  */
 export async function sample(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Promise<Tensor<'int32'>> {
-  return (await binding.sample(nt(logits), ...sampleArgs(options), true)) as Tensor<'int32'>;
+  return (await binding.sample(nt(logits), { ...sampleArgs(options), async: true })) as Tensor<'int32'>;
 }
 export function sampleSync(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Tensor<'int32'> {
-  return binding.sample(nt(logits), ...sampleArgs(options), false) as Tensor<'int32'>;
+  return binding.sample(nt(logits), sampleArgs(options)) as Tensor<'int32'>;
 }

@@ -20,7 +20,7 @@ export interface ExpertWeightsInit {
 
 export interface PackOptions {
   backend?: BackendName;
-  /** @internal the router gate [E,d], uploaded with the experts on CUDA backends */
+  /** @internal the router gate packed with the experts: [E,d] (an MoE layer's), or [1,d] (shared experts' sigmoid gate) */
   gate?: Tensor;
 }
 
@@ -53,13 +53,13 @@ export class ExpertWeights {
 
   /** Packs off the event loop. */
   static async pack(weights: ExpertWeightsInit, options?: PackOptions): Promise<ExpertWeights> {
-    const [w1, w3, w2, backend, gate] = args(weights, options);
-    return new ExpertWeights(await binding.pack_experts(w1, w3, w2, true, backend, gate), backend);
+    const [w, backend] = args(weights, options);
+    return new ExpertWeights(await binding.pack_experts(w, { backend, async: true }), backend);
   }
 
   static packSync(weights: ExpertWeightsInit, options?: PackOptions): ExpertWeights {
-    const [w1, w3, w2, backend, gate] = args(weights, options);
-    return new ExpertWeights(binding.pack_experts(w1, w3, w2, false, backend, gate), backend);
+    const [w, backend] = args(weights, options);
+    return new ExpertWeights(binding.pack_experts(w, { backend }), backend);
   }
 
   get disposed(): boolean {
@@ -73,12 +73,14 @@ export class ExpertWeights {
   }
 }
 
-function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeExpertMatrix, NativeExpertMatrix, NativeExpertMatrix, ResolvedBackend, NativeTensor | undefined] {
+type NativeWeights = { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor };
+function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeWeights, ResolvedBackend] {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
   const m = (k: 'w1' | 'w3' | 'w2') => required<NativeExpertMatrix>(weights, k, 'weights');
-  const gate = backend !== 'cpu' && o.gate !== undefined ? (o.gate as NativeTensor) : undefined;
-  return [m('w1'), m('w3'), m('w2'), backend, gate];
+  const w: NativeWeights = { w1: m('w1'), w3: m('w3'), w2: m('w2') };
+  if (o.gate !== undefined) w.gate = o.gate as NativeTensor;
+  return [w, backend];
 }
 
 /** @internal The native handle; throws ERR_DISPOSED after dispose(). */

@@ -3,7 +3,7 @@
  * block-sparse MoE: router, top-k, SwiGLU experts, weighted combine) and the dense SwiGLU FFN
  * baseline. Both keep exactly one packed copy of their weights in the backend.
  */
-import { binding, type NativeDeviceTensor, type NativeForwardVariants, type NativeMoeResult, type NativeTensor } from '../core/binding.js';
+import { binding, type NativeDeviceTensor, type NativeForwardOptions, type NativeMoeResult, type NativeTensor } from '../core/binding.js';
 import { DeviceTensor } from '../core/device.js';
 import { type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
@@ -215,8 +215,8 @@ export class MoeLayer {
   async forward(x: Tensor, options?: ForwardOptions): Promise<MoeOutput>;
   async forward(x: DeviceTensor, options?: ForwardOptions): Promise<DeviceMoeOutput>;
   async forward(x: Tensor | DeviceTensor, options?: ForwardOptions): Promise<MoeOutput | DeviceMoeOutput> {
-    const [w, routing, variants, stats] = this.#args(options);
-    const r = await binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, true, variants);
+    const [w, routing, opts, stats] = this.#args(options);
+    const r = await binding.moe_forward(nt(x), w, { ...opts, async: true });
     return x instanceof DeviceTensor ? deviceOutput(r, routing) : output(r, routing, stats);
   }
 
@@ -224,8 +224,8 @@ export class MoeLayer {
   forwardSync(x: Tensor, options?: ForwardOptions): MoeOutput;
   forwardSync(x: DeviceTensor, options?: ForwardOptions): DeviceMoeOutput;
   forwardSync(x: Tensor | DeviceTensor, options?: ForwardOptions): MoeOutput | DeviceMoeOutput {
-    const [w, routing, variants, stats] = this.#args(options);
-    const r = binding.moe_forward(nt(x), nt(this.#gate), w, this.topK, this.normalize, -1, routing || stats, false, variants);
+    const [w, routing, opts, stats] = this.#args(options);
+    const r = binding.moe_forward(nt(x), w, opts);
     return x instanceof DeviceTensor ? deviceOutput(r, routing) : output(r, routing, stats);
   }
 
@@ -243,7 +243,11 @@ export class MoeLayer {
     const phase = o.phase ?? 'auto';
     if (phase !== 'auto' && phase !== 'prefill' && phase !== 'decode')
       throw typeError(`options.phase must be 'auto', 'prefill' or 'decode', got ${describe(phase)}`);
-    const variants: NativeForwardVariants = {
+    const routing = boolOption(o, 'returnRouting', false);
+    const variants: NativeForwardOptions = {
+      topK: this.topK,
+      normalize: this.normalize,
+      wantRouting: routing || stats,
       ...nativeVariants(this.#variants, stats),
       capacityFactor: this.capacityFactor ?? 0,
       evalCapacityFactor: this.evalCapacityFactor ?? 0,
@@ -254,11 +258,8 @@ export class MoeLayer {
       if (!(o.countsOut instanceof DeviceTensor)) throw typeError(`options.countsOut must be a DeviceTensor, got ${describe(o.countsOut)}`);
       variants.countsOut = o.countsOut as unknown as NativeDeviceTensor;
     }
-    if (this.#shared) {
-      variants.sharedExperts = nativeExperts(this.#shared, 'sharedExperts');
-      if (this.#sharedGate) variants.sharedGate = nt(this.#sharedGate);
-    }
-    return [nativeExperts(this.#experts, 'experts'), boolOption(o, 'returnRouting', false), variants, stats] as const;
+    if (this.#shared) variants.sharedExperts = nativeExperts(this.#shared, 'sharedExperts');  // its gate packed with it
+    return [nativeExperts(this.#experts, 'experts'), routing, variants, stats] as const;
   }
 }
 
@@ -394,13 +395,13 @@ export class DenseFfn {
   async forward(x: Tensor): Promise<Tensor>;
   async forward(x: DeviceTensor): Promise<DeviceTensor>;
   async forward(x: Tensor | DeviceTensor): Promise<Tensor | DeviceTensor> {
-    const r = await binding.dense_ffn(nt(x), this.#native(), true);
+    const r = await binding.dense_ffn(nt(x), this.#native(), { async: true });
     return x instanceof DeviceTensor ? DeviceTensor.wrap(r as NativeDeviceTensor) : (r as Tensor);
   }
   forwardSync(x: Tensor): Tensor;
   forwardSync(x: DeviceTensor): DeviceTensor;
   forwardSync(x: Tensor | DeviceTensor): Tensor | DeviceTensor {
-    const r = binding.dense_ffn(nt(x), this.#native(), false);
+    const r = binding.dense_ffn(nt(x), this.#native());
     return x instanceof DeviceTensor ? DeviceTensor.wrap(r as NativeDeviceTensor) : (r as Tensor);
   }
   dispose(): void {

@@ -69,7 +69,7 @@ export function mergeDistribution(E: number, options?: MergeOptions): number[] {
 export async function mergeExpertWeights(weights: ExpertWeightsInit, options?: MergeOptions): Promise<DenseFfnWeights> {
   const p = mergeDistribution(numExperts(weights), options);
   const m = (k: 'w1' | 'w3' | 'w2') => required<NativeExpertMatrix>(weights, k, 'weights');
-  return (await binding.merge_experts(m('w1'), m('w3'), m('w2'), p, true)) as unknown as DenseFfnWeights;
+  return (await binding.merge_experts({ w1: m('w1'), w3: m('w3'), w2: m('w2') }, p, { async: true })) as unknown as DenseFfnWeights;
 }
 
 /** A DenseFfn merged from an MoE layer's experts (see the file comment: an approximation). */

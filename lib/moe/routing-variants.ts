@@ -7,7 +7,7 @@
  * (native/include/moe/route_rng.h), so the same seed routes the same way on every backend and run,
  * and token t's draws do not depend on the other tokens of the batch.
  */
-import type { NativeRouteVariants, NativeTensor } from '../core/binding.js';
+import type { NativeRouteOptions, NativeTensor } from '../core/binding.js';
 import { describe, rangeError, typeError } from '../core/errors.js';
 import { checkOptions, intOption } from '../core/options.js';
 import { checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
@@ -70,9 +70,9 @@ export function routeVariantOptions(o: Record<string, unknown>, topK: number, E:
   return out;
 }
 
-/** The native variants object of checked options. */
-export function nativeVariants(v: { noise?: Required<NoiseOptions>; randomRouting?: Required<RandomRoutingOptions> }, wantStats: boolean): NativeRouteVariants {
-  const r: NativeRouteVariants = { wantStats };
+/** The routing options of the native call (moe::RouteParams) from checked options. */
+export function nativeVariants(v: { noise?: Required<NoiseOptions>; randomRouting?: Required<RandomRoutingOptions> }, wantStats: boolean): Omit<NativeRouteOptions, 'topK'> {
+  const r: Omit<NativeRouteOptions, 'topK'> = { wantStats };
   if (v.noise) {
     r.noiseGate = v.noise.weights as unknown as NativeTensor;
     r.noiseSeed = v.noise.seed;

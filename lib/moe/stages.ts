@@ -74,7 +74,7 @@ function routeArgs(x: Tensor, gate: Tensor, options?: RouteOptions) {
   const k = intOption(o, 'topK', 2, 1);
   const dims = (t: Tensor) => (t && Array.isArray(t.dims) ? t.dims : []);
   const variants = routeVariantOptions(o, k, dims(gate)[0], dims(x)[1], false);
-  return [k, boolOption(o, 'normalize', true), boolOption(o, 'returnLogits', false), nativeVariants(variants, boolOption(o, 'returnRouterStats', false)), backend] as const;
+  return { topK: k, normalize: boolOption(o, 'normalize', true), wantLogits: boolOption(o, 'returnLogits', false), ...nativeVariants(variants, boolOption(o, 'returnRouterStats', false)), backend };
 }
 function routeResult(r: NativeRouteResult): RouteResult {
   const out: RouteResult = {
@@ -88,50 +88,44 @@ function routeResult(r: NativeRouteResult): RouteResult {
 }
 
 export async function route(x: Tensor, gate: Tensor, options?: RouteOptions): Promise<RouteResult> {
-  const [k, norm, logits, variants, backend] = routeArgs(x, gate, options);
-  return routeResult(await binding.route(nt(x), nt(gate), k, norm, logits, true, variants, backend));
+  return routeResult(await binding.route(nt(x), nt(gate), { ...routeArgs(x, gate, options), async: true }));
 }
 export function routeSync(x: Tensor, gate: Tensor, options?: RouteOptions): RouteResult {
-  const [k, norm, logits, variants, backend] = routeArgs(x, gate, options);
-  return routeResult(binding.route(nt(x), nt(gate), k, norm, logits, false, variants, backend));
+  return routeResult(binding.route(nt(x), nt(gate), routeArgs(x, gate, options)));
 }
 
-function permuteArgs(numExperts: number, options?: PermuteOptions): [number, number, ResolvedBackend] {
+function permuteArgs(numExperts: number, options?: PermuteOptions): { numExperts: number; capacity: number; backend: ResolvedBackend } {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
   intOption({ numExperts }, 'numExperts', 0, 1, 65536, 'numExperts');
-  return [numExperts, intOption(o, 'capacity', -1, 0, 2 ** 31 - 1), backend];
+  return { numExperts, capacity: intOption(o, 'capacity', -1, 0, 2 ** 31 - 1), backend };
 }
 export async function permute(topkIds: Tensor<'int32'>, numExperts: number, options?: PermuteOptions): Promise<PermuteResult> {
-  const [E, cap, backend] = permuteArgs(numExperts, options);
-  return (await binding.permute(nt(topkIds), E, cap, true, backend)) as unknown as PermuteResult;
+  return (await binding.permute(nt(topkIds), { ...permuteArgs(numExperts, options), async: true })) as unknown as PermuteResult;
 }
 export function permuteSync(topkIds: Tensor<'int32'>, numExperts: number, options?: PermuteOptions): PermuteResult {
-  const [E, cap, backend] = permuteArgs(numExperts, options);
-  return binding.permute(nt(topkIds), E, cap, false, backend) as unknown as PermuteResult;
+  return binding.permute(nt(topkIds), permuteArgs(numExperts, options)) as unknown as PermuteResult;
 }
 
 export async function groupedGemm(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Promise<Tensor<'float32'>> {
   const w = nativeExperts(experts, 'experts');
-  return (await binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, true)) as Tensor<'float32'>;
+  return (await binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, { async: true })) as Tensor<'float32'>;
 }
 export function groupedGemmSync(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Tensor<'float32'> {
   const w = nativeExperts(experts, 'experts');
-  return binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, false) as Tensor<'float32'>;
+  return binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w) as Tensor<'float32'>;
 }
 
-function combineArgs(options?: CombineOptions): [FloatType, ResolvedBackend] {
+function combineArgs(options?: CombineOptions): { outType: FloatType; backend: ResolvedBackend } {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
   const t = o.outType ?? 'float32';
   if (!isFloatType(t)) throw typeError(`options.outType must be 'float32', 'float16' or 'bfloat16', got ${describe(t)}`);
-  return [t, backend];
+  return { outType: t, backend };
 }
 export async function combine(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Promise<Tensor> {
-  const [t, backend] = combineArgs(options);
-  return (await binding.combine(nt(y), nt(rowOf), nt(topkWeights), t, true, backend)) as Tensor;
+  return (await binding.combine(nt(y), nt(rowOf), nt(topkWeights), { ...combineArgs(options), async: true })) as Tensor;
 }
 export function combineSync(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Tensor {
-  const [t, backend] = combineArgs(options);
-  return binding.combine(nt(y), nt(rowOf), nt(topkWeights), t, false, backend) as Tensor;
+  return binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(options)) as Tensor;
 }

@@ -70,7 +70,7 @@ void throw_range_error(Napi::Env env, const std::string& msg) {
   throw with_code(Napi::RangeError::New(env, msg), "ERR_OUT_OF_RANGE");
 }
 
-static Napi::Error make_moe_error(Napi::Env env, const std::string& code, const std::string& msg) {
+Napi::Error make_moe_error(Napi::Env env, const std::string& code, const std::string& msg) {
   Napi::FunctionReference& cls = addon_data(env).error_class;
   if (!cls.IsEmpty()) {
     Napi::Object e = cls.New({Napi::String::New(env, msg), Napi::String::New(env, code)});
@@ -148,34 +148,6 @@ moe::TensorView to_tensor_shape(const Napi::Value& v, const char* name, unsigned
   return t;
 }
 
-moe::TensorView to_tensor(const Napi::Value& v, const char* name, unsigned allowed, int ndim,
-                          KeepAlive* keep) {
-  Napi::Env env = v.Env();
-  const std::string n(name);
-  moe::TensorView t = to_tensor_shape(v, name, allowed, ndim);
-  Napi::Object o = v.As<Napi::Object>();
-  const double numel = double(t.numel());
-
-  Napi::Value data = o.Get("data");
-  napi_typedarray_type want = t.dtype == moe::DType::kF32   ? napi_float32_array
-                              : t.dtype == moe::DType::kI32 ? napi_int32_array
-                                                            : napi_uint16_array;
-  const char* want_name = t.dtype == moe::DType::kF32   ? "Float32Array"
-                          : t.dtype == moe::DType::kI32 ? "Int32Array"
-                                                        : "Uint16Array";
-  if (!data.IsTypedArray() || data.As<Napi::TypedArray>().TypedArrayType() != want)
-    throw_type_error(env, n + ".data must be a " + std::string(want_name) + " for type '" +
-                              moe::dtype_name(t.dtype) + "', got " + describe(data));
-  auto ta = data.As<Napi::TypedArray>();
-  if (double(ta.ElementLength()) != numel)
-    throw_range_error(env, n + ".data has " + std::to_string(ta.ElementLength()) +
-                               " elements but dims " + dims_string(t) + " need " +
-                               std::to_string(int64_t(numel)));
-  t.data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  if (keep) keep->push_back(Napi::Persistent(ta.As<Napi::Object>()));
-  return t;
-}
-
 int64_t to_int(const Napi::Value& v, const char* name, int64_t lo, int64_t hi) {
   Napi::Env env = v.Env();
   if (!v.IsNumber()) throw_type_error(env, std::string(name) + " must be an integer, got " + describe(v));
@@ -193,53 +165,70 @@ bool to_bool(const Napi::Value& v, const char* name) {
   return v.As<Napi::Boolean>().Value();
 }
 
-Napi::Object new_tensor(Napi::Env env, moe::DType t, const moe::TensorView& shape, moe::TensorView* view) {
-  moe::TensorView v;
-  v.dtype = t;
-  size_t n = 1;
-  Napi::Array jd = Napi::Array::New(env, size_t(shape.ndim));
-  for (int i = 0; i < shape.ndim; ++i) {
-    jd.Set(uint32_t(i), Napi::Number::New(env, double(shape.dims[i])));
-    v.dims[v.ndim++] = shape.dims[i];
-    n *= size_t(shape.dims[i]);
-  }
-  Napi::Value data;
-  if (t == moe::DType::kF32) {
-    auto a = Napi::Float32Array::New(env, n);
-    v.data = a.Data();
-    data = a;
-  } else if (t == moe::DType::kI32) {
-    auto a = Napi::Int32Array::New(env, n);
-    v.data = a.Data();
-    data = a;
-  } else {
-    auto a = Napi::Uint16Array::New(env, n);
-    v.data = a.Data();
-    data = a;
-  }
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("type", Napi::String::New(env, moe::dtype_name(t)));
-  o.Set("data", data);
-  o.Set("dims", jd);
-  if (view) *view = v;
-  return o;
-}
-
-Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64_t> dims,
-                        moe::TensorView* view) {
-  moe::TensorView shape;
-  for (int64_t d : dims) shape.dims[shape.ndim++] = d;
-  return new_tensor(env, t, shape, view);
-}
-
-bool async_flag(const Napi::CallbackInfo& info, size_t i) {
-  return i < info.Length() && !info[i].IsUndefined() ? to_bool(info[i], "async") : false;
-}
-
 void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn) {
   if (info.Length() < n)
     throw_type_error(info.Env(), std::string(fn) + " expects " + std::to_string(n) + " arguments, got " +
                                      std::to_string(info.Length()));
+}
+
+double to_number(const Napi::Value& v, const char* name, double lo, double hi, bool lo_open) {
+  Napi::Env env = v.Env();
+  if (!v.IsNumber() || std::isnan(v.As<Napi::Number>().DoubleValue()))
+    throw_type_error(env, std::string(name) + " must be a number, got " + describe(v));
+  const double x = v.As<Napi::Number>().DoubleValue();
+  if (!(lo_open ? x > lo : x >= lo) || !(x <= hi))
+    throw_range_error(env, std::string(name) + " must be in " + (lo_open ? "(" : "[") + describe(Napi::Number::New(env, lo)) +
+                               ", " + describe(Napi::Number::New(env, hi)) + "], got " + describe(v));
+  return x;
+}
+
+moe::TensorView shape_of(std::initializer_list<int64_t> dims) {
+  moe::TensorView s;
+  for (int64_t d : dims) s.dims[s.ndim++] = d;
+  return s;
+}
+
+bool same_dims(const moe::TensorView& a, const moe::TensorView& b) {
+  if (a.ndim != b.ndim) return false;
+  for (int i = 0; i < a.ndim; ++i)
+    if (a.dims[i] != b.dims[i]) return false;
+  return true;
+}
+
+Options::Options(const Napi::CallbackInfo& info, size_t index, const char* fn, std::initializer_list<const char*> keys)
+    : env_(info.Env()) {
+  if (index >= info.Length() || info[index].IsUndefined()) return;
+  const Napi::Value v = info[index];
+  if (!v.IsObject() || v.IsArray() || v.IsTypedArray() || v.IsFunction())
+    throw_type_error(env_, std::string(fn) + ": options must be an object, got " + describe(v));
+  obj_ = v.As<Napi::Object>();
+  present_ = true;
+  Napi::Array names = obj_.GetPropertyNames();
+  for (uint32_t n = 0; n < names.Length(); ++n) {
+    const std::string key = names.Get(n).ToString().Utf8Value();
+    bool known = key == "async";
+    for (const char* k : keys) known = known || key == k;
+    if (!known) throw_type_error(env_, "options." + key + " is not a known option of " + fn);
+  }
+}
+
+Napi::Value Options::get(const char* key) const { return present_ ? obj_.Get(key) : env_.Undefined(); }
+
+bool Options::async() const { return flag("async", false); }
+
+bool Options::flag(const char* key, bool dflt) const {
+  const Napi::Value v = get(key);
+  return v.IsUndefined() ? dflt : to_bool(v, name(key).c_str());
+}
+
+int64_t Options::integer(const char* key, int64_t dflt, int64_t lo, int64_t hi) const {
+  const Napi::Value v = get(key);
+  return v.IsUndefined() ? dflt : to_int(v, name(key).c_str(), lo, hi);
+}
+
+double Options::number(const char* key, double dflt, double lo, double hi, bool lo_open) const {
+  const Napi::Value v = get(key);
+  return v.IsUndefined() ? dflt : to_number(v, name(key).c_str(), lo, hi, lo_open);
 }
 
 void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb) {

@@ -1,8 +1,11 @@
-// N-API glue: turning JS values into tensor views and plain C++ values, with errors that name the
-// argument and the value it got. The addon never does math; it checks, converts and calls ops.
+// N-API glue: turning JS values into plain C++ values, with errors that name the argument and the
+// value it got. The addon never does math; it checks, converts and calls the backend.
 #pragma once
 #include <napi.h>
 
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -20,14 +23,12 @@ enum DTypeMask : unsigned {
   kAnyFloat = kF32 | kF16 | kBF16,
 };
 
-// Per-environment state (the addon may be loaded by several worker_threads): JS classes that
+// Per-environment state (the addon may be loaded by several worker_threads): the JS classes that
 // native code constructs. Owned by the env, freed with it.
 struct AddonData {
-  Napi::FunctionReference error_class;   // MoeError, from set_error_class
-  Napi::FunctionReference experts_ctor;  // the Experts class
-  Napi::FunctionReference linear_ctor;   // the Linear class (bind_decoder.cc)
-  Napi::FunctionReference kv_cache_ctor;  // the KvCache class (bind_decoder.cc)
-  Napi::FunctionReference device_buffer_ctor;  // the DeviceBuffer class (device.cc)
+  Napi::FunctionReference error_class;  // MoeError, from set_error_class
+  Napi::FunctionReference experts_ctor, linear_ctor, kv_cache_ctor, device_buffer_ctor;  // handles.h
+  std::shared_ptr<void> jobs;  // the environment's async jobs in flight (jobs.cc)
 };
 AddonData& addon_data(Napi::Env env);
 
@@ -39,37 +40,50 @@ std::string describe(const Napi::Value& v);
 // Throws the package's MoeError (registered by set_error_class) with a code.
 [[noreturn]] void throw_moe_error(Napi::Env env, const std::string& code, const std::string& msg);
 Napi::Error make_status_error(Napi::Env env, const moe::Status& st);
+Napi::Error make_moe_error(Napi::Env env, const std::string& code, const std::string& msg);
 void throw_if_error(Napi::Env env, const moe::Status& st);
-
-// JS objects an async job must keep alive until it finishes (the typed arrays it reads/writes).
-using KeepAlive = std::vector<Napi::ObjectReference>;
-
-// The type and dims of {type, dims, ...} (data not read): shared by host and device tensors.
-moe::TensorView to_tensor_shape(const Napi::Value& v, const char* name, unsigned allowed, int ndim);
-
-// Parses {type, data, dims}, reading data in place. ndim < 0 accepts any rank up to 4.
-// When `keep` is given, the typed array is added to it.
-moe::TensorView to_tensor(const Napi::Value& v, const char* name, unsigned allowed, int ndim,
-                          KeepAlive* keep = nullptr);
 
 // An integer in [lo, hi]; TypeError for a non-number or a non-integer, RangeError outside.
 int64_t to_int(const Napi::Value& v, const char* name, int64_t lo, int64_t hi);
 bool to_bool(const Napi::Value& v, const char* name);
+// A finite number in [lo, hi] (lo excluded when lo_open); TypeError for a non-number or NaN.
+double to_number(const Napi::Value& v, const char* name, double lo, double hi, bool lo_open = false);
 moe::DType to_dtype(const Napi::Value& v, const char* name, unsigned allowed);
+// Not undefined and not null.
+inline bool given(const Napi::Value& v) { return !v.IsUndefined() && !v.IsNull(); }
 
-// Allocates a JS tensor {type, data, dims} of fresh zeroed storage, returns it and its view.
-Napi::Object new_tensor(Napi::Env env, moe::DType t, std::initializer_list<int64_t> dims,
-                        moe::TensorView* view);
-// The same with the dims of `shape` (its data and dtype are ignored).
-Napi::Object new_tensor(Napi::Env env, moe::DType t, const moe::TensorView& shape, moe::TensorView* view);
-
+// The type and dims of {type, dims, ...} (data not read): shared by host and device tensors.
+moe::TensorView to_tensor_shape(const Napi::Value& v, const char* name, unsigned allowed, int ndim);
+moe::TensorView shape_of(std::initializer_list<int64_t> dims);
 std::string dims_string(const moe::TensorView& v);
+bool same_dims(const moe::TensorView& a, const moe::TensorView& b);
 
-// The trailing `async` flag of an op at argument i: false when absent or undefined.
-bool async_flag(const Napi::CallbackInfo& info, size_t i);
 // TypeError unless the call has at least n arguments.
 void expect_args(const Napi::CallbackInfo& info, size_t n, const char* fn);
 // RangeError "a (va) must equal b (vb)" unless va == vb.
 void check_same(Napi::Env env, const char* a, int64_t va, const char* b, int64_t vb);
+
+constexpr int64_t kMaxSafeInteger = 9007199254740991;  // 2^53 - 1: every integer a JS number holds
+
+// The options object of a call (one per call, sharp's baton): absent (undefined) or a plain object
+// whose keys are all known to the op (TypeError naming an unknown one). Values are read by name.
+class Options {
+ public:
+  Options(const Napi::CallbackInfo& info, size_t index, const char* fn, std::initializer_list<const char*> keys);
+  Napi::Value get(const char* key) const;
+  bool has(const char* key) const { return given(get(key)); }
+  // `async`: true returns a Promise (default false).
+  bool async() const;
+  bool flag(const char* key, bool dflt) const;
+  int64_t integer(const char* key, int64_t dflt, int64_t lo, int64_t hi) const;
+  double number(const char* key, double dflt, double lo, double hi, bool lo_open = false) const;
+  // "options.key" for messages.
+  std::string name(const char* key) const { return std::string("options.") + key; }
+
+ private:
+  Napi::Env env_;
+  Napi::Object obj_;
+  bool present_ = false;
+};
 
 }  // namespace moe_addon

@@ -1,19 +1,19 @@
-// moe-kernels native addon: module entry. Registers the op bindings (MoE and model ops), the
-// Experts, Linear and KvCache classes and the error class hook; knows nothing of the math.
+// moe-kernels native addon: module entry. Registers the handles (handles.h), the op bindings and the
+// error class hook, describes the backends of the registry, and ties each environment's teardown to
+// its jobs (jobs.h). Knows nothing of the math and names no backend.
 #include <napi.h>
 
 #include "args.h"
-#include "experts_handle.h"
-#include "moe/cpu_features.h"
-#include "moe/cuda_backend.h"
-#include "moe/threadpool.h"
+#include "handles.h"
+#include "jobs.h"
+#include "moe/backend.h"
 
 namespace moe_addon {
 
-void InitOps(Napi::Env env, Napi::Object exports);
-void InitBenchOps(Napi::Env env, Napi::Object exports);
-void InitModelOps(Napi::Env env, Napi::Object exports);
-void InitDevice(Napi::Env env, Napi::Object exports);
+void InitMoeBindings(Napi::Env env, Napi::Object exports);      // bind_moe.cc
+void InitDecoderBindings(Napi::Env env, Napi::Object exports);  // bind_decoder.cc
+void InitDeviceBindings(Napi::Env env, Napi::Object exports);   // bind_device.cc
+void InitBenchBindings(Napi::Env env, Napi::Object exports);    // bind_bench.cc
 
 namespace {
 
@@ -27,52 +27,51 @@ Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+void set_info(Napi::Env env, Napi::Object o, const moe::Info& info) {
+  for (const auto& [key, v] : info) {
+    switch (v.kind) {
+      case moe::InfoValue::Kind::kBool: o.Set(key, Napi::Boolean::New(env, v.b)); break;
+      case moe::InfoValue::Kind::kNumber: o.Set(key, Napi::Number::New(env, v.n)); break;
+      case moe::InfoValue::Kind::kString: o.Set(key, Napi::String::New(env, v.s)); break;
+    }
+  }
+}
+
+// backend_info() -> {cpu: {...}, cuda: {...}}: each backend of the build under its family, with its
+// name, whether it is compiled and available and why, and what it reports of itself and its device.
 Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const moe::CpuFeatures& f = moe::cpu_features();
-  Napi::Object cpu = Napi::Object::New(env);
-  cpu.Set("kernel", Napi::String::New(env, f.kernel));
-  cpu.Set("threads", Napi::Number::New(env, moe::ComputePool::instance().num_threads()));
-  cpu.Set("avx2", Napi::Boolean::New(env, f.avx2));
-  cpu.Set("fma", Napi::Boolean::New(env, f.fma));
-  cpu.Set("f16c", Napi::Boolean::New(env, f.f16c));
-  cpu.Set("avx512f", Napi::Boolean::New(env, f.avx512f));
-  cpu.Set("avx512bf16", Napi::Boolean::New(env, f.avx512bf16));
-  const moe::cuda::DeviceInfo& d = moe::cuda::device_info();
-  Napi::Object cuda = Napi::Object::New(env);
-  cuda.Set("name", Napi::String::New(env, moe::cuda::backend_name()));
-  cuda.Set("compiled", Napi::Boolean::New(env, d.compiled));
-  cuda.Set("available", Napi::Boolean::New(env, d.available));
-  cuda.Set("emulated", Napi::Boolean::New(env, d.emulated));
-  cuda.Set("reason", Napi::String::New(env, d.reason));
-  if (d.device >= 0) {
-    Napi::Object dev = Napi::Object::New(env);
-    dev.Set("ordinal", Napi::Number::New(env, d.device));
-    dev.Set("name", Napi::String::New(env, d.name));
-    dev.Set("computeCapability", Napi::String::New(env, std::to_string(d.cc_major) + "." + std::to_string(d.cc_minor)));
-    dev.Set("smCount", Napi::Number::New(env, d.sm_count));
-    dev.Set("totalMemory", Napi::Number::New(env, double(d.total_memory)));
-    dev.Set("peakGBps", Napi::Number::New(env, d.peak_gbps));
-    dev.Set("peakTensorTflops", Napi::Number::New(env, d.peak_tc_tflops));
-    dev.Set("peakFmaTflops", Napi::Number::New(env, d.peak_fma_tflops));
-    cuda.Set("device", dev);
+  Napi::Object r = Napi::Object::New(env);
+  for (moe::Backend* b : moe::all_backends()) {
+    const moe::Capabilities& c = b->capabilities();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("name", Napi::String::New(env, c.name));
+    o.Set("compiled", Napi::Boolean::New(env, c.compiled));
+    o.Set("available", Napi::Boolean::New(env, c.available));
+    o.Set("emulated", Napi::Boolean::New(env, c.emulated));
+    o.Set("reason", Napi::String::New(env, c.reason));
+    set_info(env, o, c.info);
+    if (!c.device.empty()) {
+      Napi::Object d = Napi::Object::New(env);
+      set_info(env, d, c.device);
+      o.Set("device", d);
+    }
+    r.Set(c.family, o);
   }
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("cpu", cpu);
-  o.Set("cuda", cuda);
-  return o;
+  return r;
 }
 
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  track_environment(env);
   exports.Set("set_error_class", Napi::Function::New(env, SetErrorClass, "set_error_class"));
   exports.Set("backend_info", Napi::Function::New(env, BackendInfo, "backend_info"));
-  ExpertsWrap::Init(env, exports);
-  InitOps(env, exports);
-  InitBenchOps(env, exports);
-  InitModelOps(env, exports);
-  InitDevice(env, exports);
+  InitHandles(env, exports);
+  InitMoeBindings(env, exports);
+  InitDecoderBindings(env, exports);
+  InitDeviceBindings(env, exports);
+  InitBenchBindings(env, exports);
   return exports;
 }
 

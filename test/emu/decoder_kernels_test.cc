@@ -7,6 +7,7 @@
 // 32/64/128/256; Hq/Hkv = 4/2, 8/1, 32/8; windows shorter than the sequence; contexts across the
 // 128-key chunk boundary. Kernels run under every schedule on small shapes.
 // The CPU backend's ops first: <memory> must not see the emulator's __noinline__ macro.
+#include "../../native/backends/cpu/cpu_ops.h"
 #include "../../native/include/moe/decoder_ops.h"
 
 #include "../../native/backends/cuda/cuda_compat.cuh"
@@ -469,6 +470,26 @@ TEST(model_residual_add) {
   }
 }
 
+// launch_cast: every pair of types, odd lengths; each element rounded once to the output type.
+TEST(model_cast_every_pair) {
+  for (moe_emu::Schedule s : kAllSchedules) {
+    ScheduleScope scope(s, 9);
+    for (DevDType from : kTypes)
+      for (DevDType to : kTypes)
+        for (int64_t n : {1, 33, 700}) {
+          Rng rng(static_cast<uint64_t>(n * 7 + int(from) * 3 + int(to)));
+          const Buf in = Buf::random(from, size_t(n), rng, 1000.0);
+          Buf out(to, size_t(n));
+          CHECK_OK(moe::launch_cast(in.ptr(), from, out.ptr(), to, n, nullptr));
+          for (size_t i = 0; i < size_t(n); ++i) CHECK_EQ(out.get(i), round_to(in.get(i), to));
+        }
+  }
+  Buf b(DevDType::kF32, 4);
+  CHECK(moe::launch_cast(nullptr, DevDType::kF32, b.ptr(), DevDType::kF16, 4, nullptr) == cudaErrorInvalidValue);
+  CHECK(moe::launch_cast(b.ptr(), DevDType::kF32, b.ptr(), DevDType::kF16, -1, nullptr) == cudaErrorInvalidValue);
+  CHECK_OK(moe::launch_cast(nullptr, DevDType::kF32, nullptr, DevDType::kF16, 0, nullptr));
+}
+
 TEST(model_linear_every_path) {
   using P = moe::GroupedGemmPath;
   for (moe_emu::Schedule s : kAllSchedules) {
@@ -641,7 +662,7 @@ TEST(model_sampling_greedy_ties_and_nan) {
     CHECK_EQ(ids[2], 60);
   }
   std::vector<int32_t> cpu(4, -7);  // the CPU backend's greedy op: the same ids
-  CHECK(moe::sample(logits.data(), 4, V, moe::SampleParams{}, cpu.data()).is_ok());
+  CHECK(moe::cpu::sample(logits.data(), 4, V, moe::SampleParams{}, cpu.data()).is_ok());
   CHECK_OK(moe::launch_argmax(logits.data(), 4, V, ids.data(), nullptr));
   for (int r = 0; r < 4; ++r) CHECK_EQ(cpu[size_t(r)], ids[size_t(r)]);
   const std::vector<float> big = make_logits(3, 1000, 4);
@@ -670,7 +691,7 @@ TEST(model_sampling_top_p_exact_ids_sweep) {
             if (top_p > 0.f) {
               moe::SampleParams sp;
               sp.temperature = temperature, sp.top_p = top_p, sp.seed = seed, sp.step = step;
-              CHECK(moe::sample(logits.data(), T, V, sp, cpu.data()).is_ok());
+              CHECK(moe::cpu::sample(logits.data(), T, V, sp, cpu.data()).is_ok());
             }
             for (int64_t r = 0; r < T; ++r) {
               const float* row = logits.data() + r * V;
@@ -719,7 +740,7 @@ TEST(model_sampling_infinite_and_nan_rows) {
   std::vector<int32_t> cpu(3, -1);
   moe::SampleParams sp;
   sp.temperature = 1.f, sp.top_p = 0.9f, sp.seed = 42, sp.step = 7;
-  CHECK(moe::sample(logits.data(), 3, V, sp, cpu.data()).is_ok());
+  CHECK(moe::cpu::sample(logits.data(), 3, V, sp, cpu.data()).is_ok());
   for (int64_t r = 0; r < 3; ++r) {
     CHECK_EQ(ids[size_t(r)], sequential_sample(logits.data() + r * V, V, 1.f, 0.9f, 42, 7, uint64_t(r)));
     CHECK_EQ(ids[size_t(r)], cpu[size_t(r)]);  // the CPU backend's op

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../../native/backends/cpu/cpu_ops.h"
 #include "../../native/include/moe/moe_ops.h"
 
 #include "../../native/backends/cuda/cuda_compat.cuh"
@@ -106,8 +107,8 @@ bool check_route(const Problem& p, const Variant& v) {
   rp.random_seed = v.seed + 1;
   std::vector<int32_t> ids(size_t(T * k)), counts(static_cast<size_t>(E));
   std::vector<float> w(size_t(T * k)), logits(size_t(T * E));
-  moe::RouterStats st;
-  const moe::Status s = moe::route(moe::make_view(const_cast<float*>(p.x.data()), moe::DType::kF32, {T, d}),
+  moe::cpu::RouterStats st;
+  const moe::Status s = moe::cpu::route(moe::make_view(const_cast<float*>(p.x.data()), moe::DType::kF32, {T, d}),
                                    moe::make_view(const_cast<float*>(p.gate.data()), moe::DType::kF32, {E, d}), rp,
                                    ids.data(), w.data(), counts.data(), logits.data(), &st);
   if (!s.is_ok()) {
@@ -201,7 +202,7 @@ TEST(variants_permute_takes_the_no_expert_marker) {
     const size_t nE = static_cast<size_t>(E);
     for (int64_t cap : {int64_t(-1), int64_t(3)}) {
       std::vector<int32_t> off(nE + 1), rows(ids.size()), row_of(ids.size()), dropped(nE);
-      CHECK(moe::permute(ids.data(), T, k, E, cap, off.data(), rows.data(), row_of.data(), dropped.data()).is_ok());
+      CHECK(moe::cpu::permute(ids.data(), T, k, E, cap, off.data(), rows.data(), row_of.data(), dropped.data()).is_ok());
       Dev<int32_t> ids_d(ids), off_d(nE + 1), rows_d(ids.size()), row_of_d(ids.size()), dropped_d(nE), bad_d(1);
       const size_t wb = moe::permute_workspace_bytes(T, k, E);
       Dev<unsigned char> ws(wb);
@@ -228,8 +229,8 @@ TEST(variants_permute_takes_the_no_expert_marker) {
 namespace {
 
 // The whole layer on both backends (f32 weights): ids, drops and counts exact, output and losses close.
-// r.noise_gate is ignored: `noisy` gives both backends the problem's noise gate.
-bool check_forward(int64_t T, int E, int k, const moe::MoeDeviceRouting& r, bool noisy, const std::string& label) {
+// r.route.noise_gate is ignored: `noisy` gives both backends the problem's noise gate.
+bool check_forward(int64_t T, int E, int k, const moe::MoeForwardParams& r, bool noisy, const std::string& label) {
   const std::string what = label + " T=" + std::to_string(T) + " E=" + std::to_string(E) + " k=" + std::to_string(k) +
                            " (" + moe_emu::schedule_name(moe_emu::schedule()) + ")";
   const int64_t d = 16, f = 24;
@@ -251,37 +252,27 @@ bool check_forward(int64_t T, int E, int k, const moe::MoeDeviceRouting& r, bool
     src.w2.push_back(w2[size_t(e)].data());
   }
   std::unique_ptr<moe::PackedExperts> packed;
-  if (!moe::pack_experts(src, &packed).is_ok()) {
+  if (!moe::cpu::pack_experts(src, nullptr, &packed).is_ok()) {
     emu_test::fail(__FILE__, __LINE__, what + ": CPU pack_experts failed");
     return false;
   }
-  moe::MoeForwardParams mp;
+  moe::MoeForwardParams mp = r;
   mp.route.top_k = k;
-  mp.route.normalize = r.normalize;
-  if (noisy) {
-    mp.route.noise_gate = moe::make_view(const_cast<float*>(p.noise.data()), moe::DType::kF32, {E, d});
-    mp.route.noise_seed = r.noise_seed;
-  }
-  mp.route.random_routing = r.random_routing;
-  mp.route.random_seed = r.random_seed;
-  mp.capacity = r.capacity;
-  mp.capacity_factor = r.capacity_factor;
-  mp.eval_capacity_factor = r.eval_capacity_factor;
-  mp.decode = r.decode;
+  mp.route.noise_gate = noisy ? moe::make_view(const_cast<float*>(p.noise.data()), moe::DType::kF32, {E, d}) : moe::TensorView();
   std::vector<float> out(size_t(T * d)), wts(size_t(T * k));
   std::vector<int32_t> ids(size_t(T * k)), counts(static_cast<size_t>(E)), dropped(static_cast<size_t>(E));
-  moe::RouterStats st;
-  moe::MoeForwardOutputs o;
+  moe::cpu::RouterStats st;
+  moe::cpu::MoeForwardOutputs o;
   o.out = moe::make_view(out.data(), moe::DType::kF32, {T, d});
   o.topk_ids = ids.data();
   o.topk_weights = wts.data();
   o.expert_counts = counts.data();
   o.dropped = dropped.data();
   o.stats = &st;
-  moe::MoeLayerWeights lw;
+  moe::cpu::MoeLayerWeights lw;
   lw.gate = moe::make_view(const_cast<float*>(p.gate.data()), moe::DType::kF32, {E, d});
   lw.experts = packed.get();
-  const moe::Status s = moe::moe_forward(lw, moe::make_view(const_cast<float*>(p.x.data()), moe::DType::kF32, {T, d}),
+  const moe::Status s = moe::cpu::moe_forward(lw, moe::make_view(const_cast<float*>(p.x.data()), moe::DType::kF32, {T, d}),
                                          mp, o);
   if (!s.is_ok()) {
     emu_test::fail(__FILE__, __LINE__, what + ": CPU moe_forward: " + s.message());
@@ -303,8 +294,8 @@ bool check_forward(int64_t T, int E, int k, const moe::MoeDeviceRouting& r, bool
   layer.w_dtype = moe::DevDType::kF32;
   layer.gate = gate_d.p;
   layer.packed = packed_d.p;
-  moe::MoeDeviceRouting dr = r;
-  dr.top_k = k;
+  moe::MoeDeviceRouting dr;
+  dr.params = mp;
   dr.noise_gate = noisy ? noise_d.p : nullptr;
   moe::MoeDeviceOutputs dout;
   dout.topk_ids = ids_d.p;
@@ -350,22 +341,22 @@ bool check_forward(int64_t T, int E, int k, const moe::MoeDeviceRouting& r, bool
 TEST(variants_moe_forward_matches_the_cpu_twin) {
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s);
-    moe::MoeDeviceRouting r;
+    moe::MoeForwardParams r;
     r.capacity_factor = 0.5;
     if (!check_forward(33, 4, 2, r, false, "capacity 0.5 drops")) return;
     r.capacity_factor = 1.25;
-    r.noise_seed = 3;
-    r.random_routing = true;
-    r.random_seed = 4;
+    r.route.noise_seed = 3;
+    r.route.random_routing = true;
+    r.route.random_seed = 4;
     if (!check_forward(33, 8, 2, r, true, "capacity 1.25 + noise + random routing")) return;
-    moe::MoeDeviceRouting e;
+    moe::MoeForwardParams e;
     e.capacity_factor = 0.25;
     e.eval_capacity_factor = 4.0;
     e.decode = 1;  // decode at T = 20: the eval factor (dropless here), while 0.25 would drop
     if (!check_forward(20, 4, 1, e, false, "eval factor")) return;
     e.decode = 0;
     if (!check_forward(20, 4, 1, e, false, "prefill factor drops")) return;
-    moe::MoeDeviceRouting fine;
+    moe::MoeForwardParams fine;
     fine.capacity_factor = 1.0;
     if (!check_forward(65, 64, 6, fine, false, "fine-grained E=64 k=6")) return;
   }
@@ -392,7 +383,7 @@ TEST(variants_reject_bad_arguments) {
   layer.f = 8;
   layer.w_dtype = moe::DevDType::kF32;
   moe::MoeDeviceRouting r;
-  r.top_k = 1;
-  r.random_routing = true;  // needs top_k == 2
+  r.params.route.top_k = 1;
+  r.params.route.random_routing = true;  // needs top_k == 2
   CHECK_EQ(moe::moe_forward_workspace_bytes(layer, 4, r), size_t(0));
 }

@@ -43,7 +43,7 @@ cpu_avx2_srcs=("$root"/native/backends/cpu/*_avx2.cc)
 cpu_flags=(-fno-math-errno)
 kernel_srcs+=("$root/native/backends/cuda/token_ops.cu" "$root/native/backends/cuda/attention.cu" "$root/native/backends/cuda/sampling.cu"
              "$here/decoder_kernels_test.cc")
-headers=("$root"/native/emu/*.h "$root"/native/backends/cuda/*.cuh "$root"/native/backends/cuda/*.h "$here"/*.h
+headers=("$root"/native/emu/*.h "$root"/native/backends/cuda/*.cuh "$root"/native/backends/cuda/*.h "$root"/native/backends/cpu/*.h "$here"/*.h
          "$root"/native/include/moe/*.h)
 
 # compile DIR FLAGS... -- SOURCES...: compiles the sources into DIR (in parallel), skipping objects

@@ -12,13 +12,14 @@
 #include <vector>
 
 #include "attn_kernels.h"
-#include "moe/cpu_features.h"
-#include "moe/decoder_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_features.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 #include "panel_gemm.h"
 #include "row_ops.h"
 
 namespace moe {
+namespace cpu {
 
 namespace {
 struct CpuKvCache final : KvCache {
@@ -67,12 +68,10 @@ const cpu::AttnKernels& attn_kernels() {
 }
 }  // namespace
 
-namespace cpu {
 const AttnKernels& attn_portable_kernels() {
   static const AttnKernels k = {scores_portable, weighted_sum_portable};
   return k;
 }
-}  // namespace cpu
 
 Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,
                        std::unique_ptr<KvCache>* out) {
@@ -93,7 +92,7 @@ Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, 
 
 Status attention(const TensorView& q, const TensorView& k, const TensorView& v, KvCache& kv,
                  const AttentionParams& p, const TensorView& out) {
-  auto& c = static_cast<CpuKvCache&>(kv);  // made by create_kv_cache above
+  auto& c = static_cast<CpuKvCache&>(kv);  // CpuBackend passes only its own caches (create_kv_cache above)
   const int64_t hd = c.head_dim, Hkv = c.num_kv_heads;
   if (q.ndim != 3 || q.dims[2] != hd) return Status::invalid("attention: q must be [T,Hq,hd]");
   const int64_t T = q.dims[0], Hq = q.dims[1];
@@ -168,4 +167,5 @@ Status attention(const TensorView& q, const TensorView& k, const TensorView& v, 
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

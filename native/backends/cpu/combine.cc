@@ -4,10 +4,11 @@
 #include <cmath>
 #include <vector>
 
-#include "moe/moe_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 
 namespace moe {
+namespace cpu {
 
 Status combine(const float* y, int64_t R, const int32_t* row_of, const float* topk_weights,
                int64_t T, int k, const TensorView& out, const float* shared, const float* shared_logit) {
@@ -46,4 +47,5 @@ Status combine(const float* y, int64_t R, const int32_t* row_of, const float* to
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

@@ -1,4 +1,4 @@
-#include "moe/cpu_features.h"
+#include "cpu_features.h"
 
 #include <cstdlib>
 #include <cstring>

@@ -14,11 +14,12 @@
 #include <vector>
 
 #include "gemm_kernels.h"
-#include "moe/moe_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 #include "panel_gemm.h"
 
 namespace moe {
+namespace cpu {
 
 namespace {
 using cpu::AlignedBuffer;
@@ -38,7 +39,9 @@ struct CpuPackedExperts final : PackedExperts {
   int64_t gemm2_panels = 0;  // ceil(d / kNR)
   size_t w2_offset = 0;      // elements from an expert's start to its GEMM2 panels
   size_t expert_elems = 0;   // elements per expert
-  size_t bytes() const override { return buf.size(); }
+  std::vector<uint8_t> gate_data;  // the router gate packed with the experts, as given
+  TensorView gate;                 // a view of gate_data (absent without a gate)
+  size_t bytes() const override { return buf.size() + gate_data.size(); }
   const uint8_t* expert(int e) const { return buf.as<const uint8_t>() + size_t(e) * expert_elems * elem_size; }
 };
 
@@ -82,7 +85,7 @@ void pack_all(const ExpertWeightSource& src, CpuPackedExperts& p) {
 
 }  // namespace
 
-Status pack_experts(const ExpertWeightSource& src, std::unique_ptr<PackedExperts>* out) {
+Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) {
   if (src.num_experts < 1 || src.d < 1 || src.f < 1) return Status::invalid("pack_experts: empty shape");
   if (src.dtype != DType::kF32 && src.dtype != DType::kF16 && src.dtype != DType::kBF16)
     return Status::unsupported(std::string("pack_experts: weights of type ") + dtype_name(src.dtype));
@@ -99,6 +102,14 @@ Status pack_experts(const ExpertWeightSource& src, std::unique_ptr<PackedExperts
   p->expert_elems = p->w2_offset + size_t(p->gemm2_panels) * size_t(p->f_pad) * kNR;
   if (!p->buf.reserve(p->expert_elems * size_t(src.num_experts) * p->elem_size))
     return Status::oom("pack_experts: cannot allocate the packed weights");
+  if (gate) {
+    if (gate->ndim != 2 || gate->dims[0] != src.num_experts || gate->dims[1] != src.d || !is_float(gate->dtype))
+      return Status::invalid("pack_experts: the gate must be a float [E,d] tensor");
+    p->gate_data.assign(static_cast<const uint8_t*>(gate->data), static_cast<const uint8_t*>(gate->data) + gate->bytes());
+    p->gate = *gate;
+    p->gate.data = p->gate_data.data();
+    p->has_gate = true;
+  }
   if (p->elem_size == 4)
     pack_all<uint32_t>(src, *p);
   else
@@ -107,10 +118,11 @@ Status pack_experts(const ExpertWeightSource& src, std::unique_ptr<PackedExperts
   return Status::ok();
 }
 
+const TensorView& packed_gate(const PackedExperts& w) { return static_cast<const CpuPackedExperts&>(w).gate; }
+
 Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
                     const int32_t* expert_offsets, const PackedExperts& pw, float* y) {
-  // Every PackedExperts reaching the CPU backend was made by pack_experts above (the addon builds
-  // with -fno-rtti under node-gyp, so this cannot be a dynamic_cast).
+  // CpuBackend passes only experts whose `backend` is itself, all made by pack_experts above.
   const auto* w = static_cast<const CpuPackedExperts*>(&pw);
   const int E = w->num_experts;
   const int64_t d = w->d, f_pad = w->f_pad, R = expert_offsets[E];
@@ -162,4 +174,5 @@ Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

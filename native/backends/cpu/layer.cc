@@ -5,10 +5,11 @@
 #include <cmath>
 #include <vector>
 
-#include "moe/moe_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 
 namespace moe {
+namespace cpu {
 
 void widen_to_f32(const TensorView& x, float* dst) {
   const int64_t n = x.numel();
@@ -36,10 +37,6 @@ const float* as_f32(const TensorView& x, std::vector<float>& scratch) {
   return scratch.data();
 }
 }  // namespace
-
-int64_t moe_capacity(const MoeForwardParams& p, int64_t T, int E) {
-  return forward_capacity(p.capacity, p.capacity_factor, p.eval_capacity_factor, p.decode, T, p.route.top_k, E);
-}
 
 Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeForwardParams& p,
                    const MoeForwardOutputs& outs) {
@@ -84,7 +81,7 @@ Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeF
   std::vector<float> ys(size_t(T * d)), logit;
   const int32_t all_rows[2] = {0, int32_t(T)};
   MOE_RETURN_IF_ERROR(grouped_gemm(x32, T, nullptr, all_rows, *layer.shared, ys.data()));
-  if (layer.shared_gate.data) {
+  if (layer.shared_gate.present()) {
     logit.resize(size_t(T));
     std::vector<float> g(static_cast<size_t>(d));
     widen_to_f32(layer.shared_gate, g.data());
@@ -149,4 +146,5 @@ Status dense_ffn(const PackedExperts& w, const TensorView& x, const TensorView& 
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

@@ -7,12 +7,12 @@
 #include <cstring>
 #include <vector>
 
-#include "moe/decoder_ops.h"
-#include "moe/moe_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 #include "panel_gemm.h"
 
 namespace moe {
+namespace cpu {
 
 namespace {
 using cpu::kMR;
@@ -62,7 +62,7 @@ Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<
 }
 
 Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) {
-  // Every PackedLinear reaching the CPU backend was made by pack_linear above (no RTTI under gyp).
+  // CpuBackend passes only weights whose `backend` is itself, all made by pack_linear above.
   const auto* w = static_cast<const CpuPackedLinear*>(&pw);
   const int64_t in = w->in_features, n = w->out_features;
   if (x.ndim != 2 || x.dims[1] != in) return Status::invalid("linear: x must be [T,in]");
@@ -113,4 +113,5 @@ Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) 
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

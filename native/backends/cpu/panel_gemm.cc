@@ -1,7 +1,7 @@
 // The non-template parts of the CPU panel GEMM machinery (panel_gemm.h).
 #include "panel_gemm.h"
 
-#include "moe/cpu_features.h"
+#include "cpu_features.h"
 
 namespace moe {
 namespace cpu {

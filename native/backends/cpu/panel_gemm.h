@@ -26,7 +26,7 @@
 #endif
 
 #include "gemm_kernels.h"
-#include "moe/threadpool.h"
+#include "threadpool.h"
 
 namespace moe {
 namespace cpu {

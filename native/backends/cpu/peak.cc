@@ -2,7 +2,7 @@
 // every thread of the compute pool with the instruction set the kernels use. The drivers here
 // split the work one task per thread; the inner loops are in peak_avx2.cc (AVX2/FMA) and below
 // (portable, GCC/Clang vector extensions).
-#include "moe/peak.h"
+#include "peak.h"
 
 #include <algorithm>
 #include <atomic>
@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "moe/cpu_features.h"
-#include "moe/threadpool.h"
+#include "cpu_features.h"
+#include "threadpool.h"
 
 namespace moe {
 

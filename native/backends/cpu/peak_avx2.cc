@@ -4,7 +4,7 @@
 // Compiled with -mavx2 -mfma; only reached after the run-time CPU check.
 #include <immintrin.h>
 
-#include "moe/peak.h"
+#include "peak.h"
 
 namespace moe {
 namespace peak_detail {

@@ -3,9 +3,10 @@
 #include <algorithm>
 #include <vector>
 
-#include "moe/moe_ops.h"
+#include "cpu_ops.h"
 
 namespace moe {
+namespace cpu {
 
 Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacity,
                int32_t* expert_offsets, int32_t* sorted_rows, int32_t* row_of, int32_t* dropped) {
@@ -49,4 +50,5 @@ Status permute(const int32_t* topk_ids, int64_t T, int k, int E, int64_t capacit
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

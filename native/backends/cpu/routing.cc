@@ -7,10 +7,11 @@
 #include <string>
 #include <vector>
 
-#include "moe/moe_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 
 namespace moe {
+namespace cpu {
 
 namespace {
 // Dot product of two f32 rows with 8 independent partial sums in a fixed order, so the result is
@@ -43,7 +44,7 @@ Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, 
   if (E < 1) return Status::invalid("route: gate must have at least one expert");
   if (k < 1 || k > E) return Status::invalid("route: top_k must be in [1, E]");
   if (T > 0 && (!topk_ids || !topk_weights)) return Status::invalid("route: topk outputs are required");
-  const bool noisy = p.noise_gate.data != nullptr;
+  const bool noisy = p.noise_gate.present();
   if (noisy && (p.noise_gate.ndim != 2 || p.noise_gate.dims[0] != E || p.noise_gate.dims[1] != d))
     return Status::invalid("route: noise_gate must be [E,d] like the gate");
   if (p.random_routing && k != 2)
@@ -150,4 +151,5 @@ Status route(const TensorView& x, const TensorView& gate, const RouteParams& p, 
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

@@ -6,11 +6,12 @@
 #include <cmath>
 #include <vector>
 
-#include "moe/decoder_ops.h"
+#include "cpu_ops.h"
 #include "moe/sampling_rule.h"
-#include "moe/threadpool.h"
+#include "threadpool.h"
 
 namespace moe {
+namespace cpu {
 
 namespace {
 // argmax; ties to the lower index; NaN never wins; 0 when every value is NaN (launch_argmax's rule).
@@ -39,4 +40,5 @@ Status sample(const float* logits, int64_t T, int64_t V, const SampleParams& p, 
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

@@ -1,6 +1,6 @@
 // The process-wide compute pool: N-1 workers plus the calling thread run the tasks of one
 // parallel_for at a time; a dispatcher thread runs submitted jobs in FIFO order.
-#include "moe/threadpool.h"
+#include "threadpool.h"
 
 #include <atomic>
 #include <chrono>
@@ -72,9 +72,14 @@ struct ComputePool::Impl {
   // dispatcher
   std::thread dispatcher;
   std::mutex qmu;
-  std::condition_variable qcv;
+  std::condition_variable qcv, qidle;
   std::deque<std::function<void()>> queue;
+  int running = 0;  // jobs taken off the queue and not finished (0 or 1)
   bool qstop = false;
+
+  // lifecycle: threads start on first use and stop at shutdown() (the library is unloading)
+  std::mutex life_mu;
+  std::atomic<bool> started{false};
 
   void run_tasks(int thread) {
     for (;;) {
@@ -84,9 +89,10 @@ struct ComputePool::Impl {
     }
   }
 
-  void worker_main(int index) {
+  // `seen`: the generation when the worker was started (by the thread that starts the pool, before
+  // any parallel_for of its own could publish a new one).
+  void worker_main(int index, uint64_t seen) {
     t_in_parallel = true;  // a worker never starts a nested parallel_for
-    uint64_t seen = 0;
     auto woken = [&] { return stopping.load(std::memory_order_acquire) || generation.load(std::memory_order_acquire) != seen; };
     for (;;) {
       if (!spin_until(woken)) {
@@ -112,32 +118,57 @@ struct ComputePool::Impl {
         if (queue.empty()) return;
         job = std::move(queue.front());
         queue.pop_front();
+        ++running;
       }
       job();
+      std::lock_guard<std::mutex> lk(qmu);
+      --running;
+      if (queue.empty() && running == 0) qidle.notify_all();
     }
+  }
+
+  void start() {
+    if (started.load(std::memory_order_acquire)) return;
+    std::lock_guard<std::mutex> lk(life_mu);
+    if (started.load(std::memory_order_relaxed)) return;
+    stopping.store(false, std::memory_order_relaxed);
+    qstop = false;
+    const uint64_t gen = generation.load(std::memory_order_acquire);
+    for (int i = 1; i < nthreads; ++i) workers.emplace_back([this, i, gen] { worker_main(i, gen); });
+    dispatcher = std::thread([this] { dispatcher_main(); });
+    started.store(true, std::memory_order_release);
+  }
+
+  void wait_idle() {
+    std::unique_lock<std::mutex> lk(qmu);
+    qidle.wait(lk, [&] { return queue.empty() && running == 0; });
+  }
+
+  void stop() {
+    std::lock_guard<std::mutex> lk(life_mu);
+    if (!started.load(std::memory_order_relaxed)) return;
+    {
+      std::lock_guard<std::mutex> q(qmu);
+      qstop = true;  // the dispatcher finishes the queue, then returns
+    }
+    qcv.notify_all();
+    if (dispatcher.joinable()) dispatcher.join();
+    {
+      std::lock_guard<std::mutex> r(run_mu);  // no parallel_for in flight (from a sync caller)
+      std::lock_guard<std::mutex> m(mu);
+      stopping.store(true, std::memory_order_release);
+    }
+    cv_work.notify_all();
+    for (auto& w : workers) w.join();
+    workers.clear();
+    started.store(false, std::memory_order_release);
   }
 };
 
-ComputePool::ComputePool() : impl_(new Impl) {
-  impl_->nthreads = configured_threads();
-  for (int i = 1; i < impl_->nthreads; ++i)
-    impl_->workers.emplace_back([this, i] { impl_->worker_main(i); });
-  impl_->dispatcher = std::thread([this] { impl_->dispatcher_main(); });
-}
+ComputePool::ComputePool() : impl_(new Impl) { impl_->nthreads = configured_threads(); }
 
 ComputePool::~ComputePool() {
-  {
-    std::lock_guard<std::mutex> lk(impl_->qmu);
-    impl_->qstop = true;
-  }
-  impl_->qcv.notify_all();
-  if (impl_->dispatcher.joinable()) impl_->dispatcher.join();
-  {
-    std::lock_guard<std::mutex> lk(impl_->mu);
-    impl_->stopping.store(true, std::memory_order_release);
-  }
-  impl_->cv_work.notify_all();
-  for (auto& w : impl_->workers) w.join();
+  impl_->stop();
   delete impl_;
 }
 
@@ -157,6 +188,7 @@ void ComputePool::parallel_for(int64_t n, const std::function<void(int64_t, int)
     for (int64_t t = 0; t < n; ++t) fn(t, 0);
     return;
   }
+  s.start();
   std::lock_guard<std::mutex> run_lock(s.run_mu);
   {
     std::lock_guard<std::mutex> lk(s.mu);
@@ -179,6 +211,7 @@ void ComputePool::parallel_for(int64_t n, const std::function<void(int64_t, int)
 }
 
 void ComputePool::submit(std::function<void()> job) {
+  impl_->start();
   {
     std::lock_guard<std::mutex> lk(impl_->qmu);
     impl_->queue.push_back(std::move(job));
@@ -186,4 +219,11 @@ void ComputePool::submit(std::function<void()> job) {
   impl_->qcv.notify_one();
 }
 
+}  // namespace moe
+
+namespace moe {
+void ComputePool::wait_idle() {
+  if (impl_->started.load(std::memory_order_acquire)) impl_->wait_idle();
+}
+void ComputePool::shutdown() { impl_->stop(); }
 }  // namespace moe

@@ -1,6 +1,6 @@
 // moe-kernels: the one compute pool of the process.
 //
-// Sized to the cores (MOE_NUM_THREADS overrides). `parallel_for` splits a job's tasks over the
+// Sized to the cores (MOE_NUM_THREADS overrides); its threads start on first use. `parallel_for` splits a job's tasks over the
 // calling thread and the pool's workers; one job runs at a time, so concurrent requests queue
 // instead of oversubscribing the machine. `submit` runs a job on the pool's dispatcher thread, in
 // FIFO order: the async N-API calls use it so that compute never runs on the event loop.
@@ -23,6 +23,12 @@ class ComputePool {
 
   // Queues a job; it runs on the dispatcher thread, which then takes part in parallel_for.
   void submit(std::function<void()> job);
+
+  // Waits until every submitted job has finished.
+  void wait_idle();
+  // Finishes the queued jobs, then stops and joins every thread of the pool (the library is about
+  // to be unloaded: no thread may run its code afterwards). Threads start again on the next use.
+  void shutdown();
 
  private:
   ComputePool();

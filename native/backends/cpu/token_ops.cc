@@ -6,11 +6,12 @@
 #include <cmath>
 #include <vector>
 
-#include "moe/decoder_ops.h"
-#include "moe/threadpool.h"
+#include "cpu_ops.h"
+#include "threadpool.h"
 #include "row_ops.h"
 
 namespace moe {
+namespace cpu {
 
 namespace {
 constexpr int64_t kTaskElems = 1 << 15;  // elements handled by one task of a row-wise op
@@ -110,4 +111,5 @@ Status add(const TensorView& a, const TensorView& b, const TensorView& out) {
   return Status::ok();
 }
 
+}  // namespace cpu
 }  // namespace moe

@@ -1,52 +1,65 @@
-// moe-kernels: the CUDA backend of a build without one (binding.gyp, or CMake without nvcc). Same
-// functions as native/backends/cuda/backend.cu; device_info() says why there is no device, and every op
-// returns kUnsupported (the TypeScript layer never routes work here: it checks backendInfo first).
-#include "moe/cuda_backend.h"
+// moe-kernels: the CUDA backend of a build without one (binding.gyp, or CMake without nvcc): its
+// capabilities say why, and every op returns kUnsupported (the addon never routes work to a backend
+// that is not available: it checks first).
+#include <string>
+
+#include "moe/backend.h"
+
+#ifndef MOE_NO_CUDA_REASON
+#define MOE_NO_CUDA_REASON "this build has no CUDA backend (it was built without nvcc)"
+#endif
 
 namespace moe {
 namespace cuda {
 
 namespace {
-Status none() { return Status::unsupported("this build has no CUDA backend (it was built without nvcc)"); }
+
+class InlineExecutor final : public Executor {
+ public:
+  void submit(std::function<Status()> run, std::function<void(Status)> done) override { done(run()); }
+  Status run_sync(const std::function<Status()>& run) override { return run(); }
+  void drain() override {}
+  void shutdown() override {}
+};
+
+class NoCudaBackend final : public Backend {
+ public:
+  NoCudaBackend() {
+    caps_.family = "cuda";
+    caps_.name = "none";
+    caps_.reason = MOE_NO_CUDA_REASON;
+  }
+  const Capabilities& capabilities() const override { return caps_; }
+  Executor& executor() override { return executor_; }
+  Status pack_experts(const ExpertWeightSource&, const TensorView*, std::unique_ptr<PackedExperts>*) override { return none(); }
+  Status pack_linear(const TensorView&, const TensorView*, std::unique_ptr<PackedLinear>*) override { return none(); }
+  Status create_kv_cache(const KvCacheShape&, std::unique_ptr<KvCache>*) override { return none(); }
+  Status route(const RouteArgs&) override { return none(); }
+  Status permute(const PermuteArgs&) override { return none(); }
+  Status grouped_gemm(const GroupedGemmArgs&) override { return none(); }
+  Status combine(const CombineArgs&) override { return none(); }
+  Status moe_forward(const MoeForwardArgs&) override { return none(); }
+  Status dense_ffn(const DenseFfnArgs&) override { return none(); }
+  Status embedding(const EmbeddingArgs&) override { return none(); }
+  Status rms_norm(const RmsNormArgs&) override { return none(); }
+  Status linear(const LinearArgs&) override { return none(); }
+  Status rope(const RopeArgs&) override { return none(); }
+  Status attention(const AttentionArgs&) override { return none(); }
+  Status add(const AddArgs&) override { return none(); }
+  Status sample(const SampleArgs&) override { return none(); }
+
+ private:
+  Status none() const { return Status::unsupported(caps_.reason); }
+  Capabilities caps_;
+  InlineExecutor executor_;
+};
+
 }  // namespace
 
-const DeviceInfo& device_info() {
-  static const DeviceInfo info = [] {
-    DeviceInfo i;
-    i.reason = "this build has no CUDA backend (it was built without nvcc)";
-    return i;
-  }();
-  return info;
+Backend& instance() {
+  static NoCudaBackend* b = new NoCudaBackend();
+  return *b;
 }
-
-const char* backend_name() { return "none"; }
-TransferStats transfer_stats() { return TransferStats(); }
-
-Status route(const TensorView&, const TensorView&, const RouteParams&, int32_t*, float*, int32_t*, float*, RouterStats*) { return none(); }
-Status permute(const int32_t*, int64_t, int, int, int64_t, int32_t*, int32_t*, int32_t*, int32_t*) { return none(); }
-Status pack_experts(const ExpertWeightSource&, const TensorView*, std::unique_ptr<PackedExperts>*) { return none(); }
-Status grouped_gemm(const TensorView&, const int32_t*, int64_t, const int32_t*, const PackedExperts&, float*) { return none(); }
-Status combine(const float*, int64_t, const int32_t*, const float*, int64_t, int, const TensorView&) { return none(); }
-Status moe_forward(const MoeLayerWeights&, const TensorView&, const MoeForwardParams&, const MoeForwardOutputs&) { return none(); }
-Status dense_ffn(const PackedExperts&, const TensorView&, const TensorView&) { return none(); }
-Status alloc_device(size_t, std::shared_ptr<DeviceBuffer>*) { return none(); }
-Status upload(void*, const void*, size_t) { return none(); }
-Status download(void*, const void*, size_t) { return none(); }
-namespace dev {
-Status embedding(const TensorView&, const int32_t*, int64_t, const TensorView&) { return none(); }
-Status rms_norm(const TensorView&, const TensorView&, float, const TensorView&) { return none(); }
-Status pack_linear(const TensorView&, const TensorView*, std::unique_ptr<PackedLinear>*) { return none(); }
-Status linear(const TensorView&, const PackedLinear&, const TensorView&) { return none(); }
-Status rope(const TensorView&, const int32_t*, bool, double, const TensorView&) { return none(); }
-Status create_kv_cache(int64_t, int64_t, int64_t, DType, std::unique_ptr<KvCache>*) { return none(); }
-Status attention(const TensorView&, const TensorView&, const TensorView&, KvCache&, const AttentionParams&, const TensorView&) { return none(); }
-Status add(const TensorView&, const TensorView&, const TensorView&) { return none(); }
-Status sample(const TensorView&, int64_t, int64_t, const SampleParams&, int32_t*) { return none(); }
-Status moe_forward(const MoeLayerWeights&, const TensorView&, const MoeForwardParams&, const MoeForwardOutputs&) { return none(); }
-Status dense_ffn(const PackedExperts&, const TensorView&, const TensorView&) { return none(); }
-}  // namespace dev
-Status time_moe_forward(const PackedExperts&, int64_t, int, int, double*) { return none(); }
-Status time_dense_ffn(const PackedExperts&, int64_t, int, double*) { return none(); }
 
 }  // namespace cuda
 }  // namespace moe

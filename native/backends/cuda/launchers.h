@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "moe/moe_params.h"
+
 namespace moe {
 
 // Router softmax + top-k (native/backends/cuda/routing.cu; CPU twin: route() in native/backends/cpu/routing.cc).
@@ -199,20 +201,12 @@ struct MoeDeviceLayer {
   const float* shared_gate = nullptr;
 };
 
-// Routing of one forward: the Mixtral defaults, plus the variants (all off by default; the same
-// semantics as moe::MoeForwardParams on the CPU, whose twin this is).
+// Routing of one forward: moe::MoeForwardParams (moe/moe_ops.h: top-k, renormalisation, capacity, noisy
+// gating, random routing; the one declaration every backend reads), with the noise weights on the
+// device. params.route.noise_gate is not read here: noisy gating is on when noise_gate is set.
 struct MoeDeviceRouting {
-  int top_k = 2;
-  bool normalize = true;
-  // Capacity: `capacity` >= 0 wins; else forward_capacity() of moe/route_rng.h from the factors
-  // (decode: decode == 1, or decode == -1 and num_tokens == 1). A factor <= 0: dropless.
-  int64_t capacity = -1;
-  double capacity_factor = 0, eval_capacity_factor = 0;
-  int decode = -1;
-  const float* noise_gate = nullptr;  // device [num_experts, d] f32: noisy top-k gating when set
-  uint64_t noise_seed = 0;
-  bool random_routing = false;        // GShard, top_k == 2 only
-  uint64_t random_seed = 0;
+  MoeForwardParams params;
+  const float* noise_gate = nullptr;  // device [num_experts, d] f32, or null
 };
 
 // Optional device outputs of one forward (each may be null).

@@ -17,7 +17,6 @@
 
 #include <cstdint>
 
-#include "../../include/moe/route_rng.h"
 
 namespace moe {
 
@@ -40,11 +39,11 @@ bool valid_dtype(DevDType t) { return t == DevDType::kF32 || t == DevDType::kF16
 // not known when the workspace is sized.
 MoeWorkspaceLayout moe_layout(const MoeDeviceLayer& layer, int64_t num_tokens, const MoeDeviceRouting& r) {
   MoeWorkspaceLayout L;
-  const int E = layer.num_experts, top_k = r.top_k;
+  const int E = layer.num_experts, top_k = r.params.route.top_k;
   if (num_tokens < 0 || E < 1 || top_k < 1 || top_k > E || layer.d < 1 || layer.f < 1 ||
       !valid_dtype(layer.w_dtype))
     return L;
-  if (r.random_routing && top_k != 2) return L;
+  if (r.params.route.random_routing && top_k != 2) return L;
   if (num_tokens > (int64_t(1) << 30) / top_k) return L;  // permute's limit on slots
   const int64_t slots = num_tokens * top_k;
   if (layer.d > (int64_t(1) << 30) || slots * layer.d > (int64_t(1) << 46)) return L;
@@ -86,8 +85,8 @@ MoeWorkspaceLayout moe_layout(const MoeDeviceLayer& layer, int64_t num_tokens, c
 
 MoeDeviceRouting mixtral_routing(int top_k, bool normalize) {
   MoeDeviceRouting r;
-  r.top_k = top_k;
-  r.normalize = normalize;
+  r.params.route.top_k = top_k;
+  r.params.route.normalize = normalize;
   return r;
 }
 }  // namespace
@@ -106,7 +105,8 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
                                cudaStream_t stream) {
   const MoeWorkspaceLayout L = moe_layout(layer, num_tokens, r);
   if (L.bytes == 0 || !valid_dtype(x_dtype) || !valid_dtype(out_dtype)) return cudaErrorInvalidValue;
-  const int E = layer.num_experts, top_k = r.top_k;
+  const RouteParams& rp = r.params.route;
+  const int E = layer.num_experts, top_k = rp.top_k;
   if (num_tokens == 0) {  // nothing to compute; counts, drops and losses of no token are zero
     cudaError_t err = cudaSuccess;
     if (outputs.expert_counts) err = cudaMemsetAsync(outputs.expert_counts, 0, size_t(E) * sizeof(int32_t), stream);
@@ -136,14 +136,14 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
     float* noisy = reinterpret_cast<float*>(ws + L.noise);
     err = launch_router_logits(x, x_dtype, r.noise_gate, num_tokens, layer.d, E, noisy, stream);
     if (err != cudaSuccess) return err;
-    err = launch_noisy_logits(logits, noisy, num_tokens, E, r.noise_seed, noisy, stream);
+    err = launch_noisy_logits(logits, noisy, num_tokens, E, rp.noise_seed, noisy, stream);
     if (err != cudaSuccess) return err;
     routing_logits = noisy;
   }
-  err = launch_softmax_topk(routing_logits, num_tokens, E, top_k, r.normalize, ids, weights, stream);
+  err = launch_softmax_topk(routing_logits, num_tokens, E, top_k, rp.normalize, ids, weights, stream);
   if (err != cudaSuccess) return err;
-  if (r.random_routing) {
-    err = launch_random_routing(ids, weights, num_tokens, top_k, r.random_seed, stream);
+  if (rp.random_routing) {
+    err = launch_random_routing(ids, weights, num_tokens, top_k, rp.random_seed, stream);
     if (err != cudaSuccess) return err;
   }
   if (outputs.expert_counts || outputs.stats) {
@@ -151,8 +151,7 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
                               L.stats_bytes, stream);
     if (err != cudaSuccess) return err;
   }
-  const int64_t capacity =
-      forward_capacity(r.capacity, r.capacity_factor, r.eval_capacity_factor, r.decode, num_tokens, top_k, E);
+  const int64_t capacity = moe_capacity(r.params, num_tokens, E);
   err = launch_permute(ids, num_tokens, top_k, E, capacity, offsets, sorted_rows, row_of, outputs.dropped,
                        /*first_invalid_slot=*/nullptr, ws + L.permute, L.permute_bytes, stream);
   if (err != cudaSuccess) return err;
