@@ -4,8 +4,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkMemory, countParameters, estimateMemory, formatBytes, parseMixtralConfig, parseMoeConfig } from '../lib/index';
-import { expectMoeError, mixtral8x7bRaw, tinyMixtralRaw, tmpDir } from './helpers/checkpoints';
+import { spawnSync } from 'node:child_process';
+import { checkMemory, countParameters, estimateMemory, formatBytes, moeTensorSpecs, parseMixtralConfig, parseMoeConfig } from '../lib/index';
+import { expectMoeError, mixtral8x7bRaw, tinyDeepseekRaw, tinyMixtralRaw, tinyQwen2MoeRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
 
 const cfg = suite('config');
 
@@ -187,3 +188,91 @@ params('formatBytes', () => {
 });
 
 params.run();
+
+// Configs written to hurt: counts that would allocate without end, values past 2^53, nesting that
+// would overflow the stack. Each is a MoeError ERR_CONFIG naming the field, before anything is
+// allocated from it.
+const hostile = suite('hostile configs');
+
+/** [[[...]]] nested n deep, built without recursion. */
+const nested = (n: number): unknown => {
+  let v: unknown = [];
+  for (let i = 0; i < n; i++) v = [v];
+  return v;
+};
+
+hostile('counts past their bound are ERR_CONFIG naming the field and the value (no allocation, no uncoded RangeError)', async () => {
+  await expectMoeError(() => parseMixtralConfig(tinyMixtralRaw({ num_hidden_layers: 1e9 })), 'ERR_CONFIG', 'num_hidden_layers must be at most 65536, got 1000000000');
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ num_local_experts: 1e8 })), 'ERR_CONFIG', 'num_local_experts must be at most 65536, got 100000000');
+  const fields: [string, () => Record<string, unknown>][] = [
+    ...['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'num_local_experts', 'vocab_size', 'max_position_embeddings', 'head_dim', 'sliding_window']
+      .map((k): [string, () => Record<string, unknown>] => [k, () => tinyMixtralRaw()]),
+    ...['moe_intermediate_size', 'shared_expert_intermediate_size', 'num_experts', 'decoder_sparse_step'].map((k): [string, () => Record<string, unknown>] => [k, () => tinyQwen2MoeRaw()]),
+    ...['n_routed_experts', 'n_shared_experts', 'first_k_dense_replace', 'moe_layer_freq'].map((k): [string, () => Record<string, unknown>] => [k, () => tinyDeepseekRaw()]),
+  ];
+  for (const [key, raw] of fields)
+    for (const v of [2 ** 53 - 1, 2 ** 53, 1e300]) await expectMoeError(() => parseMoeConfig({ ...raw(), [key]: v }), 'ERR_CONFIG', `${key} must be at most`, `got ${v}`);
+  // num_experts_per_tok is bounded by the expert count
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ num_experts_per_tok: 2 ** 53 - 1 })), 'ERR_CONFIG', 'num_experts_per_tok');
+});
+
+hostile('a config nested 20,000 levels deep is ERR_CONFIG, not a stack overflow', async () => {
+  await expectMoeError(() => parseMoeConfig(tinyQwen2MoeRaw({ mlp_only_layers: nested(20_000) })), 'ERR_CONFIG', 'mlp_only_layers', '[[[[...]]]]');
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ hidden_size: nested(20_000) })), 'ERR_CONFIG', 'hidden_size must be an integer');
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ torch_dtype: nested(20_000) })), 'ERR_CONFIG', 'torch_dtype');
+  // the same from a file: JSON.parse takes the depth, the error message must too
+  const dir = tmpDir('moe-deep-');
+  try {
+    const file = path.join(dir, 'config.json');
+    fs.writeFileSync(file, JSON.stringify(tinyMixtralRaw()).replace('"sliding_window":null', `"sliding_window":${'['.repeat(20_000)}${']'.repeat(20_000)}`));
+    await expectMoeError(() => parseMoeConfig(file), 'ERR_CONFIG', file, 'sliding_window');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+hostile('a directory named config.json is ERR_FILE_READ, not ERR_FILE_NOT_FOUND or a raw EISDIR', async () => {
+  const dir = tmpDir('moe-cfgdir-');
+  try {
+    fs.mkdirSync(path.join(dir, 'config.json'));
+    await expectMoeError(() => parseMoeConfig(path.join(dir, 'config.json')), 'ERR_FILE_READ', 'config.json', 'is a directory');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+hostile('parameter counts past 2^53 (no longer exact) are ERR_CONFIG, not a wrong number', async () => {
+  // every count within its bound, the product past 2^53
+  const big = parseMoeConfig(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 65536, hidden_size: 1 << 20, intermediate_size: 1 << 20, num_attention_heads: 1, num_key_value_heads: 1 }));
+  await expectMoeError(() => countParameters(big), 'ERR_CONFIG', 'more than 2^53');
+  await expectMoeError(() => estimateMemory(big), 'ERR_CONFIG', 'more than 2^53');
+  // the largest Mixtral-shaped config under the limit still counts exactly
+  const ok = countParameters(parseMoeConfig(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 8 })));
+  assert.ok(Number.isSafeInteger(ok.total));
+});
+
+hostile('the tensor list of a huge config is refused by its size in closed form, not built', async () => {
+  const big = parseMoeConfig(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 65536 }));
+  await expectMoeError(() => moeTensorSpecs(big, 'per-expert'), 'ERR_CONFIG', '12,885,360,643 tensors');
+  assert.is(moeTensorSpecs(big, 'packed').length, 3 + 65536 * 9);
+});
+
+hostile('MoeCheckpoint.open with a config of 65536 layers x 65536 experts fails at the first mismatch, in a small heap', async () => {
+  // before: every expected tensor name was built first (2^33 of them): out of memory after a long wait
+  const dir = tmpDir('moe-hugecfg-');
+  try {
+    await writeTinyMixtral(dir);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 65536 })));
+    const script = `
+      const { MoeCheckpoint } = require('./lib/index');
+      try { MoeCheckpoint.openSync(${JSON.stringify(dir)}); console.log('opened'); }
+      catch (e) { console.log(e.name + ' ' + e.code + ' ' + e.message); }`;
+    const r = spawnSync(process.execPath, ['--max-old-space-size=200', '-r', 'tsx/cjs', '-e', script], { cwd: path.join(__dirname, '..'), encoding: 'utf8', timeout: 120_000 });
+    assert.is(r.status, 0, `child: status ${r.status}, signal ${r.signal}\n${r.stderr.slice(-2000)}`);
+    assert.match(r.stdout, /^MoeError ERR_TENSOR_SHAPE .*block_sparse_moe\.gate\.weight' has shape \[4,64\], expected \[65536,64\]/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+hostile.run();
