@@ -106,7 +106,7 @@ export {
   type MemoryEstimate,
   type MemoryCheckOptions,
 } from './hf/params.js';
-export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './hf/progress.js';
+export { createProgressBar, type ProgressBar, type ProgressBarOptions, type ProgressStream } from './hf/progress.js';
 export { Tokenizer, type EncodeOptions, type DecodeOptions } from './hf/tokenizer.js';
 export {
   embedding,
@@ -149,6 +149,7 @@ export {
   type BlockOutput,
   type ModelForwardOptions,
   type GenerateOptions,
+  type AbortSignalLike,
   type RoutingStats,
 } from './model/model.js';
 export { type BlockFfn, type BlockFfnOutput } from './model/block-ffn.js';

@@ -47,6 +47,36 @@ pkg('a TypeScript consumer type-checks against the published types (ESM and CJS)
   assert.is(r.status, 0, r.stdout + r.stderr);
 });
 
+pkg('the types compile in a fresh TypeScript project without @types/node, with any lib', (ctx) => {
+  // A consumer who never installed @types/node (a browser-minded or Deno-minded TS setup, or a plain
+  // `tsc --init`): the published .d.ts files must not name the NodeJS namespace, Buffer or node:
+  // modules. skipLibCheck is off so that errors inside our .d.ts files count.
+  const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+  const bare = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-bare-'));
+  try {
+    fs.mkdirSync(path.join(bare, 'node_modules'));
+    fs.symlinkSync(root, path.join(bare, 'node_modules', 'moe-kernels'));
+    fs.writeFileSync(path.join(bare, 'package.json'), '{"name":"bare","private":true}');
+    for (const f of ['consumer.mts', 'consumer.cts']) fs.copyFileSync(path.join(__dirname, 'fixtures', f), path.join(bare, f));
+    for (const lib of ['es2022', 'esnext']) {
+      const args = ['--noEmit', '--strict', '--skipLibCheck', 'false', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022', '--lib', lib];
+      // --types with an empty list: no @types package at all (there is none here anyway)
+      fs.writeFileSync(path.join(bare, 'tsconfig.json'), JSON.stringify({ compilerOptions: { types: [] }, files: ['consumer.mts', 'consumer.cts'] }));
+      const r = spawnSync(process.execPath, [tsc, '-p', '.', ...args], { cwd: bare, encoding: 'utf8' });
+      assert.is(r.status, 0, `lib ${lib}:\n${r.stdout}${r.stderr}`);
+    }
+    // and with @types/node beside them (its own declarations of the same globals must not clash)
+    fs.symlinkSync(path.join(root, 'node_modules', '@types'), path.join(bare, 'node_modules', '@types'));
+    fs.writeFileSync(path.join(bare, 'tsconfig.json'), JSON.stringify({ compilerOptions: { types: ['node'] }, files: ['consumer.mts', 'consumer.cts'] }));
+    for (const lib of ['es2022', 'esnext']) {
+      const r = spawnSync(process.execPath, [tsc, '-p', '.', '--noEmit', '--strict', '--skipLibCheck', 'false', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022', '--lib', lib], { cwd: bare, encoding: 'utf8' });
+      assert.is(r.status, 0, `@types/node, lib ${lib}:\n${r.stdout}${r.stderr}`);
+    }
+  } finally {
+    fs.rmSync(bare, { recursive: true, force: true });
+  }
+});
+
 pkg('a type error in a consumer is reported (the check above can fail)', (ctx) => {
   fs.writeFileSync(path.join(ctx.dir, 'bad.mts'), "import { tensor } from 'moe-kernels';\nconst n: number = tensor('float32', [1]);\n");
   const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');

@@ -378,6 +378,15 @@ export interface ModelForwardOptions {
   startPos?: number;
 }
 
+/**
+ * An AbortSignal (Node's global one, or the DOM's): declared by shape so that the package's types
+ * compile without @types/node or lib.dom. At run time `signal` must be a real AbortSignal.
+ */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  readonly reason?: unknown;
+}
+
 export interface GenerateOptions {
   /** Tokens to generate (at most). Default 16. */
   maxNewTokens?: number;
@@ -388,7 +397,7 @@ export interface GenerateOptions {
   /** Seed of the draws; default 0. Token i is drawn with step = its position (prompt length + i). */
   seed?: number;
   /** Stops generation with ERR_ABORTED (the model stays usable). */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
   /** Called with each new token id and its index among the new tokens. */
   onToken?: (id: number, index: number) => void;
   /** Generation ends after one of these ids (which is yielded). */
