@@ -4,7 +4,17 @@
  *   const layer = await MoeLayer.create({ gate, w1, w3, w2 }, { topK: 2 });
  *   const { output } = await layer.forward(tensor('float32', x, [T, d]));
  */
-export { MoeError } from './core/errors.js';
+// Symbol.dispose and Symbol.asyncDispose (Node >= 20.4, TypeScript's lib esnext.disposable) name
+// the methods behind `using` / `await using`. Declared here as @types/node declares them, so that
+// the package's types compile for consumers whose lib has neither.
+declare global {
+  interface SymbolConstructor {
+    readonly dispose: unique symbol;
+    readonly asyncDispose: unique symbol;
+  }
+}
+
+export { MoeError, type MoeErrorCode } from './core/errors.js';
 export {
   tensor,
   zeros,

@@ -243,6 +243,50 @@ st('an index naming 200,000 shards fails at the first missing one without a quad
   assert.match(r.stdout, /^ERR_FILE_NOT_FOUND .*shard-0\.safetensors/);
 });
 
+st('using / await using close files, checkpoints and MoeCheckpoints (Symbol.dispose, Symbol.asyncDispose)', async ({ dir }) => {
+  const d = path.join(dir, 'using');
+  await writeTinyMixtral(d);
+  let f: SafetensorsFile;
+  {
+    using g = SafetensorsFile.openSync(path.join(d, 'model.safetensors'));
+    f = g;
+    assert.not.ok(g.closed);
+  }
+  assert.ok(f.closed);
+  await expectMoeError(() => f.readSync('model.norm.weight'), 'ERR_DISPOSED');
+  // asyncDispose waits for reads in flight, then the descriptor is closed
+  let pending: Promise<unknown>;
+  {
+    await using g = await SafetensorsFile.open(path.join(d, 'model.safetensors'));
+    f = g;
+    pending = g.read('model.embed_tokens.weight');
+  }
+  assert.ok(f.closed);
+  assert.equal((await pending as { dims: number[] }).dims, [97, 64]);
+  let c: Checkpoint;
+  {
+    using g = Checkpoint.openSync(d);
+    c = g;
+  }
+  await expectMoeError(() => c.readSync('model.norm.weight'), 'ERR_DISPOSED');
+  {
+    await using g = await Checkpoint.open(d);
+    c = g;
+  }
+  await expectMoeError(() => c.readSync('model.norm.weight'), 'ERR_DISPOSED');
+  let m: MixtralCheckpoint;
+  {
+    using g = MixtralCheckpoint.openSync(d);
+    m = g;
+  }
+  await expectMoeError(() => m.loadGlobalsSync(), 'ERR_DISPOSED');
+  {
+    await using g = await MixtralCheckpoint.open(d);
+    m = g;
+  }
+  await expectMoeError(() => m.loadGlobals(), 'ERR_DISPOSED');
+});
+
 st('a missing file is ERR_FILE_NOT_FOUND naming it', async ({ dir }) => {
   const file = path.join(dir, 'nope.safetensors');
   await expectMoeError(() => SafetensorsFile.open(file), 'ERR_FILE_NOT_FOUND', file);

@@ -206,6 +206,8 @@ export class SafetensorsFile {
   /** Async reads in flight: close() waits for them, so the descriptor is never reused under one. */
   #pending = 0;
   #closing = false;
+  /** asyncDispose() calls waiting for the descriptor to close. */
+  #onClosed: (() => void)[] = [];
 
   private constructor(file: string, fd: number, size: number, header: ReturnType<typeof parseHeader>) {
     this.path = file;
@@ -328,11 +330,23 @@ export class SafetensorsFile {
     if (this.#pending === 0) this.#closeNow();
   }
 
+  /** `using f = SafetensorsFile.openSync(path)`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `await using f = await SafetensorsFile.open(path)`: close(), resolved once reads in flight finish. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return this.#fd === null ? Promise.resolve() : new Promise((resolve) => this.#onClosed.push(resolve));
+  }
+
   #closeNow(): void {
     if (this.#fd === null) return;
     closer.unregister(this);
     fs.closeSync(this.#fd);
     this.#fd = null;
+    for (const resolve of this.#onClosed.splice(0)) resolve();
   }
 
   #open(): number {
@@ -577,6 +591,16 @@ export class Checkpoint {
   /** Closes every file. */
   close(): void {
     this.#files.forEach((f) => f.close());
+  }
+
+  /** `using ckpt = Checkpoint.openSync(dir)`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `await using ckpt = await Checkpoint.open(dir)`: close(), resolved once reads in flight finish. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all(this.#files.map((f) => f[Symbol.asyncDispose]()));
   }
 
   #entry(name: string) {

@@ -427,6 +427,16 @@ export class MoeCheckpoint {
     this.checkpoint.close();
   }
 
+  /** `using m = MoeCheckpoint.openSync(dir)`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `await using m = await MoeCheckpoint.open(dir)`: close(), resolved once reads in flight finish. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.checkpoint[Symbol.asyncDispose]();
+  }
+
   #layerIndex(i: unknown): number {
     if (typeof i !== 'number' || !Number.isInteger(i) || i < 0 || i >= this.config.numHiddenLayers)
       throw Object.assign(new RangeError(`layer index must be an integer in [0, ${this.config.numHiddenLayers}), got ${describe(i)}`), { code: 'ERR_OUT_OF_RANGE' });

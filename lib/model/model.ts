@@ -328,6 +328,11 @@ export class MixtralBlock {
     release(this.#postNorm);
   }
 
+  /** `using block = await MixtralBlock.create(...)`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   /**
    * @internal h [T,d] float32 updated in place (a DeviceTensor on a device block); ws holds the
    * scratch tensors and the positions of the T tokens, the first at `start`. Returns the MoE layer's
@@ -677,6 +682,16 @@ export class MixtralModel {
     }
     this.#decode = null;
   }
+  /** `using model = await MixtralModel.load(dir)`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** `await using model = ...`: the same as dispose() (native calls still running finish first). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+
 
   // ---- internals ----
 
