@@ -31,7 +31,7 @@ cfg('Mixtral-8x7B config.json parses into camelCase fields', () => {
   assert.equal(c.layerKinds, new Array(32).fill('moe'));
 });
 
-cfg('a path to config.json works, and newer spellings: rope_parameters, dtype, head_dim, sliding_window', () => {
+cfg('a path to config.json works, and newer spellings: rope_parameters, dtype, head_dim, sliding_window', async () => {
   const dir = tmpDir();
   try {
     const p = path.join(dir, 'config.json');
@@ -45,7 +45,7 @@ cfg('a path to config.json works, and newer spellings: rope_parameters, dtype, h
     assert.is(parseMixtralConfig(tinyMixtralRaw()).headDim, 16); // 64 / 4
     assert.is(parseMixtralConfig(tinyMixtralRaw({ torch_dtype: 'float64' })).torchDtype, null);
     fs.writeFileSync(p, '{"hidden_size": ');
-    return expectMoeError(() => parseMixtralConfig(p), 'ERR_CONFIG', p, 'does not parse');
+    await expectMoeError(() => parseMixtralConfig(p), 'ERR_CONFIG', p, 'does not parse');
   } finally {
     fs.rmSync(dir, { recursive: true });
   }
@@ -66,7 +66,9 @@ const bad: [string, Record<string, unknown>, string[]][] = [
   ['model_type', { model_type: 'llama' }, ["model_type must be 'mixtral', got \"llama\""]],
 ];
 for (const [name, over, patterns] of bad)
-  cfg(`refused config: ${name}`, () => expectMoeError(() => parseMixtralConfig(tinyMixtralRaw(over)), 'ERR_CONFIG', 'config', ...patterns));
+  cfg(`refused config: ${name}`, async () => {
+    await expectMoeError(() => parseMixtralConfig(tinyMixtralRaw(over)), 'ERR_CONFIG', 'config', ...patterns);
+  });
 
 cfg('refused config: not an object; an unknown model_type', async () => {
   await expectMoeError(() => parseMixtralConfig([] as never), 'ERR_CONFIG', 'must be a JSON object');
@@ -88,7 +90,7 @@ const deepseekMoe = {
   rms_norm_eps: 1e-6, tie_word_embeddings: false, torch_dtype: 'bfloat16', attention_bias: false,
 };
 
-cfg('Qwen2-MoE: per-layer kinds from decoder_sparse_step / mlp_only_layers, gated shared expert, qkv bias', () => {
+cfg('Qwen2-MoE: per-layer kinds from decoder_sparse_step / mlp_only_layers, gated shared expert, qkv bias', async () => {
   const c = parseMoeConfig(qwen2Moe);
   assert.is(c.modelType, 'qwen2_moe');
   assert.equal([c.numExperts, c.numExpertsPerTok, c.moeIntermediateSize, c.sharedExpertIntermediateSize], [60, 4, 1408, 5632]);
@@ -96,16 +98,16 @@ cfg('Qwen2-MoE: per-layer kinds from decoder_sparse_step / mlp_only_layers, gate
   assert.equal(c.layerKinds, new Array(24).fill('moe'));
   const s = parseMoeConfig({ ...qwen2Moe, num_hidden_layers: 6, decoder_sparse_step: 2, mlp_only_layers: [5] });
   assert.equal(s.layerKinds, ['dense', 'moe', 'dense', 'moe', 'dense', 'dense']);
-  return expectMoeError(() => parseMoeConfig({ ...qwen2Moe, mlp_only_layers: [24] }), 'ERR_CONFIG', 'mlp_only_layers', '[24]');
+  await expectMoeError(() => parseMoeConfig({ ...qwen2Moe, mlp_only_layers: [24] }), 'ERR_CONFIG', 'mlp_only_layers', '[24]');
 });
 
-cfg('DeepSeek-MoE: first_k_dense_replace and moe_layer_freq, n_shared_experts x moe_intermediate_size', () => {
+cfg('DeepSeek-MoE: first_k_dense_replace and moe_layer_freq, n_shared_experts x moe_intermediate_size', async () => {
   const c = parseMoeConfig(deepseekMoe);
   assert.equal(c.layerKinds, ['dense', ...new Array(27).fill('moe')]);
   assert.equal([c.numExperts, c.numExpertsPerTok, c.sharedExpertIntermediateSize, c.sharedExpertGate], [64, 6, 2816, false]);
   const s = parseMoeConfig({ ...deepseekMoe, num_hidden_layers: 7, first_k_dense_replace: 2, moe_layer_freq: 2 });
   assert.equal(s.layerKinds, ['dense', 'dense', 'moe', 'dense', 'moe', 'dense', 'moe']);
-  return expectMoeError(() => parseMoeConfig({ ...deepseekMoe, num_experts_per_tok: 65 }), 'ERR_CONFIG', 'num_experts_per_tok (65) must be at most n_routed_experts (64)');
+  await expectMoeError(() => parseMoeConfig({ ...deepseekMoe, num_experts_per_tok: 65 }), 'ERR_CONFIG', 'num_experts_per_tok (65) must be at most n_routed_experts (64)');
 });
 
 cfg.run();
