@@ -3,17 +3,24 @@
 // returns kUnsupported (the TypeScript layer never routes work here: it checks backendInfo first).
 #include "moe/cuda_backend.h"
 
+// The build says why it has no CUDA backend (CMakeLists.txt: MOE_CUDA=OFF, or no working nvcc;
+// binding.gyp via scripts/build-native.js: node-gyp was used, and why, and whether nvcc was there).
+#ifndef MOE_NO_CUDA_REASON
+#define MOE_NO_CUDA_REASON "it was built without the CUDA backend"
+#endif
+
 namespace moe {
 namespace cuda {
 
 namespace {
-Status none() { return Status::unsupported("this build has no CUDA backend (it was built without nvcc)"); }
+constexpr const char* kNoCuda = "this build has no CUDA backend: " MOE_NO_CUDA_REASON;
+Status none() { return Status::unsupported(kNoCuda); }
 }  // namespace
 
 const DeviceInfo& device_info() {
   static const DeviceInfo info = [] {
     DeviceInfo i;
-    i.reason = "this build has no CUDA backend (it was built without nvcc)";
+    i.reason = kNoCuda;
     return i;
   }();
   return info;
