@@ -144,3 +144,61 @@ ci('MOE_TEST_REQUIRE_PREBUILT=1 and MOE_TEST_REQUIRE_CUDA_EMU=1 (what .ci/run se
 });
 
 ci.run();
+
+// npm install in a clone, and npm pack: what a contributor and a publisher see.
+const pack = suite<{ dir: string; bin: string }>('install and pack', { dir: '', bin: '' });
+pack.before((ctx) => {
+  ctx.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-pack-'));
+  // a PATH with node and sh only: no compiler, make, cmake or python
+  ctx.bin = path.join(ctx.dir, 'bin');
+  fs.mkdirSync(ctx.bin);
+  fs.symlinkSync(process.execPath, path.join(ctx.bin, 'node'));
+  fs.symlinkSync('/bin/sh', path.join(ctx.bin, 'sh'));
+});
+pack.after((ctx) => fs.rmSync(ctx.dir, { recursive: true, force: true }));
+
+const npmCli = path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'bin', 'npm-cli.js');
+
+/** A clone's skeleton in dir/name: package.json, scripts/, native/ (no build/, no prebuilds/), node_modules linked. */
+function skeleton(dir: string, name: string): string {
+  const d = path.join(dir, name);
+  fs.mkdirSync(d);
+  fs.copyFileSync(path.join(root, 'package.json'), path.join(d, 'package.json'));
+  fs.cpSync(path.join(root, 'scripts'), path.join(d, 'scripts'), { recursive: true });
+  fs.cpSync(path.join(root, 'native', 'include'), path.join(d, 'native', 'include'), { recursive: true });
+  fs.symlinkSync(path.join(root, 'node_modules'), path.join(d, 'node_modules'));
+  return d;
+}
+
+pack('npm install with no binary and no compiler: one message saying what is missing, no stack trace', ({ dir, bin }) => {
+  const d = skeleton(dir, 'install');
+  const env = { HOME: os.homedir(), PATH: bin, npm_config_update_notifier: 'false' };
+  const r = spawnSync(process.execPath, [npmCli, 'run', 'install', '--silent'], { cwd: d, encoding: 'utf8', env });
+  const out = r.stdout + r.stderr;
+  assert.is.not(r.status, 0, out);
+  assert.match(out, /moe-kernels: no prebuilt binary for linux-x64 \(and none built yet\), and building one from source needs a C\+\+17 compiler \(g\+\+\) and make or cmake/);
+  assert.not.match(out, /No native build was found|\n\s+at \S+ \(/);
+});
+
+pack('npm install with a binary that loads: silent (no node-gyp-build-test output, no build)', ({ dir, bin }) => {
+  const d = skeleton(dir, 'install-ok');
+  const prebuilt = path.join(root, 'build', 'Release', 'moe_kernels.node');
+  fs.mkdirSync(path.join(d, 'build', 'Release'), { recursive: true });
+  fs.copyFileSync(prebuilt, path.join(d, 'build', 'Release', 'moe_kernels.node'));
+  const env = { HOME: os.homedir(), PATH: bin, npm_config_update_notifier: 'false' };
+  const r = spawnSync(process.execPath, [npmCli, 'run', 'install', '--silent'], { cwd: d, encoding: 'utf8', env });
+  assert.is(r.status, 0, r.stdout + r.stderr);
+  assert.is(r.stdout + r.stderr, '');
+});
+
+pack('npm pack without a prebuilt binary, where none can be built, fails instead of shipping none', ({ dir, bin }) => {
+  const d = skeleton(dir, 'pack');
+  const env = { HOME: os.homedir(), PATH: bin, npm_config_update_notifier: 'false' };
+  const r = spawnSync(process.execPath, [npmCli, 'pack', '--pack-destination', d], { cwd: d, encoding: 'utf8', env });
+  const out = r.stdout + r.stderr;
+  assert.is.not(r.status, 0, out);
+  assert.match(out, /moe-kernels prepack: there is no prebuilt binary in prebuilds\/linux-x64\/, and it cannot be built here: cmake, a C\+\+ compiler \(c\+\+\) missing/);
+  assert.equal(fs.readdirSync(d).filter((f) => f.endsWith('.tgz')), [], 'a tarball was written');
+});
+
+pack.run();
