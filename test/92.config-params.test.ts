@@ -185,6 +185,16 @@ params('checkMemory: ERR_OUT_OF_MEMORY before loading, with the numbers', async 
   await expectMoeError(() => checkMemory({ ...m, totalBytes: Number.MAX_SAFE_INTEGER }), 'ERR_OUT_OF_MEMORY', 'of memory is free');
 });
 
+params('the README\'s table of what Mixtral takes matches countParameters and estimateMemory', () => {
+  const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+  const row = readme.split('\n').find((l) => l.startsWith('| Mixtral-8x7B'))!;
+  const c = parseMixtralConfig(mixtral8x7bRaw());
+  const p = countParameters(c);
+  const kv = (t: 'float32' | 'bfloat16') => formatBytes(estimateMemory(c, { kvDtype: t, contextLength: 4096 }).kvCacheBytes);
+  const b = (n: number) => `${(n / 1e9).toFixed(1)}B`;
+  assert.is(row.split('|').slice(2, 6).map((x) => x.trim()).join(' | '), `${b(p.total)} / ${b(p.active)} | ${formatBytes(p.total * 2)} | ${formatBytes(p.total * 4)} | ${kv('float32')} / ${kv('bfloat16')}`);
+});
+
 params('formatBytes', () => {
   assert.equal([formatBytes(0), formatBytes(999), formatBytes(1500), formatBytes(93_405_585_408), formatBytes(2.5e12)], ['0 B', '999 B', '1.50 kB', '93.4 GB', '2.50 TB']);
 });
