@@ -20,7 +20,12 @@
         "native/backends/registry.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native/include"],
-      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        # why this build has no CUDA backend (scripts/build-native.js sets it; backend_none.cc reports it)
+        "<!(node -p \"'MOE_NO_CUDA_REASON=' + JSON.stringify(process.env.MOE_NO_CUDA_REASON || 'it was built by node-gyp from binding.gyp, which has no CUDA backend')\")"
+      ],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "ldflags": ["-pthread"]

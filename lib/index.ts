@@ -4,7 +4,17 @@
  *   const layer = await MoeLayer.create({ gate, w1, w3, w2 }, { topK: 2 });
  *   const { output } = await layer.forward(tensor('float32', x, [T, d]));
  */
-export { MoeError } from './core/errors.js';
+// Symbol.dispose and Symbol.asyncDispose (Node >= 20.4, TypeScript's lib esnext.disposable) name
+// the methods behind `using` / `await using`. Declared here as @types/node declares them, so that
+// the package's types compile for consumers whose lib has neither.
+declare global {
+  interface SymbolConstructor {
+    readonly dispose: unique symbol;
+    readonly asyncDispose: unique symbol;
+  }
+}
+
+export { MoeError, type MoeErrorCode } from './core/errors.js';
 export {
   tensor,
   zeros,
@@ -106,7 +116,7 @@ export {
   type MemoryEstimate,
   type MemoryCheckOptions,
 } from './hf/params.js';
-export { createProgressBar, type ProgressBar, type ProgressBarOptions } from './hf/progress.js';
+export { createProgressBar, type ProgressBar, type ProgressBarOptions, type ProgressStream } from './hf/progress.js';
 export { Tokenizer, type EncodeOptions, type DecodeOptions } from './hf/tokenizer.js';
 export {
   embedding,
@@ -149,6 +159,7 @@ export {
   type BlockOutput,
   type ModelForwardOptions,
   type GenerateOptions,
+  type AbortSignalLike,
   type RoutingStats,
 } from './model/model.js';
 export { type BlockFfn, type BlockFfnOutput } from './model/block-ffn.js';

@@ -7,6 +7,8 @@
 // Environment: MOE_CUDA=0 builds without the CUDA backend even when nvcc is present;
 // MOE_CUDA_EMU=1 builds the test addon instead, whose CUDA backend runs on the CPU emulator
 // (backend 'cuda-emu'), into build-emu/ (the tests load it through MOE_KERNELS_ADDON).
+// MOE_PORTABLE=1 makes the binary that is shipped prebuilt (CMake only): libstdc++ and libgcc
+// linked statically, glibc symbols no newer than 2.28 (CMakeLists.txt, native/compat/).
 // MOE_BUILD=gyp forces node-gyp.
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -30,13 +32,48 @@ const cmakeJs = (() => {
   }
 })();
 
+/** The path of a command on the PATH, or null. */
+function which(cmd) {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd}`], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+/**
+ * Why a node-gyp build (binding.gyp: CPU only) was chosen, and how to get the CUDA backend:
+ * backendInfo().cuda.reason says it (native/backends/cuda/backend_none.cc, MOE_NO_CUDA_REASON).
+ * Printable ASCII without quotes or backslashes, so that it passes through gyp and make as a C string.
+ */
+function gypNoCudaReason({ cmakeJs, cmake, nvcc, forced }) {
+  const why = forced
+    ? 'MOE_BUILD=gyp asked for it'
+    : [!cmake && 'cmake is not on the PATH', !cmakeJs && 'cmake-js (a development dependency) is not installed'].filter(Boolean).join(' and ');
+  const fix = [!cmake && 'install cmake', !cmakeJs && 'npm install --no-save cmake-js'].filter(Boolean).join(', ');
+  const next = nvcc
+    ? `; nvcc is at ${nvcc}: for the CUDA backend, ${fix || 'unset MOE_BUILD'}, then npm rebuild moe-kernels`
+    : '; nvcc was not on the PATH either';
+  return `it was built by node-gyp from binding.gyp, which has no CUDA backend, because ${why}${next}`.replace(/[^ -~]|["'\\`$]/g, '_');
+}
+module.exports = { gypNoCudaReason };
+if (require.main !== module) return;
+
 if (cmakeJs && has('cmake') && process.env.MOE_BUILD !== 'gyp') {
   const emu = process.env.MOE_CUDA_EMU === '1';
-  const defs = [];
-  if (emu) defs.push('--CDMOE_CUDA_EMU=ON', '--CDMOE_CUDA=OFF');
-  else if (process.env.MOE_CUDA === '0') defs.push('--CDMOE_CUDA=OFF');
-  else defs.push('--CDMOE_CUDA=ON', '--CDMOE_CUDA_EMU=OFF');
-  run(process.execPath, [cmakeJs, 'build', '--parallel', jobs, '--out', emu ? 'build-emu' : 'build', ...defs]);
+  const out = emu ? 'build-emu' : 'build';
+  const options = {
+    MOE_CUDA_EMU: emu ? 'ON' : 'OFF',
+    MOE_CUDA: !emu && process.env.MOE_CUDA !== '0' ? 'ON' : 'OFF',
+    // the prebuilt binary (scripts/prebuild.js): static libstdc++/libgcc, glibc symbols <= 2.28
+    MOE_PORTABLE: process.env.MOE_PORTABLE === '1' && !emu ? 'ON' : 'OFF',
+  };
+  const defs = Object.entries(options).map(([k, v]) => `--CD${k}=${v}`);
+  // `cmake-js build` configures only a fresh build directory: when an option differs from the one
+  // the directory was configured with (e.g. MOE_PORTABLE for the prebuilt binary, then off again
+  // for the tests), configure it again first. Unchanged options cost nothing.
+  const cache = path.join(root, out, 'CMakeCache.txt');
+  const cached = require('node:fs').existsSync(cache) ? require('node:fs').readFileSync(cache, 'utf8') : '';
+  if (cached && Object.entries(options).some(([k, v]) => !new RegExp(`^${k}:BOOL=${v}$`, 'm').test(cached)))
+    run(process.execPath, [cmakeJs, 'configure', '--out', out, ...defs]);
+  run(process.execPath, [cmakeJs, 'build', '--parallel', jobs, '--out', out, ...defs]);
 } else if (process.env.MOE_CUDA_EMU === '1') {
   console.error('moe-kernels: MOE_CUDA_EMU=1 needs cmake and cmake-js (the emulated test build is CMake only)');
   process.exit(1);
@@ -49,5 +86,7 @@ if (cmakeJs && has('cmake') && process.env.MOE_BUILD !== 'gyp') {
   const prefix = path.join(path.dirname(process.execPath), '..');
   const nodedir = process.env.npm_config_nodedir ||
     (require('node:fs').existsSync(path.join(prefix, 'include', 'node', 'node_api.h')) ? prefix : null);
+  process.env.MOE_NO_CUDA_REASON = gypNoCudaReason({ cmakeJs, cmake: which('cmake'), nvcc: which('nvcc'), forced: process.env.MOE_BUILD === 'gyp' });
+  console.error(`moe-kernels: no CUDA backend in this build: ${process.env.MOE_NO_CUDA_REASON}`);
   run(process.execPath, [nodeGyp, 'rebuild', '-j', jobs, ...(nodedir ? [`--nodedir=${nodedir}`] : [])]);
 }

@@ -13,13 +13,20 @@ const root = path.join(__dirname, '..');
 const shim = path.join(__dirname, 'prebuild-gyp.js');
 fs.chmodSync(shim, 0o755);
 const bin = require.resolve('prebuildify/bin.js', { paths: [root] });
+// MOE_PORTABLE=1: libstdc++ and libgcc linked statically, glibc symbols pinned to <= 2.28
+// (CMakeLists.txt, native/compat/), so that the binary loads on every glibc Linux Node 20 runs on.
 const r = spawnSync(process.execPath, [bin, '--napi', '--strip', '--tag-libc'], {
   cwd: root,
   stdio: 'inherit',
-  env: { ...process.env, PREBUILD_NODE_GYP: shim },
+  env: { ...process.env, PREBUILD_NODE_GYP: shim, MOE_PORTABLE: '1' },
 });
 if (r.status !== 0) process.exit(r.status ?? 1);
 const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+// objdump -T: no GLIBC_ version above 2.28, no libstdc++ / libgcc_s versions, no foreign NEEDED
+for (const f of fs.readdirSync(dir).filter((n) => n.endsWith('.node'))) {
+  const c = spawnSync(process.execPath, [path.join(__dirname, 'glibc-compat.js'), 'check', path.join(dir, f)], { stdio: 'inherit' });
+  if (c.status !== 0) process.exit(c.status ?? 1);
+}
 // prebuildify moved build/Release/moe_kernels.node into prebuilds/; relink it (nothing recompiles)
 // so that this checkout keeps its unstripped build for the tests that disassemble it.
 const again = spawnSync(process.execPath, [path.join(__dirname, 'build-native.js')], { cwd: root, stdio: 'inherit' });

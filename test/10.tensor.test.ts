@@ -342,6 +342,21 @@ tt('tensor() refuses data whose numbers would be misread', () => {
   assert.equal(Array.from(tensor('int32', [-3, 7]).data), [-3, 7]);
 });
 
+tt('tensor() refuses elements that are not numbers, for every type (no NaN, 0 or 1 in their place)', () => {
+  for (const type of ['float32', 'float16', 'bfloat16', 'int32'] as const) {
+    throwsWith(() => tensor(type, ['abc', null, true] as never), TypeError, 'ERR_INVALID_ARG_TYPE', ['data[0]', '"abc"', type], `${type}: a string`);
+    throwsWith(() => tensor(type, [1, null] as never), TypeError, 'ERR_INVALID_ARG_TYPE', ['data[1]', 'null'], `${type}: null`);
+    throwsWith(() => tensor(type, [2, 3, true] as never), TypeError, 'ERR_INVALID_ARG_TYPE', ['data[2]', 'true'], `${type}: a boolean`);
+    throwsWith(() => tensor(type, [1, undefined] as never), TypeError, 'ERR_INVALID_ARG_TYPE', ['data[1]', 'undefined'], `${type}: undefined`);
+    throwsWith(() => tensor(type, [1n] as never), TypeError, 'ERR_INVALID_ARG_TYPE', ['data[0]', '1'], `${type}: a bigint`);
+    throwsWith(() => tensor(type, new BigInt64Array(2) as never), TypeError, 'ERR_INVALID_ARG_TYPE', ['BigInt64Array'], `${type}: a BigInt64Array`);
+  }
+  // numbers that are not finite are still numbers: a float tensor keeps them
+  assert.equal(Array.from(tensor('float32', [NaN, Infinity, -0]).data), [NaN, Infinity, -0]);
+  // other typed arrays hold numbers and convert
+  assert.equal(Array.from(tensor('float32', new Float64Array([0.5, 2])).data), [0.5, 2]);
+});
+
 bf16.run();
 f16.run();
 tt.run();

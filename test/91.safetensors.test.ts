@@ -3,6 +3,7 @@
 // both expert layouts loaded layer by layer with shape checks.
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -162,7 +163,29 @@ const corrupt: [string, (f: string) => void, (string | RegExp)[]][] = [
     b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] },
   }, 12), ["'a' and 'b' overlap"]],
   ['metadata that is not strings', (f) => rawFile(f, { __metadata__: { n: 1 } }, 0), ['__metadata__.n must be a string']],
+  // JSON.parse keeps the last of duplicate keys: the reference reader refuses them, and so must this one
+  ['a tensor named twice', (f) => rawFile(f, null, 8, `{"w":${W4(0)},"w":${W4(4)}}`), ["tensor 'w' appears twice"]],
+  ['a tensor named twice, once with an escape', (f) => rawFile(f, null, 8, `{"w":${W4(0)},"\\u0077":${W4(4)}}`), ["tensor 'w' appears twice"]],
+  ['__metadata__ twice', (f) => rawFile(f, null, 0, '{"__metadata__":{"a":"1"},"__metadata__":{"b":"2"}}'), ['__metadata__ appears twice']],
+  ['a header that is not UTF-8', (f) => rawBytes(f, Buffer.concat([Buffer.from('{"__metadata__":{"a":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}}')])), ['not valid UTF-8']],
+  ['a lone surrogate half in UTF-8 (CESU)', (f) => rawBytes(f, Buffer.concat([Buffer.from('{"__metadata__":{"a":"'), Buffer.from([0xed, 0xa0, 0x80]), Buffer.from('"}}')])), ['not valid UTF-8']],
+  // describe() of the bad value used to recurse without a limit: Maximum call stack size exceeded
+  ['a shape nested 20,000 deep', (f) => rawFile(f, null, 4, `{"w":{"dtype":"F32","shape":${'['.repeat(20_000)}${']'.repeat(20_000)},"data_offsets":[0,4]}}`), ["tensor 'w' has shape [[[[...]]]]"]],
+  ['metadata nested 20,000 deep', (f) => rawFile(f, null, 0, `{"__metadata__":{"a":${'['.repeat(20_000)}${']'.repeat(20_000)}}}`), ['__metadata__.a must be a string, got [[[[...]]]]']],
 ];
+
+/** A tensor entry of 4 bytes at `begin`. */
+function W4(begin: number): string {
+  return JSON.stringify({ dtype: 'F32', shape: [1], data_offsets: [begin, begin + 4] });
+}
+
+/** A file from raw header bytes (no data). */
+function rawBytes(file: string, header: Buffer): string {
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(header.length), 0);
+  fs.writeFileSync(file, Buffer.concat([len, header]));
+  return file;
+}
 
 for (const [name, make, patterns] of corrupt)
   st(`refused header: ${name}`, async ({ dir }) => {
@@ -171,6 +194,98 @@ for (const [name, make, patterns] of corrupt)
     await expectMoeError(() => SafetensorsFile.open(file), 'ERR_SAFETENSORS_HEADER', file, ...patterns);
     await expectMoeError(() => SafetensorsFile.openSync(file), 'ERR_SAFETENSORS_HEADER', file, ...patterns);
   });
+
+st('names with quotes, braces and commas are not mistaken for duplicates', async ({ dir }) => {
+  const file = path.join(dir, 'punct.safetensors');
+  const want: Record<string, Tensor> = { 'a"{,}[': tensor('float32', [1], [1]), 'a': tensor('float32', [2], [1]), '\\': tensor('float32', [3], [1]) };
+  await writeSafetensors(file, want, { 'k"': 'v,}' });
+  const f = SafetensorsFile.openSync(file);
+  assert.equal(f.names(), Object.keys(want));
+  f.close();
+});
+
+st('a directory where a file should be is ERR_FILE_READ naming it, not a raw EISDIR', async ({ dir }) => {
+  const d = path.join(dir, 'dir-as-file');
+  fs.mkdirSync(path.join(d, 'model.safetensors'), { recursive: true });
+  const single = path.join(d, 'model.safetensors');
+  await expectMoeError(() => SafetensorsFile.open(single), 'ERR_FILE_READ', single, 'is a directory');
+  await expectMoeError(() => SafetensorsFile.openSync(single), 'ERR_FILE_READ', single, 'is a directory');
+  await expectMoeError(() => Checkpoint.open(d), 'ERR_FILE_READ', single, 'is a directory');
+  await expectMoeError(() => Checkpoint.openSync(d), 'ERR_FILE_READ', single, 'is a directory');
+  // an index whose shard is a directory
+  const s = path.join(dir, 'shard-dir');
+  await writeShardedSafetensors(s, { a: tensor('float32', [1], [1]), b: tensor('float32', [2], [1]) }, { maxShardBytes: 4 });
+  const shard = path.join(s, 'model-00002-of-00002.safetensors');
+  fs.rmSync(shard);
+  fs.mkdirSync(shard);
+  await expectMoeError(() => Checkpoint.open(s), 'ERR_FILE_READ', shard, 'is a directory');
+  await expectMoeError(() => Checkpoint.openSync(s), 'ERR_FILE_READ', shard, 'is a directory');
+  // an index that is a directory
+  const i = path.join(dir, 'index-dir');
+  fs.mkdirSync(path.join(i, 'model.safetensors.index.json'), { recursive: true });
+  await expectMoeError(() => Checkpoint.open(i), 'ERR_FILE_READ', 'model.safetensors.index.json', 'is a directory');
+});
+
+st('an index naming 200,000 shards fails at the first missing one without a quadratic scan', async ({ dir }) => {
+  // Before: readIndex deduplicated the shard list with Array.includes, O(n^2): 60,000 shards took
+  // 70 s, 200,000 take many minutes. The child's limit only stops a hung run; it is no timing.
+  const d = path.join(dir, 'many-shards');
+  fs.mkdirSync(d);
+  const weightMap: Record<string, string> = {};
+  for (let i = 0; i < 200_000; i++) weightMap[`t${i}`] = `shard-${i}.safetensors`;
+  fs.writeFileSync(path.join(d, 'model.safetensors.index.json'), JSON.stringify({ weight_map: weightMap }));
+  const script = `
+    const { Checkpoint } = require('./lib/index');
+    try { Checkpoint.openSync(${JSON.stringify(d)}); console.log('opened'); } catch (e) { console.log(e.code + ' ' + e.message); }`;
+  const r = spawnSync(process.execPath, ['-r', 'tsx/cjs', '-e', script], { cwd: path.join(__dirname, '..'), encoding: 'utf8', timeout: 300_000 });
+  assert.is(r.signal, null, 'the child hung (killed after 300 s)');
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^ERR_FILE_NOT_FOUND .*shard-0\.safetensors/);
+});
+
+st('using / await using close files, checkpoints and MoeCheckpoints (Symbol.dispose, Symbol.asyncDispose)', async ({ dir }) => {
+  const d = path.join(dir, 'using');
+  await writeTinyMixtral(d);
+  let f: SafetensorsFile;
+  {
+    using g = SafetensorsFile.openSync(path.join(d, 'model.safetensors'));
+    f = g;
+    assert.not.ok(g.closed);
+  }
+  assert.ok(f.closed);
+  await expectMoeError(() => f.readSync('model.norm.weight'), 'ERR_DISPOSED');
+  // asyncDispose waits for reads in flight, then the descriptor is closed
+  let pending: Promise<unknown>;
+  {
+    await using g = await SafetensorsFile.open(path.join(d, 'model.safetensors'));
+    f = g;
+    pending = g.read('model.embed_tokens.weight');
+  }
+  assert.ok(f.closed);
+  assert.equal((await pending as { dims: number[] }).dims, [97, 64]);
+  let c: Checkpoint;
+  {
+    using g = Checkpoint.openSync(d);
+    c = g;
+  }
+  await expectMoeError(() => c.readSync('model.norm.weight'), 'ERR_DISPOSED');
+  {
+    await using g = await Checkpoint.open(d);
+    c = g;
+  }
+  await expectMoeError(() => c.readSync('model.norm.weight'), 'ERR_DISPOSED');
+  let m: MixtralCheckpoint;
+  {
+    using g = MixtralCheckpoint.openSync(d);
+    m = g;
+  }
+  await expectMoeError(() => m.loadGlobalsSync(), 'ERR_DISPOSED');
+  {
+    await using g = await MixtralCheckpoint.open(d);
+    m = g;
+  }
+  await expectMoeError(() => m.loadGlobals(), 'ERR_DISPOSED');
+});
 
 st('a missing file is ERR_FILE_NOT_FOUND naming it', async ({ dir }) => {
   const file = path.join(dir, 'nope.safetensors');

@@ -4,8 +4,9 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { checkMemory, countParameters, estimateMemory, formatBytes, parseMixtralConfig, parseMoeConfig } from '../lib/index';
-import { expectMoeError, mixtral8x7bRaw, tinyMixtralRaw, tmpDir } from './helpers/checkpoints';
+import { spawnSync } from 'node:child_process';
+import { checkMemory, countParameters, estimateMemory, formatBytes, moeTensorSpecs, parseMixtralConfig, parseMoeConfig } from '../lib/index';
+import { expectMoeError, mixtral8x7bRaw, tinyDeepseekRaw, tinyMixtralRaw, tinyQwen2MoeRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
 
 const cfg = suite('config');
 
@@ -30,7 +31,7 @@ cfg('Mixtral-8x7B config.json parses into camelCase fields', () => {
   assert.equal(c.layerKinds, new Array(32).fill('moe'));
 });
 
-cfg('a path to config.json works, and newer spellings: rope_parameters, dtype, head_dim, sliding_window', () => {
+cfg('a path to config.json works, and newer spellings: rope_parameters, dtype, head_dim, sliding_window', async () => {
   const dir = tmpDir();
   try {
     const p = path.join(dir, 'config.json');
@@ -44,7 +45,7 @@ cfg('a path to config.json works, and newer spellings: rope_parameters, dtype, h
     assert.is(parseMixtralConfig(tinyMixtralRaw()).headDim, 16); // 64 / 4
     assert.is(parseMixtralConfig(tinyMixtralRaw({ torch_dtype: 'float64' })).torchDtype, null);
     fs.writeFileSync(p, '{"hidden_size": ');
-    return expectMoeError(() => parseMixtralConfig(p), 'ERR_CONFIG', p, 'does not parse');
+    await expectMoeError(() => parseMixtralConfig(p), 'ERR_CONFIG', p, 'does not parse');
   } finally {
     fs.rmSync(dir, { recursive: true });
   }
@@ -65,7 +66,9 @@ const bad: [string, Record<string, unknown>, string[]][] = [
   ['model_type', { model_type: 'llama' }, ["model_type must be 'mixtral', got \"llama\""]],
 ];
 for (const [name, over, patterns] of bad)
-  cfg(`refused config: ${name}`, () => expectMoeError(() => parseMixtralConfig(tinyMixtralRaw(over)), 'ERR_CONFIG', 'config', ...patterns));
+  cfg(`refused config: ${name}`, async () => {
+    await expectMoeError(() => parseMixtralConfig(tinyMixtralRaw(over)), 'ERR_CONFIG', 'config', ...patterns);
+  });
 
 cfg('refused config: not an object; an unknown model_type', async () => {
   await expectMoeError(() => parseMixtralConfig([] as never), 'ERR_CONFIG', 'must be a JSON object');
@@ -87,7 +90,7 @@ const deepseekMoe = {
   rms_norm_eps: 1e-6, tie_word_embeddings: false, torch_dtype: 'bfloat16', attention_bias: false,
 };
 
-cfg('Qwen2-MoE: per-layer kinds from decoder_sparse_step / mlp_only_layers, gated shared expert, qkv bias', () => {
+cfg('Qwen2-MoE: per-layer kinds from decoder_sparse_step / mlp_only_layers, gated shared expert, qkv bias', async () => {
   const c = parseMoeConfig(qwen2Moe);
   assert.is(c.modelType, 'qwen2_moe');
   assert.equal([c.numExperts, c.numExpertsPerTok, c.moeIntermediateSize, c.sharedExpertIntermediateSize], [60, 4, 1408, 5632]);
@@ -95,16 +98,16 @@ cfg('Qwen2-MoE: per-layer kinds from decoder_sparse_step / mlp_only_layers, gate
   assert.equal(c.layerKinds, new Array(24).fill('moe'));
   const s = parseMoeConfig({ ...qwen2Moe, num_hidden_layers: 6, decoder_sparse_step: 2, mlp_only_layers: [5] });
   assert.equal(s.layerKinds, ['dense', 'moe', 'dense', 'moe', 'dense', 'dense']);
-  return expectMoeError(() => parseMoeConfig({ ...qwen2Moe, mlp_only_layers: [24] }), 'ERR_CONFIG', 'mlp_only_layers', '[24]');
+  await expectMoeError(() => parseMoeConfig({ ...qwen2Moe, mlp_only_layers: [24] }), 'ERR_CONFIG', 'mlp_only_layers', '[24]');
 });
 
-cfg('DeepSeek-MoE: first_k_dense_replace and moe_layer_freq, n_shared_experts x moe_intermediate_size', () => {
+cfg('DeepSeek-MoE: first_k_dense_replace and moe_layer_freq, n_shared_experts x moe_intermediate_size', async () => {
   const c = parseMoeConfig(deepseekMoe);
   assert.equal(c.layerKinds, ['dense', ...new Array(27).fill('moe')]);
   assert.equal([c.numExperts, c.numExpertsPerTok, c.sharedExpertIntermediateSize, c.sharedExpertGate], [64, 6, 2816, false]);
   const s = parseMoeConfig({ ...deepseekMoe, num_hidden_layers: 7, first_k_dense_replace: 2, moe_layer_freq: 2 });
   assert.equal(s.layerKinds, ['dense', 'dense', 'moe', 'dense', 'moe', 'dense', 'moe']);
-  return expectMoeError(() => parseMoeConfig({ ...deepseekMoe, num_experts_per_tok: 65 }), 'ERR_CONFIG', 'num_experts_per_tok (65) must be at most n_routed_experts (64)');
+  await expectMoeError(() => parseMoeConfig({ ...deepseekMoe, num_experts_per_tok: 65 }), 'ERR_CONFIG', 'num_experts_per_tok (65) must be at most n_routed_experts (64)');
 });
 
 cfg.run();
@@ -182,8 +185,106 @@ params('checkMemory: ERR_OUT_OF_MEMORY before loading, with the numbers', async 
   await expectMoeError(() => checkMemory({ ...m, totalBytes: Number.MAX_SAFE_INTEGER }), 'ERR_OUT_OF_MEMORY', 'of memory is free');
 });
 
+params('the README\'s table of what Mixtral takes matches countParameters and estimateMemory', () => {
+  const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+  const row = readme.split('\n').find((l) => l.startsWith('| Mixtral-8x7B'))!;
+  const c = parseMixtralConfig(mixtral8x7bRaw());
+  const p = countParameters(c);
+  const kv = (t: 'float32' | 'bfloat16') => formatBytes(estimateMemory(c, { kvDtype: t, contextLength: 4096 }).kvCacheBytes);
+  const b = (n: number) => `${(n / 1e9).toFixed(1)}B`;
+  assert.is(row.split('|').slice(2, 6).map((x) => x.trim()).join(' | '), `${b(p.total)} / ${b(p.active)} | ${formatBytes(p.total * 2)} | ${formatBytes(p.total * 4)} | ${kv('float32')} / ${kv('bfloat16')}`);
+});
+
 params('formatBytes', () => {
   assert.equal([formatBytes(0), formatBytes(999), formatBytes(1500), formatBytes(93_405_585_408), formatBytes(2.5e12)], ['0 B', '999 B', '1.50 kB', '93.4 GB', '2.50 TB']);
 });
 
 params.run();
+
+// Configs written to hurt: counts that would allocate without end, values past 2^53, nesting that
+// would overflow the stack. Each is a MoeError ERR_CONFIG naming the field, before anything is
+// allocated from it.
+const hostile = suite('hostile configs');
+
+/** [[[...]]] nested n deep, built without recursion. */
+const nested = (n: number): unknown => {
+  let v: unknown = [];
+  for (let i = 0; i < n; i++) v = [v];
+  return v;
+};
+
+hostile('counts past their bound are ERR_CONFIG naming the field and the value (no allocation, no uncoded RangeError)', async () => {
+  await expectMoeError(() => parseMixtralConfig(tinyMixtralRaw({ num_hidden_layers: 1e9 })), 'ERR_CONFIG', 'num_hidden_layers must be at most 65536, got 1000000000');
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ num_local_experts: 1e8 })), 'ERR_CONFIG', 'num_local_experts must be at most 65536, got 100000000');
+  const fields: [string, () => Record<string, unknown>][] = [
+    ...['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads', 'num_local_experts', 'vocab_size', 'max_position_embeddings', 'head_dim', 'sliding_window']
+      .map((k): [string, () => Record<string, unknown>] => [k, () => tinyMixtralRaw()]),
+    ...['moe_intermediate_size', 'shared_expert_intermediate_size', 'num_experts', 'decoder_sparse_step'].map((k): [string, () => Record<string, unknown>] => [k, () => tinyQwen2MoeRaw()]),
+    ...['n_routed_experts', 'n_shared_experts', 'first_k_dense_replace', 'moe_layer_freq'].map((k): [string, () => Record<string, unknown>] => [k, () => tinyDeepseekRaw()]),
+  ];
+  for (const [key, raw] of fields)
+    for (const v of [2 ** 53 - 1, 2 ** 53, 1e300]) await expectMoeError(() => parseMoeConfig({ ...raw(), [key]: v }), 'ERR_CONFIG', `${key} must be at most`, `got ${v}`);
+  // num_experts_per_tok is bounded by the expert count
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ num_experts_per_tok: 2 ** 53 - 1 })), 'ERR_CONFIG', 'num_experts_per_tok');
+});
+
+hostile('a config nested 20,000 levels deep is ERR_CONFIG, not a stack overflow', async () => {
+  await expectMoeError(() => parseMoeConfig(tinyQwen2MoeRaw({ mlp_only_layers: nested(20_000) })), 'ERR_CONFIG', 'mlp_only_layers', '[[[[...]]]]');
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ hidden_size: nested(20_000) })), 'ERR_CONFIG', 'hidden_size must be an integer');
+  await expectMoeError(() => parseMoeConfig(tinyMixtralRaw({ torch_dtype: nested(20_000) })), 'ERR_CONFIG', 'torch_dtype');
+  // the same from a file: JSON.parse takes the depth, the error message must too
+  const dir = tmpDir('moe-deep-');
+  try {
+    const file = path.join(dir, 'config.json');
+    fs.writeFileSync(file, JSON.stringify(tinyMixtralRaw()).replace('"sliding_window":null', `"sliding_window":${'['.repeat(20_000)}${']'.repeat(20_000)}`));
+    await expectMoeError(() => parseMoeConfig(file), 'ERR_CONFIG', file, 'sliding_window');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+hostile('a directory named config.json is ERR_FILE_READ, not ERR_FILE_NOT_FOUND or a raw EISDIR', async () => {
+  const dir = tmpDir('moe-cfgdir-');
+  try {
+    fs.mkdirSync(path.join(dir, 'config.json'));
+    await expectMoeError(() => parseMoeConfig(path.join(dir, 'config.json')), 'ERR_FILE_READ', 'config.json', 'is a directory');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+hostile('parameter counts past 2^53 (no longer exact) are ERR_CONFIG, not a wrong number', async () => {
+  // every count within its bound, the product past 2^53
+  const big = parseMoeConfig(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 65536, hidden_size: 1 << 20, intermediate_size: 1 << 20, num_attention_heads: 1, num_key_value_heads: 1 }));
+  await expectMoeError(() => countParameters(big), 'ERR_CONFIG', 'more than 2^53');
+  await expectMoeError(() => estimateMemory(big), 'ERR_CONFIG', 'more than 2^53');
+  // the largest Mixtral-shaped config under the limit still counts exactly
+  const ok = countParameters(parseMoeConfig(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 8 })));
+  assert.ok(Number.isSafeInteger(ok.total));
+});
+
+hostile('the tensor list of a huge config is refused by its size in closed form, not built', async () => {
+  const big = parseMoeConfig(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 65536 }));
+  await expectMoeError(() => moeTensorSpecs(big, 'per-expert'), 'ERR_CONFIG', '12,885,360,643 tensors');
+  assert.is(moeTensorSpecs(big, 'packed').length, 3 + 65536 * 9);
+});
+
+hostile('MoeCheckpoint.open with a config of 65536 layers x 65536 experts fails at the first mismatch, in a small heap', async () => {
+  // before: every expected tensor name was built first (2^33 of them): out of memory after a long wait
+  const dir = tmpDir('moe-hugecfg-');
+  try {
+    await writeTinyMixtral(dir);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(tinyMixtralRaw({ num_hidden_layers: 65536, num_local_experts: 65536 })));
+    const script = `
+      const { MoeCheckpoint } = require('./lib/index');
+      try { MoeCheckpoint.openSync(${JSON.stringify(dir)}); console.log('opened'); }
+      catch (e) { console.log(e.name + ' ' + e.code + ' ' + e.message); }`;
+    const r = spawnSync(process.execPath, ['--max-old-space-size=200', '-r', 'tsx/cjs', '-e', script], { cwd: path.join(__dirname, '..'), encoding: 'utf8', timeout: 120_000 });
+    assert.is(r.status, 0, `child: status ${r.status}, signal ${r.signal}\n${r.stderr.slice(-2000)}`);
+    assert.match(r.stdout, /^MoeError ERR_TENSOR_SHAPE .*block_sparse_moe\.gate\.weight' has shape \[4,64\], expected \[65536,64\]/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+hostile.run();

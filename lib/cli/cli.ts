@@ -33,7 +33,7 @@ Commands:
   inspect <checkpoint dir | file>         tensors of a checkpoint, checked against its config.json
   generate <checkpoint dir>               run a checkpoint (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
 
-Run 'moe-kernels <command> --help' for a command's options.
+Run 'moe-kernels <command> --help' for a command's options; 'moe-kernels --version' for the version.
 `,
   params: `Usage: moe-kernels params <config.json | checkpoint dir> [options]
 
@@ -83,12 +83,21 @@ Options:
   --stats                  after generating, print the tokens routed to each expert, per MoE layer
                            (with each layer's routing entropy)
   --stats-svg <file>       also write them as an SVG heat map (layers x experts) to <file>
+  --json                   print one JSON object at the end instead of tokens as they come:
+                           {promptIds, tokens, text (with --prompt), stopReason ('stop', 'length'
+                           or 'aborted'), backend, timings, routing (with --stats)}
   --no-progress            no loading progress on stderr
   -h, --help               this help
+
+Options are checked against the checkpoint's config.json before any weight is read: a bad value
+is a usage error (exit 2).
 `,
 };
 
 class UsageError extends Error {}
+
+/** The most KV cache positions a model takes (MixtralModel's maxSeq limit). */
+const MAX_SEQ = 1 << 24;
 
 /** Pads columns; numbers (right-aligned) where `right[i]`. */
 function table(rows: string[][], right: boolean[] = []): string {
@@ -256,8 +265,28 @@ function idList(v: string, flag: string): number[] {
 function numberFlag(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${v}'`);
+  if (v.trim() === '' || Number.isNaN(n)) throw new UsageError(`${flag} must be a number, got '${v}'`);
   return n;
+}
+
+/** Token ids must be ids of the model: checked against config.json's vocab_size before loading. */
+function checkIds(ids: readonly number[], vocabSize: number, flag: string): void {
+  const bad = ids.find((id) => id >= vocabSize);
+  if (bad !== undefined) throw new UsageError(`${flag}: ${bad} is not a token id of this model (vocab_size ${vocabSize})`);
+}
+
+/** The file --stats-svg names must be writable in an existing directory: checked before loading. */
+function checkOutputFile(file: string, flag: string): void {
+  const abs = path.resolve(file);
+  const parent = path.dirname(abs);
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(parent);
+  } catch {
+    throw new UsageError(`${flag}: the directory ${parent} does not exist`);
+  }
+  if (!st.isDirectory()) throw new UsageError(`${flag}: ${parent} is not a directory`);
+  if (fs.existsSync(abs) && fs.statSync(abs).isDirectory()) throw new UsageError(`${flag}: ${abs} is a directory`);
 }
 
 async function generate(args: string[], io: CliIo): Promise<number> {
@@ -277,11 +306,13 @@ async function generate(args: string[], io: CliIo): Promise<number> {
       'max-seq': { type: 'string' },
       stats: { type: 'boolean' },
       'stats-svg': { type: 'string' },
+      json: { type: 'boolean' },
       'no-progress': { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
     },
   });
   if (values.help) return io.stdout.write(HELP.generate), 0;
+  // Every option is checked here, before a byte of the weights is read (Mixtral: 93 GB).
   if (positionals.length !== 1) throw new UsageError('generate takes one argument: a checkpoint directory');
   if ((values['prompt-ids'] === undefined) === (values.prompt === undefined)) throw new UsageError('give one of --prompt-ids and --prompt');
   const backend = values.backend;
@@ -289,16 +320,18 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   const maxNewTokens = positiveInt(values['max-new-tokens'], '--max-new-tokens') ?? 16;
   const seed = numberFlag(values.seed, '--seed');
   if (seed !== undefined && (!Number.isInteger(seed) || seed < 0)) throw new UsageError(`--seed must be a non-negative integer, got '${values.seed}'`);
-  const opts = {
-    maxNewTokens,
-    temperature: numberFlag(values.temperature, '--temperature'),
-    topP: numberFlag(values['top-p'], '--top-p'),
-    seed,
-  };
+  const temperature = numberFlag(values.temperature, '--temperature');
+  if (temperature !== undefined && !(temperature >= 0 && Number.isFinite(temperature)))
+    throw new UsageError(`--temperature must be a finite number >= 0, got '${values.temperature}'`);
+  const topP = numberFlag(values['top-p'], '--top-p');
+  if (topP !== undefined && !(topP > 0 && topP <= 1)) throw new UsageError(`--top-p must be in (0, 1], got '${values['top-p']}'`);
+  const opts = { maxNewTokens, temperature, topP, seed };
   const dtype = floatType(values.dtype, '--dtype');
+  const svgFile = values['stats-svg'];
+  if (svgFile !== undefined) checkOutputFile(svgFile, '--stats-svg');
   const dir = positionals[0];
-  // the model loads the native addon: only here, so that params and inspect run without it
-  const { MixtralModel } = require('../model/model.js') as { MixtralModel: typeof MixtralModelType };
+  // config.json alone (a few kB) says which token ids exist and what the caches can hold
+  const config = parseMoeConfig(path.join(dir, 'config.json'));
   let tokenizer: Tokenizer | null = null;
   let promptIds: number[];
   if (values.prompt !== undefined) {
@@ -307,10 +340,19 @@ async function generate(args: string[], io: CliIo): Promise<number> {
     tokenizer = Tokenizer.fromFile(tj);
     promptIds = tokenizer.encode(values.prompt);
   } else promptIds = idList(values['prompt-ids']!, '--prompt-ids');
+  checkIds(promptIds, config.vocabSize, values.prompt !== undefined ? '--prompt (encoded)' : '--prompt-ids');
   const stop = values['stop-ids'] !== undefined ? idList(values['stop-ids'], '--stop-ids') : tokenizer?.eosTokenId != null ? [tokenizer.eosTokenId] : [];
-  const maxSeq = positiveInt(values['max-seq'], '--max-seq') ?? promptIds.length + maxNewTokens;
+  checkIds(stop, config.vocabSize, '--stop-ids');
+  // the last new token is not fed back: the caches hold the prompt and maxNewTokens - 1 more
+  const needed = promptIds.length + maxNewTokens - 1;
+  const maxSeq = positiveInt(values['max-seq'], '--max-seq') ?? needed;
+  if (maxSeq < needed)
+    throw new UsageError(`--max-seq ${maxSeq} is too small for ${promptIds.length} prompt tokens and ${maxNewTokens} new tokens (needs ${needed})`);
+  if (maxSeq > MAX_SEQ) throw new UsageError(`--max-seq must be at most ${MAX_SEQ}, got ${maxSeq} (prompt and new tokens)`);
 
-  const bar = values['no-progress'] ? null : createProgressBar({ stream: io.stderr as NodeJS.WritableStream, label: 'loading' });
+  // the model loads the native addon: only here, so that params and inspect run without it
+  const { MixtralModel } = require('../model/model.js') as { MixtralModel: typeof MixtralModelType };
+  const bar = values['no-progress'] ? null : createProgressBar({ stream: io.stderr, label: 'loading' });
   const t0 = Date.now();
   const model = await MixtralModel.load(dir, { dtype, backend: backend as BackendName | undefined, maxSeq, onProgress: bar?.update });
   bar?.done();
@@ -323,37 +365,52 @@ async function generate(args: string[], io: CliIo): Promise<number> {
     const out: number[] = [];
     let firstAt = 0;
     let shown = '';
+    // --json: nothing on stdout until the one object at the end
+    const stream = (s: string) => void (values.json ? undefined : io.stdout.write(s));
+    const stopSet = new Set(stop);
+    let stopReason: 'stop' | 'length' | 'aborted' = 'length';
     try {
       for await (const id of model.generate(promptIds, { ...opts, stopTokens: stop, signal: ac.signal })) {
         if (out.length === 0) firstAt = Date.now();
         out.push(id);
+        if (stopSet.has(id)) stopReason = 'stop';
         if (tokenizer) {
           // decode the whole output each time: byte-fallback pieces only make text together
           const text = tokenizer.decode(out, { skipSpecialTokens: true });
           if (text.startsWith(shown) && !text.endsWith('\ufffd')) {
-            io.stdout.write(text.slice(shown.length));
+            stream(text.slice(shown.length));
             shown = text;
           }
-        } else io.stdout.write(`${out.length > 1 ? ' ' : ''}${id}`);
+        } else stream(`${out.length > 1 ? ' ' : ''}${id}`);
       }
     } catch (e) {
       if ((e as { code?: string }).code !== 'ERR_ABORTED') throw e;
-      io.stdout.write('\n');
+      stopReason = 'aborted';
+    }
+    const end = Date.now();
+    const text = tokenizer ? tokenizer.decode(out, { skipSpecialTokens: true }) : undefined;
+    const rs = model.routingStats();
+    if (values.json) {
+      const timings = {
+        loadSeconds: (loaded - t0) / 1000,
+        prefillSeconds: out.length > 0 ? (firstAt - loaded) / 1000 : null,
+        decodeTokensPerSecond: out.length > 1 && end > firstAt ? ((out.length - 1) * 1000) / (end - firstAt) : null,
+      };
+      const routing = values.stats ? { tokens: rs.tokens, layers: rs.layers, tokensPerExpert: rs.tokensPerExpert } : undefined;
+      io.stdout.write(JSON.stringify({ promptIds, tokens: out, text, stopReason, backend: model.backend, timings, routing }) + '\n');
+    }
+    if (stopReason === 'aborted') {
+      stream('\n');
       io.stderr.write(`aborted after ${out.length} tokens\n`);
       return 130;
     }
-    if (tokenizer) {
-      const text = tokenizer.decode(out, { skipSpecialTokens: true });
-      if (text.startsWith(shown)) io.stdout.write(text.slice(shown.length));
-    }
-    io.stdout.write('\n');
-    const end = Date.now();
+    if (text !== undefined && text.startsWith(shown)) stream(text.slice(shown.length));
+    stream('\n');
     const decodeRate = out.length > 1 && end > firstAt ? `, decode ${(((out.length - 1) * 1000) / (end - firstAt)).toFixed(1)} tokens/s` : '';
     io.stderr.write(`${out.length} tokens; prefill ${promptIds.length} tokens in ${((firstAt - loaded) / 1000).toFixed(2)} s${decodeRate}\n`);
-    const rs = model.routingStats();
     // one row per MoE layer, labelled with its decoder-layer index (dense layers have no experts)
     const layerLabels = rs.layers.map((i) => `layer ${i}`);
-    if (values.stats)
+    if (values.stats && !values.json)
       io.stdout.write(
         rs.layers.length === 0
           ? 'tokens per expert: the model has no MoE layers\n'
@@ -373,12 +430,25 @@ async function generate(args: string[], io: CliIo): Promise<number> {
 
 const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate };
 
+/** The package's version, from its package.json (lib/cli and dist/cli are both two levels down). */
+export function version(): string {
+  return (JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** A Node system error (fs, net): `code` like ENOENT and a `syscall`; its message is one line. */
+const isSystemError = (e: unknown): e is Error & { code: string } =>
+  e instanceof Error && typeof (e as { code?: unknown }).code === 'string' && typeof (e as { syscall?: unknown }).syscall === 'string';
+
 /** Runs the CLI on `argv` (without node and the script); resolves to the exit code. */
 export async function main(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
     io.stdout.write(HELP.main);
     return cmd === undefined ? 2 : 0;
+  }
+  if (cmd === '--version' || cmd === '-v') {
+    io.stdout.write(`${version()}\n`);
+    return 0;
   }
   const run = COMMANDS[cmd];
   if (!run) {
@@ -397,6 +467,11 @@ export async function main(argv: string[], io: CliIo = { stdout: process.stdout,
       io.stderr.write(`moe-kernels ${cmd}: ${err.message} (${err.code})\n`);
       return 1;
     }
-    throw e;
+    // e.g. ENOENT, EACCES or ENOSPC writing --stats-svg: the message names the call and the path
+    if (isSystemError(e)) {
+      io.stderr.write(`moe-kernels ${cmd}: ${err.message}\n`);
+      return 1;
+    }
+    throw e; // a defect: bin/moe-kernels.js prints the stack
   }
 }

@@ -78,6 +78,13 @@ function toTypedData(type: DType, data: unknown): Float32Array | Uint16Array | I
     throw typeError(`data is a Uint16Array (16-bit float bits) but type is '${type}': use type 'float16' or 'bfloat16', or convert with bfloat16ToFloat32/float16ToFloat32`);
   if (ArrayBuffer.isView(data) || Array.isArray(data)) {
     const src = data as ArrayLike<number>;
+    // Float32Array.from would turn 'abc' into NaN, null into 0 and true into 1: only numbers pass
+    // (NaN and the infinities are numbers, and stay what they are).
+    if (Array.isArray(data))
+      for (let i = 0; i < src.length; i++)
+        if (typeof src[i] !== 'number') throw typeError(`data[${i}] must be a number for type '${type}', got ${describe(src[i])}`);
+    if (data instanceof BigInt64Array || data instanceof BigUint64Array)
+      throw typeError(`data is a ${data.constructor.name} (bigints) but type is '${type}': convert it to numbers first`);
     if (type === 'float16') return float32ToFloat16(Float32Array.from(src));
     if (type === 'bfloat16') return float32ToBfloat16(Float32Array.from(src));
     if (type === 'int32')

@@ -5,7 +5,7 @@
  * same type, so parameter counts, memory estimates and loaders take any of them.
  */
 import * as fs from 'node:fs';
-import { describe, MoeError } from '../core/errors.js';
+import { describe, fileError, MoeError } from '../core/errors.js';
 import type { FloatType } from '../core/tensor.js';
 
 /** The FFN of one decoder layer: routed experts (`'moe'`) or one dense SwiGLU FFN (`'dense'`). */
@@ -59,6 +59,29 @@ export type MixtralConfig = MoeModelConfig & { modelType: 'mixtral' };
 
 const configError = (where: string, msg: string) => new MoeError(`${where}: ${msg}`, 'ERR_CONFIG');
 
+/**
+ * Bounds on the counts a config.json may give, checked before anything is sized from them: far
+ * above any published model (Mixtral-8x22B: 56 layers, 8 experts, d 6144; DeepSeek-V3: 256
+ * experts; vocabularies up to ~256k), low enough that what a count sizes (the per-layer kinds,
+ * the list of expected tensors) stays small and every parameter count fits a float64 exactly, or
+ * is refused as ERR_CONFIG (params.ts).
+ */
+export const CONFIG_LIMITS = {
+  /** num_hidden_layers: `layerKinds` has one entry per layer. */
+  layers: 1 << 16,
+  /** Routed and shared experts per layer. */
+  experts: 1 << 16,
+  /** hidden_size, intermediate sizes, head_dim. */
+  width: 1 << 20,
+  /** Attention and KV heads. */
+  heads: 1 << 16,
+  vocab: 1 << 24,
+  /** Positions (max_position_embeddings, sliding_window) and layer strides: int32. */
+  int32: 2 ** 31 - 1,
+} as const;
+
+const L = CONFIG_LIMITS;
+
 /** Reads fields of a raw config.json object, each error naming the field and the value found. */
 class Fields {
   constructor(
@@ -70,11 +93,12 @@ class Fields {
     return this.raw[key] !== undefined && this.raw[key] !== null;
   }
 
-  int(key: string, dflt?: number, min = 1): number {
+  int(key: string, max: number, dflt?: number, min = 1): number {
     const v = this.raw[key] ?? dflt;
     if (v === undefined) throw configError(this.where, `${key} is required`);
     if (typeof v !== 'number' || !Number.isInteger(v)) throw configError(this.where, `${key} must be an integer, got ${describe(v)}`);
     if (v < min) throw configError(this.where, `${key} must be ${min === 1 ? 'positive' : `>= ${min}`}, got ${v}`);
+    if (v > max) throw configError(this.where, `${key} must be at most ${max}, got ${v}`);
     return v;
   }
 
@@ -119,24 +143,24 @@ function torchDtype(c: Fields): FloatType | null {
 
 /** The fields every family shares (attention, embeddings, norms). */
 function common(c: Fields, defaults: { ropeTheta: number; rmsNormEps: number; maxPositions: number; tie: boolean }) {
-  const hiddenSize = c.int('hidden_size');
-  const numAttentionHeads = c.int('num_attention_heads');
-  const numKeyValueHeads = c.int('num_key_value_heads', numAttentionHeads);
+  const hiddenSize = c.int('hidden_size', L.width);
+  const numAttentionHeads = c.int('num_attention_heads', L.heads);
+  const numKeyValueHeads = c.int('num_key_value_heads', L.heads, numAttentionHeads);
   c.check(numAttentionHeads % numKeyValueHeads === 0, `num_attention_heads (${numAttentionHeads}) must be a multiple of num_key_value_heads (${numKeyValueHeads})`);
   if (!c.has('head_dim'))
     c.check(hiddenSize % numAttentionHeads === 0, `hidden_size (${hiddenSize}) must be a multiple of num_attention_heads (${numAttentionHeads}) when head_dim is not given`);
-  const headDim = c.int('head_dim', hiddenSize / numAttentionHeads);
+  const headDim = c.int('head_dim', L.width, hiddenSize / numAttentionHeads);
   const sw = c.raw.sliding_window;
   let slidingWindow: number | null = null;
-  if (sw !== undefined && sw !== null && !(c.raw.use_sliding_window === false)) slidingWindow = c.int('sliding_window');
+  if (sw !== undefined && sw !== null && !(c.raw.use_sliding_window === false)) slidingWindow = c.int('sliding_window', L.int32);
   return {
     hiddenSize,
-    numHiddenLayers: c.int('num_hidden_layers'),
+    numHiddenLayers: c.int('num_hidden_layers', L.layers),
     numAttentionHeads,
     numKeyValueHeads,
     headDim,
-    vocabSize: c.int('vocab_size'),
-    maxPositionEmbeddings: c.int('max_position_embeddings', defaults.maxPositions),
+    vocabSize: c.int('vocab_size', L.vocab),
+    maxPositionEmbeddings: c.int('max_position_embeddings', L.int32, defaults.maxPositions),
     rmsNormEps: c.positive('rms_norm_eps', defaults.rmsNormEps),
     ropeTheta: ropeTheta(c, defaults.ropeTheta),
     slidingWindow,
@@ -151,9 +175,9 @@ function checkRouting(c: Fields, E: number, k: number, eKey: string): void {
 
 function parseMixtral(c: Fields): MixtralConfig {
   const base = common(c, { ropeTheta: 1e6, rmsNormEps: 1e-5, maxPositions: 4096 * 32, tie: false });
-  const intermediateSize = c.int('intermediate_size');
-  const numExperts = c.int('num_local_experts', 8);
-  const numExpertsPerTok = c.int('num_experts_per_tok', 2);
+  const intermediateSize = c.int('intermediate_size', L.width);
+  const numExperts = c.int('num_local_experts', L.experts, 8);
+  const numExpertsPerTok = c.int('num_experts_per_tok', L.experts, 2);
   checkRouting(c, numExperts, numExpertsPerTok, 'num_local_experts');
   return {
     modelType: 'mixtral',
@@ -174,26 +198,27 @@ function parseMixtral(c: Fields): MixtralConfig {
 /** Qwen2-MoE: MoE where (i+1) % decoder_sparse_step == 0 and i is not in mlp_only_layers; a gated shared expert. */
 function parseQwen2Moe(c: Fields): MoeModelConfig {
   const base = common(c, { ropeTheta: 10000, rmsNormEps: 1e-6, maxPositions: 32768, tie: false });
-  const numExperts = c.int('num_experts', 60, 0);
-  const numExpertsPerTok = c.int('num_experts_per_tok', 4);
+  const numExperts = c.int('num_experts', L.experts, 60, 0);
+  const numExpertsPerTok = c.int('num_experts_per_tok', L.experts, 4);
   if (numExperts > 0) checkRouting(c, numExperts, numExpertsPerTok, 'num_experts');
-  const step = c.int('decoder_sparse_step', 1);
+  const step = c.int('decoder_sparse_step', L.int32, 1);
   const only = c.raw.mlp_only_layers ?? [];
   if (!Array.isArray(only) || !only.every((i) => Number.isInteger(i) && i >= 0 && i < base.numHiddenLayers))
     throw configError(c.where, `mlp_only_layers must be a list of layer indices in [0, ${base.numHiddenLayers}), got ${describe(only)}`);
+  const dense = new Set<number>(only);
   const layerKinds = Array.from({ length: base.numHiddenLayers }, (_, i): LayerKind =>
-    numExperts > 0 && !only.includes(i) && (i + 1) % step === 0 ? 'moe' : 'dense');
+    numExperts > 0 && !dense.has(i) && (i + 1) % step === 0 ? 'moe' : 'dense');
   return {
     modelType: 'qwen2_moe',
     ...base,
-    intermediateSize: c.int('intermediate_size'),
+    intermediateSize: c.int('intermediate_size', L.width),
     attentionBias: true,
     attentionOutputBias: false,
     numExperts,
     numExpertsPerTok,
-    moeIntermediateSize: c.int('moe_intermediate_size'),
+    moeIntermediateSize: c.int('moe_intermediate_size', L.width),
     normTopkProb: c.bool('norm_topk_prob', false),
-    sharedExpertIntermediateSize: c.int('shared_expert_intermediate_size', 0, 0),
+    sharedExpertIntermediateSize: c.int('shared_expert_intermediate_size', L.width, 0, 0),
     sharedExpertGate: true,
     layerKinds,
   };
@@ -202,22 +227,23 @@ function parseQwen2Moe(c: Fields): MoeModelConfig {
 /** DeepSeek-MoE: dense for i < first_k_dense_replace, then MoE every moe_layer_freq layers; ungated shared experts. */
 function parseDeepseek(c: Fields): MoeModelConfig {
   const base = common(c, { ropeTheta: 10000, rmsNormEps: 1e-6, maxPositions: 2048, tie: false });
-  const numExperts = c.has('n_routed_experts') ? c.int('n_routed_experts') : 0;
-  const numExpertsPerTok = c.has('num_experts_per_tok') ? c.int('num_experts_per_tok') : 0;
+  const numExperts = c.has('n_routed_experts') ? c.int('n_routed_experts', L.experts) : 0;
+  const numExpertsPerTok = c.has('num_experts_per_tok') ? c.int('num_experts_per_tok', L.experts) : 0;
   if (numExperts > 0) {
     c.check(numExpertsPerTok > 0, 'num_experts_per_tok is required when n_routed_experts is set');
     checkRouting(c, numExperts, numExpertsPerTok, 'n_routed_experts');
   }
-  const firstDense = c.int('first_k_dense_replace', 0, 0);
-  const freq = c.int('moe_layer_freq', 1);
-  const moeIntermediateSize = c.int('moe_intermediate_size', numExperts > 0 ? undefined : 1);
-  const shared = c.has('n_shared_experts') ? c.int('n_shared_experts', 0, 0) : 0;
+  const firstDense = c.int('first_k_dense_replace', L.int32, 0, 0);
+  const freq = c.int('moe_layer_freq', L.int32, 1);
+  const moeIntermediateSize = c.int('moe_intermediate_size', L.width, numExperts > 0 ? undefined : 1);
+  const shared = c.has('n_shared_experts') ? c.int('n_shared_experts', L.experts, 0, 0) : 0;
+  c.check(shared * moeIntermediateSize <= L.width, `n_shared_experts x moe_intermediate_size (${shared} x ${moeIntermediateSize}) must be at most ${L.width}`);
   const layerKinds = Array.from({ length: base.numHiddenLayers }, (_, i): LayerKind =>
     numExperts > 0 && i >= firstDense && i % freq === 0 ? 'moe' : 'dense');
   return {
     modelType: 'deepseek',
     ...base,
-    intermediateSize: c.int('intermediate_size'),
+    intermediateSize: c.int('intermediate_size', L.width),
     attentionBias: c.bool('attention_bias', false),
     attentionOutputBias: c.bool('attention_bias', false),
     numExperts,
@@ -238,7 +264,7 @@ function rawConfig(source: unknown): { raw: Record<string, unknown>; where: stri
     try {
       text = fs.readFileSync(source, 'utf8');
     } catch (e) {
-      throw new MoeError(`${source}: cannot read config (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'ERR_FILE_NOT_FOUND');
+      throw fileError(source, 'cannot read config', e);
     }
     try {
       return { raw: checkObject(JSON.parse(text), source), where: source };

@@ -56,7 +56,12 @@ export function countParameters(config: MoeModelConfig): ParameterCounts {
     denseFfn: denseLayers * swiglu(d, c.intermediateSize),
   };
   const rest = r.embeddings + r.lmHead + r.attention + r.norms + r.router + r.sharedExperts + r.denseFfn;
-  return { total: rest + r.experts.total, active: rest + r.experts.active, ...r };
+  const total = rest + r.experts.total;
+  // Every part is a sum of products of integers no larger than the total, so all are exact when
+  // the total is at most 2^53; past that a count would be silently rounded.
+  if (!(total <= Number.MAX_SAFE_INTEGER))
+    throw new MoeError(`the config implies ${total.toExponential(3)} parameters, more than 2^53, so they cannot be counted exactly`, 'ERR_CONFIG');
+  return { total, active: rest + r.experts.active, ...r };
 }
 
 

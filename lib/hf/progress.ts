@@ -7,9 +7,22 @@ import { checkOptions } from '../core/options.js';
 import { formatBytes } from './params.js';
 import type { LoadProgress } from './weights.js';
 
+/**
+ * What the bar draws on: process.stderr, any Writable, or an object with a `write(text)` method.
+ * Declared here rather than as NodeJS.WritableStream so that the package's types compile without
+ * @types/node.
+ */
+export interface ProgressStream {
+  write(text: string): unknown;
+  /** A terminal: redraw one line in place. */
+  isTTY?: boolean;
+  /** The terminal's width. */
+  columns?: number;
+}
+
 export interface ProgressBarOptions {
   /** Where to draw. Default process.stderr. */
-  stream?: NodeJS.WritableStream & { isTTY?: boolean; columns?: number };
+  stream?: ProgressStream;
   /** Text before the bar. Default 'loading'. */
   label?: string;
   /** Draw as a terminal (redrawn bar) or as lines. Default: the stream's isTTY. */

@@ -12,7 +12,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { describe, MoeError, typeError } from '../core/errors.js';
+import { describe, fileError, MoeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
 import { cast, checkTensor, FLOAT_TYPES, type DType, type FloatType, type Tensor } from '../core/tensor.js';
 
@@ -63,8 +63,52 @@ function checkLittleEndian(): void {
   if (os.endianness() !== 'LE') throw new MoeError('safetensors data is little-endian; this machine is big-endian', 'ERR_UNSUPPORTED');
 }
 
-/** Validates a parsed header against the file size; returns the tensors (by name) and metadata. */
-function parseHeader(file: string, json: string, headerLen: number, fileSize: number): { tensors: Map<string, TensorInfo>; metadata: Record<string, string> } {
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * The first key that appears twice at the top level of a JSON object text (which parses), or
+ * null. JSON.parse keeps the last of duplicate keys silently; the format's reference reader refuses
+ * them, and a tensor named twice would be read from whichever entry came last.
+ */
+function duplicateTopLevelKey(json: string): string | null {
+  const seen = new Set<string>();
+  let depth = 0;
+  let expectKey = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i);
+    if (c === 0x22 /* " */) {
+      let j = i + 1;
+      let escaped = false;
+      for (let cj = json.charCodeAt(j); cj !== 0x22; cj = json.charCodeAt(j)) {
+        if (cj === 0x5c /* \ */) {
+          escaped = true;
+          j++;
+        }
+        j++;
+      }
+      if (depth === 1 && expectKey) {
+        const key = escaped ? (JSON.parse(json.slice(i, j + 1)) as string) : json.slice(i + 1, j);
+        if (seen.has(key)) return key;
+        seen.add(key);
+        expectKey = false;
+      }
+      i = j;
+    } else if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      if (++depth === 1) expectKey = true;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) depth--;
+    else if (c === 0x2c /* , */ && depth === 1) expectKey = true;
+  }
+  return null;
+}
+
+/** Validates a header against the file size; returns the tensors (by name) and metadata. */
+function parseHeader(file: string, bytes: Uint8Array, headerLen: number, fileSize: number): { tensors: Map<string, TensorInfo>; metadata: Record<string, string> } {
+  let json: string;
+  try {
+    json = utf8.decode(bytes);
+  } catch {
+    throw headerError(file, 'the header is not valid UTF-8');
+  }
   let parsed: unknown;
   try {
     parsed = JSON.parse(json);
@@ -72,6 +116,9 @@ function parseHeader(file: string, json: string, headerLen: number, fileSize: nu
     throw headerError(file, `the JSON does not parse (${(e as Error).message})`);
   }
   if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw headerError(file, `the JSON must be an object, got ${describe(parsed)}`);
+  const dup = duplicateTopLevelKey(json);
+  if (dup !== null)
+    throw headerError(file, dup === '__metadata__' ? '__metadata__ appears twice' : `tensor '${dup}' appears twice (a name must be unique)`);
   const dataStart = 8 + headerLen;
   const dataLen = fileSize - dataStart;
   const tensors = new Map<string, TensorInfo>();
@@ -159,6 +206,8 @@ export class SafetensorsFile {
   /** Async reads in flight: close() waits for them, so the descriptor is never reused under one. */
   #pending = 0;
   #closing = false;
+  /** asyncDispose() calls waiting for the descriptor to close. */
+  #onClosed: (() => void)[] = [];
 
   private constructor(file: string, fd: number, size: number, header: ReturnType<typeof parseHeader>) {
     this.path = file;
@@ -174,13 +223,15 @@ export class SafetensorsFile {
     const abs = checkPath(file);
     const fd = await promisify(fs.open)(abs, 'r').catch((e) => Promise.reject(openError(abs, e)));
     try {
-      const { size } = await promisify(fs.fstat)(fd);
+      const st = await promisify(fs.fstat)(fd);
+      checkRegular(abs, st);
+      const size = st.size;
       const head = Buffer.alloc(8);
       const n = size >= 8 ? (await readAsync(fd, head, 0, 8, 0)).bytesRead : 0;
       const len = headerLength(abs, head, n, size);
       const json = Buffer.alloc(len);
       if ((await readAsync(fd, json, 0, len, 8)).bytesRead !== len) throw headerError(abs, 'the file ended inside the header');
-      return new SafetensorsFile(abs, fd, size, parseHeader(abs, json.toString('utf8'), len, size));
+      return new SafetensorsFile(abs, fd, size, parseHeader(abs, json, len, size));
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -197,13 +248,15 @@ export class SafetensorsFile {
       throw openError(abs, e);
     }
     try {
-      const { size } = fs.fstatSync(fd);
+      const st = fs.fstatSync(fd);
+      checkRegular(abs, st);
+      const size = st.size;
       const head = Buffer.alloc(8);
       const n = size >= 8 ? fs.readSync(fd, head, 0, 8, 0) : 0;
       const len = headerLength(abs, head, n, size);
       const json = Buffer.alloc(len);
       if (fs.readSync(fd, json, 0, len, 8) !== len) throw headerError(abs, 'the file ended inside the header');
-      return new SafetensorsFile(abs, fd, size, parseHeader(abs, json.toString('utf8'), len, size));
+      return new SafetensorsFile(abs, fd, size, parseHeader(abs, json, len, size));
     } catch (e) {
       fs.closeSync(fd);
       throw e;
@@ -277,11 +330,23 @@ export class SafetensorsFile {
     if (this.#pending === 0) this.#closeNow();
   }
 
+  /** `using f = SafetensorsFile.openSync(path)`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `await using f = await SafetensorsFile.open(path)`: close(), resolved once reads in flight finish. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return this.#fd === null ? Promise.resolve() : new Promise((resolve) => this.#onClosed.push(resolve));
+  }
+
   #closeNow(): void {
     if (this.#fd === null) return;
     closer.unregister(this);
     fs.closeSync(this.#fd);
     this.#fd = null;
+    for (const resolve of this.#onClosed.splice(0)) resolve();
   }
 
   #open(): number {
@@ -296,8 +361,13 @@ function checkPath(file: unknown): string {
 }
 
 function openError(file: string, e: unknown): MoeError {
-  const code = (e as NodeJS.ErrnoException)?.code;
-  return new MoeError(`${file}: cannot open (${code ?? (e as Error)?.message})`, code === 'ENOENT' ? 'ERR_FILE_NOT_FOUND' : 'ERR_FILE_READ');
+  return fileError(file, 'cannot open', e);
+}
+
+/** A directory (or a device, a FIFO) opens for reading on Linux and fails at the first read. */
+function checkRegular(file: string, st: fs.Stats): void {
+  if (st.isDirectory()) throw new MoeError(`${file}: cannot open: it is a directory, not a safetensors file`, 'ERR_FILE_READ');
+  if (!st.isFile()) throw new MoeError(`${file}: cannot open: it is not a regular file`, 'ERR_FILE_READ');
 }
 
 function headerLength(file: string, head: Buffer, got: number, size: number): number {
@@ -523,6 +593,16 @@ export class Checkpoint {
     this.#files.forEach((f) => f.close());
   }
 
+  /** `using ckpt = Checkpoint.openSync(dir)`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `await using ckpt = await Checkpoint.open(dir)`: close(), resolved once reads in flight finish. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all(this.#files.map((f) => f[Symbol.asyncDispose]()));
+  }
+
   #entry(name: string) {
     const e = this.#byName.get(name);
     if (!e) throw new MoeError(`checkpoint ${this.dir}: no tensor '${name}' (in ${this.files.map((f) => path.basename(f)).join(', ')})`, 'ERR_TENSOR_MISSING');
@@ -563,16 +643,17 @@ function readIndex(index: string, dir: string): { weightMap: Record<string, stri
   }
   const wm = (parsed as Record<string, unknown> | null)?.weight_map;
   if (wm === null || typeof wm !== 'object' || Array.isArray(wm)) throw bad(`weight_map must be an object of tensor name -> file, got ${describe(wm)}`);
-  const shardFiles: string[] = [];
+  // a Set, in first-seen order: an index names each shard once per tensor (thousands of times)
+  const shardFiles = new Set<string>();
   for (const [name, f] of Object.entries(wm as Record<string, unknown>)) {
     if (typeof f !== 'string' || f === '') throw bad(`weight_map['${name}'] must be a file name, got ${describe(f)}`);
     const p = path.resolve(dir, f);
     const rel = path.relative(dir, p);
     if (rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(f)) throw bad(`weight_map['${name}'] = ${describe(f)} is outside the checkpoint directory`);
-    if (!shardFiles.includes(p)) shardFiles.push(p);
+    shardFiles.add(p);
   }
-  if (shardFiles.length === 0) throw bad('weight_map is empty');
-  return { weightMap: wm as Record<string, string>, shardFiles };
+  if (shardFiles.size === 0) throw bad('weight_map is empty');
+  return { weightMap: wm as Record<string, string>, shardFiles: [...shardFiles] };
 }
 
 function byNameOf(files: SafetensorsFile[]) {

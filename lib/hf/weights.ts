@@ -164,48 +164,67 @@ function ffnNames(c: MoeModelConfig, layout: ExpertLayout, i: number) {
   };
 }
 
-/** The checkpoint names and shapes of layer i's tensors, in load order. */
-function layerSpecs(c: MoeModelConfig, layout: ExpertLayout, i: number): ExpectedTensor[] {
+/**
+ * The checkpoint names and shapes of layer i's tensors, in load order, one at a time: a config may
+ * imply billions of them (65536 experts x 65536 layers), and a check against a checkpoint stops
+ * at the first one that is missing or mis-shaped without making the rest.
+ */
+function* layerSpecIter(c: MoeModelConfig, layout: ExpertLayout, i: number): Generator<ExpectedTensor, void, undefined> {
   const d = c.hiddenSize;
   const q = c.numAttentionHeads * c.headDim;
   const kv = c.numKeyValueHeads * c.headDim;
   const E = c.numExperts;
-  const out: ExpectedTensor[] = [
-    { name: `${P(i)}.input_layernorm.weight`, shape: [d] },
-    { name: `${P(i)}.self_attn.q_proj.weight`, shape: [q, d] },
-    { name: `${P(i)}.self_attn.k_proj.weight`, shape: [kv, d] },
-    { name: `${P(i)}.self_attn.v_proj.weight`, shape: [kv, d] },
-    { name: `${P(i)}.self_attn.o_proj.weight`, shape: [d, q] },
-    { name: `${P(i)}.post_attention_layernorm.weight`, shape: [d] },
-  ];
-  if (c.attentionBias)
-    out.push(
-      { name: `${P(i)}.self_attn.q_proj.bias`, shape: [q] },
-      { name: `${P(i)}.self_attn.k_proj.bias`, shape: [kv] },
-      { name: `${P(i)}.self_attn.v_proj.bias`, shape: [kv] },
-    );
-  if (c.attentionOutputBias) out.push({ name: `${P(i)}.self_attn.o_proj.bias`, shape: [d] });
-  const swiglu = (name: (m: Mat) => string, f: number) => {
-    for (const m of MATS) out.push({ name: name(m), shape: m === 'w2' ? [d, f] : [f, d] });
-  };
+  yield { name: `${P(i)}.input_layernorm.weight`, shape: [d] };
+  yield { name: `${P(i)}.self_attn.q_proj.weight`, shape: [q, d] };
+  yield { name: `${P(i)}.self_attn.k_proj.weight`, shape: [kv, d] };
+  yield { name: `${P(i)}.self_attn.v_proj.weight`, shape: [kv, d] };
+  yield { name: `${P(i)}.self_attn.o_proj.weight`, shape: [d, q] };
+  yield { name: `${P(i)}.post_attention_layernorm.weight`, shape: [d] };
+  if (c.attentionBias) {
+    yield { name: `${P(i)}.self_attn.q_proj.bias`, shape: [q] };
+    yield { name: `${P(i)}.self_attn.k_proj.bias`, shape: [kv] };
+    yield { name: `${P(i)}.self_attn.v_proj.bias`, shape: [kv] };
+  }
+  if (c.attentionOutputBias) yield { name: `${P(i)}.self_attn.o_proj.bias`, shape: [d] };
+  const swiglu = (name: (m: Mat) => string, f: number) => MATS.map((m): ExpectedTensor => ({ name: name(m), shape: m === 'w2' ? [d, f] : [f, d] }));
   const n = ffnNames(c, layout, i);
   if (n.kind === 'dense') {
-    swiglu(n.mlp, c.intermediateSize);
-    return out;
+    yield* swiglu(n.mlp, c.intermediateSize);
+    return;
   }
   const f = c.moeIntermediateSize;
-  out.push({ name: n.gate, shape: [E, d] });
+  yield { name: n.gate, shape: [E, d] };
   if (n.expert === null) {
-    out.push({ name: n.gateUp, shape: [E, 2 * f, d] });
-    out.push({ name: n.down, shape: [E, d, f] });
+    yield { name: n.gateUp, shape: [E, 2 * f, d] };
+    yield { name: n.down, shape: [E, d, f] };
   } else {
     const x = n.expert;
-    for (let e = 0; e < E; e++) swiglu((m) => x(e, m), f);
+    for (let e = 0; e < E; e++) yield* swiglu((m) => x(e, m), f);
   }
-  if (n.shared) swiglu(n.shared, c.sharedExpertIntermediateSize);
-  if (n.sharedGate) out.push({ name: n.sharedGate, shape: [1, d] });
-  return out;
+  if (n.shared) yield* swiglu(n.shared, c.sharedExpertIntermediateSize);
+  if (n.sharedGate) yield { name: n.sharedGate, shape: [1, d] };
 }
+
+/** How many tensors layerSpecIter gives for layer i, in closed form. */
+function layerTensorCount(c: MoeModelConfig, layout: ExpertLayout, i: number): number {
+  const attn = 6 + (c.attentionBias ? 3 : 0) + (c.attentionOutputBias ? 1 : 0);
+  const n = ffnNames(c, layout, i);
+  if (n.kind === 'dense') return attn + 3;
+  return attn + 1 + (n.expert === null ? 2 : 3 * c.numExperts) + (n.shared ? 3 : 0) + (n.sharedGate ? 1 : 0);
+}
+
+/** The checkpoint names and shapes of layer i's tensors, in load order. */
+function layerSpecs(c: MoeModelConfig, layout: ExpertLayout, i: number): ExpectedTensor[] {
+  return [...layerSpecIter(c, layout, i)];
+}
+
+function* specIter(c: MoeModelConfig, layout: ExpertLayout): Generator<ExpectedTensor, void, undefined> {
+  yield* globalSpecs(c);
+  for (let i = 0; i < c.numHiddenLayers; i++) yield* layerSpecIter(c, layout, i);
+}
+
+/** The most tensors `moeTensorSpecs` lists (a checkpoint of more would be a 1 GB+ header alone). */
+const MAX_SPECS = 1 << 24;
 
 function globalSpecs(c: MoeModelConfig): ExpectedTensor[] {
   const out: ExpectedTensor[] = [
@@ -227,11 +246,22 @@ export function detectExpertLayout(names: { has(name: string): boolean }, config
   return names.has(`${P(i)}.mlp.experts.gate_up_proj`) ? 'packed' : 'per-expert';
 }
 
-/** Every tensor a model of this config needs in this layout, globals first, then by layer. */
+/** How many tensors a model of this config needs in this layout (closed form per layer). */
+export function moeTensorCount(config: MoeModelConfig, layout: ExpertLayout): number {
+  let n = globalSpecs(config).length;
+  for (let i = 0; i < config.numHiddenLayers; i++) n += layerTensorCount(config, layout, i);
+  return n;
+}
+
+/**
+ * Every tensor a model of this config needs in this layout, globals first, then by layer. A config
+ * that implies more than 2^24 tensors is MoeError ERR_CONFIG (counted first, nothing built).
+ */
 export function moeTensorSpecs(config: MoeModelConfig, layout: ExpertLayout): ExpectedTensor[] {
-  const out = globalSpecs(config);
-  for (let i = 0; i < config.numHiddenLayers; i++) out.push(...layerSpecs(config, layout, i));
-  return out;
+  const n = moeTensorCount(config, layout);
+  if (n > MAX_SPECS)
+    throw new MoeError(`this ${config.modelType} config implies ${n.toLocaleString('en-US')} tensors in the ${layout} layout, more than the ${MAX_SPECS.toLocaleString('en-US')} a checkpoint can list`, 'ERR_CONFIG');
+  return [...specIter(config, layout)];
 }
 
 /** Every tensor a Mixtral model needs (`moeTensorSpecs`, which takes any family's config). */
@@ -333,9 +363,15 @@ export class MoeCheckpoint {
     this.layout = detectExpertLayout(checkpoint, this.config);
     this.#dtype = o.dtype as FloatType | undefined;
     this.#onProgress = o.onProgress as MoeOpenOptions['onProgress'];
-    const specs = moeTensorSpecs(this.config, this.layout);
-    this.bytesTotal = specs.reduce((n, s) => n + checkExpected(checkpoint, s, this.config, this.layout).byteLength, 0);
-    this.tensorsTotal = specs.length;
+    // one expected tensor at a time: a config implying billions fails at the first absent one
+    let bytes = 0;
+    let count = 0;
+    for (const spec of specIter(this.config, this.layout)) {
+      bytes += checkExpected(checkpoint, spec, this.config, this.layout).byteLength;
+      count++;
+    }
+    this.bytesTotal = bytes;
+    this.tensorsTotal = count;
     checkNoAttentionBias(checkpoint, this.config);
   }
 
@@ -357,7 +393,8 @@ export class MoeCheckpoint {
 
   /** Names in the checkpoint that this model does not use (e.g. rotary buffers, extra experts). */
   unusedTensors(): string[] {
-    const used = new Set(moeTensorSpecs(this.config, this.layout).map((s) => s.name));
+    const used = new Set<string>();
+    for (const s of specIter(this.config, this.layout)) used.add(s.name); // all present: open checked
     return this.checkpoint.names().filter((n) => !used.has(n));
   }
 
@@ -388,6 +425,16 @@ export class MoeCheckpoint {
 
   close(): void {
     this.checkpoint.close();
+  }
+
+  /** `using m = MoeCheckpoint.openSync(dir)`: close() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** `await using m = await MoeCheckpoint.open(dir)`: close(), resolved once reads in flight finish. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.checkpoint[Symbol.asyncDispose]();
   }
 
   #layerIndex(i: unknown): number {

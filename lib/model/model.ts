@@ -328,6 +328,11 @@ export class MixtralBlock {
     release(this.#postNorm);
   }
 
+  /** `using block = await MixtralBlock.create(...)`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   /**
    * @internal h [T,d] float32 updated in place (a DeviceTensor on a device block); ws holds the
    * scratch tensors and the positions of the T tokens, the first at `start`. Returns the MoE layer's
@@ -378,6 +383,15 @@ export interface ModelForwardOptions {
   startPos?: number;
 }
 
+/**
+ * An AbortSignal (Node's global one, or the DOM's): declared by shape so that the package's types
+ * compile without @types/node or lib.dom. At run time `signal` must be a real AbortSignal.
+ */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  readonly reason?: unknown;
+}
+
 export interface GenerateOptions {
   /** Tokens to generate (at most). Default 16. */
   maxNewTokens?: number;
@@ -388,7 +402,7 @@ export interface GenerateOptions {
   /** Seed of the draws; default 0. Token i is drawn with step = its position (prompt length + i). */
   seed?: number;
   /** Stops generation with ERR_ABORTED (the model stays usable). */
-  signal?: AbortSignal;
+  signal?: AbortSignalLike;
   /** Called with each new token id and its index among the new tokens. */
   onToken?: (id: number, index: number) => void;
   /** Generation ends after one of these ids (which is yielded). */
@@ -668,6 +682,16 @@ export class MixtralModel {
     }
     this.#decode = null;
   }
+  /** `using model = await MixtralModel.load(dir)`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** `await using model = ...`: the same as dispose() (native calls still running finish first). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+
 
   // ---- internals ----
 

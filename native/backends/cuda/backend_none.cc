@@ -5,8 +5,10 @@
 
 #include "moe/backend.h"
 
+// The build says why it has no CUDA backend (CMakeLists.txt: MOE_CUDA=OFF, or no working nvcc;
+// binding.gyp via scripts/build-native.js: node-gyp was used, and why, and whether nvcc was there).
 #ifndef MOE_NO_CUDA_REASON
-#define MOE_NO_CUDA_REASON "this build has no CUDA backend (it was built without nvcc)"
+#define MOE_NO_CUDA_REASON "it was built without the CUDA backend"
 #endif
 
 namespace moe {
@@ -27,7 +29,7 @@ class NoCudaBackend final : public Backend {
   NoCudaBackend() {
     caps_.family = "cuda";
     caps_.name = "none";
-    caps_.reason = MOE_NO_CUDA_REASON;
+    caps_.reason = "this build has no CUDA backend: " MOE_NO_CUDA_REASON;
   }
   const Capabilities& capabilities() const override { return caps_; }
   Executor& executor() override { return executor_; }

@@ -1,10 +1,10 @@
-// A Node HTTP server that runs one MoE layer per request.
-//   node examples/server.js            # then: curl -s -X POST localhost:8080/moe -d '[[0.1, ...]]'
+// A Node HTTP server that runs one MoE layer per request (CommonJS).
+//   node examples/server.cjs           # then: curl -s -X POST localhost:8080/moe -d '[[0.1, ...]]'
 // The layer is created once; forward() runs on the native compute pool and never blocks the event
 // loop, so concurrent requests queue on the pool and each gets the same bits it would alone.
 'use strict';
 const http = require('node:http');
-const { MoeLayer, tensor, backendInfo } = require('..');
+const { MoeLayer, tensor, backendInfo } = require('moe-kernels');
 
 const d = 64, f = 128, E = 8;
 function randn(n, scale, seed) {
@@ -20,6 +20,7 @@ function randn(n, scale, seed) {
 }
 
 async function main() {
+  // #region readme
   const layer = await MoeLayer.create(
     {
       gate: tensor('float32', randn(E * d, 0.1, 1), [E, d]),
@@ -48,7 +49,12 @@ async function main() {
       res.end(JSON.stringify({ error: e.message, code: e.code }));
     }
   });
-  const port = Number(process.env.PORT ?? 8080);
-  server.listen(port, '127.0.0.1', () => console.log(`listening on http://127.0.0.1:${port}/moe (d=${d})`));
+  // PORT=0: any free port (the tests use it); the line below says which
+  server.listen(Number(process.env.PORT ?? 8080), '127.0.0.1', () => console.log(`listening on http://127.0.0.1:${server.address().port}/moe (d=${d})`));
+  // #endregion
 }
-main();
+
+main().catch((e) => {
+  console.error(e);
+  process.exitCode = 1;
+});
