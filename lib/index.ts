@@ -56,6 +56,8 @@ export {
   type MoeLayerOptions,
   type ForwardOptions,
   type MoeOutput,
+  type MoeResult,
+  type DeviceMoeResult,
   type MoeRouterStats,
   type Routing,
   type DenseFfnWeights,

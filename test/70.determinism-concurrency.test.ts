@@ -7,6 +7,8 @@ import {
   ExpertWeights,
   groupedGemm,
   groupedGemmSync,
+  KvCache,
+  Linear,
   MoeError,
   MoeLayer,
   permute,
@@ -188,6 +190,28 @@ disp('ExpertWeights and DenseFfn disposed while in flight', async () => {
   assertSameTensor(await dp, dwant, 'in-flight dense forward');
   await expectDisposed(ffn.forward(p.x), 'DenseFfn.forward after dispose');
   await expectDisposed(() => ffn.forwardSync(p.x), 'DenseFfn.forwardSync after dispose');
+});
+
+disp('Symbol.dispose and Symbol.asyncDispose free every disposable object (`using`)', async () => {
+  const p = makeProblem({ T: 4, d: 16, f: 16, E: 4, seed: 10 });
+  const layer = new MoeLayer(weightsOf(p));
+  layer[Symbol.dispose]();
+  assert.ok(layer.disposed, 'MoeLayer');
+  const layer2 = new MoeLayer(weightsOf(p));
+  await layer2[Symbol.asyncDispose]();
+  assert.ok(layer2.disposed, 'MoeLayer (async)');
+  const w = ExpertWeights.packSync({ w1: p.w1, w3: p.w3, w2: p.w2 });
+  w[Symbol.dispose]();
+  assert.ok(w.disposed, 'ExpertWeights');
+  const ffn = new DenseFfn({ w1: perExpert(p.w1)[0], w3: perExpert(p.w3)[0], w2: perExpert(p.w2)[0] });
+  ffn[Symbol.dispose]();
+  assert.ok(ffn.disposed, 'DenseFfn');
+  const lin = Linear.packSync(p.gate);
+  lin[Symbol.dispose]();
+  assert.ok(lin.disposed, 'Linear');
+  const cache = new KvCache({ maxSeq: 4, numKvHeads: 1, headDim: 8 });
+  await cache[Symbol.asyncDispose]();
+  assert.ok(cache.disposed, 'KvCache');
 });
 
 disp('dropping every reference to a layer while a call runs is safe', async () => {

@@ -125,6 +125,15 @@ export class DeviceTensor<T extends DType = DType> {
     this.buffer.dispose();
   }
 
+  /** `using layer = ...`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  /** `await using`: the same (calls already running finish first either way). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
+
   /** @internal */
   native(): NativeDeviceTensor {
     return { type: this.type, dims: [...this.dims], buffer: this.buffer, byteOffset: this.byteOffset };

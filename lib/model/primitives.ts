@@ -113,6 +113,15 @@ abstract class NativeOwner<N extends { dispose(): void }> {
     this.#disposed = true;
     this.#native.dispose();
   }
+
+  /** `using layer = ...`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  /** `await using`: the same (calls already running finish first either way). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
   /** The native handle; throws ERR_DISPOSED after dispose(). */
   protected handle(): N {
     if (this.#disposed) throw new MoeError(`${this.#what} was disposed and cannot be used again`, 'ERR_DISPOSED');

@@ -71,6 +71,15 @@ export class ExpertWeights {
     this.#disposed = true;
     handles.get(this)?.dispose();
   }
+
+  /** `using layer = ...`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  /** `await using`: the same (calls already running finish first either way). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
+  }
 }
 
 type NativeWeights = { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor };

@@ -105,6 +105,22 @@ export interface MoeOutput {
   routerStats?: MoeRouterStats;
 }
 
+/**
+ * The result of forward(x, options) for host x: `routing` is there (not possibly undefined) when
+ * options say `returnRouting: true`, `routerStats` when they say `returnRouterStats: true` or
+ * `returnLogits: true` (with `logits` then).
+ */
+export type MoeResult<O extends ForwardOptions | undefined = ForwardOptions> = MoeOutput &
+  (O extends { returnRouting: true } ? { routing: Routing } : unknown) &
+  (O extends { returnLogits: true }
+    ? { routerStats: MoeRouterStats & { logits: Tensor<'float32'> } }
+    : O extends { returnRouterStats: true }
+      ? { routerStats: MoeRouterStats }
+      : unknown);
+/** The result of forward(x, options) for a DeviceTensor x. */
+export type DeviceMoeResult<O extends ForwardOptions | undefined = ForwardOptions> = DeviceMoeOutput &
+  (O extends { returnRouting: true } ? { routing: { tokensPerExpert: DeviceTensor<'int32'> } } : unknown);
+
 /** The MoE layer's result for a DeviceTensor input: device tensors, the routing counts only. */
 export interface DeviceMoeOutput {
   /** [T,d] on the device, the type of the input. */
@@ -212,8 +228,8 @@ export class MoeLayer {
    * Runs the layer on x [T,d] off the event loop. A DeviceTensor x (a layer on a CUDA backend) keeps
    * the work on the device and gives device tensors; router logits and losses need host tensors.
    */
-  async forward(x: Tensor, options?: ForwardOptions): Promise<MoeOutput>;
-  async forward(x: DeviceTensor, options?: ForwardOptions): Promise<DeviceMoeOutput>;
+  async forward<O extends ForwardOptions | undefined = undefined>(x: Tensor, options?: O): Promise<MoeResult<O>>;
+  async forward<O extends ForwardOptions | undefined = undefined>(x: DeviceTensor, options?: O): Promise<DeviceMoeResult<O>>;
   async forward(x: Tensor | DeviceTensor, options?: ForwardOptions): Promise<MoeOutput | DeviceMoeOutput> {
     const [w, routing, opts, stats] = this.#args(options);
     const r = await binding.moe_forward(nt(x), w, { ...opts, async: true });
@@ -221,8 +237,8 @@ export class MoeLayer {
   }
 
   /** Runs the layer on the calling thread (for tiny calls). */
-  forwardSync(x: Tensor, options?: ForwardOptions): MoeOutput;
-  forwardSync(x: DeviceTensor, options?: ForwardOptions): DeviceMoeOutput;
+  forwardSync<O extends ForwardOptions | undefined = undefined>(x: Tensor, options?: O): MoeResult<O>;
+  forwardSync<O extends ForwardOptions | undefined = undefined>(x: DeviceTensor, options?: O): DeviceMoeResult<O>;
   forwardSync(x: Tensor | DeviceTensor, options?: ForwardOptions): MoeOutput | DeviceMoeOutput {
     const [w, routing, opts, stats] = this.#args(options);
     const r = binding.moe_forward(nt(x), w, opts);
@@ -233,6 +249,15 @@ export class MoeLayer {
   dispose(): void {
     this.#experts.dispose();
     this.#shared?.dispose();
+  }
+
+  /** `using layer = ...`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  /** `await using`: the same (calls already running finish first either way). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
   }
 
   #args(options?: ForwardOptions) {
@@ -319,7 +344,11 @@ function output(r: NativeMoeResult, routing: boolean, stats: boolean): MoeOutput
  * One MoE forward. With raw weights the layer is packed for this call and freed after it; pass a
  * `MoeLayer` to pack once and serve many calls.
  */
-export async function moeForward(x: Tensor, weights: MoeLayerWeights | MoeLayer, options?: MoeLayerOptions & ForwardOptions): Promise<MoeOutput> {
+export async function moeForward<O extends (MoeLayerOptions & ForwardOptions) | undefined = undefined>(
+  x: Tensor,
+  weights: MoeLayerWeights | MoeLayer,
+  options?: O,
+): Promise<MoeResult<O>> {
   const o = checkOptions(options);
   if (weights instanceof MoeLayer) {
     for (const k of ['topK', 'normalize', 'capacityFactor', 'evalCapacityFactor'] as const)
@@ -327,11 +356,11 @@ export async function moeForward(x: Tensor, weights: MoeLayerWeights | MoeLayer,
         throw rangeError(`options.${k} (${describe(o[k])}) differs from the layer's ${k} (${weights[k]}); it is fixed when the layer is created`);
     for (const k of ['noise', 'randomRouting', 'sharedExperts'] as const)
       if (o[k] !== undefined) throw rangeError(`options.${k} cannot be given with a MoeLayer; it is fixed when the layer is created`);
-    return weights.forward(x, options);
+    return weights.forward(x, options) as Promise<MoeResult<O>>;
   }
   const layer = await MoeLayer.create(weights, options);
   try {
-    return await layer.forward(x, options);
+    return (await layer.forward(x, options)) as MoeResult<O>;
   } finally {
     layer.dispose();
   }
@@ -406,6 +435,15 @@ export class DenseFfn {
   }
   dispose(): void {
     this.#w.dispose();
+  }
+
+  /** `using layer = ...`: dispose() at the end of the scope. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  /** `await using`: the same (calls already running finish first either way). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.dispose();
   }
 
   #native() {
