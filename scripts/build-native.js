@@ -9,6 +9,8 @@
 // (backend 'cuda-emu'), into build-emu/ (the tests load it through MOE_KERNELS_ADDON).
 // MOE_PORTABLE=1 makes the binary that is shipped prebuilt (CMake only): libstdc++ and libgcc
 // linked statically, glibc symbols no newer than 2.28 (CMakeLists.txt, native/compat/).
+// MOE_SANITIZE=1 builds the sanitizer test addon (ASan + UBSan; the CPU backend and the emulated
+// CUDA one) into build-asan/.
 // MOE_BUILD=gyp forces node-gyp.
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -58,12 +60,14 @@ if (require.main !== module) return;
 
 if (cmakeJs && has('cmake') && process.env.MOE_BUILD !== 'gyp') {
   const emu = process.env.MOE_CUDA_EMU === '1';
-  const out = emu ? 'build-emu' : 'build';
+  const sanitize = process.env.MOE_SANITIZE === '1';
+  const out = sanitize ? 'build-asan' : emu ? 'build-emu' : 'build';
   const options = {
-    MOE_CUDA_EMU: emu ? 'ON' : 'OFF',
-    MOE_CUDA: !emu && process.env.MOE_CUDA !== '0' ? 'ON' : 'OFF',
+    MOE_CUDA_EMU: emu || sanitize ? 'ON' : 'OFF',
+    MOE_CUDA: !emu && !sanitize && process.env.MOE_CUDA !== '0' ? 'ON' : 'OFF',
+    MOE_SANITIZE: sanitize ? 'ON' : 'OFF',
     // the prebuilt binary (scripts/prebuild.js): static libstdc++/libgcc, glibc symbols <= 2.28
-    MOE_PORTABLE: process.env.MOE_PORTABLE === '1' && !emu ? 'ON' : 'OFF',
+    MOE_PORTABLE: process.env.MOE_PORTABLE === '1' && !emu && !sanitize ? 'ON' : 'OFF',
   };
   const defs = Object.entries(options).map(([k, v]) => `--CD${k}=${v}`);
   // `cmake-js build` configures only a fresh build directory: when an option differs from the one

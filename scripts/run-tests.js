@@ -28,7 +28,8 @@ function runSuite(label, cmd, args, parse, env = {}) {
   const r = spawnSync(cmd, args, { cwd: root, encoding: 'utf8', maxBuffer: 1 << 28, env: { ...process.env, ...env } });
   process.stdout.write(r.stdout ?? '');
   process.stderr.write(r.stderr ?? '');
-  const counts = parse(strip((r.stdout ?? '') + (r.stderr ?? '')));
+  // the summary is on stdout (stderr may hold a nested run's output); both only when stdout has none
+  const counts = parse(strip(r.stdout ?? '')) ?? parse(strip((r.stdout ?? '') + (r.stderr ?? '')));
   if (!counts) {
     console.log(`!!! ${label}: no test summary found (exit ${r.status}${r.signal ? ', signal ' + r.signal : ''})`);
     broken = true;
@@ -44,9 +45,10 @@ function runSuite(label, cmd, args, parse, env = {}) {
 
 // uvu prints "Total: N", "Passed: N", "Skipped: N"
 function parseUvu(out) {
+  // the last of each: uvu's own summary ends the output (a test may print a nested run's summary)
   const num = (k) => {
-    const m = out.match(new RegExp(`${k}:\\s+(\\d+)`));
-    return m ? Number(m[1]) : null;
+    const all = [...out.matchAll(new RegExp(`^\\s*${k}:\\s+(\\d+)`, 'gm'))];
+    return all.length ? Number(all[all.length - 1][1]) : null;
   };
   const total = num('Total');
   const ok = num('Passed');
@@ -92,6 +94,39 @@ function emulatedCudaPasses() {
       { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter) emulatedCudaPasses();
+
+// The sanitizer pass (MOE_TEST_SANITIZERS=1, set by .ci/run): the addon built with AddressSanitizer
+// and UndefinedBehaviorSanitizer (MOE_SANITIZE=1 scripts/build-native.js into build-asan/: the CPU
+// backend and the emulated CUDA one), loaded by node with libasan preloaded, runs the suites that
+// cross the native boundary: bad inputs, concurrency and disposal, the memory-safety cases (transfers,
+// detached and resized buffers, workers torn down mid-call), every op on both backends. An ASan
+// report or an undefined behaviour ends the process, which fails the pass.
+function sanitizerPass() {
+  const libasan = spawnSync('gcc', ['-print-file-name=libasan.so'], { encoding: 'utf8' }).stdout?.trim();
+  if (!libasan || !fs.existsSync(libasan)) {
+    console.log('\n=== sanitizers: no libasan (gcc -print-file-name=libasan.so): not run');
+    broken = true;
+    return;
+  }
+  console.log('\n=== sanitizers: building the ASan + UBSan addon (MOE_SANITIZE=1, build-asan/)');
+  const b = spawnSync(process.execPath, [path.join(root, 'scripts', 'build-native.js')], { cwd: root, stdio: 'inherit', env: { ...process.env, MOE_SANITIZE: '1' } });
+  if (b.status !== 0) {
+    console.log('!!! sanitizers: the addon did not build');
+    broken = true;
+    return;
+  }
+  const env = {
+    MOE_KERNELS_ADDON: path.join(root, 'build-asan', 'Release', 'moe_kernels.node'),
+    LD_PRELOAD: libasan,
+    // node leaks by design at exit; huge requests are refused as errors, not reports
+    ASAN_OPTIONS: 'detect_leaks=0:allocator_may_return_null=1',
+    UBSAN_OPTIONS: 'print_stacktrace=1',
+  };
+  const uvu = [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test'];
+  runSuite('sanitizers, CPU', process.execPath, [...uvu, '^(10|20|25|26|30|40|50|60|65|66|70|72|80)\\.'], parseUvu, env);
+  runSuite('sanitizers, cuda-emu', process.execPath, [...uvu, '^(45|46|47|67|68)\\.'], parseUvu, { ...env, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
+}
+if (!filter && process.env.MOE_TEST_SANITIZERS === '1') sanitizerPass();
 
 console.log(`\n${passed} passed, ${failed} failed`);
 process.exit(failed > 0 || broken ? 1 : 0);

@@ -120,6 +120,7 @@ const runIn = (dir: string, args: string[], env: Record<string, string>) => {
   const e: NodeJS.ProcessEnv = { ...process.env, CUDA_HOME: path.join(dir, 'no-cuda'), ...env };
   delete e.MOE_TEST_REQUIRE_PREBUILT;
   delete e.MOE_TEST_REQUIRE_CUDA_EMU;
+  delete e.MOE_TEST_SANITIZERS;
   Object.assign(e, env);
   return spawnSync(process.execPath, args, { cwd: dir, encoding: 'utf8', env: e });
 };
@@ -140,7 +141,7 @@ ci('MOE_TEST_REQUIRE_PREBUILT=1 and MOE_TEST_REQUIRE_CUDA_EMU=1 (what .ci/run se
   assert.is(c.status, 1, c.stdout);
   assert.match(c.stdout, /\n2 passed, 0 failed\n$/);
   const run = fs.readFileSync(path.join(root, '.ci', 'run'), 'utf8');
-  assert.match(run, /^export MOE_TEST_REQUIRE_CUDA_EMU=1 MOE_TEST_REQUIRE_PREBUILT=1$/m);
+  assert.match(run, /^export MOE_TEST_REQUIRE_CUDA_EMU=1 MOE_TEST_REQUIRE_PREBUILT=1( MOE_TEST_SANITIZERS=1)?$/m);
   assert.not.match(run, /^export CI=/m);
 });
 
