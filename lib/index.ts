@@ -150,15 +150,12 @@ export {
   type AnyTensor,
   type Placed,
 } from './model/primitives.js';
+export { type MixtralRuntimeOptions } from './model/runtime.js';
+export { MixtralBlock, DecoderBlock, type BlockForwardOptions, type BlockOutput } from './model/block.js';
 export {
-  MixtralBlock,
   MixtralModel,
   MoeModel,
-  DecoderBlock,
-  type MixtralRuntimeOptions,
   type MixtralLoadOptions,
-  type BlockForwardOptions,
-  type BlockOutput,
   type ModelForwardOptions,
   type GenerateOptions,
   type AbortSignalLike,

@@ -1,5 +1,5 @@
 /**
- * MixtralModel and MixtralBlock (lib/model/model.ts) on tiny random checkpoints written with the
+ * MixtralModel and MixtralBlock (lib/model/model.ts, block.ts) on tiny random checkpoints written with the
  * safetensors writer (both expert layouts), against the float64 whole-model reference of
  * helpers/reference-mixtral.ts: logits for f32/f16/bf16 weights, the KV cache (continuing and
  * rewinding a sequence, greedy generate equal to recomputing the whole sequence each step), seeded

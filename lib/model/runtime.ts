@@ -1,0 +1,137 @@
+/**
+ * What blocks and models share at run time: where their tensors live (the host or a device backend),
+ * the scratch tensors of one forward (Workspace), the checks of their options and configs, and the
+ * AbortSignal helpers.
+ */
+import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
+import { type MoeModelConfig } from '../hf/config.js';
+import { DeviceTensor } from '../core/device.js';
+import { describe, MoeError, typeError } from '../core/errors.js';
+import { type AnyTensor } from './primitives.js';
+import { checkOptions, intOption } from '../core/options.js';
+import { FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
+
+/** Options shared by blocks and models. */
+export interface MixtralRuntimeOptions {
+  /**
+   * Where the model runs ('auto' default: CUDA when a device is available, else the CPU). On a CUDA
+   * backend all weights, caches and activations live on the device.
+   */
+  backend?: BackendName;
+  /** Positions each KV cache holds (the longest sequence). Default min(max_position_embeddings, 4096). */
+  maxSeq?: number;
+  /** Element type of the KV caches. Default 'float32'. */
+  kvType?: FloatType;
+}
+
+export const DEFAULT_MAX_SEQ = 4096;
+
+/** The same data with other dims (no copy), on the host or the device. */
+export function view<T extends AnyTensor>(t: T, dims: number[]): T {
+  if (t instanceof DeviceTensor) return t.reshape(dims) as T;
+  return { type: t.type, data: (t as Tensor).data, dims } as unknown as T;
+}
+
+/** Where a model's tensors live: the host, or the device of a CUDA backend. */
+export type Place = { device: false } | { device: true; backend: ResolvedBackend };
+
+export function placeOf(backend: BackendName | undefined): Place {
+  const r = resolveBackend(backend ?? 'auto');
+  return r === 'cpu' ? { device: false } : { device: true, backend: r };
+}
+
+/** A zeroed float32 activation tensor of the place. */
+export function activation(place: Place, dims: number[]): AnyTensor {
+  return place.device ? DeviceTensor.zeros('float32', dims, { backend: place.backend }) : zeros('float32', dims);
+}
+
+/** A copy of a host tensor kept by a layer, on the place (on a device the upload is the copy). */
+export async function keep(place: Place, t: Tensor): Promise<AnyTensor> {
+  if (place.device) return DeviceTensor.from(t, { backend: place.backend });
+  return { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
+}
+
+export const bytesOf = (t: AnyTensor) => (t instanceof DeviceTensor ? t.bytes : (t as Tensor).data.byteLength);
+export const release = (t: AnyTensor | undefined | null) => {
+  if (t instanceof DeviceTensor) t.dispose();
+};
+
+/** The scratch tensors of one forward of T tokens; a decode loop (T = 1) reuses one set. */
+export class Workspace {
+  readonly T: number;
+  readonly positions: Tensor<'int32'>;
+  /** On a device: the positions, uploaded once per forward (setPositions) for every layer's rope. */
+  readonly positionsDevice: DeviceTensor<'int32'> | null;
+  readonly normed: AnyTensor;
+  readonly q: AnyTensor;
+  readonly k: AnyTensor;
+  readonly v: AnyTensor;
+  readonly attn: AnyTensor;
+  readonly proj: AnyTensor;
+
+  constructor(c: MoeModelConfig, T: number, place: Place) {
+    const { hiddenSize: d, numAttentionHeads: hq, numKeyValueHeads: hkv, headDim: hd } = c;
+    this.T = T;
+    this.positions = zeros('int32', [T]);
+    this.positionsDevice = place.device ? DeviceTensor.zeros('int32', [T], { backend: place.backend }) : null;
+    this.normed = activation(place, [T, d]);
+    this.q = activation(place, [T, hq * hd]);
+    this.k = activation(place, [T, hkv * hd]);
+    this.v = activation(place, [T, hkv * hd]);
+    this.attn = activation(place, [T, hq, hd]);
+    this.proj = activation(place, [T, d]);
+  }
+
+  /** Frees the device tensors now (host ones are left to the GC). */
+  dispose(): void {
+    for (const t of [this.normed, this.q, this.k, this.v, this.attn, this.proj, this.positionsDevice]) release(t);
+  }
+
+  /** Positions start .. start+T-1 (on the device too, for a device model). */
+  async setPositions(start: number): Promise<void> {
+    const p = this.positions.data;
+    for (let t = 0; t < p.length; t++) p[t] = start + t;
+    await this.positionsDevice?.copyFrom(this.positions);
+  }
+
+}
+
+export function checkAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw abortError(signal);
+}
+
+export function abortError(signal: AbortSignal): MoeError {
+  const e = new MoeError('the operation was aborted', 'ERR_ABORTED');
+  e.name = 'AbortError';
+  (e as { cause?: unknown }).cause = signal.reason;
+  return e;
+}
+
+export function checkSignal(v: unknown): AbortSignal | undefined {
+  if (v === undefined) return undefined;
+  if (!(v instanceof AbortSignal)) throw typeError(`options.signal must be an AbortSignal, got ${describe(v)}`);
+  return v;
+}
+
+export function floatTypeOption(o: Record<string, unknown>, key: string, dflt: FloatType): FloatType {
+  const v = o[key] ?? dflt;
+  if (!(FLOAT_TYPES as readonly unknown[]).includes(v))
+    throw typeError(`options.${key} must be one of ${FLOAT_TYPES.map((t) => `'${t}'`).join(', ')}, got ${describe(v)}`);
+  return v as FloatType;
+}
+
+export const MODEL_TYPES: readonly string[] = ['mixtral', 'qwen2_moe', 'deepseek'];
+
+/** A config from parseMoeConfig / parseMixtralConfig (any supported family). */
+export function checkConfig(config: unknown): MoeModelConfig {
+  const c = config as MoeModelConfig | null | undefined;
+  if (!MODEL_TYPES.includes(c?.modelType as string) || !Array.isArray(c?.layerKinds) || c.layerKinds.length !== c.numHiddenLayers)
+    throw typeError(`config must be a MoeModelConfig (parseMoeConfig or parseMixtralConfig), got ${describe(c?.modelType ?? config)}`);
+  return c;
+}
+
+export function runtimeOptions(config: MoeModelConfig, options: unknown) {
+  const o = checkOptions(options);
+  const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
+  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined) };
+}
