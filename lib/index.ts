@@ -68,18 +68,9 @@ export {
 export { DeviceTensor, isDeviceTensor, deviceTransferStats, type DeviceOptions, type TransferStats } from './core/device.js';
 export { mergeExperts, mergeExpertWeights, mergeDistribution, mergeDistance, type MergeOptions, type MergeDistance } from './moe/merge.js';
 export { routingHeatmapSvg, formatRoutingTable, routingEntropy, type RoutingHeatmapOptions, type RoutingTableOptions } from './moe/routing-stats.js';
-export {
-  SafetensorsFile,
-  Checkpoint,
-  writeSafetensors,
-  writeSafetensorsSync,
-  writeShardedSafetensors,
-  safetensorsElementSize,
-  type SafetensorsDType,
-  type TensorInfo,
-  type ReadOptions,
-  type ShardOptions,
-} from './hf/safetensors.js';
+export { SafetensorsFile, safetensorsElementSize, type SafetensorsDType, type TensorInfo, type ReadOptions } from './hf/safetensors.js';
+export { writeSafetensors, writeSafetensorsSync, writeShardedSafetensors, type ShardOptions } from './hf/safetensors-write.js';
+export { Checkpoint } from './hf/checkpoint.js';
 export {
   parseMoeConfig,
   parseMixtralConfig,

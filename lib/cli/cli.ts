@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { parseMoeConfig, type MoeModelConfig } from '../hf/config.js';
 import { MoeError } from '../core/errors.js';
 import { countParameters, estimateMemory, formatBytes, type MemoryEstimate } from '../hf/params.js';
-import { Checkpoint } from '../hf/safetensors.js';
+import { Checkpoint } from '../hf/checkpoint.js';
 import { FLOAT_TYPES, type FloatType } from '../core/tensor.js';
 import { MoeCheckpoint } from '../hf/weights.js';
 import { createProgressBar } from '../hf/progress.js';

@@ -1,12 +1,9 @@
 /**
- * Safetensors files and Hugging Face checkpoints. A file is an 8-byte little-endian header length
- * N, N bytes of JSON ({name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__"?: {...}})
- * and the byte buffer the offsets point into. The reader validates the whole header when it opens
- * a file, then reads one tensor at a time with positioned reads on a file descriptor: a file of
- * any size (offsets are exact up to 2^53) is never read whole.
- *
- * A checkpoint is a directory with `model.safetensors`, or with `model.safetensors.index.json`
- * whose `weight_map` names the shard of each tensor.
+ * Safetensors files. A file is an 8-byte little-endian header length N, N bytes of JSON ({name:
+ * {dtype, shape, data_offsets: [begin, end]}, "__metadata__"?: {...}}) and the byte buffer the offsets
+ * point into. The reader validates the whole header when it opens a file, then reads one tensor at a
+ * time with positioned reads on a file descriptor: a file of any size (offsets are exact up to 2^53)
+ * is never read whole. Writing: lib/hf/safetensors-write.ts; checkpoints: lib/hf/checkpoint.ts.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -14,19 +11,19 @@ import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, fileError, MoeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
-import { cast, checkTensor, FLOAT_TYPES, type DType, type FloatType, type Tensor } from '../core/tensor.js';
+import { cast, FLOAT_TYPES, type DType, type FloatType, type Tensor } from '../core/tensor.js';
 
 /** Safetensors dtype names this reader knows. Only F32, F16, BF16 and I32 load as tensors. */
 export type SafetensorsDType =
   | 'F64' | 'F32' | 'F16' | 'BF16' | 'F8_E4M3' | 'F8_E5M2'
   | 'I64' | 'I32' | 'I16' | 'I8' | 'U64' | 'U32' | 'U16' | 'U8' | 'BOOL';
 
-const ELEM_SIZE: Record<SafetensorsDType, number> = {
+export const ELEM_SIZE: Record<SafetensorsDType, number> = {
   F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E5M2: 1,
   I64: 8, I32: 4, I16: 2, I8: 1, U64: 8, U32: 4, U16: 2, U8: 1, BOOL: 1,
 };
-const TO_LIBRARY: Partial<Record<SafetensorsDType, DType>> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16', I32: 'int32' };
-const FROM_LIBRARY: Record<DType, SafetensorsDType> = { float32: 'F32', float16: 'F16', bfloat16: 'BF16', int32: 'I32' };
+export const TO_LIBRARY: Partial<Record<SafetensorsDType, DType>> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16', I32: 'int32' };
+export const FROM_LIBRARY: Record<DType, SafetensorsDType> = { float32: 'F32', float16: 'F16', bfloat16: 'BF16', int32: 'I32' };
 
 /** Bytes per element of a safetensors dtype. */
 export function safetensorsElementSize(dtype: SafetensorsDType): number {
@@ -53,13 +50,13 @@ export interface ReadOptions {
 }
 
 /** The largest header accepted (the safetensors format itself caps it at 100 MB). */
-const MAX_HEADER = 100 * 1024 * 1024;
+export const MAX_HEADER = 100 * 1024 * 1024;
 /** fs.read moves at most 2 GiB - 1 per call. */
-const MAX_READ = 0x7fff_f000;
+export const MAX_READ = 0x7fff_f000;
 
-const headerError = (file: string, msg: string) => new MoeError(`${file}: invalid safetensors header: ${msg}`, 'ERR_SAFETENSORS_HEADER');
+export const headerError = (file: string, msg: string) => new MoeError(`${file}: invalid safetensors header: ${msg}`, 'ERR_SAFETENSORS_HEADER');
 
-function checkLittleEndian(): void {
+export function checkLittleEndian(): void {
   if (os.endianness() !== 'LE') throw new MoeError('safetensors data is little-endian; this machine is big-endian', 'ERR_UNSUPPORTED');
 }
 
@@ -155,7 +152,7 @@ function parseHeader(file: string, bytes: Uint8Array, headerLen: number, fileSiz
   return { tensors, metadata };
 }
 
-function checkReadOptions(options: ReadOptions | undefined): FloatType | undefined {
+export function checkReadOptions(options: ReadOptions | undefined): FloatType | undefined {
   const o = checkOptions(options);
   const dtype = o.dtype;
   if (dtype !== undefined && !(FLOAT_TYPES as readonly unknown[]).includes(dtype))
@@ -355,17 +352,17 @@ export class SafetensorsFile {
   }
 }
 
-function checkPath(file: unknown): string {
+export function checkPath(file: unknown): string {
   if (typeof file !== 'string' || file === '') throw typeError(`path must be a non-empty string, got ${describe(file)}`);
   return path.resolve(file);
 }
 
-function openError(file: string, e: unknown): MoeError {
+export function openError(file: string, e: unknown): MoeError {
   return fileError(file, 'cannot open', e);
 }
 
 /** A directory (or a device, a FIFO) opens for reading on Linux and fails at the first read. */
-function checkRegular(file: string, st: fs.Stats): void {
+export function checkRegular(file: string, st: { isDirectory(): boolean; isFile(): boolean }): void {
   if (st.isDirectory()) throw new MoeError(`${file}: cannot open: it is a directory, not a safetensors file`, 'ERR_FILE_READ');
   if (!st.isFile()) throw new MoeError(`${file}: cannot open: it is not a regular file`, 'ERR_FILE_READ');
 }
@@ -379,297 +376,6 @@ function headerLength(file: string, head: Buffer, got: number, size: number): nu
   return Number(len);
 }
 
-// ---- writing ------------------------------------------------------------------------------------
-
-/** The bytes of a safetensors file's header for these tensors (offsets in the given order). */
-function buildHeader(tensors: Record<string, Tensor>, metadata: Record<string, string> | undefined, file: string): { header: Buffer; entries: [string, Tensor][] } {
-  if (tensors === null || typeof tensors !== 'object') throw typeError(`tensors must be an object of name -> tensor, got ${describe(tensors)}`);
-  const head: Record<string, unknown> = Object.create(null); // a tensor may be named __proto__
-  if (metadata !== undefined) {
-    for (const [k, v] of Object.entries(checkOptions(metadata, 'metadata')))
-      if (typeof v !== 'string') throw typeError(`metadata.${k} must be a string, got ${describe(v)}`);
-    head.__metadata__ = metadata;
-  }
-  const entries = Object.entries(tensors);
-  let offset = 0;
-  for (const [name, t] of entries) {
-    if (name === '__metadata__') throw typeError(`${file}: '__metadata__' is reserved and cannot name a tensor`);
-    checkTensor(t, `tensors['${name}']`);
-    const bytes = t.data.byteLength;
-    head[name] = { dtype: FROM_LIBRARY[t.type], shape: [...t.dims], data_offsets: [offset, offset + bytes] };
-    offset += bytes;
-  }
-  let json = JSON.stringify(head);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8); // the format pads the header to 8 bytes
-  const body = Buffer.from(json, 'utf8');
-  const header = Buffer.alloc(8 + body.length);
-  header.writeBigUInt64LE(BigInt(body.length), 0);
-  body.copy(header, 8);
-  return { header, entries };
-}
-
-const bytesOf = (t: Tensor) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-
-/**
- * Writes tensors (in the object's key order) and optional string metadata to a safetensors file.
- */
-export async function writeSafetensors(file: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): Promise<void> {
-  checkLittleEndian();
-  const abs = checkPath(file);
-  const { header, entries } = buildHeader(tensors, metadata, abs);
-  const fh = await fs.promises.open(abs, 'w');
-  try {
-    await fh.write(header);
-    for (const [, t] of entries) {
-      const b = bytesOf(t);
-      for (let done = 0; done < b.length; ) done += (await fh.write(b, done, Math.min(MAX_READ, b.length - done))).bytesWritten;
-    }
-  } finally {
-    await fh.close();
-  }
-}
-
-export function writeSafetensorsSync(file: string, tensors: Record<string, Tensor>, metadata?: Record<string, string>): void {
-  checkLittleEndian();
-  const abs = checkPath(file);
-  const { header, entries } = buildHeader(tensors, metadata, abs);
-  const fd = fs.openSync(abs, 'w');
-  try {
-    fs.writeSync(fd, header);
-    for (const [, t] of entries) {
-      const b = bytesOf(t);
-      for (let done = 0; done < b.length; ) done += fs.writeSync(fd, b, done, Math.min(MAX_READ, b.length - done));
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-export interface ShardOptions {
-  /** Start a new shard when the next tensor would take the current one past this. Default 5 GB. */
-  maxShardBytes?: number;
-  /** Metadata written into every shard's header. */
-  metadata?: Record<string, string>;
-}
-
-/**
- * Writes a sharded checkpoint into `dir` as Hugging Face does: `model-00001-of-0000N.safetensors`
- * ... and `model.safetensors.index.json` ({metadata: {total_size}, weight_map}). Returns the shard
- * file names.
- */
-export async function writeShardedSafetensors(dir: string, tensors: Record<string, Tensor>, options?: ShardOptions): Promise<string[]> {
-  const o = checkOptions(options);
-  const max = o.maxShardBytes ?? 5e9;
-  if (typeof max !== 'number' || !(max > 0)) throw typeError(`options.maxShardBytes must be a positive number, got ${describe(max)}`);
-  if (tensors === null || typeof tensors !== 'object') throw typeError(`tensors must be an object of name -> tensor, got ${describe(tensors)}`);
-  const shards: Record<string, Tensor>[] = [];
-  let size = Infinity;
-  let total = 0;
-  for (const [name, t] of Object.entries(tensors)) {
-    const bytes = checkTensor(t, `tensors['${name}']`).data.byteLength;
-    if (size + bytes > max || shards.length === 0) {
-      shards.push({});
-      size = 0;
-    }
-    shards[shards.length - 1][name] = t;
-    size += bytes;
-    total += bytes;
-  }
-  await fs.promises.mkdir(dir, { recursive: true });
-  const pad = (i: number) => String(i).padStart(5, '0');
-  const names = shards.map((_, i) => `model-${pad(i + 1)}-of-${pad(shards.length)}.safetensors`);
-  const weightMap: Record<string, string> = Object.create(null);
-  for (let i = 0; i < shards.length; i++) {
-    await writeSafetensors(path.join(dir, names[i]), shards[i], o.metadata as Record<string, string> | undefined);
-    for (const name of Object.keys(shards[i])) weightMap[name] = names[i];
-  }
-  const index = { metadata: { total_size: total }, weight_map: weightMap };
-  await fs.promises.writeFile(path.join(dir, INDEX_FILE), JSON.stringify(index, null, 2) + '\n');
-  return names;
-}
-
-// ---- checkpoints --------------------------------------------------------------------------------
-
+/** The file names of a Hugging Face checkpoint: one file, or shards listed by an index. */
 export const SINGLE_FILE = 'model.safetensors';
 export const INDEX_FILE = 'model.safetensors.index.json';
-
-/**
- * A Hugging Face checkpoint: one safetensors file, or the shards of an index. Opening reads every
- * header (never the data) and checks that each tensor of the index is in its shard.
- */
-export class Checkpoint {
-  /** The directory of the checkpoint (where config.json would be). */
-  readonly dir: string;
-  /** The safetensors files, absolute paths, in shard order. */
-  readonly files: readonly string[];
-  readonly #byName: Map<string, { info: TensorInfo; file: SafetensorsFile }>;
-  readonly #files: SafetensorsFile[];
-
-  private constructor(dir: string, files: SafetensorsFile[], byName: Map<string, { info: TensorInfo; file: SafetensorsFile }>) {
-    this.dir = dir;
-    this.#files = files;
-    this.files = files.map((f) => f.path);
-    this.#byName = byName;
-  }
-
-  /**
-   * Opens a checkpoint from a directory (`model.safetensors.index.json` wins over
-   * `model.safetensors`), an index file, or one `.safetensors` file.
-   */
-  static async open(source: string): Promise<Checkpoint> {
-    const { dir, index, single } = locate(source);
-    if (single !== undefined) {
-      const f = await SafetensorsFile.open(single);
-      return new Checkpoint(dir, [f], byNameOf([f]));
-    }
-    const { weightMap, shardFiles } = readIndex(index!, dir);
-    const files: SafetensorsFile[] = [];
-    try {
-      for (const s of shardFiles) files.push(await SafetensorsFile.open(s));
-      return new Checkpoint(dir, files, byNameOfIndex(index!, weightMap, files));
-    } catch (e) {
-      files.forEach((f) => f.close());
-      throw e;
-    }
-  }
-
-  static openSync(source: string): Checkpoint {
-    const { dir, index, single } = locate(source);
-    if (single !== undefined) {
-      const f = SafetensorsFile.openSync(single);
-      return new Checkpoint(dir, [f], byNameOf([f]));
-    }
-    const { weightMap, shardFiles } = readIndex(index!, dir);
-    const files: SafetensorsFile[] = [];
-    try {
-      for (const s of shardFiles) files.push(SafetensorsFile.openSync(s));
-      return new Checkpoint(dir, files, byNameOfIndex(index!, weightMap, files));
-    } catch (e) {
-      files.forEach((f) => f.close());
-      throw e;
-    }
-  }
-
-  /** Tensor names, in file then header order. */
-  names(): string[] {
-    return [...this.#byName.keys()];
-  }
-
-  has(name: string): boolean {
-    return this.#byName.has(name);
-  }
-
-  /** The header entry of a tensor (with its file); MoeError ERR_TENSOR_MISSING when absent. */
-  info(name: string): TensorInfo {
-    return this.#entry(name).info;
-  }
-
-  infos(): TensorInfo[] {
-    return [...this.#byName.values()].map((e) => e.info);
-  }
-
-  /** Bytes of tensor data over all files. */
-  get totalBytes(): number {
-    let n = 0;
-    for (const e of this.#byName.values()) n += e.info.byteLength;
-    return n;
-  }
-
-  read(name: string, options?: ReadOptions): Promise<Tensor> {
-    try {
-      const e = this.#entry(name);
-      return e.file.read(name, options);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-
-  readSync(name: string, options?: ReadOptions): Tensor {
-    return this.#entry(name).file.readSync(name, options);
-  }
-
-  /** Closes every file. */
-  close(): void {
-    this.#files.forEach((f) => f.close());
-  }
-
-  /** `using ckpt = Checkpoint.openSync(dir)`: close() at the end of the scope. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
-
-  /** `await using ckpt = await Checkpoint.open(dir)`: close(), resolved once reads in flight finish. */
-  async [Symbol.asyncDispose](): Promise<void> {
-    await Promise.all(this.#files.map((f) => f[Symbol.asyncDispose]()));
-  }
-
-  #entry(name: string) {
-    const e = this.#byName.get(name);
-    if (!e) throw new MoeError(`checkpoint ${this.dir}: no tensor '${name}' (in ${this.files.map((f) => path.basename(f)).join(', ')})`, 'ERR_TENSOR_MISSING');
-    return e;
-  }
-}
-
-function locate(source: unknown): { dir: string; index?: string; single?: string } {
-  const abs = checkPath(source);
-  let st: fs.Stats;
-  try {
-    st = fs.statSync(abs);
-  } catch (e) {
-    throw openError(abs, e);
-  }
-  if (st.isDirectory()) {
-    if (fs.existsSync(path.join(abs, INDEX_FILE))) return { dir: abs, index: path.join(abs, INDEX_FILE) };
-    if (fs.existsSync(path.join(abs, SINGLE_FILE))) return { dir: abs, single: path.join(abs, SINGLE_FILE) };
-    throw new MoeError(`${abs}: no ${INDEX_FILE} or ${SINGLE_FILE} in this directory`, 'ERR_FILE_NOT_FOUND');
-  }
-  if (abs.endsWith('.json')) return { dir: path.dirname(abs), index: abs };
-  return { dir: path.dirname(abs), single: abs };
-}
-
-function readIndex(index: string, dir: string): { weightMap: Record<string, string>; shardFiles: string[] } {
-  let text: string;
-  try {
-    text = fs.readFileSync(index, 'utf8');
-  } catch (e) {
-    throw openError(index, e);
-  }
-  const bad = (msg: string) => new MoeError(`${index}: invalid checkpoint index: ${msg}`, 'ERR_SAFETENSORS_INDEX');
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch (e) {
-    throw bad(`the JSON does not parse (${(e as Error).message})`);
-  }
-  const wm = (parsed as Record<string, unknown> | null)?.weight_map;
-  if (wm === null || typeof wm !== 'object' || Array.isArray(wm)) throw bad(`weight_map must be an object of tensor name -> file, got ${describe(wm)}`);
-  // a Set, in first-seen order: an index names each shard once per tensor (thousands of times)
-  const shardFiles = new Set<string>();
-  for (const [name, f] of Object.entries(wm as Record<string, unknown>)) {
-    if (typeof f !== 'string' || f === '') throw bad(`weight_map['${name}'] must be a file name, got ${describe(f)}`);
-    const p = path.resolve(dir, f);
-    const rel = path.relative(dir, p);
-    if (rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(f)) throw bad(`weight_map['${name}'] = ${describe(f)} is outside the checkpoint directory`);
-    shardFiles.add(p);
-  }
-  if (shardFiles.size === 0) throw bad('weight_map is empty');
-  return { weightMap: wm as Record<string, string>, shardFiles: [...shardFiles] };
-}
-
-function byNameOf(files: SafetensorsFile[]) {
-  const m = new Map<string, { info: TensorInfo; file: SafetensorsFile }>();
-  for (const file of files) for (const info of file.infos()) m.set(info.name, { info, file });
-  return m;
-}
-
-function byNameOfIndex(index: string, weightMap: Record<string, string>, files: SafetensorsFile[]) {
-  const byPath = new Map(files.map((f) => [f.path, f]));
-  const m = new Map<string, { info: TensorInfo; file: SafetensorsFile }>();
-  for (const [name, f] of Object.entries(weightMap)) {
-    const file = byPath.get(path.resolve(path.dirname(index), f))!;
-    if (!file.has(name))
-      throw new MoeError(`${index}: weight_map puts tensor '${name}' in ${f}, but that file has no such tensor`, 'ERR_TENSOR_MISSING');
-    m.set(name, { info: file.info(name), file });
-  }
-  return m;
-}

@@ -30,7 +30,8 @@ import { parseMixtralConfig, parseMoeConfig, type MixtralConfig, type ModelType,
 import { describe, MoeError, typeError } from '../core/errors.js';
 import type { DenseFfnWeights, SharedExpertsWeights } from '../moe/layers.js';
 import { checkOptions } from '../core/options.js';
-import { Checkpoint, type TensorInfo } from './safetensors.js';
+import { Checkpoint } from './checkpoint.js';
+import { type TensorInfo } from './safetensors.js';
 import { cast, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
 
 export type ExpertLayout = 'per-expert' | 'packed';

@@ -24,7 +24,7 @@ import { boolOption, checkOptions, intOption } from '../core/options.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from '../hf/params.js';
 import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
 import { MoeCheckpoint, type DecoderLayerWeights, type LoadProgress, type ModelGlobalWeights } from '../hf/weights.js';
-import { activation, keep, checkAborted, checkSignal, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions } from './runtime.js';
+import { activation, keep, checkAborted, checkSignal, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions, type AbortSignalLike } from './runtime.js';
 import { MixtralBlock } from './block.js';
 
 
@@ -49,14 +49,6 @@ export interface ModelForwardOptions {
   startPos?: number;
 }
 
-/**
- * An AbortSignal (Node's global one, or the DOM's): declared by shape so that the package's types
- * compile without @types/node or lib.dom. At run time `signal` must be a real AbortSignal.
- */
-export interface AbortSignalLike {
-  readonly aborted: boolean;
-  readonly reason?: unknown;
-}
 
 export interface GenerateOptions {
   /** Tokens to generate (at most). Default 16. */
@@ -442,7 +434,7 @@ export class MixtralModel {
   }
 
   /** One token at `pos` through the caches: logits [1,V] in the reused decode buffer. */
-  async #decodeStep(id: number, pos: number, signal: AbortSignal | undefined): Promise<AnyTensor> {
+  async #decodeStep(id: number, pos: number, signal: AbortSignalLike | undefined): Promise<AnyTensor> {
     const dec = this.#decodeBuffers();
     dec.ids.data[0] = id;
     await dec.ws.setPositions(pos);
@@ -456,7 +448,7 @@ export class MixtralModel {
    * T tokens from `start`: logits [T,V] (a fresh tensor, on the model's place), or only the last
    * position's [1,V] (in the reused decode buffer) when `lastOnly`.
    */
-  async #forward(ids: Int32Array, start: number, lastOnly: boolean, signal: AbortSignal | undefined): Promise<AnyTensor> {
+  async #forward(ids: Int32Array, start: number, lastOnly: boolean, signal: AbortSignalLike | undefined): Promise<AnyTensor> {
     const T = ids.length;
     if (T === 1 && lastOnly) return this.#decodeStep(ids[0], start, signal);
     const ws = T === 1 ? this.#decodeBuffers().ws : new Workspace(this.config, T, this.#place);
@@ -480,7 +472,7 @@ export class MixtralModel {
     }
   }
 
-  async #blocks(h: AnyTensor, ws: Workspace, start: number, signal: AbortSignal | undefined): Promise<void> {
+  async #blocks(h: AnyTensor, ws: Workspace, start: number, signal: AbortSignalLike | undefined): Promise<void> {
     // a failed or aborted call leaves the caches mid-sequence: keep `length` at the last good state
     this.#length = Math.min(this.#length, start);
     const E = this.config.numExperts;
@@ -508,3 +500,4 @@ export class MixtralModel {
 
 /** MixtralModel under a family-neutral name: it runs Mixtral, Qwen2-MoE and DeepSeek-MoE. */
 export { MixtralModel as MoeModel };
+export type { AbortSignalLike };

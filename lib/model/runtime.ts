@@ -96,18 +96,27 @@ export class Workspace {
 
 }
 
-export function checkAborted(signal: AbortSignal | undefined): void {
+/**
+ * An AbortSignal (Node's global one, or the DOM's): declared by shape so that the package's types
+ * compile without @types/node or lib.dom. At run time `signal` must be a real AbortSignal.
+ */
+export interface AbortSignalLike {
+  readonly aborted: boolean;
+  readonly reason?: unknown;
+}
+
+export function checkAborted(signal: AbortSignalLike | undefined): void {
   if (signal?.aborted) throw abortError(signal);
 }
 
-export function abortError(signal: AbortSignal): MoeError {
+export function abortError(signal: AbortSignalLike): MoeError {
   const e = new MoeError('the operation was aborted', 'ERR_ABORTED');
   e.name = 'AbortError';
   (e as { cause?: unknown }).cause = signal.reason;
   return e;
 }
 
-export function checkSignal(v: unknown): AbortSignal | undefined {
+export function checkSignal(v: unknown): AbortSignalLike | undefined {
   if (v === undefined) return undefined;
   if (!(v instanceof AbortSignal)) throw typeError(`options.signal must be an AbortSignal, got ${describe(v)}`);
   return v;
