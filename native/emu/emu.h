@@ -19,7 +19,7 @@
 //
 // The CUDA headers are used for the types (dim3, cudaError_t, cudaStream_t, __nv_bfloat16, ...):
 // cuda_bf16.h / cuda_fp16.h pull in cuda_runtime_api.h, and the host functions it declares that
-// kernels' launchers need are defined by emu_runtime.cc. So an emulated build must never also link
+// kernels' launchers need are defined by emu_shims.cc. So an emulated build must never also link
 // cudart. Keyword macros (__global__, __shared__, ...) are defined first, before any CUDA header.
 #pragma once
 
@@ -115,7 +115,7 @@ inline ThreadCtx& ctx(const char* what) {
   return *c;
 }
 
-// ---- runtime entry points used by the device functions below (emu_runtime.cc) -------------------
+// ---- runtime entry points used by the device functions below (emu_worker.cc) ---------------------
 
 enum class BarrierOp : int { kSync, kCount, kAnd, kOr };
 // Block barrier; returns the reduction for kCount / kAnd / kOr.

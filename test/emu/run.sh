@@ -29,7 +29,7 @@ if [ ! -f "$CUDA_HOME/include/cuda_runtime_api.h" ]; then
 fi
 
 common=(-std=c++17 -g1 -Wall -Wextra -Wno-unknown-pragmas -isystem "$CUDA_HOME/include" -I"$root/native/include" -pthread)
-runtime_srcs=("$root/native/emu/fiber.cc" "$root/native/emu/emu_runtime.cc")
+runtime_srcs=("$root/native/emu/fiber.cc" "$root/native/emu/emu_worker.cc" "$root/native/emu/emu_shims.cc")
 kernel_srcs=("$here/check.cc" "$here/emu_test.cc" "$root/native/backends/cuda/routing.cu" "$here/routing_test.cc"
              "$here/gemm_demo.cu" "$here/gemm_demo_test.cc"
              "$root/native/backends/cuda/permute.cu" "$here/permute_test.cc" "$root/native/backends/cuda/combine.cu" "$here/combine_test.cc")

@@ -1,4 +1,4 @@
-// moe-kernels CUDA emulator: the runtime behind native/emu/emu.h.
+// moe-kernels CUDA emulator: the execution model behind native/emu/emu.h.
 //
 //   launch()            validates the configuration, then runs the grid's blocks on the calling
 //                       thread or on a pool of OS threads (Worker::run_block for each block);
@@ -8,7 +8,7 @@
 //   errors              a failed check records the first error of the block and unwinds the
 //                       calling fiber with a FiberAbort exception; the scheduler then resumes every
 //                       other live fiber with `abort` set, so each unwinds too and nothing leaks;
-//   host shims          the cuda_runtime_api.h functions the launchers use, on host memory.
+//   host shims          the cuda_runtime_api.h functions the launchers use: emu_shims.cc.
 #include <cxxabi.h>
 #include <dlfcn.h>
 
@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "emu_state.h"
 #include "fiber.h"
 
 #if defined(MOE_EMU_ASAN)  // from fiber.h
@@ -40,47 +41,10 @@
 
 __thread moe_emu::ThreadCtx* moe_emu_current __attribute__((tls_model("initial-exec"))) = nullptr;
 
-// cudaStream_t is `CUstream_st*`; the emulator runs everything at launch time, so a stream is only
-// a handle.
-struct CUevent_st {
-  std::chrono::steady_clock::time_point at;  // when cudaEventRecord ran (work is done by then)
-};
-struct CUstream_st {
-  int unused;
-};
-
 namespace moe_emu {
-namespace {
 
-// ---- limits of the emulated device (the CUDA programming guide's table for cc 8.x / 9.0) --------
-constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr unsigned kMaxBlockDimXY = 1024;
-constexpr unsigned kMaxBlockDimZ = 64;
-constexpr unsigned kMaxGridDimX = 2147483647u;
-constexpr unsigned kMaxGridDimYZ = 65535;
-constexpr size_t kStaticSharedLimit = 48 * 1024;       // static __shared__ per block
-constexpr size_t kDefaultSharedLimit = 48 * 1024;      // static + dynamic without the opt-in
-constexpr size_t kDefaultSharedOptin = 99 * 1024;      // sm_86 / sm_89, the smallest shipped target
-constexpr size_t kMaxSharedOptin = 227 * 1024;         // sm_90, the largest (MOE_EMU_SMEM_OPTIN cap)
-constexpr int kEmulatedSmCount = 8;                    // small, so grid-stride kernels still loop
-// ---- emulator bookkeeping --------------------------------------------------------------------------
-constexpr size_t kRedzoneBytes = 128;                  // canary fence around each shared array
-constexpr size_t kMinSharedAlign = 16;                 // what ldmatrix and cp.async need
-constexpr size_t kArenaBytes = 512 * 1024;             // kMaxSharedOptin + 48 KB static + redzones
-static_assert(kMaxSharedOptin + kStaticSharedLimit + 64 * kRedzoneBytes <= kArenaBytes,
-              "the arena holds the largest block with room for 64 shared arrays' redzones");
-constexpr size_t kDefaultStackKB = 128;
-constexpr size_t kDeviceAllocAlign = 256;              // cudaMalloc's alignment guarantee
-constexpr unsigned char kPoisonByte = 0xFF;            // NaN as f32, f16 and bf16; -1 as int
-constexpr unsigned char kCanaryLo = 0xBB, kCanaryHi = 0x7F;  // 0x7FBB per 16 bits: NaN as bf16, f16, f32
-constexpr int kLdmatrixRows = 8;                       // rows of one m8n8 matrix
-constexpr int kLdmatrixRowBytes = 16;                  // 8 x b16
-constexpr int kMmaM = 16, kMmaN = 8, kMmaK = 16;
-constexpr int kCpAsyncBytes = 16;
+// ---- shared with emu_shims.cc (emu_state.h) ----------------------------------------------------------
 
-// ---- small helpers -----------------------------------------------------------------------------
-
-std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
 std::string fmt(const char* f, ...) {
   char buf[1024];
   va_list ap;
@@ -89,6 +53,58 @@ std::string fmt(const char* f, ...) {
   va_end(ap);
   return buf;
 }
+
+Config& config() {
+  static Config* c = new Config;  // never destroyed: pool threads may outlive static destructors
+  std::call_once(c->env_once, [] {
+    Config& k = *c;
+    if (const char* s = std::getenv("MOE_EMU_SCHEDULE")) {
+      const std::string v = s;
+      if (v.rfind("reverse", 0) == 0) k.schedule = int(Schedule::kReverse);
+      else if (v.rfind("random", 0) == 0) k.schedule = int(Schedule::kRandom);
+      else k.schedule = int(Schedule::kRoundRobin);
+      const size_t colon = v.find(':');
+      if (colon != std::string::npos) k.seed = std::strtoull(v.c_str() + colon + 1, nullptr, 10);
+    }
+    if (const char* s = std::getenv("MOE_EMU_THREADS")) k.threads = std::max(1, std::atoi(s));
+    if (const char* s = std::getenv("MOE_EMU_STACK_KB")) {
+      const long kb = std::atol(s);
+      if (kb >= 16) k.stack_bytes = size_t(kb) * 1024;
+    }
+    if (const char* s = std::getenv("MOE_EMU_SMEM_OPTIN")) {
+      const long b = std::atol(s);
+      if (b >= long(kDefaultSharedLimit) && size_t(b) <= kMaxSharedOptin) k.smem_optin = size_t(b);
+    }
+  });
+  return *c;
+}
+
+std::mutex g_attr_mu;
+std::map<const void*, int>& max_dynamic_smem_attr() {
+  static auto* m = new std::map<const void*, int>;
+  return *m;
+}
+
+
+// The last error seen on this host thread: code for cudaGetLastError, message for error_string.
+thread_local cudaError_t t_last_error = cudaSuccess;
+thread_local cudaError_t t_message_code = cudaSuccess;
+thread_local std::string t_message;
+
+void set_message(cudaError_t code, std::string msg) {
+  t_message_code = code;
+  t_message = std::move(msg);
+}
+
+cudaError_t host_error(cudaError_t code, std::string msg) {  // a failed host call
+  t_last_error = code;
+  set_message(code, std::move(msg));
+  return code;
+}
+
+namespace {
+
+// ---- small helpers -----------------------------------------------------------------------------
 
 std::string dim_str(uint3 d) { return fmt("(%u,%u,%u)", d.x, d.y, d.z); }
 std::string dim_str(dim3 d) { return fmt("(%u,%u,%u)", d.x, d.y, d.z); }
@@ -182,67 +198,8 @@ std::string kernel_name(const void* kernel) {
   return fmt("kernel@%p", kernel);
 }
 
-// ---- configuration ---------------------------------------------------------------------------
-
-struct Config {
-  std::atomic<int> schedule{int(Schedule::kRoundRobin)};
-  std::atomic<uint64_t> seed{1};
-  std::atomic<int> threads{1};
-  size_t stack_bytes = kDefaultStackKB * 1024;
-  size_t smem_optin = kDefaultSharedOptin;
-  std::once_flag env_once;
-};
-
-Config& config() {
-  static Config* c = new Config;  // never destroyed: pool threads may outlive static destructors
-  std::call_once(c->env_once, [] {
-    Config& k = *c;
-    if (const char* s = std::getenv("MOE_EMU_SCHEDULE")) {
-      const std::string v = s;
-      if (v.rfind("reverse", 0) == 0) k.schedule = int(Schedule::kReverse);
-      else if (v.rfind("random", 0) == 0) k.schedule = int(Schedule::kRandom);
-      else k.schedule = int(Schedule::kRoundRobin);
-      const size_t colon = v.find(':');
-      if (colon != std::string::npos) k.seed = std::strtoull(v.c_str() + colon + 1, nullptr, 10);
-    }
-    if (const char* s = std::getenv("MOE_EMU_THREADS")) k.threads = std::max(1, std::atoi(s));
-    if (const char* s = std::getenv("MOE_EMU_STACK_KB")) {
-      const long kb = std::atol(s);
-      if (kb >= 16) k.stack_bytes = size_t(kb) * 1024;
-    }
-    if (const char* s = std::getenv("MOE_EMU_SMEM_OPTIN")) {
-      const long b = std::atol(s);
-      if (b >= long(kDefaultSharedLimit) && size_t(b) <= kMaxSharedOptin) k.smem_optin = size_t(b);
-    }
-  });
-  return *c;
-}
-
-// Per-function attributes set with cudaFuncSetAttribute.
-std::mutex g_attr_mu;
-std::map<const void*, int>& max_dynamic_smem_attr() {
-  static auto* m = new std::map<const void*, int>;
-  return *m;
-}
-
 std::mutex g_site_mu;
 int g_next_site_id = 0;
-
-// The last error seen on this host thread: code for cudaGetLastError, message for error_string.
-thread_local cudaError_t t_last_error = cudaSuccess;
-thread_local cudaError_t t_message_code = cudaSuccess;
-thread_local std::string t_message;
-
-void set_message(cudaError_t code, std::string msg) {
-  t_message_code = code;
-  t_message = std::move(msg);
-}
-
-cudaError_t host_error(cudaError_t code, std::string msg) {  // a failed host call
-  t_last_error = code;
-  set_message(code, std::move(msg));
-  return code;
-}
 
 // Thrown into a fiber to unwind it: deliberately not a std::exception, so that no kernel-side
 // `catch (const std::exception&)` swallows it.
@@ -1260,202 +1217,3 @@ cudaError_t launch(const LaunchSpec& spec) {
 }
 
 }  // namespace moe_emu
-
-// ---- host shims: the cuda_runtime_api.h functions that launchers and tests use ---------------------
-using moe_emu::host_error;
-
-namespace {
-size_t g_optin() { return moe_emu::config().smem_optin; }
-}  // namespace
-
-extern "C" {
-
-cudaError_t cudaGetLastError(void) {
-  const cudaError_t e = moe_emu::t_last_error;
-  moe_emu::t_last_error = cudaSuccess;
-  return e;
-}
-
-cudaError_t cudaPeekAtLastError(void) { return moe_emu::t_last_error; }
-
-const char* cudaGetErrorName(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess: return "cudaSuccess";
-    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
-    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
-    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
-    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
-    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
-    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
-    case cudaErrorMisalignedAddress: return "cudaErrorMisalignedAddress";
-    case cudaErrorIllegalInstruction: return "cudaErrorIllegalInstruction";
-    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
-    case cudaErrorNotSupported: return "cudaErrorNotSupported";
-    default: return "cudaErrorUnknown";
-  }
-}
-
-const char* cudaGetErrorString(cudaError_t error) {
-  switch (error) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
-    case cudaErrorMisalignedAddress: return "misaligned address";
-    case cudaErrorIllegalInstruction: return "an illegal instruction was encountered";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorNotSupported: return "operation not supported";
-    default: return "unknown error";
-  }
-}
-
-cudaError_t cudaMalloc(void** ptr, size_t size) {
-  if (!ptr) return host_error(cudaErrorInvalidValue, "cudaMalloc: null result pointer");
-  *ptr = nullptr;
-  if (size == 0) return cudaSuccess;
-  const size_t rounded = (size + moe_emu::kDeviceAllocAlign - 1) / moe_emu::kDeviceAllocAlign *
-                         moe_emu::kDeviceAllocAlign;
-  void* p = std::aligned_alloc(moe_emu::kDeviceAllocAlign, rounded);
-  if (!p) return host_error(cudaErrorMemoryAllocation, moe_emu::fmt("cudaMalloc: %zu bytes", size));
-  std::memset(p, moe_emu::kPoisonByte, rounded);  // device memory starts out as garbage: make it NaN
-  *ptr = p;
-  return cudaSuccess;
-}
-
-cudaError_t cudaFree(void* ptr) {
-  std::free(ptr);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMallocHost(void** ptr, size_t size) { return cudaMalloc(ptr, size); }
-cudaError_t cudaHostAlloc(void** ptr, size_t size, unsigned int) { return cudaMalloc(ptr, size); }
-cudaError_t cudaFreeHost(void* ptr) { return cudaFree(ptr); }
-
-cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, enum cudaMemcpyKind) {
-  if (count && (!dst || !src)) return host_error(cudaErrorInvalidValue, "cudaMemcpy: null pointer");
-  if (count) std::memmove(dst, src, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, enum cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, count, kind);
-}
-
-cudaError_t cudaMemset(void* ptr, int value, size_t count) {
-  if (count && !ptr) return host_error(cudaErrorInvalidValue, "cudaMemset: null pointer");
-  if (count) std::memset(ptr, value, count);
-  return cudaSuccess;
-}
-
-cudaError_t cudaMemsetAsync(void* ptr, int value, size_t count, cudaStream_t) {
-  return cudaMemset(ptr, value, count);
-}
-
-cudaError_t cudaStreamCreate(cudaStream_t* stream) {
-  if (!stream) return host_error(cudaErrorInvalidValue, "cudaStreamCreate: null result pointer");
-  *stream = new CUstream_st{0};
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) { return cudaStreamCreate(stream); }
-
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  delete stream;
-  return cudaSuccess;
-}
-
-// Stream-ordered allocation: the emulator runs every operation when it is issued, so these are the
-// plain forms.
-cudaError_t cudaMallocAsync(void** ptr, size_t size, cudaStream_t) { return cudaMalloc(ptr, size); }
-cudaError_t cudaFreeAsync(void* ptr, cudaStream_t) { return cudaFree(ptr); }
-
-// Events: a host timestamp taken when recorded (everything issued before it has run by then).
-cudaError_t cudaEventCreate(cudaEvent_t* event) {
-  if (!event) return host_error(cudaErrorInvalidValue, "cudaEventCreate: null result pointer");
-  *event = new CUevent_st{std::chrono::steady_clock::now()};
-  return cudaSuccess;
-}
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int) { return cudaEventCreate(event); }
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  delete event;
-  return cudaSuccess;
-}
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t) {
-  if (!event) return host_error(cudaErrorInvalidValue, "cudaEventRecord: null event");
-  event->at = std::chrono::steady_clock::now();
-  return cudaSuccess;
-}
-cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-// Work completes when it is issued: a recorded event is always reached.
-cudaError_t cudaEventQuery(cudaEvent_t event) {
-  if (!event) return host_error(cudaErrorInvalidValue, "cudaEventQuery: null event");
-  return cudaSuccess;
-}
-cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
-  if (!ms || !start || !end) return host_error(cudaErrorInvalidValue, "cudaEventElapsedTime: null argument");
-  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
-  return cudaSuccess;
-}
-
-cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
-
-cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr, int value) {
-  if (!func) return host_error(cudaErrorInvalidValue, "cudaFuncSetAttribute: null function");
-  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
-    if (value < 0 || size_t(value) > g_optin())
-      return host_error(cudaErrorInvalidValue,
-                        moe_emu::fmt("cudaFuncSetAttribute: MaxDynamicSharedMemorySize %d is not in "
-                                     "[0, %zu]",
-                                     value, g_optin()));
-    std::lock_guard<std::mutex> lock(moe_emu::g_attr_mu);
-    moe_emu::max_dynamic_smem_attr()[func] = value;
-  }
-  return cudaSuccess;  // other attributes (carveout, ...) are performance hints
-}
-
-cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr attr, int device) {
-  if (!value) return host_error(cudaErrorInvalidValue, "cudaDeviceGetAttribute: null result pointer");
-  if (device != 0) return host_error(cudaErrorInvalidDevice, "cudaDeviceGetAttribute: the emulator has device 0 only");
-  switch (attr) {
-    case cudaDevAttrMaxThreadsPerBlock: *value = int(moe_emu::kMaxThreadsPerBlock); break;
-    case cudaDevAttrMaxBlockDimX:
-    case cudaDevAttrMaxBlockDimY: *value = int(moe_emu::kMaxBlockDimXY); break;
-    case cudaDevAttrMaxBlockDimZ: *value = int(moe_emu::kMaxBlockDimZ); break;
-    case cudaDevAttrMaxGridDimX: *value = int(moe_emu::kMaxGridDimX); break;
-    case cudaDevAttrMaxGridDimY:
-    case cudaDevAttrMaxGridDimZ: *value = int(moe_emu::kMaxGridDimYZ); break;
-    case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(moe_emu::kDefaultSharedLimit); break;
-    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(g_optin()); break;
-    case cudaDevAttrWarpSize: *value = moe_emu::kWarpSize; break;
-    case cudaDevAttrMultiProcessorCount: *value = moe_emu::kEmulatedSmCount; break;
-    case cudaDevAttrComputeCapabilityMajor: *value = MOE_EMU_ARCH / 100; break;
-    case cudaDevAttrComputeCapabilityMinor: *value = MOE_EMU_ARCH % 100 / 10; break;
-    default:
-      return host_error(cudaErrorInvalidValue,
-                        moe_emu::fmt("cudaDeviceGetAttribute: attribute %d is not emulated", int(attr)));
-  }
-  return cudaSuccess;
-}
-
-cudaError_t cudaGetDevice(int* device) {
-  if (!device) return host_error(cudaErrorInvalidValue, "cudaGetDevice: null result pointer");
-  *device = 0;
-  return cudaSuccess;
-}
-
-cudaError_t cudaSetDevice(int device) {
-  return device == 0 ? cudaSuccess
-                     : host_error(cudaErrorInvalidDevice, "cudaSetDevice: the emulator has device 0 only");
-}
-
-cudaError_t cudaGetDeviceCount(int* count) {
-  if (!count) return host_error(cudaErrorInvalidValue, "cudaGetDeviceCount: null result pointer");
-  *count = 1;
-  return cudaSuccess;
-}
-
-}  // extern "C"
