@@ -13,6 +13,7 @@ import {
   add,
   attention,
   availableBackends,
+  cast,
   DenseFfn,
   DeviceTensor,
   embedding,
@@ -47,6 +48,19 @@ s('a device backend is present when the run requires one; none: device tensors a
 for (const backend of DEVICES) {
   const dev = { backend };
   const up = <T extends Tensor>(t: T) => DeviceTensor.fromSync(t, dev);
+
+  s(`${backend}: cast between every pair of float types, as the host's cast rounds`, async () => {
+    for (const from of FLOAT_TYPES)
+      for (const to of FLOAT_TYPES) {
+        const x = rt(from, 37 * 5, 4601, 300, [37, 5]);
+        const want = cast(x, to);
+        const d = up(x);
+        assertSameTensor((await d.cast(to)).toHostSync(), want, `${from} -> ${to} (async)`);
+        assertSameTensor(d.castSync(to).toHostSync(), want, `${from} -> ${to} (sync)`);
+        d.dispose();
+      }
+    assert.throws(() => up(rt('float32', 4, 1)).castSync('int32' as FloatType), /type must be one of/);
+  });
 
   s(`${backend}: upload, download, views, dispose`, async () => {
     const x = rt('bfloat16', 24, 1, 1, [4, 6]);

@@ -22,11 +22,13 @@ import {
   ropeSync,
   sample,
   sampleSync,
+  cast,
   tensor,
   zeros,
   type FloatType,
   type Tensor,
 } from '../lib/index';
+import { binding } from '../lib/core/binding';
 import { i32 } from './helpers/problems';
 import { assertClose, assertSameBits, assertSameTensor, FLOAT_TYPES, randInt, randn, tolFor, widen } from './helpers/reference';
 import { refAttention, refEmbedding, refLinear, refRmsNorm, refArgmax, refRope, refSample, roundAll } from './helpers/reference-model';
@@ -71,6 +73,20 @@ emb('first and last rows, repeated ids, T = 0, and a caller-provided out', () =>
 });
 
 // ---- RMS norm ----------------------------------------------------------------------------------------
+
+// The CPU backend's cast op (through the binding: the public cast() of host tensors is JS), against
+// the JS conversions, every pair; the same op on device tensors is in test/46.
+const castOp = suite('cast (CPU backend)');
+castOp('every pair of float types rounds as the JS cast does; sync and async; errors', async () => {
+  for (const from of FLOAT_TYPES)
+    for (const to of FLOAT_TYPES) {
+      const x = tensor(from, randn(70001, 6501, 300), [70001]) as Tensor;
+      const want = cast(x, to);
+      assertSameTensor(binding.cast(x as never, { outType: to }) as unknown as Tensor, want, `${from} -> ${to}`);
+      assertSameTensor((await binding.cast(x as never, { outType: to, async: true })) as unknown as Tensor, want, `${from} -> ${to} async`);
+    }
+  assert.throws(() => binding.cast(tensor('float32', [1], [1]) as never, {}), /options.outType \(or options.out\) is required/);
+});
 
 const norm = suite('rmsNorm');
 
@@ -487,6 +503,7 @@ smp('a caller-provided int32 out', () => {
 });
 
 emb.run();
+castOp.run();
 norm.run();
 lin.run();
 rp.run();

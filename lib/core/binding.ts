@@ -205,6 +205,8 @@ export interface NativeBinding {
   create_kv_cache(shape: { maxSeq: number; numKvHeads: number; headDim: number; type?: NativeDType }, options?: OnBackend): NativeKvCache;
   attention<A extends boolean = false>(q: AnyT, k: AnyT, v: AnyT, cache: NativeKvCache, options?: { startPos?: number; slidingWindow?: number } & Out & Async<A>): Ret<AnyT, A>;
   add<A extends boolean = false>(a: AnyT, b: AnyT, options?: Out & Async<A>): Ret<AnyT, A>;
+  /** x converted to outType (or out's type), on the backend of x's memory. */
+  cast<A extends boolean = false>(x: AnyT, options: Out & Async<A>): Ret<AnyT, A>;
   sample<A extends boolean = false>(logits: AnyT, options?: { temperature?: number; topP?: number; seed?: number; step?: number; out?: Maybe<NativeTensor> } & Async<A>): Ret<NativeTensor, A>;
   // ---- device tensors (native/napi/bind_device.cc) ----
   device_alloc(type: NativeDType, dims: number[], options?: OnBackend): NativeDeviceTensor;

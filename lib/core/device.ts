@@ -17,7 +17,7 @@ import { binding, type NativeDeviceBuffer, type NativeDeviceTensor, type NativeT
 import { deviceBackendName, resolveBackend, type BackendName, type ResolvedBackend } from './backend.js';
 import { describe, MoeError, rangeError, typeError } from './errors.js';
 import { checkOptions } from './options.js';
-import { checkDims, checkTensor, checkType, DTYPE_BYTES, type DType, type Tensor } from './tensor.js';
+import { checkDims, checkTensor, checkType, DTYPE_BYTES, FLOAT_TYPES, type DType, type FloatType, type Tensor } from './tensor.js';
 
 export interface DeviceOptions {
   /** A CUDA backend: 'auto' (default) means this build's CUDA backend, which must be available. */
@@ -102,6 +102,16 @@ export class DeviceTensor<T extends DType = DType> {
   async copyFrom(src: Tensor<T>): Promise<this> {
     await binding.device_upload(this.native(), checkTensor(src, 'src') as unknown as NativeTensor, { async: true });
     return this;
+  }
+
+  /** A new device tensor of this one's values converted to `type` (round to nearest even), on the device. */
+  async cast<U extends FloatType>(type: U): Promise<DeviceTensor<U>> {
+    checkType(type, 'type', FLOAT_TYPES);
+    return DeviceTensor.wrap<U>((await binding.cast(this.native(), { outType: type, async: true })) as NativeDeviceTensor);
+  }
+  castSync<U extends FloatType>(type: U): DeviceTensor<U> {
+    checkType(type, 'type', FLOAT_TYPES);
+    return DeviceTensor.wrap<U>(binding.cast(this.native(), { outType: type }) as NativeDeviceTensor);
   }
 
   /** The same memory with other dims (same number of elements). */

@@ -12,6 +12,7 @@
 //   attention(q, k, v, cache, {startPos, slidingWindow, outType, out, async}) -> [T,Hq,hd]
 //   add(a, b, {outType, out, async})                                     -> a's dims
 //   sample(logits, {temperature, topP, seed, step, out, async})          -> [T] int32 (host)
+//   cast(x, {outType, out, async})                                       -> x's dims in outType
 // outType and out may be absent; a given out must have the result's dims (and outType, when both are
 // given); it is written and returned.
 #include <napi.h>
@@ -258,6 +259,22 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
   return run_job(env, std::move(job));
 }
 
+Napi::Value Cast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 1, "cast");
+  Options o(info, 1, "cast", {"outType", "out"});
+  auto job = std::make_unique<Job>(o.async());
+  const Place place = place_of(info[0]);
+  job->backend = backend_of(place);
+  moe::CastArgs a;
+  a.src = tensor_arg(*job, info[0], "x", kAnyFloat, -1, place);
+  if (!o.has("outType") && !o.has("out")) throw_type_error(env, "cast: options.outType (or options.out) is required");
+  job->result = Napi::Persistent(output_arg(*job, o.get("out"), o.get("outType"), a.src.dtype, kAnyFloat, a.src, place, &a.dst));
+  moe::Backend* b = job->backend;
+  job->compute = [b, a]() { return b->cast(a); };
+  return run_job(env, std::move(job));
+}
+
 }  // namespace
 
 void InitDecoderBindings(Napi::Env env, Napi::Object exports) {
@@ -270,6 +287,7 @@ void InitDecoderBindings(Napi::Env env, Napi::Object exports) {
   exports.Set("attention", Napi::Function::New(env, Attention, "attention"));
   exports.Set("add", Napi::Function::New(env, Add, "add"));
   exports.Set("sample", Napi::Function::New(env, Sample, "sample"));
+  exports.Set("cast", Napi::Function::New(env, Cast, "cast"));
 }
 
 }  // namespace moe_addon

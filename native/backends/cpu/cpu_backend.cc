@@ -182,6 +182,21 @@ class CpuBackend final : public Backend {
     const int64_t V = l.dims[l.ndim - 1], T = l.ndim == 2 ? l.dims[0] : 1;
     return cpu::sample(f32(l), T, V, a.params, i32_out(a.ids));
   }
+  Status cast(const CastArgs& a) override {
+    MOE_RETURN_IF_ERROR(host("cast", a));
+    if (a.src.numel() != a.dst.numel()) return Status::invalid("cast: src and dst differ in size");
+    if (a.src.dtype == a.dst.dtype) {
+      if (a.src.bytes() && a.src.data != a.dst.data) std::memmove(a.dst.data, a.src.data, a.src.bytes());
+      return Status::ok();
+    }
+    const int64_t n = a.src.numel();
+    constexpr int64_t kChunk = 1 << 16;
+    parallel_for((n + kChunk - 1) / kChunk, [&](int64_t task, int) {
+      const int64_t i1 = std::min(n, (task + 1) * kChunk);
+      for (int64_t i = task * kChunk; i < i1; ++i) store_from_f32(a.dst.data, a.dst.dtype, size_t(i), load_as_f32(a.src.data, a.src.dtype, size_t(i)));
+    });
+    return Status::ok();
+  }
   Status copy(const CopyArgs& a) override {
     MOE_RETURN_IF_ERROR(host("copy", a));
     if (a.src.bytes() != a.dst.bytes()) return Status::invalid("copy: src and dst differ in size");

@@ -218,5 +218,16 @@ Status sample(const SampleArgs& a, cudaStream_t s) {
                   "sampling");
 }
 
+Status cast(const CastArgs& a, cudaStream_t s) {
+  if (a.src.dtype == a.dst.dtype) {
+    if (a.src.bytes() == 0 || a.src.data == a.dst.data) return Status::ok();
+    MOE_CUDA_TRY(cudaMemcpyAsync(a.dst.data, a.src.data, a.src.bytes(), cudaMemcpyDeviceToDevice, s), "copying on the device");
+    return Status::ok();
+  }
+  if (overlaps(a.src, a.dst)) return Status::invalid("cast: dst overlaps src");
+  MOE_EMU_SERIAL;
+  return launched(launch_cast(a.src.data, dev_dtype(a.src.dtype), a.dst.data, dev_dtype(a.dst.dtype), a.src.numel(), s), "cast");
+}
+
 }  // namespace cuda
 }  // namespace moe

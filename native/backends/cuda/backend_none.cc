@@ -49,6 +49,7 @@ class NoCudaBackend final : public Backend {
   Status attention(const AttentionArgs&) override { return none(); }
   Status add(const AddArgs&) override { return none(); }
   Status sample(const SampleArgs&) override { return none(); }
+  Status cast(const CastArgs&) override { return none(); }
 
  private:
   Status none() const { return Status::unsupported(caps_.reason); }

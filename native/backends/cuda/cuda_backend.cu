@@ -160,6 +160,7 @@ class CudaBackend final : public Backend {
   }
   Status add(const AddArgs& a) override { return run(a, nullptr, cuda::add); }
   Status sample(const SampleArgs& a) override { return run(a, nullptr, cuda::sample); }
+  Status cast(const CastArgs& a) override { return run(a, nullptr, cuda::cast); }
 
   Status time_moe_forward(const PackedExperts& w, int64_t T, int top_k, int iters, double* ms) override {
     MOE_RETURN_IF_ERROR(mine("time_moe_forward: the experts", &w));

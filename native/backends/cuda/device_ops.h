@@ -69,6 +69,7 @@ Status rope(const RopeArgs& a, cudaStream_t s);
 Status attention(const AttentionArgs& a, cudaStream_t s);
 Status add(const AddArgs& a, cudaStream_t s);
 Status sample(const SampleArgs& a, cudaStream_t s);
+Status cast(const CastArgs& a, cudaStream_t s);
 
 // ---- bench (backend_bench.cu) ----------------------------------------------------------------------
 Status time_moe_forward(const PackedExperts& w, int64_t T, int top_k, int iters, double* ms_per_call);

@@ -141,6 +141,7 @@ class Backend {
   virtual Status attention(const AttentionArgs& a) = 0;
   virtual Status add(const AddArgs& a) = 0;
   virtual Status sample(const SampleArgs& a) = 0;
+  virtual Status cast(const CastArgs& a) = 0;
 
   // ---- measurements for the bench ----
   // Host machine peaks, measured with the instruction set the backend's kernels use.

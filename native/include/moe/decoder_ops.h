@@ -8,6 +8,7 @@
 //   attention   q [T,Hq,hd], k/v [T,Hkv,hd], KV cache         -> out [T,Hq,hd]
 //   add         a [n], b [n]                                  -> out [n]          (may alias a)
 //   sample      logits [T,V] f32                              -> ids [T] i32
+//   cast        src [n], any float type                       -> dst [n], another float type
 //   copy        src                                           -> dst (host <-> device, device <-> device)
 //
 // Activations, weights and outputs may be f32, f16 or bf16 (each tensor its own type; the CUDA
@@ -152,6 +153,13 @@ struct SampleArgs {
   SampleParams params;
   TensorView ids;     // [T] i32
   template <class F> void visit(F&& f) { f(logits, Dir::kIn), f(ids, Dir::kOut); }
+};
+
+// dst[i] = src[i] converted to dst's float type (through f32, rounded to nearest even), the same
+// numel; src and dst of one type: a copy. dst may be src only when the types are the same.
+struct CastArgs {
+  TensorView src, dst;
+  template <class F> void visit(F&& f) { f(src, Dir::kIn), f(dst, Dir::kOut); }
 };
 
 // dst = src, byte for byte (same bytes); either may be host or device memory of the backend.
