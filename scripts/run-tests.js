@@ -4,7 +4,7 @@
 //   - the C++ suites under test/<area>/run.sh when present (e.g. the CUDA emulator's), which print
 //     their own `N passed, N failed` line;
 //   - the device-backend suites (test/45.cuda-backend.test.ts, test/46.device-tensors.test.ts,
-//     test/47.executors.test.ts, and
+//     test/47.executors.test.ts, test/48.paged-attention.test.ts, and
 //     test/67 and 68 for whole models on the device) on the test build of the addon, whose
 //     CUDA backend runs on the CPU emulator ('cuda-emu'), once per fiber schedule. The test build is
 //     made here (MOE_CUDA_EMU=1 scripts/build-native.js into build-emu/; incremental); without CUDA
@@ -90,7 +90,7 @@ function emulatedCudaPasses() {
   const addon = path.join(root, 'build-emu', 'Release', 'moe_kernels.node');
   for (const schedule of ['rr', 'reverse', 'random:7'])
     // 45: every device op; 46: device tensors and the model ops on them; 67, 68: whole models on the device
-    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|67|68)\\.'], parseUvu,
+    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|48|67|68)\\.'], parseUvu,
       { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter) emulatedCudaPasses();
@@ -123,8 +123,8 @@ function sanitizerPass() {
     UBSAN_OPTIONS: 'print_stacktrace=1',
   };
   const uvu = [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test'];
-  runSuite('sanitizers, CPU', process.execPath, [...uvu, '^(10|20|25|26|30|40|50|60|65|66|70|72|80)\\.'], parseUvu, env);
-  runSuite('sanitizers, cuda-emu', process.execPath, [...uvu, '^(45|46|47|67|68)\\.'], parseUvu, { ...env, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
+  runSuite('sanitizers, CPU', process.execPath, [...uvu, '^(10|20|25|26|30|40|48|50|60|65|66|70|72|80)\\.'], parseUvu, env);
+  runSuite('sanitizers, cuda-emu', process.execPath, [...uvu, '^(45|46|47|48|67|68)\\.'], parseUvu, { ...env, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter && process.env.MOE_TEST_SANITIZERS === '1') sanitizerPass();
 

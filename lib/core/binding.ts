@@ -160,6 +160,21 @@ export interface NativeKvCache {
   /** Forgets the positions from `length` on (length <= the current length). */
   truncate(length: number): void;
 }
+export interface NativeKvPoolInfo {
+  disposed: boolean;
+  numBlocks?: number;
+  blockSize?: number;
+  numKvHeads?: number;
+  headDim?: number;
+  type?: NativeDType;
+  bytes?: number;
+  backend?: string;
+}
+/** A paged pool of KV blocks shared by sequences (create_kv_pool). */
+export interface NativeKvPool {
+  dispose(): void;
+  info(): NativeKvPoolInfo;
+}
 /** Device memory of a device backend (a moe::Buffer). */
 export interface NativeDeviceBuffer {
   dispose(): void;
@@ -204,6 +219,9 @@ export interface NativeBinding {
   rope<A extends boolean = false>(q: AnyT, k: Maybe<AnyT>, positions: AnyT, options?: { theta?: number; qOut?: Maybe<AnyT>; kOut?: Maybe<AnyT> } & Async<A>): Ret<{ q: AnyT; k: AnyT | null }, A>;
   create_kv_cache(shape: { maxSeq: number; numKvHeads: number; headDim: number; type?: NativeDType }, options?: OnBackend): NativeKvCache;
   attention<A extends boolean = false>(q: AnyT, k: AnyT, v: AnyT, cache: NativeKvCache, options?: { startPos?: number; slidingWindow?: number } & Out & Async<A>): Ret<AnyT, A>;
+  create_kv_pool(shape: { numBlocks: number; blockSize: number; numKvHeads: number; headDim: number; type?: NativeDType }, options?: OnBackend): NativeKvPool;
+  /** positions, seqOf [T] and blockTables [S, maxBlocks]: host int32 tensors. */
+  paged_attention<A extends boolean = false>(q: AnyT, k: AnyT, v: AnyT, pool: NativeKvPool, options: { positions: NativeTensor; seqOf: NativeTensor; blockTables: NativeTensor; slidingWindow?: number } & Out & Async<A>): Ret<AnyT, A>;
   add<A extends boolean = false>(a: AnyT, b: AnyT, options?: Out & Async<A>): Ret<AnyT, A>;
   /** x converted to outType (or out's type), on the backend of x's memory. */
   cast<A extends boolean = false>(x: AnyT, options: Out & Async<A>): Ret<AnyT, A>;

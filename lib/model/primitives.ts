@@ -22,7 +22,7 @@
  * rounding; the CPU computes angles in f64), attention needs a head dim of 32, 64, 128 or 256, add
  * needs one type for a, b and out, and linear writes float32 or the weights' type.
  */
-import { binding, type NativeDeviceTensor, type NativeKvCache, type NativeLinear, type NativeTensor } from '../core/binding.js';
+import { binding, type NativeDeviceTensor, type NativeKvCache, type NativeKvPool, type NativeLinear, type NativeTensor } from '../core/binding.js';
 import { DeviceTensor } from '../core/device.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { describe, MoeError, typeError } from '../core/errors.js';
@@ -319,6 +319,101 @@ function attentionArgs(cache: KvCache, options?: AttentionOptions) {
  * kv head h / (Hq/Hkv)). Output type defaults to q's. Async calls on one cache run in call order;
  * a Sync call while an async one on the same cache is running throws ERR_BUSY.
  */
+// ---- paged KV pool (many sequences, vLLM's paged cache) -------------------------------------------------
+
+export interface KvPoolInit {
+  /** Blocks in the pool. */
+  numBlocks: number;
+  /** Positions per block (vLLM uses 16). */
+  blockSize: number;
+  numKvHeads: number;
+  headDim: number;
+  /** Element type of the stored keys and values; default 'float32'. */
+  type?: FloatType;
+}
+
+/**
+ * One attention layer's keys and values for many sequences at once, in fixed-size blocks: a sequence
+ * owns the blocks its block table lists (in position order), so memory follows the tokens actually
+ * in use. Which blocks belong to whom is the caller's bookkeeping (the serving engine's); the pool
+ * holds data only. On a CUDA backend it lives on the device and serves device tensors.
+ */
+export class KvPool extends NativeOwner<NativeKvPool> {
+  readonly numBlocks: number;
+  readonly blockSize: number;
+  readonly numKvHeads: number;
+  readonly headDim: number;
+  readonly type: FloatType;
+  readonly bytes: number;
+  readonly backend: ResolvedBackend;
+
+  constructor(init: KvPoolInit, options?: KvCacheOptions) {
+    const i = checkOptions(init, 'init');
+    const backend = ownerBackend(checkOptions(options).backend);
+    const n = (k: string) => {
+      if (i[k] === undefined) throw typeError(`init.${k} is required, got undefined`);
+      return intOption(i, k, 0, 1, Number.MAX_SAFE_INTEGER, `init.${k}`);
+    };
+    const shape = { numBlocks: n('numBlocks'), blockSize: n('blockSize'), numKvHeads: n('numKvHeads'), headDim: n('headDim'), type: (i.type ?? 'float32') as FloatType };
+    const native = binding.create_kv_pool(shape, { backend });
+    super(native, 'KvPool');
+    const info = native.info();
+    this.numBlocks = info.numBlocks!;
+    this.blockSize = info.blockSize!;
+    this.numKvHeads = info.numKvHeads!;
+    this.headDim = info.headDim!;
+    this.type = info.type as FloatType;
+    this.bytes = info.bytes!;
+    this.backend = backend;
+  }
+  /** @internal */
+  static native(p: unknown): NativeKvPool {
+    if (!(p instanceof KvPool)) throw typeError(`pool must be a KvPool, got ${describe(p)}`);
+    return p.handle();
+  }
+}
+
+export interface PagedAttentionOptions extends OutOptions {
+  /** [T] int32: the position of each token in its sequence. */
+  positions: Tensor<'int32'>;
+  /** [T] int32: each token's sequence, a row of blockTables. */
+  seqOf: Tensor<'int32'>;
+  /** [S, maxBlocks] int32: the blocks of each sequence in position order (-1: none yet). */
+  blockTables: Tensor<'int32'>;
+  /** 0 (default): full causal attention; w: a query at p sees keys j with p - w < j <= p. */
+  slidingWindow?: number;
+}
+
+function pagedArgs(pool: KvPool, options: PagedAttentionOptions) {
+  const o = checkOptions(options);
+  for (const k of ['positions', 'seqOf', 'blockTables'])
+    if (o[k] === undefined) throw typeError(`options.${k} is required, got undefined`);
+  return [KvPool.native(pool), {
+    positions: nt(o.positions as Tensor),
+    seqOf: nt(o.seqOf as Tensor),
+    blockTables: nt(o.blockTables as Tensor),
+    slidingWindow: (o.slidingWindow ?? 0) as number,
+    ...outArgs(o),
+  }] as const;
+}
+
+/**
+ * Causal grouped-query attention for a batch of tokens from many sequences over a paged pool: writes
+ * each token's k, v [T,Hkv,hd] at its position in its sequence's blocks, then returns every query's
+ * attention over the keys of its own sequence up to its position. A token's result is exactly what
+ * `attention` over a KvCache holding its sequence gives (same bits), whatever else is in the batch:
+ * the decode steps of 16 sequences, or one sequence's prefill chunk beside them. (sequence, position)
+ * pairs must be distinct within a call; every block a position reaches must be in the table.
+ */
+export async function pagedAttention<X extends AnyTensor>(q: X, k: X, v: X, pool: KvPool, options: PagedAttentionOptions): Promise<Placed<X>> {
+  const [p, opts] = pagedArgs(pool, options);
+  return placed(await binding.paged_attention(nt(q), nt(k), nt(v), p, { ...opts, async: true }));
+}
+export function pagedAttentionSync<X extends AnyTensor>(q: X, k: X, v: X, pool: KvPool, options: PagedAttentionOptions): Placed<X> {
+  const [p, opts] = pagedArgs(pool, options);
+  return placed(binding.paged_attention(nt(q), nt(k), nt(v), p, opts));
+}
+
 export async function attention<X extends AnyTensor>(q: X, k: X, v: X, cache: KvCache, options?: AttentionOptions): Promise<Placed<X>> {
   const [c, opts] = attentionArgs(cache, options);
   return placed(await binding.attention(nt(q), nt(k), nt(v), c, { ...opts, async: true }));

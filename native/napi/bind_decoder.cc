@@ -10,6 +10,9 @@
 //   rope(q, k | null, positions, {theta, qOut, kOut, async})             -> {q, k}
 //   create_kv_cache({maxSeq, numKvHeads, headDim, type}, {backend})      -> KvCache
 //   attention(q, k, v, cache, {startPos, slidingWindow, outType, out, async}) -> [T,Hq,hd]
+//   create_kv_pool({numBlocks, blockSize, numKvHeads, headDim, type}, {backend}) -> KvPool
+//   paged_attention(q, k, v, pool, {positions, seqOf, blockTables, slidingWindow, outType, out, async})
+//                                                                        -> [T,Hq,hd]
 //   add(a, b, {outType, out, async})                                     -> a's dims
 //   sample(logits, {temperature, topP, seed, step, out, async})          -> [T] int32 (host)
 //   cast(x, {outType, out, async})                                       -> x's dims in outType
@@ -17,6 +20,7 @@
 // given); it is written and returned.
 #include <napi.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -218,6 +222,99 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   return run_job(env, std::move(job));
 }
 
+Napi::Value CreateKvPool(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 1, "create_kv_pool");
+  Options o(info, 1, "create_kv_pool", {"backend"});
+  if (o.async()) throw_type_error(env, "create_kv_pool is synchronous: options.async must not be true");
+  moe::Backend* backend = backend_option(o);
+  if (!info[0].IsObject() || info[0].IsArray())
+    throw_type_error(env, "shape must be an object {numBlocks, blockSize, numKvHeads, headDim, type}, got " + describe(info[0]));
+  Napi::Object s = info[0].As<Napi::Object>();
+  moe::KvPoolShape shape;
+  shape.num_blocks = to_int(s.Get("numBlocks"), "numBlocks", 1, int64_t(1) << 24);
+  shape.block_size = to_int(s.Get("blockSize"), "blockSize", 1, 4096);
+  shape.num_kv_heads = to_int(s.Get("numKvHeads"), "numKvHeads", 1, 4096);
+  shape.head_dim = to_int(s.Get("headDim"), "headDim", 1, 65536);
+  shape.dtype = given(s.Get("type")) ? to_dtype(s.Get("type"), "type", kAnyFloat) : moe::DType::kF32;
+  const double bytes = 2.0 * double(shape.num_blocks) * double(shape.block_size) * double(shape.num_kv_heads) *
+                       double(shape.head_dim) * double(moe::dtype_size(shape.dtype));
+  if (bytes > 9.0e15) throw_moe_error(env, "ERR_OUT_OF_MEMORY", "a KV pool of " + std::to_string(bytes) + " bytes");
+  std::unique_ptr<moe::KvPool> p;
+  throw_if_error(env, backend->create_kv_pool(shape, &p));
+  return KvPoolHandle::NewInstance(env, std::shared_ptr<moe::KvPool>(std::move(p)));
+}
+
+// The positions, sequences and block tables are host int32 tensors, checked here: every block a
+// position of the call reaches is a block of the pool, and no (sequence, position) comes twice.
+Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 5, "paged_attention");
+  Options o(info, 4, "paged_attention", {"positions", "seqOf", "blockTables", "slidingWindow", "outType", "out"});
+  auto job = std::make_unique<Job>(o.async());
+  const Place place = place_of(info[0]);
+  moe::PagedAttentionArgs a;
+  a.q = tensor_arg(*job, info[0], "q", kAnyFloat, 3, place);
+  a.k = tensor_arg(*job, info[1], "k", kAnyFloat, 3, place);
+  a.v = tensor_arg(*job, info[2], "v", kAnyFloat, 3, place);
+  std::shared_ptr<moe::KvPool> pool = KvPoolHandle::Get(info[3], "pool")->obj;
+  check_place(env, "the KvPool", pool->backend, place);
+  job->hold.push_back(pool);
+  a.pool = pool.get();
+  job->backend = pool->backend;
+  const int64_t T = a.q.dims[0], Hq = a.q.dims[1], B = pool->block_size;
+  check_same(env, "k.dims[1]", a.k.dims[1], "the pool's numKvHeads", pool->num_kv_heads);
+  check_same(env, "k.dims[2]", a.k.dims[2], "the pool's headDim", pool->head_dim);
+  check_same(env, "q.dims[2]", a.q.dims[2], "the pool's headDim", pool->head_dim);
+  check_same(env, "k.dims[0]", a.k.dims[0], "q.dims[0]", T);
+  if (!same_dims(a.k, a.v)) throw_range_error(env, "v.dims " + dims_string(a.v) + " must equal k.dims " + dims_string(a.k));
+  if (Hq % pool->num_kv_heads != 0)
+    throw_range_error(env, "q.dims[1] (" + std::to_string(Hq) + " query heads) must be a multiple of the pool's numKvHeads (" +
+                               std::to_string(pool->num_kv_heads) + ")");
+  for (const char* k : {"positions", "seqOf", "blockTables"})
+    if (!o.has(k)) throw_type_error(env, std::string("options.") + k + " is required");
+  a.positions = host_tensor(*job, o.get("positions"), "positions", kI32, 1);
+  a.seq_of = host_tensor(*job, o.get("seqOf"), "seqOf", kI32, 1);
+  a.block_tables = host_tensor(*job, o.get("blockTables"), "blockTables", kI32, 2);
+  check_same(env, "positions.dims[0]", a.positions.dims[0], "q.dims[0]", T);
+  check_same(env, "seqOf.dims[0]", a.seq_of.dims[0], "q.dims[0]", T);
+  a.sliding_window = o.integer("slidingWindow", 0, 0, kMaxSafeInteger);
+  const int64_t S = a.block_tables.dims[0], max_blocks = a.block_tables.dims[1];
+  const int32_t* pos = a.positions.as<const int32_t>();
+  const int32_t* seq = a.seq_of.as<const int32_t>();
+  const int32_t* tables = a.block_tables.as<const int32_t>();
+  std::vector<std::pair<int32_t, int32_t>> seen;
+  seen.reserve(size_t(T));
+  a.max_position = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const std::string at = "[" + std::to_string(t) + "]";
+    if (seq[t] < 0 || seq[t] >= S)
+      throw_range_error(env, "seqOf.data" + at + " must be a row of blockTables in [0, " + std::to_string(S) + "), got " + std::to_string(seq[t]));
+    if (pos[t] < 0 || pos[t] / B >= max_blocks)
+      throw_range_error(env, "positions.data" + at + " must be in [0, " + std::to_string(max_blocks * B) + ") (blockTables.dims[1] x the pool's blockSize), got " +
+                                 std::to_string(pos[t]));
+    const int64_t lo = a.sliding_window > 0 ? std::max<int64_t>(0, pos[t] - a.sliding_window + 1) : 0;
+    for (int64_t b = lo / B; b <= pos[t] / B; ++b) {
+      const int32_t id = tables[seq[t] * max_blocks + b];
+      if (id < 0 || id >= pool->num_blocks)
+        throw_range_error(env, "blockTables.data[" + std::to_string(seq[t]) + "][" + std::to_string(b) + "] (block of positions " +
+                                   std::to_string(b * B) + ".. of sequence " + std::to_string(seq[t]) + ", read by token " + std::to_string(t) +
+                                   ") must be a block of the pool in [0, " + std::to_string(pool->num_blocks) + "), got " + std::to_string(id));
+    }
+    seen.emplace_back(seq[t], pos[t]);
+    a.max_position = std::max<int64_t>(a.max_position, pos[t]);
+  }
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 1; i < seen.size(); ++i)
+    if (seen[i] == seen[i - 1])
+      throw_range_error(env, "sequence " + std::to_string(seen[i].first) + " has position " + std::to_string(seen[i].second) +
+                                 " twice in one call");
+  job->result = Napi::Persistent(output_arg(*job, o.get("out"), o.get("outType"), a.q.dtype, kAnyFloat, a.q, place, &a.out));
+  moe::Backend* b = job->backend;
+  job->compute = [b, a]() { return b->paged_attention(a); };
+  return run_job(env, std::move(job));
+}
+
 Napi::Value Add(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 2, "add");
@@ -285,6 +382,8 @@ void InitDecoderBindings(Napi::Env env, Napi::Object exports) {
   exports.Set("rope", Napi::Function::New(env, Rope, "rope"));
   exports.Set("create_kv_cache", Napi::Function::New(env, CreateKvCache, "create_kv_cache"));
   exports.Set("attention", Napi::Function::New(env, Attention, "attention"));
+  exports.Set("create_kv_pool", Napi::Function::New(env, CreateKvPool, "create_kv_pool"));
+  exports.Set("paged_attention", Napi::Function::New(env, PagedAttention, "paged_attention"));
   exports.Set("add", Napi::Function::New(env, Add, "add"));
   exports.Set("sample", Napi::Function::New(env, Sample, "sample"));
   exports.Set("cast", Napi::Function::New(env, Cast, "cast"));

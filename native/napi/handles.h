@@ -1,5 +1,6 @@
 // N-API glue: the one handle template of every native object JS holds: packed experts (Experts), a
-// linear layer's packed weights (Linear), a KV cache (KvCache) and device memory (DeviceBuffer).
+// linear layer's packed weights (Linear), a KV cache (KvCache), a paged KV pool (KvPool) and device
+// memory (DeviceBuffer).
 //
 // A handle owns its object through a shared_ptr; a job in flight holds its own reference, so
 // dispose() (or the finaliser) during a call frees the object when the call is done. JS cannot
@@ -24,10 +25,12 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
   static constexpr bool kExperts = std::is_same_v<T, moe::PackedExperts>;
   static constexpr bool kLinear = std::is_same_v<T, moe::PackedLinear>;
   static constexpr bool kCache = std::is_same_v<T, moe::KvCache>;
-  static constexpr const char* kName = kExperts ? "Experts" : kLinear ? "Linear" : kCache ? "KvCache" : "DeviceBuffer";
+  static constexpr bool kPool = std::is_same_v<T, moe::KvPool>;
+  static constexpr const char* kName = kExperts ? "Experts" : kLinear ? "Linear" : kCache ? "KvCache" : kPool ? "KvPool" : "DeviceBuffer";
   static constexpr const char* kMaker = kExperts  ? "ExpertWeights.pack()"
                                         : kLinear ? "Linear.pack()"
                                         : kCache  ? "new KvCache()"
+                                        : kPool   ? "new KvPool()"
                                                   : "DeviceTensor.zeros() or DeviceTensor.from()";
 
   static Napi::FunctionReference& ctor(Napi::Env env) {
@@ -35,6 +38,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
     if constexpr (kExperts) return d.experts_ctor;
     else if constexpr (kLinear) return d.linear_ctor;
     else if constexpr (kCache) return d.kv_cache_ctor;
+    else if constexpr (kPool) return d.kv_pool_ctor;
     else return d.device_buffer_ctor;
   }
 
@@ -122,6 +126,9 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
       } else if constexpr (kLinear) {
         num("inFeatures", double(obj->in_features)), num("outFeatures", double(obj->out_features));
         o.Set("bias", Napi::Boolean::New(env, obj->has_bias));
+      } else if constexpr (kPool) {
+        num("numBlocks", double(obj->num_blocks)), num("blockSize", double(obj->block_size));
+        num("numKvHeads", double(obj->num_kv_heads)), num("headDim", double(obj->head_dim));
       } else {
         num("maxSeq", double(obj->max_seq)), num("numKvHeads", double(obj->num_kv_heads));
         num("headDim", double(obj->head_dim)), num("length", double(length));
@@ -147,12 +154,14 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
 using ExpertsHandle = Handle<moe::PackedExperts>;
 using LinearHandle = Handle<moe::PackedLinear>;
 using KvCacheHandle = Handle<moe::KvCache>;
+using KvPoolHandle = Handle<moe::KvPool>;
 using BufferHandle = Handle<moe::Buffer>;
 
 inline void InitHandles(Napi::Env env, Napi::Object exports) {
   ExpertsHandle::Init(env, exports);
   LinearHandle::Init(env, exports);
   KvCacheHandle::Init(env, exports);
+  KvPoolHandle::Init(env, exports);
   BufferHandle::Init(env, exports);
 }
 

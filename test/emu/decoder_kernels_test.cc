@@ -623,6 +623,102 @@ TEST(model_attention_decode_equals_prefill_sweep) {
   }
 }
 
+// The paged pool (launch_paged_kv_append / launch_paged_attention): three sequences of different
+// lengths in shuffled blocks of one pool, their tokens in one call in a shuffled order; every row of
+// the pool and every output equal the contiguous cache's and attention's, bit for bit, on each path.
+TEST(model_paged_attention_equals_contiguous) {
+  using P = moe::AttentionPath;
+  for (moe_emu::Schedule sch : kAllSchedules) {
+    ScheduleScope scope(sch, 11);
+    for (int config = 0; config < 2; ++config) {
+      if (config == 1 && sch != kAllSchedules[0]) continue;  // the window case under one schedule
+      const DevDType ct = config == 0 ? DevDType::kBF16 : DevDType::kF32;
+      const int64_t window = config == 0 ? 0 : 50;
+      const int64_t lens[3] = {140, 37, 260};
+      const int B = 16, hq = 4, hkv = 2, hd = 64;
+      const AttnCase c = {hq, hkv, hd, 272, ct, DevDType::kF32};
+      const size_t row = size_t(hkv * hd), qrow = size_t(hq * hd);
+      // blocks: a shuffled permutation of the pool, handed out in order
+      int max_blocks = 0, total_blocks = 0;
+      for (int64_t L : lens) max_blocks = std::max(max_blocks, int((L + B - 1) / B)), total_blocks += int((L + B - 1) / B);
+      const int num_blocks = total_blocks + 3;
+      std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+      for (int i = 0; i < num_blocks; ++i) perm[size_t(i)] = i;
+      Rng rng(uint64_t(config * 97 + 5));
+      for (int i = num_blocks - 1; i > 0; --i) std::swap(perm[size_t(i)], perm[size_t(uint64_t(rng.uniform() * double(i + 1)))]);
+      std::vector<int32_t> tables(size_t(3 * max_blocks), -1);
+      int next = 0;
+      for (int sq = 0; sq < 3; ++sq)
+        for (int b = 0; b < int((lens[sq] + B - 1) / B); ++b) tables[size_t(sq * max_blocks + b)] = perm[size_t(next++)];
+      // per sequence: contiguous cache (the reference), its queries and the contiguous outputs
+      std::vector<Cache> caches;
+      std::vector<Buf> qs, ref;
+      for (int sq = 0; sq < 3; ++sq) {
+        caches.push_back(make_cache(c, lens[sq], 7, uint64_t(100 + sq)));
+        qs.push_back(Buf::random(DevDType::kF32, size_t(lens[sq]) * qrow, rng, 2.0));
+        ref.emplace_back(DevDType::kF32, size_t(lens[sq]) * qrow);
+        CHECK_OK(run_attention(c, caches.back(), qs.back(), lens[sq], 0, window, &ref.back(), P::kSingle));
+      }
+      // every token of the three sequences, shuffled into one call
+      std::vector<std::pair<int, int64_t>> toks;
+      for (int sq = 0; sq < 3; ++sq)
+        for (int64_t pos = 0; pos < lens[sq]; ++pos) toks.emplace_back(sq, pos);
+      for (size_t i = toks.size() - 1; i > 0; --i) std::swap(toks[i], toks[size_t(size_t(rng.uniform() * double(i + 1)))]);
+      const int64_t T = int64_t(toks.size());
+      std::vector<int32_t> positions(toks.size()), seq_of(toks.size());
+      Buf k(DevDType::kF32, size_t(T) * row), v(DevDType::kF32, size_t(T) * row), q(DevDType::kF32, size_t(T) * qrow);
+      for (size_t i = 0; i < toks.size(); ++i) {
+        const auto [sq, pos] = toks[i];
+        positions[i] = int32_t(pos), seq_of[i] = sq;
+        for (size_t e = 0; e < row; ++e) {
+          k.set(i * row + e, caches[size_t(sq)].k_src.get(size_t(pos) * row + e));
+          v.set(i * row + e, caches[size_t(sq)].v_src.get(size_t(pos) * row + e));
+        }
+        for (size_t e = 0; e < qrow; ++e) q.set(i * qrow + e, qs[size_t(sq)].get(size_t(pos) * qrow + e));
+      }
+      Buf kp(ct, size_t(num_blocks) * B * row), vp(ct, size_t(num_blocks) * B * row);
+      CHECK_OK(moe::launch_paged_kv_append(k.ptr(), v.ptr(), DevDType::kF32, T, hkv, hd, positions.data(), seq_of.data(),
+                                           tables.data(), max_blocks, B, kp.ptr(), vp.ptr(), ct, nullptr));
+      for (int sq = 0; sq < 3; ++sq)
+        for (int64_t pos = 0; pos < lens[sq]; ++pos) {
+          const size_t prow = size_t(tables[size_t(sq * max_blocks) + size_t(pos / B)]) * B + size_t(pos % B);
+          for (size_t e = 0; e < row; ++e)
+            if (kp.get(prow * row + e) != caches[size_t(sq)].k.get(size_t(pos) * row + e) ||
+                vp.get(prow * row + e) != caches[size_t(sq)].v.get(size_t(pos) * row + e)) {
+              emu_test::fail(__FILE__, __LINE__, "paged append: sequence " + std::to_string(sq) + " position " + std::to_string(pos) + sched());
+              return;
+            }
+        }
+      const int64_t max_pos = 259;
+      for (P path : {P::kSingle, P::kSplit}) {
+        Buf out(DevDType::kF32, size_t(T) * qrow);
+        std::vector<float> ws(moe::paged_attention_workspace_bytes(T, hq, hd, max_pos) / 4 + 4);
+        CHECK_OK(moe::launch_paged_attention(q.ptr(), DevDType::kF32, T, positions.data(), seq_of.data(), tables.data(),
+                                             max_blocks, B, max_pos, hq, hkv, hd, window, kp.ptr(), vp.ptr(), ct, out.ptr(),
+                                             DevDType::kF32, ws.data(), ws.size() * 4, nullptr, path));
+        for (size_t i = 0; i < toks.size(); ++i) {
+          const auto [sq, pos] = toks[i];
+          if (std::memcmp(static_cast<const float*>(out.ptr()) + i * qrow,
+                          static_cast<const float*>(ref[size_t(sq)].ptr()) + size_t(pos) * qrow, qrow * 4) != 0) {
+            emu_test::fail(__FILE__, __LINE__, "paged != contiguous: sequence " + std::to_string(sq) + " position " +
+                                                   std::to_string(pos) + " path " + std::to_string(int(path)) + " cache " +
+                                                   dtype_name(ct) + sched());
+            return;
+          }
+        }
+      }
+    }
+  }
+  // what the launcher refuses
+  std::vector<int32_t> one = {0};
+  Buf b(DevDType::kF32, 64);
+  CHECK(moe::launch_paged_attention(b.ptr(), DevDType::kF32, 1, one.data(), one.data(), one.data(), 1, 16, 0, 1, 1, 48, 0,
+                                    b.ptr(), b.ptr(), DevDType::kF32, b.ptr(), DevDType::kF32, nullptr, 0, nullptr) ==
+        cudaErrorInvalidValue);  // head dim 48
+  CHECK(moe::launch_paged_kv_append(b.ptr(), b.ptr(), DevDType::kF32, 1, 1, 32, nullptr, one.data(), one.data(), 1, 16,
+                                    b.ptr(), b.ptr(), DevDType::kF32, nullptr) == cudaErrorInvalidValue);  // no positions
+}
+
 TEST(model_attention_rejects_bad_arguments) {
   using P = moe::AttentionPath;
   std::vector<float> q(256), kc(1024), vc(1024), out(256);

@@ -63,10 +63,11 @@ void weighted_sum_portable(const float* e, const void* v, DType t, int64_t n, in
   }
 }
 
-const cpu::AttnKernels& attn_kernels() {
+}  // namespace
+
+const AttnKernels& attn_kernels() {
   return cpu_features().kernel == "avx2-fma" ? cpu::attn_avx2_kernels() : cpu::attn_portable_kernels();
 }
-}  // namespace
 
 const AttnKernels& attn_portable_kernels() {
   static const AttnKernels k = {scores_portable, weighted_sum_portable};

@@ -19,6 +19,8 @@ struct AttnKernels {
   void (*weighted_sum)(const float* e, const void* v, DType t, int64_t n, int64_t hd, float* acc);
 };
 
+// The table of this CPU (attention.cc; paged_attention.cc uses it too).
+const AttnKernels& attn_kernels();
 const AttnKernels& attn_portable_kernels();
 const AttnKernels& attn_avx2_kernels();  // only when cpu_features().kernel == "avx2-fma"
 

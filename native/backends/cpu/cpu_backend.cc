@@ -87,6 +87,12 @@ class CpuBackend final : public Backend {
     return Status::ok();
   }
 
+  Status create_kv_pool(const KvPoolShape& s, std::unique_ptr<KvPool>* out) override {
+    MOE_RETURN_IF_ERROR(cpu::create_kv_pool(s, out));
+    (*out)->backend = this;
+    return Status::ok();
+  }
+
   Status route(const RouteArgs& a) override {
     MOE_RETURN_IF_ERROR(host("route", a));
     RouterStats st;
@@ -171,6 +177,11 @@ class CpuBackend final : public Backend {
     MOE_RETURN_IF_ERROR(host("attention", a));
     MOE_RETURN_IF_ERROR(mine("attention: the KV cache", a.cache));
     return cpu::attention(a.q, a.k, a.v, *a.cache, a.params, a.out);
+  }
+  Status paged_attention(const PagedAttentionArgs& a) override {
+    MOE_RETURN_IF_ERROR(host("paged_attention", a));
+    MOE_RETURN_IF_ERROR(mine("paged_attention: the KV pool", a.pool));
+    return cpu::paged_attention(a);
   }
   Status add(const AddArgs& a) override {
     MOE_RETURN_IF_ERROR(host("add", a));

@@ -77,6 +77,8 @@ Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, 
 Status attention(const TensorView& q, const TensorView& k, const TensorView& v, KvCache& cache,
                  const AttentionParams& p, const TensorView& out);
 Status add(const TensorView& a, const TensorView& b, const TensorView& out);
+Status create_kv_pool(const KvPoolShape& shape, std::unique_ptr<KvPool>* out);
+Status paged_attention(const PagedAttentionArgs& a);
 Status sample(const float* logits, int64_t T, int64_t V, const SampleParams& p, int32_t* ids);
 
 }  // namespace cpu

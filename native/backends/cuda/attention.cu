@@ -2,6 +2,7 @@
 // semantics: decoder_launchers.h):
 //
 //   kv_append_kernel<TIn, TC>          k, v [T, Hkv, hd] -> cache rows start .. start + T - 1
+//   paged_kv_append_kernel<TIn, TC>    k, v [T, Hkv, hd] -> the pool rows of (sequence, position) t
 //   attention_kernel<TC, kE, kSplit>   one block (4 warps) per (query, head), or per (chunk, head,
 //                                      query) with kSplit; hd = 32 * kE (lane l owns elements
 //                                      [l * kE, (l + 1) * kE) of q, K/V rows and the output)
@@ -125,6 +126,13 @@ struct AttnParams {
   const void* q;           // [T, Hq, hd] of q_dtype
   DevDType q_dtype;
   int64_t start, window;
+  // Paged (tables set): query t is at positions[t] of sequence seq_of[t], whose key j lives in cache
+  // row tables[seq_of[t] * max_blocks + j / block_size] * block_size + j % block_size. Unset: query t
+  // is at start + t and key j in row j.
+  const int32_t* positions;
+  const int32_t* seq_of;
+  const int32_t* tables;
+  int max_blocks, block_size;
   int q_heads, kv_heads;
   int64_t chunk_first;     // kSplit: blockIdx.y = chunk - chunk_first
   int num_chunks;          // kSplit: chunks per (query, head) in the workspace
@@ -145,8 +153,11 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
   // their blocks run together and read the group's K/V rows through L2 about once.
   const int64_t t = int64_t(blockIdx.x) / p.q_heads;
   const int h = int(int64_t(blockIdx.x) - t * p.q_heads);
-  const int64_t pos = p.start + t;
+  const int64_t pos = p.tables ? int64_t(p.positions[t]) : p.start + t;
   const int64_t lo = p.window > 0 && pos - p.window + 1 > 0 ? pos - p.window + 1 : 0;
+  const int32_t* table = p.tables ? p.tables + int64_t(p.seq_of[t]) * p.max_blocks : nullptr;
+  // the cache row of key j: the same keys, so the same bits, whether paged or contiguous
+  auto row = [&](int64_t j) { return table ? int64_t(table[j / p.block_size]) * p.block_size + j % p.block_size : j; };
   const int kvh = h / (p.q_heads / p.kv_heads);
   const int64_t row_stride = int64_t(p.kv_heads) * kHd;
   const TC* k_base = k_cache + int64_t(kvh) * kHd + lane * kE;
@@ -184,7 +195,7 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
         float dot = 0.f;
         if (j >= lo && j <= pos) {
           float kv[kE];
-          load_row<kE>(k_base + j * row_stride, kv);
+          load_row<kE>(k_base + row(j) * row_stride, kv);
           MOE_UNROLL
           for (int e = 0; e < kE; ++e) dot = fmaf(qv[e], kv[e], dot);
         }
@@ -208,7 +219,7 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
         const float pu = expf(s[u] - mx);
         l = __fadd_rn(l, pu);
         float vv[kE];
-        load_row<kE>(v_base + (j0 + u) * row_stride, vv);
+        load_row<kE>(v_base + row(j0 + u) * row_stride, vv);
         MOE_UNROLL
         for (int e = 0; e < kE; ++e) acc[e] = fmaf(pu, vv[e], acc[e]);
       }
@@ -251,6 +262,22 @@ __global__ void __launch_bounds__(kAttnThreads, kAttnMinBlocks)
       const int e = tid + r * kAttnThreads;
       if (e < kHd) elem::store_dyn(p.out, p.out_dtype, o + e, run_l > 0.f ? run_acc[r] / run_l : 0.f);
     }
+  }
+}
+
+// One thread per element of the T new rows: row (t, h, e) -> pool row of (seq_of[t], positions[t]).
+template <typename TIn, typename TC>
+__global__ void __launch_bounds__(kAppendThreads)
+    paged_kv_append_kernel(const TIn* __restrict__ k, const TIn* __restrict__ v, int64_t count, int64_t row,
+                           const int32_t* __restrict__ positions, const int32_t* __restrict__ seq_of,
+                           const int32_t* __restrict__ tables, int max_blocks, int block_size, TC* __restrict__ k_pool,
+                           TC* __restrict__ v_pool) {
+  for (int64_t i = int64_t(blockIdx.x) * kAppendThreads + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * kAppendThreads) {
+    const int64_t t = i / row, within = i - t * row, pos = positions[t];
+    const int64_t dst_row = int64_t(tables[int64_t(seq_of[t]) * max_blocks + pos / block_size]) * block_size + pos % block_size;
+    k_pool[dst_row * row + within] = elem::from_f32<TC>(elem::to_f32(k[i]));
+    v_pool[dst_row * row + within] = elem::from_f32<TC>(elem::to_f32(v[i]));
   }
 }
 
@@ -326,6 +353,33 @@ size_t attention_workspace_bytes(int64_t num_tokens, int q_heads, int head_dim, 
   return bytes == 0 ? 256 : bytes;
 }
 
+namespace {
+// The checks and the path choice shared by the contiguous and the paged launch: p's position fields
+// are set by the caller; keys up to max_pos are read, from the chunk of min_lo on.
+cudaError_t launch_attention_with(AttnParams p, int64_t num_tokens, int head_dim, int64_t min_lo, int64_t max_pos,
+                                  const void* k_cache, const void* v_cache, DevDType cache_dtype, void* workspace,
+                                  size_t workspace_bytes, cudaStream_t stream, AttentionPath path) {
+  p.chunk_first = min_lo / kAttnChunkKeys;
+  const int64_t n_chunks = max_pos / kAttnChunkKeys - p.chunk_first + 1;
+  p.num_chunks = int(n_chunks);
+  const size_t need = size_t(num_tokens) * size_t(p.q_heads) * size_t(n_chunks) * size_t(head_dim + 2) * sizeof(float);
+  const bool ws_ok = workspace && ptr_aligned(workspace, 16) && workspace_bytes >= need && n_chunks <= 65535;
+  bool split = path == AttentionPath::kSplit;
+  if (split && !ws_ok) return cudaErrorInvalidValue;
+  if (path == AttentionPath::kAuto) split = ws_ok && n_chunks > 1 && num_tokens * p.q_heads < kSplitMaxTiles;
+  p.partial = split ? static_cast<float*>(workspace) : nullptr;
+  return MOE_DTYPE_SWITCH(cache_dtype, TC, [&] {
+    switch (head_dim) {
+      case 32: return run_attention<TC, 1>(p, num_tokens, k_cache, v_cache, split, stream);
+      case 64: return run_attention<TC, 2>(p, num_tokens, k_cache, v_cache, split, stream);
+      case 128: return run_attention<TC, 4>(p, num_tokens, k_cache, v_cache, split, stream);
+      case 256: return run_attention<TC, 8>(p, num_tokens, k_cache, v_cache, split, stream);
+    }
+    return cudaErrorInvalidValue;
+  });
+}
+}  // namespace
+
 cudaError_t launch_attention(const void* q, DevDType q_dtype, int64_t num_tokens, int64_t start, int q_heads,
                              int kv_heads, int head_dim, int64_t window, const void* k_cache, const void* v_cache,
                              DevDType cache_dtype, int64_t max_seq, void* out, DevDType out_dtype, void* workspace,
@@ -354,24 +408,71 @@ cudaError_t launch_attention(const void* q, DevDType q_dtype, int64_t num_tokens
   p.out_dtype = out_dtype;
   // Chunks any query of this call reads: from the first query's lowest key to the last query.
   const int64_t lo_first = p.window > 0 && start - p.window + 1 > 0 ? start - p.window + 1 : 0;
-  p.chunk_first = lo_first / kAttnChunkKeys;
-  const int64_t n_chunks = (start + num_tokens - 1) / kAttnChunkKeys - p.chunk_first + 1;
-  p.num_chunks = int(n_chunks);
-  const size_t need = size_t(num_tokens) * size_t(q_heads) * size_t(n_chunks) * size_t(head_dim + 2) * sizeof(float);
-  const bool ws_ok = workspace && ptr_aligned(workspace, 16) && workspace_bytes >= need && n_chunks <= 65535;
-  bool split = path == AttentionPath::kSplit;
-  if (split && !ws_ok) return cudaErrorInvalidValue;
-  if (path == AttentionPath::kAuto) split = ws_ok && n_chunks > 1 && num_tokens * q_heads < kSplitMaxTiles;
-  p.partial = split ? static_cast<float*>(workspace) : nullptr;
-  return MOE_DTYPE_SWITCH(cache_dtype, TC, [&] {
-    switch (head_dim) {
-      case 32: return run_attention<TC, 1>(p, num_tokens, k_cache, v_cache, split, stream);
-      case 64: return run_attention<TC, 2>(p, num_tokens, k_cache, v_cache, split, stream);
-      case 128: return run_attention<TC, 4>(p, num_tokens, k_cache, v_cache, split, stream);
-      case 256: return run_attention<TC, 8>(p, num_tokens, k_cache, v_cache, split, stream);
-    }
+  return launch_attention_with(p, num_tokens, head_dim, lo_first, start + num_tokens - 1, k_cache, v_cache, cache_dtype,
+                               workspace, workspace_bytes, stream, path);
+}
+
+size_t paged_attention_workspace_bytes(int64_t num_tokens, int q_heads, int head_dim, int64_t max_pos) {
+  return max_pos < 0 ? 0 : attention_workspace_bytes(num_tokens, q_heads, head_dim, max_pos + 1);
+}
+
+cudaError_t launch_paged_kv_append(const void* k, const void* v, DevDType act_dtype, int64_t num_tokens, int kv_heads,
+                                   int head_dim, const int32_t* positions, const int32_t* seq_of, const int32_t* tables,
+                                   int max_blocks, int block_size, void* k_pool, void* v_pool, DevDType pool_dtype,
+                                   cudaStream_t stream) {
+  if (num_tokens < 0 || kv_heads < 1 || head_dim < 1 || max_blocks < 1 || block_size < 1 || !dev_dtype_ok(act_dtype) ||
+      !dev_dtype_ok(pool_dtype))
     return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  if (!k || !v || !positions || !seq_of || !tables || !k_pool || !v_pool || !ptr_aligned(k, dev_elem_bytes(act_dtype)) ||
+      !ptr_aligned(v, dev_elem_bytes(act_dtype)) || !ptr_aligned(k_pool, dev_elem_bytes(pool_dtype)) ||
+      !ptr_aligned(v_pool, dev_elem_bytes(pool_dtype)))
+    return cudaErrorInvalidValue;
+  const int64_t row = int64_t(kv_heads) * head_dim, count = num_tokens * row;
+  const int64_t want = (count + kAppendThreads - 1) / kAppendThreads;
+  const dim3 grid(unsigned(want < int64_t(kMaxGrid) ? want : int64_t(kMaxGrid)));
+  return MOE_DTYPE_SWITCH(act_dtype, TIn, [&] {
+    return MOE_DTYPE_SWITCH(pool_dtype, TC, [&] {
+      return moe_launch(paged_kv_append_kernel<TIn, TC>, grid, dim3(kAppendThreads), 0, stream, static_cast<const TIn*>(k),
+                        static_cast<const TIn*>(v), count, row, positions, seq_of, tables, max_blocks, block_size,
+                        static_cast<TC*>(k_pool), static_cast<TC*>(v_pool));
+    });
   });
+}
+
+cudaError_t launch_paged_attention(const void* q, DevDType q_dtype, int64_t num_tokens, const int32_t* positions,
+                                   const int32_t* seq_of, const int32_t* tables, int max_blocks, int block_size,
+                                   int64_t max_pos, int q_heads, int kv_heads, int head_dim, int64_t window,
+                                   const void* k_pool, const void* v_pool, DevDType pool_dtype, void* out,
+                                   DevDType out_dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                   AttentionPath path) {
+  if (num_tokens < 0 || q_heads < 1 || kv_heads < 1 || q_heads % kv_heads != 0 || max_blocks < 1 || block_size < 1 ||
+      max_pos < 0 || !dev_dtype_ok(q_dtype) || !dev_dtype_ok(pool_dtype) || !dev_dtype_ok(out_dtype) ||
+      num_tokens > INT_MAX / q_heads)
+    return cudaErrorInvalidValue;
+  if (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) return cudaErrorInvalidValue;
+  if (path != AttentionPath::kAuto && path != AttentionPath::kSingle && path != AttentionPath::kSplit)
+    return cudaErrorInvalidValue;
+  if (num_tokens == 0) return cudaSuccess;
+  if (!q || !positions || !seq_of || !tables || !k_pool || !v_pool || !out || !ptr_aligned(q, dev_elem_bytes(q_dtype)) ||
+      !ptr_aligned(out, dev_elem_bytes(out_dtype)) || !ptr_aligned(k_pool, 16) || !ptr_aligned(v_pool, 16))
+    return cudaErrorInvalidValue;
+  AttnParams p = {};
+  p.q = q;
+  p.q_dtype = q_dtype;
+  p.window = window > 0 ? window : 0;
+  p.q_heads = q_heads;
+  p.kv_heads = kv_heads;
+  p.out = out;
+  p.out_dtype = out_dtype;
+  p.positions = positions;
+  p.seq_of = seq_of;
+  p.tables = tables;
+  p.max_blocks = max_blocks;
+  p.block_size = block_size;
+  // the chunks of every query's keys: 0 .. max_pos (a query outside a chunk leaves its state empty)
+  return launch_attention_with(p, num_tokens, head_dim, 0, max_pos, k_pool, v_pool, pool_dtype, workspace,
+                               workspace_bytes, stream, path);
 }
 
 }  // namespace moe

@@ -79,6 +79,35 @@ DeviceKvCache::~DeviceKvCache() {
   if (v) cudaFree(v);
 }
 
+DeviceKvPool::~DeviceKvPool() {
+  if (!ready().is_ok()) return;
+  if (k) cudaFree(k);
+  if (v) cudaFree(v);
+}
+
+Status create_kv_pool(const KvPoolShape& sh, std::unique_ptr<KvPool>* out) {
+  MOE_RETURN_IF_ERROR(ready());
+  if (sh.num_blocks < 1 || sh.block_size < 1 || sh.num_kv_heads < 1 || sh.head_dim < 1 || !is_float(sh.dtype))
+    return Status::invalid("create_kv_pool: invalid shape or type");
+  if (sh.head_dim != 32 && sh.head_dim != 64 && sh.head_dim != 128 && sh.head_dim != 256)
+    return Status::unsupported(std::string("the attention on ") + kName + " needs a head dim of 32, 64, 128 or 256, got " +
+                               std::to_string(sh.head_dim));
+  auto p = std::make_unique<DeviceKvPool>();
+  p->num_blocks = sh.num_blocks;
+  p->block_size = sh.block_size;
+  p->num_kv_heads = sh.num_kv_heads;
+  p->head_dim = sh.head_dim;
+  p->dtype = sh.dtype;
+  p->half_bytes = size_t(sh.num_blocks) * size_t(sh.block_size) * size_t(sh.num_kv_heads) * size_t(sh.head_dim) * dtype_size(sh.dtype);
+  const std::string what = "allocating a " + std::to_string(2 * p->half_bytes) + "-byte KV pool";
+  MOE_CUDA_TRY(cudaMalloc(&p->k, p->half_bytes), what.c_str());
+  MOE_CUDA_TRY(cudaMalloc(&p->v, p->half_bytes), what.c_str());
+  MOE_CUDA_TRY(cudaMemset(p->k, 0, p->half_bytes), "zeroing the KV pool");
+  MOE_CUDA_TRY(cudaMemset(p->v, 0, p->half_bytes), "zeroing the KV pool");
+  *out = std::move(p);
+  return Status::ok();
+}
+
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) {
   MOE_RETURN_IF_ERROR(ready());
   if (w.ndim != 2 || !is_float(w.dtype) || w.device) return Status::invalid("pack_linear: w must be a 2-d float host tensor");
@@ -200,6 +229,34 @@ Status attention(const AttentionArgs& a, cudaStream_t s) {
   return launched(launch_attention(qin.data, dev_dtype(a.q.dtype), T, p.start_pos, hq, hkv, hd, p.sliding_window, c.k, c.v,
                                    cdt, c.max_seq, a.out.data, dev_dtype(a.out.dtype), sc.at<void>(o_ws), wsb, s),
                   "attention");
+}
+
+Status paged_attention(const PagedAttentionArgs& a, cudaStream_t s) {
+  MOE_RETURN_IF_ERROR(same_dtype("paged_attention", a.k, "k", a.v, "v"));
+  auto& pool = static_cast<DeviceKvPool&>(*a.pool);
+  MOE_EMU_SERIAL;
+  const int64_t T = a.q.dims[0];
+  if (T == 0) return Status::ok();
+  const int hq = int(a.q.dims[1]), hkv = int(pool.num_kv_heads), hd = int(pool.head_dim);
+  const int max_blocks = int(a.block_tables.dims[1]), B = int(pool.block_size);
+  const size_t wsb = paged_attention_workspace_bytes(T, hq, hd, a.max_position);
+  if (wsb == 0) return Status::invalid("paged_attention: shape not supported on " + std::string(kName));
+  Scratch sc(s);
+  const size_t o_ws = sc.add(wsb), o_q = sc.add(overlaps(a.q, a.out) ? a.q.bytes() : 0);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  TensorView qin;
+  MOE_RETURN_IF_ERROR(unalias(a.q, a.out, sc, o_q, &qin, s));
+  const DevDType pdt = dev_dtype(pool.dtype);
+  const int32_t* pos = a.positions.as<const int32_t>();
+  const int32_t* seq = a.seq_of.as<const int32_t>();
+  const int32_t* tables = a.block_tables.as<const int32_t>();
+  MOE_RETURN_IF_ERROR(launched(launch_paged_kv_append(a.k.data, a.v.data, dev_dtype(a.k.dtype), T, hkv, hd, pos, seq, tables,
+                                                      max_blocks, B, pool.k, pool.v, pdt, s),
+                               "appending to the KV pool"));
+  return launched(launch_paged_attention(qin.data, dev_dtype(a.q.dtype), T, pos, seq, tables, max_blocks, B, a.max_position, hq,
+                                         hkv, hd, a.sliding_window, pool.k, pool.v, pdt, a.out.data, dev_dtype(a.out.dtype),
+                                         sc.at<void>(o_ws), wsb, s),
+                  "paged attention");
 }
 
 Status add(const AddArgs& a, cudaStream_t s) {

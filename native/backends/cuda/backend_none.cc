@@ -36,6 +36,8 @@ class NoCudaBackend final : public Backend {
   Status pack_experts(const ExpertWeightSource&, const TensorView*, std::unique_ptr<PackedExperts>*) override { return none(); }
   Status pack_linear(const TensorView&, const TensorView*, std::unique_ptr<PackedLinear>*) override { return none(); }
   Status create_kv_cache(const KvCacheShape&, std::unique_ptr<KvCache>*) override { return none(); }
+  Status create_kv_pool(const KvPoolShape&, std::unique_ptr<KvPool>*) override { return none(); }
+  Status paged_attention(const PagedAttentionArgs&) override { return none(); }
   Status route(const RouteArgs&) override { return none(); }
   Status permute(const PermuteArgs&) override { return none(); }
   Status grouped_gemm(const GroupedGemmArgs&) override { return none(); }

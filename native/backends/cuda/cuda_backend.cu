@@ -124,6 +124,11 @@ class CudaBackend final : public Backend {
     (*out)->backend = this;
     return Status::ok();
   }
+  Status create_kv_pool(const KvPoolShape& shape, std::unique_ptr<KvPool>* out) override {
+    MOE_RETURN_IF_ERROR(cuda::create_kv_pool(shape, out));
+    (*out)->backend = this;
+    return Status::ok();
+  }
   Status create_kv_cache(const KvCacheShape& shape, std::unique_ptr<KvCache>* out) override {
     MOE_RETURN_IF_ERROR(cuda::create_kv_cache(shape, out));
     (*out)->backend = this;
@@ -157,6 +162,10 @@ class CudaBackend final : public Backend {
   Status attention(const AttentionArgs& a) override {
     MOE_RETURN_IF_ERROR(mine("attention: the KV cache", a.cache));
     return run(a, nullptr, cuda::attention);
+  }
+  Status paged_attention(const PagedAttentionArgs& a) override {
+    MOE_RETURN_IF_ERROR(mine("paged_attention: the KV pool", a.pool));
+    return run(a, nullptr, cuda::paged_attention);
   }
   Status add(const AddArgs& a) override { return run(a, nullptr, cuda::add); }
   Status sample(const SampleArgs& a) override { return run(a, nullptr, cuda::sample); }

@@ -163,6 +163,38 @@ cudaError_t launch_attention(const void* q,              // [num_tokens, q_heads
                              void* workspace, size_t workspace_bytes,  // kSplit only; may be null
                              cudaStream_t stream, AttentionPath path = AttentionPath::kAuto);
 
+// ---- paged KV pool and attention (attention.cu) ---------------------------------------------------
+// A pool of KV blocks shared by sequences (vLLM's paged cache): K and V each [num_blocks * block_size,
+// kv_heads, head_dim] of pool_dtype, block b holding rows [b * block_size, (b + 1) * block_size). A
+// sequence s owns the blocks listed in row s of `tables` [S, max_blocks] i32, in position order:
+// its position j lives in row tables[s][j / block_size] * block_size + j % block_size.
+// Token t of a call belongs to sequence seq_of[t] at position positions[t].
+// Append: the T new rows k[t], v[t] go to their sequence's rows (converted to pool_dtype, nearest
+// even). (sequence, position) pairs must be distinct within a call.
+// Attention: as launch_attention, for each query t over keys lo .. positions[t] of its sequence,
+// read through the table: the same keys in the same order, so the same bits as a contiguous cache
+// holding that sequence. max_pos: the largest position of the call (host-known; the split path's
+// chunk count and workspace follow it).
+// The caller guarantees what the device cannot check: every table entry a position of the call
+// reaches is a block of the pool, and seq_of[t] < S.
+// Errors: cudaErrorInvalidValue as launch_kv_append / launch_attention.
+cudaError_t launch_paged_kv_append(const void* k,        // [num_tokens, kv_heads, head_dim] of act_dtype
+                                   const void* v, DevDType act_dtype, int64_t num_tokens, int kv_heads, int head_dim,
+                                   const int32_t* positions,  // [num_tokens]
+                                   const int32_t* seq_of,     // [num_tokens]
+                                   const int32_t* tables,     // [S, max_blocks]
+                                   int max_blocks, int block_size, void* k_pool, void* v_pool, DevDType pool_dtype,
+                                   cudaStream_t stream);
+size_t paged_attention_workspace_bytes(int64_t num_tokens, int q_heads, int head_dim, int64_t max_pos);  // 0: invalid
+cudaError_t launch_paged_attention(const void* q,        // [num_tokens, q_heads, head_dim] of q_dtype
+                                   DevDType q_dtype, int64_t num_tokens, const int32_t* positions,
+                                   const int32_t* seq_of, const int32_t* tables, int max_blocks, int block_size,
+                                   int64_t max_pos, int q_heads, int kv_heads, int head_dim, int64_t window,
+                                   const void* k_pool, const void* v_pool, DevDType pool_dtype,
+                                   void* out,            // [num_tokens, q_heads, head_dim] of out_dtype
+                                   DevDType out_dtype, void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                   AttentionPath path = AttentionPath::kAuto);
+
 // ---- sampling (sampling.cu; the exact rule: native/include/moe/sampling_rule.h) -----------------
 // Greedy: ids[t] = argmax_i logits[t, i], ties to the lower index, NaN never wins (an all-NaN row
 // gives 0). Errors: cudaErrorInvalidValue for num_tokens < 0, vocab < 1 or vocab > 2^23, a null

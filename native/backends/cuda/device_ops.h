@@ -44,6 +44,15 @@ class DeviceKvCache final : public KvCache {
   size_t half_bytes = 0;
 };
 
+class DeviceKvPool final : public KvPool {
+ public:
+  ~DeviceKvPool() override;
+  size_t bytes() const override { return 2 * half_bytes; }
+  void* k = nullptr;  // [num_blocks * block_size, kv_heads, head_dim] (attention.cu's paged layout)
+  void* v = nullptr;
+  size_t half_bytes = 0;
+};
+
 class DeviceBuffer final : public Buffer {
  public:
   ~DeviceBuffer() override;
@@ -53,6 +62,7 @@ class DeviceBuffer final : public Buffer {
 Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out);
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
 Status create_kv_cache(const KvCacheShape& shape, std::unique_ptr<KvCache>* out);
+Status create_kv_pool(const KvPoolShape& shape, std::unique_ptr<KvPool>* out);
 Status alloc(size_t bytes, std::shared_ptr<Buffer>* out);
 
 // ---- ops on device tensors (backend_moe.cu, backend_decoder.cu) -----------------------------------
@@ -67,6 +77,7 @@ Status rms_norm(const RmsNormArgs& a, cudaStream_t s);
 Status linear(const LinearArgs& a, cudaStream_t s);
 Status rope(const RopeArgs& a, cudaStream_t s);
 Status attention(const AttentionArgs& a, cudaStream_t s);
+Status paged_attention(const PagedAttentionArgs& a, cudaStream_t s);
 Status add(const AddArgs& a, cudaStream_t s);
 Status sample(const SampleArgs& a, cudaStream_t s);
 Status cast(const CastArgs& a, cudaStream_t s);

@@ -123,6 +123,7 @@ class Backend {
   // w: [out,in] any float type; bias: optional [out] any float type (kept as f32).
   virtual Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) = 0;
   virtual Status create_kv_cache(const KvCacheShape& shape, std::unique_ptr<KvCache>* out) = 0;
+  virtual Status create_kv_pool(const KvPoolShape& shape, std::unique_ptr<KvPool>* out) = 0;
 
   // ---- MoE ops (moe/moe_ops.h) ----
   virtual Status route(const RouteArgs& a) = 0;
@@ -139,6 +140,7 @@ class Backend {
   virtual Status linear(const LinearArgs& a) = 0;
   virtual Status rope(const RopeArgs& a) = 0;
   virtual Status attention(const AttentionArgs& a) = 0;
+  virtual Status paged_attention(const PagedAttentionArgs& a) = 0;
   virtual Status add(const AddArgs& a) = 0;
   virtual Status sample(const SampleArgs& a) = 0;
   virtual Status cast(const CastArgs& a) = 0;

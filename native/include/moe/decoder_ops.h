@@ -6,6 +6,7 @@
 //   linear      x [T,in], packed W [out,in] (+ bias [out])    -> y [T,out]        (y = x W^T + b)
 //   rope        x [T,H,hd], positions [T] i32                 -> out [T,H,hd]     (may alias x)
 //   attention   q [T,Hq,hd], k/v [T,Hkv,hd], KV cache         -> out [T,Hq,hd]
+//   paged_attention  the same for tokens of many sequences, over a paged KV pool
 //   add         a [n], b [n]                                  -> out [n]          (may alias a)
 //   sample      logits [T,V] f32                              -> ids [T] i32
 //   cast        src [n], any float type                       -> dst [n], another float type
@@ -54,6 +55,24 @@ class KvCache {
 
 struct KvCacheShape {
   int64_t max_seq = 0, num_kv_heads = 0, head_dim = 0;
+  DType dtype = DType::kF32;
+};
+
+// A pool of KV blocks shared by many sequences (vLLM's paged cache): num_blocks blocks of block_size
+// positions, each holding one layer's keys and values of those positions for every kv head. Which
+// blocks belong to which sequence is the caller's bookkeeping (a block table per sequence, passed
+// to paged_attention); the pool holds data only. Layout inside a block: the backend's own.
+class KvPool {
+ public:
+  virtual ~KvPool() = default;
+  Backend* backend = nullptr;
+  int64_t num_blocks = 0, block_size = 0, num_kv_heads = 0, head_dim = 0;
+  DType dtype = DType::kF32;
+  virtual size_t bytes() const = 0;
+};
+
+struct KvPoolShape {
+  int64_t num_blocks = 0, block_size = 0, num_kv_heads = 0, head_dim = 0;
   DType dtype = DType::kF32;
 };
 
@@ -129,6 +148,31 @@ struct AttentionArgs {
   AttentionParams params;
   TensorView out;      // [T,Hq,hd]
   template <class F> void visit(F&& f) { f(q, Dir::kIn), f(k, Dir::kIn), f(v, Dir::kIn), f(out, Dir::kOut); }
+};
+
+// Attention of a batch of tokens from several sequences over a paged pool. Token t belongs to sequence
+// seq_of[t] (a row of block_tables) at position positions[t]; the sequence's position j lives in
+// block block_tables[seq_of[t], j / block_size], slot j % block_size. First the T new keys and values
+// are written at their positions, then every query attends as in AttentionArgs over the keys lo ..
+// positions[t] of its own sequence, read back from the pool: the same keys in the same order as a
+// KvCache holding that sequence, so the same bits, whatever the other tokens of the batch (a request
+// decodes the same alone or among others). (sequence, position) pairs are distinct within a call;
+// positions below a token's, of its sequence, must have been written by earlier calls or this one.
+// max_position: the largest of positions (known to the caller; a device backend sizes by it).
+struct PagedAttentionArgs {
+  TensorView q;             // [T,Hq,hd]
+  TensorView k, v;          // [T,Hkv,hd]
+  TensorView positions;     // [T] i32
+  TensorView seq_of;        // [T] i32
+  TensorView block_tables;  // [S, max_blocks] i32 (entries a call's positions reach: blocks of the pool)
+  KvPool* pool = nullptr;
+  int64_t sliding_window = 0;
+  int64_t max_position = 0;
+  TensorView out;           // [T,Hq,hd]
+  template <class F> void visit(F&& f) {
+    f(q, Dir::kIn), f(k, Dir::kIn), f(v, Dir::kIn), f(positions, Dir::kIn), f(seq_of, Dir::kIn),
+        f(block_tables, Dir::kIn), f(out, Dir::kOut);
+  }
 };
 
 // out = a + b element-wise in f32; a, b, out of any float types with the same numel. out may alias a
