@@ -143,6 +143,7 @@ export {
   type AttentionOptions,
   type AddOptions,
   type SampleOptions,
+  type SamplingParams,
   type AnyTensor,
   type Placed,
 } from './model/primitives.js';

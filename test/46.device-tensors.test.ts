@@ -23,6 +23,7 @@ import {
   rmsNorm,
   rope,
   sample,
+  sampleSync,
   tensor,
   type FloatType,
   type Tensor,
@@ -169,6 +170,37 @@ for (const backend of DEVICES) {
     const ids = await sample(up(l) as DeviceTensor<'float32'>, { temperature: 0 });
     assert.not.ok(ids instanceof DeviceTensor);
     for (let t = 0; t < T; t++) assert.is(ids.data[t], refArgmax((l.data as Float32Array).subarray(t * V, (t + 1) * V)));
+  });
+
+  s(`${backend}: sample on device logits with every filter and penalty, per row: the CPU backend's ids`, async () => {
+    const V = 300, T = 4;
+    const l = rt('float32', T * V, 14, 3, [T, V]) as Tensor<'float32'>;
+    const dl = up(l) as DeviceTensor<'float32'>;
+    let moved = 0;
+    for (let round = 0; round < 6; round++) {
+      const rows = Array.from({ length: T }, (_, r) => ({
+        temperature: [0, 0.7, 1.3, 2][(r + round) % 4],
+        topK: [0, 3, 50, 0][(r + 2 * round) % 4],
+        topP: [1, 0.9, 0.6][(r + round) % 3],
+        minP: [0, 0.05, 0.2][(r * 2 + round) % 3],
+        repetitionPenalty: [1, 1.3, 0.9][(r + round) % 3],
+        presencePenalty: [0, 0.5][round % 2],
+        frequencyPenalty: [0, 0.3, -0.2][(r + round) % 3],
+        // the row's argmax among them, so that the penalties move ids
+        penaltyTokens: [refArgmax(l.data.subarray(r * V, (r + 1) * V)), ...Array.from({ length: (r * 5 + round) % 9 }, (_, i) => (i * 37 + r * 11 + round) % V)],
+        seed: 100 + round,
+        step: r * 17 + round,
+      }));
+      const want = sampleSync(l, { rows });
+      const got = await sample(dl, { rows });
+      assert.equal([...got.data], [...want.data], `round ${round}`);
+      const plain = sampleSync(l, { rows: rows.map((r) => ({ ...r, penaltyTokens: [] })) });
+      moved += [...plain.data].filter((v, i) => v !== want.data[i]).length;
+      // top-level options: row t draws from (seed, step, t) on both backends
+      const top = { temperature: 1.1, topK: 40, minP: 0.01, seed: round, step: 7, penaltyTokens: [1, 2, 3], frequencyPenalty: 0.4 };
+      assert.equal([...(await sample(dl, top)).data], [...sampleSync(l, top).data], `round ${round}, top-level options`);
+    }
+    assert.ok(moved > 0, 'the penalties change some ids');
   });
 
   s(`${backend}: the MoE layer and a dense FFN on device tensors`, async () => {

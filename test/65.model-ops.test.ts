@@ -26,6 +26,7 @@ import {
   tensor,
   zeros,
   type FloatType,
+  type SamplingParams,
   type Tensor,
 } from '../lib/index';
 import { binding } from '../lib/core/binding';
@@ -494,6 +495,83 @@ smp('hand-checked draws: the Philox known answer, equal logits split evenly, tin
     for (let r = 0; r < T; r++) moved += ids.data[r] !== refArgmax(rows.data.subarray(r * V, (r + 1) * V)) ? 1 : 0;
   }
   assert.ok(moved > 30, `only ${moved} of 180 draws left the argmax`);
+});
+
+smp('top-k and min-p keep exactly the tokens they name; ties by lower id', () => {
+  const probs = [0.05, 0.4, 0.15, 0.3, 0.1];
+  const logits = tensor('float32', probs.map(Math.log), [5]) as Tensor<'float32'>;
+  const seen = (o: SamplingParams) => {
+    const s = new Set<number>();
+    for (let step = 0; step < 300; step++) s.add(sampleSync(logits, { temperature: 1, seed: 3, step, ...o }).data[0]);
+    return [...s].sort();
+  };
+  assert.equal(seen({}), [0, 1, 2, 3, 4]);
+  assert.equal(seen({ topK: 1 }), [1], 'top-1 is the argmax');
+  assert.equal(seen({ topK: 2 }), [1, 3]);
+  assert.equal(seen({ topK: 3 }), [1, 2, 3]);
+  assert.equal(seen({ topK: 5 }), [0, 1, 2, 3, 4], 'k = V keeps all');
+  assert.equal(seen({ minP: 0.3 }), [1, 2, 3], 'p >= 0.3 x 0.4 = 0.12');
+  assert.equal(seen({ minP: 0.5 }), [1, 3]);
+  assert.equal(seen({ minP: 1 }), [1], 'minP 1: the top only');
+  assert.equal(seen({ topK: 3, minP: 0.5 }), [1, 3], 'both filters');
+  assert.equal(seen({ topK: 3, topP: 0.7 }), [1, 3], 'top-p on what top-k kept: 0.4 + 0.3 of 0.85 reaches 0.7');
+  const flat = tensor('float32', [0, 0, 0, 0], [4]) as Tensor<'float32'>;
+  const ties = new Set<number>();
+  for (let step = 0; step < 100; step++) ties.add(sampleSync(flat, { temperature: 1, topK: 2, step }).data[0]);
+  assert.equal([...ties].sort(), [0, 1], 'four ties, k = 2: the two lowest ids');
+});
+
+smp('penalties: repetition divides positive and multiplies negative logits, presence once, frequency per count', () => {
+  const l = (v: number[]) => tensor('float32', v, [v.length]) as Tensor<'float32'>;
+  const g = (v: number[], o: SamplingParams) => sampleSync(l(v), o).data[0];
+  assert.is(g([2, 1.5, 0], {}), 0);
+  assert.is(g([2, 1.5, 0], { repetitionPenalty: 2, penaltyTokens: [0] }), 1, '2 / 2 = 1 < 1.5');
+  assert.is(g([2, 1.5, 0], { repetitionPenalty: 1.2, penaltyTokens: [0] }), 0, '2 / 1.2 > 1.5');
+  assert.is(g([-1, -1.5, -9], { repetitionPenalty: 2, penaltyTokens: [0, 0] }), 1, '-1 x 2 = -2 < -1.5');
+  assert.is(g([1, 0.85], { frequencyPenalty: 0.1, penaltyTokens: [0] }), 0, '1 - 0.1 > 0.85');
+  assert.is(g([1, 0.85], { frequencyPenalty: 0.1, penaltyTokens: [0, 0] }), 1, '1 - 2 x 0.1 < 0.85');
+  assert.is(g([1, 0.85], { presencePenalty: 0.1, penaltyTokens: [0, 0, 0] }), 0, 'presence counts once');
+  assert.is(g([1, 0.85], { presencePenalty: 0.2, penaltyTokens: [0] }), 1);
+  assert.is(g([1, 0.85], { presencePenalty: -0.5, penaltyTokens: [1] }), 1, 'a negative penalty favours the token');
+  assert.is(g([1, 0.85], { frequencyPenalty: 0.1, penaltyTokens: new Int32Array([0, 0]) }), 1, 'an Int32Array history');
+  // the logits passed in are not changed
+  const x = l([2, 1.5, 0]);
+  sampleSync(x, { repetitionPenalty: 2, penaltyTokens: [0] });
+  assert.equal([...x.data], [2, 1.5, 0]);
+  // with temperature, a penalised token is drawn less often
+  let a = 0, b = 0;
+  for (let step = 0; step < 400; step++) {
+    a += sampleSync(l([0, 0]), { temperature: 1, seed: 1, step }).data[0];
+    b += sampleSync(l([0, 0]), { temperature: 1, seed: 1, step, presencePenalty: 1, penaltyTokens: [1] }).data[0];
+  }
+  assert.ok(a > 150 && b < 0.6 * a, `token 1 drawn ${a} times, ${b} when penalised`);
+});
+
+smp('rows: each row its own parameters and draw, the same id alone or batched in any position', async () => {
+  const V = 40, T = 5;
+  const logits = tensor('float32', randn(T * V, 321, 2), [T, V]) as Tensor<'float32'>;
+  const params: SamplingParams[] = [
+    { temperature: 0 },
+    { temperature: 1, topK: 5, seed: 11, step: 3 },
+    { temperature: 0.8, topP: 0.9, minP: 0.05, seed: 12, step: 9, penaltyTokens: [1, 2, 2], repetitionPenalty: 1.3 },
+    { temperature: 1.4, seed: 13, step: 1, frequencyPenalty: 0.5, presencePenalty: 0.2, penaltyTokens: [5, 5, 7] },
+    { temperature: 2, topK: 30, topP: 0.95, seed: 14, step: 100 },
+  ];
+  const row = (r: number) => tensor('float32', logits.data.slice(r * V, (r + 1) * V), [1, V]) as Tensor<'float32'>;
+  const batched = sampleSync(logits, { rows: params });
+  assertSameTensor(await sample(logits, { rows: params }), batched, 'sync vs async');
+  for (let r = 0; r < T; r++) {
+    assert.is(sampleSync(row(r), { rows: [params[r]] }).data[0], batched.data[r], `row ${r} alone`);
+    assert.is(sampleSync(row(r), params[r]).data[0], batched.data[r], `row ${r} alone, top-level options (row 0 draws as a row entry)`);
+  }
+  // reversed: each row keeps its id
+  const rev = tensor('float32', Array.from({ length: T }, (_, r) => [...logits.data.slice((T - 1 - r) * V, (T - r) * V)]).flat(), [T, V]) as Tensor<'float32'>;
+  const back = sampleSync(rev, { rows: [...params].reverse() });
+  assert.equal([...back.data].reverse(), [...batched.data]);
+  // with top-level options, rows draw from (seed, step, t): rows of equal logits differ
+  const same = tensor('float32', Array.from({ length: 8 }, () => [...logits.data.slice(0, V)]).flat(), [8, V]) as Tensor<'float32'>;
+  assert.ok(new Set(sampleSync(same, { temperature: 3, seed: 5 }).data).size > 1, 'rows t draw differently');
+  assert.is(new Set(sampleSync(same, { rows: Array(8).fill({ temperature: 3, seed: 5 }) }).data).size, 1, 'equal rows with equal entries draw alike');
 });
 
 smp('a caller-provided int32 out', () => {

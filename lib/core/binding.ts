@@ -225,7 +225,7 @@ export interface NativeBinding {
   add<A extends boolean = false>(a: AnyT, b: AnyT, options?: Out & Async<A>): Ret<AnyT, A>;
   /** x converted to outType (or out's type), on the backend of x's memory. */
   cast<A extends boolean = false>(x: AnyT, options: Out & Async<A>): Ret<AnyT, A>;
-  sample<A extends boolean = false>(logits: AnyT, options?: { temperature?: number; topP?: number; seed?: number; step?: number; out?: Maybe<NativeTensor> } & Async<A>): Ret<NativeTensor, A>;
+  sample<A extends boolean = false>(logits: AnyT, options?: Record<string, unknown> & { out?: Maybe<NativeTensor> } & Async<A>): Ret<NativeTensor, A>;
   // ---- device tensors (native/napi/bind_device.cc) ----
   device_alloc(type: NativeDType, dims: number[], options?: OnBackend): NativeDeviceTensor;
   device_upload<A extends boolean = false>(dst: NativeDeviceTensor, src: NativeTensor, options?: Async<A>): Ret<NativeDeviceTensor, A>;

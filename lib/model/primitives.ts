@@ -446,32 +446,78 @@ export function addSync<X extends AnyTensor>(a: X, b: X, options?: AddOptions): 
 
 // ---- sampling --------------------------------------------------------------------------------------------
 
-export interface SampleOptions {
+/**
+ * How one row is sampled. Every field is optional; the defaults are greedy with no filter and no
+ * penalty. The same parameters give the same id on every backend (one integer rule, see `sample`).
+ */
+export interface SamplingParams {
   /** 0 (default): greedy argmax, ties to the lower index, NaN never wins. */
   temperature?: number;
   /** Nucleus: keep the fewest most likely tokens whose probability reaches topP; (0, 1], default 1. */
   topP?: number;
+  /** Keep the topK most likely tokens only (ties: lower id first); 0 (default): all. */
+  topK?: number;
+  /** Drop tokens less likely than minP x the most likely one; [0, 1], default 0. */
+  minP?: number;
+  /**
+   * Repetition penalty (CTRL / Hugging Face's): logits of tokens in `penaltyTokens` are divided by it
+   * when positive and multiplied when negative; > 0, default 1 (off).
+   */
+  repetitionPenalty?: number;
+  /** Subtracted once from the logit of each token in `penaltyTokens` (OpenAI's presence_penalty). */
+  presencePenalty?: number;
+  /** Subtracted from a token's logit per occurrence in `penaltyTokens` (OpenAI's frequency_penalty). */
+  frequencyPenalty?: number;
+  /** The history the penalties count (e.g. the last 64 tokens of the sequence): ids in [0, V). */
+  penaltyTokens?: readonly number[] | Int32Array;
   /** Integer in [0, 2^53); default 0. */
   seed?: number;
-  /** Integer in [0, 2^53), e.g. the decode step; default 0. Row t of a call draws from (seed, step, t). */
+  /** Integer in [0, 2^53), e.g. the position being sampled; default 0. */
   step?: number;
+}
+
+export interface SampleOptions extends SamplingParams {
+  /**
+   * One SamplingParams per row of the logits, instead of the top-level ones: rows of different
+   * sequences in one call, each drawing with its own (seed, step) whatever its position in the call,
+   * so a sequence samples the same ids alone or batched. (With the top-level parameters, row t draws
+   * from (seed, step, t).)
+   */
+  rows?: readonly SamplingParams[];
   /** An int32 tensor [T] to write the ids into. */
   out?: Tensor<'int32'>;
 }
 
+const SAMPLING_NUMBERS = ['temperature', 'topP', 'topK', 'minP', 'repetitionPenalty', 'presencePenalty', 'frequencyPenalty', 'seed', 'step'] as const;
+
+function samplingParams(o: Record<string, unknown>, name = 'options'): Record<string, unknown> {
+  for (const k of SAMPLING_NUMBERS) {
+    const v = o[k];
+    if (v !== undefined && typeof v !== 'number') throw typeError(`${name}.${k} must be a number, got ${describe(v)}`);
+  }
+  return o; // ranges, penaltyTokens and unknown keys are checked natively, with the value in the message
+}
+
 function sampleArgs(options?: SampleOptions) {
   const o = checkOptions(options);
-  return { temperature: numberOption(o, 'temperature', 0), topP: numberOption(o, 'topP', 1), seed: numberOption(o, 'seed', 0), step: numberOption(o, 'step', 0), out: nt(o.out as Tensor) };
+  const rows = o.rows;
+  if (rows !== undefined) {
+    if (!Array.isArray(rows)) throw typeError(`options.rows must be an array of SamplingParams, got ${describe(rows)}`);
+    return { ...o, rows: rows.map((r, i) => samplingParams(checkOptions(r, `options.rows[${i}]`), `options.rows[${i}]`)), out: nt(o.out as Tensor) };
+  }
+  return { ...o, ...samplingParams(o), out: nt(o.out as Tensor) };
 }
 
 /**
- * Token ids [T] from float32 logits [V] or [T,V] (V <= 2^23): argmax at temperature 0 (ties to the
- * lower index, NaN never wins). Otherwise softmax(logits / temperature) cut to topP, by the exact
- * integer rule of native/include/moe/sampling_rule.h: weights floor(exp((l - max) / temperature) *
- * 2^40) in f32, the nucleus = the fewest largest weights (ties: lower index first) whose sum reaches
- * topP of the total, one Philox4x32-10 draw of (seed, step, row) scaled to the nucleus's sum, and the
- * first nucleus id in index order whose running sum passes it. The same logits, options and row
- * give the same token on the CPU and the CUDA backend and on any thread count.
+ * Token ids [T] from float32 logits [V] or [T,V] (V <= 2^23), by the exact rule of
+ * native/include/moe/sampling_rule.h: first the penalties on the logits of `penaltyTokens`
+ * (repetition, then frequency x count + presence, in double, rounded to float once); then argmax at
+ * temperature 0 (ties to the lower index, NaN never wins). Otherwise integer weights
+ * floor(exp((l - max) / temperature) * 2^40) in f32, filtered by minP (weights below
+ * round(minP * 2^32) * 2^8), topK (the k largest, ties lower id first) and topP (the fewest largest
+ * weights whose sum reaches topP of the total), then one Philox4x32-10 draw scaled to the kept sum
+ * and the first kept id in index order whose running sum passes it. The same logits and options give
+ * the same token on the CPU and the CUDA backend and on any thread count.
  */
 export async function sample(logits: Tensor<'float32'> | DeviceTensor<'float32'>, options?: SampleOptions): Promise<Tensor<'int32'>> {
   return (await binding.sample(nt(logits), { ...sampleArgs(options), async: true })) as Tensor<'int32'>;

@@ -198,17 +198,27 @@ bool same_dims(const moe::TensorView& a, const moe::TensorView& b) {
 Options::Options(const Napi::CallbackInfo& info, size_t index, const char* fn, std::initializer_list<const char*> keys)
     : env_(info.Env()) {
   if (index >= info.Length() || info[index].IsUndefined()) return;
-  const Napi::Value v = info[index];
+  read(info[index], fn, keys, true);
+}
+
+Options::Options(Napi::Env env, const Napi::Value& v, std::string label, const char* fn,
+                 std::initializer_list<const char*> keys)
+    : env_(env), label_(std::move(label)) {
+  if (v.IsUndefined()) return;
+  read(v, fn, keys, false);
+}
+
+void Options::read(const Napi::Value& v, const char* fn, std::initializer_list<const char*> keys, bool allow_async) {
   if (!v.IsObject() || v.IsArray() || v.IsTypedArray() || v.IsFunction())
-    throw_type_error(env_, std::string(fn) + ": options must be an object, got " + describe(v));
+    throw_type_error(env_, std::string(fn) + ": " + label_ + " must be an object, got " + describe(v));
   obj_ = v.As<Napi::Object>();
   present_ = true;
   Napi::Array names = obj_.GetPropertyNames();
   for (uint32_t n = 0; n < names.Length(); ++n) {
     const std::string key = names.Get(n).ToString().Utf8Value();
-    bool known = key == "async";
+    bool known = allow_async && key == "async";
     for (const char* k : keys) known = known || key == k;
-    if (!known) throw_type_error(env_, "options." + key + " is not a known option of " + fn);
+    if (!known) throw_type_error(env_, label_ + "." + key + " is not a known option of " + fn);
   }
 }
 

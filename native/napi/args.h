@@ -70,6 +70,9 @@ constexpr int64_t kMaxSafeInteger = 9007199254740991;  // 2^53 - 1: every intege
 class Options {
  public:
   Options(const Napi::CallbackInfo& info, size_t index, const char* fn, std::initializer_list<const char*> keys);
+  // A nested options object (e.g. one entry of options.rows): `label` names it in messages
+  // ("options.rows[2]"); `async` is not one of its keys.
+  Options(Napi::Env env, const Napi::Value& v, std::string label, const char* fn, std::initializer_list<const char*> keys);
   Napi::Value get(const char* key) const;
   bool has(const char* key) const { return given(get(key)); }
   // `async`: true returns a Promise (default false).
@@ -78,12 +81,14 @@ class Options {
   int64_t integer(const char* key, int64_t dflt, int64_t lo, int64_t hi) const;
   double number(const char* key, double dflt, double lo, double hi, bool lo_open = false) const;
   // "options.key" for messages.
-  std::string name(const char* key) const { return std::string("options.") + key; }
+  std::string name(const char* key) const { return label_ + "." + key; }
 
  private:
   Napi::Env env_;
   Napi::Object obj_;
   bool present_ = false;
+  std::string label_ = "options";
+  void read(const Napi::Value& v, const char* fn, std::initializer_list<const char*> keys, bool allow_async);
 };
 
 }  // namespace moe_addon

@@ -14,7 +14,9 @@
 //   paged_attention(q, k, v, pool, {positions, seqOf, blockTables, slidingWindow, outType, out, async})
 //                                                                        -> [T,Hq,hd]
 //   add(a, b, {outType, out, async})                                     -> a's dims
-//   sample(logits, {temperature, topP, seed, step, out, async})          -> [T] int32 (host)
+//   sample(logits, {temperature, topP, topK, minP, seed, step, repetitionPenalty, presencePenalty,
+//                   frequencyPenalty, penaltyTokens, out, async})          -> [T] int32 (host)
+//   sample(logits, {rows: [{...the same keys per row}], out, async})     -> [T] int32 (host)
 //   cast(x, {outType, out, async})                                       -> x's dims in outType
 // outType and out may be absent; a given out must have the result's dims (and outType, when both are
 // given); it is written and returned.
@@ -22,6 +24,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <memory>
 #include <string>
 
@@ -29,6 +32,7 @@
 #include "handles.h"
 #include "jobs.h"
 #include "moe/backend.h"
+#include "moe/sampling_rule.h"
 
 namespace moe_addon {
 
@@ -332,11 +336,59 @@ Napi::Value Add(const Napi::CallbackInfo& info) {
   return run_job(env, std::move(job));
 }
 
-// The ids are a host tensor whatever the place of the logits.
+// ---- sample ---------------------------------------------------------------------------------------
+#define MOE_SAMPLE_KEYS                                                                                           \
+  "temperature", "topP", "topK", "minP", "seed", "step", "repetitionPenalty", "presencePenalty", "frequencyPenalty", \
+      "penaltyTokens"
+
+// One row's parameters from options (top level, or an entry of options.rows) and its penalty history
+// as (id, count) pairs, ids in [0, V).
+void read_sample_row(Napi::Env env, const Options& o, int64_t V, moe::SampleRow* row,
+                     std::vector<std::pair<int32_t, int32_t>>* history) {
+  row->temperature = float(o.number("temperature", 0.0, 0.0, 1e30));
+  row->top_p = float(o.number("topP", 1.0, 0.0, 1.0, true));
+  row->min_p = float(o.number("minP", 0.0, 0.0, 1.0));
+  row->top_k = int32_t(o.integer("topK", 0, 0, INT32_MAX));
+  row->repetition = float(o.number("repetitionPenalty", 1.0, 0.0, 1e30, true));
+  row->presence = float(o.number("presencePenalty", 0.0, -1e30, 1e30));
+  row->frequency = float(o.number("frequencyPenalty", 0.0, -1e30, 1e30));
+  row->seed = uint64_t(o.integer("seed", 0, 0, kMaxSafeInteger));
+  row->step = uint64_t(o.integer("step", 0, 0, kMaxSafeInteger));
+  history->clear();
+  const Napi::Value toks = o.get("penaltyTokens");
+  if (!given(toks)) return;
+  const std::string what = o.name("penaltyTokens");
+  std::vector<int32_t> ids;
+  auto take = [&](int64_t id, uint32_t i) {
+    if (id < 0 || id >= V)
+      throw_range_error(env, what + "[" + std::to_string(i) + "] must be a token id in [0, " + std::to_string(V) + "), got " + std::to_string(id));
+    ids.push_back(int32_t(id));
+  };
+  if (toks.IsTypedArray() && toks.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array) {
+    Napi::Int32Array a = toks.As<Napi::Int32Array>();
+    for (size_t i = 0; i < a.ElementLength(); ++i) take(a[i], uint32_t(i));
+  } else if (toks.IsArray()) {
+    Napi::Array a = toks.As<Napi::Array>();
+    for (uint32_t i = 0; i < a.Length(); ++i) take(to_int(a.Get(i), (what + "[" + std::to_string(i) + "]").c_str(), 0, kMaxSafeInteger), i);
+  } else {
+    throw_type_error(env, what + " must be an array of token ids or an Int32Array, got " + describe(toks));
+  }
+  std::sort(ids.begin(), ids.end());
+  for (size_t i = 0; i < ids.size();) {
+    size_t j = i;
+    while (j < ids.size() && ids[j] == ids[i]) ++j;
+    history->emplace_back(ids[i], int32_t(std::min<size_t>(j - i, size_t(INT32_MAX))));
+    i = j;
+  }
+}
+
+// The ids are a host tensor whatever the place of the logits. Top-level options sample every row
+// with one set of parameters, row t drawing with (seed, step, t); options.rows gives each row its own,
+// and each draws with its own (seed, step) whatever its position in the call.
 Napi::Value Sample(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "sample");
-  Options o(info, 1, "sample", {"temperature", "topP", "seed", "step", "out"});
+  Options o(info, 1, "sample", {MOE_SAMPLE_KEYS, "rows", "out"});
   auto job = std::make_unique<Job>(o.async());
   const Place place = place_of(info[0]);
   job->backend = backend_of(place);
@@ -344,17 +396,70 @@ Napi::Value Sample(const Napi::CallbackInfo& info) {
   a.logits = tensor_arg(*job, info[0], "logits", kF32, -1, place);
   if (a.logits.ndim != 1 && a.logits.ndim != 2) throw_range_error(env, "logits.dims must be [V] or [T,V], got " + dims_string(a.logits));
   const int64_t V = a.logits.dims[a.logits.ndim - 1], T = a.logits.ndim == 2 ? a.logits.dims[0] : 1;
-  if (V < 1) throw_range_error(env, "logits must have at least one entry per row, got dims " + dims_string(a.logits));
-  a.params.temperature = float(o.number("temperature", 0.0, 0.0, 1e30));
-  a.params.top_p = float(o.number("topP", 1.0, 0.0, 1.0, true));
-  a.params.seed = uint64_t(o.integer("seed", 0, 0, kMaxSafeInteger));
-  a.params.step = uint64_t(o.integer("step", 0, 0, kMaxSafeInteger));
+  if (V < 1 || V > moe::kSampleMaxVocab)
+    throw_range_error(env, "logits must have 1 to 2^23 entries per row, got dims " + dims_string(a.logits));
+  auto rows = std::make_shared<std::vector<moe::SampleRow>>(size_t(T));
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> hist(static_cast<size_t>(T));
+  if (o.has("rows")) {
+    for (const char* k : {MOE_SAMPLE_KEYS})
+      if (o.has(k)) throw_type_error(env, std::string("options.") + k + " cannot be given with options.rows (each row has its own)");
+    const Napi::Value rv = o.get("rows");
+    if (!rv.IsArray()) throw_type_error(env, "options.rows must be an array of per-row options, got " + describe(rv));
+    Napi::Array arr = rv.As<Napi::Array>();
+    check_same(env, "options.rows.length", int64_t(arr.Length()), "the rows of logits", T);
+    for (uint32_t t = 0; t < arr.Length(); ++t) {
+      const std::string label = "options.rows[" + std::to_string(t) + "]";
+      const Napi::Value e = arr.Get(t);
+      if (!e.IsObject()) throw_type_error(env, label + " must be an object, got " + describe(e));
+      Options ro(env, e, label, "sample", {MOE_SAMPLE_KEYS});
+      read_sample_row(env, ro, V, &(*rows)[t], &hist[t]);
+      (*rows)[t].stream = 0;
+    }
+  } else {
+    moe::SampleRow r;
+    read_sample_row(env, o, V, &r, &hist[0]);
+    for (int64_t t = 0; t < T; ++t) {
+      (*rows)[size_t(t)] = r;
+      (*rows)[size_t(t)].stream = uint64_t(t);
+      if (t > 0) hist[size_t(t)] = hist[0];
+    }
+  }
+  job->hold.push_back(rows);
+  a.rows.data = rows->data();
+  a.rows.dtype = moe::DType::kI32;
+  a.rows.ndim = 2, a.rows.dims[0] = T, a.rows.dims[1] = moe::kSampleRowWords;
+  size_t n_pen = 0;
+  for (const auto& h : hist) n_pen += h.size();
+  if (n_pen > size_t(INT32_MAX)) throw_range_error(env, "sample: too many penalty tokens");
+  if (n_pen > 0) {
+    // ids, counts and offsets in one block the job holds
+    auto pen = std::make_shared<std::vector<int32_t>>(2 * n_pen + size_t(T) + 1);
+    int32_t* ids = pen->data();
+    int32_t* counts = ids + n_pen;
+    int32_t* off = counts + n_pen;
+    size_t j = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      off[t] = int32_t(j);
+      for (const auto& e : hist[size_t(t)]) ids[j] = e.first, counts[j] = e.second, ++j;
+    }
+    off[T] = int32_t(j);
+    job->hold.push_back(pen);
+    auto view = [](int32_t* p, int64_t n) {
+      moe::TensorView v;
+      v.data = p, v.dtype = moe::DType::kI32, v.ndim = 1, v.dims[0] = n;
+      return v;
+    };
+    a.penalty_ids = view(ids, int64_t(n_pen));
+    a.penalty_counts = view(counts, int64_t(n_pen));
+    a.penalty_offsets = view(off, T + 1);
+  }
   const Place host;
   job->result = Napi::Persistent(output_arg(*job, o.get("out"), env.Undefined(), moe::DType::kI32, kI32, shape_of({T}), host, &a.ids));
   moe::Backend* b = job->backend;
   job->compute = [b, a]() { return b->sample(a); };
   return run_job(env, std::move(job));
 }
+#undef MOE_SAMPLE_KEYS
 
 Napi::Value Cast(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();

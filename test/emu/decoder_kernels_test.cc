@@ -361,39 +361,103 @@ int32_t reference_argmax(const float* row, int64_t V) {
   return int32_t(best < 0 ? 0 : best);
 }
 
-// The sampling rule by its definition: weights sorted by decreasing value (ties: lower index first),
-// the shortest prefix reaching the mass, then inverse CDF over the kept ids in index order.
-int32_t reference_sample(const float* row, int64_t V, float temperature, float top_p, uint64_t seed, uint64_t step,
-                         uint64_t r) {
-  const int32_t greedy = reference_argmax(row, V);
-  if (std::isnan(row[greedy])) return 0;
+moe::SampleRow srow(float temperature, float top_p, uint64_t seed, uint64_t step, uint64_t stream) {
+  moe::SampleRow r;
+  r.temperature = temperature, r.top_p = top_p, r.seed = seed, r.step = step, r.stream = stream;
+  return r;
+}
+
+// Each row's penalty history: distinct ids and their counts, rows in CSR (offsets [T+1]).
+struct History {
+  std::vector<int32_t> ids, counts, offsets{0};
+  void add_row(const std::vector<std::pair<int32_t, int32_t>>& e) {
+    for (const auto& [id, c] : e) ids.push_back(id), counts.push_back(c);
+    offsets.push_back(int32_t(ids.size()));
+  }
+};
+
+moe::TensorView i32_view(const void* p, std::initializer_list<int64_t> dims) {
+  moe::TensorView v;
+  v.data = const_cast<void*>(p), v.dtype = moe::DType::kI32, v.ndim = int(dims.size());
+  int k = 0;
+  for (int64_t d : dims) v.dims[k++] = d;
+  return v;
+}
+
+// The CUDA launcher (run by the emulator) over T rows.
+cudaError_t gpu_sample(const float* logits, int64_t T, int64_t V, const std::vector<moe::SampleRow>& rows,
+                       const History* h, int32_t* ids) {
+  std::vector<uint64_t> ws((moe::sample_workspace_bytes(T, V, h != nullptr) + 7) / 8 + 1);
+  return moe::launch_sample(logits, T, V, rows.data(), h ? h->ids.data() : nullptr, h ? h->counts.data() : nullptr,
+                            h ? h->offsets.data() : nullptr, h ? int64_t(h->ids.size()) : 0, ws.data(), ws.size() * 8,
+                            ids, nullptr);
+}
+
+// The CPU backend's op over T rows.
+moe::Status cpu_sample(const float* logits, int64_t T, int64_t V, const std::vector<moe::SampleRow>& rows,
+                       const History* h, int32_t* ids) {
+  moe::SampleArgs a;
+  a.logits.data = const_cast<float*>(logits), a.logits.ndim = 2, a.logits.dims[0] = T, a.logits.dims[1] = V;
+  a.rows = i32_view(rows.data(), {T, moe::kSampleRowWords});
+  if (h) {
+    a.penalty_ids = i32_view(h->ids.data(), {int64_t(h->ids.size())});
+    a.penalty_counts = i32_view(h->counts.data(), {int64_t(h->counts.size())});
+    a.penalty_offsets = i32_view(h->offsets.data(), {T + 1});
+  }
+  a.ids = i32_view(ids, {T});
+  return moe::cpu::sample(a);
+}
+
+// The sampling rule by its definition: penalties applied one token at a time, weights sorted by
+// decreasing value (ties: lower index first) for top-k and again for the shortest prefix reaching
+// the top-p mass, then inverse CDF over the kept ids in index order.
+int32_t reference_sample(const float* row0, int64_t V, const moe::SampleRow& p, const int32_t* hid = nullptr,
+                         const int32_t* hcnt = nullptr, int64_t nh = 0) {
+  std::vector<float> row(row0, row0 + V);
+  for (int64_t j = 0; j < nh; ++j) {
+    float& l = row[size_t(hid[j])];
+    if (std::isnan(l)) continue;
+    double x = l;
+    if (p.repetition != 1.f) x = x > 0 ? x / double(p.repetition) : x * double(p.repetition);
+    x -= double(hcnt[j]) * double(p.frequency) + double(p.presence);
+    l = float(x);
+  }
+  const int32_t greedy = reference_argmax(row.data(), V);
+  if (std::isnan(row[size_t(greedy)]) || !(p.temperature > 0.f)) return greedy;
   std::vector<uint64_t> w(static_cast<size_t>(V));
-  uint64_t total = 0;
-  for (int64_t i = 0; i < V; ++i) total += w[size_t(i)] = moe::sample_weight(row[i], row[greedy], temperature);
-  if (total == 0) return greedy;
-  const uint64_t mass = moe::top_p_mass(total, top_p);
+  const double min_frac = double(uint64_t(double(p.min_p) * 4294967296.0 + 0.5)) / 4294967296.0;
+  for (int64_t i = 0; i < V; ++i) {
+    w[size_t(i)] = moe::sample_weight(row[size_t(i)], row[size_t(greedy)], p.temperature);
+    if (double(w[size_t(i)]) < min_frac * double(moe::kSampleWeightOne)) w[size_t(i)] = 0;
+  }
   std::vector<int64_t> order(static_cast<size_t>(V));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return w[size_t(a)] > w[size_t(b)]; });
+  if (p.top_k > 0)
+    for (size_t r = size_t(p.top_k); r < order.size(); ++r) w[size_t(order[r])] = 0;
+  uint64_t total = 0;
+  for (uint64_t x : w) total += x;
+  if (total == 0) return greedy;
+  const uint64_t mass = moe::top_p_mass(total, p.top_p);
   std::vector<bool> kept(size_t(V), false);
   uint64_t acc = 0;
-  for (int64_t i : order) {
+  for (int64_t i : order) {  // (the order of the weights before top-k: the kept ones lead it still)
     if (acc >= mass) break;
     kept[size_t(i)] = true;
     acc += w[size_t(i)];
   }
-  const uint64_t target = moe::mulhi_u64(moe::philox_u64(seed, step, r), acc);
+  const uint64_t target = moe::mulhi_u64(moe::philox_u64(p.seed, p.step, p.stream), acc);
   uint64_t run = 0;
   for (int64_t i = 0; i < V; ++i)
     if (kept[size_t(i)] && (run += w[size_t(i)]) > target) return int32_t(i);
   return -1;
 }
 
-// moe::sample_top_p_row with its own scratch.
-int32_t sequential_sample(const float* row, int64_t V, float temperature, float top_p, uint64_t seed, uint64_t step,
-                          uint64_t r) {
-  std::vector<uint64_t> q(static_cast<size_t>(V));
-  return moe::sample_top_p_row(row, V, temperature, top_p, seed, step, r, q.data());
+// moe::sample_row with its own scratch.
+int32_t sequential_sample(const float* row, int64_t V, const moe::SampleRow& p, const int32_t* hid = nullptr,
+                          const int32_t* hcnt = nullptr, int64_t nh = 0) {
+  moe::SampleScratch scratch;
+  return moe::sample_row(row, V, p, hid, hcnt, nh, scratch);
 }
 
 std::vector<float> make_logits(int64_t T, int64_t V, uint64_t seed) {
@@ -736,7 +800,7 @@ TEST(model_attention_rejects_bad_arguments) {
 }
 
 TEST(model_sampling_greedy_ties_and_nan) {
-  const int64_t V = 97;
+  const int64_t V = 100;
   std::vector<float> logits(size_t(4 * V), 0.f);
   for (int64_t i = 0; i < V; ++i) logits[size_t(i)] = float(i % 10);        // max 9 first at 9
   for (int64_t i = 0; i < V; ++i) logits[size_t(V + i)] = NAN;               // all NaN -> 0
@@ -745,6 +809,7 @@ TEST(model_sampling_greedy_ties_and_nan) {
   logits[size_t(2 * V + 90)] = 2.f, logits[size_t(2 * V + 60)] = 2.f;
   for (int64_t i = 0; i < V; ++i) logits[size_t(3 * V + i)] = NAN;
   std::vector<int32_t> ids(4, -7);
+  const std::vector<moe::SampleRow> greedy_rows(4, srow(0.f, 0.9f, 1, 2, 0));
   for (moe_emu::Schedule s : kAllSchedules) {
     ScheduleScope scope(s, 11);
     CHECK_OK(moe::launch_argmax(logits.data(), 4, V, ids.data(), nullptr));
@@ -753,12 +818,15 @@ TEST(model_sampling_greedy_ties_and_nan) {
     CHECK_EQ(ids[2], 60);
     CHECK_EQ(ids[3], 0);
     // temperature 0: greedy through the sampler's entry point
-    CHECK_OK(moe::launch_sample_top_p(logits.data(), 4, V, 0.f, 0.9f, 1, 2, ids.data(), nullptr));
+    std::fill(ids.begin(), ids.end(), -7);
+    CHECK_OK(gpu_sample(logits.data(), 4, V, greedy_rows, nullptr, ids.data()));
     CHECK_EQ(ids[0], 9);
+    CHECK_EQ(ids[1], 50);
     CHECK_EQ(ids[2], 60);
+    CHECK_EQ(ids[3], 0);
   }
   std::vector<int32_t> cpu(4, -7);  // the CPU backend's greedy op: the same ids
-  CHECK(moe::cpu::sample(logits.data(), 4, V, moe::SampleParams{}, cpu.data()).is_ok());
+  CHECK(cpu_sample(logits.data(), 4, V, greedy_rows, nullptr, cpu.data()).is_ok());
   CHECK_OK(moe::launch_argmax(logits.data(), 4, V, ids.data(), nullptr));
   for (int r = 0; r < 4; ++r) CHECK_EQ(cpu[size_t(r)], ids[size_t(r)]);
   const std::vector<float> big = make_logits(3, 1000, 4);
@@ -778,34 +846,23 @@ TEST(model_sampling_top_p_exact_ids_sweep) {
       for (float temperature : {0.6f, 1.7f})
         for (float top_p : {0.f, 0.5f, 0.9f, 1.f})
           for (uint64_t step : {0ull, 1000000007ull}) {
-            std::vector<int32_t> ids(size_t(T), -1);
             const uint64_t seed = 0x1234567890abcdefull + uint64_t(V);
-            CHECK_OK(
-                moe::launch_sample_top_p(logits.data(), T, V, temperature, top_p, seed, step, ids.data(), nullptr));
-            // The CPU backend's op (top_p in (0, 1] there; 0 is the CUDA launcher's clamp)
-            std::vector<int32_t> cpu(size_t(T), -1);
-            if (top_p > 0.f) {
-              moe::SampleParams sp;
-              sp.temperature = temperature, sp.top_p = top_p, sp.seed = seed, sp.step = step;
-              CHECK(moe::cpu::sample(logits.data(), T, V, sp, cpu.data()).is_ok());
-            }
+            std::vector<moe::SampleRow> rows;
+            for (int64_t r = 0; r < T; ++r) rows.push_back(srow(temperature, top_p, seed, step, uint64_t(r)));
+            std::vector<int32_t> ids(size_t(T), -1), cpu(size_t(T), -1);
+            CHECK_OK(gpu_sample(logits.data(), T, V, rows, nullptr, ids.data()));
+            CHECK(cpu_sample(logits.data(), T, V, rows, nullptr, cpu.data()).is_ok());
             for (int64_t r = 0; r < T; ++r) {
               const float* row = logits.data() + r * V;
-              const int32_t want = reference_sample(row, V, temperature, top_p, seed, step, uint64_t(r));
-              const int32_t seq = sequential_sample(row, V, temperature, top_p, seed, step, uint64_t(r));
-              if (top_p > 0.f && cpu[size_t(r)] != want) {
-                emu_test::fail(__FILE__, __LINE__, "top-p V=" + std::to_string(V) + " p=" + std::to_string(top_p) +
-                                                       " row " + std::to_string(r) + ": CPU backend " +
-                                                       std::to_string(cpu[size_t(r)]) + ", reference " +
-                                                       std::to_string(want));
-                return;
-              }
-              if (ids[size_t(r)] != want || seq != want) {
+              const int32_t want = reference_sample(row, V, rows[size_t(r)]);
+              const int32_t seq = sequential_sample(row, V, rows[size_t(r)]);
+              if (ids[size_t(r)] != want || seq != want || cpu[size_t(r)] != want) {
                 emu_test::fail(__FILE__, __LINE__, "top-p V=" + std::to_string(V) + " T=" +
                                                        std::to_string(temperature) +
                                                        " p=" + std::to_string(top_p) + " step " + std::to_string(step) +
                                                        " row " + std::to_string(r) + ": got " +
-                                                       std::to_string(ids[size_t(r)]) + ", sequential " +
+                                                       std::to_string(ids[size_t(r)]) + ", CPU backend " +
+                                                       std::to_string(cpu[size_t(r)]) + ", sequential " +
                                                        std::to_string(seq) + ", reference " + std::to_string(want) +
                                                        sched());
                 return;
@@ -820,6 +877,98 @@ TEST(model_sampling_top_p_exact_ids_sweep) {
   CHECK(distinct > checked / 4);  // the draws do leave the greedy id
 }
 
+// Every filter and penalty, each row with its own parameters and history: the kernel, the CPU
+// backend, the sequential rule and the definition (sorts) give the same ids; and a row's id is the
+// one it gets alone, in any position among other rows.
+TEST(model_sampling_filters_and_penalties_sweep) {
+  int checked = 0, distinct = 0, moved = 0;
+  Rng rng(77);
+  for (moe_emu::Schedule s : kAllSchedules) {
+    ScheduleScope scope(s, 13);
+    for (int64_t V : {97, 1000}) {
+      if (V > 100 && s != moe_emu::Schedule::kRoundRobin) continue;
+      const int64_t T = 4;
+      for (int round = 0; round < 12; ++round) {
+        const std::vector<float> logits = make_logits(T, V, uint64_t(V * 131 + round));
+        std::vector<moe::SampleRow> rows;
+        History h;
+        for (int64_t r = 0; r < T; ++r) {
+          const float temps[] = {0.f, 0.7f, 1.5f};
+          const int32_t ks[] = {0, 1, 3, 40, int32_t(V)};
+          const float mps[] = {0.f, 0.02f, 0.3f};
+          const float reps[] = {1.f, 1.3f, 0.8f};
+          const float pres[] = {0.f, 0.5f, -0.4f};
+          const float freqs[] = {0.f, 0.25f};
+          moe::SampleRow p = srow(temps[size_t(rng.uniform() * 3)], rng.uniform() < 0.5 ? 1.f : 0.6f,
+                                  uint64_t(round) * 7 + 3, uint64_t(r) * 1000 + uint64_t(round), 0);
+          p.top_k = ks[size_t(rng.uniform() * 5)];
+          p.min_p = mps[size_t(rng.uniform() * 3)];
+          p.repetition = reps[size_t(rng.uniform() * 3)];
+          p.presence = pres[size_t(rng.uniform() * 3)];
+          p.frequency = freqs[size_t(rng.uniform() * 2)];
+          rows.push_back(p);
+          // a history of up to 12 distinct ids, biased to the likely ones (the first ids of the row's max)
+          std::vector<std::pair<int32_t, int32_t>> e;
+          const int n = int(rng.uniform() * 13);
+          std::vector<bool> used(size_t(V), false);
+          for (int k = 0; k < n; ++k) {
+            const int32_t id = int32_t(rng.uniform() * double(V));
+            if (used[size_t(id)]) continue;
+            used[size_t(id)] = true;
+            e.emplace_back(id, 1 + int32_t(rng.uniform() * 3));
+          }
+          std::sort(e.begin(), e.end());
+          h.add_row(e);
+        }
+        std::vector<int32_t> ids(size_t(T), -1), cpu(size_t(T), -1);
+        CHECK_OK(gpu_sample(logits.data(), T, V, rows, &h, ids.data()));
+        CHECK(cpu_sample(logits.data(), T, V, rows, &h, cpu.data()).is_ok());
+        for (int64_t r = 0; r < T; ++r) {
+          const float* row = logits.data() + r * V;
+          const int32_t* hid = h.ids.data() + h.offsets[size_t(r)];
+          const int32_t* hc = h.counts.data() + h.offsets[size_t(r)];
+          const int64_t nh = h.offsets[size_t(r) + 1] - h.offsets[size_t(r)];
+          const moe::SampleRow& p = rows[size_t(r)];
+          const int32_t want = reference_sample(row, V, p, hid, hc, nh);
+          const int32_t seq = sequential_sample(row, V, p, hid, hc, nh);
+          if (ids[size_t(r)] != want || seq != want || cpu[size_t(r)] != want) {
+            emu_test::fail(__FILE__, __LINE__, "V=" + std::to_string(V) + " round " + std::to_string(round) + " row " +
+                                                   std::to_string(r) + " (T=" + std::to_string(p.temperature) +
+                                                   " k=" + std::to_string(p.top_k) + " min_p=" + std::to_string(p.min_p) +
+                                                   " history " + std::to_string(nh) + "): got " +
+                                                   std::to_string(ids[size_t(r)]) + ", CPU backend " +
+                                                   std::to_string(cpu[size_t(r)]) + ", sequential " +
+                                                   std::to_string(seq) + ", reference " + std::to_string(want) + sched());
+            return;
+          }
+          if (p.top_k == 1) {  // top-1: the greedy id of the penalized row
+            moe::SampleRow g = p;
+            g.temperature = 0.f;
+            CHECK_EQ(want, reference_sample(row, V, g, hid, hc, nh));
+          }
+          ++checked;
+          distinct += want != reference_argmax(row, V);
+          moved += nh > 0 && want != reference_sample(row, V, p);
+        }
+        // row 2 alone, and first: the same id
+        if (s == moe_emu::Schedule::kRoundRobin) {
+          History one;
+          one.add_row({});
+          one.ids.assign(h.ids.begin() + h.offsets[2], h.ids.begin() + h.offsets[3]);
+          one.counts.assign(h.counts.begin() + h.offsets[2], h.counts.begin() + h.offsets[3]);
+          one.offsets = {0, int32_t(one.ids.size())};
+          int32_t alone = -1;
+          CHECK_OK(gpu_sample(logits.data() + 2 * V, 1, V, {rows[2]}, &one, &alone));
+          CHECK_EQ(alone, ids[2]);
+        }
+      }
+    }
+  }
+  CHECK(checked > 100);
+  CHECK(distinct > checked / 4);  // draws leave the greedy id
+  CHECK(moved > 0);               // and penalties move some ids
+}
+
 // Rows without any finite weight: every logit -inf gives the greedy id (0), an +inf logit wins
 // alone, NaNs never win; the sequential rule agrees.
 TEST(model_sampling_infinite_and_nan_rows) {
@@ -828,17 +977,18 @@ TEST(model_sampling_infinite_and_nan_rows) {
   logits[size_t(V + 7)] = INFINITY, logits[size_t(V + 9)] = 3.f, logits[size_t(V + 11)] = NAN;
   for (int64_t i = 0; i < V; ++i) logits[size_t(2 * V + i)] = i % 2 ? NAN : -INFINITY;
   logits[size_t(2 * V + 30)] = -2.f;
+  std::vector<moe::SampleRow> rows;
+  for (int64_t r = 0; r < 3; ++r) rows.push_back(srow(1.f, 0.9f, 42, 7, uint64_t(r)));
   std::vector<int32_t> ids(3, -1);
-  CHECK_OK(moe::launch_sample_top_p(logits.data(), 3, V, 1.f, 0.9f, 42, 7, ids.data(), nullptr));
+  CHECK_OK(gpu_sample(logits.data(), 3, V, rows, nullptr, ids.data()));
   CHECK_EQ(ids[0], 0);
   CHECK_EQ(ids[1], 7);
   CHECK_EQ(ids[2], 30);
   std::vector<int32_t> cpu(3, -1);
-  moe::SampleParams sp;
-  sp.temperature = 1.f, sp.top_p = 0.9f, sp.seed = 42, sp.step = 7;
-  CHECK(moe::cpu::sample(logits.data(), 3, V, sp, cpu.data()).is_ok());
+  CHECK(cpu_sample(logits.data(), 3, V, rows, nullptr, cpu.data()).is_ok());
   for (int64_t r = 0; r < 3; ++r) {
-    CHECK_EQ(ids[size_t(r)], sequential_sample(logits.data() + r * V, V, 1.f, 0.9f, 42, 7, uint64_t(r)));
+    CHECK_EQ(ids[size_t(r)], sequential_sample(logits.data() + r * V, V, rows[size_t(r)]));
     CHECK_EQ(ids[size_t(r)], cpu[size_t(r)]);  // the CPU backend's op
   }
 }
+

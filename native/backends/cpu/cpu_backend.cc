@@ -189,9 +189,7 @@ class CpuBackend final : public Backend {
   }
   Status sample(const SampleArgs& a) override {
     MOE_RETURN_IF_ERROR(host("sample", a));
-    const TensorView& l = a.logits;
-    const int64_t V = l.dims[l.ndim - 1], T = l.ndim == 2 ? l.dims[0] : 1;
-    return cpu::sample(f32(l), T, V, a.params, i32_out(a.ids));
+    return cpu::sample(a);
   }
   Status cast(const CastArgs& a) override {
     MOE_RETURN_IF_ERROR(host("cast", a));

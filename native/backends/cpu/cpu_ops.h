@@ -79,7 +79,7 @@ Status attention(const TensorView& q, const TensorView& k, const TensorView& v, 
 Status add(const TensorView& a, const TensorView& b, const TensorView& out);
 Status create_kv_pool(const KvPoolShape& shape, std::unique_ptr<KvPool>* out);
 Status paged_attention(const PagedAttentionArgs& a);
-Status sample(const float* logits, int64_t T, int64_t V, const SampleParams& p, int32_t* ids);
+Status sample(const SampleArgs& a);
 
 }  // namespace cpu
 }  // namespace moe

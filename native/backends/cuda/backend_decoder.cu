@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "device_ops.h"
+#include "moe/sampling_rule.h"
 
 namespace moe {
 namespace cuda {
@@ -270,8 +271,16 @@ Status sample(const SampleArgs& a, cudaStream_t s) {
   MOE_EMU_SERIAL;
   const TensorView& l = a.logits;
   const int64_t V = l.dims[l.ndim - 1], T = l.ndim == 2 ? l.dims[0] : 1;
-  const SampleParams& p = a.params;
-  return launched(launch_sample_top_p(l.as<const float>(), T, V, p.temperature, p.top_p, p.seed, p.step, a.ids.as<int32_t>(), s),
+  if (T == 0) return Status::ok();
+  const bool pen = a.penalty_offsets.present();
+  const size_t wsb = sample_workspace_bytes(T, V, pen);
+  if (wsb == 0) return Status::invalid("sample: V must be in [1, 2^23]");
+  Scratch sc(s);
+  const size_t o_ws = sc.add(wsb);
+  MOE_RETURN_IF_ERROR(sc.allocate());
+  return launched(launch_sample(l.as<const float>(), T, V, a.rows.as<const SampleRow>(), pen ? a.penalty_ids.as<const int32_t>() : nullptr,
+                                pen ? a.penalty_counts.as<const int32_t>() : nullptr, pen ? a.penalty_offsets.as<const int32_t>() : nullptr,
+                                pen ? a.penalty_ids.numel() : 0, sc.at<void>(o_ws), wsb, a.ids.as<int32_t>(), s),
                   "sampling");
 }
 

@@ -6,7 +6,7 @@
 // orders), so two runs give the same bits.
 //
 // Files: token_ops.cu (embedding, rms_norm, residual add, rope), grouped_gemm.cu (linear: the GEMM2
-// kernels with one dense expert), attention.cu (KV append, attention), sampling.cu (argmax, top-p).
+// kernels with one dense expert), attention.cu (KV append, attention), sampling.cu (argmax, sampling).
 // Element types: DevDType (launchers.h). Device pointers must be aligned to their element type at
 // least; the launchers pick vectorised paths when pointers and shapes allow.
 #pragma once
@@ -17,6 +17,8 @@
 #include "launchers.h"
 
 namespace moe {
+
+struct SampleRow;  // moe/sampling_rule.h
 
 // ---- embedding (token_ops.cu) ----------------------------------------------------------------------
 // out[t, :] = table[ids[t], :], converted from table_dtype to out_dtype (nearest even). An id outside
@@ -204,17 +206,21 @@ cudaError_t launch_argmax(const float* logits,           // [num_tokens, vocab]
                           int32_t* ids,                  // [num_tokens]
                           cudaStream_t stream);
 
-// Temperature + top-p (nucleus) sampling of each row t, keyed by (seed, step, row = t): integer
-// weights from the f32 logits, the nucleus by an exact threshold search (no sort), one Philox draw
-// per row, inverse CDF in index order; every step in integers, so the id equals the sequential
-// rule's (moe::sample_top_p_row in sampling_rule.h, for the CPU twin; the tests also check a
-// sort-based reference) given the same logits, bit for bit, whatever the
-// reduction order. temperature <= 0 (or NaN) is greedy (launch_argmax). top_p is clamped to [0, 1];
-// the nucleus always holds at least the top token.
-cudaError_t launch_sample_top_p(const float* logits,     // [num_tokens, vocab]
-                                int64_t num_tokens, int64_t vocab, float temperature, float top_p,
-                                uint64_t seed, uint64_t step,
-                                int32_t* ids,            // [num_tokens]
-                                cudaStream_t stream);
+// Sampling of each row t by its own SampleRow rows[t] (device memory), the exact rule of
+// sampling_rule.h: penalties from the row's history (pen_offsets [T+1], pen_ids / pen_counts [n_pen],
+// distinct ids per row; pen_offsets null: none) applied to a copy of the row, then greedy or integer
+// weights filtered by min-p, top-k and top-p through exact threshold searches (no sort), one Philox
+// draw of (seed, step, stream), inverse CDF in index order. Every step after the penalties is on
+// integers, so the id equals the sequential rule's (moe::sample_row, the CPU twin; the tests also
+// check a sort-based reference) given the same logits, bit for bit, whatever the reduction order.
+// workspace: sample_workspace_bytes(num_tokens, vocab, pen_offsets != null) bytes, 8-byte aligned.
+size_t sample_workspace_bytes(int64_t num_tokens, int64_t vocab, bool penalties);
+cudaError_t launch_sample(const float* logits,       // [num_tokens, vocab]
+                          int64_t num_tokens, int64_t vocab,
+                          const SampleRow* rows,     // [num_tokens]
+                          const int32_t* pen_ids, const int32_t* pen_counts, const int32_t* pen_offsets, int64_t n_pen,
+                          void* workspace, size_t workspace_bytes,
+                          int32_t* ids,              // [num_tokens]
+                          cudaStream_t stream);
 
 }  // namespace moe

@@ -2,9 +2,10 @@
 // exact rule, shared with the CPU: native/include/moe/sampling_rule.h):
 //
 //   argmax_kernel          one block per row: greedy id, ties to the lower index, NaN never wins
-//   sample_top_p_kernel    one block per row: temperature + top-p by integer weights, an exact
-//                          threshold search instead of a sort, one Philox draw, inverse CDF in index
-//                          order
+//   sample_kernel          one block per row, each with its own SampleRow: penalties on a copy of
+//                          the row, then greedy, or integer weights (min-p at once), top-k and top-p
+//                          by exact threshold searches instead of a sort, one Philox draw, inverse
+//                          CDF in index order
 //
 // Deterministic and exact: the argmax reduction is over a strict total order, and every sum of the
 // sampler is over 64-bit integers, so the block's parallel order cannot change a result.
@@ -95,31 +96,89 @@ __global__ void __launch_bounds__(kSampleThreads)
   if (threadIdx.x == 0) ids[blockIdx.x] = id < 0 ? 0 : id;
 }
 
+// The largest v with `count` or more weights >= v (count >= 1): the count-th largest weight.
+__device__ __forceinline__ uint64_t block_kth_largest(const uint64_t* __restrict__ q, int vocab, uint64_t count,
+                                                      unsigned long long* s_red) {
+  uint64_t v = 0;
+  for (int b = kWeightBits - 1; b >= 0; --b) {
+    const uint64_t cand = v | (uint64_t(1) << b);
+    uint64_t c = 0;
+    for (int i = int(threadIdx.x); i < vocab; i += kSampleThreads) c += q[i] >= cand;
+    if (block_sum_u64(c, s_red) >= count) v = cand;
+  }
+  return v;
+}
+
 __global__ void __launch_bounds__(kSampleThreads, kSampleMinBlocks)
-    sample_top_p_kernel(const float* __restrict__ logits, int vocab, float temperature, float top_p,
-                        uint64_t seed, uint64_t step, int32_t* __restrict__ ids) {
+    sample_kernel(const float* __restrict__ logits, int vocab, const SampleRow* __restrict__ rows,
+                  const int32_t* __restrict__ pen_ids, const int32_t* __restrict__ pen_counts,
+                  const int32_t* __restrict__ pen_offsets, int n_pen, uint64_t* __restrict__ ws_q,
+                  float* __restrict__ ws_l, int32_t* __restrict__ ids) {
   MOE_SHARED(float, s_val, [kSampleWarps]);
   MOE_SHARED(int, s_idx, [kSampleWarps]);
   MOE_SHARED(unsigned long long, s_red, [kSampleWarps]);
   MOE_SHARED(int, s_pick, [1]);
   const int64_t row_id = blockIdx.x;
+  const SampleRow p = rows[row_id];
   const float* row = logits + row_id * vocab;
+  // Penalties: on a copy of the row (the logits are an input); a row's history ids are distinct, so
+  // no two threads write one entry.
+  if (pen_offsets) {
+    const int j0 = pen_offsets[row_id], j1 = pen_offsets[row_id + 1];
+    if (0 <= j0 && j0 < j1 && j1 <= n_pen) {
+      float* l = ws_l + row_id * vocab;
+      for (int i = int(threadIdx.x); i < vocab; i += kSampleThreads) l[i] = row[i];
+      __syncthreads();
+      for (int j = j0 + int(threadIdx.x); j < j1; j += kSampleThreads) {
+        const int id = pen_ids[j];
+        if (id >= 0 && id < vocab) l[id] = penalized_logit(l[id], pen_counts[j], p.repetition, p.presence, p.frequency);
+      }
+      __syncthreads();
+      row = l;
+    }
+  }
   const int greedy = block_argmax(row, vocab, s_val, s_idx);
-  if (greedy < 0) {  // every logit NaN
-    if (threadIdx.x == 0) ids[row_id] = 0;
+  if (greedy < 0 || !(p.temperature > 0.f)) {  // every logit NaN, or greedy
+    if (threadIdx.x == 0) ids[row_id] = greedy < 0 ? 0 : greedy;
     return;  // the whole block
   }
   const float m = row[greedy];
-  auto weight = [&](int i) { return sample_weight(row[i], m, temperature); };
-
+  const uint64_t theta = min_p_threshold(p.min_p);
+  uint64_t* q = ws_q + row_id * vocab;
   uint64_t part = 0;
-  for (int i = int(threadIdx.x); i < vocab; i += kSampleThreads) part += weight(i);
-  const uint64_t total = block_sum_u64(part, s_red);
+  for (int i = int(threadIdx.x); i < vocab; i += kSampleThreads) {
+    uint64_t w = sample_weight(row[i], m, p.temperature);
+    if (w < theta) w = 0;
+    q[i] = w;
+    part += w;
+  }
+  uint64_t total = block_sum_u64(part, s_red);  // (its barrier publishes q)
   if (total == 0) {  // no weight anywhere (e.g. every logit -inf): greedy
     if (threadIdx.x == 0) ids[row_id] = greedy;
     return;
   }
-  const uint64_t mass = top_p_mass(total, top_p);
+
+  // Contiguous ranges per thread, so that index order is (thread, position) order.
+  const int span = (vocab + kSampleThreads - 1) / kSampleThreads;
+  const int i0 = min(int(threadIdx.x) * span, vocab), i1 = min(i0 + span, vocab);
+
+  if (p.top_k > 0 && p.top_k < vocab) {  // keep the k largest, ties to the lower index
+    const uint64_t k = uint64_t(p.top_k);
+    const uint64_t tau_k = block_kth_largest(q, vocab, k, s_red);
+    uint64_t n_above = 0, n_tie = 0;
+    for (int i = i0; i < i1; ++i) n_above += q[i] > tau_k, n_tie += q[i] == tau_k;
+    const uint64_t ties_k = k - block_sum_u64(n_above, s_red);  // >= 1
+    uint64_t rank = block_exclusive_scan_u64(n_tie, s_red);
+    part = 0;
+    for (int i = i0; i < i1; ++i) {
+      const uint64_t w = q[i];
+      const bool keep = w > tau_k || (w == tau_k && rank++ < ties_k);
+      if (!keep) q[i] = 0;
+      part += keep ? w : 0;
+    }
+    total = block_sum_u64(part, s_red);  // >= the top weight
+  }
+  const uint64_t mass = top_p_mass(total, p.top_p);
 
   // tau: the largest v with S(v) = sum of the weights >= v at least `mass`, bit by bit from the top.
   uint64_t tau = 0;
@@ -127,18 +186,15 @@ __global__ void __launch_bounds__(kSampleThreads, kSampleMinBlocks)
     const uint64_t cand = tau | (uint64_t(1) << b);
     uint64_t s = 0;
     for (int i = int(threadIdx.x); i < vocab; i += kSampleThreads) {
-      const uint64_t w = weight(i);
+      const uint64_t w = q[i];
       if (w >= cand) s += w;
     }
     if (block_sum_u64(s, s_red) >= mass) tau = cand;
   }
 
-  // Contiguous ranges per thread, so that index order is (thread, position) order.
-  const int span = (vocab + kSampleThreads - 1) / kSampleThreads;
-  const int i0 = min(int(threadIdx.x) * span, vocab), i1 = min(i0 + span, vocab);
   uint64_t above = 0, n_tie = 0;
   for (int i = i0; i < i1; ++i) {
-    const uint64_t w = weight(i);
+    const uint64_t w = q[i];
     if (w > tau) above += w;
     n_tie += w == tau;
   }
@@ -151,13 +207,13 @@ __global__ void __launch_bounds__(kSampleThreads, kSampleMinBlocks)
   const uint64_t mine = above + my_ties * tau;
   const uint64_t nucleus = sum_above + ties_needed * tau;
   const uint64_t before = block_exclusive_scan_u64(mine, s_red);
-  const uint64_t target = mulhi_u64(philox_u64(seed, step, uint64_t(row_id)), nucleus);
+  const uint64_t target = mulhi_u64(philox_u64(p.seed, p.step, p.stream), nucleus);
   if (threadIdx.x == 0) s_pick[0] = -1;
   __syncthreads();
   if (target >= before && target < before + mine) {  // exactly one thread
     uint64_t run = before, tie_rank = ties_before;
     for (int i = i0; i < i1; ++i) {
-      const uint64_t w = weight(i);
+      const uint64_t w = q[i];
       bool in = w > tau;
       if (w == tau) in = tie_rank++ < ties_needed;
       if (!in) continue;
@@ -182,14 +238,24 @@ cudaError_t launch_argmax(const float* logits, int64_t num_tokens, int64_t vocab
                     ids);
 }
 
-cudaError_t launch_sample_top_p(const float* logits, int64_t num_tokens, int64_t vocab, float temperature,
-                                float top_p, uint64_t seed, uint64_t step, int32_t* ids, cudaStream_t stream) {
-  if (!(temperature > 0.f)) return launch_argmax(logits, num_tokens, vocab, ids, stream);
-  if (num_tokens < 0 || num_tokens > INT_MAX || vocab < 1 || vocab > kSampleMaxVocab) return cudaErrorInvalidValue;
+size_t sample_workspace_bytes(int64_t num_tokens, int64_t vocab, bool penalties) {
+  if (num_tokens < 0 || vocab < 1 || vocab > kSampleMaxVocab) return 0;
+  return size_t(num_tokens) * size_t(vocab) * (sizeof(uint64_t) + (penalties ? sizeof(float) : 0));
+}
+
+cudaError_t launch_sample(const float* logits, int64_t num_tokens, int64_t vocab, const SampleRow* rows,
+                          const int32_t* pen_ids, const int32_t* pen_counts, const int32_t* pen_offsets, int64_t n_pen,
+                          void* workspace, size_t workspace_bytes, int32_t* ids, cudaStream_t stream) {
+  if (num_tokens < 0 || num_tokens > INT_MAX || vocab < 1 || vocab > kSampleMaxVocab || n_pen < 0 || n_pen > INT_MAX)
+    return cudaErrorInvalidValue;
   if (num_tokens == 0) return cudaSuccess;
-  if (!logits || !ids) return cudaErrorInvalidValue;
-  return moe_launch(sample_top_p_kernel, dim3(unsigned(num_tokens)), dim3(kSampleThreads), 0, stream, logits,
-                    int(vocab), temperature, top_p, seed, step, ids);
+  const bool pen = pen_offsets != nullptr;
+  if (!logits || !rows || !ids || (pen && n_pen > 0 && (!pen_ids || !pen_counts))) return cudaErrorInvalidValue;
+  if (!workspace || workspace_bytes < sample_workspace_bytes(num_tokens, vocab, pen)) return cudaErrorInvalidValue;
+  uint64_t* ws_q = static_cast<uint64_t*>(workspace);
+  float* ws_l = pen ? reinterpret_cast<float*>(ws_q + num_tokens * vocab) : nullptr;
+  return moe_launch(sample_kernel, dim3(unsigned(num_tokens)), dim3(kSampleThreads), 0, stream, logits, int(vocab), rows,
+                    pen_ids, pen_counts, pen_offsets, int(n_pen), ws_q, ws_l, ids);
 }
 
 }  // namespace moe

@@ -82,13 +82,6 @@ struct AttentionParams {
   int64_t sliding_window = 0;  // 0: none; else a query at p sees keys j with p - window < j <= p
 };
 
-struct SampleParams {
-  float temperature = 0.f;  // 0: greedy argmax (ties to the lower index, NaN never wins)
-  float top_p = 1.f;        // in (0, 1]: nucleus mass
-  uint64_t seed = 0;
-  uint64_t step = 0;        // e.g. the decode step: (seed, step, row) picks the random number
-};
-
 // ---- op arguments --------------------------------------------------------------------------------
 // out[t] = table[ids[t]], converted to out's type. ids outside [0, V) are an error.
 struct EmbeddingArgs {
@@ -183,21 +176,26 @@ struct AddArgs {
   template <class F> void visit(F&& f) { f(a, Dir::kIn), f(b, Dir::kIn), f(out, Dir::kOut); }
 };
 
-// ids[t] for each row t of logits [T,V] f32, V <= 2^23:
-//   temperature 0: argmax (ties to the lower index, NaN never wins, 0 when all NaN). Otherwise the
-//   exact integer rule of moe/sampling_rule.h, the one every backend follows, so they all give the
-//   same id: integer weights q_i = floor(expf((l_i - max) / temperature) * 2^40) (0 for NaN and
-//   -inf), the nucleus = the shortest prefix of the weights sorted by decreasing value (ties: lower
-//   index first) whose sum reaches P = max(1, ceil(sum q * round(top_p * 2^32) / 2^32)), and target
-//   = mulhi(philox_u64(seed, step, t), nucleus sum) (moe/rng_philox.h); the id is the first nucleus
-//   index, in increasing index order, where the running sum of nucleus weights exceeds target.
-//   +inf logits share the draw equally; a row of only NaN / -inf falls back to argmax.
+// ids[t] for each row t of logits [T,V] f32, V <= 2^23, by the exact rule of moe/sampling_rule.h,
+// the one every backend follows, so they all give the same id: the row's penalties on its history
+// tokens, then greedy argmax (temperature 0) or integer weights q_i = floor(expf((l_i - max) /
+// temperature) * 2^40) filtered by min-p, top-k and top-p (the shortest prefix of the weights sorted
+// by decreasing value, ties lower index first, whose sum reaches the mass), and one Philox draw of
+// (seed, step, stream) (moe/rng_philox.h) inverted over the kept ids in index order. Each row has its
+// own parameters, so a row's id never depends on the other rows of the call.
 struct SampleArgs {
-  TensorView logits;  // [T,V] f32
-  SampleParams params;
-  TensorView ids;     // [T] i32
-  template <class F> void visit(F&& f) { f(logits, Dir::kIn), f(ids, Dir::kOut); }
+  TensorView logits;           // [T,V] f32
+  TensorView rows;             // [T, 14] i32: one SampleRow (moe/sampling_rule.h) per row
+  TensorView penalty_ids;      // [N] i32 (optional): each row's distinct history tokens, in [0, V)
+  TensorView penalty_counts;   // [N] i32: how often each occurs (> 0)
+  TensorView penalty_offsets;  // [T+1] i32: row t's entries are [offsets[t], offsets[t+1]), 0 .. N
+  TensorView ids;              // [T] i32
+  template <class F> void visit(F&& f) {
+    f(logits, Dir::kIn), f(rows, Dir::kIn), f(penalty_ids, Dir::kIn), f(penalty_counts, Dir::kIn),
+        f(penalty_offsets, Dir::kIn), f(ids, Dir::kOut);
+  }
 };
+constexpr int64_t kSampleRowWords = 14;  // sizeof(SampleRow) / 4
 
 // dst[i] = src[i] converted to dst's float type (through f32, rounded to nearest even), the same
 // numel; src and dst of one type: a copy. dst may be src only when the types are the same.
