@@ -175,4 +175,4 @@ export { GgufCheckpoint, ggufConfig, GGUF_ARCHITECTURES, type GgufOpenModelOptio
 export { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType, type GgufConvertOptions, type GgufConvertResult } from './hf/gguf-convert.js';
 export { GgufTokenizer, type GgufTokenizerData } from './hf/tokenizer-gguf.js';
 export { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './hf/chat.js';
-export { type TextTokenizer, type GenerateTextOptions, type GenerateTextResult } from './model/text.js';
+export { type TextTokenizer, type TextPrompt, type GenerateTextOptions, type GenerateTextResult } from './model/text.js';

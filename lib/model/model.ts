@@ -30,7 +30,7 @@ import { isGgufPath } from '../hf/gguf.js';
 import { GgufCheckpoint } from '../hf/gguf-model.js';
 import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
 import { Tokenizer } from '../hf/tokenizer.js';
-import { generateText, generateTextAll, type ChatMessage, type GenerateTextOptions, type GenerateTextResult, type TextTokenizer } from './text.js';
+import { generateText, generateTextAll, type GenerateTextOptions, type GenerateTextResult, type TextPrompt, type TextTokenizer } from './text.js';
 
 
 // ---- model -------------------------------------------------------------------------------------------
@@ -331,17 +331,17 @@ export class MixtralModel {
   }
 
   /**
-   * Generates text after `input` (a string, or chat messages rendered by the tokenizer's chat
-   * template) and streams it as it becomes final: see lib/model/text.ts. Takes generate's options
+   * Generates text after `input` (a string, chat messages rendered by the tokenizer's chat
+   * template, or token ids) and streams it as it becomes final: see lib/model/text.ts. Takes generate's options
    * plus `stop` (strings that end generation, matched on the decoded text), `tokenizer` (default
    * `model.tokenizer`), `stopAtEos` (default true), `chatTemplate` and `onText`.
    */
-  generateText(input: string | readonly ChatMessage[], options?: GenerateTextOptions): AsyncGenerator<string, GenerateTextResult, undefined> {
+  generateText(input: TextPrompt, options?: GenerateTextOptions): AsyncGenerator<string, GenerateTextResult, undefined> {
     return generateText(this, input, options);
   }
 
   /** `generateText` run to its end: the text, the new ids and why it stopped. */
-  generateTextAll(input: string | readonly ChatMessage[], options?: GenerateTextOptions): Promise<GenerateTextResult> {
+  generateTextAll(input: TextPrompt, options?: GenerateTextOptions): Promise<GenerateTextResult> {
     return generateTextAll(this, input, options);
   }
 

@@ -26,7 +26,7 @@ export interface TextTokenizer {
   applyChatTemplate(messages: readonly ChatMessage[], options?: ChatTemplateOptions): string;
 }
 
-export interface GenerateTextOptions extends Omit<GenerateOptions, 'onToken'> {
+export interface GenerateTextOptions extends GenerateOptions {
   /** Default: the model's (`model.tokenizer`, set by MixtralModel.load). */
   tokenizer?: TextTokenizer;
   /** Generation ends before the first of these strings (which is not emitted). */
@@ -49,9 +49,13 @@ export interface GenerateTextResult {
   stopReason: 'eos' | 'stop' | 'length';
 }
 
-/** The prompt's token ids: text encoded with the tokenizer's special tokens, messages through the chat template. */
-export function encodePrompt(tok: TextTokenizer, input: string | readonly ChatMessage[], chatTemplate?: string): number[] {
+/** A prompt: text, chat messages, or token ids already encoded. */
+export type TextPrompt = string | readonly ChatMessage[] | readonly number[] | Int32Array;
+
+/** The prompt's token ids: text encoded with the tokenizer's special tokens, messages through the chat template, ids as they are. */
+export function encodePrompt(tok: TextTokenizer, input: TextPrompt, chatTemplate?: string): number[] {
   if (typeof input === 'string') return tok.encode(input);
+  if (input instanceof Int32Array || (Array.isArray(input) && typeof input[0] === 'number')) return Array.from(input as ArrayLike<number>);
   const msgs = checkMessages(input, 'input');
   const text =
     chatTemplate !== undefined
@@ -83,21 +87,21 @@ function pendingStop(text: string, stops: readonly string[]): number {
  */
 export async function* generateText(
   model: MixtralModel,
-  input: string | readonly ChatMessage[],
+  input: TextPrompt,
   options?: GenerateTextOptions,
 ): AsyncGenerator<string, GenerateTextResult, undefined> {
   const o = checkOptions(options);
   const tok = (o.tokenizer as TextTokenizer | undefined) ?? model.tokenizer;
   if (!tok) throw new MoeError('the model has no tokenizer (no tokenizer.json beside the checkpoint, no tokenizer in the GGUF): pass options.tokenizer', 'ERR_TOKENIZER');
   if (typeof tok.encode !== 'function' || typeof tok.decode !== 'function') throw typeError(`options.tokenizer must be a Tokenizer or GgufTokenizer, got ${describe(tok)}`);
-  if (typeof input !== 'string' && !Array.isArray(input)) throw typeError(`input must be a string or an array of chat messages, got ${describe(input)}`);
+  if (typeof input !== 'string' && !Array.isArray(input) && !(input instanceof Int32Array)) throw typeError(`input must be a string, an array of chat messages or token ids, got ${describe(input)}`);
   const stops = (o.stop ?? []) as readonly string[];
   if (!Array.isArray(stops) || !stops.every((s) => typeof s === 'string' && s !== '')) throw typeError(`options.stop must be an array of non-empty strings, got ${describe(o.stop)}`);
   if (o.onText !== undefined && typeof o.onText !== 'function') throw typeError(`options.onText must be a function, got ${describe(o.onText)}`);
   if (o.chatTemplate !== undefined && typeof o.chatTemplate !== 'string') throw typeError(`options.chatTemplate must be a string, got ${describe(o.chatTemplate)}`);
   const stopAtEos = o.stopAtEos ?? true;
   if (typeof stopAtEos !== 'boolean') throw typeError(`options.stopAtEos must be a boolean, got ${describe(stopAtEos)}`);
-  const promptIds = encodePrompt(tok, input as string | ChatMessage[], o.chatTemplate as string | undefined);
+  const promptIds = encodePrompt(tok, input, o.chatTemplate as string | undefined);
   const stopTokens = [...((o.stopTokens as number[] | undefined) ?? [])];
   if (stopAtEos && tok.eosTokenId !== null) stopTokens.push(tok.eosTokenId);
   const { tokenizer: _t, stop: _s, stopAtEos: _e, chatTemplate: _c, onText, ...gen } = o;
@@ -140,7 +144,7 @@ export async function* generateText(
 }
 
 /** `generateText` run to its end. */
-export async function generateTextAll(model: MixtralModel, input: string | readonly ChatMessage[], options?: GenerateTextOptions): Promise<GenerateTextResult> {
+export async function generateTextAll(model: MixtralModel, input: TextPrompt, options?: GenerateTextOptions): Promise<GenerateTextResult> {
   const it = generateText(model, input, options);
   for (;;) {
     const r = await it.next();
