@@ -290,7 +290,7 @@ test('the writer refuses bad input with typed errors, and leaves no file behind'
     } catch (e) {
       err = e;
     }
-    assert.ok((err instanceof TypeError || err instanceof RangeError) && /^ERR_/.test((err as { code: string }).code), `expected a typed error for ${re}, got ${err}`);
+    assert.ok((err instanceof TypeError || err instanceof RangeError) && /^ERR_/.test((err as unknown as { code: string }).code), `expected a typed error for ${re}, got ${err}`);
     assert.match((err as Error).message, re);
   }
   assert.equal(fs.readdirSync(dir), []);

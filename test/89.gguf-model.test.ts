@@ -104,7 +104,7 @@ test("older Mixtral files: one tensor per expert (blk.N.ffn_gate.M) load the sam
         if (!m) return [t];
         const full = t.data as Tensor;
         const [E, rows, cols] = t.dims;
-        return Array.from({ length: E }, (_, e) => ({ name: `blk.${m[1]}.ffn_${m[2]}.${e}.weight`, type: t.type, dims: [rows, cols], data: { type: full.type, data: full.data.slice(e * rows * cols, (e + 1) * rows * cols), dims: [rows, cols] } as Tensor }));
+        return Array.from({ length: E }, (_, e) => ({ name: `blk.${m[1]}.ffn_${m[2]}.${e}.weight`, type: t.type, dims: [rows, cols], data: { type: full.type, data: full.data.slice(e * rows * cols, (e + 1) * rows * cols), dims: [rows, cols] } as Tensor<'float32'> }));
       }),
   });
   const g = GgufCheckpoint.openSync(old);
@@ -150,7 +150,7 @@ test('refused: other architectures and dense llama (ERR_CONFIG), quantised tenso
   await rewrite(file, missing, { tensors: (ts) => ts.filter((t) => t.name !== 'blk.1.attn_k.weight') });
   await expectMoeError(() => MixtralModel.load(missing), 'ERR_TENSOR_MISSING', "'blk.1.attn_k.weight'");
   const shape = path.join(dir, 'shape.gguf');
-  await rewrite(file, shape, { tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, dims: [32], data: { type: 'float32', data: new Float32Array(32), dims: [32] } as Tensor } : t)) });
+  await rewrite(file, shape, { tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, dims: [32], data: { type: 'float32', data: new Float32Array(32), dims: [32] } as Tensor<'float32'> } : t)) });
   await expectMoeError(() => MixtralModel.load(shape), 'ERR_TENSOR_SHAPE', "'output_norm.weight'", '[32]', '[64]');
   await expectMoeError(() => convertToGguf(dir, path.join(dir, 'q.gguf'), { type: 'q4_k' }), 'ERR_UNSUPPORTED', 'quantiser', 'issue 12');
   assert.not.ok(fs.existsSync(path.join(dir, 'q.gguf')));

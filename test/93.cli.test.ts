@@ -213,7 +213,7 @@ cli('generate: usage errors (2) and failures (1) with a message', async ({ dir }
   const d = path.join(dir, 'gen-err');
   await writeTinyMixtral(d);
   for (const [args, pattern] of [
-    [[d], /give one of --prompt-ids and --prompt/],
+    [[d], /give one of --prompt-ids, --prompt and --chat/],
     [[d, '--prompt-ids', '1,x'], /--prompt-ids must be comma-separated token ids, got '1,x'/],
     [[d, '--prompt-ids', '1', '--max-new-tokens', '0'], /--max-new-tokens must be a positive integer, got '0'/],
     [[d, '--prompt-ids', '1', '--temperature', 'hot'], /--temperature must be a number, got 'hot'/],

@@ -16,11 +16,11 @@ export interface GgufMetadataInput {
   type: GgufValueType;
   /** Element type of an array (type 'array'); nested arrays: 'array', with `value` an array of { arrayType, value }. */
   arrayType?: GgufValueType;
-  value: GgufValue | readonly number[] | readonly GgufNestedArray[];
+  value: GgufValue | readonly (number | bigint)[] | readonly GgufNestedArray[];
 }
 export interface GgufNestedArray {
   arrayType: GgufValueType;
-  value: GgufArrayValue | readonly number[] | readonly GgufNestedArray[];
+  value: GgufArrayValue | readonly (number | bigint)[] | readonly GgufNestedArray[];
 }
 
 /** One tensor to write: name, type, row-major dims, and its data (or a function making it on its turn). */
