@@ -225,7 +225,7 @@ cli('generate: usage errors (2) and failures (1) with a message', async ({ dir }
     assert.match(r.err, pattern);
   }
   for (const [args, pattern] of [
-    [[d, '--prompt', 'hi'], /no tokenizer\.json for --prompt; give token ids with --prompt-ids \(ERR_FILE_NOT_FOUND\)/],
+    [[d, '--prompt', 'hi'], /no tokenizer\.json for --prompt or --chat; give token ids with --prompt-ids \(ERR_FILE_NOT_FOUND\)/],
     [[path.join(dir, 'nowhere'), '--prompt-ids', '1'], /nowhere/],
   ] as const) {
     const r = run('generate', ...args);
