@@ -159,3 +159,26 @@ export {
   type RoutingStats,
 } from './model/model.js';
 export { type BlockFfn, type BlockFfnOutput } from './model/block-ffn.js';
+export {
+  GgufFile,
+  isGgufPath,
+  ggmlTypeName,
+  GGUF_QUANT_TYPES,
+  type GgufOpenOptions,
+  type GgufMetadataEntry,
+  type GgufValue,
+  type GgufValueType,
+  type GgufArrayValue,
+  type GgufNumericArray,
+  type GgufTensorInfo,
+  type GgufTensor,
+  type GgufTensorType,
+  type GgufQuantType,
+  type QuantTensor,
+} from './hf/gguf.js';
+export { writeGguf, type GgufMetadataInput, type GgufNestedArray, type GgufTensorInput, type GgufWriteOptions } from './hf/gguf-write.js';
+export { GgufCheckpoint, ggufConfig, GGUF_ARCHITECTURES, type GgufOpenModelOptions, type GgufExpertLayout } from './hf/gguf-model.js';
+export { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType, type GgufConvertOptions, type GgufConvertResult } from './hf/gguf-convert.js';
+export { GgufTokenizer, type GgufTokenizerData } from './hf/tokenizer-gguf.js';
+export { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './hf/chat.js';
+export { type TextTokenizer, type TextPrompt, type GenerateTextOptions, type GenerateTextResult } from './model/text.js';

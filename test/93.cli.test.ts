@@ -171,11 +171,49 @@ cli('generate: text in and out with the checkpoint\'s tokenizer.json, stopping a
   model.dispose();
 });
 
+cli('GGUF: convert writes a file; inspect lists metadata and tensor types; params counts it; generate runs it as the checkpoint', async ({ dir }) => {
+  const d = path.join(dir, 'gguf-src');
+  await writeTinyMixtral(d, { raw: tinyMixtralRaw({ vocab_size: 277 }), seed: 3 });
+  fs.writeFileSync(path.join(d, 'tokenizer.json'), JSON.stringify(tinyTokenizerJson()));
+  fs.writeFileSync(path.join(d, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>' }));
+  const file = path.join(dir, 'tiny.gguf');
+  const c = run('convert', d, file, '--type', 'f32');
+  assert.is(c.code, 0, c.err);
+  assert.match(c.err, /wrote .*tiny\.gguf: llama, 23 tensors/);
+  const i = run('inspect', file);
+  assert.is(i.code, 0, i.err);
+  assert.match(i.out, /GGUF version 3/);
+  assert.match(i.out, /string\s+general\.architecture\s+"llama"/);
+  assert.match(i.out, /\[string\]\s+tokenizer\.ggml\.tokens\s+\["<unk>", "<s>", "<\/s>", "<0x00>", "<0x01>", \.\.\. \(277 items\)\]/);
+  assert.match(i.out, /blk\.0\.ffn_gate_exps\.weight\s+F32\s+64 x 48 x 4/);
+  assert.match(i.out, /^ok: architecture llama: all 23 tensors/m);
+  const j = JSON.parse(run('inspect', file, '--json').out);
+  assert.equal([j.version, j.tensors.length, j.metadata.find((m: { key: string }) => m.key === 'llama.expert_count').value], [3, 23, 4]);
+  const p = run('params', file, '--json');
+  assert.is(p.code, 0, p.err);
+  assert.is(JSON.parse(p.out).parameters.total, JSON.parse(run('params', d, '--json').out).parameters.total);
+  const g1 = run('generate', d, '--prompt', 'hello world', '--max-new-tokens', '8', '--no-progress');
+  const g2 = run('generate', file, '--prompt', 'hello world', '--max-new-tokens', '8', '--no-progress');
+  assert.is(g2.code, 0, g2.err);
+  assert.is(g2.out, g1.out);
+  const ids = run('generate', file, '--prompt-ids', '1,5,9', '--max-new-tokens', '5', '--no-progress');
+  assert.is(ids.out, run('generate', d, '--prompt-ids', '1,5,9', '--max-new-tokens', '5', '--no-progress').out);
+  // refusals: quantised types until the quantiser exists (1), a bad --type or output name (2), a corrupt file (1)
+  assert.match(run('convert', d, path.join(dir, 'q.gguf'), '--type', 'q8_0').err, /ERR_UNSUPPORTED/);
+  assert.is(run('convert', d, path.join(dir, 'q.gguf'), '--type', 'q3').code, 2);
+  assert.is(run('convert', d, path.join(dir, 'q.bin')).code, 2);
+  const bad = path.join(dir, 'bad.gguf');
+  fs.writeFileSync(bad, fs.readFileSync(file).subarray(0, 1000));
+  const b = run('inspect', bad);
+  assert.is(b.code, 1);
+  assert.match(b.err, /invalid GGUF file at byte \d+.*\(ERR_GGUF\)/);
+});
+
 cli('generate: usage errors (2) and failures (1) with a message', async ({ dir }) => {
   const d = path.join(dir, 'gen-err');
   await writeTinyMixtral(d);
   for (const [args, pattern] of [
-    [[d], /give one of --prompt-ids and --prompt/],
+    [[d], /give one of --prompt-ids, --prompt and --chat/],
     [[d, '--prompt-ids', '1,x'], /--prompt-ids must be comma-separated token ids, got '1,x'/],
     [[d, '--prompt-ids', '1', '--max-new-tokens', '0'], /--max-new-tokens must be a positive integer, got '0'/],
     [[d, '--prompt-ids', '1', '--temperature', 'hot'], /--temperature must be a number, got 'hot'/],
@@ -187,7 +225,7 @@ cli('generate: usage errors (2) and failures (1) with a message', async ({ dir }
     assert.match(r.err, pattern);
   }
   for (const [args, pattern] of [
-    [[d, '--prompt', 'hi'], /no tokenizer\.json for --prompt; give token ids with --prompt-ids \(ERR_FILE_NOT_FOUND\)/],
+    [[d, '--prompt', 'hi'], /no tokenizer\.json for --prompt or --chat; give token ids with --prompt-ids \(ERR_FILE_NOT_FOUND\)/],
     [[path.join(dir, 'nowhere'), '--prompt-ids', '1'], /nowhere/],
   ] as const) {
     const r = run('generate', ...args);

@@ -13,6 +13,10 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   Checkpoint,
+  convertToGguf,
+  GgufCheckpoint,
+  GgufFile,
+  GgufTokenizer,
   countParameters,
   estimateMemory,
   MoeCheckpoint,
@@ -268,6 +272,63 @@ fuzz('model.safetensors.index.json: mutated indexes open, or fail with a typed e
     }];
   });
   fs.writeFileSync(index, good);
+});
+
+// ---- GGUF ------------------------------------------------------------------------------------
+
+/** Sets one u64 or u32 field of a GGUF header (a count, a length, a dim, a type, an offset) to an extreme. */
+function ggufField(rnd: Rng, b: Buffer, headerEnd: number): [Buffer, string] {
+  const out = Buffer.from(b);
+  const at = int(rnd, Math.max(1, headerEnd - 8));
+  if (rnd() < 0.5) {
+    const v = pick(rnd, LENGTHS);
+    out.writeBigUInt64LE(v >= 2n ** 64n ? 2n ** 64n - 1n : v, at);
+    return [out, `u64 at ${at} = ${v}`];
+  }
+  const v = pick(rnd, [0, 1, 2, 4, 9, 12, 13, 30, 31, 0xffffffff, 0x80000000]);
+  out.writeUInt32LE(v, at);
+  return [out, `u32 at ${at} = ${v}`];
+}
+
+fuzz('gguf: mutated files open (mapped, in memory, by positioned reads), map to a model and read, or fail with a typed error', async ({ dir }) => {
+  await writeTinyMixtral(path.join(dir, 'gg'), { raw: tinyMixtralRaw({ num_hidden_layers: 1, vocab_size: 40, hidden_size: 32, intermediate_size: 32 }) });
+  const base = path.join(dir, 'base.gguf');
+  await convertToGguf(path.join(dir, 'gg'), base, { type: 'f16' });
+  // a metadata section with every value type too
+  const good = fs.readFileSync(base);
+  const headerEnd = GgufFile.fromBytes(good).headerBytes;
+  const file = path.join(dir, 'mutant.gguf');
+  const mutations = [flipBits, truncate, junk, extend, (r: Rng, b: Buffer) => ggufField(r, b, headerEnd), (r: Rng, b: Buffer) => ggufField(r, b, headerEnd)];
+  await campaign('gguf', SEED + 4, ITERATIONS, (rnd, i) => {
+    const m = pick(rnd, mutations);
+    const [bytes, what] = m(rnd, good);
+    const mode = i % 3;
+    return [
+      `${m.name}: ${what} (${['mapped', 'positioned reads', 'in memory'][mode]})`,
+      async () => {
+        let f: GgufFile;
+        if (mode === 2) f = GgufFile.fromBytes(bytes);
+        else {
+          fs.writeFileSync(file, bytes);
+          f = await GgufFile.open(file, { mmap: mode === 0 });
+        }
+        for (const name of f.names()) if (f.info(name).type !== null) await f.read(name);
+        f.close();
+        if (mode !== 2) {
+          const g = await GgufCheckpoint.open(file, { mmap: mode === 0 });
+          try {
+            g.checkRunnable();
+            g.estimateMemory();
+            await g.loadGlobals();
+            for await (const _ of g.layers());
+            if (g.file.has('tokenizer.ggml.model')) GgufTokenizer.fromGguf(g.file).encode('hello wörld 🙂');
+          } finally {
+            g.close();
+          }
+        }
+      },
+    ];
+  });
 });
 
 fuzz('the harness can fail: an untyped error is reported', () => {

@@ -9,7 +9,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
+import { convertToGguf } from '../lib/index';
 import { tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
+import { tinyTokenizerJson } from './helpers/tokenizers';
 
 const root = path.join(__dirname, '..');
 const examples = path.join(root, 'examples');
@@ -77,6 +79,19 @@ ex('node examples/checkpoint.mjs <dir> and examples/model.mjs <dir> on a tiny Mi
   const m = run('model.mjs', [dir]);
   assert.is(m.status, 0, m.stderr);
   assert.match(m.stdout, /^\[ 3, 32000 \] \[ 1, 32000 \]$/m);
+});
+
+ex('node examples/gguf.mjs <file> on a tiny Mixtral converted to GGUF, with its tokenizer and chat template', async ({ dir }) => {
+  const src = path.join(dir, 'gguf-src');
+  await writeTinyMixtral(src, { raw: tinyMixtralRaw({ vocab_size: 277 }) });
+  fs.writeFileSync(path.join(src, 'tokenizer.json'), JSON.stringify(tinyTokenizerJson()));
+  fs.writeFileSync(path.join(src, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', chat_template: '{{ bos_token }}{% for m in messages %}[INST] {{ m.content }} [/INST]{% endfor %}' }));
+  const file = path.join(dir, 'tiny.gguf');
+  await convertToGguf(src, file, { type: 'f16', name: 'tiny' });
+  const r = run('gguf.mjs', [file]);
+  assert.is(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^llama "tiny" 23 tensors$/m);
+  assert.match(r.stdout, /^".*" \(\d+ tokens, (eos|length)\)$/m);
 });
 
 ex('node examples/device.mjs on the emulated CUDA backend (the test build), else it says there is none', () => {

@@ -19,6 +19,11 @@ import type { BackendName } from '../core/backend.js';
 import type { MixtralModel as MixtralModelType } from '../model/model.js';
 import { formatRoutingTable, routingHeatmapSvg } from '../moe/routing-stats.js';
 import { Tokenizer } from '../hf/tokenizer.js';
+import { GgufFile, isGgufPath, type GgufMetadataEntry, type GgufValue } from '../hf/gguf.js';
+import { GgufCheckpoint } from '../hf/gguf-model.js';
+import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
+import { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType } from '../hf/gguf-convert.js';
+import type { TextTokenizer } from '../model/text.js';
 
 export interface CliIo {
   stdout: { write(s: string): unknown };
@@ -29,16 +34,19 @@ const HELP: Record<string, string> = {
   main: `Usage: moe-kernels <command> [options]
 
 Commands:
-  params <config.json | checkpoint dir>   parameters (total, active, by part) and memory needed
-  inspect <checkpoint dir | file>         tensors of a checkpoint, checked against its config.json
-  generate <checkpoint dir>               run a checkpoint (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
+  params <config.json | checkpoint dir | file.gguf>   parameters (total, active, by part) and memory needed
+  inspect <checkpoint dir | file | file.gguf>         tensors of a checkpoint, checked against its config.json;
+                                                      a GGUF file's metadata and tensor types (as gguf-dump)
+  generate <checkpoint dir | file.gguf>               run a model (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
+  convert <checkpoint dir> <out.gguf>                 write a checkpoint as a GGUF file llama.cpp reads
 
 Run 'moe-kernels <command> --help' for a command's options; 'moe-kernels --version' for the version.
 `,
-  params: `Usage: moe-kernels params <config.json | checkpoint dir> [options]
+  params: `Usage: moe-kernels params <config.json | checkpoint dir | file.gguf> [options]
 
-Prints the parameter breakdown of a Hugging Face MoE config (mixtral, qwen2_moe, deepseek): total
-parameters, the parameters one token uses (active), and the memory the weights and a KV cache need.
+Prints the parameter breakdown of a Hugging Face MoE config (mixtral, qwen2_moe, deepseek), or of a
+GGUF file's metadata: total parameters, the parameters one token uses (active), and the memory the
+weights and a KV cache need (a GGUF's quantised tensors at their size in the file).
 
 Options:
   --dtype <t>        weight type: float32, float16, bfloat16 (default: the config's torch_dtype, else bfloat16)
@@ -48,11 +56,13 @@ Options:
   --json             print JSON instead of tables
   -h, --help         this help
 `,
-  inspect: `Usage: moe-kernels inspect <checkpoint dir | model.safetensors.index.json | file.safetensors> [options]
+  inspect: `Usage: moe-kernels inspect <checkpoint dir | model.safetensors.index.json | file.safetensors | file.gguf> [options]
 
 Lists every tensor (name, dtype, shape, bytes) from the headers, without reading tensor data, and
 when a config.json is next to the checkpoint (or given) checks that every tensor the config needs is
-present with the expected shape.
+present with the expected shape. A GGUF file: its metadata (key, type, value; long arrays cut) and
+tensors (name, ggml type, ggml dims, offset) as llama.cpp's gguf-dump lists them, then the model
+check of its metadata (architecture, every tensor present with its dims and a loadable type).
 
 Options:
   --config <path>    config.json to check against (default: the one next to the checkpoint)
@@ -60,7 +70,7 @@ Options:
   --json             print JSON instead of a table
   -h, --help         this help
 `,
-  generate: `Usage: moe-kernels generate <checkpoint dir> (--prompt-ids <ids> | --prompt <text>) [options]
+  generate: `Usage: moe-kernels generate <checkpoint dir | file.gguf> (--prompt-ids <ids> | --prompt <text> | --chat <text>) [options]
 
 Loads a Mixtral, Qwen2-MoE or DeepSeek-MoE checkpoint (config.json + safetensors; progress on
 stderr) and generates tokens after the prompt, printing them as they come: token ids with
@@ -70,7 +80,10 @@ the device.
 
 Options:
   --prompt-ids <ids>       comma-separated token ids, e.g. 1,2,3
-  --prompt <text>          text (needs tokenizer.json in the checkpoint dir)
+  --prompt <text>          text (needs tokenizer.json in the checkpoint dir, or a GGUF file's tokenizer)
+  --chat <text>            a user message, through the model's chat template (tokenizer.chat_template
+                           of a GGUF, chat_template of tokenizer_config.json)
+  --stop <text>            stop before this text (repeatable); matched on the decoded text
   --max-new-tokens <n>     tokens to generate (default 16)
   --temperature <t>        0 (default) is greedy
   --top-p <p>              nucleus sampling threshold in (0, 1] (default 1)
@@ -89,8 +102,20 @@ Options:
   --no-progress            no loading progress on stderr
   -h, --help               this help
 
-Options are checked against the checkpoint's config.json before any weight is read: a bad value
-is a usage error (exit 2).
+Options are checked against the checkpoint's config.json (a GGUF's metadata) before any weight is
+read: a bad value is a usage error (exit 2).
+`,
+  convert: `Usage: moe-kernels convert <checkpoint dir> <out.gguf> [options]
+
+Writes a Hugging Face checkpoint (config.json, safetensors, tokenizer.json, tokenizer_config.json)
+as one GGUF file the way llama.cpp's convert_hf_to_gguf.py does: Mixtral as architecture llama with
+experts, Qwen2-MoE as qwen2moe; norms, biases and routers in F32; the tokenizer and chat template in
+the metadata. One layer is in memory at a time.
+
+Options:
+  --type <t>         f32, f16 (default), bf16; q8_0, q4_0, q4_k need the quantiser (issue 12) and are refused
+  --name <s>         general.name (default: the directory's name)
+  -h, --help         this help
 `,
 };
 
@@ -139,15 +164,30 @@ function params(args: string[], io: CliIo): number {
     },
   });
   if (values.help) return io.stdout.write(HELP.params), 0;
-  if (positionals.length !== 1) throw new UsageError('params takes one argument: a config.json or a checkpoint directory');
-  const config = parseMoeConfig(configPath(positionals[0]));
-  const counts = countParameters(config);
-  const mem = estimateMemory(config, {
+  if (positionals.length !== 1) throw new UsageError('params takes one argument: a config.json, a checkpoint directory or a .gguf file');
+  const memOpts = {
     dtype: floatType(values.dtype, '--dtype'),
     kvDtype: floatType(values['kv-dtype'], '--kv-dtype'),
     contextLength: positiveInt(values.context, '--context'),
     batch: positiveInt(values.batch, '--batch'),
-  });
+  };
+  let config: MoeModelConfig;
+  let mem: MemoryEstimate;
+  if (isGgufPath(positionals[0])) {
+    const g = GgufCheckpoint.openSync(positionals[0], { mmap: false });
+    try {
+      config = g.config;
+      const e = g.estimateMemory({ dtype: memOpts.dtype, kvType: memOpts.kvDtype, maxSeq: memOpts.contextLength ?? config.maxPositionEmbeddings });
+      const batch = memOpts.batch ?? 1;
+      mem = { ...e, batch, kvCacheBytes: e.kvCacheBytes * batch, totalBytes: e.weightsBytes + e.kvCacheBytes * batch };
+    } finally {
+      g.close();
+    }
+  } else {
+    config = parseMoeConfig(configPath(positionals[0]));
+    mem = estimateMemory(config, memOpts);
+  }
+  const counts = countParameters(config);
   if (values.json) {
     io.stdout.write(JSON.stringify({ config, parameters: counts, memory: mem }, null, 2) + '\n');
     return 0;
@@ -209,7 +249,8 @@ function inspect(args: string[], io: CliIo): number {
     },
   });
   if (values.help) return io.stdout.write(HELP.inspect), 0;
-  if (positionals.length !== 1) throw new UsageError('inspect takes one argument: a checkpoint directory, index file or .safetensors file');
+  if (positionals.length !== 1) throw new UsageError('inspect takes one argument: a checkpoint directory, index file, .safetensors or .gguf file');
+  if (isGgufPath(positionals[0])) return inspectGguf(positionals[0], { json: values.json === true, check: !values['no-check'] }, io);
   const ckpt = Checkpoint.openSync(positionals[0]);
   try {
     const infos = ckpt.infos();
@@ -230,6 +271,81 @@ function inspect(args: string[], io: CliIo): number {
   } finally {
     ckpt.close();
   }
+}
+
+/** A metadata value as gguf-dump shows it: strings quoted, long arrays cut after a few elements. */
+function showValue(e: GgufMetadataEntry): string {
+  const one = (v: GgufValue | unknown): string => (typeof v === 'string' ? JSON.stringify(v.length > 60 ? v.slice(0, 60) + '...' : v) : typeof v === 'bigint' ? v.toString() : String(v));
+  if (e.type !== 'array') return one(e.value);
+  const list = Array.from(e.value as ArrayLike<unknown>);
+  const shown = list.slice(0, 5).map((v) => (Array.isArray(v) || ArrayBuffer.isView(v) ? `[${(v as ArrayLike<unknown>).length} items]` : one(v)));
+  return `[${shown.join(', ')}${list.length > 5 ? `, ... (${list.length} items)` : ''}]`;
+}
+
+function jsonValue(v: unknown): unknown {
+  if (typeof v === 'bigint') return v.toString();
+  if (ArrayBuffer.isView(v)) return Array.from(v as unknown as ArrayLike<number | bigint>, jsonValue);
+  if (Array.isArray(v)) return v.map(jsonValue);
+  return v;
+}
+
+function inspectGguf(file: string, o: { json: boolean; check: boolean }, io: CliIo): number {
+  const f = GgufFile.openSync(file, { mmap: false });
+  try {
+    let check: { ok: boolean; message: string } | null = null;
+    if (o.check) {
+      try {
+        const g = GgufCheckpoint.openSync(file, { mmap: false });
+        const unused = g.unusedTensors();
+        check = {
+          ok: true,
+          message:
+            `architecture ${g.architecture}: all ${g.tensorsTotal} tensors the metadata implies are present with the expected dims (${g.config.numHiddenLayers} layers, ${g.config.numExperts} experts, top-${g.config.numExpertsPerTok}; experts ${g.layout})` +
+            (unused.length ? `; ${unused.length} unused: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}` : ''),
+        };
+        g.close();
+      } catch (e) {
+        if (!(e instanceof MoeError)) throw e;
+        check = { ok: false, message: e.message };
+      }
+    }
+    const entries = f.entries();
+    const infos = f.infos();
+    if (o.json) {
+      const metadata = entries.map((e) => ({ key: e.key, type: e.type, ...(e.arrayType ? { arrayType: e.arrayType } : {}), value: jsonValue(e.value) }));
+      const tensors = infos.map((t) => ({ name: t.name, type: t.typeName, ne: t.ne, dims: t.dims, offset: t.offset, bytes: t.byteLength }));
+      io.stdout.write(JSON.stringify({ file: f.path, version: f.version, alignment: f.alignment, dataOffset: f.dataOffset, size: f.size, metadata, tensors, check }, null, 2) + '\n');
+    } else {
+      io.stdout.write(`* File ${f.path}: GGUF version ${f.version}, ${entries.length + 3} key/value pairs, ${infos.length} tensors, ${formatBytes(f.size)}\n`);
+      const meta: string[][] = [['', 'type', 'key', 'value'], ['1', 'uint32', 'GGUF.version', String(f.version)], ['2', 'uint64', 'GGUF.tensor_count', String(infos.length)], ['3', 'uint64', 'GGUF.kv_count', String(entries.length)]];
+      entries.forEach((e, i) => meta.push([String(i + 4), e.type === 'array' ? `[${e.arrayType}]` : e.type, e.key, showValue(e)]));
+      io.stdout.write(table(meta, [true, false, false, false]));
+      const rows = infos.map((t, i) => [String(i + 1), t.name, t.typeName, t.ne.join(' x '), num(t.elements), num(t.byteLength), String(t.offset)]);
+      io.stdout.write(`* Tensors (ggml dims: innermost first):\n`);
+      io.stdout.write(table([['', 'name', 'type', 'ne', 'elements', 'bytes', 'offset'], ...rows], [true, false, false, false, true, true, true]));
+      const byType = new Map<string, number>();
+      for (const t of infos) byType.set(t.typeName, (byType.get(t.typeName) ?? 0) + 1);
+      io.stdout.write(`${infos.length} tensors (${[...byType].map(([t, n]) => `${n} ${t}`).join(', ')}), ${formatBytes(f.tensorBytes)} of tensor data\n`);
+      if (check) (check.ok ? io.stdout : io.stderr).write(`${check.ok ? 'ok' : 'error'}: ${check.message}\n`);
+    }
+    return check && !check.ok ? 1 : 0;
+  } finally {
+    f.close();
+  }
+}
+
+async function convert(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { type: { type: 'string' }, name: { type: 'string' }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help) return io.stdout.write(HELP.convert), 0;
+  if (positionals.length !== 2) throw new UsageError('convert takes two arguments: a checkpoint directory and the .gguf file to write');
+  const type = values.type ?? 'f16';
+  if (!(GGUF_CONVERT_TYPES as readonly string[]).includes(type)) throw new UsageError(`--type must be one of ${GGUF_CONVERT_TYPES.join(', ')}, got '${type}'`);
+  const [src, out] = positionals;
+  if (!isGgufPath(out)) throw new UsageError(`the output file must end in .gguf, got '${out}'`);
+  const t0 = Date.now();
+  const r = await convertToGguf(src, out, { type: type as GgufConvertType, name: values.name });
+  io.stderr.write(`wrote ${out}: ${r.architecture}, ${r.tensors} tensors, ${formatBytes(r.bytes)} in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  return 0;
 }
 
 /** Checks a checkpoint against a config: every tensor the config implies, with its shape. */
@@ -296,6 +412,8 @@ async function generate(args: string[], io: CliIo): Promise<number> {
     options: {
       'prompt-ids': { type: 'string' },
       prompt: { type: 'string' },
+      chat: { type: 'string' },
+      stop: { type: 'string', multiple: true },
       'max-new-tokens': { type: 'string' },
       temperature: { type: 'string' },
       'top-p': { type: 'string' },
@@ -313,8 +431,11 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   });
   if (values.help) return io.stdout.write(HELP.generate), 0;
   // Every option is checked here, before a byte of the weights is read (Mixtral: 93 GB).
-  if (positionals.length !== 1) throw new UsageError('generate takes one argument: a checkpoint directory');
-  if ((values['prompt-ids'] === undefined) === (values.prompt === undefined)) throw new UsageError('give one of --prompt-ids and --prompt');
+  if (positionals.length !== 1) throw new UsageError('generate takes one argument: a checkpoint directory or a .gguf file');
+  if ([values['prompt-ids'], values.prompt, values.chat].filter((v) => v !== undefined).length !== 1) throw new UsageError('give one of --prompt-ids, --prompt and --chat');
+  const stopStrings = values.stop ?? [];
+  if (stopStrings.some((s) => s === '')) throw new UsageError('--stop must not be empty');
+  if (stopStrings.length > 0 && values['prompt-ids'] !== undefined) throw new UsageError('--stop matches text: use it with --prompt or --chat');
   const backend = values.backend;
   if (backend !== undefined && !['auto', 'cpu', 'cuda', 'cuda-emu'].includes(backend)) throw new UsageError(`--backend must be one of auto, cpu, cuda, got '${backend}'`);
   const maxNewTokens = positiveInt(values['max-new-tokens'], '--max-new-tokens') ?? 16;
@@ -330,17 +451,36 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   const svgFile = values['stats-svg'];
   if (svgFile !== undefined) checkOutputFile(svgFile, '--stats-svg');
   const dir = positionals[0];
-  // config.json alone (a few kB) says which token ids exist and what the caches can hold
-  const config = parseMoeConfig(path.join(dir, 'config.json'));
-  let tokenizer: Tokenizer | null = null;
+  // config.json alone (a few kB; a GGUF's header) says which token ids exist and what the caches can hold
+  const gguf = isGgufPath(dir);
+  let config: MoeModelConfig;
+  let tokenizer: TextTokenizer | null = null;
+  if (gguf) {
+    const g = GgufCheckpoint.openSync(dir, { mmap: false });
+    try {
+      config = g.config;
+      if (values['prompt-ids'] === undefined) {
+        if (!g.file.has('tokenizer.ggml.model')) throw new MoeError(`${dir}: the GGUF file has no tokenizer (tokenizer.ggml.model); give token ids with --prompt-ids`, 'ERR_TOKENIZER');
+        tokenizer = GgufTokenizer.fromGguf(g.file);
+      }
+    } finally {
+      g.close();
+    }
+  } else {
+    config = parseMoeConfig(path.join(dir, 'config.json'));
+    if (values['prompt-ids'] === undefined) {
+      const tj = path.join(dir, 'tokenizer.json');
+      if (!fs.existsSync(tj)) throw new MoeError(`${dir}: no tokenizer.json for --prompt or --chat; give token ids with --prompt-ids`, 'ERR_FILE_NOT_FOUND');
+      tokenizer = Tokenizer.fromFile(tj);
+    }
+  }
   let promptIds: number[];
-  if (values.prompt !== undefined) {
-    const tj = path.join(dir, 'tokenizer.json');
-    if (!fs.existsSync(tj)) throw new MoeError(`${dir}: no tokenizer.json for --prompt; give token ids with --prompt-ids`, 'ERR_FILE_NOT_FOUND');
-    tokenizer = Tokenizer.fromFile(tj);
-    promptIds = tokenizer.encode(values.prompt);
-  } else promptIds = idList(values['prompt-ids']!, '--prompt-ids');
-  checkIds(promptIds, config.vocabSize, values.prompt !== undefined ? '--prompt (encoded)' : '--prompt-ids');
+  if (values.chat !== undefined) {
+    const { encodePrompt } = require('../model/text.js') as typeof import('../model/text.js');
+    promptIds = encodePrompt(tokenizer!, [{ role: 'user', content: values.chat }]);
+  } else if (values.prompt !== undefined) promptIds = tokenizer!.encode(values.prompt);
+  else promptIds = idList(values['prompt-ids']!, '--prompt-ids');
+  checkIds(promptIds, config.vocabSize, values['prompt-ids'] === undefined ? '--prompt (encoded)' : '--prompt-ids');
   const stop = values['stop-ids'] !== undefined ? idList(values['stop-ids'], '--stop-ids') : tokenizer?.eosTokenId != null ? [tokenizer.eosTokenId] : [];
   checkIds(stop, config.vocabSize, '--stop-ids');
   // the last new token is not fed back: the caches hold the prompt and maxNewTokens - 1 more
@@ -355,6 +495,7 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   const bar = values['no-progress'] ? null : createProgressBar({ stream: io.stderr, label: 'loading' });
   const t0 = Date.now();
   const model = await MixtralModel.load(dir, { dtype, backend: backend as BackendName | undefined, maxSeq, onProgress: bar?.update });
+  if (tokenizer) model.tokenizer = tokenizer;
   bar?.done();
   const ac = new AbortController();
   const onSigint = () => ac.abort();
@@ -370,25 +511,37 @@ async function generate(args: string[], io: CliIo): Promise<number> {
     const stopSet = new Set(stop);
     let stopReason: 'stop' | 'length' | 'aborted' = 'length';
     try {
-      for await (const id of model.generate(promptIds, { ...opts, stopTokens: stop, signal: ac.signal })) {
-        if (out.length === 0) firstAt = Date.now();
-        out.push(id);
-        if (stopSet.has(id)) stopReason = 'stop';
-        if (tokenizer) {
-          // decode the whole output each time: byte-fallback pieces only make text together
-          const text = tokenizer.decode(out, { skipSpecialTokens: true });
-          if (text.startsWith(shown) && !text.endsWith('\ufffd')) {
-            stream(text.slice(shown.length));
-            shown = text;
+      if (tokenizer) {
+        // text streams as it becomes final (whole characters, never the start of a --stop string)
+        const onToken = (id: number) => {
+          if (out.length === 0) firstAt = Date.now();
+          out.push(id);
+          if (stopSet.has(id)) stopReason = 'stop';
+        };
+        const it = model.generateText(promptIds, { ...opts, stopTokens: stop, stopAtEos: false, stop: stopStrings, signal: ac.signal, onToken, tokenizer });
+        for (;;) {
+          const r = await it.next();
+          if (r.done) {
+            if (r.value.stopReason === 'stop') stopReason = 'stop';
+            shown = r.value.text;
+            break;
           }
-        } else stream(`${out.length > 1 ? ' ' : ''}${id}`);
-      }
+          stream(r.value);
+        }
+      } else
+        for await (const id of model.generate(promptIds, { ...opts, stopTokens: stop, signal: ac.signal })) {
+          if (out.length === 0) firstAt = Date.now();
+          out.push(id);
+          if (stopSet.has(id)) stopReason = 'stop';
+          stream(`${out.length > 1 ? ' ' : ''}${id}`);
+        }
     } catch (e) {
       if ((e as { code?: string }).code !== 'ERR_ABORTED') throw e;
       stopReason = 'aborted';
     }
     const end = Date.now();
-    const text = tokenizer ? tokenizer.decode(out, { skipSpecialTokens: true }) : undefined;
+    // with --stop the text ends before the stop string; else it is the decoded tokens
+    const text = tokenizer ? (stopStrings.length > 0 ? shown : tokenizer.decode(out, { skipSpecialTokens: true })) : undefined;
     const rs = model.routingStats();
     if (values.json) {
       const timings = {
@@ -428,7 +581,7 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   }
 }
 
-const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate };
+const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert };
 
 /** The package's version, from its package.json (lib/cli and dist/cli are both two levels down). */
 export function version(): string {

@@ -238,6 +238,11 @@ export interface NativeBinding {
   /** ms per call between device events, inputs already in the backend's memory. */
   time_moe_forward(experts: NativeExperts, options: { T: number; topK: number; iters: number }): number;
   time_dense_ffn(weights: NativeExperts, options: { T: number; iters: number }): number;
+  // ---- files read in place (native/napi/bind_file.cc) ----
+  /** The whole file mapped private (never written; stores land in private pages), held by every view and job. */
+  map_file(path: string): ArrayBuffer;
+  /** 'dontneed': drop a byte range's pages from this process (re-read from the page cache if touched). */
+  advise_file(buffer: ArrayBuffer, offset: number, length: number, advice: 'dontneed' | 'willneed'): void;
 }
 
 function load(): NativeBinding {

@@ -45,6 +45,8 @@ export const MOE_ERROR_CODES = [
   'ERR_TENSOR_DTYPE',
   /** A tokenizer.json that cannot be loaded or used. */
   'ERR_TOKENIZER',
+  /** A GGUF file that is malformed, truncated or does not match its own header (the message names the byte offset). */
+  'ERR_GGUF',
 ] as const;
 
 /** The code of a MoeError: one of MOE_ERROR_CODES. */

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
+import { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './chat.js';
 
 /** The part of @huggingface/tokenizers' Tokenizer used here. */
 interface HfTokenizerImpl {
@@ -67,7 +68,11 @@ export class Tokenizer {
   readonly bosTokenId: number | null;
   /** Id of the end-of-sequence token (generation stops there). */
   readonly eosTokenId: number | null;
+  /** tokenizer_config.json's chat_template (Jinja), or null. */
+  readonly chatTemplate: string | null;
   readonly #impl: HfTokenizerImpl;
+  readonly #bos: string;
+  readonly #eos: string;
 
   /** From the parsed tokenizer.json and (optional) tokenizer_config.json objects. */
   constructor(tokenizerJson: object, config: object = {}, where = 'tokenizer.json') {
@@ -87,6 +92,24 @@ export class Tokenizer {
     };
     this.bosTokenId = id(c.bos_token);
     this.eosTokenId = id(c.eos_token);
+    this.#bos = tokenName(c.bos_token) ?? '';
+    this.#eos = tokenName(c.eos_token) ?? '';
+    // a list of named templates (tokenizer_config.json of some models): the 'default' one
+    const t = c.chat_template;
+    const named = Array.isArray(t) ? (t as { name?: unknown; template?: unknown }[]).find((x) => x?.name === 'default')?.template : t;
+    this.chatTemplate = typeof named === 'string' ? named : null;
+  }
+
+  /** Tokenizer.fromFile(dir) when dir (a checkpoint directory) has a tokenizer.json, else null. */
+  static fromDirIfPresent(dir: string): Tokenizer | null {
+    const file = path.join(dir, 'tokenizer.json');
+    return fs.existsSync(file) ? Tokenizer.fromFile(file) : null;
+  }
+
+  /** The chat template rendered for `messages` (with bos_token and eos_token from tokenizer_config.json). */
+  applyChatTemplate(messages: readonly ChatMessage[], options?: ChatTemplateOptions): string {
+    if (this.chatTemplate === null) throw new MoeError('the tokenizer has no chat template (tokenizer_config.json chat_template); pass options.chatTemplate', 'ERR_TOKENIZER');
+    return renderChatTemplate(this.chatTemplate, messages, { bosToken: this.#bos, eosToken: this.#eos, ...checkOptions(options) });
   }
 
   /**

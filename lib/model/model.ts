@@ -26,6 +26,11 @@ import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor, zeros } from '..
 import { MoeCheckpoint, type DecoderLayerWeights, type LoadProgress, type ModelGlobalWeights } from '../hf/weights.js';
 import { activation, keep, checkAborted, checkSignal, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions, type AbortSignalLike } from './runtime.js';
 import { MixtralBlock } from './block.js';
+import { isGgufPath } from '../hf/gguf.js';
+import { GgufCheckpoint } from '../hf/gguf-model.js';
+import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
+import { Tokenizer } from '../hf/tokenizer.js';
+import { generateText, generateTextAll, type GenerateTextOptions, type GenerateTextResult, type TextPrompt, type TextTokenizer } from './text.js';
 
 
 // ---- model -------------------------------------------------------------------------------------------
@@ -88,6 +93,11 @@ export class MixtralModel {
   readonly maxSeq: number;
   /** Where the model runs: 'cpu', or the CUDA backend holding every weight, cache and activation. */
   readonly backend: ResolvedBackend;
+  /**
+   * The tokenizer `load` found: a GGUF file's (from its metadata), or a checkpoint directory's
+   * tokenizer.json; null when there is none (then generateText needs one in its options).
+   */
+  tokenizer: TextTokenizer | null = null;
   readonly #place: Place;
   readonly #embed: AnyTensor;
   readonly #norm: AnyTensor;
@@ -122,15 +132,29 @@ export class MixtralModel {
    * is read, so the peak host memory stays near one copy of the model. Before reading anything the
    * memory estimate (weights at `dtype` and the KV caches of `maxSeq` positions) is checked against
    * the free memory: ERR_OUT_OF_MEMORY when it does not fit.
+   *
+   * A path ending in `.gguf` loads a llama.cpp GGUF file instead (lib/hf/gguf-model.ts: Mixtral as
+   * `llama` with experts, `qwen2moe`): memory-mapped, each layer packed from views of the mapping
+   * and its pages dropped after; `dtype` defaults to the type of its token embeddings; the
+   * tokenizer and chat template come from its metadata (`model.tokenizer`).
    */
   static async load(dir: string, options?: MixtralLoadOptions): Promise<MixtralModel> {
     const o = checkOptions(options);
-    const ckpt = await MoeCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
+    const gguf = isGgufPath(dir);
+    const ckpt = gguf
+      ? await GgufCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] })
+      : await MoeCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
     try {
       const config = ckpt.config;
       const { maxSeq, kvType, place } = runtimeOptions(config, o);
-      const stored = ckpt.checkpoint.info('model.embed_tokens.weight').type as FloatType;
-      const estimate = MixtralModel.estimateMemory(config, { dtype: (o.dtype as FloatType | undefined) ?? stored, kvType, maxSeq });
+      let estimate: MemoryEstimate;
+      if (ckpt instanceof GgufCheckpoint) {
+        ckpt.checkRunnable();
+        estimate = ckpt.estimateMemory({ kvType, maxSeq });
+      } else {
+        const stored = ckpt.checkpoint.info('model.embed_tokens.weight').type as FloatType;
+        estimate = MixtralModel.estimateMemory(config, { dtype: (o.dtype as FloatType | undefined) ?? stored, kvType, maxSeq });
+      }
       // on a device the weights and caches must fit its memory (emulated devices: the host's)
       const deviceBytes = place.device && !backendInfo().cuda.emulated ? backendInfo().cuda.device?.totalMemory : undefined;
       const available = o.availableBytes ?? deviceBytes;
@@ -139,7 +163,12 @@ export class MixtralModel {
       const blocks: MixtralBlock[] = [];
       try {
         for await (const layer of ckpt.layers()) blocks.push(await MixtralBlock.create(config, layer, o));
-        return await MixtralModel.#assemble(config, globals, blocks, maxSeq, place);
+        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place);
+        if (ckpt instanceof GgufCheckpoint) {
+          ckpt.releaseGlobals();
+          model.tokenizer = ckpt.file.has('tokenizer.ggml.model') ? GgufTokenizer.fromGguf(ckpt.file) : null;
+        } else model.tokenizer = Tokenizer.fromDirIfPresent(dir);
+        return model;
       } catch (e) {
         for (const b of blocks) b.dispose();
         throw e;
@@ -299,6 +328,21 @@ export class MixtralModel {
     const out: number[] = [];
     for await (const id of this.generate(promptIds, options)) out.push(id);
     return out;
+  }
+
+  /**
+   * Generates text after `input` (a string, chat messages rendered by the tokenizer's chat
+   * template, or token ids) and streams it as it becomes final: see lib/model/text.ts. Takes generate's options
+   * plus `stop` (strings that end generation, matched on the decoded text), `tokenizer` (default
+   * `model.tokenizer`), `stopAtEos` (default true), `chatTemplate` and `onText`.
+   */
+  generateText(input: TextPrompt, options?: GenerateTextOptions): AsyncGenerator<string, GenerateTextResult, undefined> {
+    return generateText(this, input, options);
+  }
+
+  /** `generateText` run to its end: the text, the new ids and why it stopped. */
+  generateTextAll(input: TextPrompt, options?: GenerateTextOptions): Promise<GenerateTextResult> {
+    return generateTextAll(this, input, options);
   }
 
   /** Starts a new sequence (empties the KV caches). */

@@ -1,8 +1,17 @@
 // N-API glue: host memory native code may use off the JS thread (host_memory.h).
 #include "host_memory.h"
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <string>
+
+#ifndef _WIN32
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#endif
 
 #include "args.h"
 
@@ -18,7 +27,58 @@ void finalize_wrap(napi_env, void* data, void*) { delete static_cast<std::shared
 
 }  // namespace
 
-HostBlock::~HostBlock() { std::free(data); }
+HostBlock::~HostBlock() {
+#ifndef _WIN32
+  if (mapped) {
+    if (data) munmap(data, bytes);
+    return;
+  }
+#endif
+  std::free(data);
+}
+
+bool map_file_block(const std::string& path, std::shared_ptr<HostBlock>* out, std::string* code, std::string* message) {
+  const auto fail = [&](const char* c, const std::string& m) {
+    *code = c;
+    *message = path + ": " + m;
+    return false;
+  };
+#ifdef _WIN32
+  return fail("ERR_UNSUPPORTED", "memory-mapping files is not implemented on Windows");
+#else
+  const auto sys_error = [&](const char* what, int err) {
+    return fail(err == ENOENT || err == ENOTDIR ? "ERR_FILE_NOT_FOUND" : err == ENOMEM ? "ERR_OUT_OF_MEMORY" : "ERR_FILE_READ",
+                std::string(what) + " (" + std::strerror(err) + ")");
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sys_error("cannot open", errno);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return sys_error("cannot stat", err);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return fail("ERR_FILE_READ", S_ISDIR(st.st_mode) ? "cannot map: it is a directory, not a file" : "cannot map: it is not a regular file");
+  }
+  if (st.st_size <= 0) {
+    ::close(fd);
+    return fail("ERR_FILE_READ", "cannot map: the file is empty");
+  }
+  const size_t bytes = size_t(st.st_size);
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);  // the mapping keeps the file open
+  if (p == MAP_FAILED) return sys_error("cannot map", err);
+  auto b = std::make_shared<HostBlock>();
+  b->data = p;
+  b->bytes = bytes;
+  b->mapped = true;
+  *out = std::move(b);
+  return true;
+#endif
+}
 
 moe::Status alloc_host_block(size_t bytes, std::shared_ptr<HostBlock>* out) {
   auto b = std::make_shared<HostBlock>();
@@ -37,17 +97,22 @@ Napi::ArrayBuffer new_host_buffer(Napi::Env env, size_t bytes, std::shared_ptr<H
     return Napi::ArrayBuffer::New(env, 0);
   }
   throw_if_error(env, alloc_host_block(bytes, block));
+  return wrap_host_block(env, *block);
+}
+
+Napi::ArrayBuffer wrap_host_block(Napi::Env env, const std::shared_ptr<HostBlock>& block) {
+  const size_t bytes = block->bytes;
   napi_value ab = nullptr;
   // The backing store keeps a reference: the memory lives as long as any ArrayBuffer holds it (a
   // transfer moves the backing store, and its finaliser, to the new owner).
-  auto* backing = new std::shared_ptr<HostBlock>(*block);
-  napi_status st = napi_create_external_arraybuffer(env, (*block)->data, bytes, finalize_backing, backing, &ab);
+  auto* backing = new std::shared_ptr<HostBlock>(block);
+  napi_status st = napi_create_external_arraybuffer(env, block->data, bytes, finalize_backing, backing, &ab);
   if (st != napi_ok) {
     delete backing;
     throw_moe_error(env, "ERR_OUT_OF_MEMORY", "cannot create an ArrayBuffer of " + std::to_string(bytes) + " bytes");
   }
   // The object remembers its block, for block_of().
-  auto* wrap = new std::shared_ptr<HostBlock>(*block);
+  auto* wrap = new std::shared_ptr<HostBlock>(block);
   if (napi_type_tag_object(env, ab, &kHostBlockTag) != napi_ok ||
       napi_wrap(env, ab, wrap, finalize_wrap, nullptr, nullptr) != napi_ok) {
     delete wrap;

@@ -1,0 +1,186 @@
+// GGUF files as models: `convert` of a tiny checkpoint, then MixtralModel.load(file.gguf) against the
+// safetensors model (f32: the same logits and greedy tokens; f16: the same as loading the
+// checkpoint in f16), Qwen2-MoE, the older per-expert tensor names, llama.cpp's q/k permutation,
+// and the refusals: other architectures, quantised tensors, missing and mis-shaped tensors, memory.
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { convertToGguf, GgufCheckpoint, GgufFile, MixtralModel, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor } from '../lib/index';
+import { permuteQK, unpermuteQK } from '../lib/hf/gguf-model';
+import { expectMoeError, tinyMixtralRaw, tinyQwen2MoeRaw, tmpDir, writeTinyMixtral, writeTinyModel } from './helpers/checkpoints';
+import { tinyTokenizerJson } from './helpers/tokenizers';
+
+const test = suite<{ dir: string }>('gguf models', { dir: '' });
+test.before.each((ctx) => {
+  ctx.dir = tmpDir('moe-ggufm-');
+});
+test.after.each((ctx) => {
+  fs.rmSync(ctx.dir, { recursive: true, force: true });
+});
+
+const PROMPT = [1, 5, 9, 20, 33];
+
+async function logitsOf(source: string, options: Parameters<typeof MixtralModel.load>[1] = {}) {
+  const m = await MixtralModel.load(source, { maxSeq: 32, memoryCheck: false, ...options });
+  try {
+    const logits = await m.forward(PROMPT);
+    const tokens = await m.generateAll(PROMPT, { maxNewTokens: 8 });
+    return { logits: logits.data, tokens, tokenizer: m.tokenizer };
+  } finally {
+    m.dispose();
+  }
+}
+
+const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+
+/** Rewrites a GGUF file with its metadata and tensors edited. */
+async function rewrite(src: string, out: string, edit: { metadata?: (m: GgufMetadataInput[]) => GgufMetadataInput[]; tensors?: (t: GgufTensorInput[]) => GgufTensorInput[] }) {
+  const f = GgufFile.openSync(src);
+  let metadata: GgufMetadataInput[] = f.entries().map((e) => ({ key: e.key, type: e.type, arrayType: e.arrayType, value: e.value }));
+  let tensors: GgufTensorInput[] = f.infos().map((i) => ({ name: i.name, type: i.type!, dims: i.dims, data: f.readSync(i.name) }));
+  metadata = edit.metadata?.(metadata) ?? metadata;
+  tensors = edit.tensors?.(tensors) ?? tensors;
+  await writeGguf(out, { metadata, tensors });
+  f.close();
+}
+
+test('tiny Mixtral converted in f32: the same logits and greedy tokens as from safetensors', async ({ dir }) => {
+  await writeTinyMixtral(dir, { raw: tinyMixtralRaw({ vocab_size: 277 }) });
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tinyTokenizerJson()));
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', chat_template: '{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}' }));
+  const file = path.join(dir, 'tiny-f32.gguf');
+  const r = await convertToGguf(dir, file, { type: 'f32' });
+  assert.equal([r.architecture, r.tensors], ['llama', 3 + 2 * 10]);
+  const a = await logitsOf(dir);
+  const b = await logitsOf(file);
+  assert.is(maxDiff(a.logits, b.logits), 0);
+  assert.equal(b.tokens, a.tokens);
+  // the tokenizer and chat template travel in the metadata
+  const hf = Tokenizer.fromFile(dir);
+  assert.ok(b.tokenizer);
+  for (const s of ['hello world', ' hello', 'héllo wörld 1234', '']) assert.equal(b.tokenizer!.encode(s), hf.encode(s), s);
+  assert.is(b.tokenizer!.applyChatTemplate([{ role: 'user', content: 'hi' }]), '<s>[user] hi');
+});
+
+test('f16 and bf16: the same logits as the checkpoint loaded in that type (norms and router kept in F32 in the file)', async ({ dir }) => {
+  await writeTinyMixtral(dir);
+  for (const [type, dtype] of [['f16', 'float16'], ['bf16', 'bfloat16']] as const) {
+    const file = path.join(dir, `tiny-${type}.gguf`);
+    await convertToGguf(dir, file, { type });
+    const f = GgufFile.openSync(file);
+    assert.equal([f.info('blk.0.attn_norm.weight').typeName, f.info('blk.0.ffn_gate_inp.weight').typeName, f.info('blk.0.ffn_up_exps.weight').typeName], ['F32', 'F32', type.toUpperCase()]);
+    f.close();
+    const a = await logitsOf(dir, { dtype });
+    const b = await logitsOf(file);
+    assert.ok(maxDiff(a.logits, b.logits) < 1e-5, `${type}: ${maxDiff(a.logits, b.logits)}`);
+    assert.equal(b.tokens, a.tokens);
+  }
+});
+
+test('Qwen2-MoE (qwen2moe: dense and MoE layers, gated shared expert, q/k/v biases) round-trips', async ({ dir }) => {
+  await writeTinyModel(dir, { raw: tinyQwen2MoeRaw() });
+  const file = path.join(dir, 'qwen.gguf');
+  assert.is((await convertToGguf(dir, file, { type: 'f32' })).architecture, 'qwen2moe');
+  const g = await GgufCheckpoint.open(file);
+  assert.equal([g.config.modelType, g.config.layerKinds, g.config.sharedExpertIntermediateSize, g.config.attentionBias], ['qwen2_moe', ['dense', 'moe', 'dense', 'moe'], 48, true]);
+  assert.equal(g.file.info('blk.1.ffn_gate_inp_shexp.weight').dims, [64]);
+  g.close();
+  const a = await logitsOf(dir);
+  const b = await logitsOf(file);
+  assert.is(maxDiff(a.logits, b.logits), 0);
+  assert.equal(b.tokens, a.tokens);
+});
+
+test("older Mixtral files: one tensor per expert (blk.N.ffn_gate.M) load the same", async ({ dir }) => {
+  await writeTinyMixtral(dir);
+  const stacked = path.join(dir, 'stacked.gguf');
+  await convertToGguf(dir, stacked, { type: 'f32' });
+  const old = path.join(dir, 'per-expert.gguf');
+  await rewrite(stacked, old, {
+    tensors: (ts) =>
+      ts.flatMap((t) => {
+        const m = /^blk\.(\d+)\.ffn_(gate|up|down)_exps\.weight$/.exec(t.name);
+        if (!m) return [t];
+        const full = t.data as Tensor;
+        const [E, rows, cols] = t.dims;
+        return Array.from({ length: E }, (_, e) => ({ name: `blk.${m[1]}.ffn_${m[2]}.${e}.weight`, type: t.type, dims: [rows, cols], data: { type: full.type, data: full.data.slice(e * rows * cols, (e + 1) * rows * cols), dims: [rows, cols] } as Tensor<'float32'> }));
+      }),
+  });
+  const g = GgufCheckpoint.openSync(old);
+  assert.is(g.layout, 'per-expert');
+  g.close();
+  const a = await logitsOf(stacked);
+  const b = await logitsOf(old);
+  assert.is(maxDiff(a.logits, b.logits), 0);
+});
+
+test("llama.cpp's q/k permutation: rows (half, i) of each head go to (i, half); undone on load", () => {
+  // one head of 4 rows: llama.cpp's reshape(1, 2, 2, in).swapaxes(1, 2) orders them r0, r2, r1, r3
+  const w: Tensor = { type: 'float32', data: Float32Array.from([0, 0, 1, 1, 2, 2, 3, 3]), dims: [4, 2] };
+  assert.equal(Array.from(permuteQK(w, 1).data), [0, 0, 2, 2, 1, 1, 3, 3]);
+  const two: Tensor = { type: 'float32', data: Float32Array.from({ length: 8 }, (_, i) => i), dims: [8, 1] };
+  assert.equal(Array.from(permuteQK(two, 2).data), [0, 2, 1, 3, 4, 6, 5, 7]);
+  assert.equal(Array.from(unpermuteQK(permuteQK(two, 2), 2).data), Array.from(two.data));
+});
+
+test('refused: other architectures and dense llama (ERR_CONFIG), quantised tensors (ERR_UNSUPPORTED), missing and mis-shaped tensors', async ({ dir }) => {
+  await writeTinyMixtral(dir);
+  const file = path.join(dir, 'm.gguf');
+  await convertToGguf(dir, file, { type: 'f32' });
+  const arch = path.join(dir, 'gemma.gguf');
+  await rewrite(file, arch, { metadata: (m) => m.map((e) => (e.key === 'general.architecture' ? { ...e, value: 'gemma' } : e)) });
+  await expectMoeError(() => MixtralModel.load(arch), 'ERR_CONFIG', "architecture 'gemma' is not supported");
+  const dense = path.join(dir, 'dense.gguf');
+  await rewrite(file, dense, { metadata: (m) => m.filter((e) => e.key !== 'llama.expert_count') });
+  await expectMoeError(() => MixtralModel.load(dense), 'ERR_CONFIG', 'without experts');
+  // a Q8_0 expert tensor: read and carried, refused where the model must run it
+  const quant = path.join(dir, 'q8.gguf');
+  await rewrite(file, quant, {
+    tensors: (ts) => ts.map((t) => (t.name === 'blk.1.ffn_up_exps.weight' ? { ...t, type: 'q8_0', data: new Uint8Array((t.dims.reduce((a, b) => a * b) / 32) * 34) } : t)),
+  });
+  const qf = GgufFile.openSync(quant);
+  const q = qf.readSync('blk.1.ffn_up_exps.weight');
+  assert.equal([q.type, q.dims, q.data.length], ['q8_0', [4, 48, 64], 4 * 48 * 2 * 34]);
+  qf.close();
+  let progressed = 0;
+  await expectMoeError(() => MixtralModel.load(quant, { onProgress: () => progressed++ }), 'ERR_UNSUPPORTED', "'blk.1.ffn_up_exps.weight'", 'Q8_0', 'issue 12');
+  assert.is(progressed, 0, 'refused before reading anything');
+  const missing = path.join(dir, 'missing.gguf');
+  await rewrite(file, missing, { tensors: (ts) => ts.filter((t) => t.name !== 'blk.1.attn_k.weight') });
+  await expectMoeError(() => MixtralModel.load(missing), 'ERR_TENSOR_MISSING', "'blk.1.attn_k.weight'");
+  const shape = path.join(dir, 'shape.gguf');
+  await rewrite(file, shape, { tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, dims: [32], data: { type: 'float32', data: new Float32Array(32), dims: [32] } as Tensor<'float32'> } : t)) });
+  await expectMoeError(() => MixtralModel.load(shape), 'ERR_TENSOR_SHAPE', "'output_norm.weight'", '[32]', '[64]');
+  await expectMoeError(() => convertToGguf(dir, path.join(dir, 'q.gguf'), { type: 'q4_k' }), 'ERR_UNSUPPORTED', 'quantiser', 'issue 12');
+  assert.not.ok(fs.existsSync(path.join(dir, 'q.gguf')));
+});
+
+test('memory: refused up front by the estimate, with the numbers; progress reports every tensor', async ({ dir }) => {
+  await writeTinyMixtral(dir);
+  const file = path.join(dir, 'm.gguf');
+  await convertToGguf(dir, file, { type: 'f16' });
+  const g = await GgufCheckpoint.open(file);
+  const e = g.estimateMemory({ maxSeq: 32 });
+  assert.equal([e.dtype, e.weightsBytes], ['float16', 2 * (97 * 64 * 2 + 64 + 2 * (2 * 64 + 64 * 64 + 2 * 32 * 64 + 64 * 64 + 4 * 64 + 3 * 4 * 48 * 64))]);
+  g.close();
+  let calls = 0;
+  await expectMoeError(() => MixtralModel.load(file, { availableBytes: 1000, onProgress: () => calls++ }), 'ERR_OUT_OF_MEMORY', 'needs', 'but 1.00 kB is available');
+  assert.is(calls, 0);
+  const seen: number[] = [];
+  const m = await MixtralModel.load(file, { maxSeq: 16, onProgress: (p) => seen.push(p.tensorsLoaded === p.tensorsTotal ? p.bytesLoaded : -1) });
+  assert.is(seen.length, 23);
+  assert.is(seen[22], fs.statSync(file).size - GgufFile.openSync(file).dataOffset - (seen.length > 0 ? paddingOf(file) : 0));
+  m.dispose();
+});
+
+/** Bytes of alignment padding between tensors in a file. */
+function paddingOf(file: string): number {
+  const f = GgufFile.openSync(file);
+  const end = f.size - f.dataOffset;
+  const n = end - f.tensorBytes;
+  f.close();
+  return n;
+}
+
+test.run();
