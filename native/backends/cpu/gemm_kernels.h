@@ -13,6 +13,14 @@
 //
 // Activations are packed per call into micro-panels of kMR rows: element [k][i] = row i, column
 // k (row stride kMR), which the kernels broadcast from. Only the first `rows` lanes are read.
+//
+// bf16 dot layout (kWBF16Pairs: the avx512-bf16 table's bf16 weights, unless packed exact): the
+// same panels with two k steps interleaved per column, so that one 64-byte row of a panel is what
+// vdpbf16ps multiplies: element [k/2][j][k%2] (K padded to even with zeros). Its activations are
+// bf16 pairs, rounded to nearest even from f32: a micro-panel is [k/2][i] of 32-bit words holding
+// (row i, k) in the low half and (row i, k+1) in the high half, K/2 * kMR words in all. Each output
+// is still one chain in k order, two products per step (vdpbf16ps adds the exact product of each
+// pair into the f32 accumulator), so the bits do not depend on rows, tasks or threads.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -27,7 +35,17 @@ constexpr int kNR = 16;               // output columns of a packed panel (two 8
 constexpr int kGateCols = kNR / 2;    // GEMM1 panel: kGateCols gate + kGateCols up columns
 
 // Weight element type of a panel, as an index into the kernel tables.
-enum WeightType : int { kWF32 = 0, kWF16 = 1, kWBF16 = 2, kNumWeightTypes = 3 };
+// kWBF16Pairs: bf16 weights in the bf16 dot layout, against bf16-rounded activations.
+enum WeightType : int { kWF32 = 0, kWF16 = 1, kWBF16 = 2, kWBF16Pairs = 3, kNumWeightTypes = 4 };
+
+// Whether the activations of weight type t are bf16 pairs (else f32 micro-panels).
+constexpr bool bf16_pairs(WeightType t) { return t == kWBF16Pairs; }
+// Floats (32-bit words) of a micro-panel of K = k_len for weight type t.
+inline int64_t micro_panel_floats(WeightType t, int64_t k_len) {
+  return bf16_pairs(t) ? (k_len + 1) / 2 * kMR : k_len * kMR;
+}
+// K as packed: the bf16 dot layout pads it to even.
+inline int64_t packed_k(WeightType t, int64_t k_len) { return bf16_pairs(t) ? (k_len + 1) / 2 * 2 : k_len; }
 
 inline WeightType weight_type(DType t) {
   return t == DType::kF16 ? kWF16 : t == DType::kBF16 ? kWBF16 : kWF32;
@@ -40,25 +58,42 @@ inline WeightType weight_type(DType t) {
 using MicroKernel = void (*)(int rows, int64_t kc, const float* a, const void* b, float* c,
                              bool accumulate);
 
-// Streaming form for a single micro-panel (decode): c[q] = a x panel q for q < np, each panel
-// of kc steps, panels panel_bytes apart, tiles kMR*kNR floats apart, no accumulation. Same bits
-// as calling MicroKernel panel by panel.
+// Streaming form over several panels for one micro-panel: c[q] = a x panel q for q < np, each
+// panel of kc steps, panels panel_bytes apart, tiles kMR*kNR floats apart. Same bits as calling
+// MicroKernel panel by panel. flags: kStreamAccumulate adds to c instead of overwriting it (the
+// K-blocked order); kStreamPrefetch asks for software prefetch ahead in every panel (the weights
+// come from memory, not from L2; tables may prefetch regardless).
+enum StreamFlags : int { kStreamAccumulate = 1, kStreamPrefetch = 2 };
 using StreamKernel = void (*)(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes,
-                              int np, float* c);
+                              int np, float* c, int flags);
 
+// One table per ISA. micro/stream entries of a weight type the table cannot run are null
+// (kWBF16Pairs outside avx512-bf16); such weights are never packed for it.
 struct GemmKernels {
   MicroKernel micro[kNumWeightTypes];
   StreamKernel stream[kNumWeightTypes];
+  // The K-blocked order (panels too long for L2) runs `stream` with kStreamAccumulate on the
+  // 16-bit chunks as they are, instead of widening each chunk to f32 and running `micro`.
+  bool blocked_stream;
   // dst[i] = widen(src[i]) for i < n; src holds f16 or bf16 bits (type t).
   void (*widen)(WeightType t, const uint16_t* src, float* dst, int64_t n);
   // SwiGLU epilogue of a GEMM1 tile c [rows][kNR]: h = silu(gate) * up, gate = c[i][j],
   // up = c[i][kGateCols + j], written as h[j*kMR + i] (micro-panel layout) for j < kGateCols.
   void (*swiglu)(int rows, const float* c, float* h);
+  // The same, written as bf16 pairs (h is a 32-bit-word micro-panel at the tile's first column
+  // pair; kGateCols is even, so a tile's columns are whole pairs). Null outside avx512-bf16.
+  void (*swiglu_pairs)(int rows, const float* c, uint32_t* h);
+  // Rows src[i] (i < rows, each k_len floats) rounded to bf16 pairs into one micro-panel (K padded
+  // with a zero to even). Null outside avx512-bf16.
+  void (*gather_pairs)(const float* const* src, int rows, int64_t k_len, uint32_t* dst);
   const char* name;
 };
 
+// Each table only after the run-time check (cpu_can_run): they are compiled for their ISA.
 const GemmKernels& portable_kernels();
-const GemmKernels& avx2_kernels();  // call only when cpu_features().kernel == "avx2-fma"
+const GemmKernels& avx2_kernels();
+const GemmKernels& avx512_kernels();
+const GemmKernels& avx512_bf16_kernels();
 
 }  // namespace cpu
 }  // namespace moe

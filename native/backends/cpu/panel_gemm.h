@@ -94,8 +94,12 @@ class AlignedBuffer {
 // forward does not page-fault fresh memory; grows with the activations, never with the weights.
 AlignedBuffer& thread_scratch();
 
-// The kernel family picked by the run-time CPU check.
+// The kernel table picked by the run-time CPU check (cpu_features().table).
 const GemmKernels& kernels();
+
+// The weight type that packing gives weights of dtype t under the current table: bf16 in the
+// bf16 dot layout where the table has it, unless the caller asked for exact f32 activations.
+WeightType packed_weight_type(DType t, bool exact_f32);
 
 // ---- packing ------------------------------------------------------------------------------------
 // Panel p of a row-major matrix w [n, k_len] (n output columns, K = k_len): element [k][j] =
@@ -114,6 +118,16 @@ void pack_row_panel(const El* w, int64_t n, int64_t k_len, int64_t k_pad, int64_
     }
   }
   std::memset(dst, 0, size_t(k_pad - k_len) * kNR * sizeof(El));
+}
+
+// The bf16 dot layout of the same panel (gemm_kernels.h): element [k/2][j][k%2] = w[p*kNR + j][k],
+// k_pad even; steps past k_len are zero.
+inline void pack_row_panel_pairs(const uint16_t* w, int64_t n, int64_t k_len, int64_t k_pad, int64_t p, uint16_t* dst) {
+  const int64_t valid = std::min<int64_t>(kNR, n - p * kNR);
+  const uint16_t* src = w + p * kNR * k_len;
+  for (int64_t k = 0; k < k_pad; ++k)
+    for (int j = 0; j < kNR; ++j)
+      dst[(k / 2) * 2 * kNR + j * 2 + (k & 1)] = j < valid && k < k_len ? src[j * k_len + k] : uint16_t(0);
 }
 
 // fn(panel) for every panel in [0, total), packed in parallel, kPackPanelsPerTask per task.
@@ -143,9 +157,12 @@ struct Task {
 std::vector<Task> make_tasks(const RowLayout& L, int64_t panels, int64_t panel_bytes);
 
 // Copies the rows of every group into micro-panels a [n_mp][d][kMR]: row r of the layout is
-// x[sorted_rows[r]] (x[r] when sorted_rows is null), r from group_offsets.
+// x[sorted_rows[r]] (x[r] when sorted_rows is null), r from group_offsets. For a weight type with
+// bf16 pair activations the micro-panels are bf16 pairs (micro_panel_floats words each), rounded
+// by the table's gather_pairs.
 void gather_micro_panels(const float* x, int64_t d, const int32_t* sorted_rows,
-                         const int32_t* group_offsets, const RowLayout& L, float* a);
+                         const int32_t* group_offsets, const RowLayout& L, float* a,
+                         WeightType wtype = kWF32);
 
 // ---- phases -------------------------------------------------------------------------------------
 // One GEMM phase: C = A x panels, K = k_len, with `epilogue(task, p, mp, rows, tile)` consuming
@@ -156,8 +173,8 @@ struct GemmPhase {
   size_t elem_size;
   const uint8_t* weights;  // the first panel of group 0
   size_t group_bytes;      // from one group's panels to the next's
-  int64_t k_len;
-  const float* a;          // micro-panels, each k_len * kMR floats
+  int64_t k_len;           // K as packed (packed_k: even for bf16 pairs)
+  const float* a;          // micro-panels, each micro_panel_floats(wtype, k_len) words
   const RowLayout* rows;
 };
 
@@ -170,31 +187,52 @@ inline void prefetch_chunk(const uint8_t* p, int64_t bytes) {
 template <class Epilogue>
 void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, const Epilogue& epilogue) {
   const size_t panel_elems = size_t(ph.k_len) * kNR;
+  const size_t panel_bytes = panel_elems * ph.elem_size;
   const uint8_t* wbase = ph.weights + size_t(t.e) * ph.group_bytes;
-  const float* a = ph.a + size_t(ph.rows->mp_base[size_t(t.e)] + t.mp0) * size_t(ph.k_len) * kMR;
+  const bool pairs = bf16_pairs(ph.wtype);
+  const size_t a_stride = size_t(micro_panel_floats(ph.wtype, ph.k_len));  // words per micro-panel of A
+  const float* a = ph.a + size_t(ph.rows->mp_base[size_t(t.e)] + t.mp0) * a_stride;
+  // A's words from a micro-panel's start to step k0 (k0 even for bf16 pairs)
+  auto a_at = [&](int64_t k0) { return size_t(pairs ? k0 / 2 : k0) * kMR; };
   auto panel_ptr = [&](int64_t p, int64_t k0) {
     return wbase + (size_t(p) * panel_elems + size_t(k0) * kNR) * ph.elem_size;
   };
   auto mp_rows = [&](int mp) { return std::min<int>(kMR, t.rows - mp * kMR); };
   // a micro-panel's tiles are adjacent, as the streaming kernel writes them
   auto tile = [&](int64_t pl, int mp) { return tiles + (size_t(mp) * size_t(t.np) + size_t(pl)) * kTileFloats; };
-  const MicroKernel micro = ph.kern->micro[ph.wtype];
-  const size_t a_stride = size_t(ph.k_len) * kMR;  // floats per micro-panel of A
+  const StreamKernel stream = ph.kern->stream[ph.wtype];
+  auto finish = [&] {
+    for (int mp = 0; mp < t.n_mp; ++mp)
+      for (int64_t pl = 0; pl < t.np; ++pl) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
+  };
 
-  if (t.n_mp == 1 || t.np * int64_t(panel_elems * ph.elem_size) <= kStreamPanelBytes) {
+  if (t.n_mp == 1 || t.np * int64_t(panel_bytes) <= kStreamPanelBytes) {
     // Streaming order: the first micro-panel streams the task's panels from memory straight
     // through (prefetched, 16-bit widened in registers); the others re-read them from L2, which
     // feeds the kernel faster than it consumes (64 bytes per 12 FMAs). Measured on Zen 5 this
     // matches or beats the blocked order below even at hundreds of rows, with or without widening.
     for (int mp = 0; mp < t.n_mp; ++mp)
-      ph.kern->stream[ph.wtype](mp_rows(mp), ph.k_len, a + size_t(mp) * a_stride, panel_ptr(t.p0, 0),
-                                panel_elems * ph.elem_size, int(t.np), tile(0, mp));
-    for (int mp = 0; mp < t.n_mp; ++mp)
-      for (int64_t pl = 0; pl < t.np; ++pl) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
+      stream(mp_rows(mp), ph.k_len, a + size_t(mp) * a_stride, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, mp),
+             mp == 0 ? kStreamPrefetch : 0);
+    finish();
     return;
   }
-  // Blocked order, for panels too long to stay in L2 (K above 8192 f32, 16384 16-bit): per K block,
-  // the panel chunk (L1) meets every micro-panel of the block (L2), widened to f32 once.
+  if (ph.kern->blocked_stream) {
+    // Blocked order, for panels too long to stay in L2 (K above 8192 f32, 16384 16-bit): per K
+    // block, the task's panel chunks stream from memory with the first micro-panel and stay in L2
+    // for the others; the kernel accumulates into the tiles from the second block on.
+    for (int64_t k0 = 0; k0 < ph.k_len; k0 += kKC) {
+      const int64_t kc = std::min(kKC, ph.k_len - k0);
+      for (int mp = 0; mp < t.n_mp; ++mp)
+        stream(mp_rows(mp), kc, a + size_t(mp) * a_stride + a_at(k0), panel_ptr(t.p0, k0), panel_bytes, int(t.np),
+               tile(0, mp), (k0 > 0 ? kStreamAccumulate : 0) | (mp == 0 ? kStreamPrefetch : 0));
+    }
+    finish();
+    return;
+  }
+  // Blocked order of the tables without blocked_stream: per K block, the panel chunk (L1) meets
+  // every micro-panel of the block (L2), widened to f32 once.
+  const MicroKernel micro = ph.kern->micro[ph.wtype];
   for (int64_t k0 = 0; k0 < ph.k_len; k0 += kKC) {
     const int64_t kc = std::min(kKC, ph.k_len - k0);
     for (int64_t pl = 0; pl < t.np; ++pl) {
@@ -212,11 +250,10 @@ void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, 
         fn = ph.kern->micro[kWF32];
       }
       for (int mp = 0; mp < t.n_mp; ++mp)
-        fn(mp_rows(mp), kc, a + size_t(mp) * a_stride + size_t(k0) * kMR, b, tile(pl, mp), k0 > 0);
+        fn(mp_rows(mp), kc, a + size_t(mp) * a_stride + a_at(k0), b, tile(pl, mp), k0 > 0);
     }
   }
-  for (int64_t pl = 0; pl < t.np; ++pl)
-    for (int mp = 0; mp < t.n_mp; ++mp) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
+  finish();
 }
 
 // Runs the tasks on the pool; `scratch` holds kThreadScratchFloats per pool thread.

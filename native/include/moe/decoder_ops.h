@@ -48,6 +48,11 @@ class PackedLinear {
 // w: [out,in] f32/f16/bf16; bias: null or [out] of any float type (Qwen2's q/k/v projections).
 // Copies and repacks; the sources may be freed afterwards.
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
+// The same with precision 'exact' when exact_f32, as ExpertWeightSource::exact_f32: bf16 weights
+// against f32 activations even where the CPU's avx512-bf16 table would round the activations to
+// bf16 (pack_linear is pack_linear_precision with exact_f32 = false).
+Status pack_linear_precision(const TensorView& w, const TensorView* bias, bool exact_f32,
+                             std::unique_ptr<PackedLinear>* out);
 
 // x: [T,in]; y: [T,out], any float types. The op reads all of x before writing y, so y may alias
 // x. Every output is one f32 multiply-add chain in k order, then + bias[j] in f32, rounded once to
