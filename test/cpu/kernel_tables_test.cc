@@ -125,12 +125,12 @@ TEST(stream_equals_micro_every_table) {
           for (int rows = 1; rows <= kMR; ++rows) {
             std::vector<float> micro(np * tile, 0.f), stream(np * tile, 0.f), pf(np * tile, 0.f), blocked(np * tile, 0.f);
             for (int q = 0; q < np; ++q) t.micro[w](rows, kc, a.data(), b.data() + q * panel_bytes, micro.data() + q * tile, false);
-            t.stream[w](rows, kc, a.data(), b.data(), panel_bytes, np, stream.data(), 0);
-            t.stream[w](rows, kc, a.data(), b.data(), panel_bytes, np, pf.data(), kStreamPrefetch);
+            t.stream[w](rows, kc, a.data(), b.data(), panel_bytes, np, stream.data(), 0, 0);
+            t.stream[w](rows, kc, a.data(), b.data(), panel_bytes, np, pf.data(), 0, 4096);
             const int64_t k1 = kc / 4 * 2;  // an even split point (0 for kc = 2: an empty first block)
             const float* a2 = a.data() + (bf16_pairs(w) ? k1 / 2 : k1) * kMR;
-            t.stream[w](rows, k1, a.data(), b.data(), panel_bytes, np, blocked.data(), 0);
-            t.stream[w](rows, kc - k1, a2, b.data() + size_t(k1) * kNR * es, panel_bytes, np, blocked.data(), kStreamAccumulate);
+            t.stream[w](rows, k1, a.data(), b.data(), panel_bytes, np, blocked.data(), 0, 0);
+            t.stream[w](rows, kc - k1, a2, b.data() + size_t(k1) * kNR * es, panel_bytes, np, blocked.data(), kStreamAccumulate, 0);
             const std::string what = std::string(t.name) + " " + wname(w) + " K=" + std::to_string(kc) + " np=" +
                                      std::to_string(np) + " rows=" + std::to_string(rows);
             bool same = true;
@@ -157,6 +157,58 @@ TEST(stream_equals_micro_every_table) {
           }
         }
       }
+    }
+  }
+}
+
+// The wide kernel over g micro-panels gives, tile by tile, the bits of the streaming kernel on each
+// micro-panel (zeros in the lanes past the rows, as the gathers write them).
+TEST(wide_equals_stream_every_table) {
+  for (CpuKernel tk : kAllTables) {
+    if (!cpu_can_run(tk)) continue;
+    const GemmKernels& t = table(tk);
+    for (int wi = 0; wi < kNumWeightTypes; ++wi) {
+      const WeightType w = WeightType(wi);
+      if (!t.wide[w]) continue;
+      for (int g = 2; g <= kMaxWideGroup; ++g)
+        for (int64_t kc : {2, 66, 300})
+          for (int np : {1, 2, 3, 8}) {
+            Rng r(uint64_t(g * 1000 + kc * 13 + np + wi));
+            std::vector<uint8_t> b;
+            std::vector<float> a0;
+            fill_operands(w, kc, np, r, b, a0);
+            const size_t mpf = a0.size(), tile = size_t(kMR) * kNR;
+            std::vector<float> a(mpf * g);
+            for (int m = 0; m < g; ++m) {
+              std::vector<uint8_t> bb;
+              std::vector<float> am;
+              fill_operands(w, kc, 1, r, bb, am);
+              std::copy(am.begin(), am.end(), a.begin() + m * mpf);
+            }
+            const int last_rows = 1 + int(kc % kMR);  // the last micro-panel is partial
+            for (size_t word = 0; word < mpf; word += kMR)
+              std::fill(a.begin() + (g - 1) * mpf + word + last_rows, a.begin() + (g - 1) * mpf + word + kMR, 0.f);
+            const size_t es = w == kWF32 ? 4 : 2;
+            const size_t panel_bytes = size_t(kc) * kNR * es;
+            const int c_np = np + 1;  // a task's tile layout may be wider than the call
+            std::vector<float> wide(size_t(g) * c_np * tile, 0.f), ref(size_t(g) * c_np * tile, 0.f);
+            t.wide[w](g, kc, a.data(), mpf, b.data(), panel_bytes, np, wide.data(), c_np, 0, 4096);
+            for (int m = 0; m < g; ++m) {
+              std::vector<float> one(size_t(np) * tile);
+              t.stream[w](m == g - 1 ? last_rows : kMR, kc, a.data() + m * mpf, b.data(), panel_bytes, np, one.data(), 0, 0);
+              for (int q = 0; q < np; ++q) std::copy(one.begin() + q * tile, one.begin() + (q + 1) * tile, ref.begin() + (size_t(m) * c_np + q) * tile);
+            }
+            bool same = true;
+            for (int m = 0; m < g; ++m)
+              for (int q = 0; q < np; ++q)
+                for (int i = 0; i < (m == g - 1 ? last_rows : kMR); ++i) {
+                  const size_t o = (size_t(m) * c_np + q) * tile + size_t(i) * kNR;
+                  same = same && same_bits(&wide[o], &ref[o], kNR);
+                }
+            if (!same)
+              emu_test::fail(__FILE__, __LINE__, std::string(t.name) + " " + wname(w) + " g=" + std::to_string(g) + " K=" +
+                                                     std::to_string(kc) + " np=" + std::to_string(np) + ": wide bits differ from stream");
+          }
     }
   }
 }

@@ -26,15 +26,13 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kZmmCacheLine = 64;
-// Software prefetch distance per panel when the panels stream from memory: the hardware
-// prefetchers stop at every 4 KiB page and restart slowly on each new group of panels.
-constexpr int64_t kZmmPrefetchBytes = 4096;
 
 // Panels per kernel call for MR rows: as many as 24 accumulators allow, at most 8.
 template <int MR> constexpr int zmm_stream_width() { return MR <= 3 ? 8 : 4; }
 
 template <int MR, int NP, bool PF, class Op>
-inline void zmm_tiles(int64_t steps, const float* a, const uint8_t* b, size_t panel_bytes, float* c, bool accumulate) {
+inline void zmm_tiles(int64_t steps, const float* a, const uint8_t* b, size_t panel_bytes, float* c, bool accumulate,
+                      int64_t prefetch) {
   __m512 acc[NP][MR];
 #pragma GCC unroll 8
   for (int q = 0; q < NP; ++q)
@@ -42,12 +40,11 @@ inline void zmm_tiles(int64_t steps, const float* a, const uint8_t* b, size_t pa
     for (int i = 0; i < MR; ++i)
       acc[q][i] = accumulate ? _mm512_loadu_ps(c + (q * kMR + i) * kNR) : _mm512_setzero_ps();
   constexpr int64_t kLineSteps = std::max<int64_t>(1, kZmmCacheLine / Op::kStepBytes);
-  constexpr int64_t kPrefetchSteps = kZmmPrefetchBytes / Op::kStepBytes;
   for (int64_t s = 0; s < steps; ++s) {
     if (PF && s % kLineSteps == 0)  // one request per line and panel (past a panel's end is harmless)
 #pragma GCC unroll 8
       for (int q = 0; q < NP; ++q)
-        _mm_prefetch(reinterpret_cast<const char*>(b + q * panel_bytes + (s + kPrefetchSteps) * Op::kStepBytes), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(b + q * panel_bytes + s * Op::kStepBytes + prefetch), _MM_HINT_T0);
     typename Op::BVec bv[NP];
 #pragma GCC unroll 8
     for (int q = 0; q < NP; ++q) bv[q] = Op::load(b + q * panel_bytes + s * Op::kStepBytes);
@@ -66,44 +63,114 @@ inline void zmm_tiles(int64_t steps, const float* a, const uint8_t* b, size_t pa
 }
 
 template <int MR, bool PF, class Op>
-void zmm_stream_rows(int64_t steps, const float* a, const uint8_t* b, size_t panel_bytes, int np, float* c, bool acc) {
+void zmm_stream_rows(int64_t steps, const float* a, const uint8_t* b, size_t panel_bytes, int np, float* c, bool acc,
+                     int64_t pf) {
   constexpr int NP = zmm_stream_width<MR>();
   constexpr size_t kTile = size_t(kMR) * kNR;
   int q = 0;
-  for (; q + NP <= np; q += NP) zmm_tiles<MR, NP, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc);
+  for (; q + NP <= np; q += NP) zmm_tiles<MR, NP, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc, pf);
   if constexpr (NP > 4)
-    for (; q + 4 <= np; q += 4) zmm_tiles<MR, 4, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc);
-  for (; q + 2 <= np; q += 2) zmm_tiles<MR, 2, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc);
-  for (; q < np; ++q) zmm_tiles<MR, 1, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc);
+    for (; q + 4 <= np; q += 4) zmm_tiles<MR, 4, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc, pf);
+  for (; q + 2 <= np; q += 2) zmm_tiles<MR, 2, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc, pf);
+  for (; q < np; ++q) zmm_tiles<MR, 1, PF, Op>(steps, a, b + q * panel_bytes, panel_bytes, c + q * kTile, acc, pf);
 }
 
 template <bool PF, class Op>
-void zmm_stream_pf(int rows, int64_t steps, const float* a, const uint8_t* b, size_t panel_bytes, int np, float* c, bool acc) {
+void zmm_stream_pf(int rows, int64_t steps, const float* a, const uint8_t* b, size_t panel_bytes, int np, float* c, bool acc,
+                   int64_t pf) {
   static_assert(kMR == 6, "the dispatch below covers 1..6 rows");
   switch (rows) {
-    case 1: zmm_stream_rows<1, PF, Op>(steps, a, b, panel_bytes, np, c, acc); break;
-    case 2: zmm_stream_rows<2, PF, Op>(steps, a, b, panel_bytes, np, c, acc); break;
-    case 3: zmm_stream_rows<3, PF, Op>(steps, a, b, panel_bytes, np, c, acc); break;
-    case 4: zmm_stream_rows<4, PF, Op>(steps, a, b, panel_bytes, np, c, acc); break;
-    case 5: zmm_stream_rows<5, PF, Op>(steps, a, b, panel_bytes, np, c, acc); break;
-    default: zmm_stream_rows<6, PF, Op>(steps, a, b, panel_bytes, np, c, acc); break;
+    case 1: zmm_stream_rows<1, PF, Op>(steps, a, b, panel_bytes, np, c, acc, pf); break;
+    case 2: zmm_stream_rows<2, PF, Op>(steps, a, b, panel_bytes, np, c, acc, pf); break;
+    case 3: zmm_stream_rows<3, PF, Op>(steps, a, b, panel_bytes, np, c, acc, pf); break;
+    case 4: zmm_stream_rows<4, PF, Op>(steps, a, b, panel_bytes, np, c, acc, pf); break;
+    case 5: zmm_stream_rows<5, PF, Op>(steps, a, b, panel_bytes, np, c, acc, pf); break;
+    default: zmm_stream_rows<6, PF, Op>(steps, a, b, panel_bytes, np, c, acc, pf); break;
   }
 }
 
 // The table's StreamKernel for Op; kc counts k (an Op of k pairs takes kc / 2 steps, kc even).
 template <class Op>
-void zmm_stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags) {
+void zmm_stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags,
+                int64_t prefetch) {
   const int64_t steps = kc / Op::kStepK;
   const uint8_t* bp = static_cast<const uint8_t*>(b);
   const bool acc = flags & kStreamAccumulate;
-  if (flags & kStreamPrefetch) zmm_stream_pf<true, Op>(rows, steps, a, bp, panel_bytes, np, c, acc);
-  else zmm_stream_pf<false, Op>(rows, steps, a, bp, panel_bytes, np, c, acc);
+  if (prefetch > 0) zmm_stream_pf<true, Op>(rows, steps, a, bp, panel_bytes, np, c, acc, prefetch);
+  else zmm_stream_pf<false, Op>(rows, steps, a, bp, panel_bytes, np, c, acc, 0);
+}
+
+// G micro-panels (G*kMR rows) x NP panels, one chain per output as in zmm_tiles.
+template <int G, int NP, bool PF, class Op>
+inline void zmm_wide_tiles(int64_t steps, const float* a, size_t a_stride, const uint8_t* b, size_t panel_bytes, float* c,
+                           int c_np, bool accumulate, int64_t prefetch) {
+  constexpr int MR = G * kMR;
+  constexpr size_t kTile = size_t(kMR) * kNR;
+  auto out = [&](int q, int i) { return c + (size_t(i / kMR) * size_t(c_np) + size_t(q)) * kTile + size_t(i % kMR) * kNR; };
+  __m512 acc[NP][MR];
+#pragma GCC unroll 4
+  for (int q = 0; q < NP; ++q)
+#pragma GCC unroll 24
+    for (int i = 0; i < MR; ++i) acc[q][i] = accumulate ? _mm512_loadu_ps(out(q, i)) : _mm512_setzero_ps();
+  constexpr int64_t kLineSteps = std::max<int64_t>(1, kZmmCacheLine / Op::kStepBytes);
+  for (int64_t s = 0; s < steps; ++s) {
+    if (PF && s % kLineSteps == 0)
+#pragma GCC unroll 4
+      for (int q = 0; q < NP; ++q)
+        _mm_prefetch(reinterpret_cast<const char*>(b + q * panel_bytes + s * Op::kStepBytes + prefetch), _MM_HINT_T0);
+    typename Op::BVec bv[NP];
+#pragma GCC unroll 4
+    for (int q = 0; q < NP; ++q) bv[q] = Op::load(b + q * panel_bytes + s * Op::kStepBytes);
+#pragma GCC unroll 4
+    for (int m = 0; m < G; ++m) {
+      const float* as = a + size_t(m) * a_stride + s * kMR;
+#pragma GCC unroll 6
+      for (int i = 0; i < kMR; ++i) {
+        const typename Op::AVec ai = Op::broadcast(as + i);
+#pragma GCC unroll 4
+        for (int q = 0; q < NP; ++q) acc[q][m * kMR + i] = Op::madd(acc[q][m * kMR + i], ai, bv[q]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < NP; ++q)
+#pragma GCC unroll 24
+    for (int i = 0; i < MR; ++i) _mm512_storeu_ps(out(q, i), acc[q][i]);
+}
+
+template <int G, bool PF, class Op>
+void zmm_wide_group(int64_t steps, const float* a, size_t a_stride, const uint8_t* b, size_t panel_bytes, int np, float* c,
+                    int c_np, bool acc, int64_t pf) {
+  constexpr size_t kTile = size_t(kMR) * kNR;
+  int q = 0;
+  if constexpr (G == 2)  // 12 rows x 2 panels: 24 accumulators
+    for (; q + 2 <= np; q += 2) zmm_wide_tiles<2, 2, PF, Op>(steps, a, a_stride, b + q * panel_bytes, panel_bytes, c + q * kTile, c_np, acc, pf);
+  for (; q < np; ++q) zmm_wide_tiles<G, 1, PF, Op>(steps, a, a_stride, b + q * panel_bytes, panel_bytes, c + q * kTile, c_np, acc, pf);
+}
+
+// The table's WideKernel for Op (gemm_kernels.h); kc counts k as in zmm_stream.
+template <class Op>
+void zmm_wide(int g, int64_t kc, const float* a, size_t a_stride, const void* b, size_t panel_bytes, int np, float* c,
+              int c_np, int flags, int64_t prefetch) {
+  static_assert(kMaxWideGroup == 4, "the dispatch below covers 2..4 micro-panels");
+  const int64_t steps = kc / Op::kStepK;
+  const uint8_t* bp = static_cast<const uint8_t*>(b);
+  const bool acc = flags & kStreamAccumulate;
+  const bool pf = prefetch > 0;
+  switch (g) {
+    case 2: pf ? zmm_wide_group<2, true, Op>(steps, a, a_stride, bp, panel_bytes, np, c, c_np, acc, prefetch)
+               : zmm_wide_group<2, false, Op>(steps, a, a_stride, bp, panel_bytes, np, c, c_np, acc, 0); break;
+    case 3: pf ? zmm_wide_group<3, true, Op>(steps, a, a_stride, bp, panel_bytes, np, c, c_np, acc, prefetch)
+               : zmm_wide_group<3, false, Op>(steps, a, a_stride, bp, panel_bytes, np, c, c_np, acc, 0); break;
+    default: pf ? zmm_wide_group<4, true, Op>(steps, a, a_stride, bp, panel_bytes, np, c, c_np, acc, prefetch)
+                : zmm_wide_group<4, false, Op>(steps, a, a_stride, bp, panel_bytes, np, c, c_np, acc, 0); break;
+  }
 }
 
 // The table's MicroKernel for Op: one panel.
 template <class Op>
 void zmm_micro(int rows, int64_t kc, const float* a, const void* b, float* c, bool accumulate) {
-  zmm_stream<Op>(rows, kc, a, b, 0, 1, c, accumulate ? kStreamAccumulate : 0);
+  zmm_stream<Op>(rows, kc, a, b, 0, 1, c, accumulate ? kStreamAccumulate : 0, 0);
 }
 
 // f32 activations against f32, f16 or bf16 weights (widened in registers: exact).

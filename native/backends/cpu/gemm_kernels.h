@@ -61,20 +61,36 @@ using MicroKernel = void (*)(int rows, int64_t kc, const float* a, const void* b
 // Streaming form over several panels for one micro-panel: c[q] = a x panel q for q < np, each
 // panel of kc steps, panels panel_bytes apart, tiles kMR*kNR floats apart. Same bits as calling
 // MicroKernel panel by panel. flags: kStreamAccumulate adds to c instead of overwriting it (the
-// K-blocked order); kStreamPrefetch asks for software prefetch ahead in every panel (the weights
-// come from memory, not from L2; tables may prefetch regardless).
-enum StreamFlags : int { kStreamAccumulate = 1, kStreamPrefetch = 2 };
+// K-blocked order). prefetch: when > 0, each step also prefetches (into L1) the line `prefetch`
+// bytes past the one it reads in every panel: a distance ahead when the panels come from memory,
+// or the next K block's lines while this block is re-read from L2 (tables may prefetch on their
+// own regardless: avx2-fma always prefetches 4 KiB ahead, portable never).
+enum StreamFlags : int { kStreamAccumulate = 1 };
 using StreamKernel = void (*)(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes,
-                              int np, float* c, int flags);
+                              int np, float* c, int flags, int64_t prefetch);
+
+// The streaming form over G = 2..kMaxWideGroup micro-panels at once (G*kMR rows, every lane
+// computed: lanes past a group's rows must hold finite values, the gathers and the SwiGLU
+// epilogue write zeros there), micro-panel m at a + m*a_stride words, so that one pass over the
+// panels serves all of them: a panel element fetched from memory meets up to 24 rows at once,
+// which keeps the pass compute-bound and overlaps it with the fetch. The tile of (micro-panel m,
+// panel q) is at c + (m*c_np + q)*kMR*kNR (the task's tile layout, c_np >= np). Same bits as
+// StreamKernel on each micro-panel.
+constexpr int kMaxWideGroup = 4;
+using WideKernel = void (*)(int g, int64_t kc, const float* a, size_t a_stride, const void* b, size_t panel_bytes,
+                            int np, float* c, int c_np, int flags, int64_t prefetch);
 
 // One table per ISA. micro/stream entries of a weight type the table cannot run are null
 // (kWBF16Pairs outside avx512-bf16); such weights are never packed for it.
 struct GemmKernels {
   MicroKernel micro[kNumWeightTypes];
   StreamKernel stream[kNumWeightTypes];
-  // The K-blocked order (panels too long for L2) runs `stream` with kStreamAccumulate on the
-  // 16-bit chunks as they are, instead of widening each chunk to f32 and running `micro`.
-  bool blocked_stream;
+  // Null in the tables that run every micro-panel on its own (avx2-fma, portable).
+  WideKernel wide[kNumWeightTypes];
+  // Tables with `wide` run tasks of several micro-panels K-blocked: per block of kKC steps, one
+  // pass of `wide` over up to kMaxWideGroup micro-panels streams the panels from memory, and the
+  // other passes re-read them from L2, all with kStreamAccumulate on the 16-bit chunks as they
+  // are. The others widen each chunk to f32 once and run `micro` per micro-panel.
   // dst[i] = widen(src[i]) for i < n; src holds f16 or bf16 bits (type t).
   void (*widen)(WeightType t, const uint16_t* src, float* dst, int64_t n);
   // SwiGLU epilogue of a GEMM1 tile c [rows][kNR]: h = silu(gate) * up, gate = c[i][j],

@@ -144,9 +144,9 @@ void stream_rows(int64_t kc, const float* a, const void* b, size_t panel_bytes, 
   for (; q < np; ++q) stream_tiles<MR, 1, W>(kc, a, bp + q * panel_bytes, panel_bytes, c + size_t(q) * kMR * kNR, acc);
 }
 
-// flags: this table always prefetches (kStreamPrefetch is implied).
+// This table always prefetches kStreamPrefetchBytes ahead (the prefetch argument is not used).
 template <int W>
-void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags) {
+void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags, int64_t) {
   const bool acc = flags & kStreamAccumulate;
   switch (rows) {
     case 1: stream_rows<1, W>(kc, a, b, panel_bytes, np, c, acc); break;
@@ -186,7 +186,7 @@ void swiglu(int rows, const float* c, float* h) {
 const GemmKernels& avx2_kernels() {
   static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>, nullptr},
                                 {stream<kWF32>, stream<kWF16>, stream<kWBF16>, nullptr},
-                                /*blocked_stream=*/false, widen, swiglu, nullptr, nullptr, "avx2-fma"};
+                                {nullptr, nullptr, nullptr, nullptr}, widen, swiglu, nullptr, nullptr, "avx2-fma"};
   return k;
 }
 

@@ -42,7 +42,8 @@ const GemmKernels& avx512_kernels() {
   static const GemmKernels k = {
       {zmm_micro<F32Op<kWF32>>, zmm_micro<F32Op<kWF16>>, zmm_micro<F32Op<kWBF16>>, nullptr},
       {zmm_stream<F32Op<kWF32>>, zmm_stream<F32Op<kWF16>>, zmm_stream<F32Op<kWBF16>>, nullptr},
-      /*blocked_stream=*/true, widen, swiglu, nullptr, nullptr, "avx512"};
+      {zmm_wide<F32Op<kWF32>>, zmm_wide<F32Op<kWF16>>, zmm_wide<F32Op<kWBF16>>, nullptr},
+      widen, swiglu, nullptr, nullptr, "avx512"};
   return k;
 }
 

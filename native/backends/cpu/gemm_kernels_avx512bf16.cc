@@ -69,6 +69,7 @@ const GemmKernels& avx512_bf16_kernels() {
     GemmKernels t = avx512_kernels();
     t.micro[kWBF16Pairs] = zmm_micro<Bf16PairOp>;
     t.stream[kWBF16Pairs] = zmm_stream<Bf16PairOp>;
+    t.wide[kWBF16Pairs] = zmm_wide<Bf16PairOp>;
     t.swiglu_pairs = swiglu_pairs;
     t.gather_pairs = gather_pairs;
     t.name = "avx512-bf16";

@@ -95,7 +95,7 @@ void micro(int rows, int64_t kc, const float* a, const void* b, float* c, bool a
 }
 
 template <int W>
-void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags) {
+void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags, int64_t) {
   for (int q = 0; q < np; ++q)
     micro<W>(rows, kc, a, static_cast<const uint8_t*>(b) + q * panel_bytes, c + size_t(q) * kMR * kNR,
              flags & kStreamAccumulate);
@@ -121,7 +121,7 @@ void swiglu(int rows, const float* c, float* h) {
 const GemmKernels& portable_kernels() {
   static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>, nullptr},
                                 {stream<kWF32>, stream<kWF16>, stream<kWBF16>, nullptr},
-                                /*blocked_stream=*/false, widen, swiglu, nullptr, nullptr, "portable"};
+                                {nullptr, nullptr, nullptr, nullptr}, widen, swiglu, nullptr, nullptr, "portable"};
   return k;
 }
 

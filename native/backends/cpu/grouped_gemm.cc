@@ -162,10 +162,13 @@ Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   cpu::run_phase(g1, cpu::make_tasks(L, w->gemm1_panels, w->d_k * kNR * int64_t(w->elem_size)), tiles,
             [&](const cpu::Task& t, int64_t p, int mp, int rows, const float* tile) {
               float* hm = h + size_t(L.mp_base[size_t(t.e)] + t.mp0 + mp) * size_t(h_mp);
-              if (pairs)  // tile columns p*kGateCols.. are H's k steps, kGateCols / 2 pairs
-                kern.swiglu_pairs(rows, tile, reinterpret_cast<uint32_t*>(hm) + size_t(p) * (kGateCols / 2) * kMR);
-              else
-                kern.swiglu(rows, tile, hm + size_t(p) * kGateCols * kMR);
+              // tile columns p*kGateCols.. are H's k steps: kGateCols f32 steps or kGateCols / 2 pairs
+              const size_t words = pairs ? kGateCols / 2 : kGateCols;
+              float* hp = hm + size_t(p) * words * kMR;
+              if (pairs) kern.swiglu_pairs(rows, tile, reinterpret_cast<uint32_t*>(hp));
+              else kern.swiglu(rows, tile, hp);
+              if (rows < kMR)  // lanes past the expert's rows are zeros (the wide kernels read them)
+                for (size_t w = 0; w < words; ++w) std::fill(hp + w * kMR + rows, hp + (w + 1) * kMR, 0.f);
             });
 
   // 2. GEMM2 (W2 panels) -> y

@@ -1,6 +1,8 @@
 // The non-template parts of the CPU panel GEMM machinery (panel_gemm.h).
 #include "panel_gemm.h"
 
+#include <algorithm>
+
 #include "moe/cpu_features.h"
 
 namespace moe {
@@ -94,12 +96,15 @@ void gather_micro_panels(const float* x, int64_t d, const int32_t* sorted_rows,
       float* dst = a + size_t(m) * mp_floats;
       const float* src[kMR];
       for (int i = 0; i < rows; ++i) src[i] = x + size_t(sorted_rows ? sorted_rows[r0 + i] : r0 + i) * size_t(d);
+      // lanes past the group's rows are zeros: the wide kernels compute them (gemm_kernels.h)
       if (pairs) {
         kernels().gather_pairs(src, rows, d, reinterpret_cast<uint32_t*>(dst));
-        continue;
+      } else {
+        for (int i = 0; i < rows; ++i)
+          for (int64_t k = 0; k < d; ++k) dst[size_t(k) * kMR + size_t(i)] = src[i][k];
       }
-      for (int i = 0; i < rows; ++i)
-        for (int64_t k = 0; k < d; ++k) dst[size_t(k) * kMR + size_t(i)] = src[i][k];
+      if (rows < kMR)
+        for (size_t w = 0; w < mp_floats; w += kMR) std::fill(dst + w + rows, dst + w + kMR, 0.f);
     }
   });
 }

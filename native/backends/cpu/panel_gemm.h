@@ -8,12 +8,14 @@
 // multiply-add chain in k order: results are bitwise reproducible whatever thread claims which
 // task, and a row's result does not depend on the rows batched with it.
 //
-// Inside a task, the kernel runs over one micro-panel (kMR rows) at a time against all of the
-// task's panels (streaming order): the first micro-panel streams the weights from memory, the
-// rest re-read them from L2, so decode reads each weight once and prefill runs at the FMA rate.
-// Only panels too long to stay in L2 switch to a BLIS-style blocked order with K blocks of kKC,
-// each chunk held in L1 (widened to f32 once if 16-bit) for all micro-panels. Both orders give the
-// same bits.
+// Inside a task (run_task): a decode (one micro-panel) streams the task's panels from memory, up
+// to 8 at once. With several micro-panels, the AVX-512 tables run K blocks of kKC steps: a first
+// pass over up to 4 micro-panels (24 rows) fetches the block from memory while computing on it,
+// the others re-read it from L2, 12 rows x 2 panels at a time; the AVX2 and portable tables run
+// one micro-panel at a time against all of the task's panels (streaming order: the first streams
+// them from memory, the rest re-read them from L2), or, for panels too long for L2, a BLIS-style
+// blocked order whose chunks are held in L1 (widened to f32 once if 16-bit). Every order gives
+// the same bits.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -35,11 +37,19 @@ namespace cpu {
 constexpr size_t kCacheLine = 64;
 constexpr size_t kAlign = kCacheLine;            // packed weights and scratch start on a line
 constexpr size_t kHugePage = size_t(2) << 20;    // x86-64 transparent huge page
-constexpr int64_t kKC = 256;                     // blocked order's K block: kKC x kNR f32 = 16 KiB (L1)
+constexpr int64_t kKC = 256;                     // K block: kKC x kNR f32 = 16 KiB per panel
 constexpr int kMaxMicroPanelsPerBlock = 32;      // rows per task <= 192
 constexpr int kMaxPanelsPerTask = 8;             // bounds the per-thread tile scratch
 constexpr int64_t kStreamPanelBytes = 512 << 10;  // a task's panels up to this size stay in L2
 constexpr int64_t kMinTasks = 32;                // fewer, larger tasks leave cores idle at the end
+// Software prefetch distances of the kernels with a prefetch argument (the AVX-512 tables). A
+// decode streams 8 panels per thread, which the hardware prefetchers of Zen 5 follow better
+// alone: 4 KiB-ahead requests cost 10-20% of the stream rate there (bf16, scaled and Mixtral
+// shapes, measured alternately). The first pass of a K block, which also computes 24 rows per
+// element, gains from them.
+constexpr int64_t kDecodePrefetchBytes = 0;
+constexpr int64_t kFirstPassPrefetchBytes = 4096;
+constexpr int kRestWideGroup = 2;                // micro-panels per pass over a block in L2
 constexpr int kPackPanelsPerTask = 4;            // panels packed by one task
 constexpr size_t kKeepScratchBytes = size_t(64) << 20;  // larger per-call scratch is released
 
@@ -206,27 +216,47 @@ void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, 
       for (int64_t pl = 0; pl < t.np; ++pl) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
   };
 
-  if (t.n_mp == 1 || t.np * int64_t(panel_bytes) <= kStreamPanelBytes) {
+  if (t.n_mp == 1) {
+    // Decode: one micro-panel streams the task's panels from memory straight through, several
+    // panels at once (independent chains, one memory stream each), 16-bit widened in registers.
+    stream(mp_rows(0), ph.k_len, a, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, 0), 0, kDecodePrefetchBytes);
+    finish();
+    return;
+  }
+  if (const WideKernel wide = ph.kern->wide[ph.wtype]) {
+    // Several micro-panels, K-blocked: per block of kKC steps, the first pass takes up to
+    // kMaxWideGroup micro-panels at once, so that each panel element fetched from memory meets up
+    // to 24 rows and the pass stays compute-bound while the next lines arrive; the other passes
+    // re-read the block from L2, kRestWideGroup micro-panels at a time (12 rows x 2 panels).
+    auto pass = [&](int mp, int g, int64_t k0, int64_t kc, int flags, int64_t prefetch) {
+      const float* am = a + size_t(mp) * a_stride + a_at(k0);
+      if (g == 1) stream(mp_rows(mp), kc, am, panel_ptr(t.p0, k0), panel_bytes, int(t.np), tile(0, mp), flags, prefetch);
+      else wide(g, kc, am, a_stride, panel_ptr(t.p0, k0), panel_bytes, int(t.np), tile(0, mp), int(t.np), flags, prefetch);
+    };
+    if (t.n_mp <= kMaxWideGroup) {  // one pass: no block is re-read, so no blocking
+      pass(0, t.n_mp, 0, ph.k_len, 0, kFirstPassPrefetchBytes);
+      finish();
+      return;
+    }
+    for (int64_t k0 = 0; k0 < ph.k_len; k0 += kKC) {
+      const int64_t kc = std::min(kKC, ph.k_len - k0);
+      for (int mp = 0; mp < t.n_mp;) {
+        const int g = std::min(mp == 0 ? kMaxWideGroup : kRestWideGroup, t.n_mp - mp);
+        pass(mp, g, k0, kc, k0 > 0 ? kStreamAccumulate : 0, mp == 0 ? kFirstPassPrefetchBytes : 0);
+        mp += g;
+      }
+    }
+    finish();
+    return;
+  }
+  // The tables without wide kernels (avx2-fma, portable), one micro-panel at a time.
+  if (t.np * int64_t(panel_bytes) <= kStreamPanelBytes) {
     // Streaming order: the first micro-panel streams the task's panels from memory straight
     // through (prefetched, 16-bit widened in registers); the others re-read them from L2, which
     // feeds the kernel faster than it consumes (64 bytes per 12 FMAs). Measured on Zen 5 this
     // matches or beats the blocked order below even at hundreds of rows, with or without widening.
     for (int mp = 0; mp < t.n_mp; ++mp)
-      stream(mp_rows(mp), ph.k_len, a + size_t(mp) * a_stride, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, mp),
-             mp == 0 ? kStreamPrefetch : 0);
-    finish();
-    return;
-  }
-  if (ph.kern->blocked_stream) {
-    // Blocked order, for panels too long to stay in L2 (K above 8192 f32, 16384 16-bit): per K
-    // block, the task's panel chunks stream from memory with the first micro-panel and stay in L2
-    // for the others; the kernel accumulates into the tiles from the second block on.
-    for (int64_t k0 = 0; k0 < ph.k_len; k0 += kKC) {
-      const int64_t kc = std::min(kKC, ph.k_len - k0);
-      for (int mp = 0; mp < t.n_mp; ++mp)
-        stream(mp_rows(mp), kc, a + size_t(mp) * a_stride + a_at(k0), panel_ptr(t.p0, k0), panel_bytes, int(t.np),
-               tile(0, mp), (k0 > 0 ? kStreamAccumulate : 0) | (mp == 0 ? kStreamPrefetch : 0));
-    }
+      stream(mp_rows(mp), ph.k_len, a + size_t(mp) * a_stride, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, mp), 0, 0);
     finish();
     return;
   }
