@@ -3,8 +3,8 @@
 //   - the uvu suites in test/*.test.ts (TypeScript through tsx), against the float64 reference;
 //   - the kernel suites once more per other CPU kernel table this machine can run
 //     (MOE_CPU_KERNEL=portable, avx2, avx512, avx512-bf16; the first pass ran the default, the
-//     widest): routing variants, shared experts, grouped GEMM, the MoE forward, the model ops,
-//     whole models and the determinism checks, each against the float64 reference;
+//     widest): routing variants, shared experts, grouped GEMM, the table's own checks, the MoE
+//     forward, the model ops, whole models and the determinism checks, against the float64 reference;
 //   - the C++ suites under test/<area>/run.sh when present (the CUDA emulator's, the CPU kernel
 //     tables'), which print their own `N passed, N failed` line;
 //   - the device-backend suites (test/45.cuda-backend.test.ts, test/46.device-tensors.test.ts, and
@@ -78,7 +78,7 @@ function tableRun(name) {
 
 // The suites that exercise the CPU kernel tables, run again under every other table the CPU can
 // run, so that each table is checked against the float64 reference on this machine.
-const KERNEL_SUITES = '^(25|26|40|60|65|67|68|70)\\.';
+const KERNEL_SUITES = '^(25|26|40|41|60|65|67|68|70)\\.';
 function otherKernelTables() {
   const widest = tableRun('');
   if (widest === null) {
