@@ -11,6 +11,7 @@
 #include <algorithm>
 
 #include "attn_kernels.h"
+#include "zmm_reduce_inl.h"
 
 namespace moe {
 namespace cpu {
@@ -27,13 +28,6 @@ inline __m512 load16(const void* p, int64_t i, __mmask16 mask = 0xffff) {
     if constexpr (W == 1) return _mm512_cvtph_ps(h);
     else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
-}
-
-inline float hsum(__m512 v) {  // a fixed tree: (lo + hi) halves down to one lane
-  __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-  __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  b = _mm_add_ps(b, _mm_movehl_ps(b, b));
-  return _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b)));
 }
 
 constexpr int kKeys = 4;  // keys per step of the scores loop
@@ -57,13 +51,13 @@ void scores_t(const float* q, const void* k, int64_t n, int64_t hd, float scale,
       const __m512 qv = _mm512_maskz_loadu_ps(tail, q + hd16);
       for (int r = 0; r < kKeys; ++r) acc[r] = _mm512_fmadd_ps(qv, load16<W>(row(j + r), hd16, tail), acc[r]);
     }
-    for (int r = 0; r < kKeys; ++r) out[j + r] = hsum(acc[r]) * scale;
+    for (int r = 0; r < kKeys; ++r) out[j + r] = hsum_zmm(acc[r]) * scale;
   }
   for (; j < n; ++j) {  // the same chain as above, one key
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < hd16; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + i), load16<W>(row(j), i), acc);
     if (tail) acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q + hd16), load16<W>(row(j), hd16, tail), acc);
-    out[j] = hsum(acc) * scale;
+    out[j] = hsum_zmm(acc) * scale;
   }
 }
 

@@ -173,20 +173,13 @@ void widen(WeightType t, const uint16_t* src, float* dst, int64_t n) {
   }
 }
 
-void swiglu(int rows, const float* c, float* h) {
-  for (int i = 0; i < rows; ++i) {
-    alignas(32) float v[kGateCols];
-    _mm256_store_ps(v, swiglu_row(c + i * kNR));
-    for (int j = 0; j < kGateCols; ++j) h[j * kMR + i] = v[j];
-  }
-}
 
 }  // namespace
 
 const GemmKernels& avx2_kernels() {
   static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>, nullptr},
                                 {stream<kWF32>, stream<kWF16>, stream<kWBF16>, nullptr},
-                                {nullptr, nullptr, nullptr, nullptr}, widen, swiglu, nullptr, nullptr, "avx2-fma"};
+                                {nullptr, nullptr, nullptr, nullptr}, widen, swiglu_tile, nullptr, nullptr, "avx2-fma"};
   return k;
 }
 

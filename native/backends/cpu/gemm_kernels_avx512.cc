@@ -28,13 +28,6 @@ void widen(WeightType t, const uint16_t* src, float* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = t == kWF16 ? f16_to_f32(src[i]) : bf16_to_f32(src[i]);
 }
 
-void swiglu(int rows, const float* c, float* h) {
-  for (int i = 0; i < rows; ++i) {
-    alignas(32) float v[kGateCols];
-    _mm256_store_ps(v, swiglu_row(c + i * kNR));
-    for (int j = 0; j < kGateCols; ++j) h[j * kMR + i] = v[j];
-  }
-}
 
 }  // namespace
 
@@ -43,7 +36,7 @@ const GemmKernels& avx512_kernels() {
       {zmm_micro<F32Op<kWF32>>, zmm_micro<F32Op<kWF16>>, zmm_micro<F32Op<kWBF16>>, nullptr},
       {zmm_stream<F32Op<kWF32>>, zmm_stream<F32Op<kWF16>>, zmm_stream<F32Op<kWBF16>>, nullptr},
       {zmm_wide<F32Op<kWF32>>, zmm_wide<F32Op<kWF16>>, zmm_wide<F32Op<kWBF16>>, nullptr},
-      widen, swiglu, nullptr, nullptr, "avx512"};
+      widen, swiglu_tile, nullptr, nullptr, "avx512"};
   return k;
 }
 

@@ -2,23 +2,17 @@
 // tables: a streaming sum of zmm loads into four independent accumulators over 1..8 streams, and
 // twelve independent _mm512_fmadd_ps chains held in registers (12 >= FMA latency x FMA ports on
 // current x86 cores). Compiled with the avx512 flags; only reached after the run-time check.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12, inside its AVX-512 intrinsics
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12, inside its AVX-512 intrinsics (their
+#pragma GCC diagnostic ignored "-Wuninitialized"        // undefined pass-through vectors)
 #include <immintrin.h>
 
 #include "moe/peak.h"
+#include "zmm_reduce_inl.h"
 
 namespace moe {
 namespace peak_detail {
 
-namespace {
-inline float hsum(__m512 v) {
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  float s = 0.f;
-  for (float x : t) s += x;
-  return s;
-}
-}  // namespace
+using cpu::hsum_zmm;
 
 float sum_avx512(const float* p, int64_t n, int streams, bool prefetch) {
   static_assert(kSumBlockFloats == 4 * 16, "one block is one load into each of 4 accumulators");
@@ -34,7 +28,7 @@ float sum_avx512(const float* p, int64_t n, int streams, bool prefetch) {
       a2 = _mm512_add_ps(a2, _mm512_load_ps(q + 32));
       a3 = _mm512_add_ps(a3, _mm512_load_ps(q + 48));
     }
-  return hsum(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  return hsum_zmm(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
 }
 
 float fma_chains_avx512(int64_t iters) {
@@ -65,7 +59,7 @@ float fma_chains_avx512(int64_t iters) {
       _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
                     _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
       _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-  return hsum(s);
+  return hsum_zmm(s);
 }
 
 }  // namespace peak_detail

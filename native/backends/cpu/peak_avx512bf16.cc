@@ -1,23 +1,17 @@
 // The bf16 dot peak (moe/peak.h, measure_bf16_dot_peak): twelve independent _mm512_dpbf16_ps
 // chains held in registers, each instruction 16 lanes x 2 bf16 products added into f32 (64
 // flops). Compiled with the avx512 flags plus -mavx512bf16; only reached after the run-time check.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12, inside its AVX-512 intrinsics
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12, inside its AVX-512 intrinsics (their
+#pragma GCC diagnostic ignored "-Wuninitialized"        // undefined pass-through vectors)
 #include <immintrin.h>
 
 #include "moe/peak.h"
+#include "zmm_reduce_inl.h"
 
 namespace moe {
 namespace peak_detail {
 
-namespace {
-inline float hsum(__m512 v) {
-  alignas(64) float t[16];
-  _mm512_store_ps(t, v);
-  float s = 0.f;
-  for (float x : t) s += x;
-  return s;
-}
-}  // namespace
+using cpu::hsum_zmm;
 
 float bf16_dot_chains_avx512bf16(int64_t iters) {
   static_assert(kFmaChains == 12, "the chains below are written out by hand");
@@ -48,7 +42,7 @@ float bf16_dot_chains_avx512bf16(int64_t iters) {
       _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
                     _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7))),
       _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-  return hsum(s);
+  return hsum_zmm(s);
 }
 
 }  // namespace peak_detail

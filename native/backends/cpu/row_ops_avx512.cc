@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include "row_ops.h"
+#include "zmm_reduce_inl.h"
 
 namespace moe {
 namespace cpu {
@@ -26,11 +27,7 @@ float sum_squares(const float* x, int64_t n) {
     const __m512 u = _mm512_maskz_loadu_ps(tail_mask(n - i), x + i);
     a0 = _mm512_fmadd_ps(u, u, a0);
   }
-  const __m512 s = _mm512_add_ps(a0, a1);
-  __m256 h = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
-  __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-  q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-  return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+  return hsum_zmm(_mm512_add_ps(a0, a1));
 }
 
 void scale(float* x, float r, const float* w, int64_t n) {

@@ -1,4 +1,4 @@
-// SwiGLU of one GEMM1 tile row on ymm, shared by the AVX2 and AVX-512 tables (include only from
+// SwiGLU of GEMM1 tiles on ymm, shared by the AVX2 and AVX-512 tables (include only from
 // files compiled with at least -mavx2 -mfma; internal linkage, so each ISA's copy stays its own).
 #pragma once
 #include <immintrin.h>
@@ -44,6 +44,15 @@ inline __m256 swiglu_row(const float* c) {
   const __m256 u = _mm256_loadu_ps(c + kGateCols);
   const __m256 denom = _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_xor_ps(g, _mm256_set1_ps(-0.0f))));  // 1 + exp(-g)
   return _mm256_mul_ps(_mm256_div_ps(g, denom), u);
+}
+
+// The f32 SwiGLU epilogue (GemmKernels::swiglu) of the AVX2 and AVX-512 tables.
+inline void swiglu_tile(int rows, const float* c, float* h) {
+  for (int i = 0; i < rows; ++i) {
+    alignas(32) float v[kGateCols];
+    _mm256_store_ps(v, swiglu_row(c + i * kNR));
+    for (int j = 0; j < kGateCols; ++j) h[j * kMR + i] = v[j];
+  }
 }
 
 }  // namespace
