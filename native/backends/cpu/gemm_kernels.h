@@ -12,7 +12,8 @@
 //   final stores are masked; f_pad = f rounded up to kGateCols (the zero hidden units give h = 0).
 //
 // Activations are packed per call into micro-panels of kMR rows: element [k][i] = row i, column
-// k (row stride kMR), which the kernels broadcast from. Only the first `rows` lanes are read.
+// k (row stride kMR), which the kernels broadcast from. The one-micro-panel kernels read only the
+// first `rows` lanes; the wide kernels read all of them, so the others are written as zeros.
 //
 // bf16 dot layout (kWBF16Pairs: the avx512-bf16 table's bf16 weights, unless packed exact): the
 // same panels with two k steps interleaved per column, so that one 64-byte row of a panel is what
@@ -31,7 +32,7 @@ namespace moe {
 namespace cpu {
 
 constexpr int kMR = 6;                // rows of a micro-panel (6 x 2 accumulators = 12 ymm)
-constexpr int kNR = 16;               // output columns of a packed panel (two 8-float vectors)
+constexpr int kNR = 16;               // output columns of a packed panel (two ymm, or one zmm)
 constexpr int kGateCols = kNR / 2;    // GEMM1 panel: kGateCols gate + kGateCols up columns
 
 // Weight element type of a panel, as an index into the kernel tables.

@@ -264,8 +264,8 @@ void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, 
     finish();
     return;
   }
-  // Blocked order of the tables without blocked_stream: per K block, the panel chunk (L1) meets
-  // every micro-panel of the block (L2), widened to f32 once.
+  // Blocked order, for panels too long to stay in L2 (K above 8192 f32, 16384 16-bit): per K
+  // block, the panel chunk (L1) meets every micro-panel of the block (L2), widened to f32 once.
   const MicroKernel micro = ph.kern->micro[ph.wtype];
   for (int64_t k0 = 0; k0 < ph.k_len; k0 += kKC) {
     const int64_t kc = std::min(kKC, ph.k_len - k0);
