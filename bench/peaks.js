@@ -1,33 +1,55 @@
 'use strict';
 // The machine's peaks, measured in the same run as the rows (DESIGN.md: figures are ratios measured
-// in one run, so they survive a noisy machine): read bandwidth by a streaming sum over a buffer far
-// larger than the caches, and f32 multiply-add throughput from independent chains in registers,
-// both on every thread of the compute pool, with the instruction set the kernels use.
+// in one run, so they survive a noisy machine), with the instructions of the CPU kernel table that
+// runs the rows (backendInfo().cpu.kernel):
+//   - read bandwidth: streaming reads over a buffer far larger than the caches, on huge pages, by
+//     several methods (vector loads of the table's widest ISA, 1/4/8 streams per thread, with and
+//     without software prefetch), the best pass of any: a ceiling that the kernels' own reads
+//     (several panels per thread, prefetched) cannot beat;
+//   - FMA peak: independent f32 multiply-add chains in registers, zmm on avx512 / avx512-bf16, ymm
+//     on avx2-fma, portable multiply+add otherwise;
+//   - bf16 dot peak (avx512-bf16 only): the same with vdpbf16ps, 2 flops per bf16 pair; the peak of
+//     the rows with bf16 weights, which that table runs with vdpbf16ps.
+// All on every thread of the compute pool.
 //
 // The machine is probed before the first row and again after the last; a peak is a maximum and
 // other load on the machine only ever lowers a probe, so each peak is the best of the probes.
 // A probe runs in a child process (this file as a script), so that its 1 GiB buffer does not count
 // in the bench's peak RSS, which is there to show what the layers need.
-const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 const { native, progress } = require('./common');
 
+// The instructions of measure_fma_peak per kernel table (native/backends/cpu/peak.cc, fma_peak_isa).
+const FMA_ISA = { 'avx512-bf16': 'zmm FMA', avx512: 'zmm FMA', 'avx2-fma': 'ymm FMA', portable: 'portable multiply+add' };
+
 /** opts: { bwBytes, bwReps, fmaSeconds }; info: backendInfo(). */
 function measurePeaks(opts, info) {
-  const avx2 = info.cpu.kernel === 'avx2-fma';
+  const kernel = info.cpu.kernel;
+  const fmaIsa = FMA_ISA[kernel] ?? 'portable multiply+add';
   const peaks = {
     readBandwidthGBs: null,
     fmaGFLOPs: null,
+    bf16DotGFLOPs: null,
     threads: info.cpu.threads,
-    isa: avx2 ? 'avx2-fma' : 'portable',
-    bandwidth: { bytes: opts.bwBytes, reps: opts.bwReps, method: 'streaming sum, one range per thread, best pass' },
+    kernel,
+    isa: kernel, // the kernel table whose instructions the peaks use (older JSON: 'avx2-fma' | 'portable')
+    fmaIsa,
+    bandwidth: {
+      bytes: opts.bwBytes,
+      reps: opts.bwReps,
+      method: `best pass of ${fmaIsa === 'zmm FMA' ? 'zmm' : fmaIsa === 'ymm FMA' ? 'ymm' : 'portable'} loads, 1/4/8 streams per thread, with and without software prefetch, on huge pages`,
+    },
     fma: {
       seconds: opts.fmaSeconds,
-      method: avx2
-        ? '12 independent _mm256_fmadd_ps chains per thread, 16 flops each'
-        : '12 independent 4-lane multiply+add chains per thread, portable code without FMA',
+      method: {
+        'zmm FMA': '12 independent _mm512_fmadd_ps chains per thread, 32 flops each',
+        'ymm FMA': '12 independent _mm256_fmadd_ps chains per thread, 16 flops each',
+        'portable multiply+add': '12 independent 4-lane multiply+add chains per thread, portable code without FMA',
+      }[fmaIsa],
     },
+    bf16Dot: kernel === 'avx512-bf16' ? { seconds: opts.fmaSeconds, method: '12 independent _mm512_dpbf16_ps chains per thread, 64 flops each (2 per bf16 pair)' } : null,
     avx512f: info.cpu.avx512f,
+    avx512bf16: info.cpu.avx512bf16,
     probes: [],
     missing: null,
   };
@@ -42,24 +64,54 @@ function measurePeaks(opts, info) {
 function probe(peaks, opts, when) {
   if (peaks.missing) return peaks;
   const p = progress(`peaks (${when})`, 1);
-  const args = [__filename, String(opts.bwBytes), String(opts.bwReps), String(opts.fmaSeconds)];
+  const args = [__filename, String(opts.bwBytes), String(opts.bwReps), String(opts.fmaSeconds), peaks.bf16Dot ? 'bf16-dot' : ''];
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   if (r.status !== 0) throw new Error(`the peak probe failed (exit ${r.status}${r.signal ? `, ${r.signal}` : ''})`);
-  const { readBandwidthGBs: bw, fmaGFLOPs: fma } = JSON.parse(r.stdout);
-  p.done(`read bandwidth ${bw.toFixed(1)} GB/s, FMA ${fma.toFixed(0)} GFLOP/s`);
-  peaks.probes.push({ when, readBandwidthGBs: bw, fmaGFLOPs: fma });
+  const { readBandwidthGBs: bw, fmaGFLOPs: fma, bf16DotGFLOPs: dot } = JSON.parse(r.stdout);
+  p.done(`read bandwidth ${bw.toFixed(1)} GB/s, FMA ${fma.toFixed(0)} GFLOP/s${dot ? `, bf16 dot ${dot.toFixed(0)} GFLOP/s` : ''}`);
+  peaks.probes.push({ when, readBandwidthGBs: bw, fmaGFLOPs: fma, bf16DotGFLOPs: dot ?? null });
   peaks.readBandwidthGBs = Math.max(peaks.readBandwidthGBs ?? 0, bw);
   peaks.fmaGFLOPs = Math.max(peaks.fmaGFLOPs ?? 0, fma);
+  if (dot) peaks.bf16DotGFLOPs = Math.max(peaks.bf16DotGFLOPs ?? 0, dot);
   return peaks;
 }
 
-// As a script: node bench/peaks.js BYTES REPS SECONDS -> {"readBandwidthGBs":..,"fmaGFLOPs":..}
-if (require.main === module) {
-  const [bytes, reps, seconds] = process.argv.slice(2).map(Number);
-  const n = native();
-  const readBandwidthGBs = n.measure_read_bandwidth(bytes, reps);
-  const fmaGFLOPs = n.measure_fma_peak(seconds);
-  process.stdout.write(JSON.stringify({ readBandwidthGBs, fmaGFLOPs }) + '\n');
+/**
+ * The compute peak of the kernel that ran a row: the bf16 dot peak for bf16 weights on the
+ * avx512-bf16 table (vdpbf16ps), else the FMA peak. { gflops, name }.
+ */
+function rowPeak(peaks, dtype) {
+  if (dtype === 'bfloat16' && peaks.bf16DotGFLOPs) return { gflops: peaks.bf16DotGFLOPs, name: 'bf16 dot' };
+  return { gflops: peaks.fmaGFLOPs, name: peaks.fmaIsa ?? 'FMA' };
 }
 
-module.exports = { measurePeaks, probe };
+// The bf16 dot peak: the addon's measure_bf16_dot_peak when it binds it, else measure_fma_peak
+// with MOE_PEAK_OP=bf16-dot (peak.h), in a process of its own.
+function bf16DotPeak(n, seconds) {
+  if (typeof n.measure_bf16_dot_peak === 'function') return n.measure_bf16_dot_peak(seconds);
+  const r = spawnSync(process.execPath, [__filename, '--fma-only', String(seconds)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, MOE_PEAK_OP: 'bf16-dot' },
+  });
+  if (r.status !== 0) throw new Error(`the bf16 dot probe failed (exit ${r.status})`);
+  return JSON.parse(r.stdout).fmaGFLOPs;
+}
+
+// As a script: node bench/peaks.js BYTES REPS SECONDS [bf16-dot]
+//   -> {"readBandwidthGBs":..,"fmaGFLOPs":..,"bf16DotGFLOPs":..|null}
+// node bench/peaks.js --fma-only SECONDS -> {"fmaGFLOPs":..}
+if (require.main === module) {
+  const n = native();
+  if (process.argv[2] === '--fma-only') {
+    process.stdout.write(JSON.stringify({ fmaGFLOPs: n.measure_fma_peak(Number(process.argv[3])) }) + '\n');
+  } else {
+    const [bytes, reps, seconds] = process.argv.slice(2, 5).map(Number);
+    const readBandwidthGBs = n.measure_read_bandwidth(bytes, reps);
+    const fmaGFLOPs = n.measure_fma_peak(seconds);
+    const bf16DotGFLOPs = process.argv[5] === 'bf16-dot' ? bf16DotPeak(n, seconds) : null;
+    process.stdout.write(JSON.stringify({ readBandwidthGBs, fmaGFLOPs, bf16DotGFLOPs }) + '\n');
+  }
+}
+
+module.exports = { measurePeaks, probe, rowPeak };

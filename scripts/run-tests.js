@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 // Runs the test suites and ends with one plain line `N passed, N failed` over all of them:
 //   - the uvu suites in test/*.test.ts (TypeScript through tsx), against the float64 reference;
-//   - the C++ suites under test/<area>/run.sh when present (e.g. the CUDA emulator's), which print
-//     their own `N passed, N failed` line;
+//   - the kernel suites once more per other CPU kernel table this machine can run
+//     (MOE_CPU_KERNEL=portable, avx2, avx512, avx512-bf16; the first pass ran the default, the
+//     widest): routing variants, shared experts, grouped GEMM, the table's own checks, the MoE
+//     forward, the model ops, whole models and the determinism checks, against the float64 reference;
+//   - the C++ suites under test/<area>/run.sh when present (the CUDA emulator's, the CPU kernel
+//     tables'), which print their own `N passed, N failed` line;
 //   - the device-backend suites (test/45.cuda-backend.test.ts, test/46.device-tensors.test.ts,
 //     test/47.executors.test.ts, test/48.paged-attention.test.ts, and
 //     test/67 and 68 for whole models on the device) on the test build of the addon, whose
@@ -65,7 +69,38 @@ function parsePlain(out) {
 }
 
 const filter = process.argv[2];
-runSuite('uvu', process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', filter ?? '\\.test\\.ts$'], parseUvu);
+const uvu = [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test'];
+runSuite('uvu', process.execPath, [...uvu, filter ?? '\\.test\\.ts$'], parseUvu);
+
+// The CPU kernel table a process runs with MOE_CPU_KERNEL=name (backendInfo().cpu.kernel; a table
+// this CPU cannot run falls back to a narrower one), or null when the addon does not load.
+function tableRun(name) {
+  const r = spawnSync(process.execPath, ['-e', "process.stdout.write(require('node-gyp-build')('.').backend_info().cpu.kernel)"],
+    { cwd: root, encoding: 'utf8', env: { ...process.env, MOE_CPU_KERNEL: name } });
+  return r.status === 0 ? r.stdout.trim() : null;
+}
+
+// The suites that exercise the CPU kernel tables, run again under every other table the CPU can
+// run, so that each table is checked against the float64 reference on this machine.
+const KERNEL_SUITES = '^(25|26|40|41|60|65|67|68|70)\\.';
+function otherKernelTables() {
+  const widest = tableRun('');
+  if (widest === null) {
+    // the uvu pass above has already failed on every suite that needs the addon
+    console.log('\n=== cpu kernel tables: the addon does not load (npm run build), not run');
+    return;
+  }
+  for (const [name, reported] of [['avx512', 'avx512'], ['avx2', 'avx2-fma'], ['portable', 'portable']]) {
+    if (reported === widest) continue;  // the first pass ran it
+    const got = tableRun(name);
+    if (got !== reported) {
+      console.log(`\n=== cpu kernel table ${name}: this CPU cannot run it (MOE_CPU_KERNEL=${name} runs ${got}), skipped`);
+      continue;
+    }
+    runSuite(`cpu kernel table ${name}`, process.execPath, [...uvu, KERNEL_SUITES], parseUvu, { MOE_CPU_KERNEL: name });
+  }
+}
+if (!filter) otherKernelTables();
 if (!filter) {
   for (const dir of fs.readdirSync(path.join(root, 'test'), { withFileTypes: true })) {
     const script = path.join('test', dir.name, 'run.sh');

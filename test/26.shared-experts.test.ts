@@ -9,6 +9,7 @@ import * as assert from 'uvu/assert';
 import { MoeLayer, moeForward, tensor, type FloatType, type Tensor } from '../lib/index';
 import { makeProblem, type MoeProblem } from './helpers/problems';
 import { assertClose, assertSameTensor, tolFor, widen } from './helpers/reference';
+import { tolForWeights } from './helpers/cpu-kernel';
 import { makeShared, refMoeShared } from './helpers/shared-experts';
 
 const weightsOf = (p: MoeProblem) => ({ gate: p.gate, w1: p.w1, w3: p.w3, w2: p.w2 });
@@ -30,8 +31,8 @@ s('ungated and gated, every weight type, odd shapes', async () => {
         assert.is(layer.sharedIntermediateSize, sh.fs);
         const { output } = await layer.forward(p.x);
         const ref = refMoeShared(p.xr, p.gr, p.wr, p.T, sh.k, true, sx.ref);
-        const tol = tolFor(wType === 'float32' ? 'float32' : wType, Math.max(sh.d, sh.f, sh.fs));
-        assertClose(widen(output), ref, { atol: tol.atol * 4, rtol: tol.rtol * 4 }, `${JSON.stringify(sh)} ${wType} gated=${gated}`);
+        const tol = tolForWeights(wType === 'float32' ? 'float32' : wType, Math.max(sh.d, sh.f, sh.fs), wType);
+        assertClose(widen(output), ref, { ...tol, atol: tol.atol * 4, rtol: tol.rtol * 4 }, `${JSON.stringify(sh)} ${wType} gated=${gated}`);
         layer.dispose();
       }
 });

@@ -27,6 +27,7 @@ import {
   widen,
   type FloatType,
 } from './helpers/reference';
+import { tolForWeights } from './helpers/cpu-kernel';
 
 const weightsOf = (p: MoeProblem) => ({ gate: p.gate, w1: p.w1, w3: p.w3, w2: p.w2 });
 
@@ -38,7 +39,8 @@ function checkForward(p: MoeProblem, out: Tensor, k: number, normalize: boolean,
   const ties = nearTies(ref.route, 1e-4);
   const nTies = ties.filter(Boolean).length;
   assert.ok(nTies <= Math.max(1, p.T / 20), `${label}: ${nTies} near-tie tokens of ${p.T}`);
-  assertClose(widen(out), ref.out, { ...tolFor(p.x.type as FloatType, Math.max(p.d, p.f)), skip: skipTokens(ties, p.d) }, label);
+  const tol = tolForWeights(p.x.type as FloatType, Math.max(p.d, p.f), p.w1.type as FloatType);
+  assertClose(widen(out), ref.out, { ...tol, skip: skipTokens(ties, p.d) }, label);
 }
 
 // ---- whole forward vs the reference -----------------------------------------------------------
@@ -267,7 +269,7 @@ for (const dtype of FLOAT_TYPES)
       const out = await ffn.forward(p.x);
       assert.is(out.type, dtype);
       assert.equal([...out.dims], [T, d]);
-      assertClose(widen(out), refDense(p.xr, p.wr, T), tolFor(dtype, Math.max(d, f)), `dense ${dtype}`);
+      assertClose(widen(out), refDense(p.xr, p.wr, T), tolForWeights(dtype, Math.max(d, f), dtype), `dense ${dtype}`);
       assertSameTensor(ffn.forwardSync(p.x), out, 'forwardSync');
       assertSameTensor(await denseFfnForward(p.x, w), out, 'denseFfnForward raw');
       assertSameTensor(await denseFfnForward(p.x, ffn), out, 'denseFfnForward with a DenseFfn');

@@ -31,11 +31,19 @@ import {
 } from '../lib/index';
 import { binding } from '../lib/core/binding';
 import { i32 } from './helpers/problems';
-import { assertClose, assertSameBits, assertSameTensor, FLOAT_TYPES, randInt, randn, tolFor, widen } from './helpers/reference';
+import { cpuBf16Activations } from './helpers/cpu-kernel';
+import { assertClose, assertSameBits, assertSameTensor, FLOAT_TYPES, randInt, randn, roundBf16, tolFor, widen } from './helpers/reference';
 import { refAttention, refEmbedding, refLinear, refRmsNorm, refArgmax, refRope, refSample, roundAll } from './helpers/reference-model';
 
 const rt = (type: FloatType, n: number, seed: number, scale = 1, dims = [n]) => tensor(type, randn(n, seed, scale), dims) as Tensor;
 /** Tolerance of an f32 result rounded to `type`, elementwise ops with O(1) error. */
+/**
+ * refLinear as the CPU computes it: with bf16 weights on the avx512-bf16 kernel table, x is rounded
+ * to bf16 first (helpers/cpu-kernel.ts); the products are then exact and summed in f32, so the
+ * f32 tolerance holds against this reference.
+ */
+const refLin = (x: Tensor, W: Tensor, T: number, k: number, n: number) =>
+  refLinear(cpuBf16Activations(W.type as FloatType) ? widen(x).map(roundBf16) : widen(x), widen(W), T, k, n);
 const tolOut = (type: FloatType) => tolFor(type, 1);
 
 // ---- embedding ---------------------------------------------------------------------------------------
@@ -138,7 +146,7 @@ lin('every weight and activation type (T=33, in=33, out=47)', () => {
       const y = L.forwardSync(x);
       assert.is(y.type, 'float32');
       assert.equal([...y.dims], [T, n]);
-      assertClose(y.data, refLinear(widen(x), widen(W), T, k, n), tolFor('float32', k), `${wType}/${xType}`);
+      assertClose(y.data, refLin(x, W, T, k, n), tolFor('float32', k), `${wType}/${xType}`);
       L.dispose();
     }
 });
@@ -147,7 +155,7 @@ lin('a bias [out] of any type, added in f32 before the one rounding to y (f32 an
   const [T, k, n] = [5, 33, 47];
   const W = rt('bfloat16', n * k, 22, 1 / Math.sqrt(k), [n, k]);
   const x = rt('float32', T * k, 23, 1, [T, k]);
-  const plain = refLinear(widen(x), widen(W), T, k, n);
+  const plain = refLin(x, W, T, k, n);
   for (const bType of FLOAT_TYPES) {
     const b = rt(bType, n, 24, 1);
     const L = await Linear.pack(W, { bias: b });
@@ -172,7 +180,7 @@ lin('shapes: decode (T=1), prefill, odd sizes, K past the L2 panel size (blocked
     const x = rt('float32', T * k, n, 1, [T, k]);
     const L = await Linear.pack(W);
     const y = await L.forward(x);
-    assertClose(y.data, refLinear(widen(x), widen(W), T, k, n), tolFor('float32', k), `T=${T} in=${k} out=${n} ${wType}`);
+    assertClose(y.data, refLin(x, W, T, k, n), tolFor('float32', k), `T=${T} in=${k} out=${n} ${wType}`);
     assertSameTensor(linearSync(x, L), y, `T=${T} in=${k} out=${n}: sync vs async`);
     L.dispose();
   }
@@ -196,7 +204,7 @@ lin('outType, a caller-provided out, and the packed copy outliving the source', 
   const [T, k, n] = [5, 40, 24];
   const W = rt('bfloat16', n * k, 32, 0.2, [n, k]);
   const x = rt('float32', T * k, 33, 1, [T, k]);
-  const ref = refLinear(widen(x), widen(W), T, k, n);
+  const ref = refLin(x, W, T, k, n);
   const L = Linear.packSync(W);
   (W.data as Uint16Array).fill(0x7fc0); // NaN: the layer keeps its own copy
   for (const outType of FLOAT_TYPES) {

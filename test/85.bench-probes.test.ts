@@ -27,6 +27,17 @@ test('the AVX2 FMA probe runs twelve independent chains (kFmaChains), not one co
   assert.is(fmas, 12, asm);
 });
 
+test('the AVX-512 FMA and bf16 dot probes run twelve independent chains each', () => {
+  if (!hasObjdump || !fs.existsSync(addon)) {
+    console.log('  (skipped: needs objdump and build/Release/moe_kernels.node)');
+    return;
+  }
+  const fma = disassemble('_ZN3moe11peak_detail17fma_chains_avx512El');
+  assert.is(fma.split('\n').filter((l) => /\bvfmadd\d*ps\b/.test(l) && /%zmm/.test(l)).length, 12, fma);
+  const dot = disassemble('_ZN3moe11peak_detail26bf16_dot_chains_avx512bf16El');
+  assert.is(dot.split('\n').filter((l) => /\bvdpbf16ps\b/.test(l) && /%zmm/.test(l)).length, 12, dot);
+});
+
 test('the probes return plausible, positive figures', () => {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const native = require('node-gyp-build')(root);
@@ -34,6 +45,24 @@ test('the probes return plausible, positive figures', () => {
   const gbs = native.measure_read_bandwidth(16 << 20, 2);
   assert.ok(Number.isFinite(gflops) && gflops > 0, `fma ${gflops}`);
   assert.ok(Number.isFinite(gbs) && gbs > 0, `bandwidth ${gbs}`);
+});
+
+test('MOE_PEAK_OP=bf16-dot measures vdpbf16ps on avx512-bf16 and is refused on other tables', () => {
+  const run = (kernel: string) =>
+    spawnSync(process.execPath, ['-e', `process.stdout.write(String(require('node-gyp-build')(${JSON.stringify(root)}).measure_fma_peak(0.02)))`], {
+      encoding: 'utf8',
+      env: { ...process.env, MOE_PEAK_OP: 'bf16-dot', MOE_CPU_KERNEL: kernel },
+    });
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const widest = require('node-gyp-build')(root).backend_info().cpu.kernel;
+  if (widest === 'avx512-bf16') {
+    const r = run('avx512-bf16');
+    assert.is(r.status, 0, r.stderr);
+    assert.ok(Number(r.stdout) > 0, r.stdout);
+  }
+  const r = run('portable');
+  assert.is.not(r.status, 0, 'portable has no bf16 dot');
+  assert.match(r.stderr, /needs the avx512-bf16 kernel table/);
 });
 
 test.run();

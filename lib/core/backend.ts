@@ -15,7 +15,7 @@ export interface BackendInfo {
   backend: 'cpu' | 'cuda';
   /** Why: e.g. "cuda: no usable NVIDIA driver or device (...), using cpu". */
   reason: string;
-  /** CPU kernel family in use ('avx2-fma' or 'portable'), compute pool threads, CPU features. */
+  /** CPU kernel table in use ('avx512-bf16', 'avx512', 'avx2-fma' or 'portable') and why, compute pool threads, CPU features. */
   cpu: NativeBackendInfo['cpu'];
   /**
    * This build's CUDA backend (`name`: 'cuda', 'cuda-emu' in test builds, 'none' without one),

@@ -103,12 +103,18 @@ interface NativeBackendStatus {
 }
 export interface NativeBackendInfo {
   cpu: NativeBackendStatus & {
+    /** The CPU kernel table in use: 'avx512-bf16', 'avx512', 'avx2-fma' or 'portable'. */
     kernel: string;
+    /** Why that table: "widest usable", "forced by MOE_CPU_KERNEL=...", or why a forced one fell back. */
+    kernelNote: string;
     threads: number;
     avx2: boolean;
     fma: boolean;
     f16c: boolean;
     avx512f: boolean;
+    avx512bw: boolean;
+    avx512vl: boolean;
+    avx512dq: boolean;
     avx512bf16: boolean;
   };
   cuda: NativeBackendStatus & {

@@ -203,18 +203,19 @@ export interface RefExperts {
 const silu = (a: number) => a / (1 + Math.exp(-a));
 
 /** One expert on one row: W2 (silu(W1 x) * (W3 x)). Writes d values into out at outOff. */
-export function refExpert(w: RefExperts, e: number, x: Float64Array, xOff: number, out: Float64Array, outOff: number): void {
+export function refExpert(w: RefExperts, e: number, x: Float64Array, xOff: number, out: Float64Array, outOff: number, bf16Activations = false): void {
   const { d, f } = w;
   const h = new Float64Array(f);
   const b1 = e * f * d;
+  const xs = bf16Activations ? Float64Array.from(x.subarray(xOff, xOff + d), roundBf16) : x.subarray(xOff, xOff + d);
   for (let j = 0; j < f; j++) {
     let a = 0;
     let b = 0;
     for (let i = 0; i < d; i++) {
-      a += w.w1[b1 + j * d + i] * x[xOff + i];
-      b += w.w3[b1 + j * d + i] * x[xOff + i];
+      a += w.w1[b1 + j * d + i] * xs[i];
+      b += w.w3[b1 + j * d + i] * xs[i];
     }
-    h[j] = silu(a) * b;
+    h[j] = bf16Activations ? roundBf16(silu(a) * b) : silu(a) * b;
   }
   const b2 = e * d * f;
   for (let i = 0; i < d; i++) {
@@ -224,12 +225,26 @@ export function refExpert(w: RefExperts, e: number, x: Float64Array, xOff: numbe
   }
 }
 
-/** y [R,d] with R = offsets[E]: row r is the expert owning r applied to x[sortedRows[r]]. */
-export function refGroupedGemm(x: Float64Array, sortedRows: ArrayLike<number>, offsets: ArrayLike<number>, w: RefExperts): Float64Array {
+/**
+ * v rounded to bf16 (through f32, nearest even), as the CPU's avx512-bf16 table rounds activations
+ * (x and the SwiGLU output h) before multiplying them with bf16 weights.
+ */
+export function roundBf16(v: number): number {
+  const f = new Float32Array([v]);
+  const u = new Uint32Array(f.buffer);
+  if (Number.isFinite(f[0])) u[0] = (u[0] + 0x7fff + ((u[0] >>> 16) & 1)) & 0xffff0000;
+  return f[0];
+}
+
+/**
+ * y [R,d] with R = offsets[E]: row r is the expert owning r applied to x[sortedRows[r]].
+ * bf16Activations: x and h rounded to bf16 as the avx512-bf16 table does (roundBf16).
+ */
+export function refGroupedGemm(x: Float64Array, sortedRows: ArrayLike<number>, offsets: ArrayLike<number>, w: RefExperts, bf16Activations = false): Float64Array {
   const R = offsets[w.E];
   const y = new Float64Array(R * w.d);
   for (let e = 0; e < w.E; e++)
-    for (let r = offsets[e]; r < offsets[e + 1]; r++) refExpert(w, e, x, sortedRows[r] * w.d, y, r * w.d);
+    for (let r = offsets[e]; r < offsets[e + 1]; r++) refExpert(w, e, x, sortedRows[r] * w.d, y, r * w.d, bf16Activations);
   return y;
 }
 
@@ -273,6 +288,8 @@ export function refDense(x: Float64Array, w: RefExperts, T: number): Float64Arra
 export interface Tol {
   atol: number;
   rtol: number;
+  /** Added to atol, times the largest |ref| of the comparison (errors that scale with the output). */
+  atolOfMax?: number;
 }
 
 /**
@@ -289,6 +306,21 @@ export function tolFor(outType: FloatType, n: number): Tol {
   return { atol: f32.atol + 2e-4, rtol: 1e-2 };
 }
 
+/**
+ * Tolerances for an op whose activations are rounded to bf16 before the multiply-adds (the CPU's
+ * avx512-bf16 kernel table with bf16 weights: x and the SwiGLU output h, each rounded to nearest
+ * even, then vdpbf16ps with f32 accumulation). Each rounding is up to 2^-9 relative, so the error of
+ * a dot product is up to 2^-9 sum |w x|: it scales with the size of the terms, not with |ref|, and
+ * a near-zero output of large terms keeps it. Random test data puts the worst error near 2^-8 of
+ * max |ref| (two roundings in an expert); we allow 2^-6 of max |ref| on top of the bf16-output
+ * tolerance. A wrong index or a lost term still costs O(max |ref|).
+ */
+export function tolForBf16Activations(outType: FloatType, n: number): Tol {
+  const bf = tolFor('bfloat16', n);
+  const out = tolFor(outType, n);
+  return { atol: out.atol, rtol: Math.max(out.rtol, bf.rtol), atolOfMax: 2 ** -6 };
+}
+
 export interface CloseOptions extends Partial<Tol> {
   /** Element indices to skip (e.g. near-tie tokens' rows). */
   skip?: (i: number) => boolean;
@@ -296,8 +328,13 @@ export interface CloseOptions extends Partial<Tol> {
 
 /** |got - ref| <= atol + rtol * |ref| everywhere; NaN must match NaN. Reports the worst element. */
 export function assertClose(got: ArrayLike<number>, ref: ArrayLike<number>, opts: CloseOptions, label = ''): void {
-  const atol = opts.atol ?? 1e-5;
+  let atol = opts.atol ?? 1e-5;
   const rtol = opts.rtol ?? 1e-4;
+  if (opts.atolOfMax) {
+    let max = 0;
+    for (let i = 0; i < ref.length; i++) if (!opts.skip?.(i) && Number.isFinite(ref[i])) max = Math.max(max, Math.abs(ref[i]));
+    atol += opts.atolOfMax * max;
+  }
   assert.is(got.length, ref.length, `${label}: length ${got.length} != reference length ${ref.length}`);
   let worst = -1;
   let worstRatio = 0;

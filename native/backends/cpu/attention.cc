@@ -5,8 +5,9 @@
 // query head): the query row in f32, scores against the visible keys read back from the
 // cache, a max-subtracted softmax in f32 and the weighted sum of the values, all in a fixed order.
 // The inner loops (scores, weighted sum of the values) stream one kv head's contiguous rows
-// (attn_kernels.h: AVX2/FMA or portable). A task's result depends only on its query and the cache
-// contents, so a step-by-step decode gives the same bits as one pass, on any thread count.
+// (attn_kernels.h: AVX-512, AVX2/FMA or portable, by the kernel table). A task's result depends
+// only on its query and the cache contents, so a step-by-step decode gives the same bits as one
+// pass, on any thread count.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -66,7 +67,12 @@ void weighted_sum_portable(const float* e, const void* v, DType t, int64_t n, in
 }  // namespace
 
 const AttnKernels& attn_kernels() {
-  return cpu_features().kernel == "avx2-fma" ? cpu::attn_avx2_kernels() : cpu::attn_portable_kernels();
+  switch (cpu_features().table) {
+    case CpuKernel::kAvx512Bf16:  // attention keeps f32 activations on both AVX-512 tables
+    case CpuKernel::kAvx512: return attn_avx512_kernels();
+    case CpuKernel::kAvx2: return attn_avx2_kernels();
+    default: return attn_portable_kernels();
+  }
 }
 
 const AttnKernels& attn_portable_kernels() {

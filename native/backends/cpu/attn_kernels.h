@@ -22,7 +22,8 @@ struct AttnKernels {
 // The table of this CPU (attention.cc; paged_attention.cc uses it too).
 const AttnKernels& attn_kernels();
 const AttnKernels& attn_portable_kernels();
-const AttnKernels& attn_avx2_kernels();  // only when cpu_features().kernel == "avx2-fma"
+const AttnKernels& attn_avx2_kernels();    // only when cpu_can_run(CpuKernel::kAvx2)
+const AttnKernels& attn_avx512_kernels();  // only when cpu_can_run(CpuKernel::kAvx512)
 
 }  // namespace cpu
 }  // namespace moe

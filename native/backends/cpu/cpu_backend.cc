@@ -35,11 +35,15 @@ Capabilities describe() {
   const CpuFeatures& f = cpu_features();
   c.reason = "the CPU kernels (" + f.kernel + ") on " + std::to_string(ComputePool::instance().num_threads()) + " threads";
   c.info = {{"kernel", InfoValue::text(f.kernel)},
+            {"kernelNote", InfoValue::text(f.kernel_note)},
             {"threads", InfoValue::number(ComputePool::instance().num_threads())},
             {"avx2", InfoValue::flag(f.avx2)},
             {"fma", InfoValue::flag(f.fma)},
             {"f16c", InfoValue::flag(f.f16c)},
             {"avx512f", InfoValue::flag(f.avx512f)},
+            {"avx512bw", InfoValue::flag(f.avx512bw)},
+            {"avx512vl", InfoValue::flag(f.avx512vl)},
+            {"avx512dq", InfoValue::flag(f.avx512dq)},
             {"avx512bf16", InfoValue::flag(f.avx512bf16)}};
   return c;
 }

@@ -70,6 +70,11 @@ void widen_to_f32(const TensorView& x, float* dst);
 Status embedding(const TensorView& table, const int32_t* ids, int64_t T, const TensorView& out);
 Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out);
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
+// The same with precision 'exact' when exact_f32, as ExpertWeightSource::exact_f32: bf16 weights
+// against f32 activations even where the avx512-bf16 table would round the activations to bf16
+// (pack_linear is pack_linear_precision with exact_f32 = false).
+Status pack_linear_precision(const TensorView& w, const TensorView* bias, bool exact_f32,
+                             std::unique_ptr<PackedLinear>* out);
 Status linear(const TensorView& x, const PackedLinear& w, const TensorView& y);
 Status rope(const TensorView& x, const int32_t* positions, double theta, const TensorView& out);
 Status create_kv_cache(int64_t max_seq, int64_t num_kv_heads, int64_t head_dim, DType dtype,

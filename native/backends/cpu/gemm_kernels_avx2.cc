@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "gemm_kernels.h"
+#include "swiglu_avx2_inl.h"
 
 namespace moe {
 namespace cpu {
@@ -90,12 +91,15 @@ constexpr int64_t kCacheLine = 64;
 constexpr int64_t kStreamPrefetchBytes = 4096;  // measured: 1 KiB too short, 2-8 KiB alike
 
 template <int MR, int NP, int W>
-void stream_tiles(int64_t kc, const float* a, const void* b, size_t panel_bytes, float* c) {
+void stream_tiles(int64_t kc, const float* a, const void* b, size_t panel_bytes, float* c, bool accumulate) {
   __m256 acc[NP][MR][2];
 #pragma GCC unroll 4
   for (int q = 0; q < NP; ++q)
 #pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) acc[q][i][0] = acc[q][i][1] = _mm256_setzero_ps();
+    for (int i = 0; i < MR; ++i) {
+      acc[q][i][0] = accumulate ? _mm256_loadu_ps(c + q * kMR * kNR + i * kNR) : _mm256_setzero_ps();
+      acc[q][i][1] = accumulate ? _mm256_loadu_ps(c + q * kMR * kNR + i * kNR + 8) : _mm256_setzero_ps();
+    }
   constexpr int64_t kStepBytes = kNR * (W == kWF32 ? 4 : 2);  // weight bytes per panel per k
   constexpr int64_t kLineSteps = kCacheLine / kStepBytes;      // k steps per cache line
   constexpr int64_t kPrefetchSteps = kStreamPrefetchBytes / kStepBytes;
@@ -132,23 +136,25 @@ void stream_tiles(int64_t kc, const float* a, const void* b, size_t panel_bytes,
 template <int MR> constexpr int stream_width() { return MR == 1 ? 4 : MR <= 3 ? 2 : 1; }
 
 template <int MR, int W>
-void stream_rows(int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c) {
+void stream_rows(int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, bool acc) {
   constexpr int NP = stream_width<MR>();
   const uint8_t* bp = static_cast<const uint8_t*>(b);
   int q = 0;
-  for (; q + NP <= np; q += NP) stream_tiles<MR, NP, W>(kc, a, bp + q * panel_bytes, panel_bytes, c + size_t(q) * kMR * kNR);
-  for (; q < np; ++q) stream_tiles<MR, 1, W>(kc, a, bp + q * panel_bytes, panel_bytes, c + size_t(q) * kMR * kNR);
+  for (; q + NP <= np; q += NP) stream_tiles<MR, NP, W>(kc, a, bp + q * panel_bytes, panel_bytes, c + size_t(q) * kMR * kNR, acc);
+  for (; q < np; ++q) stream_tiles<MR, 1, W>(kc, a, bp + q * panel_bytes, panel_bytes, c + size_t(q) * kMR * kNR, acc);
 }
 
+// This table always prefetches kStreamPrefetchBytes ahead (the prefetch argument is not used).
 template <int W>
-void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c) {
+void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags, int64_t) {
+  const bool acc = flags & kStreamAccumulate;
   switch (rows) {
-    case 1: stream_rows<1, W>(kc, a, b, panel_bytes, np, c); break;
-    case 2: stream_rows<2, W>(kc, a, b, panel_bytes, np, c); break;
-    case 3: stream_rows<3, W>(kc, a, b, panel_bytes, np, c); break;
-    case 4: stream_rows<4, W>(kc, a, b, panel_bytes, np, c); break;
-    case 5: stream_rows<5, W>(kc, a, b, panel_bytes, np, c); break;
-    default: stream_rows<6, W>(kc, a, b, panel_bytes, np, c); break;
+    case 1: stream_rows<1, W>(kc, a, b, panel_bytes, np, c, acc); break;
+    case 2: stream_rows<2, W>(kc, a, b, panel_bytes, np, c, acc); break;
+    case 3: stream_rows<3, W>(kc, a, b, panel_bytes, np, c, acc); break;
+    case 4: stream_rows<4, W>(kc, a, b, panel_bytes, np, c, acc); break;
+    case 5: stream_rows<5, W>(kc, a, b, panel_bytes, np, c, acc); break;
+    default: stream_rows<6, W>(kc, a, b, panel_bytes, np, c, acc); break;
   }
 }
 
@@ -167,54 +173,13 @@ void widen(WeightType t, const uint16_t* src, float* dst, int64_t n) {
   }
 }
 
-// exp(x) for f32 lanes, about 1 ulp: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two parts so
-// n*ln2 is exact), exp(r) by the Cephes degree-7 polynomial, 2^n built in the exponent field.
-// x is clamped to the range where 2^n stays a normal number; silu only needs exp of -a, where the
-// clamp turns overflow into a huge finite value (silu -> -0) and underflow into ~1e-38 (silu -> a).
-inline __m256 exp256(__m256 x) {
-  constexpr float kMaxArg = 88.0f;    // n <= 127
-  constexpr float kMinArg = -87.0f;   // n >= -126
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;  // exactly representable with few mantissa bits
-  constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr int kExpBias = 127, kMantBits = 23;
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(kMinArg)), _mm256_set1_ps(kMaxArg));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i e = _mm256_slli_epi32(
-      _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(kExpBias)), kMantBits);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
-void swiglu(int rows, const float* c, float* h) {
-  static_assert(kGateCols == 8, "one ymm of gate and one of up values per row");
-  const __m256 one = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_set1_ps(-0.0f);
-  for (int i = 0; i < rows; ++i) {
-    const __m256 g = _mm256_loadu_ps(c + i * kNR);
-    const __m256 u = _mm256_loadu_ps(c + i * kNR + kGateCols);
-    const __m256 denom = _mm256_add_ps(one, exp256(_mm256_xor_ps(g, sign)));  // 1 + exp(-g)
-    alignas(32) float v[kGateCols];
-    _mm256_store_ps(v, _mm256_mul_ps(_mm256_div_ps(g, denom), u));
-    for (int j = 0; j < kGateCols; ++j) h[j * kMR + i] = v[j];
-  }
-}
 
 }  // namespace
 
 const GemmKernels& avx2_kernels() {
-  static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>},
-                                {stream<kWF32>, stream<kWF16>, stream<kWBF16>},
-                                widen, swiglu, "avx2-fma"};
+  static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>, nullptr},
+                                {stream<kWF32>, stream<kWF16>, stream<kWBF16>, nullptr},
+                                {nullptr, nullptr, nullptr, nullptr}, widen, swiglu_tile, nullptr, nullptr, "avx2-fma"};
   return k;
 }
 

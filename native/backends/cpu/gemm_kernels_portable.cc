@@ -95,9 +95,10 @@ void micro(int rows, int64_t kc, const float* a, const void* b, float* c, bool a
 }
 
 template <int W>
-void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c) {
+void stream(int rows, int64_t kc, const float* a, const void* b, size_t panel_bytes, int np, float* c, int flags, int64_t) {
   for (int q = 0; q < np; ++q)
-    micro<W>(rows, kc, a, static_cast<const uint8_t*>(b) + q * panel_bytes, c + size_t(q) * kMR * kNR, false);
+    micro<W>(rows, kc, a, static_cast<const uint8_t*>(b) + q * panel_bytes, c + size_t(q) * kMR * kNR,
+             flags & kStreamAccumulate);
 }
 
 void widen(WeightType t, const uint16_t* src, float* dst, int64_t n) {
@@ -118,9 +119,9 @@ void swiglu(int rows, const float* c, float* h) {
 }  // namespace
 
 const GemmKernels& portable_kernels() {
-  static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>},
-                                {stream<kWF32>, stream<kWF16>, stream<kWBF16>},
-                                widen, swiglu, "portable"};
+  static const GemmKernels k = {{micro<kWF32>, micro<kWF16>, micro<kWBF16>, nullptr},
+                                {stream<kWF32>, stream<kWF16>, stream<kWBF16>, nullptr},
+                                {nullptr, nullptr, nullptr, nullptr}, widen, swiglu, nullptr, nullptr, "portable"};
   return k;
 }
 

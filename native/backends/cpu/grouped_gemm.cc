@@ -33,7 +33,9 @@ using cpu::WeightType;
 // The packed weights of all experts, one allocation, original element type.
 struct CpuPackedExperts final : PackedExperts {
   AlignedBuffer buf;
+  WeightType wtype = cpu::kWF32;  // the kernels' weight type: kWBF16Pairs for the bf16 dot layout
   size_t elem_size = 4;
+  int64_t d_k = 0;          // K of GEMM1 as packed (d, padded to even in the bf16 dot layout)
   int64_t f_pad = 0;        // f rounded up to kGateCols: K of GEMM2
   int64_t gemm1_panels = 0;  // f_pad / kGateCols
   int64_t gemm2_panels = 0;  // ceil(d / kNR)
@@ -48,11 +50,20 @@ struct CpuPackedExperts final : PackedExperts {
 // ---- packing ------------------------------------------------------------------------------------
 // GEMM1 panel p: kGateCols rows of W1 then the same rows of W3, as in gemm_kernels.h; GEMM2 panels
 // are plain row panels (cpu::pack_row_panel). El is the raw element: packing only moves bits.
-template <class El>
-void pack_gemm1_panel(const El* w1, const El* w3, int64_t d, int64_t f, int64_t p, El* dst) {
+// PAIRS: the bf16 dot layout, K = d_k (d padded to even).
+template <class El, bool PAIRS>
+void pack_gemm1_panel(const El* w1, const El* w3, int64_t d, int64_t d_k, int64_t f, int64_t p, El* dst) {
   const int64_t valid = std::min<int64_t>(kGateCols, f - p * kGateCols);
   const El* g = w1 + p * kGateCols * d;
   const El* u = w3 + p * kGateCols * d;
+  if constexpr (PAIRS) {
+    for (int64_t k = 0; k < d_k; ++k)
+      for (int j = 0; j < kNR; ++j) {
+        const El* src = j < kGateCols ? g + j * d : u + (j - kGateCols) * d;
+        dst[(k / 2) * 2 * kNR + j * 2 + (k & 1)] = (j % kGateCols) < valid && k < d ? src[k] : El(0);
+      }
+    return;
+  }
   for (int64_t k = 0; k < d; ++k, dst += kNR) {
     if (valid == kGateCols) {  // constant trip count: the common, unrolled case
       for (int j = 0; j < kGateCols; ++j) dst[j] = g[j * d + k];
@@ -64,7 +75,7 @@ void pack_gemm1_panel(const El* w1, const El* w3, int64_t d, int64_t f, int64_t 
   }
 }
 
-template <class El>
+template <class El, bool PAIRS>
 void pack_all(const ExpertWeightSource& src, CpuPackedExperts& p) {
   const int64_t per_expert = p.gemm1_panels + p.gemm2_panels;
   const int64_t total = per_expert * p.num_experts;
@@ -73,12 +84,13 @@ void pack_all(const ExpertWeightSource& src, CpuPackedExperts& p) {
     const int64_t panel = g % per_expert;
     El* base = p.buf.as<El>() + size_t(e) * p.expert_elems;
     if (panel < p.gemm1_panels) {
-      pack_gemm1_panel(static_cast<const El*>(src.w1[size_t(e)]), static_cast<const El*>(src.w3[size_t(e)]),
-                       p.d, p.f, panel, base + size_t(panel) * size_t(p.d) * kNR);
+      pack_gemm1_panel<El, PAIRS>(static_cast<const El*>(src.w1[size_t(e)]), static_cast<const El*>(src.w3[size_t(e)]),
+                                  p.d, p.d_k, p.f, panel, base + size_t(panel) * size_t(p.d_k) * kNR);
     } else {
       const int64_t q = panel - p.gemm1_panels;
-      cpu::pack_row_panel(static_cast<const El*>(src.w2[size_t(e)]), p.d, p.f, p.f_pad, q,
-                          base + p.w2_offset + size_t(q) * size_t(p.f_pad) * kNR);
+      El* dst = base + p.w2_offset + size_t(q) * size_t(p.f_pad) * kNR;
+      if constexpr (PAIRS) cpu::pack_row_panel_pairs(static_cast<const El*>(src.w2[size_t(e)]), p.d, p.f, p.f_pad, q, dst);
+      else cpu::pack_row_panel(static_cast<const El*>(src.w2[size_t(e)]), p.d, p.f, p.f_pad, q, dst);
     }
   });
 }
@@ -95,10 +107,12 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   p->f = src.f;
   p->dtype = src.dtype;
   p->elem_size = dtype_size(src.dtype);
-  p->f_pad = ceil_div(src.f, kGateCols) * kGateCols;
+  p->wtype = cpu::packed_weight_type(src.dtype, src.exact_f32);
+  p->d_k = cpu::packed_k(p->wtype, src.d);
+  p->f_pad = ceil_div(src.f, kGateCols) * kGateCols;  // even: a whole number of bf16 pairs
   p->gemm1_panels = p->f_pad / kGateCols;
   p->gemm2_panels = ceil_div(src.d, kNR);
-  p->w2_offset = size_t(p->gemm1_panels) * size_t(src.d) * kNR;
+  p->w2_offset = size_t(p->gemm1_panels) * size_t(p->d_k) * kNR;
   p->expert_elems = p->w2_offset + size_t(p->gemm2_panels) * size_t(p->f_pad) * kNR;
   if (!p->buf.reserve(p->expert_elems * size_t(src.num_experts) * p->elem_size))
     return Status::oom("pack_experts: cannot allocate the packed weights");
@@ -111,9 +125,11 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
     p->has_gate = true;
   }
   if (p->elem_size == 4)
-    pack_all<uint32_t>(src, *p);
+    pack_all<uint32_t, false>(src, *p);
+  else if (cpu::bf16_pairs(p->wtype))
+    pack_all<uint16_t, true>(src, *p);
   else
-    pack_all<uint16_t>(src, *p);
+    pack_all<uint16_t, false>(src, *p);
   *out = std::move(p);
   return Status::ok();
 }
@@ -132,10 +148,13 @@ Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   const cpu::RowLayout L = cpu::make_row_layout(expert_offsets, E);
   const int64_t n_mp = L.mp_base[size_t(E)];
 
-  // scratch: A1 [n_mp][d][kMR], H [n_mp][f_pad][kMR], per-thread tiles
+  // scratch: A1 [n_mp][d][kMR], H [n_mp][f_pad][kMR] (f32, or words of bf16 pairs), per-thread tiles
+  const WeightType wt = w->wtype;
+  const bool pairs = cpu::bf16_pairs(wt);
+  const int64_t a1_mp = cpu::micro_panel_floats(wt, d), h_mp = cpu::micro_panel_floats(wt, f_pad);
   const int nthreads = ComputePool::instance().num_threads();
-  const size_t a1_floats = cpu::round_up_floats(size_t(n_mp) * size_t(d) * kMR);
-  const size_t h_floats = cpu::round_up_floats(size_t(n_mp) * size_t(f_pad) * kMR);
+  const size_t a1_floats = cpu::round_up_floats(size_t(n_mp) * size_t(a1_mp));
+  const size_t h_floats = cpu::round_up_floats(size_t(n_mp) * size_t(h_mp));
   const size_t thread_floats = size_t(nthreads) * cpu::kThreadScratchFloats;
   AlignedBuffer& buf = cpu::thread_scratch();
   if (!buf.reserve((a1_floats + h_floats + thread_floats) * sizeof(float)))
@@ -145,18 +164,23 @@ Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   float* tiles = h + h_floats;
 
   // 0. gather the token rows of each expert into micro-panels
-  cpu::gather_micro_panels(x, d, sorted_rows, expert_offsets, L, a1);
+  cpu::gather_micro_panels(x, d, sorted_rows, expert_offsets, L, a1, wt);
 
   const GemmKernels& kern = cpu::kernels();
-  const WeightType wt = cpu::weight_type(w->dtype);
   const size_t expert_bytes = w->expert_elems * w->elem_size;
 
   // 1. GEMM1 (interleaved W1/W3) with the SwiGLU epilogue -> H
-  cpu::GemmPhase g1{&kern, wt, w->elem_size, w->expert(0), expert_bytes, d, a1, &L};
-  cpu::run_phase(g1, cpu::make_tasks(L, w->gemm1_panels, d * kNR * int64_t(w->elem_size)), tiles,
+  cpu::GemmPhase g1{&kern, wt, w->elem_size, w->expert(0), expert_bytes, w->d_k, a1, &L};
+  cpu::run_phase(g1, cpu::make_tasks(L, w->gemm1_panels, w->d_k * kNR * int64_t(w->elem_size)), tiles,
             [&](const cpu::Task& t, int64_t p, int mp, int rows, const float* tile) {
-              float* hm = h + size_t(L.mp_base[size_t(t.e)] + t.mp0 + mp) * size_t(f_pad) * kMR;
-              kern.swiglu(rows, tile, hm + size_t(p) * kGateCols * kMR);
+              float* hm = h + size_t(L.mp_base[size_t(t.e)] + t.mp0 + mp) * size_t(h_mp);
+              // tile columns p*kGateCols.. are H's k steps: kGateCols f32 steps or kGateCols / 2 pairs
+              const size_t words = pairs ? kGateCols / 2 : kGateCols;
+              float* hp = hm + size_t(p) * words * kMR;
+              if (pairs) kern.swiglu_pairs(rows, tile, reinterpret_cast<uint32_t*>(hp));
+              else kern.swiglu(rows, tile, hp);
+              if (rows < kMR)  // lanes past the expert's rows are zeros (the wide kernels read them)
+                for (size_t w = 0; w < words; ++w) std::fill(hp + w * kMR + rows, hp + (w + 1) * kMR, 0.f);
             });
 
   // 2. GEMM2 (W2 panels) -> y

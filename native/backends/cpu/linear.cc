@@ -20,6 +20,8 @@ using cpu::kNR;
 
 struct CpuPackedLinear final : PackedLinear {
   cpu::AlignedBuffer buf;
+  cpu::WeightType wtype = cpu::kWF32;  // kWBF16Pairs: the bf16 dot layout
+  int64_t k_pad = 0;                   // K as packed (in_features, even in the bf16 dot layout)
   std::vector<float> bias;  // [out] or empty
   size_t elem_size = 4;
   int64_t panels = 0;  // ceil(out / kNR)
@@ -28,14 +30,23 @@ struct CpuPackedLinear final : PackedLinear {
 
 template <class El>
 void pack_panels(const TensorView& w, CpuPackedLinear& p) {
-  const int64_t in = p.in_features, n = p.out_features;
+  const int64_t in = p.in_features, n = p.out_features, kp = p.k_pad;
+  const bool pairs = cpu::bf16_pairs(p.wtype);
   cpu::parallel_pack(p.panels, [&](int64_t q) {
-    cpu::pack_row_panel(w.as<const El>(), n, in, in, q, p.buf.as<El>() + size_t(q) * size_t(in) * kNR);
+    El* dst = p.buf.as<El>() + size_t(q) * size_t(kp) * kNR;
+    if constexpr (sizeof(El) == 2)
+      if (pairs) return cpu::pack_row_panel_pairs(w.as<const El>(), n, in, kp, q, dst);
+    cpu::pack_row_panel(w.as<const El>(), n, in, kp, q, dst);
   });
 }
 }  // namespace
 
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) {
+  return pack_linear_precision(w, bias, /*exact_f32=*/false, out);
+}
+
+Status pack_linear_precision(const TensorView& w, const TensorView* bias, bool exact_f32,
+                             std::unique_ptr<PackedLinear>* out) {
   if (w.ndim != 2 || w.dims[0] < 1 || w.dims[1] < 1) return Status::invalid("pack_linear: w must be [out,in], both >= 1");
   if (!is_float(w.dtype)) return Status::unsupported(std::string("pack_linear: weights of type ") + dtype_name(w.dtype));
   if (bias && (bias->ndim != 1 || bias->dims[0] != w.dims[0] || !is_float(bias->dtype)))
@@ -50,8 +61,10 @@ Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<
   p->in_features = w.dims[1];
   p->dtype = w.dtype;
   p->elem_size = dtype_size(w.dtype);
+  p->wtype = cpu::packed_weight_type(w.dtype, exact_f32);
+  p->k_pad = cpu::packed_k(p->wtype, p->in_features);
   p->panels = cpu::ceil_div(p->out_features, kNR);
-  if (!p->buf.reserve(size_t(p->panels) * size_t(p->in_features) * kNR * p->elem_size))
+  if (!p->buf.reserve(size_t(p->panels) * size_t(p->k_pad) * kNR * p->elem_size))
     return Status::oom("pack_linear: cannot allocate the packed weights");
   if (p->elem_size == 4)
     pack_panels<uint32_t>(w, *p);
@@ -81,19 +94,19 @@ Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) 
   const int32_t offsets[2] = {0, int32_t(T)};
   const cpu::RowLayout L = cpu::make_row_layout(offsets, 1);
   const int64_t n_mp = L.mp_base[1];
-  const size_t a_floats = cpu::round_up_floats(size_t(n_mp) * size_t(in) * kMR);
+  const size_t a_floats = cpu::round_up_floats(size_t(n_mp) * size_t(cpu::micro_panel_floats(w->wtype, in)));
   const size_t thread_floats = size_t(ComputePool::instance().num_threads()) * cpu::kThreadScratchFloats;
   cpu::AlignedBuffer& buf = cpu::thread_scratch();
   if (!buf.reserve((a_floats + thread_floats) * sizeof(float)))
     return Status::oom("linear: cannot allocate the activation scratch");
   float* a = buf.as<float>();
   float* tiles = a + a_floats;
-  cpu::gather_micro_panels(x32, in, nullptr, offsets, L, a);
+  cpu::gather_micro_panels(x32, in, nullptr, offsets, L, a, w->wtype);
 
   const cpu::GemmKernels& kern = cpu::kernels();
-  const size_t panel_bytes = size_t(in) * kNR * w->elem_size;
-  cpu::GemmPhase ph{&kern, cpu::weight_type(w->dtype), w->elem_size, w->buf.as<const uint8_t>(),
-                    size_t(w->panels) * panel_bytes, in, a, &L};
+  const size_t panel_bytes = size_t(w->k_pad) * kNR * w->elem_size;
+  cpu::GemmPhase ph{&kern, w->wtype, w->elem_size, w->buf.as<const uint8_t>(),
+                    size_t(w->panels) * panel_bytes, w->k_pad, a, &L};
   cpu::run_phase(ph, cpu::make_tasks(L, w->panels, int64_t(panel_bytes)), tiles,
                  [&](const cpu::Task& t, int64_t p, int mp, int rows, const float* tile) {
                    const int64_t r0 = int64_t(t.mp0 + mp) * kMR;

@@ -1,6 +1,8 @@
 // The non-template parts of the CPU panel GEMM machinery (panel_gemm.h).
 #include "panel_gemm.h"
 
+#include <algorithm>
+
 #include "cpu_features.h"
 
 namespace moe {
@@ -16,7 +18,20 @@ AlignedBuffer& thread_scratch() {
 }
 
 const GemmKernels& kernels() {
-  return cpu_features().kernel == "avx2-fma" ? avx2_kernels() : portable_kernels();
+  static const GemmKernels& k = [&]() -> const GemmKernels& {
+    switch (cpu_features().table) {
+      case CpuKernel::kAvx512Bf16: return avx512_bf16_kernels();
+      case CpuKernel::kAvx512: return avx512_kernels();
+      case CpuKernel::kAvx2: return avx2_kernels();
+      default: return portable_kernels();
+    }
+  }();
+  return k;
+}
+
+WeightType packed_weight_type(DType t, bool exact_f32) {
+  const WeightType w = weight_type(t);
+  return w == kWBF16 && !exact_f32 && kernels().stream[kWBF16Pairs] ? kWBF16Pairs : w;
 }
 
 RowLayout make_row_layout(const int32_t* group_offsets, int groups) {
@@ -36,7 +51,14 @@ std::vector<Task> make_tasks(const RowLayout& L, int64_t panels, int64_t panel_b
   int64_t units = 0;  // (row block, panel) pairs
   for (int e = 0; e < E; ++e)
     units += ceil_div(L.mp_base[size_t(e) + 1] - L.mp_base[size_t(e)], kMaxMicroPanelsPerBlock) * panels;
-  int64_t np = std::clamp<int64_t>(kStreamPanelBytes / panel_bytes, 1, kMaxPanelsPerTask);
+  // Panels per task. With more than one micro-panel, as many as stay in L2 together (the others
+  // re-read them from there). A decode (every group one micro-panel) reads each panel once, so
+  // L2 does not bound it: take the most panels per task, for independent chains and memory streams
+  // in the kernel (one panel of a long K left a single chain of multiply-adds per vector, bound by
+  // the FMA latency below the memory bandwidth).
+  bool decode = true;
+  for (int e = 0; e < E; ++e) decode = decode && L.mp_base[size_t(e) + 1] - L.mp_base[size_t(e)] <= 1;
+  int64_t np = decode ? kMaxPanelsPerTask : std::clamp<int64_t>(kStreamPanelBytes / panel_bytes, 1, kMaxPanelsPerTask);
   np = std::max<int64_t>(1, std::min(np, units / kMinTasks));
   std::vector<Task> tasks;
   for (int e = 0; e < E; ++e) {
@@ -56,7 +78,9 @@ std::vector<Task> make_tasks(const RowLayout& L, int64_t panels, int64_t panel_b
 }
 
 void gather_micro_panels(const float* x, int64_t d, const int32_t* sorted_rows,
-                         const int32_t* group_offsets, const RowLayout& L, float* a) {
+                         const int32_t* group_offsets, const RowLayout& L, float* a, WeightType wtype) {
+  const bool pairs = bf16_pairs(wtype);
+  const size_t mp_floats = size_t(micro_panel_floats(wtype, d));
   const int E = int(L.rows.size());
   const int64_t n_mp = L.mp_base[size_t(E)];
   const int64_t mp_per_chunk = std::max<int64_t>(1, kGatherChunkElems / (d * kMR));
@@ -69,12 +93,18 @@ void gather_micro_panels(const float* x, int64_t d, const int32_t* sorted_rows,
       const int e = mp_group[size_t(m)];
       const int64_t r0 = group_offsets[e] + (m - L.mp_base[size_t(e)]) * kMR;
       const int rows = int(std::min<int64_t>(kMR, group_offsets[e + 1] - r0));
-      float* dst = a + size_t(m) * size_t(d) * kMR;
-      for (int i = 0; i < rows; ++i) {
-        const int64_t src = sorted_rows ? sorted_rows[r0 + i] : r0 + i;
-        const float* xr = x + size_t(src) * size_t(d);
-        for (int64_t k = 0; k < d; ++k) dst[size_t(k) * kMR + size_t(i)] = xr[k];
+      float* dst = a + size_t(m) * mp_floats;
+      const float* src[kMR];
+      for (int i = 0; i < rows; ++i) src[i] = x + size_t(sorted_rows ? sorted_rows[r0 + i] : r0 + i) * size_t(d);
+      // lanes past the group's rows are zeros: the wide kernels compute them (gemm_kernels.h)
+      if (pairs) {
+        kernels().gather_pairs(src, rows, d, reinterpret_cast<uint32_t*>(dst));
+      } else {
+        for (int i = 0; i < rows; ++i)
+          for (int64_t k = 0; k < d; ++k) dst[size_t(k) * kMR + size_t(i)] = src[i][k];
       }
+      if (rows < kMR)
+        for (size_t w = 0; w < mp_floats; w += kMR) std::fill(dst + w + rows, dst + w + kMR, 0.f);
     }
   });
 }

@@ -8,12 +8,14 @@
 // multiply-add chain in k order: results are bitwise reproducible whatever thread claims which
 // task, and a row's result does not depend on the rows batched with it.
 //
-// Inside a task, the kernel runs over one micro-panel (kMR rows) at a time against all of the
-// task's panels (streaming order): the first micro-panel streams the weights from memory, the
-// rest re-read them from L2, so decode reads each weight once and prefill runs at the FMA rate.
-// Only panels too long to stay in L2 switch to a BLIS-style blocked order with K blocks of kKC,
-// each chunk held in L1 (widened to f32 once if 16-bit) for all micro-panels. Both orders give the
-// same bits.
+// Inside a task (run_task): a decode (one micro-panel) streams the task's panels from memory, up
+// to 8 at once. With several micro-panels, the AVX-512 tables run K blocks of kKC steps: a first
+// pass over up to 4 micro-panels (24 rows) fetches the block from memory while computing on it,
+// the others re-read it from L2, 12 rows x 2 panels at a time; the AVX2 and portable tables run
+// one micro-panel at a time against all of the task's panels (streaming order: the first streams
+// them from memory, the rest re-read them from L2), or, for panels too long for L2, a BLIS-style
+// blocked order whose chunks are held in L1 (widened to f32 once if 16-bit). Every order gives
+// the same bits.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -35,11 +37,23 @@ namespace cpu {
 constexpr size_t kCacheLine = 64;
 constexpr size_t kAlign = kCacheLine;            // packed weights and scratch start on a line
 constexpr size_t kHugePage = size_t(2) << 20;    // x86-64 transparent huge page
-constexpr int64_t kKC = 256;                     // blocked order's K block: kKC x kNR f32 = 16 KiB (L1)
+constexpr int64_t kKC = 256;                     // K block: kKC x kNR f32 = 16 KiB per panel
 constexpr int kMaxMicroPanelsPerBlock = 32;      // rows per task <= 192
 constexpr int kMaxPanelsPerTask = 8;             // bounds the per-thread tile scratch
 constexpr int64_t kStreamPanelBytes = 512 << 10;  // a task's panels up to this size stay in L2
 constexpr int64_t kMinTasks = 32;                // fewer, larger tasks leave cores idle at the end
+// Software prefetch distances of the kernels with a prefetch argument (the AVX-512 tables). A
+// decode streams 8 panels per thread, which the hardware prefetchers of Zen 5 follow better
+// alone: 4 KiB-ahead requests cost 10-20% of the stream rate there (bf16, scaled and Mixtral
+// shapes, measured alternately). The first pass of a K block, which also computes 24 rows per
+// element, gains from them.
+constexpr int64_t kDecodePrefetchBytes = 0;
+constexpr int64_t kFirstPassPrefetchBytes = 4096;
+constexpr int kRestWideGroup = 2;                // micro-panels per pass over a block in L2
+// K block of the wide passes: 8 panels x 1024 steps = 512 KiB f32 (256 KiB 16-bit) stay in L2 for
+// the passes after the first; longer blocks than kKC halve the passes' tile loads and stores
+// (scaled layer, alternated: f32 T=512 65 -> 63 ms, T=128 22 -> 19 ms).
+constexpr int64_t kWideKC = 1024;
 constexpr int kPackPanelsPerTask = 4;            // panels packed by one task
 constexpr size_t kKeepScratchBytes = size_t(64) << 20;  // larger per-call scratch is released
 
@@ -94,8 +108,12 @@ class AlignedBuffer {
 // forward does not page-fault fresh memory; grows with the activations, never with the weights.
 AlignedBuffer& thread_scratch();
 
-// The kernel family picked by the run-time CPU check.
+// The kernel table picked by the run-time CPU check (cpu_features().table).
 const GemmKernels& kernels();
+
+// The weight type that packing gives weights of dtype t under the current table: bf16 in the
+// bf16 dot layout where the table has it, unless the caller asked for exact f32 activations.
+WeightType packed_weight_type(DType t, bool exact_f32);
 
 // ---- packing ------------------------------------------------------------------------------------
 // Panel p of a row-major matrix w [n, k_len] (n output columns, K = k_len): element [k][j] =
@@ -114,6 +132,16 @@ void pack_row_panel(const El* w, int64_t n, int64_t k_len, int64_t k_pad, int64_
     }
   }
   std::memset(dst, 0, size_t(k_pad - k_len) * kNR * sizeof(El));
+}
+
+// The bf16 dot layout of the same panel (gemm_kernels.h): element [k/2][j][k%2] = w[p*kNR + j][k],
+// k_pad even; steps past k_len are zero.
+inline void pack_row_panel_pairs(const uint16_t* w, int64_t n, int64_t k_len, int64_t k_pad, int64_t p, uint16_t* dst) {
+  const int64_t valid = std::min<int64_t>(kNR, n - p * kNR);
+  const uint16_t* src = w + p * kNR * k_len;
+  for (int64_t k = 0; k < k_pad; ++k)
+    for (int j = 0; j < kNR; ++j)
+      dst[(k / 2) * 2 * kNR + j * 2 + (k & 1)] = j < valid && k < k_len ? src[j * k_len + k] : uint16_t(0);
 }
 
 // fn(panel) for every panel in [0, total), packed in parallel, kPackPanelsPerTask per task.
@@ -143,9 +171,12 @@ struct Task {
 std::vector<Task> make_tasks(const RowLayout& L, int64_t panels, int64_t panel_bytes);
 
 // Copies the rows of every group into micro-panels a [n_mp][d][kMR]: row r of the layout is
-// x[sorted_rows[r]] (x[r] when sorted_rows is null), r from group_offsets.
+// x[sorted_rows[r]] (x[r] when sorted_rows is null), r from group_offsets. For a weight type with
+// bf16 pair activations the micro-panels are bf16 pairs (micro_panel_floats words each), rounded
+// by the table's gather_pairs.
 void gather_micro_panels(const float* x, int64_t d, const int32_t* sorted_rows,
-                         const int32_t* group_offsets, const RowLayout& L, float* a);
+                         const int32_t* group_offsets, const RowLayout& L, float* a,
+                         WeightType wtype = kWF32);
 
 // ---- phases -------------------------------------------------------------------------------------
 // One GEMM phase: C = A x panels, K = k_len, with `epilogue(task, p, mp, rows, tile)` consuming
@@ -156,8 +187,8 @@ struct GemmPhase {
   size_t elem_size;
   const uint8_t* weights;  // the first panel of group 0
   size_t group_bytes;      // from one group's panels to the next's
-  int64_t k_len;
-  const float* a;          // micro-panels, each k_len * kMR floats
+  int64_t k_len;           // K as packed (packed_k: even for bf16 pairs)
+  const float* a;          // micro-panels, each micro_panel_floats(wtype, k_len) words
   const RowLayout* rows;
 };
 
@@ -170,31 +201,72 @@ inline void prefetch_chunk(const uint8_t* p, int64_t bytes) {
 template <class Epilogue>
 void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, const Epilogue& epilogue) {
   const size_t panel_elems = size_t(ph.k_len) * kNR;
+  const size_t panel_bytes = panel_elems * ph.elem_size;
   const uint8_t* wbase = ph.weights + size_t(t.e) * ph.group_bytes;
-  const float* a = ph.a + size_t(ph.rows->mp_base[size_t(t.e)] + t.mp0) * size_t(ph.k_len) * kMR;
+  const bool pairs = bf16_pairs(ph.wtype);
+  const size_t a_stride = size_t(micro_panel_floats(ph.wtype, ph.k_len));  // words per micro-panel of A
+  const float* a = ph.a + size_t(ph.rows->mp_base[size_t(t.e)] + t.mp0) * a_stride;
+  // A's words from a micro-panel's start to step k0 (k0 even for bf16 pairs)
+  auto a_at = [&](int64_t k0) { return size_t(pairs ? k0 / 2 : k0) * kMR; };
   auto panel_ptr = [&](int64_t p, int64_t k0) {
     return wbase + (size_t(p) * panel_elems + size_t(k0) * kNR) * ph.elem_size;
   };
   auto mp_rows = [&](int mp) { return std::min<int>(kMR, t.rows - mp * kMR); };
   // a micro-panel's tiles are adjacent, as the streaming kernel writes them
   auto tile = [&](int64_t pl, int mp) { return tiles + (size_t(mp) * size_t(t.np) + size_t(pl)) * kTileFloats; };
-  const MicroKernel micro = ph.kern->micro[ph.wtype];
-  const size_t a_stride = size_t(ph.k_len) * kMR;  // floats per micro-panel of A
+  const StreamKernel stream = ph.kern->stream[ph.wtype];
+  auto finish = [&] {
+    for (int mp = 0; mp < t.n_mp; ++mp)
+      for (int64_t pl = 0; pl < t.np; ++pl) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
+  };
 
-  if (t.n_mp == 1 || t.np * int64_t(panel_elems * ph.elem_size) <= kStreamPanelBytes) {
+  if (t.n_mp == 1) {
+    // Decode: one micro-panel streams the task's panels from memory straight through, several
+    // panels at once (independent chains, one memory stream each), 16-bit widened in registers.
+    stream(mp_rows(0), ph.k_len, a, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, 0), 0, kDecodePrefetchBytes);
+    finish();
+    return;
+  }
+  if (const WideKernel wide = ph.kern->wide[ph.wtype]) {
+    // Several micro-panels, K-blocked: per block of kWideKC steps, the first pass takes up to
+    // kMaxWideGroup micro-panels at once, so that each panel element fetched from memory meets up
+    // to 24 rows and the pass stays compute-bound while the next lines arrive; the other passes
+    // re-read the block from L2, kRestWideGroup micro-panels at a time (12 rows x 2 panels).
+    auto pass = [&](int mp, int g, int64_t k0, int64_t kc, int flags, int64_t prefetch) {
+      const float* am = a + size_t(mp) * a_stride + a_at(k0);
+      if (g == 1) stream(mp_rows(mp), kc, am, panel_ptr(t.p0, k0), panel_bytes, int(t.np), tile(0, mp), flags, prefetch);
+      else wide(g, kc, am, a_stride, panel_ptr(t.p0, k0), panel_bytes, int(t.np), tile(0, mp), int(t.np), flags, prefetch);
+    };
+    if (t.n_mp <= kMaxWideGroup) {  // one pass: no block is re-read, so no blocking
+      pass(0, t.n_mp, 0, ph.k_len, 0, kFirstPassPrefetchBytes);
+      finish();
+      return;
+    }
+    for (int64_t k0 = 0; k0 < ph.k_len; k0 += kWideKC) {
+      const int64_t kc = std::min(kWideKC, ph.k_len - k0);
+      for (int mp = 0; mp < t.n_mp;) {
+        const int g = std::min(mp == 0 ? kMaxWideGroup : kRestWideGroup, t.n_mp - mp);
+        pass(mp, g, k0, kc, k0 > 0 ? kStreamAccumulate : 0, mp == 0 ? kFirstPassPrefetchBytes : 0);
+        mp += g;
+      }
+    }
+    finish();
+    return;
+  }
+  // The tables without wide kernels (avx2-fma, portable), one micro-panel at a time.
+  if (t.np * int64_t(panel_bytes) <= kStreamPanelBytes) {
     // Streaming order: the first micro-panel streams the task's panels from memory straight
     // through (prefetched, 16-bit widened in registers); the others re-read them from L2, which
     // feeds the kernel faster than it consumes (64 bytes per 12 FMAs). Measured on Zen 5 this
     // matches or beats the blocked order below even at hundreds of rows, with or without widening.
     for (int mp = 0; mp < t.n_mp; ++mp)
-      ph.kern->stream[ph.wtype](mp_rows(mp), ph.k_len, a + size_t(mp) * a_stride, panel_ptr(t.p0, 0),
-                                panel_elems * ph.elem_size, int(t.np), tile(0, mp));
-    for (int mp = 0; mp < t.n_mp; ++mp)
-      for (int64_t pl = 0; pl < t.np; ++pl) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
+      stream(mp_rows(mp), ph.k_len, a + size_t(mp) * a_stride, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, mp), 0, 0);
+    finish();
     return;
   }
-  // Blocked order, for panels too long to stay in L2 (K above 8192 f32, 16384 16-bit): per K block,
-  // the panel chunk (L1) meets every micro-panel of the block (L2), widened to f32 once.
+  // Blocked order, for panels too long to stay in L2 (K above 8192 f32, 16384 16-bit): per K
+  // block, the panel chunk (L1) meets every micro-panel of the block (L2), widened to f32 once.
+  const MicroKernel micro = ph.kern->micro[ph.wtype];
   for (int64_t k0 = 0; k0 < ph.k_len; k0 += kKC) {
     const int64_t kc = std::min(kKC, ph.k_len - k0);
     for (int64_t pl = 0; pl < t.np; ++pl) {
@@ -212,11 +284,10 @@ void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, 
         fn = ph.kern->micro[kWF32];
       }
       for (int mp = 0; mp < t.n_mp; ++mp)
-        fn(mp_rows(mp), kc, a + size_t(mp) * a_stride + size_t(k0) * kMR, b, tile(pl, mp), k0 > 0);
+        fn(mp_rows(mp), kc, a + size_t(mp) * a_stride + a_at(k0), b, tile(pl, mp), k0 > 0);
     }
   }
-  for (int64_t pl = 0; pl < t.np; ++pl)
-    for (int mp = 0; mp < t.n_mp; ++mp) epilogue(t, t.p0 + pl, mp, mp_rows(mp), tile(pl, mp));
+  finish();
 }
 
 // Runs the tasks on the pool; `scratch` holds kThreadScratchFloats per pool thread.

@@ -1,5 +1,5 @@
 // AVX2/FMA kernels of the machine-peak measurements (moe/peak.h): a streaming sum with eight
-// independent accumulators, and twelve independent _mm256_fmadd_ps chains held in registers
+// independent accumulators over 1..8 streams, and twelve independent _mm256_fmadd_ps chains held in registers
 // (12 >= FMA latency x FMA ports on current x86 cores, so the chains never wait on each other).
 // Compiled with -mavx2 -mfma; only reached after the run-time CPU check.
 #include <immintrin.h>
@@ -18,20 +18,24 @@ inline float hsum(__m256 v) {
 }
 }  // namespace
 
-float sum_avx2(const float* p, int64_t n) {
+float sum_avx2(const float* p, int64_t n, int streams, bool prefetch) {
   static_assert(kSumBlockFloats == 8 * 8, "one block is one load into each of 8 accumulators");
   __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-  for (int64_t i = 0; i < n; i += kSumBlockFloats) {
-    const float* q = p + i;
-    a0 = _mm256_add_ps(a0, _mm256_load_ps(q + 0));
-    a1 = _mm256_add_ps(a1, _mm256_load_ps(q + 8));
-    a2 = _mm256_add_ps(a2, _mm256_load_ps(q + 16));
-    a3 = _mm256_add_ps(a3, _mm256_load_ps(q + 24));
-    a4 = _mm256_add_ps(a4, _mm256_load_ps(q + 32));
-    a5 = _mm256_add_ps(a5, _mm256_load_ps(q + 40));
-    a6 = _mm256_add_ps(a6, _mm256_load_ps(q + 48));
-    a7 = _mm256_add_ps(a7, _mm256_load_ps(q + 56));
-  }
+  const int64_t part = n / streams;
+  for (int64_t i = 0; i < part; i += kSumBlockFloats)
+    for (int s = 0; s < streams; ++s) {
+      const float* q = p + s * part + i;
+      if (prefetch)  // 4 KiB ahead, every line of the block
+        for (int l = 0; l < 4; ++l) _mm_prefetch(reinterpret_cast<const char*>(q + 1024 + 16 * l), _MM_HINT_T0);
+      a0 = _mm256_add_ps(a0, _mm256_load_ps(q + 0));
+      a1 = _mm256_add_ps(a1, _mm256_load_ps(q + 8));
+      a2 = _mm256_add_ps(a2, _mm256_load_ps(q + 16));
+      a3 = _mm256_add_ps(a3, _mm256_load_ps(q + 24));
+      a4 = _mm256_add_ps(a4, _mm256_load_ps(q + 32));
+      a5 = _mm256_add_ps(a5, _mm256_load_ps(q + 40));
+      a6 = _mm256_add_ps(a6, _mm256_load_ps(q + 48));
+      a7 = _mm256_add_ps(a7, _mm256_load_ps(q + 56));
+    }
   a0 = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
   a4 = _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7));
   return hsum(_mm256_add_ps(a0, a4));

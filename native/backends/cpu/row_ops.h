@@ -51,5 +51,14 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return reduce_lanes(s);
 }
 
+// The per-row math of RMS norm, one family per kernel table (token_ops.cc picks it): the portable
+// one is the 8-lane order of dot() (also used by avx2-fma, compiled for baseline x86-64), the
+// AVX-512 one sums 16 lanes and reduces them in a fixed tree.
+struct RowKernels {
+  float (*sum_squares)(const float* x, int64_t n);            // sum_i x[i]^2, fixed order
+  void (*scale)(float* x, float r, const float* w, int64_t n);  // x[i] = (x[i] * r) * w[i]
+};
+const RowKernels& row_avx512_kernels();  // only when cpu_can_run(CpuKernel::kAvx512)
+
 }  // namespace cpu
 }  // namespace moe

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "cpu_features.h"
 #include "cpu_ops.h"
 #include "threadpool.h"
 #include "row_ops.h"
@@ -26,6 +27,18 @@ void for_rows(int64_t rows, int64_t row_elems, int64_t scratch_floats, const Fn&
     const int64_t end = std::min(rows, (task + 1) * per_task);
     for (int64_t r = task * per_task; r < end; ++r) fn(r, scratch.data());
   });
+}
+
+float sum_squares_portable(const float* x, int64_t n) { return cpu::dot(x, x, n); }
+void scale_portable(float* x, float r, const float* w, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = (x[i] * r) * w[i];
+}
+
+const cpu::RowKernels& row_kernels() {
+  static const cpu::RowKernels portable = {sum_squares_portable, scale_portable};
+  static const cpu::RowKernels& k =
+      cpu_features().table >= CpuKernel::kAvx512 ? cpu::row_avx512_kernels() : portable;
+  return k;
 }
 
 bool same_dims(const TensorView& a, const TensorView& b) {
@@ -56,11 +69,12 @@ Status rms_norm(const TensorView& x, const TensorView& weight, float eps, const 
   if (!same_dims(out, x)) return Status::invalid("rms_norm: out must be [T,d]");
   std::vector<float> w(static_cast<size_t>(d));
   cpu::load_row(weight.data, weight.dtype, 0, d, w.data());
+  const cpu::RowKernels& k = row_kernels();
   for_rows(T, d, d, [&](int64_t t, float* row) {
     cpu::load_row(x.data, x.dtype, size_t(t) * size_t(d), d, row);
-    const float ms = cpu::dot(row, row, d) / float(d);
+    const float ms = k.sum_squares(row, d) / float(d);
     const float r = 1.0f / std::sqrt(ms + eps);
-    for (int64_t i = 0; i < d; ++i) row[i] = (row[i] * r) * w[size_t(i)];
+    k.scale(row, r, w.data(), d);
     cpu::store_row(out.data, out.dtype, size_t(t) * size_t(d), d, row);
   });
   return Status::ok();

@@ -1,0 +1,82 @@
+// The avx512-bf16 kernel table: the avx512 table, plus bf16 weights in the bf16 dot layout
+// (gemm_kernels.h) multiplied with vdpbf16ps against activations rounded to bf16 (nearest even,
+// vcvtneps2bf16; like vdpbf16ps itself it flushes denormals to zero), accumulated in f32. Each
+// step takes a k pair: one 64-byte panel row of 16 columns x 2 k, one 32-bit broadcast per row.
+// Compiled with the avx512 flags plus -mavx512bf16; only reached after the run-time check
+// (cpu_can_run(CpuKernel::kAvx512Bf16)).
+// GCC 12 warns inside its own AVX-512 intrinsics (the undefined pass-through vector of unmasked
+// conversions); nothing in this file reads an uninitialised value.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include "gemm_avx512_inl.h"
+#include "gemm_kernels.h"
+#include "swiglu_avx2_inl.h"
+
+namespace moe {
+namespace cpu {
+
+namespace {
+
+struct Bf16PairOp {
+  using BVec = __m512bh;
+  using AVec = __m512bh;
+  static constexpr int64_t kStepK = 2;
+  static constexpr int64_t kStepBytes = kNR * 2 * 2;  // 16 columns x 2 k x bf16
+  static inline BVec load(const uint8_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static inline AVec broadcast(const float* p) {
+    return (__m512bh)_mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p));
+  }
+  static inline __m512 madd(__m512 acc, AVec a, BVec b) { return _mm512_dpbf16_ps(acc, a, b); }
+};
+
+// 8 floats -> 4 words of bf16 pairs (v[2j] low, v[2j+1] high).
+inline __m128i round_pairs8(__m256 v) { return (__m128i)_mm256_cvtneps_pbh(v); }
+
+void swiglu_pairs(int rows, const float* c, uint32_t* h) {
+  static_assert(kGateCols % 2 == 0, "a tile's gate columns are whole pairs");
+  for (int i = 0; i < rows; ++i) {
+    alignas(16) uint32_t w[kGateCols / 2];
+    _mm_store_si128(reinterpret_cast<__m128i*>(w), round_pairs8(swiglu_row(c + i * kNR)));
+    for (int j = 0; j < kGateCols / 2; ++j) h[j * kMR + i] = w[j];
+  }
+}
+
+void gather_pairs(const float* const* src, int rows, int64_t k_len, uint32_t* dst) {
+  const int64_t pairs = (k_len + 1) / 2;
+  for (int i = 0; i < rows; ++i) {
+    const float* x = src[i];
+    int64_t k = 0;
+    for (; k + 16 <= k_len; k += 16) {  // 16 floats -> 8 words
+      alignas(32) uint32_t w[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
+      for (int j = 0; j < 8; ++j) dst[(k / 2 + j) * kMR + i] = w[j];
+    }
+    if (k < k_len) {  // the tail, zero-padded to whole pairs, through the same instruction
+      alignas(64) float t[16] = {};
+      for (int64_t j = k; j < k_len; ++j) t[j - k] = x[j];
+      alignas(32) uint32_t w[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(t)));
+      for (int64_t j = 0; k / 2 + j < pairs; ++j) dst[(k / 2 + j) * kMR + i] = w[j];
+    }
+  }
+}
+
+}  // namespace
+
+const GemmKernels& avx512_bf16_kernels() {
+  static const GemmKernels k = [] {
+    GemmKernels t = avx512_kernels();
+    t.micro[kWBF16Pairs] = zmm_micro<Bf16PairOp>;
+    t.stream[kWBF16Pairs] = zmm_stream<Bf16PairOp>;
+    t.wide[kWBF16Pairs] = zmm_wide<Bf16PairOp>;
+    t.swiglu_pairs = swiglu_pairs;
+    t.gather_pairs = gather_pairs;
+    t.name = "avx512-bf16";
+    return t;
+  }();
+  return k;
+}
+
+}  // namespace cpu
+}  // namespace moe
