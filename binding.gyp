@@ -11,11 +11,27 @@
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"]
     },
     {
+      "target_name": "moe_cpu_avxvnni",
+      "type": "static_library",
+      "sources": ["<!@(node -p \"require('fs').readdirSync('native/backends/cpu').filter(f => f.endsWith('_avxvnni.cc')).map(f => 'native/backends/cpu/' + f).join(' ')\")"],
+      "include_dirs": ["native/include"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-mavx2", "-mfma", "-mf16c", "-mavxvnni"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"]
+    },
+    {
+      "target_name": "moe_cpu_avx512vnni",
+      "type": "static_library",
+      "sources": ["<!@(node -p \"require('fs').readdirSync('native/backends/cpu').filter(f => f.endsWith('_avx512vnni.cc')).map(f => 'native/backends/cpu/' + f).join(' ')\")"],
+      "include_dirs": ["native/include"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"]
+    },
+    {
       "target_name": "moe_kernels",
-      "dependencies": ["moe_cpu_avx2"],
+      "dependencies": ["moe_cpu_avx2", "moe_cpu_avxvnni", "moe_cpu_avx512vnni"],
       "sources": [
         "<!@(node -p \"require('fs').readdirSync('native/napi').filter(f => f.endsWith('.cc')).map(f => 'native/napi/' + f).join(' ')\")",
-        "<!@(node -p \"require('fs').readdirSync('native/backends/cpu').filter(f => f.endsWith('.cc') && !f.endsWith('_avx2.cc')).map(f => 'native/backends/cpu/' + f).join(' ')\")",
+        "<!@(node -p \"require('fs').readdirSync('native/backends/cpu').filter(f => f.endsWith('.cc') && !/_(avx2|avxvnni|avx512vnni)\\.cc$/.test(f)).map(f => 'native/backends/cpu/' + f).join(' ')\")",
         "native/backends/cuda/backend_none.cc",
         "native/backends/registry.cc"
       ],

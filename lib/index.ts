@@ -29,8 +29,23 @@ export {
   type FloatType,
   type DataOf,
 } from './core/tensor.js';
+export {
+  quantize,
+  quantizeSync,
+  dequantize,
+  dequantizeSync,
+  quantBytes,
+  bitsPerWeight,
+  QUANT_TYPES,
+  QUANT_BLOCKS,
+  type QuantType,
+  type QuantizeType,
+  type QuantTensor,
+  type WeightType,
+  type DequantizeOptions,
+} from './core/quant.js';
 export { backendInfo, availableBackends, type BackendInfo, type BackendName, type ResolvedBackend } from './core/backend.js';
-export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './moe/experts.js';
+export { ExpertWeights, type ExpertWeightsInit, type PackOptions, type WeightTensor } from './moe/experts.js';
 export { type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './moe/routing-variants.js';
 export {
   route,

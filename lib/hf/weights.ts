@@ -583,7 +583,7 @@ export function decoderLayerTensors(modelType: ModelType, layer: DecoderLayerWei
     if (b) out[`${p}.self_attn.${name}_proj.bias`] = b;
   }
   if (layer.mlp) {
-    for (const m of MATS) out[`${p}.mlp.${PROJ[m]}.weight`] = layer.mlp[m];
+    for (const m of MATS) out[`${p}.mlp.${PROJ[m]}.weight`] = layer.mlp[m] as Tensor;  // checkpoints hold float tensors
     return out;
   }
   if (!layer.moe) throw typeError(`layer ${layer.index} has neither moe nor mlp weights`);

@@ -14,6 +14,7 @@ void InitMoeBindings(Napi::Env env, Napi::Object exports);      // bind_moe.cc
 void InitDecoderBindings(Napi::Env env, Napi::Object exports);  // bind_decoder.cc
 void InitDeviceBindings(Napi::Env env, Napi::Object exports);   // bind_device.cc
 void InitBenchBindings(Napi::Env env, Napi::Object exports);    // bind_bench.cc
+void InitQuantBindings(Napi::Env env, Napi::Object exports);    // bind_quant.cc
 
 namespace {
 
@@ -72,6 +73,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDecoderBindings(env, exports);
   InitDeviceBindings(env, exports);
   InitBenchBindings(env, exports);
+  InitQuantBindings(env, exports);
   return exports;
 }
 

@@ -8,6 +8,7 @@
 #include "cpu_features.h"
 #include "cpu_ops.h"
 #include "moe/backend.h"
+#include "moe/quant.h"
 #include "peak.h"
 #include "threadpool.h"
 
@@ -148,6 +149,16 @@ class CpuBackend final : public Backend {
   Status merge_experts(const MergeExpertsArgs& a) override {
     if (a.p.size() != size_t(a.src.num_experts)) return Status::invalid("merge_experts: one weight per expert");
     return cpu::merge_experts(a.src, a.p.data(), a.out_w1, a.out_w3, a.out_w2);
+  }
+  Status quantize(const QuantizeArgs& a) override {
+    MOE_RETURN_IF_ERROR(host("quantize", a));
+    const int64_t cols = a.src.dim(-1), rows = cols ? a.src.numel() / cols : 0;
+    return quant::quantize_rows(a.src.data, a.src.dtype, rows, cols, a.dst.dtype, a.dst.data);
+  }
+  Status dequantize(const QuantizeArgs& a) override {
+    MOE_RETURN_IF_ERROR(host("dequantize", a));
+    const int64_t cols = a.src.dim(-1), rows = cols ? a.src.numel() / cols : 0;
+    return quant::dequantize_rows(a.src.data, a.src.dtype, rows, cols, a.dst.data, a.dst.dtype);
   }
 
   Status embedding(const EmbeddingArgs& a) override {

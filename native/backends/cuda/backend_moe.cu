@@ -37,6 +37,7 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
   const int E = src.num_experts;
+  if (is_quant(src.dtype)) return Status::unsupported(std::string(dtype_name(src.dtype)) + " experts on the " + kName + " backend");
   const DevDType dt = dev_dtype(src.dtype);
   const size_t bytes = grouped_gemm_packed_bytes(E, src.d, src.f, dt);
   if (bytes == 0)
@@ -57,7 +58,7 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   w->num_experts = E;
   w->d = src.d;
   w->f = src.f;
-  w->dtype = src.dtype;
+  w->dtype = w->w2_dtype = src.dtype;
   MOE_CUDA_TRY(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking), "creating the layer's stream");
   MOE_CUDA_TRY(cudaMalloc(&w->packed, bytes), ("allocating " + std::to_string(bytes) + " bytes of expert weights").c_str());
   w->packed_bytes = bytes;

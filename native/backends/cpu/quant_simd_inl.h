@@ -1,0 +1,247 @@
+// moe-kernels CPU backend: the x86 tables of quant_kernels.h, written once and compiled three times
+// (quant_kernels_avx2.cc, quant_kernels_avxvnni.cc, quant_kernels_avx512vnni.cc), each with its own
+// instruction-set flags. They differ only in dot_u8s8, the sum of four u8 x s8 products per int32
+// lane: vpmaddubsw + vpmaddwd on AVX2, one vpdpbusd with VNNI. Both are exact (no operand here can
+// saturate vpmaddubsw's int16: |u| <= 128 with |s| <= 127, or u <= 63), so the three tables give the
+// same bits. Signed weights meet signed activations through the sign trick: |w| . (a * sign(w)).
+//
+// q8_0 / q4_0 accumulate per block in f32 lanes (two interleaved accumulators, summed at the end);
+// the k-quants sum a super-block in integers and accumulate d * sumi - dmin * summ in scalar f32,
+// exactly as the portable table does (and so give its bits).
+//
+// Defines before inclusion: MOE_QUANT_TABLE (the table's function name), MOE_QUANT_NAME,
+// MOE_QUANT_DPBUSD (0: maddubs, 1: AVX-VNNI, 2: AVX512VL-VNNI).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "quant_kernels.h"
+
+namespace moe {
+namespace cpu {
+
+void quantize_act32_portable(const float* x, int64_t n, ActQ8_32* out);
+void quantize_act256_portable(const float* x, int64_t n, ActQ8_256* out);
+
+namespace {
+
+using namespace quant;
+
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if MOE_QUANT_DPBUSD == 1
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+#elif MOE_QUANT_DPBUSD == 2
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  const __m256i p = _mm256_maddubs_epi16(u, s);
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+#endif
+}
+
+inline float half(uint16_t h) { return _cvtsh_ss(h); }
+
+inline float hsum_ps(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline int32_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+  return _mm_cvtsi128_si32(s);
+}
+
+inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+// signed w (int8) . signed a (int8), 8 int32 lanes
+inline __m256i dot_s8s8(__m256i w, __m256i a) {
+  return dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+}
+
+inline __m256i q4_0_values(const uint8_t* qs) {  // 32 values q - 8, in element order
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+  return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
+}
+
+template <bool kQ4>
+float dot_b32(int64_t nb, const void* wv, const void* av) {
+  const auto* a = static_cast<const ActQ8_32*>(av);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  auto block = [&](int64_t b) {
+    __m256i w;
+    float dw;
+    if (kQ4) {
+      const auto& blk = static_cast<const BlockQ4_0*>(wv)[b];
+      w = q4_0_values(blk.qs), dw = half(blk.d);
+    } else {
+      const auto& blk = static_cast<const BlockQ8_0*>(wv)[b];
+      w = load32(blk.qs), dw = half(blk.d);
+    }
+    const __m256i s = dot_s8s8(w, load32(a[b].q));
+    return _mm256_mul_ps(_mm256_set1_ps(dw * a[b].d), _mm256_cvtepi32_ps(s));
+  };
+  int64_t b = 0;
+  for (; b + 1 < nb; b += 2) {
+    acc0 = _mm256_add_ps(acc0, block(b));
+    acc1 = _mm256_add_ps(acc1, block(b + 1));
+  }
+  if (b < nb) acc0 = _mm256_add_ps(acc0, block(b));
+  return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+// Unsigned values u (32 bytes) . activations, times a per-sub-block scale: 8 int32 lanes.
+inline __m256i scaled_dot(__m256i u, __m256i s, int scale) {
+#if MOE_QUANT_DPBUSD
+  return _mm256_mullo_epi32(dot_u8s8(_mm256_setzero_si256(), u, s), _mm256_set1_epi32(scale));
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(int16_t(scale)));
+#endif
+}
+
+template <bool kFive>
+float dot_qk45(int64_t nb, const void* wv, const void* av) {
+  const auto* a = static_cast<const ActQ8_256*>(av);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), one = _mm256_set1_epi8(1);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t *scales, *qs, *qh = nullptr;
+    uint16_t dh, dminh;
+    if (kFive) {
+      const auto& w = static_cast<const BlockQ5_K*>(wv)[b];
+      scales = w.scales, qs = w.qs, qh = w.qh, dh = w.d, dminh = w.dmin;
+    } else {
+      const auto& w = static_cast<const BlockQ4_K*>(wv)[b];
+      scales = w.scales, qs = w.qs, dh = w.d, dminh = w.dmin;
+    }
+    uint8_t sc[8], mn[8];
+    for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
+    __m256i sumi = _mm256_setzero_si256();
+    __m256i hb = kFive ? load32(qh) : _mm256_setzero_si256();
+    const int8_t* y = a[b].q;
+    for (int j = 0; j < 4; ++j, y += 64) {
+      const __m256i q = load32(qs + 32 * j);
+      __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+      if (kFive) {
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(hb, one), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
+        hb = _mm256_srli_epi16(hb, 2);
+      }
+      sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load32(y), sc[2 * j]));
+      sumi = _mm256_add_epi32(sumi, scaled_dot(hi, load32(y + 32), sc[2 * j + 1]));
+    }
+    int32_t summ = 0;
+    for (int j = 0; j < 8; ++j) summ += int32_t(mn[j]) * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+    const float d = half(dh) * a[b].d, dmin = half(dminh) * a[b].d;
+    acc += d * float(hsum_epi32(sumi)) - dmin * float(summ);
+  }
+  return acc;
+}
+
+float dot_q6_k(int64_t nb, const void* wv, const void* av) {
+  const auto* w = static_cast<const BlockQ6_K*>(wv);
+  const auto* a = static_cast<const ActQ8_256*>(av);
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    __m256i sumi = _mm256_setzero_si256();
+    int32_t corr = 0;
+    for (int n = 0; n < 2; ++n) {
+      const uint8_t* ql = w[b].ql + 64 * n;
+      const __m256i l0 = load32(ql), l1 = load32(ql + 32), h = load32(w[b].qh + 32 * n);
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 2), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 4), m2), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(h, 6), m2), 4)),
+      };
+      const int8_t* sc = w[b].scales + 8 * n;
+      for (int i = 0; i < 4; ++i) {
+        const __m256i s = load32(a[b].q + 128 * n + 32 * i);
+#if MOE_QUANT_DPBUSD
+        const __m256i scale = _mm256_set_epi32(sc[2 * i + 1], sc[2 * i + 1], sc[2 * i + 1], sc[2 * i + 1], sc[2 * i], sc[2 * i],
+                                               sc[2 * i], sc[2 * i]);
+        sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(dot_u8s8(_mm256_setzero_si256(), q[i], s), scale));
+#else
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[2 * i + 1]), _mm_set1_epi16(sc[2 * i]));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], s), scale));
+#endif
+      }
+      for (int i = 0; i < 8; ++i) corr += int32_t(sc[i]) * a[b].bsums[8 * n + i];
+    }
+    acc += half(w[b].d) * a[b].d * float(hsum_epi32(sumi) - 32 * corr);
+  }
+  return acc;
+}
+
+// ---- dequantisation to f32 (prefill panels) -------------------------------------------------------
+// 8 unsigned bytes -> 8 floats
+inline __m256 u8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+inline __m256 s8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+
+void dequant_q8_0(const void* bv, int64_t nb, float* out) {
+  const auto* b = static_cast<const BlockQ8_0*>(bv);
+  for (int64_t i = 0; i < nb; ++i, out += 32) {
+    const __m256 d = _mm256_set1_ps(half(b[i].d));
+    for (int j = 0; j < 32; j += 8)
+      _mm256_storeu_ps(out + j, _mm256_mul_ps(s8_to_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(b[i].qs + j))), d));
+  }
+}
+
+void dequant_q4_0(const void* bv, int64_t nb, float* out) {
+  const auto* b = static_cast<const BlockQ4_0*>(bv);
+  for (int64_t i = 0; i < nb; ++i, out += 32) {
+    const __m256 d = _mm256_set1_ps(half(b[i].d));
+    const __m256i v = q4_0_values(b[i].qs);  // q - 8 as int8
+    const __m128i lo = _mm256_castsi256_si128(v), hi = _mm256_extracti128_si256(v, 1);
+    _mm256_storeu_ps(out + 0, _mm256_mul_ps(s8_to_ps(lo), d));
+    _mm256_storeu_ps(out + 8, _mm256_mul_ps(s8_to_ps(_mm_srli_si128(lo, 8)), d));
+    _mm256_storeu_ps(out + 16, _mm256_mul_ps(s8_to_ps(hi), d));
+    _mm256_storeu_ps(out + 24, _mm256_mul_ps(s8_to_ps(_mm_srli_si128(hi, 8)), d));
+  }
+}
+
+void dequant_q4_k(const void* bv, int64_t nb, float* out) {
+  const auto* b = static_cast<const BlockQ4_K*>(bv);
+  const __m256i m4 = _mm256_set1_epi8(0x0F);
+  for (int64_t i = 0; i < nb; ++i) {
+    const float d = half(b[i].d), dmin = half(b[i].dmin);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i q = load32(b[i].qs + 32 * j);
+      const __m256i v[2] = {_mm256_and_si256(q, m4), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4)};
+      for (int h = 0; h < 2; ++h, out += 32) {
+        uint8_t sc, m;
+        scale_min_k4(2 * j + h, b[i].scales, &sc, &m);
+        const __m256 dl = _mm256_set1_ps(d * float(sc)), ml = _mm256_set1_ps(dmin * float(m));
+        const __m128i lo = _mm256_castsi256_si128(v[h]), hi = _mm256_extracti128_si256(v[h], 1);
+        _mm256_storeu_ps(out + 0, _mm256_fmsub_ps(dl, u8_to_ps(lo), ml));
+        _mm256_storeu_ps(out + 8, _mm256_fmsub_ps(dl, u8_to_ps(_mm_srli_si128(lo, 8)), ml));
+        _mm256_storeu_ps(out + 16, _mm256_fmsub_ps(dl, u8_to_ps(hi), ml));
+        _mm256_storeu_ps(out + 24, _mm256_fmsub_ps(dl, u8_to_ps(_mm_srli_si128(hi, 8)), ml));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+const QuantKernels& MOE_QUANT_TABLE() {
+  static const QuantKernels k = {
+      {dot_b32<false>, dot_b32<true>, dot_qk45<false>, dot_qk45<true>, dot_q6_k},
+      {dot_tile<dot_b32<false>>, dot_tile<dot_b32<true>>, dot_tile<dot_qk45<false>>, dot_tile<dot_qk45<true>>,
+       dot_tile<dot_q6_k>},
+      {dequant_q8_0, dequant_q4_0, dequant_q4_k, dequant_reference<DType::kQ5_K>, dequant_reference<DType::kQ6_K>},
+      quantize_act32_portable,
+      quantize_act256_portable,
+      MOE_QUANT_NAME,
+  };
+  return k;
+}
+
+}  // namespace cpu
+}  // namespace moe
