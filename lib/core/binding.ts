@@ -121,6 +121,9 @@ export interface NativeBackendInfo {
     f16c: boolean;
     avx512f: boolean;
     avx512bf16: boolean;
+    /** The kernel table of quantised weights in use, and every one this CPU can run (comma-separated). */
+    quantKernel: string;
+    quantKernels: string;
   };
   cuda: NativeBackendStatus & {
     name: 'cuda' | 'cuda-emu' | 'none';

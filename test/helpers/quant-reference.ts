@@ -3,7 +3,7 @@
  * structs, ggml-quants.c's dequantize_row_*) for the tests, with nothing from the library: the
  * values every format defines, each f32 operation rounded on its own (Math.fround), in ggml's order.
  */
-import { f16BitsToNumber } from './reference';
+import { f16BitsToNumber, mulberry32 } from './reference';
 
 export type QType = 'q8_0' | 'q4_0' | 'q4_k' | 'q5_k' | 'q6_k';
 export const QTYPES: readonly QType[] = ['q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k'];
@@ -84,13 +84,13 @@ export function dequantRef(type: QType, data: Uint8Array, n: number): Float32Arr
  * Random bytes that are valid blocks: every f16 scale field a finite value of moderate size (so
  * that no block holds infinities), everything else random.
  */
-export function randomBlocks(type: QType, nblocks: number, rnd: () => number): Uint8Array {
+export function randomBlocks(type: QType, nblocks: number, rnd: () => number, minExp = 5, expRange = 8): Uint8Array {
   const { bytes } = BLOCK[type];
   const b = new Uint8Array(nblocks * bytes);
   for (let i = 0; i < b.length; i++) b[i] = Math.floor(rnd() * 256);
-  // an f16 in [2^-10, 2^-2) with a random sign: exponent 5..12, random mantissa
+  // an f16 in [2^(minExp-15), 2^(minExp+expRange-15)) with a random sign: random mantissa
   const setHalf = (o: number) => {
-    const h = ((5 + Math.floor(rnd() * 8)) << 10) | Math.floor(rnd() * 1024) | (rnd() < 0.5 ? 0x8000 : 0);
+    const h = ((minExp + Math.floor(rnd() * expRange)) << 10) | Math.floor(rnd() * 1024) | (rnd() < 0.5 ? 0x8000 : 0);
     b[o] = h & 0xff;
     b[o + 1] = h >> 8;
   };
@@ -101,4 +101,12 @@ export function randomBlocks(type: QType, nblocks: number, rnd: () => number): U
     if (type === 'q4_k' || type === 'q5_k') setHalf(o + 2);
   }
   return b;
+}
+
+/** A weight matrix [rows, cols] of random `type` blocks whose values are about N(0, 1/cols). */
+export function randomWeights(type: QType, rows: number, cols: number, seed: number): { type: QType; data: Uint8Array; dims: number[] } {
+  // values ~ d * scale * q: keep d * (typical scale * q) ~ 1/sqrt(cols)
+  const target = Math.log2(1 / Math.sqrt(cols)) - ({ q8_0: 6, q4_0: 2.5, q4_k: 8, q5_k: 9, q6_k: 10 } as const)[type];
+  const minExp = Math.max(1, Math.round(target) + 15 - 1);
+  return { type, data: randomBlocks(type, (rows * cols) / BLOCK[type].values, mulberry32(seed), minExp, 2), dims: [rows, cols] };
 }

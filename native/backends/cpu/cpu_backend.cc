@@ -10,6 +10,7 @@
 #include "moe/backend.h"
 #include "moe/quant.h"
 #include "peak.h"
+#include "quant_kernels.h"
 #include "threadpool.h"
 
 namespace moe {
@@ -41,7 +42,10 @@ Capabilities describe() {
             {"fma", InfoValue::flag(f.fma)},
             {"f16c", InfoValue::flag(f.f16c)},
             {"avx512f", InfoValue::flag(f.avx512f)},
-            {"avx512bf16", InfoValue::flag(f.avx512bf16)}};
+            {"avx512bf16", InfoValue::flag(f.avx512bf16)},
+            // the table of the quantised weights (quant_kernels.h), and every table this CPU can run
+            {"quantKernel", InfoValue::text(quant_kernels().name)},
+            {"quantKernels", InfoValue::text(available_quant_kernels())}};
   return c;
 }
 

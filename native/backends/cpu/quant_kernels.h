@@ -14,6 +14,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "moe/dtype.h"
 #include "moe/quant.h"
@@ -74,6 +75,8 @@ const QuantKernels& avx512vnni_quant_kernels();   // AVX512F/BW/VL + AVX512-VNNI
 // (tests use it to cover each); otherwise the best the CPU has, or the portable one when
 // MOE_CPU_KERNEL=portable.
 const QuantKernels& quant_kernels();
+// The names of the tables this CPU can run, comma-separated, best last ("portable,avx2,...").
+std::string available_quant_kernels();
 
 // The reference dequantisation (moe/quant.h), block by block: the portable table's, and the
 // fallback of the others for formats they do not vectorise.

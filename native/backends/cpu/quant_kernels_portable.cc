@@ -158,28 +158,47 @@ const QuantKernels& portable_quant_kernels() {
   return k;
 }
 
+namespace {
+struct Available {
+  bool avx2 = false, avxvnni = false, avx512vnni = false;
+};
+Available available() {
+  Available a;
+  const CpuFeatures& f = cpu_features();
+  a.avx2 = f.kernel != "portable" && f.avx2 && f.fma && f.f16c;
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  a.avx512vnni = a.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+  a.avxvnni = a.avx2 && __builtin_cpu_supports("avxvnni");
+#endif
+  return a;
+}
+}  // namespace
+
+std::string available_quant_kernels() {
+  const Available a = available();
+  std::string s = "portable";
+  if (a.avx2) s += ",avx2";
+  if (a.avxvnni) s += ",avx-vnni";
+  if (a.avx512vnni) s += ",avx512-vnni";
+  return s;
+}
+
 const QuantKernels& quant_kernels() {
   static const QuantKernels* k = [] {
-    const CpuFeatures& f = cpu_features();
-    const bool avx2 = f.kernel != "portable" && f.avx2 && f.fma && f.f16c;
-    bool avx512vnni = false, avxvnni = false;
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    avx512vnni = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                 __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    avxvnni = avx2 && __builtin_cpu_supports("avxvnni");
-#endif
+    const Available a = available();
     const char* force = std::getenv("MOE_CPU_QUANT_KERNEL");
     if (force && *force) {
       const std::string s(force);
-      if (s == "avx512-vnni" && avx512vnni) return &avx512vnni_quant_kernels();
-      if (s == "avx-vnni" && avxvnni) return &avxvnni_quant_kernels();
-      if (s == "avx2" && avx2) return &avx2_quant_kernels();
+      if (s == "avx512-vnni" && a.avx512vnni) return &avx512vnni_quant_kernels();
+      if (s == "avx-vnni" && a.avxvnni) return &avxvnni_quant_kernels();
+      if (s == "avx2" && a.avx2) return &avx2_quant_kernels();
       if (s == "portable") return &portable_quant_kernels();
     }
-    if (avx512vnni) return &avx512vnni_quant_kernels();
-    if (avxvnni) return &avxvnni_quant_kernels();
-    if (avx2) return &avx2_quant_kernels();
+    if (a.avx512vnni) return &avx512vnni_quant_kernels();
+    if (a.avxvnni) return &avxvnni_quant_kernels();
+    if (a.avx2) return &avx2_quant_kernels();
     return &portable_quant_kernels();
   }();
   return *k;
