@@ -17,6 +17,7 @@
  * (generate) and the routing counts come back to the host. One model holds one sequence (one KV
  * cache per block): calls on a model must not overlap.
  */
+import { quantizeOption, type QuantizeType } from '../core/quant.js';
 import { backendInfo, resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { createBlockFfn, NO_EXPERTS, type BlockFfn } from './block-ffn.js';
 import { type LayerKind, type MoeModelConfig } from '../hf/config.js';
@@ -40,6 +41,14 @@ export interface MixtralRuntimeOptions {
   maxSeq?: number;
   /** Element type of the KV caches. Default 'float32'. */
   kvType?: FloatType;
+  /**
+   * Quantise the FFN weights (routed and shared experts, dense FFNs) as each layer is packed:
+   * 'q8_0', 'q4_0' or 'q4_k'. With `load`, tensor by tensor as the checkpoint is read, so the peak
+   * memory stays near the quantised size plus one layer. Default: as given.
+   */
+  quantize?: QuantizeType;
+  /** Quantise the attention projections and the LM head too, to this format. Default: as given. */
+  quantizeLinear?: QuantizeType;
 }
 
 const DEFAULT_MAX_SEQ = 4096;
@@ -151,7 +160,12 @@ function checkConfig(config: unknown): MoeModelConfig {
 function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const o = checkOptions(options);
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
-  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined) };
+  const quantize = quantizeOption(o);
+  const quantizeLinear = quantizeOption({ quantize: o.quantizeLinear }, 'options.quantizeLinear');
+  return {
+    o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined),
+    quantize, quantizeLinear,
+  };
 }
 
 // ---- block -------------------------------------------------------------------------------------------
@@ -223,7 +237,7 @@ export class MixtralBlock {
    */
   static async create(config: MoeModelConfig, weights: DecoderLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
     checkConfig(config);
-    const { maxSeq, kvType, backend, place } = runtimeOptions(config, options);
+    const { maxSeq, kvType, backend, place, quantize, quantizeLinear } = runtimeOptions(config, options);
     const w = checkOptions(weights, 'weights') as unknown as DecoderLayerWeights;
     const index = intOption(w as unknown as Record<string, unknown>, 'index', 0, 0, config.numHiddenLayers - 1, 'weights.index');
     const a = checkOptions(w.attention, 'weights.attention') as unknown as DecoderLayerWeights['attention'];
@@ -253,7 +267,7 @@ export class MixtralBlock {
           throw rangeError(bias.declared ? `${bn} is required: this ${config.modelType} config has projection biases` : `${bn} is given but this ${config.modelType} config has no such bias`);
         const b = bias.t === undefined ? undefined : checkTensor(bias.t, bn, FLOAT_TYPES);
         if (b && (b.dims.length !== 1 || b.dims[0] !== rows)) throw rangeError(`${bn}.dims must be [${rows}], got [${b.dims.join(',')}]`);
-        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}) });
+        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}) });
         owned.push(l);
         return l;
       };
@@ -262,7 +276,7 @@ export class MixtralBlock {
       const wk = await lin(a.kProj, 'kProj', kv, d, { name: 'kBias', t: a.kBias, declared: qkvBias });
       const wv = await lin(a.vProj, 'vProj', kv, d, { name: 'vBias', t: a.vBias, declared: qkvBias });
       const wo = await lin(a.oProj, 'oProj', d, q, { name: 'oBias', t: a.oBias, declared: config.attentionOutputBias });
-      const ffn = await createBlockFfn(config, w, index, backend);
+      const ffn = await createBlockFfn(config, w, index, backend, quantize);
       owned.push(ffn);
       const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);
       return new MixtralBlock(index, config, place, { inputNorm, postNorm, wq, wk, wv, wo, ffn, cache });
@@ -470,9 +484,9 @@ export class MixtralModel {
     const ckpt = await MoeCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
     try {
       const config = ckpt.config;
-      const { maxSeq, kvType, place } = runtimeOptions(config, o);
+      const { maxSeq, kvType, place, quantize, quantizeLinear } = runtimeOptions(config, o);
       const stored = ckpt.checkpoint.info('model.embed_tokens.weight').type as FloatType;
-      const estimate = MixtralModel.estimateMemory(config, { dtype: (o.dtype as FloatType | undefined) ?? stored, kvType, maxSeq });
+      const estimate = MixtralModel.estimateMemory(config, { dtype: (o.dtype as FloatType | undefined) ?? stored, kvType, maxSeq, quantize, quantizeLinear });
       // on a device the weights and caches must fit its memory (emulated devices: the host's)
       const deviceBytes = place.device && !backendInfo().cuda.emulated ? backendInfo().cuda.device?.totalMemory : undefined;
       const available = o.availableBytes ?? deviceBytes;
@@ -481,7 +495,7 @@ export class MixtralModel {
       const blocks: MixtralBlock[] = [];
       try {
         for await (const layer of ckpt.layers()) blocks.push(await MixtralBlock.create(config, layer, o));
-        return await MixtralModel.#assemble(config, globals, blocks, maxSeq, place);
+        return await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear);
       } catch (e) {
         for (const b of blocks) b.dispose();
         throw e;
@@ -507,7 +521,7 @@ export class MixtralModel {
     const layers = w.layers as Iterable<DecoderLayerWeights> | AsyncIterable<DecoderLayerWeights> | undefined;
     if (layers == null || (typeof (layers as Iterable<unknown>)[Symbol.iterator] !== 'function' && typeof (layers as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'))
       throw typeError(`weights.layers must be an array or an iterable of layer weights, got ${describe(layers)}`);
-    const { maxSeq, place } = runtimeOptions(config, options);
+    const { maxSeq, place, quantizeLinear } = runtimeOptions(config, options);
     const blocks: MixtralBlock[] = [];
     try {
       for await (const l of layers) {
@@ -520,20 +534,23 @@ export class MixtralModel {
       }
       if (blocks.length !== config.numHiddenLayers)
         throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
-      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as ModelGlobalWeights, blocks, maxSeq, place);
+      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as ModelGlobalWeights, blocks, maxSeq, place, quantizeLinear);
     } catch (e) {
       for (const b of blocks) b.dispose();
       throw e;
     }
   }
 
-  /** Memory of a model: weights at `dtype` and KV caches of `maxSeq` positions in `kvType`. */
-  static estimateMemory(config: MoeModelConfig, options?: { dtype?: FloatType; kvType?: FloatType; maxSeq?: number }): MemoryEstimate {
-    const { maxSeq, kvType } = runtimeOptions(config, options);
-    return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq });
+  /**
+   * Memory of a model: weights at `dtype` (the FFNs in `quantize`, the projections and LM head in
+   * `quantizeLinear`, when given) and KV caches of `maxSeq` positions in `kvType`.
+   */
+  static estimateMemory(config: MoeModelConfig, options?: { dtype?: FloatType; kvType?: FloatType; maxSeq?: number; quantize?: QuantizeType; quantizeLinear?: QuantizeType }): MemoryEstimate {
+    const { maxSeq, kvType, quantize, quantizeLinear } = runtimeOptions(config, options);
+    return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq, quantize, quantizeLinear });
   }
 
-  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place): Promise<MixtralModel> {
+  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
     const check = (t: unknown, name: string, dims: number[]) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
@@ -543,7 +560,7 @@ export class MixtralModel {
     const embed = check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
     const norm = check(g.norm, 'weights.globals.norm', [d]);
     const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d]);
-    const lmHead = await Linear.pack(head, place.device ? { backend: place.backend } : undefined);
+    const lmHead = await Linear.pack(head, { ...(place.device ? { backend: place.backend } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}) });
     // the embedding table and the norm are read in place by the ops: keep private copies
     const kept: AnyTensor[] = [];
     try {
