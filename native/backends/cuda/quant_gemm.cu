@@ -47,6 +47,13 @@ __device__ __forceinline__ void bytes16(const uint8_t* p, uint8_t (&b)[16]) {
   for (int i = 0; i < 16; ++i) b[i] = uint8_t(w[i / 4] >> (8 * (i % 4)));
 }
 
+// Byte k (run-time) of a 16-byte load, by selects: no local-memory array.
+__device__ __forceinline__ uint32_t byte_at(const uint4& v, int k) {
+  const int wi = k >> 2;
+  const uint32_t w = wi == 0 ? v.x : wi == 1 ? v.y : wi == 2 ? v.z : v.w;
+  return (w >> (8 * (k & 3))) & 0xffu;
+}
+
 // The 32 values of unit u of a row (nb blocks, device layout) into w.
 template <int kFmt>
 __device__ __forceinline__ void dequant_unit(const uint8_t* row, int64_t nb, int64_t u, float (&w)[32]) {
@@ -72,15 +79,14 @@ __device__ __forceinline__ void dequant_unit(const uint8_t* row, int64_t nb, int
     const int64_t blk = u / 8;
     const int i = int(u % 8);
     const uint8_t* B = row + blk * body_bytes(kFmt);
-    uint8_t hd[16];
-    bytes16(B, hd);  // d, dmin, scales[12]
-    const float d = half_bits(hd[0] | (uint32_t(hd[1]) << 8)), dmin = half_bits(hd[2] | (uint32_t(hd[3]) << 8));
-    const uint8_t* sc = hd + 4;
+    const uint4 hd = *reinterpret_cast<const uint4*>(B);  // d, dmin, scales[12]
+    const float d = half_bits(hd.x & 0xffffu), dmin = half_bits(hd.x >> 16);
+    auto sc = [&](int k) { return int(byte_at(hd, 4 + k)); };
     int s, m;
     if (i < 4) {
-      s = sc[i] & 63, m = sc[i + 4] & 63;
+      s = sc(i) & 63, m = sc(i + 4) & 63;
     } else {
-      s = (sc[i + 4] & 0xF) | ((sc[i - 4] >> 6) << 4), m = (sc[i + 4] >> 4) | ((sc[i] >> 6) << 4);
+      s = (sc(i + 4) & 0xF) | ((sc(i - 4) >> 6) << 4), m = (sc(i + 4) >> 4) | ((sc(i) >> 6) << 4);
     }
     const float dl = d * float(s), ml = dmin * float(m);
     const int qs_off = kFmt == int(DType::kQ5_K) ? 48 : 16;
@@ -101,14 +107,13 @@ __device__ __forceinline__ void dequant_unit(const uint8_t* row, int64_t nb, int
     const int i = int(u % 8), n = i / 4, j = i % 4;
     const uint8_t* B = row + blk * body_bytes(kFmt);
     const float d = half_bits(reinterpret_cast<const uint16_t*>(row + nb * body_bytes(kFmt))[blk]);
-    uint8_t sc[16];
-    bytes16(B + 192, sc);
+    const uint4 sc = *reinterpret_cast<const uint4*>(B + 192);
     MOE_UNROLL
     for (int h = 0; h < 2; ++h) {
       uint8_t ql[16], qh[16];
       bytes16(B + 64 * n + 32 * (j & 1) + 16 * h, ql);
       bytes16(B + 128 + 32 * n + 16 * h, qh);
-      const float s = d * float(int8_t(sc[8 * n + 2 * j + h]));
+      const float s = d * float(int8_t(byte_at(sc, 8 * n + 2 * j + h)));
       MOE_UNROLL
       for (int l = 0; l < 16; ++l) {
         const int lo = j < 2 ? ql[l] & 15 : ql[l] >> 4;
