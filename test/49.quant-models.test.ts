@@ -1,0 +1,115 @@
+/**
+ * Quantised models: a tiny Mixtral checkpoint loaded with {quantize} (and {quantizeLinear}) in each
+ * format the package makes, and a model of q5_k / q6_k experts from weights in memory; each gives
+ * the same greedy tokens on the CPU and on every device backend of the build (cuda-emu in the test
+ * build: run-tests.js runs this file there too), and logits within a few percent of the float model
+ * (the quantisation error). The quantised layers hold a fraction of the float bytes.
+ */
+import { suite } from 'uvu';
+import * as assert from 'uvu/assert';
+import * as fs from 'node:fs';
+import { availableBackends, MixtralModel, parseMixtralConfig, type DecoderLayerWeights, type QuantType } from '../lib/index';
+import { makeModelWeights, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
+import { randomWeights } from './helpers/quant-reference';
+
+// d and f whole k-quant super-blocks; heads of 64 (the device attention's sizes)
+const RAW = tinyMixtralRaw({ hidden_size: 256, intermediate_size: 256, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 64 });
+const PROMPT = [5, 17, 3, 42, 8, 91];
+const DEVICES = availableBackends().filter((b) => b !== 'cpu');
+
+async function greedy(model: MixtralModel, n = 8): Promise<number[]> {
+  const out: number[] = [];
+  for await (const id of model.generate(PROMPT, { maxNewTokens: n })) out.push(id);
+  return out;
+}
+
+/** The smallest gap between the top two logits over the prompt's positions (how safe argmax is). */
+async function margin(model: MixtralModel): Promise<number> {
+  const logits = (await model.forward(PROMPT)).data as Float32Array;
+  const V = 97;
+  let m = Infinity;
+  for (let t = 0; t < PROMPT.length; t++) {
+    const row = Array.from(logits.subarray(t * V, (t + 1) * V)).sort((a, b) => b - a);
+    m = Math.min(m, row[0] - row[1]);
+  }
+  return m;
+}
+
+interface Ctx {
+  dir: string;
+}
+const q = suite<Ctx>('quantised models', { dir: '' });
+q.before(async (ctx) => {
+  ctx.dir = tmpDir('quant-models-');
+  await writeTinyMixtral(ctx.dir, { raw: RAW, seed: 4 });
+});
+q.after((ctx) => fs.rmSync(ctx.dir, { recursive: true, force: true }));
+
+q('load({quantize}): the experts quantised as they load; greedy tokens the same on every backend', async (ctx) => {
+  const required = process.env.MOE_TEST_REQUIRE_BACKEND;
+  if (required) assert.ok((DEVICES as string[]).includes(required), `backend ${required} is required but not available`);
+  const float = await MixtralModel.load(ctx.dir, { backend: 'cpu' });
+  const floatLogits = (await float.forward(PROMPT)).data as Float32Array;
+  const floatBytes = float.blocks[0].moe!.bytes;
+  float.dispose();
+  for (const type of ['q8_0', 'q4_0', 'q4_k'] as const) {
+    const cpu = await MixtralModel.load(ctx.dir, { backend: 'cpu', quantize: type, quantizeLinear: type });
+    assert.is(cpu.blocks[0].moe!.weightType, type);
+    assert.ok(cpu.blocks[0].moe!.bytes < floatBytes * (type === 'q8_0' ? 0.3 : 0.16), `${type}: ${cpu.blocks[0].moe!.bytes} of ${floatBytes} bytes`);
+    // the quantisation error of the whole model: the logits stay near the float model's
+    const logits = (await cpu.forward(PROMPT)).data as Float32Array;
+    let se = 0, ss = 0;
+    for (let i = 0; i < logits.length; i++) (se += (logits[i] - floatLogits[i]) ** 2), (ss += floatLogits[i] ** 2);
+    assert.ok(Math.sqrt(se / ss) < (type === 'q8_0' ? 0.05 : 0.3), `${type}: logits relative RMS ${Math.sqrt(se / ss)} from the float model`);
+    assert.ok((await margin(cpu)) > 1e-3, `${type}: an argmax near tie makes the comparison fragile`);
+    const want = await greedy(cpu);
+    cpu.dispose();
+    for (const backend of DEVICES) {
+      const dev = await MixtralModel.load(ctx.dir, { backend, quantize: type, quantizeLinear: type });
+      assert.is(dev.blocks[0].moe!.backend, backend);
+      assert.equal(await greedy(dev), want, `${type} on ${backend}`);
+      dev.dispose();
+    }
+  }
+});
+
+q('q5_k and q6_k experts (as llama.cpp files hold them), from weights in memory: the same greedy tokens on every backend', async () => {
+  const config = parseMixtralConfig(RAW);
+  for (const type of ['q5_k', 'q6_k'] as QuantType[]) {
+    const w = makeModelWeights(config, 6);
+    const E = config.numExperts, d = config.hiddenSize, f = config.moeIntermediateSize;
+    let seed = 100;
+    const experts = (rows: number, cols: number) => Array.from({ length: E }, () => randomWeights(type, rows, cols, seed++));
+    const layers = w.layers.map((l): DecoderLayerWeights => ({ ...l, moe: { ...l.moe!, w1: experts(f, d), w3: experts(f, d), w2: experts(d, f) } as never }));
+    const make = (backend: string) => MixtralModel.fromWeights(config, { globals: w.globals, layers }, { backend: backend as never });
+    const cpu = await make('cpu');
+    assert.is(cpu.blocks[1].moe!.weightType, type);
+    assert.ok((await margin(cpu)) > 1e-3, `${type}: an argmax near tie makes the comparison fragile`);
+    const want = await greedy(cpu);
+    cpu.dispose();
+    for (const backend of DEVICES) {
+      const dev = await make(backend);
+      assert.equal(await greedy(dev), want, `${type} on ${backend}`);
+      dev.dispose();
+    }
+  }
+});
+
+q('load({quantize}) errors: an unknown format names the option; estimateMemory counts the quantised bytes', async (ctx) => {
+  try {
+    await MixtralModel.load(ctx.dir, { quantize: 'q2_k' as never });
+    assert.unreachable('should throw');
+  } catch (e) {
+    assert.instance(e, TypeError);
+    assert.match((e as Error).message, /options\.quantize must be one of 'q8_0', 'q4_0', 'q4_k'/);
+  }
+  const config = parseMixtralConfig(RAW);
+  const f = MixtralModel.estimateMemory(config, { dtype: 'float32' });
+  const e = MixtralModel.estimateMemory(config, { dtype: 'float32', quantize: 'q4_k' });
+  // experts: 2 layers x 4 x 3 x 256 x 256 parameters, 4 bytes -> 4.5 bits
+  const expertParams = 2 * 4 * 3 * 256 * 256;
+  assert.is(f.weightsBytes - e.weightsBytes, expertParams * 4 - (expertParams * 4.5) / 8);
+  assert.is(e.ffnBytes, (expertParams * 4.5) / 8);
+});
+
+q.run();
