@@ -8,7 +8,9 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
-import { availableBackends, MixtralModel, parseMixtralConfig, type DecoderLayerWeights, type QuantType } from '../lib/index';
+import { availableBackends, MixtralModel, MoeLayer, parseMixtralConfig, tensor, type DecoderLayerWeights, type MoeLayerOptions, type QuantType } from '../lib/index';
+import { makeQuantProblem } from './helpers/quant-problems';
+import { assertClose, randn, tolFor } from './helpers/reference';
 import { makeModelWeights, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
 import { randomWeights } from './helpers/quant-reference';
 
@@ -110,6 +112,33 @@ q('load({quantize}) errors: an unknown format names the option; estimateMemory c
   const expertParams = 2 * 4 * 3 * 256 * 256;
   assert.is(f.weightsBytes - e.weightsBytes, expertParams * 4 - (expertParams * 4.5) / 8);
   assert.is(e.ffnBytes, (expertParams * 4.5) / 8);
+});
+
+q('routing variants and shared experts with quantised experts: each device backend as the CPU (prefill, f32 on both)', async () => {
+  const required = process.env.MOE_TEST_REQUIRE_BACKEND;
+  if (required) assert.ok((DEVICES as string[]).includes(required), `backend ${required} is required but not available`);
+  const T = 33, d = 256, f = 256, E = 8;
+  const p = makeQuantProblem({ T, d, f, E, type: 'q4_k', seed: 12 });
+  const s = makeQuantProblem({ T: 1, d, f: 256, E: 1, type: 'q4_k', seed: 13 });
+  const mat = (t: typeof s.w1) => ({ type: t.type, data: t.data, dims: [t.dims[1], t.dims[2]] });
+  const variants: Record<string, MoeLayerOptions> = {
+    capacity: { capacityFactor: 1.0 },
+    noise: { noise: { weights: tensor('float32', randn(E * d, 14, 0.05), [E, d]), seed: 3 } },
+    random: { randomRouting: { seed: 5 } },
+    shared: { sharedExperts: { w1: mat(s.w1), w3: mat(s.w3), w2: mat(s.w2), gate: tensor('float32', randn(d, 15, 0.05), [1, d]) } },
+  };
+  for (const [name, o] of Object.entries(variants)) {
+    const cpu = await MoeLayer.create({ gate: p.gate, w1: p.w1, w3: p.w3, w2: p.w2 }, { ...o, backend: 'cpu' });
+    const want = (await cpu.forward(p.x, { returnRouting: true }));
+    cpu.dispose();
+    for (const backend of DEVICES) {
+      const dev = await MoeLayer.create({ gate: p.gate, w1: p.w1, w3: p.w3, w2: p.w2 }, { ...o, backend: backend as never });
+      const got = await dev.forward(p.x, { returnRouting: true });
+      assert.equal(got.routing!.topkIds.data, want.routing!.topkIds.data, `${name} on ${backend}: routing`);
+      assertClose(got.output.data as Float32Array, want.output.data as Float32Array, tolFor('float32', 256), `${name} on ${backend}`);
+      dev.dispose();
+    }
+  }
 });
 
 q.run();
