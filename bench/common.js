@@ -28,7 +28,14 @@ const SHAPES = {
   tiny: { name: 'tiny', title: 'tiny layer (CI)', d: 128, f: 256, E: 8, k: 2 },
 };
 
-const DTYPES = { float32: { name: 'float32', short: 'f32', bytes: 4 }, bfloat16: { name: 'bfloat16', short: 'bf16', bytes: 2 } };
+// bytes: per weight (quantised formats: the block's bytes over its values, e.g. 4.5 bits for q4_k)
+const DTYPES = {
+  float32: { name: 'float32', short: 'f32', bytes: 4 },
+  bfloat16: { name: 'bfloat16', short: 'bf16', bytes: 2 },
+  q8_0: { name: 'q8_0', short: 'q8_0', bytes: 34 / 32, block: { values: 32, bytes: 34 } },
+  q4_0: { name: 'q4_0', short: 'q4_0', bytes: 18 / 32, block: { values: 32, bytes: 18 } },
+  q4_k: { name: 'q4_k', short: 'q4_k', bytes: 144 / 256, block: { values: 256, bytes: 144 } },
+};
 
 // ---- random weights ------------------------------------------------------------------------------
 // xorshift32 straight into the typed array: ~2 ns per value, values ~U(-1,1)·scale. On a fresh
@@ -75,7 +82,35 @@ const SLICE = 1 << 24; // values per generator call: progress ticks between slic
  * A [rows, cols] tensor of `dtype` with values ~U(-1,1)/sqrt(cols) (cols = fan-in), seeded.
  * `tick(fraction)` is called between slices of the fill.
  */
+// A quantised matrix: random bytes with every f16 scale field set to a small finite value (about
+// 2^-12 to 2^-10: values of the size of N(0, 1/cols) weights). The timing of the kernels does not
+// depend on the values, and generating blocks is ~100x faster than quantising random floats.
+function randomBlocks(dtype, rows, cols, seed, tick) {
+  const { values, bytes } = DTYPES[dtype].block;
+  if (cols % values) throw new Error(`randomMatrix: ${dtype} needs cols a multiple of ${values}, got ${cols}`);
+  const n = (rows * cols) / values;
+  const data = new Uint8Array(n * bytes);
+  const words = new Int32Array(data.buffer, 0, Math.floor(data.length / 4));
+  let s = seed | 0 || 0x2545f491;
+  for (let i = 0; i < words.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    words[i] = s;
+    if (tick && (i & 0xfffff) === 0) tick(i / words.length);
+  }
+  for (let b = 0; b < n; b++) {
+    const o = b * bytes;
+    const h = ((3 + (b & 1)) << 10) | (b & 0x3ff) | ((b & 2) << 14);  // an f16 in [2^-12, 2^-10)
+    data[o] = h & 0xff;  // d (q8_0, q4_0, q4_k), then q4_k's dmin
+    data[o + 1] = h >> 8;
+    if (dtype === 'q4_k') (data[o + 2] = h & 0xff), (data[o + 3] = h >> 8);
+  }
+  return { type: dtype, data, dims: [rows, cols] };
+}
+
 function randomMatrix(dtype, rows, cols, seed, tick) {
+  if (DTYPES[dtype] && DTYPES[dtype].block) return randomBlocks(dtype, rows, cols, seed, tick);
   const n = rows * cols;
   const scale = 1 / Math.sqrt(cols);
   if (dtype !== 'float32' && dtype !== 'bfloat16') throw new Error(`randomMatrix: unsupported dtype ${dtype}`);

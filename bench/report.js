@@ -12,6 +12,10 @@ const TARGETS = {
   decodeBandwidth: { T: 1, goal: 0.8 }, // MoE at T=1 reads its active experts at >= 80% of read bandwidth
   prefillCompute: { T: 512, goal: 0.7 }, // MoE at T=512 runs at >= 70% of the FMA peak
   sparsity: { T: 1, goal: 3.2 }, // MoE at T=1 >= 3.2x faster than the dense FFN of the same total parameters
+  // quantised experts (issue 12), against the float layers of the same run
+  quantVsF32: { T: 1, goal: { q4_k: 5, q4_0: 5, q8_0: 2.5 } }, // decode: f32 layer time / quantised layer time
+  quantVsBf16: { T: 1, goal: { q4_k: 2.5, q4_0: 2.5, q8_0: 1.4 } }, // decode: bf16 layer time / quantised
+  quantPrefill: { T: 512, goal: 0.9 }, // prefill: bf16 layer time / quantised layer time
 };
 
 // ---- number formatting ---------------------------------------------------------------------------
@@ -182,6 +186,15 @@ function evaluateTargets(opts, rows, peaks) {
     add('decodeBandwidth', bw.T, bw.goal, 'MoE share of the read bandwidth', (v, g) => `${short} T=${bw.T}: MoE reads its active experts at ${v} of the measured read bandwidth (goal >= ${g})`, (r) => r.bwFraction, pct, 'no bandwidth peak');
     add('prefillCompute', fc.T, fc.goal, 'MoE share of the FMA peak', (v, g) => `${short} T=${fc.T}: MoE runs at ${v} of the measured FMA peak (goal >= ${g})`, (r) => r.fmaFraction, pct, 'no FMA peak');
     add('sparsity', sp.T, sp.goal, 'MoE speed-up over dense-total', (v, g) => `${short} T=${sp.T}: MoE is ${v} faster than the dense FFN with the same total parameters (goal >= ${g})`, (r) => r.vsDenseTotal, ratio, 'dense-total was not run');
+    if (!DTYPES[dtype].block) continue;
+    const vs = (other, T) => (r) => {
+      const o = moe(other, T);
+      return o && !o.skipped && r.timeS ? o.timeS / r.timeS : null;
+    };
+    const { quantVsF32: qf, quantVsBf16: qb, quantPrefill: qp } = TARGETS;
+    add('quantVsF32', qf.T, qf.goal[dtype], 'speed-up over the f32 layer', (v, g) => `${short} T=${qf.T}: the ${short} MoE layer is ${v} faster than the f32 one (goal >= ${g})`, vs('float32', qf.T), ratio, 'float32 was not run');
+    add('quantVsBf16', qb.T, qb.goal[dtype], 'speed-up over the bf16 layer', (v, g) => `${short} T=${qb.T}: the ${short} MoE layer is ${v} faster than the bf16 one (goal >= ${g})`, vs('bfloat16', qb.T), ratio, 'bfloat16 was not run');
+    add('quantPrefill', qp.T, qp.goal, 'prefill speed relative to bf16', (v, g) => `${short} T=${qp.T}: the ${short} MoE layer runs at ${v} of the bf16 layer's speed (goal >= ${g})`, vs('bfloat16', qp.T), ratio, 'bfloat16 was not run');
   }
   return out;
 }

@@ -8,10 +8,11 @@
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
-import { availableBackends, MixtralModel, MoeLayer, parseMixtralConfig, tensor, type DecoderLayerWeights, type MoeLayerOptions, type QuantType } from '../lib/index';
+import * as path from 'node:path';
+import { availableBackends, estimateMemory, formatBytes, MixtralModel, MoeLayer, parseMixtralConfig, tensor, type DecoderLayerWeights, type MoeLayerOptions, type QuantType } from '../lib/index';
 import { makeQuantProblem } from './helpers/quant-problems';
 import { assertClose, randn, tolFor } from './helpers/reference';
-import { makeModelWeights, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
+import { makeModelWeights, mixtral8x7bRaw, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
 import { randomWeights } from './helpers/quant-reference';
 
 // d and f whole k-quant super-blocks; heads of 64 (the device attention's sizes)
@@ -139,6 +140,15 @@ q('routing variants and shared experts with quantised experts: each device backe
       dev.dispose();
     }
   }
+});
+
+q("the README's Mixtral-8x7B table per format matches estimateMemory", () => {
+  const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8').split('\n');
+  const c = parseMixtralConfig(mixtral8x7bRaw());
+  const formats = [undefined, 'q8_0', 'q6_k', 'q5_k', 'q4_k', 'q4_0'] as const;
+  const row = (prefix: string) => readme.find((l) => l.startsWith(prefix))!.split('|').slice(2, 8).map((x) => x.trim());
+  assert.equal(row('| experts quantised'), formats.map((q) => formatBytes(estimateMemory(c, { quantize: q }).weightsBytes)));
+  assert.equal(row('| and every linear'), formats.map((q) => formatBytes(estimateMemory(c, { quantize: q, quantizeLinear: q }).weightsBytes)));
 });
 
 q.run();
