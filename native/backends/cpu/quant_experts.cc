@@ -17,6 +17,7 @@
 // count; they do depend on which path ran (within the bf16 tolerance of each other).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -31,6 +32,16 @@ namespace cpu {
 namespace {
 
 constexpr int64_t kDecodeTokens = 8;  // T at or below this takes the integer-dot path
+
+// kDecodeTokens, or MOE_CPU_QUANT_DECODE_TOKENS (read once): the bench sets it high to measure the
+// integer-dot path at prefill sizes against the dequantised panels.
+int64_t decode_tokens() {
+  static const int64_t v = [] {
+    const char* s = std::getenv("MOE_CPU_QUANT_DECODE_TOKENS");
+    return s && *s ? std::max<int64_t>(0, std::atoll(s)) : kDecodeTokens;
+  }();
+  return v;
+}
 constexpr int64_t kRowsPerTask1 = 32;  // GEMM1 hidden units per decode task
 constexpr int64_t kRowsPerTask2 = 64;  // GEMM2 output columns per decode task
 constexpr int kTokTile = 8;            // activation rows per decode tile (<= kDecodeTokens * top_k is typical)
@@ -213,7 +224,7 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   const QuantKernels& qk = quant_kernels();
   std::vector<float> h(size_t(R) * size_t(f));
 
-  if (T <= kDecodeTokens) {
+  if (T <= decode_tokens()) {
     std::vector<uint8_t> act1(size_t(R) * act_row_bytes(wt, d)), act2(size_t(R) * act_row_bytes(wt2, f));
     quantize_rows_act(qk, wt, x, d, sorted_rows, R, act1.data());
     // GEMM1 + SwiGLU: tasks of kRowsPerTask1 hidden units of one expert
@@ -307,7 +318,7 @@ Status quant_linear(const float* x, int64_t T, const PackedLinear& pw, const Ten
   const QuantKernels& qk = quant_kernels();
   const float* b = w->has_bias ? w->bias.data() : nullptr;
   auto store = [&](int64_t t, int64_t j, float v) { store_from_f32(y.data, y.dtype, size_t(t * n + j), b ? v + b[j] : v); };
-  if (T <= kDecodeTokens) {
+  if (T <= decode_tokens()) {
     std::vector<uint8_t> act(size_t(T) * act_row_bytes(wt, in));
     quantize_rows_act(qk, wt, x, in, nullptr, T, act.data());
     const int64_t chunks = ceil_div(n, kRowsPerTask2);

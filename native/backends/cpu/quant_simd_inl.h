@@ -117,8 +117,16 @@ float dot_qk45(int64_t nb, const void* wv, const void* av) {
       const auto& w = static_cast<const BlockQ4_K*>(wv)[b];
       scales = w.scales, qs = w.qs, dh = w.d, dminh = w.dmin;
     }
-    uint8_t sc[8], mn[8];
-    for (int j = 0; j < 8; ++j) scale_min_k4(j, scales, &sc[j], &mn[j]);
+    // the eight 6-bit scales and mins, four per 32-bit word (scale_min_k4 on whole words):
+    // with scales[0..11] as words wa, wb, wc: sc[0..3] = wa & 63, m[0..3] = wb & 63,
+    // sc[4..7] = (wc & 15) | (wa >> 6) << 4, m[4..7] = (wc >> 4) | (wb >> 6) << 4, per byte
+    uint32_t wa, wb, wc;
+    std::memcpy(&wa, scales, 4), std::memcpy(&wb, scales + 4, 4), std::memcpy(&wc, scales + 8, 4);
+    const uint32_t words[4] = {wa & 0x3f3f3f3fu, (wc & 0x0f0f0f0fu) | ((wa >> 2) & 0x30303030u), wb & 0x3f3f3f3fu,
+                               ((wc >> 4) & 0x0f0f0f0fu) | ((wb >> 2) & 0x30303030u)};
+    uint8_t sm[16];  // sc[0..7], then m[0..7]
+    std::memcpy(sm, words, 16);
+    const uint8_t* sc = sm;
     __m256i sumi = _mm256_setzero_si256();
     __m256i hb = kFive ? load32(qh) : _mm256_setzero_si256();
     const int8_t* y = a[b].q;
@@ -133,8 +141,14 @@ float dot_qk45(int64_t nb, const void* wv, const void* av) {
       sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load32(y), sc[2 * j]));
       sumi = _mm256_add_epi32(sumi, scaled_dot(hi, load32(y + 32), sc[2 * j + 1]));
     }
-    int32_t summ = 0;
-    for (int j = 0; j < 8; ++j) summ += int32_t(mn[j]) * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+    // sum_j m_j * (bsums[2j] + bsums[2j+1]): pairwise sums of the 16 bsums against the 8 mins
+    const __m128i bs0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[b].bsums));
+    const __m128i bs1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[b].bsums + 8));
+    const __m128i mins16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
+    __m128i pm = _mm_madd_epi16(_mm_hadd_epi16(bs0, bs1), mins16);
+    pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0x4E));
+    pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0xB1));
+    const int32_t summ = _mm_cvtsi128_si32(pm);
     const float d = half(dh) * a[b].d, dmin = half(dminh) * a[b].d;
     acc += d * float(hsum_epi32(sumi)) - dmin * float(summ);
   }
