@@ -100,28 +100,26 @@ void dequant_panel(const QuantKernels& k, DType wt, const uint8_t* const* rows, 
   const int64_t qk = quant_block_elems(wt);
   const size_t bb = quant_block_bytes(wt);
   for (int j = 0; j < nrows; ++j) k.dequant[quant_index(wt)](rows[j] + size_t(k0 / qk) * bb, kc / qk, tmp + size_t(j) * kKChunk);
-  for (int64_t kk = 0; kk < kc; ++kk) {
-    float* dst = panel + size_t(kk) * kNR;
-    for (int j = 0; j < nrows; ++j) dst[j] = tmp[size_t(j) * kKChunk + size_t(kk)];
-    for (int j = nrows; j < kNR; ++j) dst[j] = 0.f;
-  }
+  static_assert(kNR == 16, "to_panel writes panels of 16 columns");
+  k.to_panel(tmp, size_t(kKChunk), nrows, kc, panel);
 }
 
 // A GEMM over row groups (experts) whose B panels are made on the fly: for every task (group,
 // block of micro-panels, panel p), `rows_of(e, p, ptrs)` names the kNR weight rows of panel p
 // (returns how many are valid), and `epilogue(e, mp_global_index, rows, p, tile)` takes each tile.
+constexpr size_t kPanelThreadFloats = size_t(kMaxMicroPanelsPerBlock) * kTileFloats + size_t(kKChunk) * kNR * 2;
+
+// scratch: kPanelThreadFloats per pool thread (uninitialised).
 template <class RowsOf, class Epilogue>
 void panel_phase(const QuantKernels& qk, DType wt, int64_t K, const float* a, const RowLayout& L, int64_t panels,
-                 const RowsOf& rows_of, const Epilogue& epilogue) {
+                 float* scratch, const RowsOf& rows_of, const Epilogue& epilogue) {
   const GemmKernels& gk = kernels();
   const MicroKernel micro = gk.micro[kWF32];
   const std::vector<Task> tasks = make_tasks(L, panels, int64_t(K) * kNR * 4);
-  const int nthreads = ComputePool::instance().num_threads();
-  const size_t per_thread = size_t(kMaxMicroPanelsPerBlock) * kTileFloats + size_t(kKChunk) * kNR * 2;
-  std::vector<float> scratch(per_thread * size_t(nthreads));
+  const size_t per_thread = kPanelThreadFloats;
   parallel_for(int64_t(tasks.size()), [&](int64_t ti, int thread) {
     const Task& t = tasks[size_t(ti)];
-    float* tiles = scratch.data() + per_thread * size_t(thread);
+    float* tiles = scratch + per_thread * size_t(thread);
     float* tmp = tiles + size_t(kMaxMicroPanelsPerBlock) * kTileFloats;
     float* panel = tmp + size_t(kKChunk) * kNR;
     const float* a0 = a + size_t(L.mp_base[size_t(t.e)] + t.mp0) * size_t(K) * kMR;
@@ -235,16 +233,15 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
       const int64_t r0 = expert_offsets[e], nr = expert_offsets[e + 1] - r0;
       if (nr == 0) return;
       const uint8_t* a = act1.data() + size_t(r0) * act_row_bytes(wt, d);
-      float g[kRowsPerTask1 * kTokTile], u[kRowsPerTask1 * kTokTile];
+      // the interleaved W1/W3 rows of the chunk in one stream: gu[2j] = gate, gu[2j+1] = up
+      float gu[2 * kRowsPerTask1 * kTokTile];
       for (int64_t c0 = 0; c0 < nr; c0 += kTokTile) {
         const int64_t nc = std::min<int64_t>(kTokTile, nr - c0);
         const uint8_t* ac = a + size_t(c0) * act_row_bytes(wt, d);
-        const uint8_t* w13 = w->w13(e) + size_t(2 * j0) * w->row1;
-        dot_rows(qk, wt, d, w13, 2 * w->row1, nj, ac, nc, g, kTokTile);
-        dot_rows(qk, wt, d, w13 + w->row1, 2 * w->row1, nj, ac, nc, u, kTokTile);
+        dot_rows(qk, wt, d, w->w13(e) + size_t(2 * j0) * w->row1, w->row1, 2 * nj, ac, nc, gu, kTokTile);
         for (int64_t c = 0; c < nc; ++c)
           for (int64_t j = 0; j < nj; ++j)
-            h[size_t(r0 + c0 + c) * size_t(f) + size_t(j0 + j)] = silu_mul(g[j * kTokTile + c], u[j * kTokTile + c]);
+            h[size_t(r0 + c0 + c) * size_t(f) + size_t(j0 + j)] = silu_mul(gu[2 * j * kTokTile + c], gu[(2 * j + 1) * kTokTile + c]);
       }
     });
     quantize_rows_act(qk, wt2, h.data(), f, nullptr, R, act2.data());
@@ -270,11 +267,18 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   // prefill: gathered micro-panels, GEMM1 panels of kGateCols W1 rows + the same W3 rows
   const RowLayout L = make_row_layout(expert_offsets, E);
   const int64_t n_mp = L.mp_base[size_t(E)];
-  std::vector<float> a1(size_t(n_mp) * size_t(d) * kMR), hp(size_t(n_mp) * size_t(f) * kMR);
-  gather_micro_panels(x, d, sorted_rows, expert_offsets, L, a1.data());
+  // the calling thread's reused scratch (no page faults per call): A1, H, per-thread tiles and panels
+  const size_t a1_floats = round_up_floats(size_t(n_mp) * size_t(d) * kMR), hp_floats = round_up_floats(size_t(n_mp) * size_t(f) * kMR);
+  AlignedBuffer& buf = thread_scratch();
+  if (!buf.reserve((a1_floats + hp_floats + kPanelThreadFloats * size_t(ComputePool::instance().num_threads())) * sizeof(float)))
+    return Status::oom("grouped_gemm: cannot allocate the activation scratch");
+  float* a1 = buf.as<float>();
+  float* hp = a1 + a1_floats;
+  float* scratch = hp + hp_floats;
+  gather_micro_panels(x, d, sorted_rows, expert_offsets, L, a1);
   const GemmKernels& gk = kernels();
   panel_phase(
-      qk, wt, d, a1.data(), L, ceil_div(f, kGateCols),
+      qk, wt, d, a1, L, ceil_div(f, kGateCols), scratch,
       [&](int e, int64_t p, const uint8_t** rows) {
         const int64_t j0 = p * kGateCols;
         const int n = int(std::min<int64_t>(kGateCols, f - j0));
@@ -290,12 +294,12 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
         float hm[kGateCols * kMR];
         gk.swiglu(rows, tile, hm);
         const int64_t j0 = p * kGateCols, n = std::min<int64_t>(kGateCols, f - j0);
-        float* dst = hp.data() + size_t(L.mp_base[size_t(e)] + mp) * size_t(f) * kMR;
+        float* dst = hp + size_t(L.mp_base[size_t(e)] + mp) * size_t(f) * kMR;
         for (int64_t j = 0; j < n; ++j)
           for (int i = 0; i < kMR; ++i) dst[size_t(j0 + j) * kMR + size_t(i)] = i < rows ? hm[j * kMR + i] : 0.f;
       });
   panel_phase(
-      qk, wt2, f, hp.data(), L, ceil_div(d, kNR),
+      qk, wt2, f, hp, L, ceil_div(d, kNR), scratch,
       [&](int e, int64_t p, const uint8_t** rows) {
         const int64_t i0 = p * kNR;
         const int n = int(std::min<int64_t>(kNR, d - i0));
@@ -307,6 +311,7 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
         const size_t nc = size_t(std::min<int64_t>(kNR, d - c0));
         for (int i = 0; i < rows; ++i) std::memcpy(y + size_t(r0 + i) * size_t(d) + size_t(c0), tile + size_t(i) * kNR, nc * sizeof(float));
       });
+  if (buf.size() > kKeepScratchBytes) buf.release();
   return Status::ok();
 }
 
@@ -337,10 +342,14 @@ Status quant_linear(const float* x, int64_t T, const PackedLinear& pw, const Ten
   }
   const int32_t offsets[2] = {0, int32_t(T)};
   const RowLayout L = make_row_layout(offsets, 1);
-  std::vector<float> a(size_t(L.mp_base[1]) * size_t(in) * kMR);
-  gather_micro_panels(x, in, nullptr, offsets, L, a.data());
+  const size_t a_floats = round_up_floats(size_t(L.mp_base[1]) * size_t(in) * kMR);
+  AlignedBuffer& buf = thread_scratch();
+  if (!buf.reserve((a_floats + kPanelThreadFloats * size_t(ComputePool::instance().num_threads())) * sizeof(float)))
+    return Status::oom("linear: cannot allocate the activation scratch");
+  float* a = buf.as<float>();
+  gather_micro_panels(x, in, nullptr, offsets, L, a);
   panel_phase(
-      qk, wt, in, a.data(), L, ceil_div(n, kNR),
+      qk, wt, in, a, L, ceil_div(n, kNR), a + a_floats,
       [&](int, int64_t p, const uint8_t** rows) {
         const int64_t j0 = p * kNR;
         const int cnt = int(std::min<int64_t>(kNR, n - j0));
@@ -352,6 +361,7 @@ Status quant_linear(const float* x, int64_t T, const PackedLinear& pw, const Ten
         for (int i = 0; i < rows; ++i)
           for (int64_t j = 0; j < cnt; ++j) store(mp * kMR + i, j0 + j, tile[size_t(i) * kNR + size_t(j)]);
       });
+  if (buf.size() > kKeepScratchBytes) buf.release();
   return Status::ok();
 }
 

@@ -60,6 +60,9 @@ struct QuantKernels {
   QuantDotTile tile[kNumQuant];
   // out[0, nb * block) = the values of nb consecutive blocks (ggml's up to rounding: may fuse).
   void (*dequant[kNumQuant])(const void* blocks, int64_t nb, float* out);
+  // panel[k * 16 + j] = rows[j * row_stride + k] for j < nrows, k < kc (rows past nrows: 0): the
+  // transpose of 16 dequantised rows into the f32 micro-kernel's panel layout (gemm_kernels.h).
+  void (*to_panel)(const float* rows, size_t row_stride, int nrows, int64_t kc, float* panel);
   // x [n] f32 -> n/32 ActQ8_32 or n/256 ActQ8_256 blocks.
   void (*quantize_act32)(const float* x, int64_t n, ActQ8_32* out);
   void (*quantize_act256)(const float* x, int64_t n, ActQ8_256* out);
@@ -88,6 +91,14 @@ void dequant_reference(const void* blocks, int64_t nb, float* out) {
 #define MOE_QUANT_REFERENCE_DEQUANT                                                                     \
   {dequant_reference<DType::kQ8_0>, dequant_reference<DType::kQ4_0>, dequant_reference<DType::kQ4_K>, \
    dequant_reference<DType::kQ5_K>, dequant_reference<DType::kQ6_K>}
+
+inline void to_panel_scalar(const float* rows, size_t row_stride, int nrows, int64_t kc, float* panel) {
+  for (int64_t k = 0; k < kc; ++k) {
+    float* dst = panel + size_t(k) * 16;
+    for (int j = 0; j < nrows; ++j) dst[j] = rows[size_t(j) * row_stride + size_t(k)];
+    for (int j = nrows; j < 16; ++j) dst[j] = 0.f;
+  }
+}
 
 // Shared by every table: the generic tile over a dot (row outer, columns inner).
 template <QuantDot Dot>

@@ -151,6 +151,7 @@ const QuantKernels& portable_quant_kernels() {
       {dot_q8_0, dot_q4_0, dot_qk45<false>, dot_qk45<true>, dot_q6_k},
       {dot_tile<dot_q8_0>, dot_tile<dot_q4_0>, dot_tile<dot_qk45<false>>, dot_tile<dot_qk45<true>>, dot_tile<dot_q6_k>},
       MOE_QUANT_REFERENCE_DEQUANT,
+      to_panel_scalar,
       quantize_act32,
       quantize_act256,
       "portable",
@@ -196,8 +197,10 @@ const QuantKernels& quant_kernels() {
       if (s == "avx2" && a.avx2) return &avx2_quant_kernels();
       if (s == "portable") return &portable_quant_kernels();
     }
-    if (a.avx512vnni) return &avx512vnni_quant_kernels();
+    // AVX-VNNI before AVX512-VNNI: both run on 256-bit vectors here, and the VEX form measured
+    // faster on Zen 5 (8.5 vs 10 ns per q4_k super-block); AVX512-VNNI serves CPUs without AVX-VNNI
     if (a.avxvnni) return &avxvnni_quant_kernels();
+    if (a.avx512vnni) return &avx512vnni_quant_kernels();
     if (a.avx2) return &avx2_quant_kernels();
     return &portable_quant_kernels();
   }();

@@ -242,6 +242,33 @@ void dequant_q4_k(const void* bv, int64_t nb, float* out) {
   }
 }
 
+// 8x8 f32 transpose: dst[c * dstride + r] = src[r * sstride + c]
+inline void transpose8(const float* src, size_t ss, float* dst, size_t ds) {
+  __m256 r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + size_t(i) * ss);
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int h = 0; h < 2; ++h) {  // rows 0-3 (h = 0) and 4-7 (h = 1)
+    const __m256 a = t[4 * h], b = t[4 * h + 1], c = t[4 * h + 2], d = t[4 * h + 3];
+    u[4 * h + 0] = _mm256_shuffle_ps(a, c, 0x44);
+    u[4 * h + 1] = _mm256_shuffle_ps(a, c, 0xEE);
+    u[4 * h + 2] = _mm256_shuffle_ps(b, d, 0x44);
+    u[4 * h + 3] = _mm256_shuffle_ps(b, d, 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + size_t(i) * ds, _mm256_permute2f128_ps(u[i], u[4 + i], 0x20));
+    _mm256_storeu_ps(dst + size_t(4 + i) * ds, _mm256_permute2f128_ps(u[i], u[4 + i], 0x31));
+  }
+}
+
+void to_panel(const float* rows, size_t row_stride, int nrows, int64_t kc, float* panel) {
+  if (nrows != 16 || kc % 8) return to_panel_scalar(rows, row_stride, nrows, kc, panel);
+  for (int64_t k0 = 0; k0 < kc; k0 += 8)
+    for (int j0 = 0; j0 < 16; j0 += 8) transpose8(rows + size_t(j0) * row_stride + size_t(k0), row_stride, panel + size_t(k0) * 16 + j0, 16);
+}
+
 }  // namespace
 
 const QuantKernels& MOE_QUANT_TABLE() {
@@ -250,6 +277,7 @@ const QuantKernels& MOE_QUANT_TABLE() {
       {dot_tile<dot_b32<false>>, dot_tile<dot_b32<true>>, dot_tile<dot_qk45<false>>, dot_tile<dot_qk45<true>>,
        dot_tile<dot_q6_k>},
       {dequant_q8_0, dequant_q4_0, dequant_q4_k, dequant_reference<DType::kQ5_K>, dequant_reference<DType::kQ6_K>},
+      to_panel,
       quantize_act32_portable,
       quantize_act256_portable,
       MOE_QUANT_NAME,
