@@ -25,7 +25,7 @@ const SHAPES = {
   // The real Mixtral 8x7B layer: 5.6 GB of f32 expert weights.
   mixtral: { name: 'mixtral', title: 'Mixtral 8x7B layer', d: 4096, f: 14336, E: 8, k: 2 },
   // A toy layer for CI: the bench must keep working, its figures mean nothing.
-  tiny: { name: 'tiny', title: 'tiny layer (CI)', d: 128, f: 256, E: 8, k: 2 },
+  tiny: { name: 'tiny', title: 'tiny layer (CI)', d: 256, f: 256, E: 8, k: 2 },
 };
 
 // bytes: per weight (quantised formats: the block's bytes over its values, e.g. 4.5 bits for q4_k)

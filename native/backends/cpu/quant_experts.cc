@@ -72,13 +72,18 @@ struct QuantPackedLinear final : PackedLinear {
 void quantize_rows_act(const QuantKernels& k, DType wt, const float* x, int64_t n, const int32_t* sorted_rows, int64_t R,
                        uint8_t* act) {
   const size_t ab = act_row_bytes(wt, n);
-  parallel_for(R, [&](int64_t r, int) {
+  auto row = [&](int64_t r, int) {
     const float* src = x + size_t(sorted_rows ? sorted_rows[r] : r) * size_t(n);
     if (act_is_256(wt))
       k.quantize_act256(src, n, reinterpret_cast<ActQ8_256*>(act + size_t(r) * ab));
     else
       k.quantize_act32(src, n, reinterpret_cast<ActQ8_32*>(act + size_t(r) * ab));
-  });
+  };
+  constexpr int64_t kSerialValues = 1 << 16;  // below this, waking the pool costs more than the work
+  if (R * n <= kSerialValues)
+    for (int64_t r = 0; r < R; ++r) row(r, 0);
+  else
+    parallel_for(R, row);
 }
 
 // out[r * out_stride + c] = dot(w row r0 + r, act row c) for rows [r0, r1) (rows row_stride bytes
@@ -225,10 +230,15 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
   if (T <= decode_tokens()) {
     std::vector<uint8_t> act1(size_t(R) * act_row_bytes(wt, d)), act2(size_t(R) * act_row_bytes(wt2, f));
     quantize_rows_act(qk, wt, x, d, sorted_rows, R, act1.data());
+    // the experts that have rows: tasks only for them
+    std::vector<int> active;
+    for (int e = 0; e < E; ++e)
+      if (expert_offsets[e + 1] > expert_offsets[e]) active.push_back(e);
+    const int64_t EA = int64_t(active.size());
     // GEMM1 + SwiGLU: tasks of kRowsPerTask1 hidden units of one expert
     const int64_t c1 = ceil_div(f, kRowsPerTask1);
-    parallel_for(c1 * E, [&](int64_t task, int) {
-      const int e = int(task / c1);
+    parallel_for(c1 * EA, [&](int64_t task, int) {
+      const int e = active[size_t(task / c1)];
       const int64_t j0 = (task % c1) * kRowsPerTask1, nj = std::min(kRowsPerTask1, f - j0);
       const int64_t r0 = expert_offsets[e], nr = expert_offsets[e + 1] - r0;
       if (nr == 0) return;
@@ -247,8 +257,8 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
     quantize_rows_act(qk, wt2, h.data(), f, nullptr, R, act2.data());
     // GEMM2: tasks of kRowsPerTask2 output columns of one expert
     const int64_t c2 = ceil_div(d, kRowsPerTask2);
-    parallel_for(c2 * E, [&](int64_t task, int) {
-      const int e = int(task / c2);
+    parallel_for(c2 * EA, [&](int64_t task, int) {
+      const int e = active[size_t(task / c2)];
       const int64_t i0 = (task % c2) * kRowsPerTask2, ni = std::min(kRowsPerTask2, d - i0);
       const int64_t r0 = expert_offsets[e], nr = expert_offsets[e + 1] - r0;
       if (nr == 0) return;
