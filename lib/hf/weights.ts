@@ -603,7 +603,7 @@ export function decoderLayerTensors(modelType: ModelType, layer: DecoderLayerWei
   const sp = SHARED_PREFIX[modelType];
   if (sharedExperts) {
     if (sp === undefined) throw typeError(`${modelType} layers have no shared experts`);
-    for (const m of MATS) out[`${p}.mlp.${sp}.${PROJ[m]}.weight`] = sharedExperts[m];
+    for (const m of MATS) out[`${p}.mlp.${sp}.${PROJ[m]}.weight`] = sharedExperts[m] as Tensor;  // checkpoints hold float tensors
     if (sharedExperts.gate) out[`${p}.mlp.${sp}_gate.weight`] = sharedExperts.gate;
   }
   return out;

@@ -76,7 +76,7 @@ class DenseBlockFfn implements BlockFfn {
 /** The tokens-per-expert of a dense layer where a tensor is expected: no experts, [0]. */
 export const NO_EXPERTS: Tensor<'int32'> = zeros('int32', [0]);
 
-const dimsOf = (t: Tensor | undefined) => `[${t?.dims?.join(',') ?? ''}]`;
+const dimsOf = (t: { dims?: readonly number[] } | undefined) => `[${t?.dims?.join(',') ?? ''}]`;
 
 /**
  * Packs layer `index`'s FFN from its weights (`weights.moe` for an MoE layer, `weights.mlp` for a

@@ -25,12 +25,12 @@ export interface MoeLayerWeights extends ExpertWeightsInit {
  * their w1/w3 rows and their w2 columns (DeepSeek-MoE stores them that way already).
  */
 export interface SharedExpertsWeights {
-  /** Gate projection [f_shared,d] (`mlp.shared_expert.gate_proj.weight`). */
-  w1: Tensor;
+  /** Gate projection [f_shared,d] (`mlp.shared_expert.gate_proj.weight`); float or quantised like the experts. */
+  w1: WeightTensor;
   /** Up projection [f_shared,d]. */
-  w3: Tensor;
+  w3: WeightTensor;
   /** Down projection [d,f_shared]. */
-  w2: Tensor;
+  w2: WeightTensor;
   /**
    * Optional sigmoid gate [1,d] (Qwen2-MoE's `mlp.shared_expert_gate.weight`):
    * out = moe(x) + sigmoid(x·gᵀ)·shared(x). Without it out = moe(x) + shared(x).
