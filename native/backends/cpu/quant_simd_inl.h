@@ -93,13 +93,23 @@ float dot_b32(int64_t nb, const void* wv, const void* av) {
   return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-// Unsigned values u (32 bytes) . activations, times a per-sub-block scale: 8 int32 lanes.
-inline __m256i scaled_dot(__m256i u, __m256i s, int scale) {
-#if MOE_QUANT_DPBUSD
-  return _mm256_mullo_epi32(dot_u8s8(_mm256_setzero_si256(), u, s), _mm256_set1_epi32(scale));
-#else
-  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(int16_t(scale)));
-#endif
+// Unsigned values u (32 bytes, <= 31) . activations, times a per-sub-block scale given as int16 in
+// every lane (scale16): vpmaddubsw then vpmaddwd, 8 int32 lanes. (With VNNI, vpdpbusd would need a
+// vpmulld for the scale: two instructions either way, and this form measured faster.)
+inline __m256i scaled_dot(__m256i u, __m256i s, __m256i scale16) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale16);
+}
+
+// Byte-shuffle masks that broadcast int16 element j of a 128-bit lane to the whole lane.
+alignas(32) constexpr uint8_t kBroadcast16[8][32] = {
+#define MOE_B16(j) {2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
+                    2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
+                    2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1}
+    MOE_B16(0), MOE_B16(1), MOE_B16(2), MOE_B16(3), MOE_B16(4), MOE_B16(5), MOE_B16(6), MOE_B16(7)
+#undef MOE_B16
+};
+inline __m256i scale_of(__m256i s16, int j) {
+  return _mm256_shuffle_epi8(s16, _mm256_load_si256(reinterpret_cast<const __m256i*>(kBroadcast16[j])));
 }
 
 template <bool kFive>
@@ -126,7 +136,8 @@ float dot_qk45(int64_t nb, const void* wv, const void* av) {
                                ((wc >> 4) & 0x0f0f0f0fu) | ((wb >> 2) & 0x30303030u)};
     uint8_t sm[16];  // sc[0..7], then m[0..7]
     std::memcpy(sm, words, 16);
-    const uint8_t* sc = sm;
+    // the eight scales as int16, in both 128-bit lanes
+    const __m256i s16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
     __m256i sumi = _mm256_setzero_si256();
     __m256i hb = kFive ? load32(qh) : _mm256_setzero_si256();
     const int8_t* y = a[b].q;
@@ -138,8 +149,8 @@ float dot_qk45(int64_t nb, const void* wv, const void* av) {
         hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 1), one), 4));
         hb = _mm256_srli_epi16(hb, 2);
       }
-      sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load32(y), sc[2 * j]));
-      sumi = _mm256_add_epi32(sumi, scaled_dot(hi, load32(y + 32), sc[2 * j + 1]));
+      sumi = _mm256_add_epi32(sumi, scaled_dot(lo, load32(y), scale_of(s16, 2 * j)));
+      sumi = _mm256_add_epi32(sumi, scaled_dot(hi, load32(y + 32), scale_of(s16, 2 * j + 1)));
     }
     // sum_j m_j * (bsums[2j] + bsums[2j+1]): pairwise sums of the 16 bsums against the 8 mins
     const __m128i bs0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[b].bsums));
@@ -154,6 +165,65 @@ float dot_qk45(int64_t nb, const void* wv, const void* av) {
   }
   return acc;
 }
+
+#if MOE_QUANT_DPBUSD == 2
+// q4_k on 64-byte vectors (AVX512BW): two 64-value groups per step. Step p covers qs[64p, 64p + 64):
+// its low nibbles are sub-blocks 4p (bytes 0-31) and 4p + 2 (bytes 32-63), its high nibbles 4p + 1
+// and 4p + 3, whose activations are two 32-byte runs each. The same integer sums as the 256-bit
+// form, the same float steps: the portable table's bits.
+alignas(64) constexpr uint8_t kBroadcast16x2[4][64] = {
+#define MOE_H(j) 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, 2 * j, 2 * j + 1, \
+                 2 * j, 2 * j + 1, 2 * j, 2 * j + 1
+#define MOE_B(a, b) {MOE_H(a), MOE_H(a), MOE_H(b), MOE_H(b)}
+    MOE_B(0, 2), MOE_B(1, 3), MOE_B(4, 6), MOE_B(5, 7)
+#undef MOE_B
+#undef MOE_H
+};
+
+inline __m512i pair32(const int8_t* a, const int8_t* b) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(load32(a)), load32(b), 1);
+}
+
+float dot_q4_k_512(int64_t nb, const void* wv, const void* av) {
+  const auto* a = static_cast<const ActQ8_256*>(av);
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  float acc = 0.f;
+  for (int64_t b = 0; b < nb; ++b) {
+    const auto& w = static_cast<const BlockQ4_K*>(wv)[b];
+    uint32_t wa, wb, wc;
+    std::memcpy(&wa, w.scales, 4), std::memcpy(&wb, w.scales + 4, 4), std::memcpy(&wc, w.scales + 8, 4);
+    const uint32_t words[4] = {wa & 0x3f3f3f3fu, (wc & 0x0f0f0f0fu) | ((wa >> 2) & 0x30303030u), wb & 0x3f3f3f3fu,
+                               ((wc >> 4) & 0x0f0f0f0fu) | ((wb >> 2) & 0x30303030u)};
+    uint8_t sm[16];
+    std::memcpy(sm, words, 16);
+    const __m512i s16 = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
+    const int8_t* y = a[b].q;
+    __m512i sumi = _mm512_setzero_si512();
+    for (int p = 0; p < 2; ++p, y += 128) {
+      const __m512i q = _mm512_loadu_si512(w.qs + 64 * p);
+      const __m512i lo = _mm512_and_si512(q, m4), hi = _mm512_and_si512(_mm512_srli_epi16(q, 4), m4);
+      const __m512i slo = _mm512_shuffle_epi8(s16, _mm512_load_si512(kBroadcast16x2[2 * p]));
+      const __m512i shi = _mm512_shuffle_epi8(s16, _mm512_load_si512(kBroadcast16x2[2 * p + 1]));
+      sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(lo, pair32(y, y + 64)), slo));
+      sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(_mm512_maddubs_epi16(hi, pair32(y + 32, y + 96)), shi));
+    }
+    const __m128i bs0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[b].bsums));
+    const __m128i bs1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(a[b].bsums + 8));
+    const __m128i mins16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm + 8)));
+    __m128i pm = _mm_madd_epi16(_mm_hadd_epi16(bs0, bs1), mins16);
+    pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0x4E));
+    pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0xB1));
+    const int32_t summ = _mm_cvtsi128_si32(pm);
+    const __m256i s256 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
+    const float d = half(w.d) * a[b].d, dmin = half(w.dmin) * a[b].d;
+    acc += d * float(hsum_epi32(s256)) - dmin * float(summ);
+  }
+  return acc;
+}
+#define MOE_DOT_Q4_K dot_q4_k_512
+#else
+#define MOE_DOT_Q4_K dot_qk45<false>
+#endif
 
 float dot_q6_k(int64_t nb, const void* wv, const void* av) {
   const auto* w = static_cast<const BlockQ6_K*>(wv);
@@ -273,8 +343,8 @@ void to_panel(const float* rows, size_t row_stride, int nrows, int64_t kc, float
 
 const QuantKernels& MOE_QUANT_TABLE() {
   static const QuantKernels k = {
-      {dot_b32<false>, dot_b32<true>, dot_qk45<false>, dot_qk45<true>, dot_q6_k},
-      {dot_tile<dot_b32<false>>, dot_tile<dot_b32<true>>, dot_tile<dot_qk45<false>>, dot_tile<dot_qk45<true>>,
+      {dot_b32<false>, dot_b32<true>, MOE_DOT_Q4_K, dot_qk45<true>, dot_q6_k},
+      {dot_tile<dot_b32<false>>, dot_tile<dot_b32<true>>, dot_tile<MOE_DOT_Q4_K>, dot_tile<dot_qk45<true>>,
        dot_tile<dot_q6_k>},
       {dequant_q8_0, dequant_q4_0, dequant_q4_k, dequant_reference<DType::kQ5_K>, dequant_reference<DType::kQ6_K>},
       to_panel,
