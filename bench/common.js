@@ -83,8 +83,10 @@ const SLICE = 1 << 24; // values per generator call: progress ticks between slic
  * `tick(fraction)` is called between slices of the fill.
  */
 // A quantised matrix: random bytes with every f16 scale field set to a small finite value (about
-// 2^-12 to 2^-10: values of the size of N(0, 1/cols) weights). The timing of the kernels does not
-// depend on the values, and generating blocks is ~100x faster than quantising random floats.
+// 2^-12 to 2^-10: values of the size of N(0, 1/cols) weights), and for q4_k each sub-block's min
+// equal to its scale with dmin = 7.5 d, so that the values are centred on 0 as trained weights are
+// (biased weights would blow a model's activations up). The timing of the kernels does not depend
+// on the values, and generating blocks is ~100x faster than quantising random floats.
 function randomBlocks(dtype, rows, cols, seed, tick) {
   const { values, bytes } = DTYPES[dtype].block;
   if (cols % values) throw new Error(`randomMatrix: ${dtype} needs cols a multiple of ${values}, got ${cols}`);
@@ -99,12 +101,23 @@ function randomBlocks(dtype, rows, cols, seed, tick) {
     words[i] = s;
     if (tick && (i & 0xfffff) === 0) tick(i / words.length);
   }
+  // d's f16 exponent field per format, so that the values' RMS is about 1/32 (N(0, 1/1024))
+  const exp = { q8_0: 3, q4_0: 7, q4_k: 2 }[dtype];
   for (let b = 0; b < n; b++) {
     const o = b * bytes;
-    const h = ((3 + (b & 1)) << 10) | (b & 0x3ff) | ((b & 2) << 14);  // an f16 in [2^-12, 2^-10)
+    const h = ((exp + (b & 1)) << 10) | (b & 0x3ff);  // a positive f16 normal
     data[o] = h & 0xff;  // d (q8_0, q4_0, q4_k), then q4_k's dmin
     data[o + 1] = h >> 8;
-    if (dtype === 'q4_k') (data[o + 2] = h & 0xff), (data[o + 3] = h >> 8);
+    if (dtype === 'q4_k') {
+      const hm = h + (3 << 10);  // dmin = 8 d: with sc = m the values are d*sc*(q - 8), centred on 0
+      data[o + 2] = hm & 0xff;
+      data[o + 3] = (hm >> 8) & 0xff;
+      // scales[12] at o + 4: sc = m for every sub-block (scales[j] = scales[j + 4], equal nibbles in scales[8 + j])
+      for (let j = 0; j < 4; j++) {
+        data[o + 8 + j] = data[o + 4 + j];
+        data[o + 12 + j] = (data[o + 12 + j] & 15) * 17;
+      }
+    }
   }
   return { type: dtype, data, dims: [rows, cols] };
 }

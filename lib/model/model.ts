@@ -72,10 +72,20 @@ function activation(place: Place, dims: number[]): AnyTensor {
   return place.device ? DeviceTensor.zeros('float32', dims, { backend: place.backend }) : zeros('float32', dims);
 }
 
-/** A copy of a host tensor kept by a layer, on the place (on a device the upload is the copy). */
+/**
+ * A copy of a host tensor kept by a layer, on the place (on a device the upload is the copy). On the
+ * host the copy is an op's output (the embedding of every row), so that it lives in the package's
+ * own memory: async ops then read it in place, where a JS array would be copied by every call that
+ * reads it (the embedding table: a 65 MB copy, and its page faults, per decode step).
+ */
 async function keep(place: Place, t: Tensor): Promise<AnyTensor> {
   if (place.device) return DeviceTensor.from(t, { backend: place.backend });
-  return { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
+  const cols = t.dims[t.dims.length - 1] ?? 0, rows = cols ? t.data.length / cols : 0;
+  if (rows === 0 || rows > 2 ** 31 - 1) return { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
+  const ids = zeros('int32', [rows]);
+  for (let i = 0; i < rows; i++) ids.data[i] = i;
+  const copy = await embedding({ type: t.type, data: t.data, dims: [rows, cols] } as Tensor, ids, { outType: t.type as FloatType });
+  return { type: t.type, data: (copy as Tensor).data, dims: [...t.dims] } as Tensor;
 }
 
 const bytesOf = (t: AnyTensor) => (t instanceof DeviceTensor ? t.bytes : (t as Tensor).data.byteLength);
