@@ -54,6 +54,19 @@ inline int32_t hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(s);
 }
 
+// The k-quants' f32 steps, acc + ((d * sumi) - (dmin * summ)), each rounded on its own as in the
+// portable table: scalar SSE intrinsics, which the compiler does not fuse into an FMA whatever
+// -ffp-contract says (the node-gyp build compiles these files without -ffp-contract=off).
+inline float kq_step(float acc, float d, int32_t sumi, float dmin, int32_t summ) {
+  const __m128 p = _mm_mul_ss(_mm_set_ss(d), _mm_set_ss(float(sumi)));
+  const __m128 m = _mm_mul_ss(_mm_set_ss(dmin), _mm_set_ss(float(summ)));
+  return _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(acc), _mm_sub_ss(p, m)));
+}
+// acc + (s * v), the product rounded first (q6_k)
+inline float kq_step6(float acc, float s, int32_t v) {
+  return _mm_cvtss_f32(_mm_add_ss(_mm_set_ss(acc), _mm_mul_ss(_mm_set_ss(s), _mm_set_ss(float(v)))));
+}
+
 inline __m256i load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
 // signed w (int8) . signed a (int8), 8 int32 lanes
@@ -161,7 +174,7 @@ float dot_qk45(int64_t nb, const void* wv, const void* av) {
     pm = _mm_add_epi32(pm, _mm_shuffle_epi32(pm, 0xB1));
     const int32_t summ = _mm_cvtsi128_si32(pm);
     const float d = half(dh) * a[b].d, dmin = half(dminh) * a[b].d;
-    acc += d * float(hsum_epi32(sumi)) - dmin * float(summ);
+    acc = kq_step(acc, d, hsum_epi32(sumi), dmin, summ);
   }
   return acc;
 }
@@ -216,7 +229,7 @@ float dot_q4_k_512(int64_t nb, const void* wv, const void* av) {
     const int32_t summ = _mm_cvtsi128_si32(pm);
     const __m256i s256 = _mm256_add_epi32(_mm512_castsi512_si256(sumi), _mm512_extracti64x4_epi64(sumi, 1));
     const float d = half(w.d) * a[b].d, dmin = half(w.dmin) * a[b].d;
-    acc += d * float(hsum_epi32(s256)) - dmin * float(summ);
+    acc = kq_step(acc, d, hsum_epi32(s256), dmin, summ);
   }
   return acc;
 }
@@ -258,7 +271,7 @@ float dot_q6_k(int64_t nb, const void* wv, const void* av) {
       }
       for (int i = 0; i < 8; ++i) corr += int32_t(sc[i]) * a[b].bsums[8 * n + i];
     }
-    acc += half(w[b].d) * a[b].d * float(hsum_epi32(sumi) - 32 * corr);
+    acc = kq_step6(acc, half(w[b].d) * a[b].d, hsum_epi32(sumi) - 32 * corr);
   }
   return acc;
 }
