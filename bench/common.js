@@ -25,10 +25,17 @@ const SHAPES = {
   // The real Mixtral 8x7B layer: 5.6 GB of f32 expert weights.
   mixtral: { name: 'mixtral', title: 'Mixtral 8x7B layer', d: 4096, f: 14336, E: 8, k: 2 },
   // A toy layer for CI: the bench must keep working, its figures mean nothing.
-  tiny: { name: 'tiny', title: 'tiny layer (CI)', d: 128, f: 256, E: 8, k: 2 },
+  tiny: { name: 'tiny', title: 'tiny layer (CI)', d: 256, f: 256, E: 8, k: 2 },
 };
 
-const DTYPES = { float32: { name: 'float32', short: 'f32', bytes: 4 }, bfloat16: { name: 'bfloat16', short: 'bf16', bytes: 2 } };
+// bytes: per weight (quantised formats: the block's bytes over its values, e.g. 4.5 bits for q4_k)
+const DTYPES = {
+  float32: { name: 'float32', short: 'f32', bytes: 4 },
+  bfloat16: { name: 'bfloat16', short: 'bf16', bytes: 2 },
+  q8_0: { name: 'q8_0', short: 'q8_0', bytes: 34 / 32, block: { values: 32, bytes: 34 } },
+  q4_0: { name: 'q4_0', short: 'q4_0', bytes: 18 / 32, block: { values: 32, bytes: 18 } },
+  q4_k: { name: 'q4_k', short: 'q4_k', bytes: 144 / 256, block: { values: 256, bytes: 144 } },
+};
 
 // ---- random weights ------------------------------------------------------------------------------
 // xorshift32 straight into the typed array: ~2 ns per value, values ~U(-1,1)·scale. On a fresh
@@ -75,7 +82,48 @@ const SLICE = 1 << 24; // values per generator call: progress ticks between slic
  * A [rows, cols] tensor of `dtype` with values ~U(-1,1)/sqrt(cols) (cols = fan-in), seeded.
  * `tick(fraction)` is called between slices of the fill.
  */
+// A quantised matrix: random bytes with every f16 scale field set to a small finite value (about
+// 2^-12 to 2^-10: values of the size of N(0, 1/cols) weights), and for q4_k each sub-block's min
+// equal to its scale with dmin = 7.5 d, so that the values are centred on 0 as trained weights are
+// (biased weights would blow a model's activations up). The timing of the kernels does not depend
+// on the values, and generating blocks is ~100x faster than quantising random floats.
+function randomBlocks(dtype, rows, cols, seed, tick) {
+  const { values, bytes } = DTYPES[dtype].block;
+  if (cols % values) throw new Error(`randomMatrix: ${dtype} needs cols a multiple of ${values}, got ${cols}`);
+  const n = (rows * cols) / values;
+  const data = new Uint8Array(n * bytes);
+  const words = new Int32Array(data.buffer, 0, Math.floor(data.length / 4));
+  let s = seed | 0 || 0x2545f491;
+  for (let i = 0; i < words.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    words[i] = s;
+    if (tick && (i & 0xfffff) === 0) tick(i / words.length);
+  }
+  // d's f16 exponent field per format, so that the values' RMS is about 1/32 (N(0, 1/1024))
+  const exp = { q8_0: 3, q4_0: 7, q4_k: 2 }[dtype];
+  for (let b = 0; b < n; b++) {
+    const o = b * bytes;
+    const h = ((exp + (b & 1)) << 10) | (b & 0x3ff);  // a positive f16 normal
+    data[o] = h & 0xff;  // d (q8_0, q4_0, q4_k), then q4_k's dmin
+    data[o + 1] = h >> 8;
+    if (dtype === 'q4_k') {
+      const hm = h + (3 << 10);  // dmin = 8 d: with sc = m the values are d*sc*(q - 8), centred on 0
+      data[o + 2] = hm & 0xff;
+      data[o + 3] = (hm >> 8) & 0xff;
+      // scales[12] at o + 4: sc = m for every sub-block (scales[j] = scales[j + 4], equal nibbles in scales[8 + j])
+      for (let j = 0; j < 4; j++) {
+        data[o + 8 + j] = data[o + 4 + j];
+        data[o + 12 + j] = (data[o + 12 + j] & 15) * 17;
+      }
+    }
+  }
+  return { type: dtype, data, dims: [rows, cols] };
+}
+
 function randomMatrix(dtype, rows, cols, seed, tick) {
+  if (DTYPES[dtype] && DTYPES[dtype].block) return randomBlocks(dtype, rows, cols, seed, tick);
   const n = rows * cols;
   const scale = 1 / Math.sqrt(cols);
   if (dtype !== 'float32' && dtype !== 'bfloat16') throw new Error(`randomMatrix: unsupported dtype ${dtype}`);

@@ -19,13 +19,14 @@ const { root, DTYPES, collect, note, peakRssBytes, progress, randomMatrix, seedO
 // Mixtral 8x7B scaled down 4x in width (d, f) and 8x in depth; real vocabulary and head size.
 const SHAPES = {
   scaled: { title: 'scaled Mixtral', layers: 4, d: 1024, f: 3584, E: 8, k: 2, heads: 32, kvHeads: 8, vocab: 32000 },
-  tiny: { title: 'tiny Mixtral (CI)', layers: 2, d: 128, f: 256, E: 8, k: 2, heads: 4, kvHeads: 2, vocab: 512 },
+  tiny: { title: 'tiny Mixtral (CI)', layers: 2, d: 256, f: 256, E: 8, k: 2, heads: 4, kvHeads: 2, vocab: 512 },
 };
 
 const HELP = `usage: node bench/model.js [options]      (node bench/run.js --model [options])
 
   --ci                a tiny model, short prompt: a smoke run (its figures mean nothing)
-  --dtype T           weight type: bfloat16 (default) or float32
+  --dtype T           weight type: bfloat16 (default) or float32; q8_0, q4_0, q4_k: the experts in that
+                      block format (llama.cpp's), everything else bfloat16
   --prompt N          prompt tokens (prefill), default 128 (--ci 16)
   --decode N          tokens generated after the first, default 32 (--ci 4)
   --runs N            generations timed (the median is reported), default 3 (--ci 1)
@@ -62,8 +63,8 @@ function parseArgs(argv) {
     if (!Number.isInteger(n) || n < 1) throw new UsageError(`--${name} needs a positive integer, got ${JSON.stringify(values[name])}`);
     return n;
   };
-  const dtype = { f32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16' }[values.dtype.toLowerCase()];
-  if (!dtype) throw new UsageError(`--dtype must be bfloat16 or float32, got ${JSON.stringify(values.dtype)}`);
+  const dtype = { f32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16', q8_0: 'q8_0', q4_0: 'q4_0', q4_k: 'q4_k' }[values.dtype.toLowerCase()];
+  if (!dtype) throw new UsageError(`--dtype must be bfloat16, float32, q8_0, q4_0 or q4_k, got ${JSON.stringify(values.dtype)}`);
   if (!['auto', 'cpu', 'cuda', 'cuda-emu'].includes(values.backend)) throw new UsageError(`--backend: ${JSON.stringify(values.backend)} is not one of auto, cpu, cuda, cuda-emu`);
   const o = { ...values, dtype, prompt: int('prompt'), decode: int('decode'), runs: int('runs') };
   return {
@@ -105,13 +106,14 @@ function normWeight(dtype, d, seed) {
 }
 
 /** Layer i's weights, made when the model asks for them (one layer's arrays alive at a time). */
-function* layerWeights(c, dtype, tick) {
+function* layerWeights(c, expertType, tick) {
   const { hiddenSize: d, intermediateSize: f, numExperts: E, headDim: hd } = c;
   const q = c.numAttentionHeads * hd;
   const kv = c.numKeyValueHeads * hd;
+  const dtype = baseType(expertType);
   for (let i = 0; i < c.numHiddenLayers; i++) {
-    const m = (name, rows, cols) => randomMatrix(dtype, rows, cols, seedOf('model', i, name));
-    const experts = (name, rows, cols) => Array.from({ length: E }, (_, e) => m(`${name}.${e}`, rows, cols));
+    const m = (name, rows, cols, t = dtype) => randomMatrix(t, rows, cols, seedOf('model', i, name));
+    const experts = (name, rows, cols) => Array.from({ length: E }, (_, e) => m(`${name}.${e}`, rows, cols, expertType));
     yield {
       index: i,
       inputLayernorm: normWeight(dtype, d, seedOf('model', i, 'in')),
@@ -122,6 +124,9 @@ function* layerWeights(c, dtype, tick) {
     tick(i + 1);
   }
 }
+
+/** The type of everything but the experts: the expert type, or bfloat16 when it is a block format. */
+const baseType = (t) => (DTYPES[t].block ? 'bfloat16' : t);
 
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
@@ -136,7 +141,7 @@ async function runModel(argv) {
   const s = opts.shape;
   const config = configOf(s);
   const info = lib.backendInfo();
-  const bpw = DTYPES[opts.dtype].bytes;
+  const bpw = DTYPES[opts.dtype].bytes, baseBpw = DTYPES[baseType(opts.dtype)].bytes;
   console.log(`# ${s.title}: ${s.layers} layers, d=${s.d}, f=${s.f}, E=${s.E}, k=${s.k}, heads ${s.heads}/${s.kvHeads} x ${config.headDim}, vocab ${s.vocab}; ${opts.dtype} weights`);
   console.log(`# ${os.cpus()[0].model.trim()}, ${info.cpu.threads} compute threads (${info.cpu.kernel}); backend: ${opts.backend}; ${info.reason}`);
   console.log('# the whole model runs on the backend (on CUDA: weights, KV caches and activations on the device); activations and KV caches are float32');
@@ -144,9 +149,9 @@ async function runModel(argv) {
   const p = progress('model: weights', s.layers);
   const maxSeq = opts.prompt + opts.decode + 1;
   const globals = {
-    embedTokens: randomMatrix(opts.dtype, s.vocab, s.d, seedOf('model', 'embed')),
-    norm: normWeight(opts.dtype, s.d, seedOf('model', 'norm')),
-    lmHead: randomMatrix(opts.dtype, s.vocab, s.d, seedOf('model', 'lm_head')),
+    embedTokens: randomMatrix(baseType(opts.dtype), s.vocab, s.d, seedOf('model', 'embed')),
+    norm: normWeight(baseType(opts.dtype), s.d, seedOf('model', 'norm')),
+    lmHead: randomMatrix(baseType(opts.dtype), s.vocab, s.d, seedOf('model', 'lm_head')),
   };
   const model = await lib.MixtralModel.fromWeights(config, { globals, layers: layerWeights(config, opts.dtype, (i) => p.tick(i, `layer ${i}/${s.layers}`)) }, { backend: opts.backend, maxSeq });
   p.done(`${s.layers} layers built on ${model.backend}, ${(model.bytes / 1e9).toFixed(2)} GB`);
@@ -156,7 +161,8 @@ async function runModel(argv) {
 
   const counts = lib.countParameters(config);
   // bytes a decode step reads: every active parameter but the embedding table (one row of it)
-  const activeBytes = (counts.active - counts.embeddings + s.d) * bpw;
+  // (the experts at the experts' bytes per weight, the rest at the base type's)
+  const activeBytes = counts.experts.active * bpw + (counts.active - counts.experts.active - counts.embeddings + s.d) * baseBpw;
   const prompt = Array.from({ length: opts.prompt }, (_, i) => (i * 7919 + 13) % s.vocab);
   const runs = [];
   // one untimed warm-up generation (page faults, thread pool start-up)

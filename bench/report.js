@@ -16,6 +16,10 @@ const TARGETS = {
   // avx512-bf16 table at >= 50% of the bf16 dot (vdpbf16ps) peak
   prefillCompute: { T: 512, goal: 0.7, goalBf16Dot: 0.5 },
   sparsity: { T: 1, goal: 3.2 }, // MoE at T=1 >= 3.2x faster than the dense FFN of the same total parameters
+  // quantised experts (issue 12), against the float layers of the same run
+  quantVsF32: { T: 1, goal: { q4_k: 5, q4_0: 5, q8_0: 2.5 } }, // decode: f32 layer time / quantised layer time
+  quantVsBf16: { T: 1, goal: { q4_k: 2.5, q4_0: 2.5, q8_0: 1.4 } }, // decode: bf16 layer time / quantised
+  quantPrefill: { T: 512, goal: 0.9 }, // prefill: bf16 layer time / quantised layer time
 };
 
 // ---- number formatting ---------------------------------------------------------------------------
@@ -195,6 +199,15 @@ function evaluateTargets(opts, rows, peaks) {
     const fcGoal = peak.name === 'bf16 dot' ? fc.goalBf16Dot : fc.goal;
     add('prefillCompute', fc.T, fcGoal, `MoE share of the ${peak.name} peak`, (v, g) => `${short} T=${fc.T}: MoE runs at ${v} of the measured ${peak.name} peak (goal >= ${g})`, (r) => r.fmaFraction, pct, 'no compute peak');
     add('sparsity', sp.T, sp.goal, 'MoE speed-up over dense-total', (v, g) => `${short} T=${sp.T}: MoE is ${v} faster than the dense FFN with the same total parameters (goal >= ${g})`, (r) => r.vsDenseTotal, ratio, 'dense-total was not run');
+    if (!DTYPES[dtype].block) continue;
+    const vs = (other, T) => (r) => {
+      const o = moe(other, T);
+      return o && !o.skipped && r.timeS ? o.timeS / r.timeS : null;
+    };
+    const { quantVsF32: qf, quantVsBf16: qb, quantPrefill: qp } = TARGETS;
+    add('quantVsF32', qf.T, qf.goal[dtype], 'speed-up over the f32 layer', (v, g) => `${short} T=${qf.T}: the ${short} MoE layer is ${v} faster than the f32 one (goal >= ${g})`, vs('float32', qf.T), ratio, 'float32 was not run');
+    add('quantVsBf16', qb.T, qb.goal[dtype], 'speed-up over the bf16 layer', (v, g) => `${short} T=${qb.T}: the ${short} MoE layer is ${v} faster than the bf16 one (goal >= ${g})`, vs('bfloat16', qb.T), ratio, 'bfloat16 was not run');
+    add('quantPrefill', qp.T, qp.goal, 'prefill speed relative to bf16', (v, g) => `${short} T=${qp.T}: the ${short} MoE layer runs at ${v} of the bf16 layer's speed (goal >= ${g})`, vs('bfloat16', qp.T), ratio, 'bfloat16 was not run');
   }
   return out;
 }

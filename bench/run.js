@@ -29,7 +29,9 @@ const HELP = `usage: node bench/run.js [options]      (npm run bench -- [options
   --mixtral                 the real Mixtral 8x7B layer (d=4096 f=14336 E=8 k=2), same as --shape mixtral
   --shape NAME              scaled (default: d=1024 f=3584 E=8 k=2) | mixtral | tiny
   --tokens LIST             token counts T, default 1,8,64,512,2048
-  --dtypes LIST             weight types, default float32,bfloat16 (f32, bf16 accepted)
+  --dtypes LIST             weight types, default float32,bfloat16 (f32, bf16 accepted); quantised
+                            experts: q8_0, q4_0, q4_k (ggml's blocks; with float32 and bfloat16 in the
+                            same run, the quantised rows are also compared with them)
   --layers LIST             contenders, default moe,dense-total,dense-active
   --json PATH               where the JSON goes, default bench/results/latest.json
   --budget SECONDS          time per (layer, T) row; default 2, --quick 0.5
@@ -89,8 +91,8 @@ function parseArgs(argv) {
         break;
       case '--dtypes':
         o.dtypes = parseList(val(), '--dtypes').map((s) => {
-          const t = { f32: 'float32', fp32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16' }[s.toLowerCase()];
-          if (!t) throw new UsageError(`--dtypes: ${JSON.stringify(s)} is not one of float32, bfloat16`);
+          const t = { f32: 'float32', fp32: 'float32', float32: 'float32', bf16: 'bfloat16', bfloat16: 'bfloat16', q8_0: 'q8_0', q4_0: 'q4_0', q4_k: 'q4_k' }[s.toLowerCase()];
+          if (!t) throw new UsageError(`--dtypes: ${JSON.stringify(s)} is not one of float32, bfloat16, q8_0, q4_0, q4_k`);
           return t;
         });
         break;

@@ -1,7 +1,7 @@
 // A llama.cpp GGUF file, text in and text out: the config, tokenizer and chat template come from
-// its metadata; the weights are memory-mapped and packed layer by layer. F32, F16 and BF16 files run
-// today (quantised ones are read, and refused until the quantised experts land); make one with
-// `npx moe-kernels convert <checkpoint dir> out.gguf`. Run: node examples/gguf.mjs /models/mixtral.f16.gguf
+// its metadata; the weights are memory-mapped and packed layer by layer. F32, F16, BF16, Q8_0,
+// Q4_0, Q4_K, Q5_K and Q6_K files run; make one with
+// `npx moe-kernels convert <checkpoint dir> out.gguf --type q4_k`. Run: node examples/gguf.mjs /models/mixtral.f16.gguf
 import { MixtralModel, GgufFile, createProgressBar } from 'moe-kernels';
 
 const file = process.argv[2] ?? '/models/mixtral-8x7b-instruct-v0.1.f16.gguf';

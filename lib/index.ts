@@ -29,8 +29,23 @@ export {
   type FloatType,
   type DataOf,
 } from './core/tensor.js';
+export {
+  quantize,
+  quantizeSync,
+  dequantize,
+  dequantizeSync,
+  quantBytes,
+  bitsPerWeight,
+  QUANT_TYPES,
+  QUANT_BLOCKS,
+  type QuantType,
+  type QuantizeType,
+  type QuantTensor,
+  type WeightType,
+  type DequantizeOptions,
+} from './core/quant.js';
 export { backendInfo, availableBackends, type BackendInfo, type BackendName, type ResolvedBackend } from './core/backend.js';
-export { ExpertWeights, type ExpertWeightsInit, type PackOptions } from './moe/experts.js';
+export { ExpertWeights, type ExpertWeightsInit, type PackOptions, type WeightTensor } from './moe/experts.js';
 export { type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './moe/routing-variants.js';
 export {
   route,
@@ -174,7 +189,6 @@ export {
   type GgufTensor,
   type GgufTensorType,
   type GgufQuantType,
-  type QuantTensor,
 } from './hf/gguf.js';
 export { writeGguf, type GgufMetadataInput, type GgufNestedArray, type GgufTensorInput, type GgufWriteOptions } from './hf/gguf-write.js';
 export { GgufCheckpoint, ggufConfig, GGUF_ARCHITECTURES, type GgufOpenModelOptions, type GgufExpertLayout } from './hf/gguf-model.js';

@@ -124,8 +124,8 @@ function emulatedCudaPasses() {
   }
   const addon = path.join(root, 'build-emu', 'Release', 'moe_kernels.node');
   for (const schedule of ['rr', 'reverse', 'random:7'])
-    // 45: every device op; 46: device tensors and the model ops on them; 67, 68: whole models on the device
-    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|48|67|68)\\.'], parseUvu,
+    // 45: every device op; 46: device tensors and the model ops on them; 49: quantised models; 67, 68: whole models on the device
+    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|48|49|67|68)\\.'], parseUvu,
       { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter) emulatedCudaPasses();
@@ -158,7 +158,7 @@ function sanitizerPass() {
     UBSAN_OPTIONS: 'print_stacktrace=1',
   };
   const uvu = [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test'];
-  runSuite('sanitizers, CPU', process.execPath, [...uvu, '^(10|20|25|26|30|40|48|50|60|65|66|70|72|80)\\.'], parseUvu, env);
+  runSuite('sanitizers, CPU', process.execPath, [...uvu, '^(10|15|16|20|25|26|30|40|48|50|60|65|66|70|72|80)\\.'], parseUvu, env);
   runSuite('sanitizers, cuda-emu', process.execPath, [...uvu, '^(45|46|47|48|67|68)\\.'], parseUvu, { ...env, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter && process.env.MOE_TEST_SANITIZERS === '1') sanitizerPass();

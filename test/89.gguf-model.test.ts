@@ -6,7 +6,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { convertToGguf, GgufCheckpoint, GgufFile, MixtralModel, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor } from '../lib/index';
+import { convertToGguf, dequantize, GgufCheckpoint, GgufFile, MixtralModel, MoeCheckpoint, quantize, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor } from '../lib/index';
 import { permuteQK, unpermuteQK } from '../lib/hf/gguf-model';
 import { expectMoeError, tinyMixtralRaw, tinyQwen2MoeRaw, tmpDir, writeTinyMixtral, writeTinyModel } from './helpers/checkpoints';
 import { tinyTokenizerJson } from './helpers/tokenizers';
@@ -134,17 +134,23 @@ test('refused: other architectures and dense llama (ERR_CONFIG), quantised tenso
   const dense = path.join(dir, 'dense.gguf');
   await rewrite(file, dense, { metadata: (m) => m.filter((e) => e.key !== 'llama.expert_count') });
   await expectMoeError(() => MixtralModel.load(dense), 'ERR_CONFIG', 'without experts');
-  // a Q8_0 expert tensor: read and carried, refused where the model must run it
-  const quant = path.join(dir, 'q8.gguf');
+  // an IQ4_NL expert tensor (a ggml type the package does not run): sized and listed, refused
+  // before anything is read. Written as Q4_0 (the same 18 bytes per 32 values), then its type id
+  // patched to IQ4_NL's (20).
+  const quant = path.join(dir, 'iq4.gguf');
   await rewrite(file, quant, {
-    tensors: (ts) => ts.map((t) => (t.name === 'blk.1.ffn_up_exps.weight' ? { ...t, type: 'q8_0', data: new Uint8Array((t.dims.reduce((a, b) => a * b) / 32) * 34) } : t)),
+    tensors: (ts) => ts.map((t) => (t.name === 'blk.1.ffn_up_exps.weight' ? { ...t, type: 'q4_0', data: new Uint8Array((t.dims.reduce((a, b) => a * b) / 32) * 18) } : t)),
   });
   const qf = GgufFile.openSync(quant);
-  const q = qf.readSync('blk.1.ffn_up_exps.weight');
-  assert.equal([q.type, q.dims, q.data.length], ['q8_0', [4, 48, 64], 4 * 48 * 2 * 34]);
+  const info = qf.info('blk.1.ffn_up_exps.weight');
+  const typeAt = info.infoOffset + 8 + Buffer.byteLength(info.name) + 4 + 8 * info.dims.length;
   qf.close();
+  const bytes = fs.readFileSync(quant);
+  assert.is(bytes.readUInt32LE(typeAt), 2);
+  bytes.writeUInt32LE(20, typeAt);
+  fs.writeFileSync(quant, bytes);
   let progressed = 0;
-  await expectMoeError(() => MixtralModel.load(quant, { onProgress: () => progressed++ }), 'ERR_UNSUPPORTED', "'blk.1.ffn_up_exps.weight'", 'Q8_0', 'issue 12');
+  await expectMoeError(() => MixtralModel.load(quant, { onProgress: () => progressed++ }), 'ERR_TENSOR_DTYPE', "'blk.1.ffn_up_exps.weight'", 'IQ4_NL');
   assert.is(progressed, 0, 'refused before reading anything');
   const missing = path.join(dir, 'missing.gguf');
   await rewrite(file, missing, { tensors: (ts) => ts.filter((t) => t.name !== 'blk.1.attn_k.weight') });
@@ -152,8 +158,40 @@ test('refused: other architectures and dense llama (ERR_CONFIG), quantised tenso
   const shape = path.join(dir, 'shape.gguf');
   await rewrite(file, shape, { tensors: (ts) => ts.map((t) => (t.name === 'output_norm.weight' ? { ...t, dims: [32], data: { type: 'float32', data: new Float32Array(32), dims: [32] } as Tensor<'float32'> } : t)) });
   await expectMoeError(() => MixtralModel.load(shape), 'ERR_TENSOR_SHAPE', "'output_norm.weight'", '[32]', '[64]');
-  await expectMoeError(() => convertToGguf(dir, path.join(dir, 'q.gguf'), { type: 'q4_k' }), 'ERR_UNSUPPORTED', 'quantiser', 'issue 12');
-  assert.not.ok(fs.existsSync(path.join(dir, 'q.gguf')));
+});
+
+test('quantised GGUF: convert q8_0/q4_0/q4_k writes the blocks of the quantiser; the model runs them as they are, close to f32', async ({ dir }) => {
+  await writeTinyMixtral(dir, { raw: tinyMixtralRaw({ hidden_size: 256, intermediate_size: 256 }) });
+  const ckpt = await MoeCheckpoint.open(dir);
+  const L1 = await ckpt.loadLayer(1);
+  const g0 = await ckpt.loadGlobals();
+  ckpt.close();
+  const f32 = await logitsOf(dir);
+  const scale = f32.logits.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  const same = (a: Uint8Array, b: Uint8Array) => a.length === b.length && Buffer.compare(Buffer.from(a), Buffer.from(b)) === 0;
+  for (const [type, tol] of [['q8_0', 0.03], ['q4_0', 0.35], ['q4_k', 0.35]] as const) {
+    const file = path.join(dir, `m-${type}.gguf`);
+    await convertToGguf(dir, file, { type });
+    const g = await GgufCheckpoint.open(file);
+    assert.equal(['token_embd.weight', 'blk.1.attn_q.weight', 'blk.1.ffn_down_exps.weight', 'blk.1.ffn_gate_inp.weight', 'blk.1.attn_norm.weight'].map((n) => g.file.info(n).type), [type, type, type, 'float32', 'float32']);
+    const e = g.estimateMemory({ maxSeq: 32 });
+    assert.ok(e.ffnBytes > 0 && e.ffnBytes < e.weightsBytes, `ffnBytes ${e.ffnBytes} of ${e.weightsBytes}`);
+    const l = await g.loadLayer(1);
+    // the experts and projections are the file's blocks, which are the quantiser's blocks of the
+    // checkpoint's weights (llama.cpp's q/k row permutation undone on whole rows of blocks)
+    for (const [got, w] of [[l.moe!.w3[2], L1.moe!.w3[2]], [l.moe!.w2[3], L1.moe!.w2[3]], [l.attention.qProj, L1.attention.qProj], [l.attention.kProj, L1.attention.kProj]] as const) {
+      assert.is(got.type, type);
+      assert.ok(same(got.data as Uint8Array, (await quantize(w as Tensor, type)).data), `${type} blocks`);
+    }
+    // the embeddings are dequantised to the load type
+    const globals = await g.loadGlobals();
+    assert.is(globals.embedTokens.type, 'float32');
+    assert.equal(Array.from(globals.embedTokens.data), Array.from((await dequantize(await quantize(g0.embedTokens, type))).data));
+    g.close();
+    const q = await logitsOf(file);
+    const err = maxDiff(f32.logits, q.logits) / scale;
+    assert.ok(err > 0 && err < tol, `${type}: logits off by ${err} of their scale`);
+  }
 });
 
 test('memory: refused up front by the estimate, with the numbers; progress reports every tensor', async ({ dir }) => {

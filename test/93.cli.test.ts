@@ -198,8 +198,13 @@ cli('GGUF: convert writes a file; inspect lists metadata and tensor types; param
   assert.is(g2.out, g1.out);
   const ids = run('generate', file, '--prompt-ids', '1,5,9', '--max-new-tokens', '5', '--no-progress');
   assert.is(ids.out, run('generate', d, '--prompt-ids', '1,5,9', '--max-new-tokens', '5', '--no-progress').out);
-  // refusals: quantised types until the quantiser exists (1), a bad --type or output name (2), a corrupt file (1)
-  assert.match(run('convert', d, path.join(dir, 'q.gguf'), '--type', 'q8_0').err, /ERR_UNSUPPORTED/);
+  // a quantised file: its matrices in q8_0 (the tiny model's f = 48 rows of w2 fall back to F16)
+  const q8 = run('convert', d, path.join(dir, 'q.gguf'), '--type', 'q8_0');
+  assert.is(q8.code, 0, q8.err);
+  const qi = run('inspect', path.join(dir, 'q.gguf'));
+  assert.is(qi.code, 0, qi.err);
+  assert.match(qi.out, /Q8_0/);
+  // refusals: a bad --type or output name (2), a corrupt file (1)
   assert.is(run('convert', d, path.join(dir, 'q.gguf'), '--type', 'q3').code, 2);
   assert.is(run('convert', d, path.join(dir, 'q.bin')).code, 2);
   const bad = path.join(dir, 'bad.gguf');

@@ -27,7 +27,8 @@ module.exports = function moe(shape, dtype) {
       const { MoeLayer } = lib();
       // Expert by expert, as separate arrays: the layer accepts w1 as E tensors of [f,d].
       const p = progress(`${tag}: weights`, E);
-      const gate = randomMatrix(dtype, E, d, seedOf('moe', 'gate'));
+      // the router stays float (bf16) when the experts are quantised
+      const gate = randomMatrix(DTYPES[dtype].block ? 'bfloat16' : dtype, E, d, seedOf('moe', 'gate'));
       const w1 = [];
       const w3 = [];
       const w2 = [];
@@ -57,7 +58,7 @@ module.exports = function moe(shape, dtype) {
       // Bytes: the experts that got at least one token (3 matrices of d·f each) plus the router.
       const used = routed.counts.filter((c) => c > 0).length;
       return {
-        bytes: used * 3 * d * f * bpw + E * d * bpw,
+        bytes: used * 3 * d * f * bpw + E * d * (DTYPES[dtype].block ? 2 : bpw),
         flops: 2 * T * k * 3 * d * f + 2 * T * E * d,
         expertsUsed: used,
         tokensPerExpert: routed.counts,

@@ -113,7 +113,8 @@ experts, Qwen2-MoE as qwen2moe; norms, biases and routers in F32; the tokenizer 
 the metadata. One layer is in memory at a time.
 
 Options:
-  --type <t>         f32, f16 (default), bf16; q8_0, q4_0, q4_k need the quantiser (issue 12) and are refused
+  --type <t>         f32, f16 (default), bf16, or q8_0, q4_0, q4_k (the matrices quantised by the package's
+                     quantiser; a matrix whose rows are not whole blocks falls back to q8_0, then f16)
   --name <s>         general.name (default: the directory's name)
   -h, --help         this help
 `,

@@ -8,20 +8,31 @@ import * as path from 'node:path';
 import { MoeError } from './errors.js';
 
 export type NativeDType = 'float32' | 'float16' | 'bfloat16' | 'int32';
+/** ggml's block formats (lib/core/quant.ts): raw blocks in a Uint8Array, logical dims. */
+export type NativeQuantType = 'q8_0' | 'q4_0' | 'q4_k' | 'q5_k' | 'q6_k';
 export interface NativeTensor {
   type: NativeDType;
   data: Float32Array | Uint16Array | Int32Array;
   dims: number[];
 }
+export interface NativeQuantTensor {
+  type: NativeQuantType;
+  data: Uint8Array;
+  dims: number[];
+}
+/** A weight matrix given to a packer: float, or quantised blocks. */
+export type NativeWeightTensor = NativeTensor | NativeQuantTensor;
 /** Expert weights: one [E,rows,cols] tensor or E tensors of [rows,cols]. */
-export type NativeExpertMatrix = NativeTensor | NativeTensor[];
+export type NativeExpertMatrix = NativeWeightTensor | NativeWeightTensor[];
 
 export interface NativeExpertsInfo {
   disposed: boolean;
   numExperts?: number;
   d?: number;
   f?: number;
-  type?: NativeDType;
+  type?: NativeDType | NativeQuantType;
+  /** W2's type (differs from `type` only for quantised experts, e.g. Q4_K_M's q6_k W2). */
+  w2Type?: NativeDType | NativeQuantType;
   bytes?: number;
   backend?: string;
   hasGate?: boolean;
@@ -116,6 +127,9 @@ export interface NativeBackendInfo {
     avx512vl: boolean;
     avx512dq: boolean;
     avx512bf16: boolean;
+    /** The kernel table of quantised weights in use, and every one this CPU can run (comma-separated). */
+    quantKernel: string;
+    quantKernels: string;
   };
   cuda: NativeBackendStatus & {
     name: 'cuda' | 'cuda-emu' | 'none';
@@ -139,7 +153,7 @@ export interface NativeLinearInfo {
   inFeatures?: number;
   outFeatures?: number;
   bias?: boolean;
-  type?: NativeDType;
+  type?: NativeDType | NativeQuantType;
   bytes?: number;
   backend?: string;
 }
@@ -220,7 +234,7 @@ export interface NativeBinding {
   // ---- decoder-model ops (native/napi/bind_decoder.cc) ----
   embedding<A extends boolean = false>(table: AnyT, ids: NativeTensor, options?: Out & Async<A>): Ret<AnyT, A>;
   rms_norm<A extends boolean = false>(x: AnyT, weight: AnyT, options?: { eps?: number } & Out & Async<A>): Ret<AnyT, A>;
-  pack_linear<A extends boolean = false>(w: NativeTensor, options?: { bias?: NativeTensor } & OnBackend & Async<A>): Ret<NativeLinear, A>;
+  pack_linear<A extends boolean = false>(w: NativeWeightTensor, options?: { bias?: NativeTensor } & OnBackend & Async<A>): Ret<NativeLinear, A>;
   linear<A extends boolean = false>(x: AnyT, w: NativeLinear, options?: Out & Async<A>): Ret<AnyT, A>;
   rope<A extends boolean = false>(q: AnyT, k: Maybe<AnyT>, positions: AnyT, options?: { theta?: number; qOut?: Maybe<AnyT>; kOut?: Maybe<AnyT> } & Async<A>): Ret<{ q: AnyT; k: AnyT | null }, A>;
   create_kv_cache(shape: { maxSeq: number; numKvHeads: number; headDim: number; type?: NativeDType }, options?: OnBackend): NativeKvCache;
@@ -232,6 +246,9 @@ export interface NativeBinding {
   /** x converted to outType (or out's type), on the backend of x's memory. */
   cast<A extends boolean = false>(x: AnyT, options: Out & Async<A>): Ret<AnyT, A>;
   sample<A extends boolean = false>(logits: AnyT, options?: Record<string, unknown> & { out?: Maybe<NativeTensor> } & Async<A>): Ret<NativeTensor, A>;
+  // ---- weight formats (native/napi/bind_quant.cc) ----
+  quantize<A extends boolean = false>(x: NativeTensor, options: { type: 'q8_0' | 'q4_0' | 'q4_k' } & Async<A>): Ret<NativeQuantTensor, A>;
+  dequantize<A extends boolean = false>(x: NativeQuantTensor, options?: { outType?: NativeDType } & Async<A>): Ret<NativeTensor, A>;
   // ---- device tensors (native/napi/bind_device.cc) ----
   device_alloc(type: NativeDType, dims: number[], options?: OnBackend): NativeDeviceTensor;
   device_upload<A extends boolean = false>(dst: NativeDeviceTensor, src: NativeTensor, options?: Async<A>): Ret<NativeDeviceTensor, A>;

@@ -14,8 +14,10 @@ import * as path from 'node:path';
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
 import { cast, type FloatType, type Tensor } from '../core/tensor.js';
+import { floatWeight, isQuantType, quantize, QUANT_BLOCKS, type QuantizeType } from '../core/quant.js';
+import type { WeightTensor } from '../moe/experts.js';
 import type { MoeModelConfig } from './config.js';
-import { type GgufTensorType } from './gguf.js';
+import { type GgufTensor, type GgufTensorType } from './gguf.js';
 import { permuteQK } from './gguf-model.js';
 import { writeGguf, type GgufMetadataInput, type GgufTensorInput } from './gguf-write.js';
 import { TOKEN_TYPE, PRE_TOKENIZERS } from './tokenizer-gguf.js';
@@ -24,6 +26,7 @@ import { MoeCheckpoint, type DecoderLayerWeights, type ModelGlobalWeights } from
 export type GgufConvertType = 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q4_0' | 'q4_k';
 export const GGUF_CONVERT_TYPES: readonly GgufConvertType[] = ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_k'];
 const FLOAT_OF: Partial<Record<GgufConvertType, FloatType>> = { f32: 'float32', f16: 'float16', bf16: 'bfloat16' };
+const QUANT_OF: Partial<Record<GgufConvertType, QuantizeType>> = { q8_0: 'q8_0', q4_0: 'q4_0', q4_k: 'q4_k' };
 /** llama.cpp's llama_ftype of each type (general.file_type). */
 const FILE_TYPE: Record<GgufConvertType, number> = { f32: 0, f16: 1, q4_0: 2, q8_0: 7, q4_k: 15, bf16: 32 };
 
@@ -173,13 +176,23 @@ export function tokenizerMetadata(dir: string): GgufMetadataInput[] {
 
 // ---- tensors ------------------------------------------------------------------------------------------
 
-/** The GGUF type of a tensor: vectors (norms, biases) and routers stay F32, as llama.cpp's converter keeps them. */
-function tensorType(name: string, dims: readonly number[], type: FloatType): GgufTensorType {
+/**
+ * The GGUF type of a tensor: vectors (norms, biases) and routers stay F32, as llama.cpp's converter
+ * keeps them; matrices take `type`. A quantised type needs rows of whole blocks: a matrix whose
+ * rows are not (q4_k: 256 values) falls back to q8_0 (32 values), then to F16, as llama.cpp does.
+ */
+function tensorType(name: string, dims: readonly number[], type: GgufConvertType): GgufTensorType {
   if (dims.length === 1 || /\.ffn_gate_inp(_shexp)?\.weight$/.test(name)) return 'float32';
-  return type;
+  const ft = FLOAT_OF[type];
+  if (ft) return ft;
+  const cols = dims[dims.length - 1];
+  const q = QUANT_OF[type]!;
+  if (cols % QUANT_BLOCKS[q].values === 0) return q;
+  return cols % QUANT_BLOCKS.q8_0.values === 0 ? 'q8_0' : 'float16';
 }
 
-function stack(parts: Tensor[]): Tensor {
+function stack(weights: readonly WeightTensor[], what: string): Tensor {
+  const parts = weights.map((w, e) => floatWeight(w, `${what} expert ${e}`));
   const [rows, cols] = parts[0].dims;
   const t0 = parts[0].type;
   const data = new (parts[0].data.constructor as new (n: number) => Tensor['data'])(parts.length * rows * cols);
@@ -197,8 +210,6 @@ export async function convertToGguf(src: string, out: string, options?: GgufConv
   const o = checkOptions(options);
   const type = (o.type ?? 'f16') as GgufConvertType;
   if (!GGUF_CONVERT_TYPES.includes(type)) throw typeError(`options.type must be one of ${GGUF_CONVERT_TYPES.join(', ')}, got ${describe(o.type)}`);
-  const ft = FLOAT_OF[type];
-  if (!ft) throw new MoeError(`--type ${type} needs the package's quantiser, which lands with issue 12 (quantised experts); use f32, f16 or bf16 for now`, 'ERR_UNSUPPORTED');
   if (o.name !== undefined && typeof o.name !== 'string') throw typeError(`options.name must be a string, got ${describe(o.name)}`);
   const ckpt = await MoeCheckpoint.open(src);
   try {
@@ -217,9 +228,15 @@ export async function convertToGguf(src: string, out: string, options?: GgufConv
       }
       return layer;
     };
-    const add = (name: string, dims: number[], get: () => Promise<Tensor>) => {
-      const t = tensorType(name, dims, ft);
-      tensors.push({ name, type: t, dims, data: async () => cast(await get(), t as FloatType) });
+    const add = (name: string, dims: number[], get: () => Promise<WeightTensor>) => {
+      const t = tensorType(name, dims, type);
+      tensors.push({
+        name, type: t, dims,
+        data: async (): Promise<GgufTensor> => {
+          const w = floatWeight(await get(), name); // a checkpoint's tensors are float
+          return isQuantType(t) ? quantize(w, t as QuantizeType) : (cast(w, t as FloatType) as Tensor<FloatType>);
+        },
+      });
     };
     const { hiddenSize: d, vocabSize: V } = c;
     // the globals first, so that their arrays are dropped before the layers are read
@@ -242,11 +259,11 @@ export async function convertToGguf(src: string, out: string, options?: GgufConv
       add(b('attn_norm'), [d], async () => (await L(i)).inputLayernorm);
       add(b('attn_q'), [q, d], async () => {
         const w = (await L(i)).attention.qProj;
-        return arch === 'llama' ? permuteQK(w, c.numAttentionHeads) : w;
+        return arch === 'llama' ? permuteQK(floatWeight(w, b('attn_q')), c.numAttentionHeads) : w;
       });
       add(b('attn_k'), [kv, d], async () => {
         const w = (await L(i)).attention.kProj;
-        return arch === 'llama' ? permuteQK(w, c.numKeyValueHeads) : w;
+        return arch === 'llama' ? permuteQK(floatWeight(w, b('attn_k')), c.numKeyValueHeads) : w;
       });
       add(b('attn_v'), [kv, d], async () => (await L(i)).attention.vProj);
       add(b('attn_output'), [d, q], async () => (await L(i)).attention.oProj);
@@ -266,9 +283,9 @@ export async function convertToGguf(src: string, out: string, options?: GgufConv
       const E = c.numExperts;
       const f = c.moeIntermediateSize;
       add(b('ffn_gate_inp'), [E, d], async () => (await L(i)).moe!.gate);
-      add(b('ffn_gate_exps'), [E, f, d], async () => stack((await L(i)).moe!.w1));
-      add(b('ffn_up_exps'), [E, f, d], async () => stack((await L(i)).moe!.w3));
-      add(b('ffn_down_exps'), [E, d, f], async () => stack((await L(i)).moe!.w2));
+      add(b('ffn_gate_exps'), [E, f, d], async () => stack((await L(i)).moe!.w1, b('ffn_gate_exps')));
+      add(b('ffn_up_exps'), [E, f, d], async () => stack((await L(i)).moe!.w3, b('ffn_up_exps')));
+      add(b('ffn_down_exps'), [E, d, f], async () => stack((await L(i)).moe!.w2, b('ffn_down_exps')));
       const fs = c.sharedExpertIntermediateSize;
       if (fs > 0) {
         add(b('ffn_gate_shexp'), [fs, d], async () => (await L(i)).moe!.sharedExperts!.w1);

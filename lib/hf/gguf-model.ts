@@ -21,12 +21,15 @@
  * it, so the same RoPE gives the Hugging Face model's logits. qwen2moe files are not permuted.
  *
  * `modelTensor` is the one seam between a GGUF tensor and what the layers accept: float tensors
- * are cast to the load type; quantised ones are refused with ERR_UNSUPPORTED until the quantised
- * layers exist (issue 12).
+ * are cast to the load type; quantised ones (q8_0, q4_0, q4_k, q5_k, q6_k) go to the projections
+ * and FFN matrices as they are (the layers run those blocks), and are dequantised for the
+ * embeddings, the router and the LM head. Other ggml types (Q3_K, IQ*, ...) are ERR_UNSUPPORTED.
  */
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
 import { cast, DTYPE_BYTES, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
+import { dequantize, QUANT_TYPES, type QuantTensor } from '../core/quant.js';
+import type { WeightTensor } from '../moe/experts.js';
 import { parseMoeConfig, type LayerKind, type MoeModelConfig } from './config.js';
 import { GgufFile, ggmlBytes, type GgufOpenOptions, type GgufTensor, type GgufTensorInfo } from './gguf.js';
 import { type MemoryEstimate } from './params.js';
@@ -170,7 +173,7 @@ export function ggufConfig(file: GgufFile): MoeModelConfig {
  * Undoes llama.cpp's `permute(w, n_head)` of a q or k projection [heads·hd, in]: the converter
  * reorders each head's rows from (half, i) to (i, half), i < hd/2. Returns a new tensor.
  */
-export function unpermuteQK<T extends Tensor>(w: T, heads: number): T {
+export function unpermuteQK<T extends Tensor | QuantTensor>(w: T, heads: number): T {
   return permuteRows(w, heads, false);
 }
 
@@ -179,9 +182,10 @@ export function permuteQK<T extends Tensor>(w: T, heads: number): T {
   return permuteRows(w, heads, true);
 }
 
-function permuteRows<T extends Tensor>(w: T, heads: number, forward: boolean): T {
+function permuteRows<T extends Tensor | QuantTensor>(w: T, heads: number, forward: boolean): T {
   const rows = w.dims[0];
-  const cols = w.dims.length > 1 ? w.dims.slice(1).reduce((a, b) => a * b, 1) : 1;
+  // elements of a row, or its bytes for quantised blocks (each row is whole blocks)
+  const cols = w.data.length / rows;
   const hd = rows / heads;
   if (!Number.isInteger(hd) || hd % 2 !== 0) throw typeError(`a q/k projection of ${rows} rows does not split into ${heads} heads of an even size`);
   const half = hd / 2;
@@ -200,19 +204,29 @@ function permuteRows<T extends Tensor>(w: T, heads: number, forward: boolean): T
 
 // ---- the seam: a GGUF tensor to what the layers take ---------------------------------------------------
 
+const QUANTISED_WEIGHT = /\.(attn_(q|k|v|output)|ffn_(gate|up|down)(_exps|_shexp)?(\.\d+)?)\.weight$/;
+
+/**
+ * Whether the layers take GGUF tensor `name` in its quantised blocks: the attention projections
+ * and the FFN matrices (experts, shared experts, dense FFNs). The rest (embeddings, the router, the
+ * LM head, norms) is dequantised to the load type.
+ */
+export function takesQuantised(name: string): boolean {
+  return QUANTISED_WEIGHT.test(name);
+}
+
+const isFloatType = (t: string | null) => t === 'float32' || t === 'float16' || t === 'bfloat16';
+
 /**
  * A GGUF tensor in the form the layers take (MoeLayer, Linear, the norms): a float tensor cast to
- * `dtype` (the same array when it already is). This is the one place quantised tensors meet the
- * model: until the quantised layers exist they are refused with ERR_UNSUPPORTED naming the tensor
- * and its type. (Once they do: return the QuantTensor as is for the expert and projection matrices,
- * and dequantize() it for the embeddings and norms.)
+ * `dtype` (the same array when it already is); a quantised one as it is (a view of the file's
+ * blocks) where `takesQuantised(name)`, else dequantised to `dtype`.
  */
-export function modelTensor(file: GgufFile, name: string, t: GgufTensor, dtype: FloatType): Tensor {
-  if (t.type === 'float32' || t.type === 'float16' || t.type === 'bfloat16') return cast(t as Tensor, dtype);
-  throw new MoeError(
-    `${file.path}: tensor '${name}' is ${t.type.toUpperCase()}: quantised weights cannot run yet (quantised experts land with issue 12); use an F32, F16 or BF16 GGUF`,
-    'ERR_UNSUPPORTED',
-  );
+export async function modelTensor(file: GgufFile, name: string, t: GgufTensor, dtype: FloatType): Promise<WeightTensor> {
+  if (isFloatType(t.type)) return cast(t as Tensor, dtype);
+  if (!(QUANT_TYPES as readonly string[]).includes(t.type))
+    throw new MoeError(`${file.path}: tensor '${name}' is ${String(t.type).toUpperCase()}, which this package cannot run`, 'ERR_UNSUPPORTED');
+  return takesQuantised(name) ? (t as QuantTensor) : dequantize(t as QuantTensor, { type: dtype });
 }
 
 // ---- expected tensors --------------------------------------------------------------------------------
@@ -382,20 +396,23 @@ export class GgufCheckpoint {
     const c = this.config;
     const contextLength = (o.maxSeq as number | undefined) ?? Math.min(c.maxPositionEmbeddings, 4096);
     let weightsBytes = 0;
+    let ffnBytes = 0;
     for (const s of this.#specs()) {
       const info = this.file.info(s.name);
-      weightsBytes += info.type === 'float32' || info.type === 'float16' || info.type === 'bfloat16' ? info.elements * DTYPE_BYTES[dtype] : ggmlBytes(info.type!, info.elements);
+      const kept = !isFloatType(info.type) && info.type !== null && takesQuantised(s.name) ? ggmlBytes(info.type, info.elements) : info.elements * DTYPE_BYTES[dtype];
+      weightsBytes += kept;
+      if (/\.ffn_(gate|up|down)(_exps|_shexp)?(\.\d+)?\.weight$/.test(s.name)) ffnBytes += kept;
     }
     // tied embeddings: the LM head is a second packed copy of token_embd
     if (c.tieWordEmbeddings) weightsBytes += c.vocabSize * c.hiddenSize * DTYPE_BYTES[dtype];
     const kvCacheBytes = 2 * c.numHiddenLayers * c.numKeyValueHeads * c.headDim * contextLength * DTYPE_BYTES[kvDtype];
-    return { dtype, kvDtype, contextLength, batch: 1, weightsBytes, kvCacheBytes, totalBytes: weightsBytes + kvCacheBytes };
+    return { dtype, kvDtype, contextLength, batch: 1, ffnBytes, weightsBytes, kvCacheBytes, totalBytes: weightsBytes + kvCacheBytes };
   }
 
   async loadGlobals(): Promise<ModelGlobalWeights> {
-    const embedTokens = await this.#read('token_embd.weight');
-    const norm = await this.#read('output_norm.weight');
-    const lmHead = this.config.tieWordEmbeddings ? embedTokens : await this.#read('output.weight');
+    const embedTokens = await this.#readFloat('token_embd.weight');
+    const norm = await this.#readFloat('output_norm.weight');
+    const lmHead = this.config.tieWordEmbeddings ? embedTokens : await this.#readFloat('output.weight');
     return { embedTokens, norm, lmHead };
   }
 
@@ -413,14 +430,14 @@ export class GgufCheckpoint {
     }
     const out: DecoderLayerWeights = {
       index: i,
-      inputLayernorm: await r('attn_norm'),
-      postAttentionLayernorm: await r('ffn_norm'),
+      inputLayernorm: await this.#readFloat(blk(i, 'attn_norm')),
+      postAttentionLayernorm: await this.#readFloat(blk(i, 'ffn_norm')),
       attention: { qProj, kProj, vProj: await r('attn_v'), oProj: await r('attn_output') },
     };
     if (c.attentionBias) {
-      out.attention.qBias = await this.#read(bias(i, 'attn_q'));
-      out.attention.kBias = await this.#read(bias(i, 'attn_k'));
-      out.attention.vBias = await this.#read(bias(i, 'attn_v'));
+      out.attention.qBias = await this.#readFloat(bias(i, 'attn_q'));
+      out.attention.kBias = await this.#readFloat(bias(i, 'attn_k'));
+      out.attention.vBias = await this.#readFloat(bias(i, 'attn_v'));
     }
     if (c.layerKinds[i] === 'dense') {
       out.mlp = { w1: await r('ffn_gate'), w3: await r('ffn_up'), w2: await r('ffn_down') };
@@ -430,23 +447,25 @@ export class GgufCheckpoint {
     const ids = [...Array(E).keys()];
     let moe: MoeBlockWeights;
     if (this.layout === 'stacked') {
-      const split = (t: Tensor) => {
+      // expert e's [rows, cols] of a stacked [E, rows, cols] (elements, or bytes of whole blocks)
+      const split = (t: WeightTensor) => {
         const [, rows, cols] = t.dims;
-        return ids.map((e) => ({ type: t.type, data: t.data.subarray(e * rows * cols, (e + 1) * rows * cols), dims: [rows, cols] }) as Tensor);
+        const per = t.data.length / E;
+        return ids.map((e) => ({ type: t.type, data: t.data.subarray(e * per, (e + 1) * per), dims: [rows, cols] }) as WeightTensor);
       };
-      moe = { gate: await r('ffn_gate_inp'), w1: split(await r('ffn_gate_exps')), w3: split(await r('ffn_up_exps')), w2: split(await r('ffn_down_exps')) };
+      moe = { gate: await this.#readFloat(blk(i, 'ffn_gate_inp')), w1: split(await r('ffn_gate_exps')), w3: split(await r('ffn_up_exps')), w2: split(await r('ffn_down_exps')) };
     } else {
       const each = async (s: string) => {
-        const list: Tensor[] = [];
+        const list: WeightTensor[] = [];
         for (const e of ids) list.push(await this.#read(`blk.${i}.${s}.${e}.weight`));
         return list;
       };
-      moe = { gate: await r('ffn_gate_inp'), w1: await each('ffn_gate'), w3: await each('ffn_up'), w2: await each('ffn_down') };
+      moe = { gate: await this.#readFloat(blk(i, 'ffn_gate_inp')), w1: await each('ffn_gate'), w3: await each('ffn_up'), w2: await each('ffn_down') };
     }
     if (c.sharedExpertIntermediateSize > 0) {
       moe.sharedExperts = { w1: await r('ffn_gate_shexp'), w3: await r('ffn_up_shexp'), w2: await r('ffn_down_shexp') };
       if (c.sharedExpertGate) {
-        const g = await r('ffn_gate_inp_shexp');
+        const g = await this.#readFloat(blk(i, 'ffn_gate_inp_shexp'));
         moe.sharedExperts.gate = { ...g, dims: [1, c.hiddenSize] } as Tensor;
       }
     }
@@ -467,14 +486,17 @@ export class GgufCheckpoint {
   }
 
   /**
-   * Throws what loading would throw at the first tensor the model cannot run (a quantised one:
-   * ERR_UNSUPPORTED), before anything is read.
+   * Throws what loading would throw at the first tensor the model cannot run (a ggml type the
+   * package does not carry: ERR_TENSOR_DTYPE, as GgufFile.read), before anything is read.
    */
   checkRunnable(): void {
     for (const s of this.#specs()) {
       const info = this.file.info(s.name);
-      if (info.type !== 'float32' && info.type !== 'float16' && info.type !== 'bfloat16')
-        modelTensor(this.file, s.name, { type: info.type!, data: new Uint8Array(0), dims: info.dims }, this.dtype);
+      if (info.type === null)
+        throw new MoeError(
+          `${this.file.path}: tensor '${s.name}' has ggml type ${info.typeName}, which this package does not load (F32, F16, BF16, ${QUANT_TYPES.map((q) => q.toUpperCase()).join(', ')})`,
+          'ERR_TENSOR_DTYPE',
+        );
     }
   }
 
@@ -496,8 +518,13 @@ export class GgufCheckpoint {
     this.close();
   }
 
-  async #read(name: string): Promise<Tensor> {
-    const t = modelTensor(this.file, name, await this.file.read(name), this.dtype);
+  /** A tensor the layers take as float (modelTensor dequantises it when quantised). */
+  async #readFloat(name: string): Promise<Tensor> {
+    return (await this.#read(name)) as Tensor;
+  }
+
+  async #read(name: string): Promise<WeightTensor> {
+    const t = await modelTensor(this.file, name, await this.file.read(name), this.dtype);
     const info = this.file.info(name);
     this.#bytesLoaded += info.byteLength;
     this.#tensorsLoaded++;

@@ -23,6 +23,7 @@ import { promisify } from 'node:util';
 import { describe, fileError, MoeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
 import { type FloatType, type Tensor } from '../core/tensor.js';
+import { type QuantTensor, type QuantType } from '../core/quant.js';
 
 export const GGUF_MAGIC = 0x46554747; // 'GGUF' read as a little-endian u32
 export const GGUF_DEFAULT_ALIGNMENT = 32;
@@ -60,18 +61,13 @@ export interface GgufMetadataEntry {
 
 // ---- tensor types --------------------------------------------------------------------------------
 
-/** The quantised block formats the package carries (raw blocks, ggml's layouts). */
-export type GgufQuantType = 'q8_0' | 'q4_0' | 'q4_k' | 'q5_k' | 'q6_k';
+/** The quantised block formats the package carries (raw blocks, ggml's layouts): core/quant's QuantType. */
+export type GgufQuantType = QuantType;
 export const GGUF_QUANT_TYPES: readonly GgufQuantType[] = ['q8_0', 'q4_0', 'q4_k', 'q5_k', 'q6_k'];
 /** What a GGUF tensor loads as: a float tensor of the package, or raw quantised blocks. */
 export type GgufTensorType = FloatType | GgufQuantType;
 
-/** A quantised tensor: its raw blocks as in the file, and its logical row-major dims. */
-export interface QuantTensor {
-  readonly type: GgufQuantType;
-  readonly data: Uint8Array;
-  readonly dims: readonly number[];
-}
+/** A tensor of a GGUF file: a float tensor, or a quantised one (its raw blocks as in the file, and its logical row-major dims). */
 export type GgufTensor = Tensor<FloatType> | QuantTensor;
 
 interface GgmlType {

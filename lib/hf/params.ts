@@ -8,6 +8,7 @@ import type { MoeModelConfig } from './config.js';
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { checkOptions, intOption } from '../core/options.js';
 import { DTYPE_BYTES, FLOAT_TYPES, type FloatType } from '../core/tensor.js';
+import { bitsPerWeight, QUANT_TYPES, type QuantType } from '../core/quant.js';
 
 export interface ParameterCounts {
   /** Every parameter of the model. */
@@ -74,10 +75,23 @@ export interface MemoryOptions {
   contextLength?: number;
   /** Sequences at once. Default 1. */
   batch?: number;
+  /**
+   * The FFN weights (routed and shared experts, dense FFNs) in a block format: 'q8_0', 'q4_0',
+   * 'q4_k', 'q5_k', 'q6_k'. Default: `dtype`.
+   */
+  quantize?: QuantType;
+  /** The attention projections and the LM head in a block format. Default: `dtype`. */
+  quantizeLinear?: QuantType;
 }
 
 export interface MemoryEstimate {
   dtype: FloatType;
+  /** The FFNs' format, when quantised. */
+  quantize?: QuantType;
+  /** The projections' and LM head's format, when quantised. */
+  quantizeLinear?: QuantType;
+  /** Bytes of the FFN weights (experts, shared experts, dense FFNs), in `quantize` or `dtype`. */
+  ffnBytes: number;
   kvDtype: FloatType;
   contextLength: number;
   batch: number;
@@ -102,9 +116,27 @@ export function estimateMemory(config: MoeModelConfig, options?: MemoryOptions):
   const kvDtype = floatOption(o, 'kvDtype', dtype);
   const contextLength = intOption(o, 'contextLength', config.maxPositionEmbeddings, 1);
   const batch = intOption(o, 'batch', 1, 1);
-  const weightsBytes = countParameters(config).total * DTYPE_BYTES[dtype];
+  const quant = (key: string) => {
+    const v = o[key];
+    if (v !== undefined && !(QUANT_TYPES as readonly unknown[]).includes(v))
+      throw typeError(`options.${key} must be one of ${QUANT_TYPES.map((t) => `'${t}'`).join(', ')}, got ${describe(v)}`);
+    return v as QuantType | undefined;
+  };
+  const quantize = quant('quantize'), quantizeLinear = quant('quantizeLinear');
+  const p = countParameters(config);
+  const bytesAt = (n: number, q: QuantType | undefined) => (q ? (n * bitsPerWeight(q)) / 8 : n * DTYPE_BYTES[dtype]);
+  // the shared-expert gate ([1,d] per layer) is not quantised: a vector
+  const sharedGates = config.sharedExpertGate && config.sharedExpertIntermediateSize > 0 ? config.layerKinds.filter((k) => k === 'moe').length * config.hiddenSize : 0;
+  const ffn = p.experts.total + p.sharedExperts - sharedGates + p.denseFfn;
+  const linear = p.attention + p.lmHead - (config.attentionBias ? config.numHiddenLayers * (config.numAttentionHeads + 2 * config.numKeyValueHeads) * config.headDim : 0) -
+    (config.attentionOutputBias ? config.numHiddenLayers * config.hiddenSize : 0);
+  const ffnBytes = bytesAt(ffn, quantize);
+  const weightsBytes = ffnBytes + bytesAt(linear, quantizeLinear) + (p.total - ffn - linear) * DTYPE_BYTES[dtype];
   const kvCacheBytes = 2 * config.numHiddenLayers * config.numKeyValueHeads * config.headDim * contextLength * batch * DTYPE_BYTES[kvDtype];
-  return { dtype, kvDtype, contextLength, batch, weightsBytes, kvCacheBytes, totalBytes: weightsBytes + kvCacheBytes };
+  return {
+    dtype, ...(quantize ? { quantize } : {}), ...(quantizeLinear ? { quantizeLinear } : {}), kvDtype, contextLength, batch,
+    ffnBytes, weightsBytes, kvCacheBytes, totalBytes: weightsBytes + kvCacheBytes,
+  };
 }
 
 /** 1234567 -> "1.23 MB" (powers of 1000, as disk and model sizes are usually given). */
@@ -136,9 +168,9 @@ export function checkMemory(estimate: MemoryEstimate, options?: MemoryCheckOptio
     const e = estimate;
     const of = o.availableBytes === undefined ? ` of memory is free (${formatBytes(os.totalmem())} in all)` : ' is available';
     throw new MoeError(
-      `the model needs ${formatBytes(e.totalBytes)} (weights ${formatBytes(e.weightsBytes)} in ${e.dtype}, KV cache ${formatBytes(e.kvCacheBytes)} ` +
+      `the model needs ${formatBytes(e.totalBytes)} (weights ${formatBytes(e.weightsBytes)} in ${e.dtype}${e.quantize ? ` with ${e.quantize} FFNs` : ''}, KV cache ${formatBytes(e.kvCacheBytes)} ` +
         `for ${e.contextLength} tokens x batch ${e.batch} in ${e.kvDtype}) but ${formatBytes(available)}${of}; ` +
-        'use a smaller dtype, context or batch',
+        'use a smaller dtype, quantize, context or batch',
       'ERR_OUT_OF_MEMORY',
     );
   }

@@ -29,6 +29,8 @@ import * as path from 'node:path';
 import { parseMixtralConfig, parseMoeConfig, type MixtralConfig, type ModelType, type MoeModelConfig } from './config.js';
 import { describe, MoeError, typeError } from '../core/errors.js';
 import type { DenseFfnWeights, SharedExpertsWeights } from '../moe/layers.js';
+import type { WeightTensor } from '../moe/experts.js';
+import { floatWeight } from '../core/quant.js';
 import { checkOptions } from '../core/options.js';
 import { Checkpoint } from './checkpoint.js';
 import { type TensorInfo } from './safetensors.js';
@@ -37,14 +39,14 @@ import { cast, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.j
 export type ExpertLayout = 'per-expert' | 'packed';
 
 export interface AttentionWeights {
-  /** [heads·headDim, d] */
-  qProj: Tensor;
+  /** [heads·headDim, d]; the projections may be quantised (a GGUF file's blocks, or `quantize()`'s). */
+  qProj: WeightTensor;
   /** [kvHeads·headDim, d] */
-  kProj: Tensor;
+  kProj: WeightTensor;
   /** [kvHeads·headDim, d] */
-  vProj: Tensor;
+  vProj: WeightTensor;
   /** [d, heads·headDim] */
-  oProj: Tensor;
+  oProj: WeightTensor;
   /** Biases [heads·headDim], [kvHeads·headDim] ×2, [d]: when the config declares them. */
   qBias?: Tensor;
   kBias?: Tensor;
@@ -56,12 +58,12 @@ export interface AttentionWeights {
 export interface MoeBlockWeights {
   /** Router [E,d]. */
   gate: Tensor;
-  /** E gate projections [f,d]. */
-  w1: Tensor[];
+  /** E gate projections [f,d] (float or quantised). */
+  w1: WeightTensor[];
   /** E up projections [f,d]. */
-  w3: Tensor[];
+  w3: WeightTensor[];
   /** E down projections [d,f]. */
-  w2: Tensor[];
+  w2: WeightTensor[];
   /**
    * Shared experts applied to every token (Qwen2-MoE: with the sigmoid `gate` [1,d]; DeepSeek-MoE:
    * ungated), present when the config declares them (`sharedExpertIntermediateSize` > 0).
@@ -573,10 +575,10 @@ export function decoderLayerTensors(modelType: ModelType, layer: DecoderLayerWei
   const p = P(layer.index);
   const out: Record<string, Tensor> = {
     [`${p}.input_layernorm.weight`]: layer.inputLayernorm,
-    [`${p}.self_attn.q_proj.weight`]: layer.attention.qProj,
-    [`${p}.self_attn.k_proj.weight`]: layer.attention.kProj,
-    [`${p}.self_attn.v_proj.weight`]: layer.attention.vProj,
-    [`${p}.self_attn.o_proj.weight`]: layer.attention.oProj,
+    [`${p}.self_attn.q_proj.weight`]: floatWeight(layer.attention.qProj, `layer ${layer.index} qProj`),
+    [`${p}.self_attn.k_proj.weight`]: floatWeight(layer.attention.kProj, `layer ${layer.index} kProj`),
+    [`${p}.self_attn.v_proj.weight`]: floatWeight(layer.attention.vProj, `layer ${layer.index} vProj`),
+    [`${p}.self_attn.o_proj.weight`]: floatWeight(layer.attention.oProj, `layer ${layer.index} oProj`),
     [`${p}.post_attention_layernorm.weight`]: layer.postAttentionLayernorm,
   };
   for (const [k, name] of [['qBias', 'q'], ['kBias', 'k'], ['vBias', 'v'], ['oBias', 'o']] as const) {
@@ -584,11 +586,13 @@ export function decoderLayerTensors(modelType: ModelType, layer: DecoderLayerWei
     if (b) out[`${p}.self_attn.${name}_proj.bias`] = b;
   }
   if (layer.mlp) {
-    for (const m of MATS) out[`${p}.mlp.${PROJ[m]}.weight`] = layer.mlp[m];
+    for (const m of MATS) out[`${p}.mlp.${PROJ[m]}.weight`] = floatWeight(layer.mlp[m], `layer ${layer.index} mlp.${m}`);
     return out;
   }
   if (!layer.moe) throw typeError(`layer ${layer.index} has neither moe nor mlp weights`);
-  const { gate, w1, w3, w2, sharedExperts } = layer.moe;
+  const { gate, sharedExperts } = layer.moe;
+  const floats = (ts: readonly WeightTensor[], m: string) => ts.map((t, e) => floatWeight(t, `layer ${layer.index} expert ${e} ${m}`));
+  const [w1, w3, w2] = [floats(layer.moe.w1, 'w1'), floats(layer.moe.w3, 'w3'), floats(layer.moe.w2, 'w2')];
   const mixtralPerExpert = modelType === 'mixtral' && layout === 'per-expert';
   if (layout === 'packed') {
     out[`${p}.mlp.gate.weight`] = gate;
@@ -604,7 +608,7 @@ export function decoderLayerTensors(modelType: ModelType, layer: DecoderLayerWei
   const sp = SHARED_PREFIX[modelType];
   if (sharedExperts) {
     if (sp === undefined) throw typeError(`${modelType} layers have no shared experts`);
-    for (const m of MATS) out[`${p}.mlp.${sp}.${PROJ[m]}.weight`] = sharedExperts[m];
+    for (const m of MATS) out[`${p}.mlp.${sp}.${PROJ[m]}.weight`] = floatWeight(sharedExperts[m], `layer ${layer.index} sharedExperts.${m}`);
     if (sharedExperts.gate) out[`${p}.mlp.${sp}_gate.weight`] = sharedExperts.gate;
   }
   return out;

@@ -14,6 +14,8 @@ import { add, attention, KvCache, Linear, rmsNorm, rope, type AnyTensor } from '
 import { boolOption, checkOptions, intOption } from '../core/options.js';
 import { cast, checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
 import { type DecoderLayerWeights } from '../hf/weights.js';
+import { checkWeightTensor } from '../core/quant.js';
+import { type WeightTensor } from '../moe/experts.js';
 import { view, keep, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions } from './runtime.js';
 
 // ---- block -------------------------------------------------------------------------------------------
@@ -85,7 +87,7 @@ export class MixtralBlock {
    */
   static async create(config: MoeModelConfig, weights: DecoderLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
     checkConfig(config);
-    const { maxSeq, kvType, backend, place } = runtimeOptions(config, options);
+    const { maxSeq, kvType, backend, place, quantize, quantizeLinear } = runtimeOptions(config, options);
     const w = checkOptions(weights, 'weights') as unknown as DecoderLayerWeights;
     const index = intOption(w as unknown as Record<string, unknown>, 'index', 0, 0, config.numHiddenLayers - 1, 'weights.index');
     const a = checkOptions(w.attention, 'weights.attention') as unknown as DecoderLayerWeights['attention'];
@@ -106,8 +108,8 @@ export class MixtralBlock {
       if (inputNorm instanceof DeviceTensor) owned.push(inputNorm);
       const postNorm = await keep(place, postNorm0);
       if (postNorm instanceof DeviceTensor) owned.push(postNorm);
-      const lin = async (t: Tensor, name: string, rows: number, cols: number, bias: { name: string; t: Tensor | undefined; declared: boolean }) => {
-        const c = checkTensor(t, `weights.attention.${name}`, FLOAT_TYPES);
+      const lin = async (t: WeightTensor, name: string, rows: number, cols: number, bias: { name: string; t: Tensor | undefined; declared: boolean }) => {
+        const c = checkWeightTensor(t, `weights.attention.${name}`);
         if (c.dims.length !== 2 || c.dims[0] !== rows || c.dims[1] !== cols)
           throw rangeError(`weights.attention.${name}.dims must be [${rows},${cols}], got [${c.dims.join(',')}]`);
         const bn = `weights.attention.${bias.name}`;
@@ -115,7 +117,7 @@ export class MixtralBlock {
           throw rangeError(bias.declared ? `${bn} is required: this ${config.modelType} config has projection biases` : `${bn} is given but this ${config.modelType} config has no such bias`);
         const b = bias.t === undefined ? undefined : checkTensor(bias.t, bn, FLOAT_TYPES);
         if (b && (b.dims.length !== 1 || b.dims[0] !== rows)) throw rangeError(`${bn}.dims must be [${rows}], got [${b.dims.join(',')}]`);
-        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}) });
+        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}) });
         owned.push(l);
         return l;
       };
@@ -124,7 +126,7 @@ export class MixtralBlock {
       const wk = await lin(a.kProj, 'kProj', kv, d, { name: 'kBias', t: a.kBias, declared: qkvBias });
       const wv = await lin(a.vProj, 'vProj', kv, d, { name: 'vBias', t: a.vBias, declared: qkvBias });
       const wo = await lin(a.oProj, 'oProj', d, q, { name: 'oBias', t: a.oBias, declared: config.attentionOutputBias });
-      const ffn = await createBlockFfn(config, w, index, backend);
+      const ffn = await createBlockFfn(config, w, index, backend, quantize);
       owned.push(ffn);
       const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);
       return new MixtralBlock(index, config, place, { inputNorm, postNorm, wq, wk, wv, wo, ffn, cache });

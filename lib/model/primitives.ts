@@ -28,12 +28,13 @@ import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { boolOption, checkOptions, intOption } from '../core/options.js';
 import type { FloatType, Tensor } from '../core/tensor.js';
+import { isQuantType, quantize, quantizeOption, quantizeSync, type QuantizeType, type QuantTensor, type WeightType } from '../core/quant.js';
 
 /** Where a Linear or KvCache lives: the CPU unless a backend is asked for. */
 function ownerBackend(backend: unknown): ResolvedBackend {
   return backend === undefined ? 'cpu' : resolveBackend(backend);
 }
-function packArgs(o: Record<string, unknown>, backend: ResolvedBackend) {
+function packArgs(o: Record<string, unknown>, backend: ResolvedBackend): { backend: ResolvedBackend; bias?: NativeTensor } {
   return { backend, ...(o.bias === undefined ? {} : { bias: nt(o.bias as Tensor) }) };
 }
 
@@ -132,6 +133,11 @@ abstract class NativeOwner<N extends { dispose(): void }> {
 export interface LinearPackOptions {
   /** A bias [out] (any float type, kept as f32): y = x W^T + bias. */
   bias?: Tensor;
+  /**
+   * Quantise a float W at pack time: 'q8_0', 'q4_0' or 'q4_k' (in a multiple of 32, or 256).
+   * A quantised W (lib/core/quant.ts) is used as it is.
+   */
+  quantize?: QuantizeType;
   /** Where the weights live: 'cpu' (default), or a CUDA backend to serve device tensors ('auto': CUDA when available). */
   backend?: BackendName;
 }
@@ -145,7 +151,7 @@ export class Linear extends NativeOwner<NativeLinear> {
   readonly inFeatures: number;
   readonly outFeatures: number;
   /** Weight type, as packed. */
-  readonly type: FloatType;
+  readonly type: WeightType;
   /** Bytes of the packed copy. */
   readonly bytes: number;
   readonly backend: ResolvedBackend;
@@ -158,22 +164,26 @@ export class Linear extends NativeOwner<NativeLinear> {
     const info = native.info();
     this.inFeatures = info.inFeatures!;
     this.outFeatures = info.outFeatures!;
-    this.type = info.type as FloatType;
+    this.type = info.type as WeightType;
     this.bytes = info.bytes!;
     this.backend = backend;
     this.hasBias = info.bias === true;
   }
 
   /** Packs W [out,in] (and its bias) off the event loop. */
-  static async pack(w: Tensor, options?: LinearPackOptions): Promise<Linear> {
+  static async pack(w: Tensor | QuantTensor, options?: LinearPackOptions): Promise<Linear> {
     const o = checkOptions(options);
     const backend = ownerBackend(o.backend);
-    return new Linear(await binding.pack_linear(nt(w), { ...packArgs(o, backend), async: true }), backend);
+    const q = quantizeOption(o);
+    const wq = q && !isQuantType(w?.type) ? await quantize(w as Tensor, q) : w;
+    return new Linear(await binding.pack_linear(wq as unknown as NativeTensor, { ...packArgs(o, backend), async: true }), backend);
   }
-  static packSync(w: Tensor, options?: LinearPackOptions): Linear {
+  static packSync(w: Tensor | QuantTensor, options?: LinearPackOptions): Linear {
     const o = checkOptions(options);
     const backend = ownerBackend(o.backend);
-    return new Linear(binding.pack_linear(nt(w), packArgs(o, backend)), backend);
+    const q = quantizeOption(o);
+    const wq = q && !isQuantType(w?.type) ? quantizeSync(w as Tensor, q) : w;
+    return new Linear(binding.pack_linear(wq as unknown as NativeTensor, packArgs(o, backend)), backend);
   }
 
   /** y [T,out] = x [T,in] W^T (device tensors for a Linear on a CUDA backend). */

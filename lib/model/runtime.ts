@@ -3,11 +3,12 @@
  * the scratch tensors of one forward (Workspace), the checks of their options and configs, and the
  * AbortSignal helpers.
  */
+import { quantizeOption, type QuantizeType } from '../core/quant.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
 import { describe, MoeError, typeError } from '../core/errors.js';
-import { type AnyTensor } from './primitives.js';
+import { embedding, type AnyTensor } from './primitives.js';
 import { checkOptions, intOption } from '../core/options.js';
 import { FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
 
@@ -22,6 +23,14 @@ export interface MixtralRuntimeOptions {
   maxSeq?: number;
   /** Element type of the KV caches. Default 'float32'. */
   kvType?: FloatType;
+  /**
+   * Quantise the FFN weights (routed and shared experts, dense FFNs) as each layer is packed:
+   * 'q8_0', 'q4_0' or 'q4_k'. With `load`, tensor by tensor as the checkpoint is read, so the peak
+   * memory stays near the quantised size plus one layer. Default: as given.
+   */
+  quantize?: QuantizeType;
+  /** Quantise the attention projections and the LM head too, to this format. Default: as given. */
+  quantizeLinear?: QuantizeType;
 }
 
 export const DEFAULT_MAX_SEQ = 4096;
@@ -45,10 +54,20 @@ export function activation(place: Place, dims: number[]): AnyTensor {
   return place.device ? DeviceTensor.zeros('float32', dims, { backend: place.backend }) : zeros('float32', dims);
 }
 
-/** A copy of a host tensor kept by a layer, on the place (on a device the upload is the copy). */
+/**
+ * A copy of a host tensor kept by a layer, on the place (on a device the upload is the copy). On the
+ * host the copy is an op's output (the embedding of every row), so that it lives in the package's
+ * own memory: async ops then read it in place, where a JS array would be copied by every call that
+ * reads it (the embedding table: a 65 MB copy, and its page faults, per decode step).
+ */
 export async function keep(place: Place, t: Tensor): Promise<AnyTensor> {
   if (place.device) return DeviceTensor.from(t, { backend: place.backend });
-  return { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
+  const cols = t.dims[t.dims.length - 1] ?? 0, rows = cols ? t.data.length / cols : 0;
+  if (rows === 0 || rows > 2 ** 31 - 1) return { type: t.type, data: t.data.slice(), dims: [...t.dims] } as Tensor;
+  const ids = zeros('int32', [rows]);
+  for (let i = 0; i < rows; i++) ids.data[i] = i;
+  const copy = await embedding({ type: t.type, data: t.data, dims: [rows, cols] } as Tensor, ids, { outType: t.type as FloatType });
+  return { type: t.type, data: (copy as Tensor).data, dims: [...t.dims] } as Tensor;
 }
 
 export const bytesOf = (t: AnyTensor) => (t instanceof DeviceTensor ? t.bytes : (t as Tensor).data.byteLength);
@@ -142,5 +161,10 @@ export function checkConfig(config: unknown): MoeModelConfig {
 export function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const o = checkOptions(options);
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
-  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined) };
+  const quantize = quantizeOption(o);
+  const quantizeLinear = quantizeOption({ quantize: o.quantizeLinear }, 'options.quantizeLinear');
+  return {
+    o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined),
+    quantize, quantizeLinear,
+  };
 }

@@ -10,7 +10,9 @@ import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
 import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
 import { boolOption, checkOptions, intOption, required } from '../core/options.js';
 import { factorOption, nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
-import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
+import { checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
+import { checkWeightTensor, quantizeOption, type QuantizeType, type WeightType } from '../core/quant.js';
+import type { WeightTensor } from './experts.js';
 
 export interface MoeLayerWeights extends ExpertWeightsInit {
   /** Router weights [E,d] (Hugging Face `block_sparse_moe.gate.weight`). */
@@ -23,12 +25,12 @@ export interface MoeLayerWeights extends ExpertWeightsInit {
  * their w1/w3 rows and their w2 columns (DeepSeek-MoE stores them that way already).
  */
 export interface SharedExpertsWeights {
-  /** Gate projection [f_shared,d] (`mlp.shared_expert.gate_proj.weight`). */
-  w1: Tensor;
+  /** Gate projection [f_shared,d] (`mlp.shared_expert.gate_proj.weight`); float or quantised like the experts. */
+  w1: WeightTensor;
   /** Up projection [f_shared,d]. */
-  w3: Tensor;
+  w3: WeightTensor;
   /** Down projection [d,f_shared]. */
-  w2: Tensor;
+  w2: WeightTensor;
   /**
    * Optional sigmoid gate [1,d] (Qwen2-MoE's `mlp.shared_expert_gate.weight`):
    * out = moe(x) + sigmoid(x·gᵀ)·shared(x). Without it out = moe(x) + shared(x).
@@ -59,6 +61,12 @@ export interface MoeLayerOptions {
   randomRouting?: RandomRoutingOptions;
   /** Shared experts added to every token's output (packed with the layer). Default: none. */
   sharedExperts?: SharedExpertsWeights;
+  /**
+   * Quantise the float expert weights (and shared experts) at pack time: 'q8_0', 'q4_0' or 'q4_k'
+   * (d and f multiples of 32, or 256 for q4_k). Quantised tensors given are used as they are.
+   * The router stays as given.
+   */
+  quantize?: QuantizeType;
   backend?: BackendName;
 }
 
@@ -153,8 +161,8 @@ export class MoeLayer {
   /** Capacity factor of decode calls; undefined: that of prefill. */
   readonly evalCapacityFactor: number | undefined;
   readonly backend: ResolvedBackend;
-  /** Type of the packed expert weights. */
-  readonly weightType: FloatType;
+  /** Type of the packed expert weights (W1/W3; see ExpertWeights.w2Type). */
+  readonly weightType: WeightType;
   readonly #gate: Tensor;
   readonly #experts: ExpertWeights;
   readonly #variants: ReturnType<typeof routeVariantOptions>;
@@ -167,11 +175,12 @@ export class MoeLayer {
   constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights, /** @internal */ packedShared?: ExpertWeights) {
     const o = checkOptions(options);
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
-    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate });
+    const quantize = quantizeOption(o);
+    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate, quantize });
     let shared = packedShared;
     try {
-      const s = sharedOptions(o, experts);
-      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate });
+      const s = sharedOptions(o, experts, quantize);
+      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize });
       if (shared) checkShared(shared, experts);
       this.#shared = shared;
       this.#sharedGate = s?.gate;
@@ -202,11 +211,12 @@ export class MoeLayer {
   static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer> {
     const o = checkOptions(options);
     const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
-    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate });
+    const quantize = quantizeOption(o);
+    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate, quantize });
     let shared: ExpertWeights | undefined;
     try {
-      const s = sharedOptions(o, packed);
-      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate });
+      const s = sharedOptions(o, packed, quantize);
+      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize });
       return new MoeLayer(weights, options, packed, shared);
     } catch (e) {
       packed.dispose();
@@ -289,13 +299,16 @@ export class MoeLayer {
 }
 
 /** The checked shared-expert weights of the options (gate copied), or undefined. */
-function sharedOptions(o: Record<string, unknown>, experts: ExpertWeights): { weights: ExpertWeightsInit; gate?: Tensor } | undefined {
+function sharedOptions(o: Record<string, unknown>, experts: ExpertWeights, quantize?: QuantizeType): { weights: ExpertWeightsInit; gate?: Tensor } | undefined {
   if (o.sharedExperts === undefined) return undefined;
   const s = checkOptions(o.sharedExperts, 'options.sharedExperts');
-  const m = (k: 'w1' | 'w3' | 'w2') => {
-    const t = checkTensor(required<unknown>(s, k, 'options.sharedExperts'), `options.sharedExperts.${k}`, FLOAT_TYPES);
+  const m = (k: 'w1' | 'w3' | 'w2'): WeightTensor[] => {
+    const t = checkWeightTensor(required<unknown>(s, k, 'options.sharedExperts'), `options.sharedExperts.${k}`);
     if (t.dims.length !== 2) throw rangeError(`options.sharedExperts.${k} must be 2-D, got dims [${t.dims.join(',')}]`);
-    if (t.type !== experts.type) throw typeError(`options.sharedExperts.${k}.type '${t.type}' differs from the experts' '${experts.type}'`);
+    // float shared experts of a quantised layer are quantised with it (options.quantize)
+    const floatOfQuantized = quantize !== undefined && (FLOAT_TYPES as readonly string[]).includes(t.type);
+    if (t.type !== experts.type && !floatOfQuantized && k !== 'w2')
+      throw typeError(`options.sharedExperts.${k}.type '${t.type}' differs from the experts' '${experts.type}'`);
     return [t];
   };
   const weights = { w1: m('w1'), w3: m('w3'), w2: m('w2') };
@@ -354,7 +367,7 @@ export async function moeForward<O extends (MoeLayerOptions & ForwardOptions) | 
     for (const k of ['topK', 'normalize', 'capacityFactor', 'evalCapacityFactor'] as const)
       if (o[k] !== undefined && o[k] !== weights[k])
         throw rangeError(`options.${k} (${describe(o[k])}) differs from the layer's ${k} (${weights[k]}); it is fixed when the layer is created`);
-    for (const k of ['noise', 'randomRouting', 'sharedExperts'] as const)
+    for (const k of ['noise', 'randomRouting', 'sharedExperts', 'quantize'] as const)
       if (o[k] !== undefined) throw rangeError(`options.${k} cannot be given with a MoeLayer; it is fixed when the layer is created`);
     return weights.forward(x, options) as Promise<MoeResult<O>>;
   }
@@ -369,21 +382,23 @@ export async function moeForward<O extends (MoeLayerOptions & ForwardOptions) | 
 // ---- dense SwiGLU FFN ------------------------------------------------------------------------
 
 export interface DenseFfnWeights {
-  /** Gate projection [f,d]. */
-  w1: Tensor;
+  /** Gate projection [f,d] (float or quantised). */
+  w1: WeightTensor;
   /** Up projection [f,d]. */
-  w3: Tensor;
+  w3: WeightTensor;
   /** Down projection [d,f]. */
-  w2: Tensor;
+  w2: WeightTensor;
 }
 
 export interface DenseFfnOptions {
   backend?: BackendName;
+  /** Quantise float weights at pack time ('q8_0', 'q4_0', 'q4_k'); quantised ones are used as they are. */
+  quantize?: QuantizeType;
 }
 
 function denseAsExperts(weights: DenseFfnWeights): ExpertWeightsInit {
   const m = (k: 'w1' | 'w3' | 'w2') => {
-    const t = required<Tensor>(weights, k, 'weights');
+    const t = required<WeightTensor>(weights, k, 'weights');
     if (Array.isArray(t)) throw typeError(`weights.${k} must be one 2-D tensor, got an array`);
     return [t];
   };
@@ -394,13 +409,13 @@ function denseAsExperts(weights: DenseFfnWeights): ExpertWeightsInit {
 export class DenseFfn {
   readonly hiddenSize: number;
   readonly intermediateSize: number;
-  readonly weightType: FloatType;
+  readonly weightType: WeightType;
   readonly backend: ResolvedBackend;
   readonly #w: ExpertWeights;
 
   constructor(weights: DenseFfnWeights, options?: DenseFfnOptions, /** @internal */ packed?: ExpertWeights) {
     const o = checkOptions(options);
-    const w = packed ?? ExpertWeights.packSync(denseAsExperts(weights), { backend: o.backend as BackendName });
+    const w = packed ?? ExpertWeights.packSync(denseAsExperts(weights), { backend: o.backend as BackendName, quantize: quantizeOption(o) });
     this.hiddenSize = w.hiddenSize;
     this.intermediateSize = w.intermediateSize;
     this.weightType = w.type;
@@ -410,7 +425,7 @@ export class DenseFfn {
 
   static async create(weights: DenseFfnWeights, options?: DenseFfnOptions): Promise<DenseFfn> {
     const o = checkOptions(options);
-    return new DenseFfn(weights, options, await ExpertWeights.pack(denseAsExperts(weights), { backend: o.backend as BackendName }));
+    return new DenseFfn(weights, options, await ExpertWeights.pack(denseAsExperts(weights), { backend: o.backend as BackendName, quantize: quantizeOption(o) }));
   }
 
   get bytes(): number {

@@ -97,17 +97,17 @@ std::string dims_string(const moe::TensorView& v) {
   return s + "]";
 }
 
-static const char* kTypeNames[] = {"float32", "float16", "bfloat16", "int32"};
+static const char* kTypeNames[moe::kNumDTypes] = {"float32", "float16", "bfloat16", "int32", "q8_0", "q4_0", "q4_k", "q5_k", "q6_k"};
 
 moe::DType to_dtype(const Napi::Value& v, const char* name, unsigned allowed) {
   Napi::Env env = v.Env();
   std::string allowed_s;
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < moe::kNumDTypes; ++i)
     if (allowed & (1u << i)) allowed_s += (allowed_s.empty() ? "'" : ", '") + std::string(kTypeNames[i]) + "'";
   if (!v.IsString())
     throw_type_error(env, std::string(name) + " must be one of " + allowed_s + ", got " + describe(v));
   std::string s = v.As<Napi::String>().Utf8Value();
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < moe::kNumDTypes; ++i)
     if (s == kTypeNames[i]) {
       if (!(allowed & (1u << i)))
         throw_type_error(env, std::string(name) + " must be one of " + allowed_s + ", got \"" + s + "\"");

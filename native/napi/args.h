@@ -21,6 +21,13 @@ enum DTypeMask : unsigned {
   kBF16 = 1u << int(moe::DType::kBF16),
   kI32 = 1u << int(moe::DType::kI32),
   kAnyFloat = kF32 | kF16 | kBF16,
+  kQ8_0 = 1u << int(moe::DType::kQ8_0),
+  kQ4_0 = 1u << int(moe::DType::kQ4_0),
+  kQ4_K = 1u << int(moe::DType::kQ4_K),
+  kQ5_K = 1u << int(moe::DType::kQ5_K),
+  kQ6_K = 1u << int(moe::DType::kQ6_K),
+  kAnyQuant = kQ8_0 | kQ4_0 | kQ4_K | kQ5_K | kQ6_K,
+  kAnyWeight = kAnyFloat | kAnyQuant,  // what packed weights accept
 };
 
 // Per-environment state (the addon may be loaded by several worker_threads): the JS classes that

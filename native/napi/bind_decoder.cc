@@ -87,7 +87,7 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   auto job = std::make_unique<Job>(o.async());
   moe::Backend* backend = backend_option(o);
   job->backend = backend;
-  moe::TensorView w = host_tensor(*job, info[0], "w", kAnyFloat, 2);
+  moe::TensorView w = host_tensor(*job, info[0], "w", kAnyWeight, 2);
   if (w.dims[0] < 1 || w.dims[1] < 1) throw_range_error(env, "w must have at least one row and one column, got dims " + dims_string(w));
   const bool has_bias = o.has("bias");
   moe::TensorView bias;

@@ -42,7 +42,7 @@ void read_expert_matrix(Job& job, const Napi::Value& v, const char* name, int64_
     if (a.Length() == 0) throw_range_error(env, std::string(name) + " must hold at least one expert, got []");
     for (uint32_t e = 0; e < a.Length(); ++e) {
       std::string n = std::string(name) + "[" + std::to_string(e) + "]";
-      moe::TensorView t = host_tensor(job, a.Get(e), n.c_str(), kAnyFloat, 2);
+      moe::TensorView t = host_tensor(job, a.Get(e), n.c_str(), kAnyWeight, 2);
       if (e == 0) {
         *rows = t.dims[0], *cols = t.dims[1], *dtype = t.dtype;
       } else {
@@ -58,9 +58,9 @@ void read_expert_matrix(Job& job, const Napi::Value& v, const char* name, int64_
     *E = a.Length();
     return;
   }
-  moe::TensorView t = host_tensor(job, v, name, kAnyFloat, 3);
+  moe::TensorView t = host_tensor(job, v, name, kAnyWeight, 3);
   *E = t.dims[0], *rows = t.dims[1], *cols = t.dims[2], *dtype = t.dtype;
-  const size_t mat = size_t(t.dims[1] * t.dims[2]) * moe::dtype_size(t.dtype);
+  const size_t mat = size_t(t.dims[1]) * moe::row_bytes(t.dtype, t.dims[2]);
   for (int64_t e = 0; e < *E; ++e) ptrs->push_back(static_cast<const uint8_t*>(t.data) + e * mat);
 }
 
@@ -81,9 +81,10 @@ moe::ExpertWeightSource read_expert_source(Job& job, const Napi::Value& weights)
   check_same(env, "w3 columns (d)", d3, "w1 columns (d)", d1);
   check_same(env, "w2 rows (d)", d2, "w1 columns (d)", d1);
   check_same(env, "w2 columns (f)", f2, "w1 rows (f)", f1);
-  if (t3 != t1 || t2 != t1)
-    throw_type_error(env, std::string("w1, w3 and w2 must share one type, got '") + moe::dtype_name(t1) + "', '" +
-                              moe::dtype_name(t3) + "', '" + moe::dtype_name(t2) + "'");
+  // One type for all three, except that quantised experts may quantise W2 differently (Q4_K_M).
+  if (t3 != t1 || (t2 != t1 && !(moe::is_quant(t1) && moe::is_quant(t2))))
+    throw_type_error(env, std::string("w1, w3 and w2 must share one type (or all be quantised, w1 and w3 alike), got '") +
+                              moe::dtype_name(t1) + "', '" + moe::dtype_name(t3) + "', '" + moe::dtype_name(t2) + "'");
   if (d1 < 1 || f1 < 1)
     throw_range_error(env, "expert weights must have d >= 1 and f >= 1, got d=" + std::to_string(d1) + ", f=" + std::to_string(f1));
   if (E1 > 65536) throw_range_error(env, "at most 65536 experts, got " + std::to_string(E1));
@@ -91,6 +92,7 @@ moe::ExpertWeightSource read_expert_source(Job& job, const Napi::Value& weights)
   src.d = d1;
   src.f = f1;
   src.dtype = t1;
+  src.w2_dtype = t2;
   return src;
 }
 
@@ -400,6 +402,9 @@ Napi::Value MergeExperts(const Napi::CallbackInfo& info) {
   job->backend = &moe::cpu_backend();  // a weight transform on host memory
   auto a = std::make_shared<moe::MergeExpertsArgs>();
   a->src = read_expert_source(*job, info[0]);
+  if (!moe::is_float(a->src.dtype) || !moe::is_float(a->src.w2_dtype))
+    throw_type_error(env, std::string("merge_experts averages float weights, got '") + moe::dtype_name(a->src.dtype) +
+                              "' (dequantize() them first)");
   const int64_t E = a->src.num_experts, f = a->src.f, d = a->src.d;
   if (!info[1].IsArray()) throw_type_error(env, "distribution must be an array of numbers, got " + describe(info[1]));
   Napi::Array dist = info[1].As<Napi::Array>();

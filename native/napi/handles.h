@@ -123,6 +123,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
       if constexpr (kExperts) {
         num("numExperts", obj->num_experts), num("d", double(obj->d)), num("f", double(obj->f));
         o.Set("hasGate", Napi::Boolean::New(env, obj->has_gate));
+        o.Set("w2Type", Napi::String::New(env, moe::dtype_name(obj->w2_dtype)));
       } else if constexpr (kLinear) {
         num("inFeatures", double(obj->in_features)), num("outFeatures", double(obj->out_features));
         o.Set("bias", Napi::Boolean::New(env, obj->has_bias));

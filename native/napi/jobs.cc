@@ -152,9 +152,11 @@ BufferHandle* buffer_handle_of(const Napi::Value& v) {
 }
 
 napi_typedarray_type typed_array_type(moe::DType t) {
+  if (moe::is_quant(t)) return napi_uint8_array;  // raw blocks
   return t == moe::DType::kF32 ? napi_float32_array : t == moe::DType::kI32 ? napi_int32_array : napi_uint16_array;
 }
 const char* typed_array_name(moe::DType t) {
+  if (moe::is_quant(t)) return "Uint8Array";
   return t == moe::DType::kF32 ? "Float32Array" : t == moe::DType::kI32 ? "Int32Array" : "Uint16Array";
 }
 
@@ -163,6 +165,13 @@ std::string place_name(const Place& p) { return p.on_device() ? std::string("'")
 }  // namespace
 
 bool is_device_tensor(const Napi::Value& v) { return buffer_handle_of(v) != nullptr; }
+
+void check_quant_dims(Napi::Env env, const std::string& name, const moe::TensorView& t) {
+  const int64_t qk = moe::quant_block_elems(t.dtype);
+  if (t.ndim < 1 || t.dims[t.ndim - 1] % qk != 0)
+    throw_range_error(env, name + ".dims " + dims_string(t) + ": a " + moe::dtype_name(t.dtype) + " row must hold whole blocks of " +
+                               std::to_string(qk) + " values");
+}
 
 Place place_of(const Napi::Value& v) {
   Place p;
@@ -188,9 +197,15 @@ moe::TensorView host_tensor(Job& job, const Napi::Value& v, const char* name, un
   bool detached = false;
   napi_is_detached_arraybuffer(env, ab, &detached);
   if (detached) throw_type_error(env, n + ".data's ArrayBuffer is detached (it was transferred): its memory is gone");
-  if (double(length) != double(t.numel()))
+  if (moe::is_quant(t.dtype)) {  // raw blocks of the logical dims
+    check_quant_dims(env, n, t);
+    if (double(length) != double(t.bytes()))
+      throw_range_error(env, n + ".data has " + std::to_string(length) + " bytes but " + moe::dtype_name(t.dtype) + " dims " +
+                                 dims_string(t) + " need " + std::to_string(t.bytes()));
+  } else if (double(length) != double(t.numel())) {
     throw_range_error(env, n + ".data has " + std::to_string(length) + " elements but dims " + dims_string(t) + " need " +
                                std::to_string(t.numel()));
+  }
   const size_t bytes = t.bytes();
   if (std::shared_ptr<HostBlock> block = block_of(env, ab)) {  // the package's memory: held, used in place
     job.hold.push_back(block);
@@ -225,7 +240,8 @@ moe::TensorView device_tensor(Job& job, const Napi::Value& v, const char* name, 
   moe::TensorView t = to_tensor_shape(v, name, allowed, ndim);
   Napi::Value ov = v.As<Napi::Object>().Get("byteOffset");
   const int64_t off = ov.IsUndefined() ? 0 : to_int(ov, (n + ".byteOffset").c_str(), 0, int64_t(b.bytes));
-  const size_t es = moe::dtype_size(t.dtype);
+  if (moe::is_quant(t.dtype)) check_quant_dims(env, n, t);
+  const size_t es = moe::is_quant(t.dtype) ? 1 : moe::dtype_size(t.dtype);
   if (off % int64_t(es) != 0)
     throw_range_error(env, n + ".byteOffset must be a multiple of " + std::to_string(es) + ", got " + std::to_string(off));
   if (size_t(off) + t.bytes() > b.bytes)
@@ -289,6 +305,7 @@ Napi::Object new_output(Napi::Env env, Job& job, moe::DType t, const moe::Tensor
   Napi::Value data;
   if (t == moe::DType::kF32) data = Napi::Float32Array::New(env, n, ab, 0);
   else if (t == moe::DType::kI32) data = Napi::Int32Array::New(env, n, ab, 0);
+  else if (moe::is_quant(t)) data = Napi::Uint8Array::New(env, view->bytes(), ab, 0);
   else data = Napi::Uint16Array::New(env, n, ab, 0);
   view->data = block ? block->data : nullptr;
   if (block) job.hold.push_back(block);

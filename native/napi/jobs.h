@@ -63,6 +63,8 @@ struct Place {
 };
 // The place of a tensor argument: a device tensor's backend, else the host.
 Place place_of(const Napi::Value& v);
+// RangeError unless the last dim of a quantised tensor holds whole blocks.
+void check_quant_dims(Napi::Env env, const std::string& name, const moe::TensorView& t);
 // True when v is an object whose `buffer` is a DeviceBuffer.
 bool is_device_tensor(const Napi::Value& v);
 

@@ -15,6 +15,7 @@ void InitDecoderBindings(Napi::Env env, Napi::Object exports);  // bind_decoder.
 void InitDeviceBindings(Napi::Env env, Napi::Object exports);   // bind_device.cc
 void InitBenchBindings(Napi::Env env, Napi::Object exports);    // bind_bench.cc
 void InitFileBindings(Napi::Env env, Napi::Object exports);     // bind_file.cc
+void InitQuantBindings(Napi::Env env, Napi::Object exports);    // bind_quant.cc
 
 namespace {
 
@@ -74,6 +75,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDeviceBindings(env, exports);
   InitBenchBindings(env, exports);
   InitFileBindings(env, exports);
+  InitQuantBindings(env, exports);
   return exports;
 }
 

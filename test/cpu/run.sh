@@ -20,10 +20,15 @@ cpu="$root/native/backends/cpu"
 isa_flags() {
   local avx2=(-mavx2 -mfma -mf16c)
   local avx512=(-mavx512f -mavx512bw -mavx512vl -mavx512dq "${avx2[@]}")
+  local extra=""
+  case "$1" in */quant_kernels_*) extra="-ffp-contract=off" ;; esac
   case "$1" in
     *_avx512bf16.cc) echo "${avx512[@]} -mavx512bf16" ;;
     *_avx512.cc) echo "${avx512[@]}" ;;
-    *_avx2.cc) echo "${avx2[@]}" ;;
+    *_avx512vnni.cc) echo "${avx2[@]} -mavx512f -mavx512bw -mavx512vl -mavx512vnni $extra" ;;
+    *_avxvnni.cc) echo "${avx2[@]} -mavxvnni $extra" ;;
+    *_avx2.cc) echo "${avx2[@]} $extra" ;;
+    *) echo "$extra" ;;
   esac
 }
 

@@ -37,14 +37,19 @@ kernel_srcs+=("$root/native/backends/cuda/grouped_gemm.cu" "$here/grouped_gemm_t
 kernel_srcs+=("$root/native/backends/cuda/router.cu" "$root/native/backends/cuda/moe_forward.cu" "$here/moe_forward_test.cc")
 kernel_srcs+=("$root/native/backends/cuda/router_stats.cu" "$here/routing_variants_test.cc")
 # The CPU backend, linked in as the twin the CUDA kernels are compared with (routing_variants_test).
+kernel_srcs+=("$root/native/backends/cuda/quant_gemm.cu" "$here/quant_gemm_test.cc")
 # Files *_<isa>.cc compile with that instruction set's flags, as in CMakeLists.txt (MOE_ISA_FLAGS_*).
 cpu_srcs=()
-for f in "$root"/native/backends/cpu/*.cc; do case "$f" in *_avx2.cc|*_avx512.cc|*_avx512bf16.cc) ;; *) cpu_srcs+=("$f") ;; esac; done
+for f in "$root"/native/backends/cpu/*.cc; do case "$f" in *_avx2.cc|*_avx512.cc|*_avx512bf16.cc|*_avxvnni.cc|*_avx512vnni.cc) ;; *) cpu_srcs+=("$f") ;; esac; done
 cpu_avx2_srcs=("$root"/native/backends/cpu/*_avx2.cc)
 cpu_avx512_srcs=("$root"/native/backends/cpu/*_avx512.cc)
 cpu_avx512bf16_srcs=("$root"/native/backends/cpu/*_avx512bf16.cc)
+cpu_avxvnni_srcs=("$root"/native/backends/cpu/*_avxvnni.cc)
+cpu_avx512vnni_srcs=("$root"/native/backends/cpu/*_avx512vnni.cc)
 avx2_flags=(-mavx2 -mfma -mf16c)
 avx512_flags=(-mavx512f -mavx512bw -mavx512vl -mavx512dq "${avx2_flags[@]}")
+avxvnni_flags=(-mavx2 -mfma -mf16c -mavxvnni)
+avx512vnni_flags=(-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vnni)
 cpu_flags=(-fno-math-errno)
 kernel_srcs+=("$root/native/backends/cuda/token_ops.cu" "$root/native/backends/cuda/attention.cu" "$root/native/backends/cuda/sampling.cu"
              "$here/decoder_kernels_test.cc")
@@ -98,6 +103,8 @@ cpu=$(compile "$out/o2" -O2 "${cpu_flags[@]}" -- "${cpu_srcs[@]}") || exit 1
 cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" "${avx2_flags[@]}" -- "${cpu_avx2_srcs[@]}") || exit 1
 cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" "${avx512_flags[@]}" -- "${cpu_avx512_srcs[@]}") || exit 1
 cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" "${avx512_flags[@]}" -mavx512bf16 -- "${cpu_avx512bf16_srcs[@]}") || exit 1
+cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" "${avxvnni_flags[@]}" -- "${cpu_avxvnni_srcs[@]}") || exit 1
+cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" "${avx512vnni_flags[@]}" -- "${cpu_avx512vnni_srcs[@]}") || exit 1
 kernels+=" $cpu"
 link emu_tests -O2 -- $runtime $kernels || exit 1
 "$out/emu_tests" "$@" || status=1
@@ -110,6 +117,8 @@ if [ "${MOE_EMU_SKIP_SANITIZERS:-0}" != 1 ]; then
   objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" "${avx2_flags[@]}" -- "${cpu_avx2_srcs[@]}") || exit 1
   objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" "${avx512_flags[@]}" -- "${cpu_avx512_srcs[@]}") || exit 1
   objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" "${avx512_flags[@]}" -mavx512bf16 -- "${cpu_avx512bf16_srcs[@]}") || exit 1
+  objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" "${avxvnni_flags[@]}" -- "${cpu_avxvnni_srcs[@]}") || exit 1
+  objs+=" "$(compile "$out/asan" "${san[@]}" "${cpu_flags[@]}" "${avx512vnni_flags[@]}" -- "${cpu_avx512vnni_srcs[@]}") || exit 1
   link emu_tests_asan "${san[@]}" -- $objs || exit 1
   ASAN_OPTIONS="detect_leaks=1:${ASAN_OPTIONS:-}" UBSAN_OPTIONS="print_stacktrace=1:${UBSAN_OPTIONS:-}" \
     "$out/emu_tests_asan" "$@" || status=1

@@ -8,7 +8,9 @@
 #include "cpu_features.h"
 #include "cpu_ops.h"
 #include "moe/backend.h"
+#include "moe/quant.h"
 #include "peak.h"
+#include "quant_kernels.h"
 #include "threadpool.h"
 
 namespace moe {
@@ -44,7 +46,10 @@ Capabilities describe() {
             {"avx512bw", InfoValue::flag(f.avx512bw)},
             {"avx512vl", InfoValue::flag(f.avx512vl)},
             {"avx512dq", InfoValue::flag(f.avx512dq)},
-            {"avx512bf16", InfoValue::flag(f.avx512bf16)}};
+            {"avx512bf16", InfoValue::flag(f.avx512bf16)},
+            // the table of the quantised weights (quant_kernels.h), and every table this CPU can run
+            {"quantKernel", InfoValue::text(quant_kernels().name)},
+            {"quantKernels", InfoValue::text(available_quant_kernels())}};
   return c;
 }
 
@@ -158,6 +163,16 @@ class CpuBackend final : public Backend {
   Status merge_experts(const MergeExpertsArgs& a) override {
     if (a.p.size() != size_t(a.src.num_experts)) return Status::invalid("merge_experts: one weight per expert");
     return cpu::merge_experts(a.src, a.p.data(), a.out_w1, a.out_w3, a.out_w2);
+  }
+  Status quantize(const QuantizeArgs& a) override {
+    MOE_RETURN_IF_ERROR(host("quantize", a));
+    const int64_t cols = a.src.dim(-1), rows = cols ? a.src.numel() / cols : 0;
+    return quant::quantize_rows(a.src.data, a.src.dtype, rows, cols, a.dst.dtype, a.dst.data);
+  }
+  Status dequantize(const QuantizeArgs& a) override {
+    MOE_RETURN_IF_ERROR(host("dequantize", a));
+    const int64_t cols = a.src.dim(-1), rows = cols ? a.src.numel() / cols : 0;
+    return quant::dequantize_rows(a.src.data, a.src.dtype, rows, cols, a.dst.data, a.dst.dtype);
   }
 
   Status embedding(const EmbeddingArgs& a) override {

@@ -63,6 +63,15 @@ Status moe_forward(const MoeLayerWeights& layer, const TensorView& x, const MoeF
 Status dense_ffn(const PackedExperts& w, const TensorView& x, const TensorView& out);
 Status merge_experts(const ExpertWeightSource& src, const double* p, void* out_w1, void* out_w3, void* out_w2);
 
+// ---- quantised weights (quant_experts.cc; the functions above dispatch to these) -------------------
+Status pack_quant_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out);
+const TensorView& quant_packed_gate(const PackedExperts& w);
+Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows, const int32_t* expert_offsets,
+                          const PackedExperts& w, float* y);
+Status pack_quant_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out);
+// x: [T,in] f32; y: [T,out] any float type.
+Status quant_linear(const float* x, int64_t T, const PackedLinear& w, const TensorView& y);
+
 // Widens a [n] float tensor of any dtype to f32 (threaded for large n).
 void widen_to_f32(const TensorView& x, float* dst);
 

@@ -99,13 +99,14 @@ void pack_all(const ExpertWeightSource& src, CpuPackedExperts& p) {
 
 Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) {
   if (src.num_experts < 1 || src.d < 1 || src.f < 1) return Status::invalid("pack_experts: empty shape");
+  if (is_quant(src.dtype)) return pack_quant_experts(src, gate, out);  // quant_experts.cc
   if (src.dtype != DType::kF32 && src.dtype != DType::kF16 && src.dtype != DType::kBF16)
     return Status::unsupported(std::string("pack_experts: weights of type ") + dtype_name(src.dtype));
   auto p = std::make_unique<CpuPackedExperts>();
   p->num_experts = src.num_experts;
   p->d = src.d;
   p->f = src.f;
-  p->dtype = src.dtype;
+  p->dtype = p->w2_dtype = src.dtype;
   p->elem_size = dtype_size(src.dtype);
   p->wtype = cpu::packed_weight_type(src.dtype, src.exact_f32);
   p->d_k = cpu::packed_k(p->wtype, src.d);
@@ -134,10 +135,14 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   return Status::ok();
 }
 
-const TensorView& packed_gate(const PackedExperts& w) { return static_cast<const CpuPackedExperts&>(w).gate; }
+const TensorView& packed_gate(const PackedExperts& w) {
+  if (is_quant(w.dtype)) return quant_packed_gate(w);
+  return static_cast<const CpuPackedExperts&>(w).gate;
+}
 
 Status grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
                     const int32_t* expert_offsets, const PackedExperts& pw, float* y) {
+  if (is_quant(pw.dtype)) return quant_grouped_gemm(x, T, sorted_rows, expert_offsets, pw, y);  // quant_experts.cc
   // CpuBackend passes only experts whose `backend` is itself, all made by pack_experts above.
   const auto* w = static_cast<const CpuPackedExperts*>(&pw);
   const int E = w->num_experts;

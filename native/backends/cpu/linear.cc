@@ -48,6 +48,9 @@ Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<
 Status pack_linear_precision(const TensorView& w, const TensorView* bias, bool exact_f32,
                              std::unique_ptr<PackedLinear>* out) {
   if (w.ndim != 2 || w.dims[0] < 1 || w.dims[1] < 1) return Status::invalid("pack_linear: w must be [out,in], both >= 1");
+  if (bias && (bias->ndim != 1 || bias->dims[0] != w.dims[0] || !is_float(bias->dtype)))
+    return Status::invalid("pack_linear: bias must be a float [out] tensor");
+  if (is_quant(w.dtype)) return pack_quant_linear(w, bias, out);  // quant_experts.cc
   if (!is_float(w.dtype)) return Status::unsupported(std::string("pack_linear: weights of type ") + dtype_name(w.dtype));
   if (bias && (bias->ndim != 1 || bias->dims[0] != w.dims[0] || !is_float(bias->dtype)))
     return Status::invalid("pack_linear: bias must be a float [out] tensor");
@@ -76,8 +79,7 @@ Status pack_linear_precision(const TensorView& w, const TensorView* bias, bool e
 
 Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) {
   // CpuBackend passes only weights whose `backend` is itself, all made by pack_linear above.
-  const auto* w = static_cast<const CpuPackedLinear*>(&pw);
-  const int64_t in = w->in_features, n = w->out_features;
+  const int64_t in = pw.in_features, n = pw.out_features;
   if (x.ndim != 2 || x.dims[1] != in) return Status::invalid("linear: x must be [T,in]");
   const int64_t T = x.dims[0];
   if (y.ndim != 2 || y.dims[0] != T || y.dims[1] != n) return Status::invalid("linear: y must be [T,out]");
@@ -91,6 +93,8 @@ Status linear(const TensorView& x, const PackedLinear& pw, const TensorView& y) 
     widen_to_f32(x, x_wide.data());
     x32 = x_wide.data();
   }
+  if (is_quant(pw.dtype)) return quant_linear(x32, T, pw, y);  // quant_experts.cc
+  const auto* w = static_cast<const CpuPackedLinear*>(&pw);
   const int32_t offsets[2] = {0, int32_t(T)};
   const cpu::RowLayout L = cpu::make_row_layout(offsets, 1);
   const int64_t n_mp = L.mp_base[1];

@@ -87,7 +87,8 @@ Status time_moe_forward(const PackedExperts& pw, int64_t T, int top_k, int iters
   const MoeDeviceLayer L = w.layer();
   const size_t fwd = moe_forward_workspace_bytes(L, T, top_k);
   if (fwd == 0) return Status::invalid("time_moe_forward: shape not supported");
-  const size_t xb = size_t(T) * w.d * dtype_size(w.dtype);
+  const DType xt = is_quant(w.dtype) ? DType::kBF16 : w.dtype;  // quantised experts: bf16 activations
+  const size_t xb = size_t(T) * w.d * dtype_size(xt);
   cudaStream_t s = w.stream;
   Status st;
   {
@@ -95,8 +96,8 @@ Status time_moe_forward(const PackedExperts& pw, int64_t T, int top_k, int iters
     const size_t o_ws = sc.add(fwd), o_x = sc.add(xb), o_out = sc.add(xb);
     MOE_RETURN_IF_ERROR(sc.allocate());
     unsigned char* x = sc.at<unsigned char>(o_x);
-    MOE_RETURN_IF_ERROR(upload_randn(x, T * w.d, w.dtype, s));
-    const DevDType dt = dev_dtype(w.dtype);
+    MOE_RETURN_IF_ERROR(upload_randn(x, T * w.d, xt, s));
+    const DevDType dt = dev_dtype(xt);
     st = time_loop(s, iters, ms_per_call, [&]() {
       return launched(launch_moe_forward(L, x, dt, T, top_k, true, sc.at<void>(o_out), dt, nullptr, nullptr,
                                          sc.at<void>(o_ws), fwd, s),
@@ -112,6 +113,7 @@ Status time_dense_ffn(const PackedExperts& pw, int64_t T, int iters, double* ms_
   MOE_EMU_SERIAL;
   const DeviceExperts& w = device_experts(pw);
   if (w.num_experts != 1 || T < 1 || T > (int64_t(1) << 30)) return Status::invalid("time_dense_ffn: one expert and T >= 1");
+  if (is_quant(w.dtype)) return Status::unsupported(std::string("time_dense_ffn of quantised weights on ") + kName);
   const DevDType dt = dev_dtype(w.dtype);
   const size_t gws = grouped_gemm_workspace_bytes(T, T, w.d, w.f, dt);
   if (gws == 0) return Status::invalid("time_dense_ffn: shape not supported");

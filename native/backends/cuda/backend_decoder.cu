@@ -111,7 +111,8 @@ Status create_kv_pool(const KvPoolShape& sh, std::unique_ptr<KvPool>* out) {
 
 Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) {
   MOE_RETURN_IF_ERROR(ready());
-  if (w.ndim != 2 || !is_float(w.dtype) || w.device) return Status::invalid("pack_linear: w must be a 2-d float host tensor");
+  if (w.ndim != 2 || !(is_float(w.dtype) || is_quant(w.dtype)) || w.device)
+    return Status::invalid("pack_linear: w must be a 2-d float or quantised host tensor");
   if (bias && (bias->ndim != 1 || bias->dims[0] != w.dims[0] || !is_float(bias->dtype) || bias->device))
     return Status::invalid("pack_linear: bias must be a float [out] host tensor");
   MOE_EMU_SERIAL;
@@ -125,6 +126,19 @@ Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<
   l->out_features = w.dims[0];
   l->in_features = w.dims[1];
   l->dtype = w.dtype;
+  if (is_quant(w.dtype)) {  // rows in quant_gemm.cu's device layout
+    l->row = quant_device_row_bytes(w.dtype, w.dims[1]);
+    if (l->row == 0) return Status::invalid(std::string("pack_linear: ") + dtype_name(w.dtype) + " weights need in features a multiple of the block");
+    l->w_bytes = l->row * size_t(w.dims[0]);
+    std::vector<unsigned char> host(l->w_bytes);
+    const size_t src_row = row_bytes(w.dtype, w.dims[1]);
+    for (int64_t r = 0; r < w.dims[0]; ++r)
+      quant_repack_row(w.dtype, static_cast<const uint8_t*>(w.data) + size_t(r) * src_row, w.dims[1], host.data() + size_t(r) * l->row);
+    MOE_CUDA_TRY(cudaMalloc(&l->w, l->w_bytes), ("allocating " + std::to_string(l->w_bytes) + " bytes of linear weights").c_str());
+    MOE_CUDA_TRY(cudaMemcpy(l->w, host.data(), l->w_bytes, cudaMemcpyHostToDevice), "uploading linear weights");
+    *out = std::move(l);
+    return Status::ok();
+  }
   l->w_bytes = w.bytes();
   MOE_CUDA_TRY(cudaMalloc(&l->w, l->w_bytes), ("allocating " + std::to_string(l->w_bytes) + " bytes of linear weights").c_str());
   MOE_CUDA_TRY(cudaMemcpy(l->w, w.data, l->w_bytes, cudaMemcpyHostToDevice), "uploading linear weights");
@@ -172,6 +186,18 @@ Status linear(const LinearArgs& a, cudaStream_t s) {
   const auto& w = static_cast<const DeviceLinear&>(*a.w);
   const TensorView& x = a.x;
   const TensorView& y = a.y;
+  if (is_quant(w.dtype)) {  // x -> f32, y32 = x W^T + bias, -> y's type (x read fully before y is written)
+    MOE_EMU_SERIAL;
+    const int64_t T = rows_of(x);
+    Scratch sc(s);
+    const size_t o_x = sc.add(size_t(T) * size_t(w.in_features) * 4), o_y = sc.add(size_t(T) * size_t(w.out_features) * 4);
+    MOE_RETURN_IF_ERROR(sc.allocate());
+    MOE_RETURN_IF_ERROR(launched(launch_cast(x.data, dev_dtype(x.dtype), sc.at<void>(o_x), DevDType::kF32, T * w.in_features, s), "linear input"));
+    MOE_RETURN_IF_ERROR(launched(launch_quant_gemv(sc.at<const float>(o_x), nullptr, 1, T, w.w, 0, w.row, w.dtype, w.in_features,
+                                                   w.out_features, w.bias, sc.at<float>(o_y), s),
+                                 "quantised linear"));
+    return launched(launch_cast(sc.at<const float>(o_y), DevDType::kF32, y.data, dev_dtype(y.dtype), T * w.out_features, s), "linear output");
+  }
   if (y.dtype != DType::kF32 && y.dtype != w.dtype)
     return Status::unsupported(std::string("linear on ") + kName + " writes float32 or the weights' type (" + dtype_name(w.dtype) +
                                "), got out type " + dtype_name(y.dtype));

@@ -27,16 +27,73 @@ MoeDeviceLayer DeviceExperts::layer() const {
   l.num_experts = num_experts;
   l.d = d;
   l.f = f;
-  l.w_dtype = dev_dtype(dtype);
+  l.w_dtype = is_quant(dtype) ? DevDType::kF32 : dev_dtype(dtype);
+  if (is_quant(dtype)) {
+    l.q13 = dtype, l.q2 = w2_dtype;
+    l.expert_bytes = expert_bytes, l.row13 = row13, l.row2 = row2, l.w2_offset = w2_offset;
+  }
   l.gate = gate;
   l.packed = packed;
   return l;
+}
+
+// Quantised experts: each row repacked into quant_gemm.cu's device layout, W1 and W3 rows interleaved.
+static Status pack_quant_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) {
+  const int E = src.num_experts;
+  if (!is_quant(src.w2_dtype)) return Status::invalid("pack_experts: W2 must be quantised like W1 and W3");
+  const size_t row13 = quant_device_row_bytes(src.dtype, src.d), row2 = quant_device_row_bytes(src.w2_dtype, src.f);
+  if (row13 == 0 || row2 == 0)
+    return Status::invalid(std::string("pack_experts: ") + dtype_name(src.dtype) + "/" + dtype_name(src.w2_dtype) +
+                           " experts need d and f multiples of their blocks, got d=" + std::to_string(src.d) + ", f=" + std::to_string(src.f));
+  if (E > 65535) return Status::invalid(std::string("pack_experts: at most 65535 quantised experts on ") + kName);
+  if (gate && (gate->ndim != 2 || gate->dims[0] != E || gate->dims[1] != src.d || gate->device))
+    return Status::invalid("pack_experts: the gate must be a host [" + std::to_string(E) + "," + std::to_string(src.d) + "] tensor");
+  const size_t w2_offset = size_t(2 * src.f) * row13, expert_bytes = w2_offset + size_t(src.d) * row2;
+  const size_t bytes = expert_bytes * size_t(E);
+  std::vector<unsigned char> host;
+  try {
+    host.resize(bytes);
+  } catch (const std::bad_alloc&) {
+    return Status::oom("packing " + std::to_string(bytes) + " bytes of expert weights on the host");
+  }
+  const size_t src13 = row_bytes(src.dtype, src.d), src2 = row_bytes(src.w2_dtype, src.f);
+  for (int e = 0; e < E; ++e) {
+    unsigned char* base = host.data() + size_t(e) * expert_bytes;
+    for (int64_t j = 0; j < src.f; ++j) {
+      quant_repack_row(src.dtype, static_cast<const uint8_t*>(src.w1[size_t(e)]) + size_t(j) * src13, src.d, base + size_t(2 * j) * row13);
+      quant_repack_row(src.dtype, static_cast<const uint8_t*>(src.w3[size_t(e)]) + size_t(j) * src13, src.d, base + size_t(2 * j + 1) * row13);
+    }
+    for (int64_t i = 0; i < src.d; ++i)
+      quant_repack_row(src.w2_dtype, static_cast<const uint8_t*>(src.w2[size_t(e)]) + size_t(i) * src2, src.f,
+                       base + w2_offset + size_t(i) * row2);
+  }
+  auto w = std::make_unique<DeviceExperts>();
+  w->num_experts = E;
+  w->d = src.d;
+  w->f = src.f;
+  w->dtype = src.dtype;
+  w->w2_dtype = src.w2_dtype;
+  w->expert_bytes = expert_bytes, w->row13 = row13, w->row2 = row2, w->w2_offset = w2_offset;
+  MOE_CUDA_TRY(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking), "creating the layer's stream");
+  MOE_CUDA_TRY(cudaMalloc(&w->packed, bytes), ("allocating " + std::to_string(bytes) + " bytes of expert weights").c_str());
+  w->packed_bytes = bytes;
+  MOE_CUDA_TRY(cudaMemcpy(w->packed, host.data(), bytes, cudaMemcpyHostToDevice), "uploading the expert weights");
+  if (gate) {
+    const std::vector<float> g = host_f32(*gate);
+    w->gate_bytes = g.size() * 4;
+    MOE_CUDA_TRY(cudaMalloc(reinterpret_cast<void**>(&w->gate), w->gate_bytes), "allocating the router gate");
+    MOE_CUDA_TRY(cudaMemcpy(w->gate, g.data(), w->gate_bytes, cudaMemcpyHostToDevice), "uploading the router gate");
+    w->has_gate = true;
+  }
+  *out = std::move(w);
+  return Status::ok();
 }
 
 Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) {
   MOE_RETURN_IF_ERROR(ready());
   MOE_EMU_SERIAL;
   const int E = src.num_experts;
+  if (is_quant(src.dtype)) return pack_quant_experts(src, gate, out);
   const DevDType dt = dev_dtype(src.dtype);
   const size_t bytes = grouped_gemm_packed_bytes(E, src.d, src.f, dt);
   if (bytes == 0)
@@ -57,7 +114,7 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   w->num_experts = E;
   w->d = src.d;
   w->f = src.f;
-  w->dtype = src.dtype;
+  w->dtype = w->w2_dtype = src.dtype;
   MOE_CUDA_TRY(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking), "creating the layer's stream");
   MOE_CUDA_TRY(cudaMalloc(&w->packed, bytes), ("allocating " + std::to_string(bytes) + " bytes of expert weights").c_str());
   w->packed_bytes = bytes;
@@ -161,6 +218,15 @@ Status grouped_gemm(const GroupedGemmArgs& a, cudaStream_t s) {
   const int E = w.num_experts;
   const int64_t T = a.x.dims[0], d = w.d, R = a.y.dims[0];
   if (R == 0 || T == 0) return Status::ok();
+  if (is_quant(w.dtype)) {
+    Scratch sc(s);
+    const size_t qws = quant_layer_gemm_workspace_bytes(T, R, d, w.f);
+    const size_t o_ws = sc.add(qws);
+    MOE_RETURN_IF_ERROR(sc.allocate());
+    return launched(launch_quant_layer_gemm(w.layer(), false, a.x.data, dev_dtype(a.x.dtype), T, opt<const int32_t>(a.sorted_rows),
+                                            a.expert_offsets.as<const int32_t>(), R, a.y.as<float>(), sc.at<void>(o_ws), qws, s),
+                    "quantised grouped GEMM");
+  }
   const DevDType wt = dev_dtype(w.dtype);
   const size_t ws = grouped_gemm_workspace_bytes(T, R, d, w.f, wt);
   if (ws == 0) return Status::invalid("grouped_gemm: shape not supported on " + std::string(kName));
@@ -192,9 +258,10 @@ Status moe_forward(const MoeForwardArgs& a, cudaStream_t s) {
   MoeDeviceLayer L = w.layer();
   if (a.shared) {
     const DeviceExperts& sw = device_experts(*a.shared);
-    if (sw.num_experts != 1 || sw.d != w.d || sw.dtype != w.dtype)
+    if (sw.num_experts != 1 || sw.d != w.d || sw.dtype != w.dtype || sw.w2_dtype != w.w2_dtype)
       return Status::invalid("moe_forward: the shared experts must be one packed expert of the experts' d and type");
     L.shared_packed = sw.packed, L.shared_f = sw.f, L.shared_gate = sw.gate;
+    L.shared_row2 = sw.row2, L.shared_w2_offset = sw.w2_offset;
   }
   const int64_t T = a.x.dims[0];
   if (T == 0) {  // nothing to compute; counts, drops and losses of no token are zero
@@ -237,6 +304,22 @@ Status dense_ffn(const DenseFfnArgs& a, cudaStream_t s) {
   if (w.num_experts != 1) return Status::invalid("dense_ffn needs weights packed as one expert");
   const int64_t T = a.x.dims[0];
   if (T == 0) return Status::ok();
+  if (is_quant(w.dtype)) {  // y = FFN(x) in f32 through the layer GEMM, then the output type
+    if (T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
+    Scratch sc(s);
+    const size_t qws = quant_layer_gemm_workspace_bytes(T, T, w.d, w.f);
+    const bool direct = a.out.dtype == DType::kF32;
+    const size_t o_off = sc.add(2 * 4), o_y = sc.add(direct ? 0 : size_t(T) * size_t(w.d) * 4), o_ws = sc.add(qws);
+    MOE_RETURN_IF_ERROR(sc.allocate());
+    int32_t* offsets = sc.at<int32_t>(o_off);
+    MOE_RETURN_IF_ERROR(launched(launch_row_span(offsets, T, s), "dense FFN offsets"));
+    float* y = direct ? a.out.as<float>() : sc.at<float>(o_y);
+    MOE_RETURN_IF_ERROR(launched(launch_quant_layer_gemm(w.layer(), false, a.x.data, dev_dtype(a.x.dtype), T, nullptr, offsets, T, y,
+                                                         sc.at<void>(o_ws), qws, s),
+                                 "quantised dense FFN"));
+    if (direct) return Status::ok();
+    return launched(launch_cast(y, DevDType::kF32, a.out.data, dev_dtype(a.out.dtype), T * w.d, s), "dense FFN output");
+  }
   const size_t gws = grouped_gemm_workspace_bytes(T, T, w.d, w.f, dev_dtype(w.dtype));
   if (gws == 0 || T > (int64_t(1) << 30)) return Status::invalid("dense_ffn: shape not supported on " + std::string(kName));
   const bool direct = a.out.dtype == DType::kF32;

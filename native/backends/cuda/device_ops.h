@@ -7,6 +7,7 @@
 
 #include "backend_runtime.h"
 #include "decoder_launchers.h"
+#include "quant_launchers.h"
 
 namespace moe {
 namespace cuda {
@@ -24,14 +25,17 @@ class DeviceExperts final : public PackedExperts {
   float* gate = nullptr;  // [num_experts, d] f32, or null
   size_t gate_bytes = 0;
   cudaStream_t stream = nullptr;
+  // quantised experts (dtype a block format): quant_gemm.cu's device layout, see MoeDeviceLayer
+  size_t expert_bytes = 0, row13 = 0, row2 = 0, w2_offset = 0;
 };
 
 class DeviceLinear final : public PackedLinear {
  public:
   ~DeviceLinear() override;
   size_t bytes() const override { return w_bytes + (bias ? size_t(out_features) * 4 : 0); }
-  void* w = nullptr;  // [out, in] as given (the CUDA linear reads HF layout)
+  void* w = nullptr;  // [out, in] as given (the CUDA linear reads HF layout); quantised: quant_gemm.cu's rows
   size_t w_bytes = 0;
+  size_t row = 0;     // quantised: bytes per row in the device layout
   float* bias = nullptr;  // [out] f32 or null
 };
 

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "moe/dtype.h"
 #include "moe/moe_params.h"
 
 namespace moe {
@@ -199,7 +200,20 @@ struct MoeDeviceLayer {
   const void* shared_packed = nullptr;
   int64_t shared_f = 0;
   const float* shared_gate = nullptr;
+  // Quantised experts (quant_gemm.cu; w_dtype unused): W1/W3 in q13 and W2 in q2 (kF32: not
+  // quantised), per expert 2f rows of row13 bytes (W1 and W3 interleaved) then d rows of row2 bytes
+  // from w2_offset; expert_bytes apart. The shared experts (one expert) in the same formats.
+  DType q13 = DType::kF32, q2 = DType::kF32;
+  size_t expert_bytes = 0, row13 = 0, row2 = 0, w2_offset = 0;
+  size_t shared_row2 = 0, shared_w2_offset = 0;
 };
+
+// The quantised grouped GEMM of a layer (moe_forward.cu): x of x_dtype -> f32 in the workspace, then
+// launch_quant_gemm1 and launch_quant_gemv; workspace quant_layer_gemm_workspace_bytes().
+size_t quant_layer_gemm_workspace_bytes(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f);
+cudaError_t launch_quant_layer_gemm(const MoeDeviceLayer& layer, bool shared, const void* x, DevDType x_dtype, int64_t num_tokens,
+                                    const int32_t* sorted_rows, const int32_t* offsets, int64_t max_rows, float* y,
+                                    void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 // Routing of one forward: moe::MoeForwardParams (moe/moe_ops.h: top-k, renormalisation, capacity, noisy
 // gating, random routing; the one declaration every backend reads), with the noise weights on the

@@ -14,6 +14,8 @@
 // (logits / ids / weights are written to the caller's outputs instead when those are given).
 #include "cuda_compat.cuh"
 #include "launchers.h"
+#include "decoder_launchers.h"
+#include "quant_launchers.h"
 
 #include <cstdint>
 
@@ -40,20 +42,23 @@ bool valid_dtype(DevDType t) { return t == DevDType::kF32 || t == DevDType::kF16
 MoeWorkspaceLayout moe_layout(const MoeDeviceLayer& layer, int64_t num_tokens, const MoeDeviceRouting& r) {
   MoeWorkspaceLayout L;
   const int E = layer.num_experts, top_k = r.params.route.top_k;
+  const bool quant = layer.q13 != DType::kF32;
   if (num_tokens < 0 || E < 1 || top_k < 1 || top_k > E || layer.d < 1 || layer.f < 1 ||
-      !valid_dtype(layer.w_dtype))
+      (!quant && !valid_dtype(layer.w_dtype)))
     return L;
   if (r.params.route.random_routing && top_k != 2) return L;
   if (num_tokens > (int64_t(1) << 30) / top_k) return L;  // permute's limit on slots
   const int64_t slots = num_tokens * top_k;
   if (layer.d > (int64_t(1) << 30) || slots * layer.d > (int64_t(1) << 46)) return L;
   L.permute_bytes = permute_workspace_bytes(num_tokens, top_k, E);
-  L.gemm_bytes = grouped_gemm_workspace_bytes(num_tokens, slots, layer.d, layer.f, layer.w_dtype);
+  L.gemm_bytes = quant ? quant_layer_gemm_workspace_bytes(num_tokens, slots, layer.d, layer.f)
+                       : grouped_gemm_workspace_bytes(num_tokens, slots, layer.d, layer.f, layer.w_dtype);
   L.stats_bytes = router_stats_workspace_bytes(num_tokens, E);
   if (L.permute_bytes == 0 || L.gemm_bytes == 0 || L.stats_bytes == 0) return L;
   if (layer.shared_packed) {  // the shared experts' GEMM reuses the routed one's scratch
     if (layer.shared_f < 1) return L;
-    const size_t shared_gemm = grouped_gemm_workspace_bytes(num_tokens, num_tokens, layer.d, layer.shared_f, layer.w_dtype);
+    const size_t shared_gemm = quant ? quant_layer_gemm_workspace_bytes(num_tokens, num_tokens, layer.d, layer.shared_f)
+                                     : grouped_gemm_workspace_bytes(num_tokens, num_tokens, layer.d, layer.shared_f, layer.w_dtype);
     if (shared_gemm == 0) return L;
     if (shared_gemm > L.gemm_bytes) L.gemm_bytes = shared_gemm;
   }
@@ -155,8 +160,11 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
   err = launch_permute(ids, num_tokens, top_k, E, capacity, offsets, sorted_rows, row_of, outputs.dropped,
                        /*first_invalid_slot=*/nullptr, ws + L.permute, L.permute_bytes, stream);
   if (err != cudaSuccess) return err;
-  err = launch_grouped_gemm(x, x_dtype, num_tokens, sorted_rows, offsets, /*max_rows=*/slots, layer.packed, E,
-                            layer.d, layer.f, layer.w_dtype, y, ws + L.gemm, L.gemm_bytes, stream);
+  const bool quant = layer.q13 != DType::kF32;
+  err = quant ? launch_quant_layer_gemm(layer, false, x, x_dtype, num_tokens, sorted_rows, offsets, slots, y, ws + L.gemm,
+                                        L.gemm_bytes, stream)
+              : launch_grouped_gemm(x, x_dtype, num_tokens, sorted_rows, offsets, /*max_rows=*/slots, layer.packed, E,
+                                    layer.d, layer.f, layer.w_dtype, y, ws + L.gemm, L.gemm_bytes, stream);
   if (err != cudaSuccess) return err;
   float* shared_y = nullptr;
   float* shared_logit = nullptr;
@@ -165,9 +173,11 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
     shared_y = reinterpret_cast<float*>(ws + L.shared_y);
     err = launch_row_span(span, num_tokens, stream);
     if (err != cudaSuccess) return err;
-    err = launch_grouped_gemm(x, x_dtype, num_tokens, /*sorted_rows=*/nullptr, span, /*max_rows=*/num_tokens,
-                              layer.shared_packed, 1, layer.d, layer.shared_f, layer.w_dtype, shared_y, ws + L.gemm,
-                              L.gemm_bytes, stream);
+    err = quant ? launch_quant_layer_gemm(layer, true, x, x_dtype, num_tokens, nullptr, span, num_tokens, shared_y, ws + L.gemm,
+                                          L.gemm_bytes, stream)
+                : launch_grouped_gemm(x, x_dtype, num_tokens, /*sorted_rows=*/nullptr, span, /*max_rows=*/num_tokens,
+                                      layer.shared_packed, 1, layer.d, layer.shared_f, layer.w_dtype, shared_y, ws + L.gemm,
+                                      L.gemm_bytes, stream);
     if (err != cudaSuccess) return err;
     if (layer.shared_gate) {
       shared_logit = reinterpret_cast<float*>(ws + L.shared_logit);
@@ -177,6 +187,34 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
   }
   return launch_combine(y, slots, row_of, weights, num_tokens, top_k, layer.d, out, out_dtype, stream, shared_y,
                         shared_logit);
+}
+
+size_t quant_layer_gemm_workspace_bytes(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f) {
+  if (num_tokens < 0 || max_rows < 0 || d < 1 || f < 1) return 0;
+  return align_up(size_t(num_tokens) * size_t(d) * 4) + align_up(size_t(max_rows) * size_t(f) * 4);
+}
+
+cudaError_t launch_quant_layer_gemm(const MoeDeviceLayer& layer, bool shared, const void* x, DevDType x_dtype, int64_t num_tokens,
+                                    const int32_t* sorted_rows, const int32_t* offsets, int64_t max_rows, float* y,
+                                    void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  const int64_t d = layer.d, f = shared ? layer.shared_f : layer.f;
+  const int E = shared ? 1 : layer.num_experts;
+  const void* packed = shared ? layer.shared_packed : layer.packed;
+  if (num_tokens == 0 || max_rows == 0) return cudaSuccess;
+  if (!packed || !workspace || workspace_bytes < quant_layer_gemm_workspace_bytes(num_tokens, max_rows, d, f))
+    return cudaErrorInvalidValue;
+  unsigned char* ws = static_cast<unsigned char*>(workspace);
+  float* x32 = reinterpret_cast<float*>(ws);
+  float* h = reinterpret_cast<float*>(ws + align_up(size_t(num_tokens) * size_t(d) * 4));
+  cudaError_t err = launch_cast(x, x_dtype, x32, DevDType::kF32, num_tokens * d, stream);
+  if (err != cudaSuccess) return err;
+  const size_t row13 = shared ? quant_device_row_bytes(layer.q13, d) : layer.row13;
+  const size_t row2 = shared ? layer.shared_row2 : layer.row2, w2_off = shared ? layer.shared_w2_offset : layer.w2_offset;
+  const size_t group = shared ? 0 : layer.expert_bytes;
+  err = launch_quant_gemm1(x32, sorted_rows, offsets, E, packed, group, row13, layer.q13, d, f, h, stream);
+  if (err != cudaSuccess) return err;
+  return launch_quant_gemv(h, offsets, E, 0, static_cast<const unsigned char*>(packed) + w2_off, group, row2, layer.q2, f, d,
+                           nullptr, y, stream);
 }
 
 cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDType x_dtype, int64_t num_tokens,

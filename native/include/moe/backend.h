@@ -133,6 +133,8 @@ class Backend {
   virtual Status moe_forward(const MoeForwardArgs& a) = 0;
   virtual Status dense_ffn(const DenseFfnArgs& a) = 0;
   virtual Status merge_experts(const MergeExpertsArgs& a);
+  virtual Status quantize(const QuantizeArgs& a);
+  virtual Status dequantize(const QuantizeArgs& a);
 
   // ---- decoder ops (moe/decoder_ops.h) ----
   virtual Status embedding(const EmbeddingArgs& a) = 0;
@@ -168,6 +170,8 @@ inline Status Backend::unsupported(const char* what) const {
 inline Status Backend::alloc(size_t, std::shared_ptr<Buffer>*) { return unsupported("device memory"); }
 inline Status Backend::copy(const CopyArgs&) { return unsupported("copy"); }
 inline Status Backend::merge_experts(const MergeExpertsArgs&) { return unsupported("merge_experts"); }
+inline Status Backend::quantize(const QuantizeArgs&) { return unsupported("quantize"); }
+inline Status Backend::dequantize(const QuantizeArgs&) { return unsupported("dequantize"); }
 inline Status Backend::measure_read_bandwidth(size_t, int, double*) { return unsupported("measure_read_bandwidth"); }
 inline Status Backend::measure_fma_peak(double, double*) { return unsupported("measure_fma_peak"); }
 inline Status Backend::time_moe_forward(const PackedExperts&, int64_t, int, int, double*) {

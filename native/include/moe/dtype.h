@@ -7,19 +7,48 @@
 
 namespace moe {
 
-enum class DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI32 = 3 };
+// f32, f16, bf16 and i32 are element types. The quantised types (moe/quant.h) are ggml's block
+// formats: a row of a matrix is a sequence of blocks of quant_block_elems() values stored in
+// quant_block_bytes() bytes, so a [rows, cols] quantised tensor needs cols to be a multiple of the
+// block and holds rows * cols / block_elems * block_bytes bytes.
+enum class DType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI32 = 3, kQ8_0 = 4, kQ4_0 = 5, kQ4_K = 6, kQ5_K = 7, kQ6_K = 8 };
+constexpr int kNumDTypes = 9;
 
-inline size_t dtype_size(DType t) { return t == DType::kF16 || t == DType::kBF16 ? 2 : 4; }
+inline bool is_quant(DType t) { return int(t) >= int(DType::kQ8_0) && int(t) <= int(DType::kQ6_K); }
+// Values per block, and bytes per block, of a quantised type (1 and the element size otherwise).
+inline int64_t quant_block_elems(DType t) {
+  return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : is_quant(t) ? 256 : 1;
+}
+inline size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::kF16: case DType::kBF16: return 2;
+    case DType::kF32: case DType::kI32: return 4;
+    case DType::kQ8_0: return 34;   // f16 d, int8 qs[32]
+    case DType::kQ4_0: return 18;   // f16 d, uint8 qs[16]
+    case DType::kQ4_K: return 144;  // f16 d, f16 dmin, scales[12], qs[128]
+    case DType::kQ5_K: return 176;  // f16 d, f16 dmin, scales[12], qh[32], qs[128]
+    case DType::kQ6_K: return 210;  // ql[128], qh[64], int8 scales[16], f16 d
+  }
+  return 4;
+}
+inline size_t quant_block_bytes(DType t) { return dtype_size(t); }
+// Bytes of `n` consecutive values of a row (n a multiple of the block for quantised types).
+inline size_t row_bytes(DType t, int64_t n) { return size_t(n / quant_block_elems(t)) * dtype_size(t); }
 inline const char* dtype_name(DType t) {
   switch (t) {
     case DType::kF32: return "float32";
     case DType::kF16: return "float16";
     case DType::kBF16: return "bfloat16";
     case DType::kI32: return "int32";
+    case DType::kQ8_0: return "q8_0";
+    case DType::kQ4_0: return "q4_0";
+    case DType::kQ4_K: return "q4_k";
+    case DType::kQ5_K: return "q5_k";
+    case DType::kQ6_K: return "q6_k";
   }
   return "?";
 }
-inline bool is_float(DType t) { return t != DType::kI32; }
+inline bool is_float(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 
 inline float bits_to_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 inline uint32_t f32_to_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }

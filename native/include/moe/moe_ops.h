@@ -38,7 +38,9 @@ class Backend;
 struct ExpertWeightSource {
   int num_experts = 0;
   int64_t d = 0, f = 0;
-  DType dtype = DType::kF32;  // f32, f16 or bf16; all three matrices share it
+  DType dtype = DType::kF32;  // f32, f16 or bf16 (all three matrices), or a quantised type (moe/quant.h) of W1 and W3
+  DType w2_dtype = DType::kF32;  // W2's: dtype, or another quantised type when dtype is one (llama.cpp's
+                                 // Q4_K_M keeps some W2 in q6_k)
   std::vector<const void*> w1, w3, w2;
   // Precision 'exact': multiply bf16 weights with f32 activations. By default the CPU's
   // avx512-bf16 table rounds the activations to bf16 and uses vdpbf16ps (about 2x the speed,
@@ -55,7 +57,8 @@ class PackedExperts {
   Backend* backend = nullptr;  // the backend that packed them
   int num_experts = 0;
   int64_t d = 0, f = 0;
-  DType dtype = DType::kF32;
+  DType dtype = DType::kF32;     // of W1/W3 (and W2, unless quantised differently)
+  DType w2_dtype = DType::kF32;  // of W2
   bool has_gate = false;       // a gate [num_experts, d] was packed with them
   virtual size_t bytes() const = 0;  // memory held (weights and gate)
 };
@@ -171,6 +174,16 @@ struct MergeExpertsArgs {
   ExpertWeightSource src;
   std::vector<double> p;                             // [E]
   void* out_w1 = nullptr, *out_w3 = nullptr, *out_w2 = nullptr;  // [f,d], [f,d], [d,f] of src.dtype
+};
+
+// Weight formats (moe/quant.h): a float matrix to ggml blocks and back. Weight transforms on host
+// memory (the CPU backend's), not ops on activations.
+//   quantize:   src [rows, cols] f32/f16/bf16 -> dst [rows, cols] q8_0, q4_0 or q4_k (dst.dtype)
+//   dequantize: src [rows, cols] any quantised type -> dst [rows, cols] f32/f16/bf16 (ggml's values)
+// Any leading dims are rows; cols (the last dim) holds whole blocks.
+struct QuantizeArgs {
+  TensorView src, dst;
+  template <class F> void visit(F&& f) { f(src, Dir::kIn), f(dst, Dir::kOut); }
 };
 
 }  // namespace moe

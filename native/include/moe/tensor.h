@@ -25,7 +25,11 @@ struct TensorView {
     for (int i = 0; i < ndim; ++i) n *= dims[i];
     return n;
   }
-  size_t bytes() const { return size_t(numel()) * dtype_size(dtype); }
+  // Quantised types: whole blocks along the last dim (the addon checks that it is a multiple).
+  size_t bytes() const {
+    if (!is_quant(dtype)) return size_t(numel()) * dtype_size(dtype);
+    return size_t(numel() / quant_block_elems(dtype)) * dtype_size(dtype);
+  }
   int64_t dim(int i) const { return i < 0 ? dims[ndim + i] : dims[i]; }
   template <class T> T* as() const { return static_cast<T*>(data); }
   // An optional argument is absent when it has no dims (a present tensor with no elements may have
