@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
-import { backendInfo, ExpertWeights, groupedGemmSync, tensor } from '../lib/index';
+import { backendInfo, ExpertWeights, groupedGemmSync, Linear, linearSync, MoeLayer, tensor } from '../lib/index';
 import { i32 } from './helpers/problems';
 
 const root = path.join(__dirname, '..');
@@ -68,6 +68,42 @@ test('bf16 weights: x is rounded to bf16 exactly when the table is avx512-bf16 (
   } else {
     assert.ok(Math.abs(bf - exact) < 1e-6, `${backendInfo().cpu.kernel}: ${bf} vs ${exact}`);
   }
+});
+
+test("precision 'exact': f32 activations against bf16 weights on every table, in the experts, Linear and MoeLayer", async () => {
+  const x = 1 + 2 ** -10; // not a bf16 value: rounding it to bf16 gives 1
+  const one = () => tensor('bfloat16', [1], [1, 1, 1]);
+  const silu = (v: number) => v / (1 + Math.exp(-v));
+  const g = groupedGemmSync(tensor('float32', [x], [1, 1]), i32([0], [1]), i32([0, 1], [2]), ExpertWeights.packSync({ w1: one(), w3: one(), w2: one() }, { precision: 'exact' })).data[0];
+  assert.ok(Math.abs(g - silu(x) * x) < 1e-6, `experts: ${g} vs ${silu(x) * x}`);
+  const w = tensor('bfloat16', [1, 1], [2, 1]);
+  assert.equal(Array.from((linearSync(tensor('float32', [x], [1, 1]), Linear.packSync(w, { precision: 'exact' })) as { data: Float32Array }).data), [x, x]);
+  const rounded = Array.from((linearSync(tensor('float32', [x], [1, 1]), Linear.packSync(w)) as { data: Float32Array }).data);
+  assert.equal(rounded, backendInfo().cpu.kernel === 'avx512-bf16' ? [1, 1] : [x, x], 'the default rounds x to bf16 on avx512-bf16 only');
+  // a whole layer: bf16 weights whose values are exact in bf16 give the f32 layer's bits with 'exact'
+  const d = 32, f = 32, E = 4;
+  const vals = (n: number, s: number) => Array.from({ length: n }, (_, i) => (((i * s) % 17) - 8) / 16);
+  const weights = (type: 'float32' | 'bfloat16') => ({
+    gate: tensor('float32', vals(E * d, 5), [E, d]),
+    w1: tensor(type, vals(E * f * d, 3), [E, f, d]),
+    w3: tensor(type, vals(E * f * d, 7), [E, f, d]),
+    w2: tensor(type, vals(E * d * f, 11), [E, d, f]),
+  });
+  const xs = tensor('float32', Array.from({ length: 3 * d }, (_, i) => Math.sin(i) * 0.7), [3, d]);
+  const run = async (type: 'float32' | 'bfloat16', precision?: 'exact') => {
+    const layer = await MoeLayer.create(weights(type), { topK: 2, ...(precision ? { precision } : {}) });
+    try {
+      return Array.from((await layer.forward(xs)).output.data as Float32Array);
+    } finally {
+      layer.dispose();
+    }
+  };
+  assert.equal(await run('bfloat16', 'exact'), await run('float32'));
+  assert.throws(() => Linear.packSync(w, { precision: 'fast' as never }), (e: Error) => e instanceof TypeError && /options.precision must be 'default' or 'exact', got 'fast'/.test(e.message));
+  await MoeLayer.create(weights('bfloat16'), { precision: 1 as never }).then(
+    () => assert.unreachable('a bad precision'),
+    (e: Error) => assert.ok(e instanceof TypeError && /options.precision/.test(e.message), e.message),
+  );
 });
 
 test.run();

@@ -6,7 +6,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { convertToGguf, dequantize, GgufCheckpoint, GgufFile, MixtralModel, MoeCheckpoint, quantize, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor } from '../lib/index';
+import { convertToGguf, dequantize, isQuantType, GgufCheckpoint, GgufFile, MixtralModel, MoeCheckpoint, quantize, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor, type QuantTensor, type WeightTensor, type DecoderLayerWeights } from '../lib/index';
 import { permuteQK, unpermuteQK } from '../lib/hf/gguf-model';
 import { expectMoeError, tinyMixtralRaw, tinyQwen2MoeRaw, tmpDir, writeTinyMixtral, writeTinyModel } from './helpers/checkpoints';
 import { tinyTokenizerJson } from './helpers/tokenizers';
@@ -187,10 +187,25 @@ test('quantised GGUF: convert q8_0/q4_0/q4_k writes the blocks of the quantiser;
     const globals = await g.loadGlobals();
     assert.is(globals.embedTokens.type, 'float32');
     assert.equal(Array.from(globals.embedTokens.data), Array.from((await dequantize(await quantize(g0.embedTokens, type))).data));
+    // the dequantised model: the file's blocks widened to f32 once, run by the float kernels
+    const deq = async (t: WeightTensor) => (isQuantType(t.type) ? dequantize(t as QuantTensor) : (t as Tensor));
+    const layers: DecoderLayerWeights[] = [];
+    for (let i = 0; i < g.config.numHiddenLayers; i++) {
+      const li = await g.loadLayer(i);
+      const at = li.attention;
+      li.attention = { ...at, qProj: await deq(at.qProj), kProj: await deq(at.kProj), vProj: await deq(at.vProj), oProj: await deq(at.oProj) };
+      const mo = li.moe!;
+      li.moe = { ...mo, w1: await Promise.all(mo.w1.map(deq)), w3: await Promise.all(mo.w3.map(deq)), w2: await Promise.all(mo.w2.map(deq)) };
+      layers.push(li);
+    }
+    const dm = await MixtralModel.fromWeights(g.config, { globals, layers }, { maxSeq: 32 });
+    const dequantTokens = await dm.generateAll(PROMPT, { maxNewTokens: 8 });
+    dm.dispose();
     g.close();
     const q = await logitsOf(file);
     const err = maxDiff(f32.logits, q.logits) / scale;
     assert.ok(err > 0 && err < tol, `${type}: logits off by ${err} of their scale`);
+    assert.equal(q.tokens, dequantTokens, `${type}: the greedy tokens of the dequantised model`);
   }
 });
 

@@ -222,7 +222,7 @@ export interface NativeBinding {
   set_error_class(cls: new (message: string, code: string) => Error): void;
   backend_info(): NativeBackendInfo;
   /** gate: the router gate [E,d] packed with the experts (moe_forward needs it). */
-  pack_experts<A extends boolean = false>(weights: { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor }, options?: OnBackend & Async<A>): Ret<NativeExperts, A>;
+  pack_experts<A extends boolean = false>(weights: { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor }, options?: OnBackend & { exactF32?: boolean } & Async<A>): Ret<NativeExperts, A>;
   route<A extends boolean = false>(x: NativeTensor, gate: NativeTensor, options: NativeRouteOptions & { wantLogits?: boolean } & OnBackend & Async<A>): Ret<NativeRouteResult, A>;
   permute<A extends boolean = false>(topkIds: NativeTensor, options: { numExperts: number; capacity?: number } & OnBackend & Async<A>): Ret<NativePermuteResult, A>;
   grouped_gemm<A extends boolean = false>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, options?: Async<A>): Ret<NativeTensor, A>;
@@ -234,7 +234,7 @@ export interface NativeBinding {
   // ---- decoder-model ops (native/napi/bind_decoder.cc) ----
   embedding<A extends boolean = false>(table: AnyT, ids: NativeTensor, options?: Out & Async<A>): Ret<AnyT, A>;
   rms_norm<A extends boolean = false>(x: AnyT, weight: AnyT, options?: { eps?: number } & Out & Async<A>): Ret<AnyT, A>;
-  pack_linear<A extends boolean = false>(w: NativeWeightTensor, options?: { bias?: NativeTensor } & OnBackend & Async<A>): Ret<NativeLinear, A>;
+  pack_linear<A extends boolean = false>(w: NativeWeightTensor, options?: { bias?: NativeTensor; exactF32?: boolean } & OnBackend & Async<A>): Ret<NativeLinear, A>;
   linear<A extends boolean = false>(x: AnyT, w: NativeLinear, options?: Out & Async<A>): Ret<AnyT, A>;
   rope<A extends boolean = false>(q: AnyT, k: Maybe<AnyT>, positions: AnyT, options?: { theta?: number; qOut?: Maybe<AnyT>; kOut?: Maybe<AnyT> } & Async<A>): Ret<{ q: AnyT; k: AnyT | null }, A>;
   create_kv_cache(shape: { maxSeq: number; numKvHeads: number; headDim: number; type?: NativeDType }, options?: OnBackend): NativeKvCache;

@@ -95,6 +95,23 @@ export function checkWeightTensor(t: unknown, name: string): Tensor | QuantTenso
   return isQuantType(type) ? checkQuantTensor(t, name) : checkTensor(t, name, FLOAT_TYPES);
 }
 
+/**
+ * How 16-bit float weights meet the activations on the CPU. 'default': the avx512-bf16 table rounds
+ * the activations to bf16 for bf16 weights (vdpbf16ps, about twice the speed, results within the
+ * bf16 tolerance); 'exact': f32 activations on every table (the avx512 table's speed and bits).
+ * Other tables and f32/quantised weights are the same either way. The CUDA backend reads the
+ * activations in the weights' type, so 'exact' with 16-bit weights is ERR_UNSUPPORTED there.
+ */
+export type Precision = 'default' | 'exact';
+export const PRECISIONS: readonly Precision[] = ['default', 'exact'];
+
+/** options.precision of the packers: true for 'exact'. */
+export function exactOption(o: Record<string, unknown>, name = 'options.precision'): boolean {
+  const v = o.precision ?? 'default';
+  if (!(PRECISIONS as readonly unknown[]).includes(v)) throw typeError(`${name} must be 'default' or 'exact', got ${describe(v)}`);
+  return v === 'exact';
+}
+
 /** options.quantize of the layers: undefined, or a type `quantize` makes. */
 export function quantizeOption(o: Record<string, unknown>, name = 'options.quantize'): QuantizeType | undefined {
   const v = o.quantize;

@@ -6,7 +6,7 @@
  * of result, so a block runs either without knowing which it holds. Thin: packing and math are
  * native (lib/moe/layers.ts).
  */
-import type { QuantizeType } from '../core/quant.js';
+import type { Precision, QuantizeType } from '../core/quant.js';
 import { type BackendName } from '../core/backend.js';
 import { DeviceTensor } from '../core/device.js';
 import { type LayerKind, type MoeModelConfig } from '../hf/config.js';
@@ -83,7 +83,7 @@ const dimsOf = (t: { dims?: readonly number[] } | undefined) => `[${t?.dims?.joi
  * dense one, as `MoeCheckpoint.loadLayer` gives them), checking every size against the config;
  * a RangeError names the weight, the size found and the size the config implies.
  */
-export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLayerWeights, index: number, backend: BackendName | undefined, quantize?: QuantizeType): Promise<BlockFfn> {
+export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLayerWeights, index: number, backend: BackendName | undefined, quantize?: QuantizeType, precision: Precision = 'default'): Promise<BlockFfn> {
   const d = config.hiddenSize;
   const kind = config.layerKinds[index];
   if (kind === 'dense') {
@@ -91,7 +91,7 @@ export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLay
     if (weights.mlp === undefined) throw rangeError(`weights.mlp is required: layer ${index} of this ${config.modelType} config is dense`);
     const m = checkOptions(weights.mlp, 'weights.mlp') as unknown as DenseFfnWeights;
     const f = config.intermediateSize;
-    const dense = await DenseFfn.create({ w1: m.w1, w3: m.w3, w2: m.w2 }, { backend, ...(quantize ? { quantize } : {}) });
+    const dense = await DenseFfn.create({ w1: m.w1, w3: m.w3, w2: m.w2 }, { backend, ...(quantize ? { quantize } : {}), precision });
     if (dense.hiddenSize !== d || dense.intermediateSize !== f) {
       dense.dispose();
       throw rangeError(`weights.mlp: a SwiGLU FFN of [${dense.intermediateSize},${dense.hiddenSize}], expected [${f},${d}] (intermediate_size, hidden_size) from the config`);
@@ -117,7 +117,7 @@ export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLay
   } else if (w.sharedExperts !== undefined) throw rangeError(`weights.moe.sharedExperts is given but the config declares no shared experts`);
   const moe = await MoeLayer.create(
     { gate: w.gate, w1: w.w1, w3: w.w3, w2: w.w2 },
-    { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}) },
+    { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision },
   );
   const f = config.moeIntermediateSize;
   if (moe.numExperts !== config.numExperts || moe.hiddenSize !== d || moe.intermediateSize !== f) {

@@ -87,7 +87,7 @@ export class MixtralBlock {
    */
   static async create(config: MoeModelConfig, weights: DecoderLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
     checkConfig(config);
-    const { maxSeq, kvType, backend, place, quantize, quantizeLinear } = runtimeOptions(config, options);
+    const { maxSeq, kvType, backend, place, quantize, quantizeLinear, precision } = runtimeOptions(config, options);
     const w = checkOptions(weights, 'weights') as unknown as DecoderLayerWeights;
     const index = intOption(w as unknown as Record<string, unknown>, 'index', 0, 0, config.numHiddenLayers - 1, 'weights.index');
     const a = checkOptions(w.attention, 'weights.attention') as unknown as DecoderLayerWeights['attention'];
@@ -117,7 +117,7 @@ export class MixtralBlock {
           throw rangeError(bias.declared ? `${bn} is required: this ${config.modelType} config has projection biases` : `${bn} is given but this ${config.modelType} config has no such bias`);
         const b = bias.t === undefined ? undefined : checkTensor(bias.t, bn, FLOAT_TYPES);
         if (b && (b.dims.length !== 1 || b.dims[0] !== rows)) throw rangeError(`${bn}.dims must be [${rows}], got [${b.dims.join(',')}]`);
-        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}) });
+        const l = await Linear.pack(c, { ...dev, ...(b ? { bias: b } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}), precision });
         owned.push(l);
         return l;
       };
@@ -126,7 +126,7 @@ export class MixtralBlock {
       const wk = await lin(a.kProj, 'kProj', kv, d, { name: 'kBias', t: a.kBias, declared: qkvBias });
       const wv = await lin(a.vProj, 'vProj', kv, d, { name: 'vBias', t: a.vBias, declared: qkvBias });
       const wo = await lin(a.oProj, 'oProj', d, q, { name: 'oBias', t: a.oBias, declared: config.attentionOutputBias });
-      const ffn = await createBlockFfn(config, w, index, backend, quantize);
+      const ffn = await createBlockFfn(config, w, index, backend, quantize, precision);
       owned.push(ffn);
       const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);
       return new MixtralBlock(index, config, place, { inputNorm, postNorm, wq, wk, wv, wo, ffn, cache });

@@ -15,7 +15,7 @@
  * (generate) and the routing counts come back to the host. One model holds one sequence (one KV
  * cache per block): calls on a model must not overlap.
  */
-import { type QuantizeType } from '../core/quant.js';
+import { type Precision, type QuantizeType } from '../core/quant.js';
 import { backendInfo, type ResolvedBackend } from '../core/backend.js';
 import { type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
@@ -147,7 +147,7 @@ export class MixtralModel {
       : await MoeCheckpoint.open(dir, { dtype: o.dtype as FloatType | undefined, onProgress: o.onProgress as MixtralLoadOptions['onProgress'] });
     try {
       const config = ckpt.config;
-      const { maxSeq, kvType, place, quantize, quantizeLinear } = runtimeOptions(config, o);
+      const { maxSeq, kvType, place, quantize, quantizeLinear, precision } = runtimeOptions(config, o);
       let estimate: MemoryEstimate;
       if (ckpt instanceof GgufCheckpoint) {
         ckpt.checkRunnable();
@@ -164,7 +164,7 @@ export class MixtralModel {
       const blocks: MixtralBlock[] = [];
       try {
         for await (const layer of ckpt.layers()) blocks.push(await MixtralBlock.create(config, layer, o));
-        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear);
+        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision);
         if (ckpt instanceof GgufCheckpoint) {
           ckpt.releaseGlobals();
           model.tokenizer = ckpt.file.has('tokenizer.ggml.model') ? GgufTokenizer.fromGguf(ckpt.file) : null;
@@ -195,7 +195,7 @@ export class MixtralModel {
     const layers = w.layers as Iterable<DecoderLayerWeights> | AsyncIterable<DecoderLayerWeights> | undefined;
     if (layers == null || (typeof (layers as Iterable<unknown>)[Symbol.iterator] !== 'function' && typeof (layers as AsyncIterable<unknown>)[Symbol.asyncIterator] !== 'function'))
       throw typeError(`weights.layers must be an array or an iterable of layer weights, got ${describe(layers)}`);
-    const { maxSeq, place, quantizeLinear } = runtimeOptions(config, options);
+    const { maxSeq, place, quantizeLinear, precision } = runtimeOptions(config, options);
     const blocks: MixtralBlock[] = [];
     try {
       for await (const l of layers) {
@@ -208,7 +208,7 @@ export class MixtralModel {
       }
       if (blocks.length !== config.numHiddenLayers)
         throw rangeError(`weights.layers must give ${config.numHiddenLayers} layers (num_hidden_layers), got ${blocks.length}`);
-      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as ModelGlobalWeights, blocks, maxSeq, place, quantizeLinear);
+      return await MixtralModel.#assemble(config, checkOptions(w.globals, 'weights.globals') as unknown as ModelGlobalWeights, blocks, maxSeq, place, quantizeLinear, precision);
     } catch (e) {
       for (const b of blocks) b.dispose();
       throw e;
@@ -224,7 +224,7 @@ export class MixtralModel {
     return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq, quantize, quantizeLinear });
   }
 
-  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType): Promise<MixtralModel> {
+  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType, precision: Precision = 'default'): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
     const check = (t: unknown, name: string, dims: number[]) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
@@ -234,7 +234,7 @@ export class MixtralModel {
     const embed = check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
     const norm = check(g.norm, 'weights.globals.norm', [d]);
     const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d]);
-    const lmHead = await Linear.pack(head, { ...(place.device ? { backend: place.backend } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}) });
+    const lmHead = await Linear.pack(head, { ...(place.device ? { backend: place.backend } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}), precision });
     // the embedding table and the norm are read in place by the ops: keep private copies
     const kept: AnyTensor[] = [];
     try {

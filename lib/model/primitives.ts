@@ -28,14 +28,14 @@ import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { boolOption, checkOptions, intOption } from '../core/options.js';
 import type { FloatType, Tensor } from '../core/tensor.js';
-import { isQuantType, quantize, quantizeOption, quantizeSync, type QuantizeType, type QuantTensor, type WeightType } from '../core/quant.js';
+import { exactOption, isQuantType, quantize, quantizeOption, quantizeSync, type Precision, type QuantizeType, type QuantTensor, type WeightType } from '../core/quant.js';
 
 /** Where a Linear or KvCache lives: the CPU unless a backend is asked for. */
 function ownerBackend(backend: unknown): ResolvedBackend {
   return backend === undefined ? 'cpu' : resolveBackend(backend);
 }
-function packArgs(o: Record<string, unknown>, backend: ResolvedBackend): { backend: ResolvedBackend; bias?: NativeTensor } {
-  return { backend, ...(o.bias === undefined ? {} : { bias: nt(o.bias as Tensor) }) };
+function packArgs(o: Record<string, unknown>, backend: ResolvedBackend): { backend: ResolvedBackend; bias?: NativeTensor; exactF32: boolean } {
+  return { backend, ...(o.bias === undefined ? {} : { bias: nt(o.bias as Tensor) }), exactF32: exactOption(o) };
 }
 
 /** A host tensor or a device tensor: ops take tensors of one place and return that place's. */
@@ -138,6 +138,8 @@ export interface LinearPackOptions {
    * A quantised W (lib/core/quant.ts) is used as it is.
    */
   quantize?: QuantizeType;
+  /** 'exact': f32 activations against bf16 W on the CPU's avx512-bf16 table (see Precision). Default 'default'. */
+  precision?: Precision;
   /** Where the weights live: 'cpu' (default), or a CUDA backend to serve device tensors ('auto': CUDA when available). */
   backend?: BackendName;
 }

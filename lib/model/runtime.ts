@@ -3,7 +3,7 @@
  * the scratch tensors of one forward (Workspace), the checks of their options and configs, and the
  * AbortSignal helpers.
  */
-import { quantizeOption, type QuantizeType } from '../core/quant.js';
+import { exactOption, quantizeOption, type Precision, type QuantizeType } from '../core/quant.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
@@ -31,6 +31,12 @@ export interface MixtralRuntimeOptions {
   quantize?: QuantizeType;
   /** Quantise the attention projections and the LM head too, to this format. Default: as given. */
   quantizeLinear?: QuantizeType;
+  /**
+   * 'exact': f32 activations against bf16 weights (experts, projections, LM head) where the CPU's
+   * avx512-bf16 table would round them to bf16. Default 'default'. CPU only (ERR_UNSUPPORTED with
+   * 16-bit weights on CUDA).
+   */
+  precision?: Precision;
 }
 
 export const DEFAULT_MAX_SEQ = 4096;
@@ -165,6 +171,6 @@ export function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const quantizeLinear = quantizeOption({ quantize: o.quantizeLinear }, 'options.quantizeLinear');
   return {
     o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined),
-    quantize, quantizeLinear,
+    quantize, quantizeLinear, precision: (exactOption(o) ? 'exact' : 'default') as Precision,
   };
 }

@@ -8,7 +8,7 @@ import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { checkOptions, required } from '../core/options.js';
 import type { Tensor } from '../core/tensor.js';
-import { isQuantType, quantize, quantizeOption, quantizeSync, type QuantizeType, type QuantTensor, type WeightType } from '../core/quant.js';
+import { exactOption, isQuantType, quantize, quantizeOption, quantizeSync, type Precision, type QuantizeType, type QuantTensor, type WeightType } from '../core/quant.js';
 
 /** An expert weight matrix: float, or quantised blocks (lib/core/quant.ts). */
 export type WeightTensor = Tensor | QuantTensor;
@@ -29,6 +29,8 @@ export interface PackOptions {
    * are). d must be a multiple of the block (32, or 256 for q4_k), and so must f.
    */
   quantize?: QuantizeType;
+  /** 'exact': f32 activations against bf16 weights on the avx512-bf16 table (see Precision). Default 'default'. */
+  precision?: Precision;
   /** @internal the router gate packed with the experts: [E,d] (an MoE layer's), or [1,d] (shared experts' sigmoid gate) */
   gate?: Tensor;
 }
@@ -65,15 +67,15 @@ export class ExpertWeights {
 
   /** Packs off the event loop. */
   static async pack(weights: ExpertWeightsInit, options?: PackOptions): Promise<ExpertWeights> {
-    const [w, backend, q] = args(weights, options);
+    const [w, backend, q, exactF32] = args(weights, options);
     if (q) for (const k of ['w1', 'w3', 'w2'] as const) w[k] = await quantizeMatrix(w[k], q, k);
-    return new ExpertWeights(await binding.pack_experts(w, { backend, async: true }), backend);
+    return new ExpertWeights(await binding.pack_experts(w, { backend, exactF32, async: true }), backend);
   }
 
   static packSync(weights: ExpertWeightsInit, options?: PackOptions): ExpertWeights {
-    const [w, backend, q] = args(weights, options);
+    const [w, backend, q, exactF32] = args(weights, options);
     if (q) for (const k of ['w1', 'w3', 'w2'] as const) w[k] = quantizeMatrixSync(w[k], q, k);
-    return new ExpertWeights(binding.pack_experts(w, { backend }), backend);
+    return new ExpertWeights(binding.pack_experts(w, { backend, exactF32 }), backend);
   }
 
   get disposed(): boolean {
@@ -97,14 +99,15 @@ export class ExpertWeights {
 }
 
 type NativeWeights = { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor };
-function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeWeights, ResolvedBackend, QuantizeType | undefined] {
+function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeWeights, ResolvedBackend, QuantizeType | undefined, boolean] {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
   const q = quantizeOption(o);
+  const exactF32 = exactOption(o);
   const m = (k: 'w1' | 'w3' | 'w2') => required<NativeExpertMatrix>(weights, k, 'weights');
   const w: NativeWeights = { w1: m('w1'), w3: m('w3'), w2: m('w2') };
   if (o.gate !== undefined) w.gate = o.gate as NativeTensor;
-  return [w, backend, q];
+  return [w, backend, q, exactF32];
 }
 
 // A matrix (one tensor or one per expert) with its float tensors quantised; quantised ones kept.

@@ -11,7 +11,7 @@ import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.
 import { boolOption, checkOptions, intOption, required } from '../core/options.js';
 import { factorOption, nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
 import { checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
-import { checkWeightTensor, quantizeOption, type QuantizeType, type WeightType } from '../core/quant.js';
+import { checkWeightTensor, exactOption, quantizeOption, type Precision, type QuantizeType, type WeightType } from '../core/quant.js';
 import type { WeightTensor } from './experts.js';
 
 export interface MoeLayerWeights extends ExpertWeightsInit {
@@ -67,6 +67,11 @@ export interface MoeLayerOptions {
    * The router stays as given.
    */
   quantize?: QuantizeType;
+  /**
+   * 'exact': f32 activations against bf16 experts where the CPU's avx512-bf16 table would round
+   * them to bf16 (see the README's kernel tables). Default 'default'.
+   */
+  precision?: Precision;
   backend?: BackendName;
 }
 
@@ -176,11 +181,12 @@ export class MoeLayer {
     const o = checkOptions(options);
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
     const quantize = quantizeOption(o);
-    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate, quantize });
+    const precision: Precision = exactOption(o) ? 'exact' : 'default';
+    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate, quantize, precision });
     let shared = packedShared;
     try {
       const s = sharedOptions(o, experts, quantize);
-      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize });
+      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize, precision });
       if (shared) checkShared(shared, experts);
       this.#shared = shared;
       this.#sharedGate = s?.gate;
@@ -212,11 +218,12 @@ export class MoeLayer {
     const o = checkOptions(options);
     const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
     const quantize = quantizeOption(o);
-    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate, quantize });
+    const precision: Precision = exactOption(o) ? 'exact' : 'default';
+    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate, quantize, precision });
     let shared: ExpertWeights | undefined;
     try {
       const s = sharedOptions(o, packed, quantize);
-      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize });
+      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize, precision });
       return new MoeLayer(weights, options, packed, shared);
     } catch (e) {
       packed.dispose();
@@ -367,7 +374,7 @@ export async function moeForward<O extends (MoeLayerOptions & ForwardOptions) | 
     for (const k of ['topK', 'normalize', 'capacityFactor', 'evalCapacityFactor'] as const)
       if (o[k] !== undefined && o[k] !== weights[k])
         throw rangeError(`options.${k} (${describe(o[k])}) differs from the layer's ${k} (${weights[k]}); it is fixed when the layer is created`);
-    for (const k of ['noise', 'randomRouting', 'sharedExperts', 'quantize'] as const)
+    for (const k of ['noise', 'randomRouting', 'sharedExperts', 'quantize', 'precision'] as const)
       if (o[k] !== undefined) throw rangeError(`options.${k} cannot be given with a MoeLayer; it is fixed when the layer is created`);
     return weights.forward(x, options) as Promise<MoeResult<O>>;
   }
@@ -394,6 +401,8 @@ export interface DenseFfnOptions {
   backend?: BackendName;
   /** Quantise float weights at pack time ('q8_0', 'q4_0', 'q4_k'); quantised ones are used as they are. */
   quantize?: QuantizeType;
+  /** 'exact': f32 activations against bf16 weights on the avx512-bf16 table. Default 'default'. */
+  precision?: Precision;
 }
 
 function denseAsExperts(weights: DenseFfnWeights): ExpertWeightsInit {
@@ -415,7 +424,7 @@ export class DenseFfn {
 
   constructor(weights: DenseFfnWeights, options?: DenseFfnOptions, /** @internal */ packed?: ExpertWeights) {
     const o = checkOptions(options);
-    const w = packed ?? ExpertWeights.packSync(denseAsExperts(weights), { backend: o.backend as BackendName, quantize: quantizeOption(o) });
+    const w = packed ?? ExpertWeights.packSync(denseAsExperts(weights), { backend: o.backend as BackendName, quantize: quantizeOption(o), precision: exactOption(o) ? 'exact' : 'default' });
     this.hiddenSize = w.hiddenSize;
     this.intermediateSize = w.intermediateSize;
     this.weightType = w.type;
@@ -425,7 +434,7 @@ export class DenseFfn {
 
   static async create(weights: DenseFfnWeights, options?: DenseFfnOptions): Promise<DenseFfn> {
     const o = checkOptions(options);
-    return new DenseFfn(weights, options, await ExpertWeights.pack(denseAsExperts(weights), { backend: o.backend as BackendName, quantize: quantizeOption(o) }));
+    return new DenseFfn(weights, options, await ExpertWeights.pack(denseAsExperts(weights), { backend: o.backend as BackendName, quantize: quantizeOption(o), precision: exactOption(o) ? 'exact' : 'default' }));
   }
 
   get bytes(): number {

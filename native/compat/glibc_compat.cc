@@ -10,6 +10,8 @@
 #include <link.h>
 #include <stdint.h>
 #include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -90,4 +92,11 @@ MOE_HIDDEN uint32_t arc4random(void) noexcept {
   timespec t{};
   clock_gettime(CLOCK_MONOTONIC, &t);
   return static_cast<uint32_t>(t.tv_nsec) ^ static_cast<uint32_t>(t.tv_sec * 2654435761u);
+}
+
+// fstat is a function of its own only since glibc 2.33 (before, <sys/stat.h> made it an inline call
+// of __fxstat, which newer headers no longer declare); host_memory.cc sizes a file it maps with it.
+// The system call takes glibc's struct stat as is on x86-64.
+MOE_HIDDEN int fstat(int fd, struct stat* st) noexcept {
+  return static_cast<int>(syscall(SYS_fstat, fd, st));
 }

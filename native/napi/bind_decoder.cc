@@ -5,7 +5,7 @@
 //
 //   embedding(table, ids, {outType, out, async})                         -> [T,d]
 //   rms_norm(x, weight, {eps, outType, out, async})                      -> [T,d]
-//   pack_linear(w, {bias, backend, async})                               -> Linear
+//   pack_linear(w, {bias, backend, exactF32, async})                               -> Linear
 //   linear(x, w, {outType, out, async})                                  -> [T,out]
 //   rope(q, k | null, positions, {theta, qOut, kOut, async})             -> {q, k}
 //   create_kv_cache({maxSeq, numKvHeads, headDim, type}, {backend})      -> KvCache
@@ -83,13 +83,14 @@ Napi::Value RmsNorm(const Napi::CallbackInfo& info) {
 Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "pack_linear");
-  Options o(info, 1, "pack_linear", {"bias", "backend"});
+  Options o(info, 1, "pack_linear", {"bias", "backend", "exactF32"});
   auto job = std::make_unique<Job>(o.async());
   moe::Backend* backend = backend_option(o);
   job->backend = backend;
   moe::TensorView w = host_tensor(*job, info[0], "w", kAnyWeight, 2);
   if (w.dims[0] < 1 || w.dims[1] < 1) throw_range_error(env, "w must have at least one row and one column, got dims " + dims_string(w));
   const bool has_bias = o.has("bias");
+  const bool exact_f32 = o.flag("exactF32", false);
   moe::TensorView bias;
   if (has_bias) {
     bias = host_tensor(*job, o.get("bias"), "bias", kAnyFloat, 1);
@@ -97,8 +98,8 @@ Napi::Value PackLinear(const Napi::CallbackInfo& info) {
   }
   return run_make_job<moe::PackedLinear>(
       env, std::move(job),
-      [backend, w, bias, has_bias](std::unique_ptr<moe::PackedLinear>* out) {
-        return backend->pack_linear(w, has_bias ? &bias : nullptr, out);
+      [backend, w, bias, has_bias, exact_f32](std::unique_ptr<moe::PackedLinear>* out) {
+        return backend->pack_linear(w, has_bias ? &bias : nullptr, exact_f32, out);
       },
       LinearHandle::NewInstance);
 }

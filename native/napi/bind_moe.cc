@@ -2,7 +2,7 @@
 // the op called through the backend that owns the packed weights or the tensors. Each takes its
 // tensors, then one options object (`async: true` returns a Promise):
 //
-//   pack_experts({w1, w3, w2, gate?}, {backend, async})                       -> Experts
+//   pack_experts({w1, w3, w2, gate?}, {backend, exactF32, async})                       -> Experts
 //   route(x, gate, {topK, normalize, wantLogits, wantStats, noiseGate, noiseSeed, randomRouting,
 //                   randomSeed, backend, async})   -> {topkIds, topkWeights, expertCounts, logits?, stats?}
 //   permute(topkIds, {numExperts, capacity, backend, async}) -> {expertOffsets, sortedRows, rowOf, dropped}
@@ -157,10 +157,11 @@ moe::TensorView stats_scratch(Napi::Env env, Job& job, const Place& place) {
 Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "pack_experts");
-  Options o(info, 1, "pack_experts", {"backend"});
+  Options o(info, 1, "pack_experts", {"backend", "exactF32"});
   auto job = std::make_unique<Job>(o.async());
   moe::Backend* backend = backend_option(o);
   auto src = std::make_shared<moe::ExpertWeightSource>(read_expert_source(*job, info[0]));
+  src->exact_f32 = o.flag("exactF32", false);
   const Napi::Value gv = info[0].As<Napi::Object>().Get("gate");
   auto gate = std::make_shared<moe::TensorView>();
   const bool has_gate = given(gv);

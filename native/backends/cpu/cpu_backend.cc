@@ -85,8 +85,9 @@ class CpuBackend final : public Backend {
     (*out)->backend = this;
     return Status::ok();
   }
-  Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) override {
-    MOE_RETURN_IF_ERROR(cpu::pack_linear(w, bias, out));
+  Status pack_linear(const TensorView& w, const TensorView* bias, bool exact_f32,
+                     std::unique_ptr<PackedLinear>* out) override {
+    MOE_RETURN_IF_ERROR(cpu::pack_linear_precision(w, bias, exact_f32, out));
     (*out)->backend = this;
     return Status::ok();
   }

@@ -34,7 +34,7 @@ class NoCudaBackend final : public Backend {
   const Capabilities& capabilities() const override { return caps_; }
   Executor& executor() override { return executor_; }
   Status pack_experts(const ExpertWeightSource&, const TensorView*, std::unique_ptr<PackedExperts>*) override { return none(); }
-  Status pack_linear(const TensorView&, const TensorView*, std::unique_ptr<PackedLinear>*) override { return none(); }
+  Status pack_linear(const TensorView&, const TensorView*, bool, std::unique_ptr<PackedLinear>*) override { return none(); }
   Status create_kv_cache(const KvCacheShape&, std::unique_ptr<KvCache>*) override { return none(); }
   Status create_kv_pool(const KvPoolShape&, std::unique_ptr<KvPool>*) override { return none(); }
   Status paged_attention(const PagedAttentionArgs&) override { return none(); }

@@ -23,6 +23,12 @@ Executor& executor();  // backend_executor.cu
 
 namespace {
 
+// precision 'exact' with 16-bit weights: the CUDA kernels read the activations in the weights' type
+// (tensor cores), so they cannot keep f32 activations.
+Status exact_unsupported() {
+  return Status::unsupported("precision 'exact' (f32 activations against f16/bf16 weights) is a CPU option: the CUDA kernels read the activations in the weights' 16-bit type");
+}
+
 template <class Args, class Fn>
 Status staged(const Args& in, cudaStream_t s, Fn&& fn) {
   Args a = in;
@@ -115,11 +121,14 @@ class CudaBackend final : public Backend {
   }
 
   Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) override {
+    if (src.exact_f32 && dtype_size(src.dtype) == 2) return exact_unsupported();
     MOE_RETURN_IF_ERROR(cuda::pack_experts(src, gate, out));
     (*out)->backend = this;
     return Status::ok();
   }
-  Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) override {
+  Status pack_linear(const TensorView& w, const TensorView* bias, bool exact_f32,
+                     std::unique_ptr<PackedLinear>* out) override {
+    if (exact_f32 && is_float(w.dtype) && dtype_size(w.dtype) == 2) return exact_unsupported();
     MOE_RETURN_IF_ERROR(cuda::pack_linear(w, bias, out));
     (*out)->backend = this;
     return Status::ok();

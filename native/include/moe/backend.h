@@ -120,8 +120,11 @@ class Backend {
   // gate: optional [E,d] (any float type) kept with the experts for moe_forward.
   virtual Status pack_experts(const ExpertWeightSource& src, const TensorView* gate,
                               std::unique_ptr<PackedExperts>* out) = 0;
-  // w: [out,in] any float type; bias: optional [out] any float type (kept as f32).
-  virtual Status pack_linear(const TensorView& w, const TensorView* bias, std::unique_ptr<PackedLinear>* out) = 0;
+  // w: [out,in] any float or quantised type; bias: optional [out] any float type (kept as f32).
+  // exact_f32: precision 'exact', as ExpertWeightSource::exact_f32 (16-bit weights against f32
+  // activations; a backend that cannot keep them says so with Status::unsupported).
+  virtual Status pack_linear(const TensorView& w, const TensorView* bias, bool exact_f32,
+                             std::unique_ptr<PackedLinear>* out) = 0;
   virtual Status create_kv_cache(const KvCacheShape& shape, std::unique_ptr<KvCache>* out) = 0;
   virtual Status create_kv_pool(const KvPoolShape& shape, std::unique_ptr<KvPool>* out) = 0;
 
