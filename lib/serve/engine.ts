@@ -323,8 +323,9 @@ export class Engine {
 
   /**
    * An engine over `model` (which it uses, and does not dispose): KV pools on the model's place (the
-   * device for a device model) and the scheduler. The model's own forward / generate stay usable
-   * beside it (one call at a time: a step and a model call never overlap).
+   * device for a device model) and the scheduler. While sequences run, the engine's steps are the
+   * model's calls: a forward or generate of the model's own at the same time is refused (ERR_BUSY),
+   * and a step it collides with fails the sequences of that step. The model's KV caches are not used.
    */
   static async create(model: MixtralModel, options?: EngineOptions): Promise<Engine> {
     if (model === null || typeof model !== 'object' || typeof (model as MixtralModel).forwardPaged !== 'function' || !Array.isArray((model as MixtralModel).blocks))
