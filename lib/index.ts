@@ -197,3 +197,5 @@ export {
   type EngineUsage,
   type EngineStats,
 } from './serve/engine.js';
+export { MoeServer, createServer, type ServerOptions, type ListenOptions, type ShutdownOptions } from './serve/server.js';
+export { demoModel, demoTokenizer, DEMO_MODEL_NAME } from './serve/demo.js';

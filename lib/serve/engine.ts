@@ -464,6 +464,15 @@ export class Engine {
     return seq.gen;
   }
 
+  /**
+   * The token ids of a prompt as generate reads it: text through the tokenizer, chat messages through
+   * the chat template (options.chatTemplate, else the tokenizer's), { tokens } checked against the
+   * vocabulary. generate({ tokens: ids }) then runs it without encoding it again.
+   */
+  encode(prompt: EnginePrompt, options?: { chatTemplate?: string }): number[] {
+    return this.#promptIds(prompt, checkOptions(options).chatTemplate);
+  }
+
   /** Resolves when no sequence runs or waits (e.g. to drain before close). */
   drain(): Promise<void> {
     if (this.#running.length === 0 && this.#waiting.length === 0 && !this.#loop) return Promise.resolve();
