@@ -186,6 +186,8 @@ export class MoeServer {
       // no type coercion ("5" is not 5) and no silent removal: a bad field is a 400
       ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     });
+    // JSON only: a text/plain body is a 415, not a string that fails the schema
+    this.app.removeContentTypeParser('text/plain');
     this.#metrics = this.#makeMetrics();
     this.#routes();
   }
@@ -390,6 +392,7 @@ export class MoeServer {
       // SSE: the handler writes the stream itself
       reply.hijack();
       res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache', 'x-accel-buffering': 'no' });
+      res.flushHeaders(); // the client sees its 200 now, also while the request waits for a place
       const send = (o: unknown) => res.write(`data: ${JSON.stringify(o)}\n\n`);
       const object = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion';
       const chunk = (choice: Record<string, unknown>, extra: Record<string, unknown> = {}) => send({ id, object, created, model: this.modelName, choices: [choice], ...extra });
