@@ -153,8 +153,8 @@ type Body = Record<string, unknown>;
 export class MoeServer {
   readonly engine: Engine;
   readonly modelName: string;
-  /** The fastify instance: add routes or hooks before listen(). */
-  readonly app: FastifyInstance;
+  /** The fastify instance (private: its types would tie the package's types to @types/node). */
+  readonly #app: FastifyInstance;
   readonly #apiKey: Buffer | null;
   readonly #metrics: Metrics;
   readonly #inflight = new Set<AbortController>();
@@ -179,7 +179,7 @@ export class MoeServer {
     this.#defaultMaxTokens = intOption(o, 'defaultMaxTokens', 16, 1, 1 << 24);
     this.#defaultChatMaxTokens = intOption(o, 'defaultChatMaxTokens', 512, 1, 1 << 24);
     const fastify = require('fastify') as typeof import('fastify');
-    this.app = fastify.fastify({
+    this.#app = fastify.fastify({
       bodyLimit,
       logger: (o.logger as boolean | Record<string, unknown> | undefined) ?? false,
       return503OnClosing: true,
@@ -187,7 +187,7 @@ export class MoeServer {
       ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
     });
     // JSON only: a text/plain body is a 415, not a string that fails the schema
-    this.app.removeContentTypeParser('text/plain');
+    this.#app.removeContentTypeParser('text/plain');
     this.#metrics = this.#makeMetrics();
     this.#routes();
   }
@@ -198,8 +198,8 @@ export class MoeServer {
     if (o.host !== undefined && (typeof o.host !== 'string' || o.host === '')) throw typeError(`options.host must be a non-empty string, got ${describe(o.host)}`);
     const host = (o.host as string | undefined) ?? '127.0.0.1';
     const port = intOption(o, 'port', 8080, 0, 65535);
-    await this.app.listen({ host, port });
-    const a = this.app.server.address() as AddressInfo;
+    await this.#app.listen({ host, port });
+    const a = this.#app.server.address() as AddressInfo;
     const shown = a.family === 'IPv6' ? `[${a.address}]` : a.address;
     return { host: a.address, port: a.port, url: `http://${shown}:${a.port}` };
   }
@@ -225,12 +225,12 @@ export class MoeServer {
 
   async #doShutdown(graceMs: number): Promise<void> {
     this.#draining = true;
-    const closed = this.app.close();
+    const closed = this.#app.close();
     const deadline = Date.now() + graceMs;
     while (this.#inflight.size > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, Math.min(50, Math.max(1, deadline - Date.now()))));
     for (const ac of this.#inflight) ac.abort(new MoeError('the server is shutting down', 'ERR_ABORTED'));
     // the cancelled streams end at once; then no connection should be left open
-    const t = setTimeout(() => this.app.server.closeAllConnections(), 1000);
+    const t = setTimeout(() => this.#app.server.closeAllConnections(), 1000);
     try {
       await closed;
     } finally {
@@ -241,7 +241,7 @@ export class MoeServer {
   // ---- routes ----
 
   #routes(): void {
-    const app = this.app;
+    const app = this.#app;
     app.addHook('onRequest', async (req, reply) => {
       if (!this.#apiKey || req.url === '/health' || !(req.url.startsWith('/v1/') || req.url.startsWith('/metrics'))) return;
       const h = req.headers.authorization ?? '';
