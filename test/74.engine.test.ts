@@ -11,7 +11,7 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { availableBackends, Engine, MixtralModel, MoeError, type EngineChunk, type EngineGenerateOptions, type Generation, type Tensor } from '../lib/index';
+import { availableBackends, Engine, MixtralModel, MoeError, TextStream, Tokenizer, type EngineChunk, type EngineGenerateOptions, type Generation, type Tensor } from '../lib/index';
 import { expectMoeError, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
 import { assertClose } from './helpers/reference';
 import { tinyTokenizerJson } from './helpers/tokenizers';
@@ -230,6 +230,32 @@ e('text: streamed pieces join to the text, stop strings end it (across tokens), 
     await engine.close();
     model.dispose();
   }
+});
+
+e('TextStream: a character split over byte tokens is held until whole; a stop string across tokens ends the text before it', () => {
+  const tok = new Tokenizer(tinyTokenizerJson());
+  const byte = (b: number) => 3 + b;
+  // 'é' is C3 A9, '€' is E2 82 AC: byte-fallback tokens, one byte each
+  const t = new TextStream(tok);
+  assert.equal(t.push(byte(0xc3)), { text: '', stop: null });
+  assert.equal(t.push(byte(0xa9)), { text: 'é', stop: null });
+  assert.is(t.push(byte(0xe2)).text + t.push(byte(0x82)).text, '');
+  assert.is(t.push(byte(0xac)).text, '€');
+  assert.is(t.flush(), '');
+  assert.is(t.text, 'é€');
+  // stop 'lo w' over the tokens of 'hel', 'lo', ' w', 'orld'
+  const s = new TextStream(tok, { stop: ['lo w'] });
+  const ids = tok.encode('hello world', { addSpecialTokens: false });
+  let out = '';
+  let stop: string | null = null;
+  for (const id of ids) {
+    const step = s.push(id);
+    out += step.text;
+    if ((stop = step.stop) !== null) break;
+  }
+  assert.is(stop, 'lo w');
+  assert.is(out, 'hel');
+  assert.is(s.text, 'hel');
 });
 
 e('bad arguments: typed errors before anything is queued', async (ctx) => {

@@ -156,7 +156,8 @@ export class TextStream {
     const ids = this.#ids;
     if (this.#read === ids.length) return;
     const opts = { skipSpecialTokens: true };
-    const before = this.#tok.decode(ids.slice(this.#prefix, this.#read), opts);
+    // (the tokenizer refuses to decode no ids)
+    const before = this.#read > this.#prefix ? this.#tok.decode(ids.slice(this.#prefix, this.#read), opts) : '';
     const after = this.#tok.decode(ids.slice(this.#prefix), opts);
     // an incomplete UTF-8 character decodes as U+FFFD: wait for the rest of its bytes
     if (!force && after.endsWith('\ufffd')) return;
