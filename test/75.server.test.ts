@@ -150,6 +150,7 @@ s('models, health, metrics; the API key guards /v1 and /metrics', async (ctx) =>
   assert.match(text, /^moe_requests_total\{endpoint="\/v1\/completions",status="200"\} \d+/m);
   await expectError(await fetch(ctx.url + '/metrics'), 401, /API key/, 'invalid_api_key');
   await expectError(await fetch(ctx.url + '/v1/models'), 401, /API key/, 'invalid_api_key');
+  await expectError(await fetch(ctx.url + '//v1/models'), 401, /API key/, 'invalid_api_key');
   await expectError(await post(ctx, '/v1/completions', { prompt: 'x' }, { authorization: 'Bearer wrong', 'content-type': 'application/json' }), 401, /Incorrect API key/);
 });
 
@@ -190,6 +191,14 @@ s('overload: 429 with Retry-After when the queue is full; a client that disconne
   assert.ok(ctx.engine.stats.cancelled >= 3);
   // and the server takes requests again
   assert.is((await post(ctx, '/v1/completions', { prompt: 'x', max_tokens: 2 })).status, 200);
+  // a client of a non-streamed request that goes away cancels it too
+  const ac = new AbortController();
+  const pending = post(ctx, '/v1/chat/completions', { messages: [{ role: 'user', content: 'hi' }], max_tokens: 1500, temperature: 0 }, auth, ac.signal).catch((e: Error) => e);
+  await until(() => ctx.engine.stats.running === 1, 'the request runs');
+  ac.abort();
+  assert.instance(await pending, Error);
+  await until(() => ctx.engine.stats.running + ctx.engine.stats.waiting === 0, 'the non-streamed request was cancelled');
+  assert.is(ctx.engine.stats.usedBlocks, 0);
 });
 
 /** Starts `moe-kernels serve` (through tsx) and resolves to the child and the URL it prints. */

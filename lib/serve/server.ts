@@ -12,7 +12,7 @@
  *
  * Errors have OpenAI's body, { error: { message, type, param, code } }: 400 for a bad request (schema,
  * a prompt too long for the context, a text prompt without a tokenizer), 401 without the API key
- * (when one is set: `Authorization: Bearer <key>` on /v1/* and /metrics), 404 for an unknown route,
+ * (when one is set: `Authorization: Bearer <key>` on every route but /health), 404 for an unknown route,
  * 413 for a body over bodyLimit, 429 when the engine's queue is full (ERR_OVERLOADED, with
  * Retry-After), 503 while shutting down. A client that disconnects cancels its sequence (its KV
  * blocks are freed at once). shutdown() stops accepting, lets the running requests finish within a
@@ -31,7 +31,7 @@ import type { Engine, EngineGenerateOptions, EnginePrompt, Generation } from './
 export interface ServerOptions {
   /** The model's name in responses and /v1/models. Default 'moe-kernels'. */
   modelName?: string;
-  /** Required as `Authorization: Bearer <key>` on /v1/* and /metrics when set. Default: none. */
+  /** Required as `Authorization: Bearer <key>` on every route but /health when set. Default: none. */
   apiKey?: string | null;
   /** Largest request body in bytes (larger: 413). Default 1 MiB. */
   bodyLimit?: number;
@@ -243,7 +243,8 @@ export class MoeServer {
   #routes(): void {
     const app = this.#app;
     app.addHook('onRequest', async (req, reply) => {
-      if (!this.#apiKey || req.url === '/health' || !(req.url.startsWith('/v1/') || req.url.startsWith('/metrics'))) return;
+      // every route but /health (unknown ones too: no route list for a client without the key)
+      if (!this.#apiKey || req.routeOptions.url === '/health') return;
       const h = req.headers.authorization ?? '';
       const m = /^Bearer\s+(.+)$/i.exec(h);
       const given = m ? Buffer.from(m[1].trim()) : Buffer.alloc(0);
@@ -423,7 +424,10 @@ export class MoeServer {
     } catch (e) {
       const h = toHttpError(ac.signal.aborted && ac.signal.reason instanceof MoeError && this.#draining ? ac.signal.reason : e);
       m.requests.inc({ endpoint, status: res.destroyed ? 'disconnected' : String(h.status) });
-      if (res.destroyed) return reply;
+      if (res.destroyed) {
+        reply.hijack(); // nothing can be sent: fastify must not wait for a reply
+        return reply;
+      }
       return reply.code(h.status).send(errorBody(h));
     } finally {
       gen.cancel(); // a no-op when it ended; frees the blocks when the handler left early
