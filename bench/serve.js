@@ -28,6 +28,9 @@ const HELP = `usage: node bench/serve.js [options]      (node bench/run.js --ser
   --prompt N          prompt tokens, default 128
   --new N             new tokens per request, default 64
   --requests N        requests each client sends in turn, default 1
+  --soak SECONDS      then a soak: 16 clients (at most the largest level) for SECONDS, random
+                      lengths, 30% of the requests cancelled by their client at a random time;
+                      RSS sampled each second, every request answered once, no block left
   --dtype T           weight type: bfloat16 (default) or float32
   --backend B         auto (default), cpu, cuda, cuda-emu
   --json PATH         default bench/results/serve.json
@@ -46,6 +49,7 @@ function parseArgs(argv) {
         prompt: { type: 'string' },
         new: { type: 'string' },
         requests: { type: 'string' },
+        soak: { type: 'string' },
         dtype: { type: 'string', default: 'bfloat16' },
         backend: { type: 'string', default: 'auto' },
         json: { type: 'string' },
@@ -77,6 +81,7 @@ function parseArgs(argv) {
     prompt: int(values.prompt, 'prompt') ?? preset.prompt,
     newTokens: int(values.new, 'new') ?? preset.new,
     requests: int(values.requests, 'requests') ?? 1,
+    soakSeconds: int(values.soak, 'soak') ?? 0,
     json: path.resolve(values.json ?? path.join(root, 'bench', 'results', 'serve.json')),
   };
 }
@@ -88,9 +93,23 @@ const pct = (xs, p) => {
 };
 
 /** One streamed completion: its token ids, time to first token and gaps between tokens (seconds). */
-async function streamCompletion(url, body) {
+async function streamCompletion(url, body, signal) {
   const t0 = performance.now();
-  const res = await fetch(url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }) });
+  let res;
+  try {
+    res = await fetch(url + '/v1/completions', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ ...body, stream: true }), signal });
+  } catch (e) {
+    return signal?.aborted ? { aborted: true, tokens: [] } : { error: e.message };
+  }
+  if (res.status !== 200) return { error: `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}` };
+  try {
+    return await readStream(res, t0);
+  } catch (e) {
+    return signal?.aborted ? { aborted: true, tokens: [] } : { error: e.message };
+  }
+}
+
+async function readStream(res, t0) {
   if (res.status !== 200) return { error: `HTTP ${res.status}: ${(await res.text()).slice(0, 200)}` };
   const tokens = [];
   const times = [];
@@ -235,6 +254,8 @@ async function runServe(argv) {
     targets.push({ name: 'no errors below maxQueued', value: levels.reduce((n, r) => n + r.errors, 0), pass: levels.every((r) => r.errors === 0) });
     targets.push({ name: 'the seeded probe gives the same tokens at every level as alone', value: levels.filter((r) => !r.sameAsAlone).length, pass: levels.every((r) => r.sameAsAlone) });
     for (const t of targets) console.log(`${t.pass ? 'PASS' : 'MISS'}  ${t.name} (${typeof t.value === 'number' && !Number.isInteger(t.value) ? t.value.toFixed(2) : t.value})`);
+    const soak = opts.soakSeconds > 0 ? await runSoak(url, engine, opts, promptOf, Math.min(16, maxC)) : null;
+    if (soak) targets.push({ name: 'soak: every request answered once, none lost, no KV block left', value: soak.lost + soak.duplicated, pass: soak.lost === 0 && soak.duplicated === 0 && soak.blocksLeft === 0 && soak.errors === 0 });
     const result = {
       schema: 'moe-kernels-bench-serve/1',
       date: new Date().toISOString(),
@@ -247,6 +268,7 @@ async function runServe(argv) {
       newTokens: opts.newTokens,
       requestsPerClient: opts.requests,
       levels,
+      soak,
       targets,
       engine: engine.stats,
       peakRssBytes: peakRssBytes(),
@@ -261,6 +283,69 @@ async function runServe(argv) {
     await engine.close();
     model.dispose();
   }
+}
+
+/**
+ * `clients` loops of requests for opts.soakSeconds: random prompt and output lengths, 30% aborted
+ * by the client after a random delay. Every request must end exactly once (done, aborted, or an
+ * error), the server must end as many sequences as it accepted, and no KV block may stay in use.
+ */
+async function runSoak(url, engine, opts, promptOf, clients) {
+  const before = engine.stats;
+  const rss = [];
+  const sample = setInterval(() => rss.push(process.memoryUsage().rss), 1000);
+  const deadline = Date.now() + opts.soakSeconds * 1000;
+  let rnd = 12345;
+  const rand = () => ((rnd = (Math.imul(rnd, 1103515245) + 12345) >>> 0) / 4294967296);
+  const outcomes = new Map(); // request number -> how many times it ended
+  const counts = { done: 0, aborted: 0, errors: 0 };
+  let n = 0;
+  note(`soak: ${clients} clients for ${opts.soakSeconds} s`);
+  try {
+    await Promise.all(
+      Array.from({ length: clients }, async () => {
+        while (Date.now() < deadline) {
+          const id = n++;
+          const ac = new AbortController();
+          const cancel = rand() < 0.3;
+          const timer = cancel ? setTimeout(() => ac.abort(), Math.floor(rand() * 400)) : null;
+          const body = { prompt: promptOf(id).slice(0, 1 + Math.floor(rand() * opts.prompt)), max_tokens: 1 + Math.floor(rand() * opts.newTokens), temperature: 0.8, seed: id };
+          const out = await streamCompletion(url, body, ac.signal);
+          if (timer) clearTimeout(timer);
+          outcomes.set(id, (outcomes.get(id) ?? 0) + 1);
+          if (out.aborted) counts.aborted++;
+          else if (out.error) counts.errors++;
+          else counts.done++;
+        }
+      }),
+    );
+  } finally {
+    clearInterval(sample);
+  }
+  await engine.drain();
+  const after = engine.stats;
+  const ended = after.finished + after.cancelled + after.failed - (before.finished + before.cancelled + before.failed);
+  const lost = [...Array(n).keys()].filter((i) => !outcomes.has(i)).length;
+  const duplicated = [...outcomes.values()].filter((v) => v > 1).length;
+  const warm = rss.slice(Math.floor(rss.length / 4)); // after the first quarter: caches and pools warm
+  const mb = (b) => b / 1e6;
+  const result = {
+    seconds: opts.soakSeconds,
+    clients,
+    requests: n,
+    ...counts,
+    serverEnded: ended,
+    lost,
+    duplicated,
+    blocksLeft: after.usedBlocks,
+    rssMB: { first: mb(warm[0] ?? 0), last: mb(warm.at(-1) ?? 0), max: mb(Math.max(...warm, 0)), min: mb(Math.min(...warm, Infinity)) },
+  };
+  console.log(
+    `soak: ${n} requests in ${opts.soakSeconds} s (${counts.done} done, ${counts.aborted} cancelled by their client, ${counts.errors} errors); ` +
+      `server ended ${ended} sequences; lost ${lost}, answered twice ${duplicated}, KV blocks left ${after.usedBlocks}; ` +
+      `RSS after warm-up ${result.rssMB.first.toFixed(0)} -> ${result.rssMB.last.toFixed(0)} MB (min ${result.rssMB.min.toFixed(0)}, max ${result.rssMB.max.toFixed(0)})`,
+  );
+  return result;
 }
 
 module.exports = { runServe };
