@@ -42,6 +42,9 @@ const HELP = `usage: node bench/run.js [options]      (npm run bench -- [options
                             cuda-emu: the test build's emulated backend, a smoke run of that path)
   --model                   the whole-model row instead: a scaled Mixtral (4 layers, d=1024, vocab 32000)
                             through generate, prefill and decode tokens/s (bench/model.js --help)
+  --serve                   the serving row instead: the OpenAI-compatible server on loopback under
+                            1, 4, 16, 64 concurrent streaming clients: tokens/s, TTFT, TPOT, errors
+                            (bench/serve.js --help; --ci and --quick keep it short)
   --variants                the routing-variants bench instead (capacity, fine-grained, shared
                             expert, merged FFN): bench/variants.js, its options (--help there)
   --help                    this text
@@ -175,6 +178,11 @@ async function main() {
   if (argv.includes('--model')) {
     ensureBuilt();
     return require('./model').runModel(argv);
+  }
+  // --serve: the server under load (bench/serve.js) with the remaining options
+  if (argv.includes('--serve')) {
+    ensureBuilt();
+    return require('./serve').runServe(argv);
   }
   // --variants: the routing-variants bench (bench/variants.js) with the remaining options
   if (argv.includes('--variants')) {

@@ -1,56 +1,51 @@
-// A Node HTTP server that runs one MoE layer per request (CommonJS).
-//   node examples/server.cjs           # then: curl -s -X POST localhost:8080/moe -d '[[0.1, ...]]'
-// The layer is created once; forward() runs on the native compute pool and never blocks the event
-// loop, so concurrent requests queue on the pool and each gets the same bits it would alone.
+// The serving engine inside your own Node HTTP server (CommonJS): many requests share one model,
+// each step batching every running sequence. (For an OpenAI-compatible server, run
+// `npx moe-kernels serve <model>` instead.)
+//   node examples/server.cjs [<checkpoint dir | file.gguf>]     # no argument: the tiny demo model
+//   curl -N -X POST localhost:8080/generate -d '{"prompt": "Hello", "maxTokens": 20}'
 'use strict';
 const http = require('node:http');
-const { MoeLayer, tensor, backendInfo } = require('moe-kernels');
-
-const d = 64, f = 128, E = 8;
-function randn(n, scale, seed) {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t ^= t + Math.imul(t ^ (t >>> 7), 61 | t);
-    out[i] = ((((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1) * scale;
-  }
-  return out;
-}
+const { Engine, MixtralModel, demoModel } = require('moe-kernels');
 
 async function main() {
   // #region readme
-  const layer = await MoeLayer.create(
-    {
-      gate: tensor('float32', randn(E * d, 0.1, 1), [E, d]),
-      w1: tensor('float32', randn(E * f * d, 0.1, 2), [E, f, d]),
-      w3: tensor('float32', randn(E * f * d, 0.1, 3), [E, f, d]),
-      w2: tensor('float32', randn(E * d * f, 0.1, 4), [E, d, f]),
-    },
-    { topK: 2 },
-  );
-  console.log(backendInfo().reason);
+  // maxSeq 1: the engine keeps the KV caches in its own block pools, not in the model
+  const options = { maxSeq: 1 };
+  const model = process.argv[2] ? await MixtralModel.load(process.argv[2], options) : await demoModel(options);
+  const engine = await Engine.create(model, { maxSequences: 16, maxQueued: 64, maxContext: 2048 });
 
   const server = http.createServer(async (req, res) => {
+    if (req.method !== 'POST' || req.url !== '/generate') return void res.writeHead(404).end();
+    const ac = new AbortController();
+    res.on('close', () => ac.abort()); // the client left: its sequence is cancelled, its KV blocks freed
     try {
-      const body = await new Promise((ok, fail) => {
-        let s = '';
-        req.on('data', (c) => (s += c)).on('end', () => ok(s)).on('error', fail);
-      });
-      const rows = JSON.parse(body); // [[...d numbers], ...]
-      const x = tensor('float32', rows.flat(), [rows.length, d]);
-      const { output, routing } = await layer.forward(x, { returnRouting: true });
-      res.setHeader('content-type', 'application/json');
-      res.end(JSON.stringify({ output: Array.from(output.data), experts: Array.from(routing.topkIds.data) }));
+      let body = '';
+      for await (const chunk of req) if ((body += chunk).length > 65536) return void res.writeHead(413).end();
+      const { prompt, maxTokens = 16, temperature = 0, seed } = JSON.parse(body);
+      // a string, chat messages [{ role, content }] or { tokens: [ids] }; checked before it queues
+      const generation = engine.generate(prompt, { maxTokens, temperature, seed, signal: ac.signal });
+      res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8' });
+      for await (const chunk of generation) {
+        if ('text' in chunk) res.write(chunk.text); // whole characters, as they become final
+        else res.end(`\n[${chunk.finishReason}: ${chunk.usage.completionTokens} tokens]\n`);
+      }
     } catch (e) {
-      // bad input is a TypeError/RangeError with a message naming the argument
-      res.statusCode = e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError ? 400 : 500;
-      res.end(JSON.stringify({ error: e.message, code: e.code }));
+      if (res.headersSent) return void res.end();
+      // bad input: TypeError / RangeError / SyntaxError; a full queue: ERR_OVERLOADED
+      const status = e.code === 'ERR_OVERLOADED' ? 429 : e instanceof TypeError || e instanceof RangeError || e instanceof SyntaxError ? 400 : 500;
+      res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify({ error: e.message, code: e.code }));
     }
   });
   // PORT=0: any free port (the tests use it); the line below says which
-  server.listen(Number(process.env.PORT ?? 8080), '127.0.0.1', () => console.log(`listening on http://127.0.0.1:${server.address().port}/moe (d=${d})`));
+  server.listen(Number(process.env.PORT ?? 8080), '127.0.0.1', () => console.log(`listening on http://127.0.0.1:${server.address().port}/generate`));
+
+  process.once('SIGTERM', async () => {
+    server.close(); // no new connections; running requests go on
+    await Promise.race([engine.drain(), new Promise((r) => setTimeout(r, 10_000).unref())]);
+    await engine.close(); // cancels what is left
+    model.dispose();
+    server.closeAllConnections();
+  });
   // #endregion
 }
 

@@ -175,6 +175,8 @@ export {
   type GenerateOptions,
   type AbortSignalLike,
   type RoutingStats,
+  type KvPoolsOptions,
+  type PagedForwardOptions,
 } from './model/model.js';
 export { type BlockFfn, type BlockFfnOutput } from './model/block-ffn.js';
 export {
@@ -199,3 +201,18 @@ export { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType, type GgufConve
 export { GgufTokenizer, type GgufTokenizerData } from './hf/tokenizer-gguf.js';
 export { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './hf/chat.js';
 export { type TextTokenizer, type TextPrompt, type GenerateTextOptions, type GenerateTextResult } from './model/text.js';
+export { TextStream, type TextStep } from './model/text.js';
+export {
+  Engine,
+  Generation,
+  type EngineOptions,
+  type EnginePrompt,
+  type EngineGenerateOptions,
+  type EngineToken,
+  type EngineFinish,
+  type EngineChunk,
+  type EngineUsage,
+  type EngineStats,
+} from './serve/engine.js';
+export { MoeServer, createServer, type ServerOptions, type ListenOptions, type ShutdownOptions } from './serve/server.js';
+export { demoModel, demoTokenizer, DEMO_MODEL_NAME } from './serve/demo.js';

@@ -124,8 +124,9 @@ function emulatedCudaPasses() {
   }
   const addon = path.join(root, 'build-emu', 'Release', 'moe_kernels.node');
   for (const schedule of ['rr', 'reverse', 'random:7'])
-    // 45: every device op; 46: device tensors and the model ops on them; 49: quantised models; 67, 68: whole models on the device
-    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|48|49|67|68)\\.'], parseUvu,
+    // 45: every device op; 46: device tensors and the model ops on them; 49: quantised models; 67, 68:
+    // whole models on the device; 74: the serving engine's batching on the device
+    runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|48|49|67|68|74)\\.'], parseUvu,
       { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter) emulatedCudaPasses();

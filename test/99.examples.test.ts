@@ -109,36 +109,43 @@ ex('node examples/device.mjs on the emulated CUDA backend (the test build), else
   assert.match(r.stdout, /toDevice/);
 });
 
-ex('examples/server.cjs answers a POST on a loopback port, and bad input with 400', async () => {
+ex('examples/server.cjs streams text from the engine on a loopback port, 400 for bad input, 404 elsewhere, and stops on SIGTERM', async () => {
   const child = spawn(process.execPath, [path.join(examples, 'server.cjs')], { cwd: root, env: { ...process.env, PORT: '0' } });
   try {
     const port = await new Promise<number>((resolve, reject) => {
       let out = '';
       child.stdout.on('data', (b) => {
         out += b;
-        const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)\/moe/);
+        const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)\/generate/);
         if (m) resolve(Number(m[1]));
       });
+      child.stderr.on('data', (b) => (out += b));
       child.on('exit', (code) => reject(new Error(`server exited with ${code}: ${out}`)));
     });
-    const post = (body: string) =>
-      new Promise<{ status: number; json: Record<string, unknown> }>((resolve, reject) => {
-        const req = http.request({ host: '127.0.0.1', port, path: '/moe', method: 'POST' }, (res) => {
+    const post = (route: string, body: string) =>
+      new Promise<{ status: number; text: string }>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port, path: route, method: 'POST' }, (res) => {
           let s = '';
-          res.on('data', (c) => (s += c)).on('end', () => resolve({ status: res.statusCode!, json: JSON.parse(s) }));
+          res.on('data', (c) => (s += c)).on('end', () => resolve({ status: res.statusCode!, text: s }));
         });
         req.on('error', reject);
         req.end(body);
       });
-    const ok = await post(JSON.stringify([Array.from({ length: 64 }, (_, i) => Math.sin(i))]));
+    const ok = await post('/generate', JSON.stringify({ prompt: 'Hello', maxTokens: 5 }));
     assert.is(ok.status, 200);
-    assert.is((ok.json.output as number[]).length, 64);
-    assert.is((ok.json.experts as number[]).length, 2);
-    const bad = await post(JSON.stringify([[1, 2, 3]]));
+    assert.match(ok.text, /\[length: 5 tokens\]\n$/);
+    const chat = await post('/generate', JSON.stringify({ prompt: [{ role: 'user', content: 'Hi' }], maxTokens: 3, temperature: 0.8, seed: 1 }));
+    assert.match(chat.text, /\[length: 3 tokens\]/);
+    const bad = await post('/generate', JSON.stringify({ prompt: 42 }));
     assert.is(bad.status, 400);
-    assert.match(String(bad.json.error), /x|dims/);
+    assert.match(JSON.parse(bad.text).error, /prompt must be a string/);
+    assert.is((await post('/generate', '{nope')).status, 400);
+    assert.is((await post('/elsewhere', '{}')).status, 404);
+    const exited = new Promise<number | null>((resolve) => child.on('exit', resolve));
+    child.kill('SIGTERM');
+    assert.is(await exited, 0);
   } finally {
-    child.kill();
+    if (child.exitCode === null) child.kill();
   }
 });
 

@@ -3,6 +3,7 @@
  *   params <config.json | dir>     parameter breakdown, total and active, and a memory estimate
  *   inspect <dir | file>           the tensors of a checkpoint, checked against config.json
  *   generate <dir>                 runs a model: token ids (or text, with tokenizer.json) in and out
+ *   serve [<dir | file.gguf>]      an OpenAI-compatible HTTP server over the serving engine
  * `main` returns the exit code (0 ok, 1 failed, 2 usage error) and never exits the process.
  */
 import * as fs from 'node:fs';
@@ -17,6 +18,7 @@ import { MoeCheckpoint } from '../hf/weights.js';
 import { createProgressBar } from '../hf/progress.js';
 import type { BackendName } from '../core/backend.js';
 import type { MixtralModel as MixtralModelType } from '../model/model.js';
+import type { Engine as EngineType } from '../serve/engine.js';
 import { formatRoutingTable, routingHeatmapSvg } from '../moe/routing-stats.js';
 import { Tokenizer } from '../hf/tokenizer.js';
 import { GgufFile, isGgufPath, type GgufMetadataEntry, type GgufValue } from '../hf/gguf.js';
@@ -39,6 +41,8 @@ Commands:
                                                       a GGUF file's metadata and tensor types (as gguf-dump)
   generate <checkpoint dir | file.gguf>               run a model (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
   convert <checkpoint dir> <out.gguf>                 write a checkpoint as a GGUF file llama.cpp reads
+  serve [<checkpoint dir | file.gguf>]                an OpenAI-compatible HTTP server (many requests at once,
+                                                      continuous batching); without a model: a tiny demo model
 
 Run 'moe-kernels <command> --help' for a command's options; 'moe-kernels --version' for the version.
 `,
@@ -104,6 +108,34 @@ Options:
 
 Options are checked against the checkpoint's config.json (a GGUF's metadata) before any weight is
 read: a bad value is a usage error (exit 2).
+`,
+  serve: `Usage: moe-kernels serve [<checkpoint dir | file.gguf>] [options]
+
+Serves a model over HTTP with OpenAI's API: POST /v1/completions, POST /v1/chat/completions
+(stream: true for server-sent events), GET /v1/models, GET /health, GET /metrics (Prometheus).
+Requests run at once on one engine: each step is one forward over every running sequence's next
+token plus chunks of new prompts; KV caches live in a block pool. Without a model argument a tiny
+demo model with random weights and a byte tokenizer runs (its text is noise). SIGTERM or SIGINT:
+stop accepting, let running requests finish within --grace-seconds, then exit 0.
+
+Options:
+  --host <addr>            address to listen on (default 127.0.0.1: this machine only)
+  --port <n>               port (default 8080; 0: any free port, printed at start)
+  --api-key <key>          require "Authorization: Bearer <key>" (default: MOE_KERNELS_API_KEY, else none)
+  --model-name <name>      the model's id in the API (default: the directory's or file's name)
+  --max-sequences <n>      sequences that run at once (default 16)
+  --max-queued <n>         requests that may wait beyond those; more get 429 (default 64)
+  --max-batch-tokens <n>   tokens per step, decode plus prefill chunks (default 256)
+  --max-context <n>        prompt plus new tokens per sequence (default min(max_position_embeddings, 4096))
+  --kv-blocks <n>          KV blocks per layer (default: enough for --max-sequences full contexts, at most 1 GiB)
+  --block-size <n>         positions per KV block (default 16)
+  --max-tokens <n>         max_tokens of a completion that gives none (default 16)
+  --body-limit <bytes>     largest request body; larger get 413 (default 1048576)
+  --grace-seconds <s>      on SIGTERM, how long running requests may take (default 10)
+  --dtype <t>              convert the weights as they load: float32, float16, bfloat16
+  --backend <b>            auto (default), cpu, cuda
+  --log                    log every request (fastify's JSON log on stdout)
+  -h, --help               this help
 `,
   convert: `Usage: moe-kernels convert <checkpoint dir> <out.gguf> [options]
 
@@ -582,7 +614,118 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   }
 }
 
-const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert };
+async function serve(args: string[], io: CliIo): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      host: { type: 'string' },
+      port: { type: 'string' },
+      'api-key': { type: 'string' },
+      'model-name': { type: 'string' },
+      'max-sequences': { type: 'string' },
+      'max-queued': { type: 'string' },
+      'max-batch-tokens': { type: 'string' },
+      'max-context': { type: 'string' },
+      'kv-blocks': { type: 'string' },
+      'block-size': { type: 'string' },
+      'max-tokens': { type: 'string' },
+      'body-limit': { type: 'string' },
+      'grace-seconds': { type: 'string' },
+      dtype: { type: 'string' },
+      backend: { type: 'string' },
+      log: { type: 'boolean' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) return io.stdout.write(HELP.serve), 0;
+  if (positionals.length > 1) throw new UsageError('serve takes at most one argument: a checkpoint directory or a .gguf file');
+  const backend = values.backend;
+  if (backend !== undefined && !['auto', 'cpu', 'cuda', 'cuda-emu'].includes(backend)) throw new UsageError(`--backend must be one of auto, cpu, cuda, got '${backend}'`);
+  const nonNegInt = (v: string | undefined, flag: string) => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isInteger(n) || n < 0) throw new UsageError(`${flag} must be a non-negative integer, got '${v}'`);
+    return n;
+  };
+  const port = nonNegInt(values.port, '--port') ?? 8080;
+  if (port > 65535) throw new UsageError(`--port must be at most 65535, got ${port}`);
+  const grace = numberFlag(values['grace-seconds'], '--grace-seconds') ?? 10;
+  if (!(grace >= 0 && Number.isFinite(grace))) throw new UsageError(`--grace-seconds must be a number >= 0, got '${values['grace-seconds']}'`);
+  const apiKey = values['api-key'] ?? (process.env.MOE_KERNELS_API_KEY || undefined);
+  if (apiKey !== undefined && apiKey === '') throw new UsageError('--api-key must not be empty');
+  const engineOptions = {
+    maxSequences: positiveInt(values['max-sequences'], '--max-sequences'),
+    maxQueued: nonNegInt(values['max-queued'], '--max-queued'),
+    maxBatchTokens: positiveInt(values['max-batch-tokens'], '--max-batch-tokens'),
+    numBlocks: positiveInt(values['kv-blocks'], '--kv-blocks'),
+    blockSize: positiveInt(values['block-size'], '--block-size'),
+  };
+  const maxContextFlag = positiveInt(values['max-context'], '--max-context');
+  const dtype = floatType(values.dtype, '--dtype');
+  const dir = positionals[0];
+  let config: MoeModelConfig | null = null;
+  if (dir !== undefined) {
+    if (isGgufPath(dir)) {
+      const g = GgufCheckpoint.openSync(dir, { mmap: false });
+      try {
+        config = g.config;
+      } finally {
+        g.close();
+      }
+    } else config = parseMoeConfig(path.join(dir, 'config.json'));
+  }
+  const maxContext = maxContextFlag ?? Math.min(config?.maxPositionEmbeddings ?? 2048, 4096);
+  if (config && maxContext > config.maxPositionEmbeddings)
+    throw new UsageError(`--max-context ${maxContext} is more than the model's max_position_embeddings (${config.maxPositionEmbeddings})`);
+
+  // the addon, the engine and fastify load only here
+  const { MixtralModel } = require('../model/model.js') as { MixtralModel: typeof MixtralModelType };
+  const { Engine } = require('../serve/engine.js') as typeof import('../serve/engine.js');
+  const { MoeServer } = require('../serve/server.js') as typeof import('../serve/server.js');
+  const { demoModel, DEMO_MODEL_NAME } = require('../serve/demo.js') as typeof import('../serve/demo.js');
+  const t0 = Date.now();
+  // the engine keeps the KV caches in its own pools: the model's own caches need one position
+  const model =
+    dir === undefined
+      ? await demoModel({ backend: backend as BackendName | undefined, maxSeq: 1 })
+      : await MixtralModel.load(dir, { dtype, backend: backend as BackendName | undefined, maxSeq: 1 });
+  let engine: EngineType | null = null;
+  let onSignal: ((sig: string) => void) | null = null;
+  try {
+    engine = await Engine.create(model, { ...engineOptions, maxContext });
+    const modelName = values['model-name'] ?? (dir === undefined ? DEMO_MODEL_NAME : path.basename(path.resolve(dir)).replace(/\.gguf$/i, ''));
+    const server = new MoeServer(engine, {
+      modelName,
+      apiKey: apiKey ?? null,
+      bodyLimit: positiveInt(values['body-limit'], '--body-limit'),
+      defaultMaxTokens: positiveInt(values['max-tokens'], '--max-tokens'),
+      logger: values.log === true,
+    });
+    const done = new Promise<string>((resolve) => (onSignal = resolve));
+    process.once('SIGTERM', onSignal!);
+    process.once('SIGINT', onSignal!);
+    const { url } = await server.listen({ host: values.host, port });
+    const s = engine.stats;
+    io.stderr.write(
+      `${dir === undefined ? 'the demo model (random weights: its text is noise)' : dir} on ${model.backend}, loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s; ` +
+        `${engine.maxSequences} sequences at once, ${engine.maxQueued} queued, context ${engine.maxContext}, ${s.totalBlocks} KV blocks of ${s.blockSize} (${formatBytes(s.kvBytes)})` +
+        `${apiKey ? '; API key required' : ''}\n`,
+    );
+    io.stdout.write(`moe-kernels serve: listening on ${url} (model ${modelName})\n`);
+    const signal = await done;
+    io.stderr.write(`${signal}: no new requests; finishing ${server.inflight} running within ${grace} s\n`);
+    await server.shutdown({ graceMs: Math.round(grace * 1000) });
+    io.stderr.write('stopped\n');
+    return 0;
+  } finally {
+    if (onSignal) for (const sig of ['SIGTERM', 'SIGINT']) process.removeListener(sig, onSignal);
+    await engine?.close();
+    model.dispose();
+  }
+}
+
+const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert, serve };
 
 /** The package's version, from its package.json (lib/cli and dist/cli are both two levels down). */
 export function version(): string {

@@ -10,13 +10,13 @@ import { type LayerKind, type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
 import { MoeError, rangeError, typeError } from '../core/errors.js';
 import { type DenseFfn, type MoeLayer } from '../moe/layers.js';
-import { add, attention, KvCache, Linear, rmsNorm, rope, type AnyTensor } from './primitives.js';
+import { add, attention, KvCache, KvPool, Linear, pagedAttention, rmsNorm, rope, type AnyTensor } from './primitives.js';
 import { boolOption, checkOptions, intOption } from '../core/options.js';
 import { cast, checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
 import { type DecoderLayerWeights } from '../hf/weights.js';
 import { checkWeightTensor } from '../core/quant.js';
 import { type WeightTensor } from '../moe/experts.js';
-import { view, keep, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions } from './runtime.js';
+import { view, keep, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions, type Scratch } from './runtime.js';
 
 // ---- block -------------------------------------------------------------------------------------------
 
@@ -25,6 +25,14 @@ export interface BlockForwardOptions {
   startPos?: number;
   /** Update x in place (x must be float32) instead of returning a fresh tensor. Default false. */
   inPlace?: boolean;
+}
+
+/** Which sequence each token of a paged forward is of, and each sequence's blocks (see pagedAttention). */
+export interface PagedBatch {
+  /** [T] int32: each token's row of blockTables. */
+  seqOf: Tensor<'int32'>;
+  /** [S, maxBlocks] int32: each sequence's blocks in position order (-1: none). */
+  blockTables: Tensor<'int32'>;
 }
 
 export interface BlockOutput {
@@ -202,7 +210,26 @@ export class MixtralBlock {
    * scratch tensors and the positions of the T tokens, the first at `start`. Returns the MoE layer's
    * tokens per expert ([0] when dense; on the device for a device block: read it after the forward).
    */
-  async run(h: AnyTensor, ws: Workspace, start: number, countsOut?: DeviceTensor<'int32'>): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
+  async run(h: AnyTensor, ws: Scratch, start: number, countsOut?: DeviceTensor<'int32'>): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
+    const window = this.config.slidingWindow ?? 0;
+    return this.#run(h, ws, countsOut, (q3, k3, v3) => attention(q3, k3, v3, this.cache, { startPos: start, slidingWindow: window, out: ws.attn }));
+  }
+
+  /**
+   * @internal The block over tokens of many sequences at once, with their keys and values in a paged
+   * pool (the serving engine's step): h [T,d] float32 updated in place; ws.positions holds each
+   * token's position in its sequence (rope); `paged` says which sequence each token is of and the
+   * blocks of each sequence (see pagedAttention). Every op is row-independent, so a token's result
+   * does not depend on the other tokens of the call (the same bits as the sequence alone).
+   */
+  async runPaged(h: AnyTensor, ws: Scratch, pool: KvPool, paged: PagedBatch, countsOut?: DeviceTensor<'int32'>): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
+    const window = this.config.slidingWindow ?? 0;
+    return this.#run(h, ws, countsOut, (q3, k3, v3) =>
+      pagedAttention(q3, k3, v3, pool, { positions: ws.positions, seqOf: paged.seqOf, blockTables: paged.blockTables, slidingWindow: window, out: ws.attn }),
+    );
+  }
+
+  async #run(h: AnyTensor, ws: Scratch, countsOut: DeviceTensor<'int32'> | undefined, attend: (q: AnyTensor, k: AnyTensor, v: AnyTensor) => Promise<unknown>): Promise<Tensor<'int32'> | DeviceTensor<'int32'>> {
     const c = this.config;
     const [T, hq, hkv, hd] = [ws.T, c.numAttentionHeads, c.numKeyValueHeads, c.headDim];
     const eps = c.rmsNormEps;
@@ -211,7 +238,7 @@ export class MixtralBlock {
     const q3 = view(ws.q, [T, hq, hd]);
     const k3 = view(ws.k, [T, hkv, hd]);
     await rope(q3, k3, ws.positionsDevice ?? ws.positions, { theta: c.ropeTheta, inPlace: true });
-    await attention(q3, k3, view(ws.v, [T, hkv, hd]), this.cache, { startPos: start, slidingWindow: c.slidingWindow ?? 0, out: ws.attn });
+    await attend(q3, k3, view(ws.v, [T, hkv, hd]));
     await this.#wo.forward(view(ws.attn, [T, hq * hd]), { out: ws.proj });
     await add(h, ws.proj, { inPlace: true });
     await rmsNorm(h, this.#postNorm, { eps, out: ws.normed });

@@ -20,13 +20,13 @@ import { backendInfo, type ResolvedBackend } from '../core/backend.js';
 import { type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
 import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
-import { embedding, Linear, rmsNorm, sample, type AnyTensor } from './primitives.js';
+import { embedding, KvPool, Linear, rmsNorm, sample, type AnyTensor } from './primitives.js';
 import { boolOption, checkOptions, intOption } from '../core/options.js';
 import { checkMemory, estimateMemory, type MemoryEstimate } from '../hf/params.js';
 import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
 import { MoeCheckpoint, type DecoderLayerWeights, type LoadProgress, type ModelGlobalWeights } from '../hf/weights.js';
-import { activation, keep, checkAborted, checkSignal, checkConfig, runtimeOptions, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions, type AbortSignalLike } from './runtime.js';
-import { MixtralBlock } from './block.js';
+import { activation, keep, checkAborted, checkSignal, checkConfig, floatTypeOption, headRows, runtimeOptions, setPositionsOf, Workspace, bytesOf, release, type Place, type MixtralRuntimeOptions, type AbortSignalLike, type Scratch } from './runtime.js';
+import { MixtralBlock, type PagedBatch } from './block.js';
 import { isGgufPath } from '../hf/gguf.js';
 import { GgufCheckpoint } from '../hf/gguf-model.js';
 import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
@@ -73,6 +73,34 @@ export interface GenerateOptions {
   stopTokens?: readonly number[];
 }
 
+export interface KvPoolsOptions {
+  /** Blocks in each layer's pool. */
+  numBlocks: number;
+  /** Positions per block; default 16. */
+  blockSize?: number;
+  /** Element type of the keys and values; default 'float32'. */
+  kvType?: FloatType;
+}
+
+/**
+ * A forward over tokens of many sequences at once (the serving engine's step; see lib/serve/engine.ts):
+ * which sequence each token is of, its position there, the blocks of each sequence in the pools.
+ */
+export interface PagedForwardOptions {
+  /** [T]: each token's position in its sequence. */
+  positions: ArrayLike<number>;
+  /** [T]: each token's sequence, a row of blockTables. */
+  seqOf: ArrayLike<number>;
+  /** [S, maxBlocks] int32: each sequence's blocks in position order (-1: none); see pagedAttention. */
+  blockTables: Tensor<'int32'>;
+  /** One KvPool per decoder layer, from model.createKvPools. */
+  pools: readonly KvPool[];
+  /** The tokens (indices into tokenIds) whose logits are wanted, in the order of the result's rows. */
+  logitsRows: ArrayLike<number>;
+  /** A float32 [R, V] tensor of the model's place (R = logitsRows.length) to write the logits into. */
+  out?: AnyTensor;
+}
+
 /** Tokens routed to each expert, per MoE layer, since the last resetRoutingStats(). */
 export interface RoutingStats {
   /** Tokens that went through the model (each counts topK times in a layer's counts). */
@@ -110,6 +138,8 @@ export class MixtralModel {
   #sequence = 0;
   #disposed = false;
   #decode: { ws: Workspace; hidden: AnyTensor; normed: AnyTensor; logits: AnyTensor; ids: Tensor<'int32'>; next: Tensor<'int32'> } | null = null;
+  /** The paged forward's scratch: a Workspace and hidden states of `cap` tokens, grown on demand. */
+  #paged: { cap: number; ws: Workspace; hidden: AnyTensor; picked: AnyTensor } | null = null;
   /** On a device: every layer's routing counts of one forward, [layers, E], read back at once. */
   #deviceCounts: DeviceTensor<'int32'> | null = null;
 
@@ -349,6 +379,82 @@ export class MixtralModel {
     return generateTextAll(this, input, options);
   }
 
+  /**
+   * One KvPool per decoder layer on the model's place (the device for a device model), for
+   * forwardPaged: many sequences' keys and values in `numBlocks` blocks of `blockSize` positions
+   * each. The caller owns them (dispose()); which blocks a sequence holds is the caller's table.
+   */
+  createKvPools(options: KvPoolsOptions): KvPool[] {
+    this.#check();
+    const o = checkOptions(options);
+    if (o.numBlocks === undefined) throw typeError('options.numBlocks is required, got undefined');
+    const numBlocks = intOption(o, 'numBlocks', 1, 1, 1 << 30);
+    const blockSize = intOption(o, 'blockSize', 16, 1, 1 << 16);
+    const type = floatTypeOption(o, 'kvType', 'float32');
+    const c = this.config;
+    const pools: KvPool[] = [];
+    try {
+      for (let i = 0; i < this.blocks.length; i++)
+        pools.push(new KvPool({ numBlocks, blockSize, numKvHeads: c.numKeyValueHeads, headDim: c.headDim, type }, this.#place.device ? { backend: this.#place.backend } : undefined));
+    } catch (e) {
+      for (const p of pools) p.dispose();
+      throw e;
+    }
+    return pools;
+  }
+
+  /**
+   * A forward over tokens of many sequences at once, with their keys and values in paged pools (the
+   * serving engine's step: decode tokens of running sequences beside prefill chunks of new ones).
+   * Each token is embedded, run through every block with its own position and the keys of its own
+   * sequence (pagedAttention), and only the rows `logitsRows` go through the final norm and the LM
+   * head: logits [R, V] float32 on the model's place (a DeviceTensor on a device model, which the
+   * caller disposes unless it passed `out`). Every op on the way is row-independent, so a token's
+   * logits are the same bits whatever else is in the batch. Routing counts add to routingStats().
+   * The model's own KV caches (forward, generate) are untouched.
+   */
+  async forwardPaged(tokenIds: Int32Array | readonly number[], options: PagedForwardOptions): Promise<AnyTensor> {
+    const o = checkOptions(options) as unknown as PagedForwardOptions;
+    const ids = this.#ids(tokenIds, 'tokenIds');
+    const T = ids.length;
+    const len = (v: unknown, name: string, n: number) => {
+      if (v == null || typeof (v as ArrayLike<number>).length !== 'number') throw typeError(`options.${name} must be an array of integers, got ${describe(v)}`);
+      if ((v as ArrayLike<number>).length !== n) throw rangeError(`options.${name} must have ${n} entries (one per token), got ${(v as ArrayLike<number>).length}`);
+      return v as ArrayLike<number>;
+    };
+    const positions = len(o.positions, 'positions', T);
+    const seqOf = Int32Array.from(len(o.seqOf, 'seqOf', T));
+    const pools = o.pools;
+    if (!Array.isArray(pools) || pools.length !== this.blocks.length || !pools.every((p) => p instanceof KvPool))
+      throw typeError(`options.pools must be ${this.blocks.length} KvPools (one per layer, model.createKvPools), got ${describe(pools)}`);
+    const rows = o.logitsRows;
+    if (rows == null || typeof rows.length !== 'number') throw typeError(`options.logitsRows must be an array of token indices, got ${describe(rows)}`);
+    const R = rows.length;
+    const pick = new Int32Array(R);
+    for (let i = 0; i < R; i++) {
+      if (!Number.isInteger(rows[i]) || rows[i] < 0 || rows[i] >= T) throw rangeError(`options.logitsRows[${i}] must be a token index in [0, ${T}), got ${describe(rows[i])}`);
+      pick[i] = rows[i];
+    }
+    this.#enter();
+    try {
+      const p = this.#pagedScratch(T, R);
+      const ws = p.ws.head(T);
+      const h = headRows(p.hidden, T);
+      await setPositionsOf(ws, positions);
+      await embedding(this.#embed, { type: 'int32', data: ids, dims: [T] }, { outType: 'float32', out: h });
+      const batch: PagedBatch = { seqOf: { type: 'int32', data: seqOf, dims: [T] }, blockTables: o.blockTables };
+      await this.#runBlocks(ws, (b, i, counts) => b.runPaged(h, ws, pools[i], batch, counts));
+      if (R === 0) return o.out ?? zeros('float32', [0, this.config.vocabSize]);
+      // the rows whose logits are wanted, gathered (h as an embedding table), then norm and LM head
+      const sel = headRows(p.picked, R);
+      await embedding(h, { type: 'int32', data: pick, dims: [R] }, { out: sel });
+      await rmsNorm(sel, this.#norm, { eps: this.config.rmsNormEps, out: sel });
+      return await this.#lmHead.forward(sel, o.out === undefined ? undefined : { out: o.out });
+    } finally {
+      this.#busy = false;
+    }
+  }
+
   /** Starts a new sequence (empties the KV caches). */
   reset(): void {
     this.#check();
@@ -387,6 +493,7 @@ export class MixtralModel {
       for (const t of [this.#decode.hidden, this.#decode.normed, this.#decode.logits]) release(t);
     }
     this.#decode = null;
+    this.#releasePaged();
   }
   /** `using model = await MixtralModel.load(dir)`: dispose() at the end of the scope. */
   [Symbol.dispose](): void {
@@ -523,13 +630,23 @@ export class MixtralModel {
   async #blocks(h: AnyTensor, ws: Workspace, start: number, signal: AbortSignalLike | undefined): Promise<void> {
     // a failed or aborted call leaves the caches mid-sequence: keep `length` at the last good state
     this.#length = Math.min(this.#length, start);
+    await this.#runBlocks(ws, (b, _i, counts) => b.run(h, ws, start, counts), signal);
+    this.#length = start + ws.T;
+  }
+
+  /** Every block in turn (`run` calls one), with the routing counts gathered into routingStats(). */
+  async #runBlocks(
+    ws: Scratch,
+    run: (b: MixtralBlock, i: number, countsOut: DeviceTensor<'int32'> | undefined) => Promise<Tensor<'int32'> | DeviceTensor<'int32'>>,
+    signal?: AbortSignalLike,
+  ): Promise<void> {
     const E = this.config.numExperts;
     // on a device the MoE layers write their counts into rows of one tensor, copied back once
     const rows = this.#place.device && E > 0 ? (this.#deviceCounts ??= DeviceTensor.zeros('int32', [this.blocks.length, E], { backend: this.#place.backend })) : null;
     for (let i = 0; i < this.blocks.length; i++) {
       checkAborted(signal);
       const moe = this.blocks[i].kind === 'moe';
-      const counts = await this.blocks[i].run(h, ws, start, rows && moe ? (rows.rows(i, 1).reshape([E]) as DeviceTensor<'int32'>) : undefined);
+      const counts = await run(this.blocks[i], i, rows && moe ? (rows.rows(i, 1).reshape([E]) as DeviceTensor<'int32'>) : undefined);
       if (!(counts instanceof DeviceTensor)) this.#count(i, counts.data);
     }
     if (rows) {
@@ -537,7 +654,26 @@ export class MixtralModel {
       for (let i = 0; i < this.blocks.length; i++) if (this.blocks[i].kind === 'moe') this.#count(i, all.subarray(i * E, (i + 1) * E));
     }
     this.#statTokens += ws.T;
-    this.#length = start + ws.T;
+  }
+
+  /** The paged forward's scratch for T tokens and R logit rows (grown in steps of 64 tokens). */
+  #pagedScratch(T: number, R: number) {
+    const need = Math.max(T, R);
+    if (!this.#paged || this.#paged.cap < need) {
+      this.#releasePaged();
+      const cap = Math.ceil(need / 64) * 64;
+      const d = this.config.hiddenSize;
+      this.#paged = { cap, ws: new Workspace(this.config, cap, this.#place), hidden: activation(this.#place, [cap, d]), picked: activation(this.#place, [cap, d]) };
+    }
+    return this.#paged;
+  }
+
+  #releasePaged(): void {
+    if (!this.#paged) return;
+    this.#paged.ws.dispose();
+    release(this.#paged.hidden);
+    release(this.#paged.picked);
+    this.#paged = null;
   }
 
   #count(layer: number, counts: ArrayLike<number>): void {

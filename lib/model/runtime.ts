@@ -81,8 +81,35 @@ export const release = (t: AnyTensor | undefined | null) => {
   if (t instanceof DeviceTensor) t.dispose();
 };
 
+/** What a block's forward reads and writes besides h: a Workspace, or its first T rows (Workspace.head). */
+export interface Scratch {
+  readonly T: number;
+  readonly positions: Tensor<'int32'>;
+  readonly positionsDevice: DeviceTensor<'int32'> | null;
+  readonly normed: AnyTensor;
+  readonly q: AnyTensor;
+  readonly k: AnyTensor;
+  readonly v: AnyTensor;
+  readonly attn: AnyTensor;
+  readonly proj: AnyTensor;
+}
+
+/** Rows [0, n) of a tensor, sharing its memory (host or device). */
+export function headRows<T extends AnyTensor>(t: T, n: number): T {
+  if (t instanceof DeviceTensor) return t.rows(0, n) as T;
+  const h = t as Tensor;
+  const per = h.dims.slice(1).reduce((a, b) => a * b, 1);
+  return { type: h.type, data: h.data.subarray(0, n * per), dims: [n, ...h.dims.slice(1)] } as unknown as T;
+}
+
+/** Sets a scratch's positions (one per token, any order) on the host and, for a device model, the device. */
+export async function setPositionsOf(ws: Scratch, positions: ArrayLike<number>): Promise<void> {
+  ws.positions.data.set(positions);
+  await ws.positionsDevice?.copyFrom(ws.positions);
+}
+
 /** The scratch tensors of one forward of T tokens; a decode loop (T = 1) reuses one set. */
-export class Workspace {
+export class Workspace implements Scratch {
   readonly T: number;
   readonly positions: Tensor<'int32'>;
   /** On a device: the positions, uploaded once per forward (setPositions) for every layer's rope. */
@@ -110,6 +137,25 @@ export class Workspace {
   /** Frees the device tensors now (host ones are left to the GC). */
   dispose(): void {
     for (const t of [this.normed, this.q, this.k, this.v, this.attn, this.proj, this.positionsDevice]) release(t);
+  }
+
+  /**
+   * The first n rows of every tensor (n <= T), sharing their memory: one Workspace sized for the
+   * largest batch serves every smaller one. Set the positions with setPositionsOf.
+   */
+  head(n: number): Scratch {
+    if (n === this.T) return this;
+    return {
+      T: n,
+      positions: headRows(this.positions, n),
+      positionsDevice: this.positionsDevice ? headRows(this.positionsDevice, n) : null,
+      normed: headRows(this.normed, n),
+      q: headRows(this.q, n),
+      k: headRows(this.k, n),
+      v: headRows(this.v, n),
+      attn: headRows(this.attn, n),
+      proj: headRows(this.proj, n),
+    };
   }
 
   /** Positions start .. start+T-1 (on the device too, for a device model). */
