@@ -99,7 +99,7 @@ test("precision 'exact': f32 activations against bf16 weights on every table, in
     }
   };
   assert.equal(await run('bfloat16', 'exact'), await run('float32'));
-  assert.throws(() => Linear.packSync(w, { precision: 'fast' as never }), (e: Error) => e instanceof TypeError && /options.precision must be 'default' or 'exact', got 'fast'/.test(e.message));
+  assert.throws(() => Linear.packSync(w, { precision: 'fast' as never }), (e: Error) => e instanceof TypeError && /options.precision must be 'default' or 'exact', got "fast"/.test(e.message));
   await MoeLayer.create(weights('bfloat16'), { precision: 1 as never }).then(
     () => assert.unreachable('a bad precision'),
     (e: Error) => assert.ok(e instanceof TypeError && /options.precision/.test(e.message), e.message),
