@@ -15,6 +15,7 @@ void InitDecoderBindings(Napi::Env env, Napi::Object exports);  // bind_decoder.
 void InitDeviceBindings(Napi::Env env, Napi::Object exports);   // bind_device.cc
 void InitBenchBindings(Napi::Env env, Napi::Object exports);    // bind_bench.cc
 void InitFileBindings(Napi::Env env, Napi::Object exports);     // bind_file.cc
+void InitDistBindings(Napi::Env env, Napi::Object exports);     // bind_dist.cc
 
 namespace {
 
@@ -74,6 +75,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitDeviceBindings(env, exports);
   InitBenchBindings(env, exports);
   InitFileBindings(env, exports);
+  InitDistBindings(env, exports);
   return exports;
 }
 
