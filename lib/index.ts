@@ -182,3 +182,13 @@ export { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType, type GgufConve
 export { GgufTokenizer, type GgufTokenizerData } from './hf/tokenizer-gguf.js';
 export { renderChatTemplate, type ChatMessage, type ChatTemplateOptions } from './hf/chat.js';
 export { type TextTokenizer, type TextPrompt, type GenerateTextOptions, type GenerateTextResult } from './model/text.js';
+export { ProcessGroup, type ProcessGroupOptions, type TransportInfo, type CommStats, type CommArray } from './parallel/process-group.js';
+export {
+  ExpertParallelMoeLayer,
+  expertRange,
+  type ExpertParallelStats,
+  type ExpertParallelRouterStats,
+  type ExpertParallelOutput,
+  type ExpertParallelForwardOptions,
+  type ExpertParallelResult,
+} from './parallel/ep-layer.js';

@@ -24,6 +24,7 @@ import { GgufCheckpoint } from '../hf/gguf-model.js';
 import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
 import { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType } from '../hf/gguf-convert.js';
 import type { TextTokenizer } from '../model/text.js';
+import { launch, LAUNCH_HELP } from './launch.js';
 
 export interface CliIo {
   stdout: { write(s: string): unknown };
@@ -31,6 +32,7 @@ export interface CliIo {
 }
 
 const HELP: Record<string, string> = {
+  launch: LAUNCH_HELP,
   main: `Usage: moe-kernels <command> [options]
 
 Commands:
@@ -39,6 +41,7 @@ Commands:
                                                       a GGUF file's metadata and tensor types (as gguf-dump)
   generate <checkpoint dir | file.gguf>               run a model (Mixtral, Qwen2-MoE, DeepSeek-MoE): prompt in, tokens out
   convert <checkpoint dir> <out.gguf>                 write a checkpoint as a GGUF file llama.cpp reads
+  launch -n <ranks> <app.js> [args]                   run a program as N MPI ranks (expert parallelism), via mpirun
 
 Run 'moe-kernels <command> --help' for a command's options; 'moe-kernels --version' for the version.
 `,
@@ -581,7 +584,7 @@ async function generate(args: string[], io: CliIo): Promise<number> {
   }
 }
 
-const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert };
+const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert, launch };
 
 /** The package's version, from its package.json (lib/cli and dist/cli are both two levels down). */
 export function version(): string {

@@ -11,6 +11,8 @@ import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.
 import { boolOption, checkOptions, intOption, required } from '../core/options.js';
 import { factorOption, nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
 import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
+import type { ProcessGroup } from '../parallel/process-group.js';
+import { ExpertParallelMoeLayer } from '../parallel/ep-layer.js';
 
 export interface MoeLayerWeights extends ExpertWeightsInit {
   /** Router weights [E,d] (Hugging Face `block_sparse_moe.gate.weight`). */
@@ -59,6 +61,11 @@ export interface MoeLayerOptions {
   randomRouting?: RandomRoutingOptions;
   /** Shared experts added to every token's output (packed with the layer). Default: none. */
   sharedExperts?: SharedExpertsWeights;
+  /**
+   * Expert parallelism: this rank holds only its slice of the experts and exchanges rows with the
+   * other ranks of the group by all-to-all (MoeLayer.create only; lib/parallel/ep-layer.ts).
+   */
+  expertParallel?: ProcessGroup;
   backend?: BackendName;
 }
 
@@ -166,6 +173,7 @@ export class MoeLayer {
   /** Packs the weights synchronously; prefer `MoeLayer.create` for large layers. */
   constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights, /** @internal */ packedShared?: ExpertWeights) {
     const o = checkOptions(options);
+    if (o.expertParallel !== undefined) throw typeError('options.expertParallel needs MoeLayer.create (an async, collective call), not new MoeLayer()');
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
     const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate });
     let shared = packedShared;
@@ -198,9 +206,15 @@ export class MoeLayer {
     this.#experts = experts;
   }
 
-  /** Creates a layer, packing the weights off the event loop. */
-  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer> {
+  /**
+   * Creates a layer, packing the weights off the event loop. With `expertParallel: group` it is an
+   * ExpertParallelMoeLayer holding this rank's experts only.
+   */
+  static async create(weights: MoeLayerWeights, options: MoeLayerOptions & { expertParallel: ProcessGroup }): Promise<ExpertParallelMoeLayer>;
+  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer>;
+  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer | ExpertParallelMoeLayer> {
     const o = checkOptions(options);
+    if (o.expertParallel !== undefined) return ExpertParallelMoeLayer.create(weights, o as unknown as MoeLayerOptions & { expertParallel: ProcessGroup });
     const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
     const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate });
     let shared: ExpertWeights | undefined;
