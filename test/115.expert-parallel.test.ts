@@ -2,6 +2,8 @@
  * Expert parallelism over MPI (#15), on loopback: real `mpirun` jobs of test/fixtures/ep-rank.ts.
  *   - `-np 2`, `-np 3` and `-np 4` (oversubscribed): every rank's output of the expert-parallel layer
  *     has the bits of the single-process layer for every routing variant (the fixture checks it);
+ *   - `-np 2` and `-np 4`: an expert-parallel MixtralModel gives each rank the logits and greedy
+ *     tokens of the single-process model for its own sequence;
  *   - a rank that dies or never joins makes the others fail with a clear error within a timeout;
  *   - `moe-kernels launch` builds the mpirun command and runs a job.
  * Skipped, with a message, where mpirun is missing (a user's machine); .ci/run installs Open MPI and
@@ -136,6 +138,16 @@ for (const np of [2, 3, 4]) {
     assert.ok(!r.timedOut, `mpirun -np ${np} timed out after ${r.ms} ms:\n${r.out}`);
     assert.is(r.code, 0, `mpirun -np ${np} failed (${r.code}, ${r.signal}):\n${r.out}`);
     for (let rank = 0; rank < np; rank++) assert.match(r.out, new RegExp(`EP-OK rank ${rank} of ${np}: 24 calls bit-identical`), r.out);
+  });
+}
+
+for (const np of [2, 4]) {
+  test(`mpirun -np ${np}: MixtralModel.load with expertParallel gives each rank the single-process logits and tokens`, async () => {
+    if (skipMpi()) return;
+    const r = await mpiJob(np, 'model');
+    assert.ok(!r.timedOut, `mpirun -np ${np} timed out after ${r.ms} ms:\n${r.out}`);
+    assert.is(r.code, 0, `mpirun -np ${np} failed (${r.code}, ${r.signal}):\n${r.out}`);
+    for (let rank = 0; rank < np; rank++) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of ${np}: logits, decode and 5 greedy tokens bit-identical`), r.out);
   });
 }
 

@@ -10,6 +10,7 @@ import { describe, MoeError, typeError } from '../core/errors.js';
 import { type AnyTensor } from './primitives.js';
 import { checkOptions, intOption } from '../core/options.js';
 import { FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
+import type { ProcessGroup } from '../parallel/process-group.js';
 
 /** Options shared by blocks and models. */
 export interface MixtralRuntimeOptions {
@@ -22,6 +23,13 @@ export interface MixtralRuntimeOptions {
   maxSeq?: number;
   /** Element type of the KV caches. Default 'float32'. */
   kvType?: FloatType;
+  /**
+   * Expert parallelism (CPU ranks): each MoE layer keeps only this rank's experts and exchanges
+   * tokens with the group's other ranks (lib/parallel/ep-layer.ts); attention, norms and dense
+   * layers run data-parallel, each rank on its own sequences. Every rank must make the same calls
+   * (forward, generate steps) in the same order. Default: none.
+   */
+  expertParallel?: ProcessGroup;
 }
 
 export const DEFAULT_MAX_SEQ = 4096;
@@ -142,5 +150,9 @@ export function checkConfig(config: unknown): MoeModelConfig {
 export function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const o = checkOptions(options);
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
-  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined) };
+  const expertParallel = o.expertParallel as ProcessGroup | undefined;
+  const place = placeOf(o.backend as BackendName | undefined);
+  if (expertParallel !== undefined && place.device)
+    throw new MoeError(`options.expertParallel runs on CPU ranks only for now; backend '${place.backend}' was asked for`, 'ERR_UNSUPPORTED');
+  return { o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place, expertParallel };
 }
