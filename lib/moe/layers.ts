@@ -62,8 +62,10 @@ export interface MoeLayerOptions {
   /** Shared experts added to every token's output (packed with the layer). Default: none. */
   sharedExperts?: SharedExpertsWeights;
   /**
-   * Expert parallelism: this rank holds only its slice of the experts and exchanges rows with the
-   * other ranks of the group by all-to-all (MoeLayer.create only; lib/parallel/ep-layer.ts).
+   * Expert parallelism: this rank holds only its slice of the experts (`expertRange`) and exchanges
+   * rows with the other ranks of the group by all-to-all (MoeLayer.create only;
+   * lib/parallel/ep-layer.ts). Given per-expert arrays, the entries of experts other ranks hold are
+   * never read and may be null.
    */
   expertParallel?: ProcessGroup;
   backend?: BackendName;
