@@ -15,18 +15,24 @@
  * Each row's GEMM depends on that row alone and combine sums in fixed slot order, so a rank's output
  * has the bits the single-process layer gives for the same tokens (test/110 checks it).
  *
+ * Shared experts (DeepSeekMoE, Qwen2-MoE) run on every rank for its own tokens, data-parallel: a
+ * local MoeLayer with the shared experts and one all-zero routed expert of width 1 gives exactly the
+ * shared term the single-process layer adds (its routed sum is +0, and its gate math is the same
+ * native code), in f32; the routed sum (combine in f32) plus that term is one f32 addition, as in
+ * the native combine, then rounded to the output type as the native store does.
+ *
  * Every rank must call forward the same number of times, in the same order (T may differ, and may
  * be 0). `returnRouterStats` adds an all-reduce and must agree on all ranks: the flag word carries
  * it, and every rank fails with the same error when they differ instead of hanging.
  */
 import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
 import { checkOptions, boolOption, intOption, required } from '../core/options.js';
-import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
+import { bfloat16ToFloat32, checkTensor, float16ToFloat32, float32ToBfloat16, float32ToFloat16, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
 import { type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { ExpertWeights } from '../moe/experts.js';
 import { combine, groupedGemm, permute, route, type RouteOptions } from '../moe/stages.js';
 import { factorOption, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions } from '../moe/routing-variants.js';
-import type { ForwardOptions, MoeLayerOptions, MoeLayerWeights, MoeRouterStats, Routing } from '../moe/layers.js';
+import { MoeLayer, type ForwardOptions, type MoeLayerOptions, type MoeLayerWeights, type MoeRouterStats, type Routing } from '../moe/layers.js';
 import { ProcessGroup } from './process-group.js';
 
 /** Experts [start, end) that rank `rank` of `size` holds: contiguous, E/size each, the first E mod size ranks one more. */
@@ -115,12 +121,17 @@ export class ExpertParallelMoeLayer {
   readonly #gate: Tensor;
   readonly #variants: Variants;
   readonly #local: ExpertWeights | undefined;
+  readonly #shared: MoeLayer | undefined;
+  /** Intermediate size of the shared experts; 0 without them. */
+  readonly sharedIntermediateSize: number;
   readonly #backendOption: BackendName | undefined;
   #disposed = false;
 
   /** @internal use MoeLayer.create(weights, { expertParallel: group }) */
-  constructor(group: ProcessGroup, gate: Tensor, local: ExpertWeights | undefined, range: [number, number], d: number, f: number, o: Record<string, unknown>) {
+  constructor(group: ProcessGroup, gate: Tensor, local: ExpertWeights | undefined, range: [number, number], d: number, f: number, o: Record<string, unknown>, shared?: MoeLayer) {
     this.group = group;
+    this.#shared = shared;
+    this.sharedIntermediateSize = shared?.sharedIntermediateSize ?? 0;
     this.#gate = gate;
     this.#local = local;
     this.localExperts = range;
@@ -142,8 +153,6 @@ export class ExpertParallelMoeLayer {
     const group = o.expertParallel;
     if (!(group instanceof ProcessGroup)) throw typeError(`options.expertParallel must be a ProcessGroup from ProcessGroup.init(), got ${describe(group)}`);
     if (group.closed) throw new MoeError('options.expertParallel: the process group was closed', 'ERR_DISPOSED');
-    if (o.sharedExperts !== undefined)
-      throw new MoeError('options.sharedExperts is not supported with expertParallel yet: run the shared experts as a DenseFfn on each rank', 'ERR_UNSUPPORTED');
     const g = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES);
     if (g.dims.length !== 2) throw rangeError(`weights.gate.dims must be [E,d] (experts, hidden size), got [${g.dims.join(',')}]`);
     const gate: Tensor = { type: g.type, data: g.data.slice() as Tensor['data'], dims: [...g.dims] };
@@ -165,17 +174,29 @@ export class ExpertParallelMoeLayer {
       const t = (Array.isArray(w1) ? w1.find((x) => x) : w1) as Tensor | undefined;
       f = t && Array.isArray(t.dims) ? t.dims[t.dims.length - 2] : 0;
     }
+    let shared: MoeLayer | undefined;
     try {
-      return new ExpertParallelMoeLayer(group, gate, local, range, d, f, o);
+      if (o.sharedExperts !== undefined) {
+        // the shared experts beside one all-zero routed expert of width 1 (see the file comment)
+        const sw = checkOptions(o.sharedExperts, 'options.sharedExperts');
+        const st = checkTensor(required<unknown>(sw, 'w1', 'options.sharedExperts'), 'options.sharedExperts.w1', FLOAT_TYPES).type;
+        const zeros = (dims: number[]): Tensor => ({ type: st, data: st === 'float32' ? new Float32Array(dims[0] * dims[1] * dims[2]) : new Uint16Array(dims[0] * dims[1] * dims[2]), dims }) as Tensor;
+        shared = await MoeLayer.create(
+          { gate: { type: 'float32', data: new Float32Array(d), dims: [1, d] }, w1: zeros([1, 1, d]), w3: zeros([1, 1, d]), w2: zeros([1, d, 1]) },
+          { topK: 1, sharedExperts: o.sharedExperts as MoeLayerOptions['sharedExperts'], backend: o.backend as BackendName },
+        );
+      }
+      return new ExpertParallelMoeLayer(group, gate, local, range, d, f, o, shared);
     } catch (e) {
       local?.dispose();
+      shared?.dispose();
       throw e;
     }
   }
 
   /** Bytes held by this rank's share of the weights (its experts and the whole gate). */
   get bytes(): number {
-    return (this.#local?.bytes ?? 0) + this.#gate.data.byteLength;
+    return (this.#local?.bytes ?? 0) + this.#gate.data.byteLength + (this.#shared?.bytes ?? 0);
   }
 
   get disposed(): boolean {
@@ -186,6 +207,7 @@ export class ExpertParallelMoeLayer {
   dispose(): void {
     this.#disposed = true;
     this.#local?.dispose();
+    this.#shared?.dispose();
   }
   [Symbol.dispose](): void {
     this.dispose();
@@ -309,7 +331,15 @@ export class ExpertParallelMoeLayer {
     // 4. the results back (they arrive in this rank's sorted order), then combine in fixed order
     const rowsOut = await g.allToAllV(yBack, receivedRows.map((c) => c * d), sentRows.map((c) => c * d));
     let output: Tensor;
-    if (T > 0) {
+    if (T > 0 && this.#shared) {
+      // routed sum in f32, plus the shared term in f32 (one f32 addition), then the output type
+      const routed = await combine({ type: 'float32', data: rowsOut.data, dims: [R, d] }, rowOf, topkWeights, { outType: 'float32', backend });
+      const x32: Tensor = xt.type === 'float32' ? xt : { type: 'float32', data: xt.type === 'bfloat16' ? bfloat16ToFloat32(xt.data as Uint16Array) : float16ToFloat32(xt.data as Uint16Array), dims: xt.dims };
+      const sh = (await this.#shared.forward(x32)).output.data as Float32Array;
+      const sum = routed.data as Float32Array;
+      for (let i = 0; i < sum.length; i++) sum[i] = sum[i] + sh[i];  // a Float32Array store rounds once: an f32 addition
+      output = xt.type === 'float32' ? routed : { type: xt.type, data: xt.type === 'bfloat16' ? float32ToBfloat16(sum) : float32ToFloat16(sum), dims: [T, d] };
+    } else if (T > 0) {
       output = await combine({ type: 'float32', data: rowsOut.data, dims: [R, d] }, rowOf, topkWeights, { outType: xt.type as FloatType, backend });
     } else {
       output = { type: xt.type, data: new (xt.data.constructor as Float32ArrayConstructor)(0), dims: [0, d] } as Tensor;
