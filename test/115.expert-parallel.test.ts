@@ -17,7 +17,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { MoeLayer, ProcessGroup, expertRange } from '../lib/index';
+import { MixtralModel, MoeCheckpoint, MoeLayer, ProcessGroup, countParameters, expertRange, parseMixtralConfig, type Tensor } from '../lib/index';
+import { expertShareEstimate } from '../lib/parallel/memory';
+import { mixtral8x7bRaw, tinyMixtralRaw, tmpDir, writeTinyMixtral } from './helpers/checkpoints';
 import { launchCommand } from '../lib/cli/launch';
 
 const root = path.join(__dirname, '..');
@@ -121,6 +123,38 @@ test('expertParallel needs a ProcessGroup and MoeLayer.create', async () => {
     assert.match((e as Error).message, /options\.expertParallel must be a ProcessGroup from ProcessGroup\.init\(\), got an object/);
   }
   assert.throws(() => new MoeLayer(w, { expertParallel: {} as ProcessGroup }), (e: Error) => e instanceof TypeError && /needs MoeLayer\.create/.test(e.message));
+});
+
+test('a rank reads only its experts from a per-expert checkpoint; its memory estimate counts only them', async () => {
+  const dir = tmpDir('moe-ep-read-');
+  try {
+    await writeTinyMixtral(dir, { raw: tinyMixtralRaw({ num_local_experts: 5 }) });
+    const ckpt = await MoeCheckpoint.open(dir);
+    try {
+      const all = (await ckpt.loadLayer(1)).moe!;
+      const part = (await ckpt.loadLayer(1, { experts: [1, 3] })).moe!;
+      for (const k of ['w1', 'w3', 'w2'] as const) {
+        const p = part[k] as (Tensor | null)[];
+        assert.equal(p.map((t) => t !== null), [false, true, true, false, false], k);
+        for (const e of [1, 2]) assert.equal(Array.from(p[e]!.data), Array.from((all[k] as Tensor[])[e].data), `${k}[${e}]`);
+      }
+      let n = 0;
+      for await (const l of ckpt.layers({ experts: [4, 5] })) n += (l.moe!.w2 as (Tensor | null)[]).filter((t) => t !== null).length;
+      assert.is(n, 2); // two layers, one expert each
+    } finally {
+      ckpt.close();
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  // Mixtral 8x7B in bf16: 93.4 GB of weights; a rank of EP=4 holds 2 of 8 experts per layer
+  const config = parseMixtralConfig(mixtral8x7bRaw());
+  const whole = MixtralModel.estimateMemory(config, { dtype: 'bfloat16', maxSeq: 4096 });
+  const rank = expertShareEstimate(config, whole, expertRange(8, 4, 1));
+  const p = countParameters(config);
+  assert.is(whole.weightsBytes - rank.weightsBytes, (p.experts.total * 6 / 8) * 2);
+  assert.is(Math.round(rank.weightsBytes / 1e8) / 10, 25.8);
+  assert.is(whole.totalBytes - rank.totalBytes, whole.weightsBytes - rank.weightsBytes);
 });
 
 test('launch: the mpirun command', () => {
