@@ -212,6 +212,16 @@ for (const np of [2, 4]) {
   });
 }
 
+test('a program that ends without close(): MPI is finalized at teardown, the job ends normally', async () => {
+  if (skipMpi()) return;
+  const r = await mpiJob(2, 'noclose', [], 60_000);
+  assert.ok(!r.timedOut, r.out);
+  assert.is(r.code, 0, r.out);
+  assert.match(r.out, /EP-NOCLOSE rank 0/);
+  assert.match(r.out, /EP-NOCLOSE rank 1/);
+  assert.not.match(r.out, /exiting improperly/);
+});
+
 test('a rank that exits ends the job (mpirun names it) within the timeout, no hang', async () => {
   if (skipMpi()) return;
   const r = await mpiJob(3, 'die', [], 60_000);

@@ -13,7 +13,9 @@
 // completion no longer keeps the process alive, and exit never waits for the stuck thread.
 #include <napi.h>
 
+#include <chrono>
 #include <climits>
+#include <memory>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -76,7 +78,7 @@ struct CommOp {
 struct Comm {
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<CommOp*> queue;
+  std::deque<std::function<void()>> queue;  // run in order on the comm thread
   bool thread_started = false;
   const MpiLib* mpi = nullptr;
   // written by the comm thread, read under mu
@@ -87,6 +89,7 @@ struct Comm {
   int pending = 0;
   Napi::ThreadSafeFunction tsfn;
   bool tsfn_made = false;
+  bool teardown_hooked = false;
 };
 Comm& comm() {
   static Comm* c = new Comm();
@@ -98,17 +101,29 @@ void settle(Napi::Env env, Napi::Function, CommOp* op);
 void comm_thread_main() {
   Comm& c = comm();
   for (;;) {
-    CommOp* op;
+    std::function<void()> task;
     {
       std::unique_lock<std::mutex> lk(c.mu);
       c.cv.wait(lk, [&] { return !c.queue.empty(); });
-      op = c.queue.front();
+      task = std::move(c.queue.front());
       c.queue.pop_front();
     }
-    op->run(*op);
-    // BlockingCall: fails only when the environment is tearing down; the op is then dropped.
-    if (c.tsfn.BlockingCall(op, settle) != napi_ok) delete op;
+    task();
   }
+}
+
+// Queues a task for the comm thread (starting it on first use). Caller holds no lock.
+void enqueue(std::function<void()> task) {
+  Comm& c = comm();
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    c.queue.push_back(std::move(task));
+    if (!c.thread_started) {
+      std::thread(comm_thread_main).detach();
+      c.thread_started = true;
+    }
+  }
+  c.cv.notify_all();
 }
 
 // ---- the MPI work, on the comm thread -----------------------------------------------------------
@@ -269,16 +284,36 @@ Napi::Value submit(Napi::Env env, CommOp* op) {
   }
   if (c.pending++ == 0) c.tsfn.Ref(env);  // a collective in flight keeps the process alive
   Napi::Promise p = op->deferred.Promise();
+  enqueue([op] {
+    op->run(*op);
+    // BlockingCall fails only when the environment is tearing down; the op is then dropped.
+    if (comm().tsfn.BlockingCall(op, settle) != napi_ok) delete op;
+  });
+  return p;
+}
+
+// The environment's teardown after a natural exit (the event loop ran dry): a group that is open
+// and healthy is finalized here, so that a program that never called close() still ends as a
+// normal MPI process (mpirun otherwise calls the exit abnormal and fails the job). Waits at most
+// kTeardownFinalizeSeconds for MPI_Finalize, which waits for the other ranks. process.exit() does
+// not run this hook: such an exit is abnormal to mpirun unless the group was closed.
+constexpr int kTeardownFinalizeSeconds = 30;
+void on_env_teardown(void*) {
+  Comm& c = comm();
   {
     std::lock_guard<std::mutex> lk(c.mu);
-    c.queue.push_back(op);
-    if (!c.thread_started) {
-      std::thread(comm_thread_main).detach();
-      c.thread_started = true;
-    }
+    if (!c.initialized || c.finalized || c.broken || c.pending > 0) return;
+    c.finalized = true;
   }
-  c.cv.notify_one();
-  return p;
+  auto done = std::make_shared<bool>(false);
+  enqueue([done] {
+    comm().mpi->Finalize();
+    std::lock_guard<std::mutex> lk(comm().mu);
+    *done = true;
+    comm().cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lk(c.mu);
+  c.cv.wait_for(lk, std::chrono::seconds(kTeardownFinalizeSeconds), [&] { return *done; });
 }
 
 // The element type and bytes of a typed array argument (copied: the call runs off the JS thread).
@@ -334,6 +369,11 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   need_mpi(env);
   check_usable(env, false);
+  Comm& c = comm();
+  if (!c.teardown_hooked) {
+    napi_add_env_cleanup_hook(env, on_env_teardown, nullptr);
+    c.teardown_hooked = true;
+  }
   auto* op = new CommOp(env);
   op->result_kind = 3;
   op->run = run_init;
