@@ -24,6 +24,11 @@ const HELP = `usage: node bench/run.js --expert-parallel [options]
   --dtype T          weight type, float32 (default) or bfloat16
   --budget SECONDS   time per row, default 1.5 (--ci 0.1)
   --json PATH        where the JSON goes, default bench/results/expert-parallel.json
+  --model            also the whole-model row: the scaled Mixtral of bench/model.js (4 layers, d=1024,
+                     vocab 32000), each rank generating its own sequence (--prompt tokens, then --decode)
+                     against one process generating the same sequences one after the other
+  --prompt N         prompt tokens of the model row, default 64 (--ci 8)
+  --decode N         decode steps of the model row, default 16 (--ci 2)
   --ci               a smoke run: tiny layer, T=1,8
   --help             this text
 
@@ -32,7 +37,7 @@ Needs Open MPI (mpirun); without it the bench says so and exits 0.`;
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const o = { ranks: 2, shape: 'scaled', tokens: null, dtype: 'float32', budget: null, json: null, ci: false, help: false, worker: null, config: null };
+  const o = { ranks: 2, shape: 'scaled', tokens: null, dtype: 'float32', budget: null, json: null, ci: false, help: false, worker: null, config: null, model: false, prompt: null, decode: null };
   forEachOption(argv, (a, val) => {
     switch (a) {
       case '--expert-parallel': break;
@@ -43,6 +48,9 @@ function parseArgs(argv) {
       case '--budget': o.budget = Number(val()); if (!(o.budget > 0)) throw new UsageError('--budget must be > 0'); break;
       case '--json': o.json = val(); break;
       case '--ci': o.ci = true; break;
+      case '--model': o.model = true; break;
+      case '--prompt': o.prompt = Number(val()); if (!Number.isInteger(o.prompt) || o.prompt < 1) throw new UsageError('--prompt must be a positive integer'); break;
+      case '--decode': o.decode = Number(val()); if (!Number.isInteger(o.decode) || o.decode < 1) throw new UsageError('--decode must be a positive integer'); break;
       case '--help': case '-h': o.help = true; break;
       case '--worker': o.worker = val(); break;
       case '--config': o.config = JSON.parse(val()); break;
@@ -89,9 +97,86 @@ function input(T, d, rank) {
   return x;
 }
 
+/** The scaled Mixtral of bench/model.js, its layers made on demand; experts outside `only` are null. */
+function modelWeights(c, only) {
+  const M = require('./model');
+  const s = M.SHAPES[c.modelShape];
+  const config = M.configOf(s);
+  const dt = c.dtype;
+  const { hiddenSize: d, intermediateSize: f, numExperts: E, headDim: hd } = config;
+  const q = config.numAttentionHeads * hd, kv = config.numKeyValueHeads * hd;
+  function* layers() {
+    for (let i = 0; i < config.numHiddenLayers; i++) {
+      const m = (name, rows, cols) => randomMatrix(dt, rows, cols, seedOf('model', i, name));
+      const experts = (name, rows, cols) => Array.from({ length: E }, (_, e) => (!only || (e >= only[0] && e < only[1]) ? m(`${name}.${e}`, rows, cols) : null));
+      yield {
+        index: i,
+        inputLayernorm: M.normWeight(dt, d, seedOf('model', i, 'in')),
+        postAttentionLayernorm: M.normWeight(dt, d, seedOf('model', i, 'post')),
+        attention: { qProj: m('q', q, d), kProj: m('k', kv, d), vProj: m('v', kv, d), oProj: m('o', d, q) },
+        moe: { gate: m('gate', E, d), w1: experts('w1', f, d), w3: experts('w3', f, d), w2: experts('w2', d, f) },
+      };
+    }
+  }
+  const globals = {
+    embedTokens: randomMatrix(dt, s.vocab, s.d, seedOf('model', 'embed')),
+    norm: M.normWeight(dt, s.d, seedOf('model', 'norm')),
+    lmHead: randomMatrix(dt, s.vocab, s.d, seedOf('model', 'lm_head')),
+  };
+  return { config, shape: s, globals, layers: layers() };
+}
+
+/** Rank r's prompt: different per rank. */
+const promptOf = (c, r, vocab) => Array.from({ length: c.prompt }, (_, i) => (i * 7919 + 13 + 101 * r) % vocab);
+
+async function generate(model, prompt, decode) {
+  const t0 = process.hrtime.bigint();
+  let n = 0;
+  for await (const _ of model.generate(prompt, { maxNewTokens: decode + 1 })) n++;
+  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, tokens: n };
+}
+
+async function modelWorker(o, group) {
+  const L = lib();
+  const c = o.config;
+  const maxSeq = c.prompt + c.decode + 2;
+  if (!group) {
+    const w = modelWeights(c);
+    const model = await L.MixtralModel.fromWeights(w.config, { globals: w.globals, layers: w.layers }, { maxSeq, backend: 'cpu' });
+    await generate(model, promptOf(c, 0, w.shape.vocab).slice(0, 4), 1); // warm-up
+    const t0 = process.hrtime.bigint();
+    for (let r = 0; r < c.ranks; r++) await generate(model, promptOf(c, r, w.shape.vocab), c.decode);
+    const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+    const bytes = model.bytes;
+    model.dispose();
+    return { mode: 'single', seconds, sequences: c.ranks, bytes };
+  }
+  const w = modelWeights(c, L.expertRange(require('./model').SHAPES[c.modelShape].E, group.size, group.rank));
+  const model = await L.MixtralModel.fromWeights(w.config, { globals: w.globals, layers: w.layers }, { maxSeq, expertParallel: group });
+  await generate(model, promptOf(c, 0, w.shape.vocab).slice(0, 4), 1); // warm-up, every rank alike
+  await group.barrier();
+  const s0 = group.stats;
+  const r = await generate(model, promptOf(c, group.rank, w.shape.vocab), c.decode);
+  const s1 = group.stats;
+  const max = await group.allReduce(new Float64Array([r.seconds, model.bytes]), 'max');
+  const sum = await group.allReduce(new Float64Array([s1.bytesSent - s0.bytesSent, (s1.allToAllMs - s0.allToAllMs) / 1e3]), 'sum');
+  model.dispose();
+  return { mode: 'ep', seconds: max[0], sequences: group.size, bytes: max[1], bytesSentPerRank: sum[0] / group.size, allToAllSeconds: sum[1] / group.size };
+}
+
 async function worker(o) {
   const L = lib();
   const c = o.config;
+  if (c.onlyModel) {
+    if (o.worker === 'single') console.log('EPBENCH ' + JSON.stringify({ rows: [], model: await modelWorker(o, null) }));
+    else {
+      const group = await L.ProcessGroup.init();
+      const m = await modelWorker(o, group);
+      if (group.rank === 0) console.log('EPBENCH ' + JSON.stringify({ rows: [], model: m, library: group.library }));
+      await group.close();
+    }
+    return;
+  }
   const rows = [];
   if (o.worker === 'single') {
     const w = weights(c);
@@ -176,6 +261,23 @@ async function main(argv) {
   workerArgs[2] = 'ep';
   const isRoot = process.getuid?.() === 0;
   const ep = run(mpirun, ['--oversubscribe', '--bind-to', 'none', ...(isRoot ? ['--allow-run-as-root'] : []), '-x', 'MOE_NUM_THREADS=1', '-np', String(o.ranks), process.execPath, ...workerArgs], {});
+  let modelRow = null;
+  if (o.model) {
+    const mc = { ...config, onlyModel: true, modelShape: o.ci ? 'tiny' : 'scaled', prompt: o.prompt ?? (o.ci ? 8 : 64), decode: o.decode ?? (o.ci ? 2 : 16) };
+    const margs = [self, '--worker', 'single', '--config', JSON.stringify(mc)];
+    note('expert-parallel: model, the single process');
+    const ms = run(process.execPath, margs, { MOE_NUM_THREADS: String(o.ranks) }).model;
+    note(`expert-parallel: model, mpirun -np ${o.ranks}`);
+    margs[2] = 'ep';
+    const me = run(mpirun, ['--oversubscribe', '--bind-to', 'none', ...(isRoot ? ['--allow-run-as-root'] : []), '-x', 'MOE_NUM_THREADS=1', '-np', String(o.ranks), process.execPath, ...margs], {}).model;
+    const tokens = o.ranks * (mc.decode + 1);
+    modelRow = { shape: mc.modelShape, prompt: mc.prompt, decode: mc.decode, single: ms, ep: me };
+    console.log(`\nmodel (${mc.modelShape} Mixtral, ${o.ranks} sequences of ${mc.prompt} prompt + ${mc.decode + 1} new tokens, ${o.dtype}):`);
+    console.log('| run | wall time | new tokens/s | weights per process | a2a bytes sent per rank | a2a time per rank |');
+    console.log('|---|---:|---:|---:|---:|---:|');
+    console.log(`| 1 process x ${o.ranks} threads, sequences one after the other | ${ms.seconds.toFixed(2)} s | ${(tokens / ms.seconds).toFixed(1)} | ${(ms.bytes / 1e9).toFixed(2)} GB | | |`);
+    console.log(`| ${o.ranks} ranks x 1 thread, one sequence each | ${me.seconds.toFixed(2)} s | ${(tokens / me.seconds).toFixed(1)} | ${(me.bytes / 1e9).toFixed(2)} GB | ${fmtBytes(me.bytesSentPerRank)} | ${me.allToAllSeconds.toFixed(2)} s |`);
+  }
   const rows = [];
   console.log('');
   console.log('| capacity | T/rank | 1 proc x N thr | N ranks x 1 thr | EP/single | a2a bytes sent/rank/call | a2a time/call (mean, max rank) | a2a share |');
@@ -191,7 +293,7 @@ async function main(argv) {
   console.log('a2a share is that time over the mean time of a call. Times are medians (EP: of the slowest rank).');
   const out = o.json ?? path.join(root, 'bench', 'results', 'expert-parallel.json');
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.writeFileSync(out, JSON.stringify({ bench: 'expert-parallel', config, mpi: ep.library, rows }, null, 2) + '\n');
+  fs.writeFileSync(out, JSON.stringify({ bench: 'expert-parallel', config, mpi: ep.library, rows, model: modelRow }, null, 2) + '\n');
   note(`expert-parallel: JSON in ${path.relative(process.cwd(), out)}`);
 }
 

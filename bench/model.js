@@ -210,7 +210,7 @@ async function runModel(argv) {
   console.log(`JSON: ${rel && !rel.startsWith('..') ? rel : opts.json}`);
 }
 
-module.exports = { runModel, UsageError };
+module.exports = { runModel, UsageError, SHAPES, configOf, normWeight };
 
 if (require.main === module)
   runModel(process.argv.slice(2)).catch((e) => {

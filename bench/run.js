@@ -173,14 +173,14 @@ function ensureBuilt() {
 
 async function main() {
   const argv = process.argv.slice(2);
-  if (argv.includes('--model')) {
-    ensureBuilt();
-    return require('./model').runModel(argv);
-  }
-  // --expert-parallel: N MPI ranks against one process of N threads (bench/expert-parallel.js)
+  // --expert-parallel: N MPI ranks against one process of N threads (bench/expert-parallel.js; its --model too)
   if (argv.includes('--expert-parallel')) {
     ensureBuilt();
     return require('./expert-parallel').main(argv);
+  }
+  if (argv.includes('--model')) {
+    ensureBuilt();
+    return require('./model').runModel(argv);
   }
   // --variants: the routing-variants bench (bench/variants.js) with the remaining options
   if (argv.includes('--variants')) {
