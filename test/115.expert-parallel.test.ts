@@ -123,6 +123,19 @@ test('expertParallel needs a ProcessGroup and MoeLayer.create', async () => {
     assert.match((e as Error).message, /options\.expertParallel must be a ProcessGroup from ProcessGroup\.init\(\), got an object/);
   }
   assert.throws(() => new MoeLayer(w, { expertParallel: {} as ProcessGroup }), (e: Error) => e instanceof TypeError && /needs MoeLayer\.create/.test(e.message));
+  const dir = tmpDir('moe-ep-opt-');
+  try {
+    await writeTinyMixtral(dir);
+    try {
+      await MixtralModel.load(dir, { expertParallel: 'mpi' as unknown as ProcessGroup });
+      assert.unreachable('a string as expertParallel');
+    } catch (e) {
+      assert.instance(e, TypeError);
+      assert.match((e as Error).message, /options\.expertParallel must be a ProcessGroup from ProcessGroup\.init\(\), got "mpi"/);
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('a rank reads only its experts from a per-expert checkpoint; its memory estimate counts only them', async () => {

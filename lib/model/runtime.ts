@@ -10,7 +10,7 @@ import { describe, MoeError, typeError } from '../core/errors.js';
 import { type AnyTensor } from './primitives.js';
 import { checkOptions, intOption } from '../core/options.js';
 import { FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
-import type { ProcessGroup } from '../parallel/process-group.js';
+import { ProcessGroup } from '../parallel/process-group.js';
 
 /** Options shared by blocks and models. */
 export interface MixtralRuntimeOptions {
@@ -151,6 +151,8 @@ export function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const o = checkOptions(options);
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
   const expertParallel = o.expertParallel as ProcessGroup | undefined;
+  if (expertParallel !== undefined && !(expertParallel instanceof ProcessGroup))
+    throw typeError(`options.expertParallel must be a ProcessGroup from ProcessGroup.init(), got ${describe(expertParallel)}`);
   const place = placeOf(o.backend as BackendName | undefined);
   if (expertParallel !== undefined && place.device)
     throw new MoeError(`options.expertParallel runs on CPU ranks only for now; backend '${place.backend}' was asked for`, 'ERR_UNSUPPORTED');
