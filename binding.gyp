@@ -50,6 +50,7 @@
       "sources": [
         "<!@(node -p \"require('fs').readdirSync('native/napi').filter(f => f.endsWith('.cc')).map(f => 'native/napi/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('native/backends/cpu').filter(f => f.endsWith('.cc') && !/_(avx2|avx512|avx512bf16|avxvnni|avx512vnni)\\.cc$/.test(f)).map(f => 'native/backends/cpu/' + f).join(' ')\")",
+        "<!@(node -p \"require('fs').readdirSync('native/parallel').filter(f => f.endsWith('.cc')).map(f => 'native/parallel/' + f).join(' ')\")",
         "native/backends/cuda/backend_none.cc",
         "native/backends/registry.cc"
       ],
@@ -62,7 +63,8 @@
       ],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
-      "ldflags": ["-pthread"]
+      "ldflags": ["-pthread"],
+      "libraries": ["-ldl"]
     }
   ]
 }

@@ -15,6 +15,7 @@
 //                     [--json path] [--budget s] [--max-call-seconds s] [--ci] [--help]
 //   node bench/run.js --model [...]   the whole-model row instead (bench/model.js)
 //   node bench/run.js --variants [...]   the routing-variants rows (bench/variants.js --help)
+//   node bench/run.js --expert-parallel [...]   MPI ranks against threads (bench/expert-parallel.js)
 const fs = require('node:fs');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
@@ -47,6 +48,8 @@ const HELP = `usage: node bench/run.js [options]      (npm run bench -- [options
                             (bench/serve.js --help; --ci and --quick keep it short)
   --variants                the routing-variants bench instead (capacity, fine-grained, shared
                             expert, merged FFN): bench/variants.js, its options (--help there)
+  --expert-parallel         the expert-parallel bench instead: N MPI ranks x 1 thread against 1 process x N
+                            threads, all-to-all bytes and time, capacity 1.0/1.25/dropless (bench/expert-parallel.js)
   --help                    this text
 
 Activations are float32. Targets from the issue are printed as PASS/MISS lines; the exit code does not
@@ -175,6 +178,11 @@ function ensureBuilt() {
 
 async function main() {
   const argv = process.argv.slice(2);
+  // --expert-parallel: N MPI ranks against one process of N threads (bench/expert-parallel.js; its --model too)
+  if (argv.includes('--expert-parallel')) {
+    ensureBuilt();
+    return require('./expert-parallel').main(argv);
+  }
   if (argv.includes('--model')) {
     ensureBuilt();
     return require('./model').runModel(argv);

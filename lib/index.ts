@@ -216,3 +216,13 @@ export {
 } from './serve/engine.js';
 export { MoeServer, createServer, type ServerOptions, type ListenOptions, type ShutdownOptions } from './serve/server.js';
 export { demoModel, demoTokenizer, DEMO_MODEL_NAME } from './serve/demo.js';
+export { ProcessGroup, type ProcessGroupOptions, type TransportInfo, type CommStats, type CommArray } from './parallel/process-group.js';
+export {
+  ExpertParallelMoeLayer,
+  expertRange,
+  type ExpertParallelStats,
+  type ExpertParallelRouterStats,
+  type ExpertParallelOutput,
+  type ExpertParallelForwardOptions,
+  type ExpertParallelResult,
+} from './parallel/ep-layer.js';

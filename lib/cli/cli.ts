@@ -26,6 +26,7 @@ import { GgufCheckpoint } from '../hf/gguf-model.js';
 import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
 import { convertToGguf, GGUF_CONVERT_TYPES, type GgufConvertType } from '../hf/gguf-convert.js';
 import type { TextTokenizer } from '../model/text.js';
+import { launch, LAUNCH_HELP } from './launch.js';
 
 export interface CliIo {
   stdout: { write(s: string): unknown };
@@ -33,6 +34,7 @@ export interface CliIo {
 }
 
 const HELP: Record<string, string> = {
+  launch: LAUNCH_HELP,
   main: `Usage: moe-kernels <command> [options]
 
 Commands:
@@ -43,6 +45,7 @@ Commands:
   convert <checkpoint dir> <out.gguf>                 write a checkpoint as a GGUF file llama.cpp reads
   serve [<checkpoint dir | file.gguf>]                an OpenAI-compatible HTTP server (many requests at once,
                                                       continuous batching); without a model: a tiny demo model
+  launch -n <ranks> <app.js> [args]                   run a program as N MPI ranks (expert parallelism), via mpirun
 
 Run 'moe-kernels <command> --help' for a command's options; 'moe-kernels --version' for the version.
 `,
@@ -725,7 +728,7 @@ async function serve(args: string[], io: CliIo): Promise<number> {
   }
 }
 
-const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert, serve };
+const COMMANDS: Record<string, (args: string[], io: CliIo) => number | Promise<number>> = { params, inspect, generate, convert, serve, launch };
 
 /** The package's version, from its package.json (lib/cli and dist/cli are both two levels down). */
 export function version(): string {

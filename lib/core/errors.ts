@@ -47,6 +47,14 @@ export const MOE_ERROR_CODES = [
   'ERR_TOKENIZER',
   /** A GGUF file that is malformed, truncated or does not match its own header (the message names the byte offset). */
   'ERR_GGUF',
+  /** A process-group transport (Open MPI, NCCL) cannot be loaded on this machine; the message says why. */
+  'ERR_DIST_UNAVAILABLE',
+  /** A collective call failed (MPI returned an error: a peer rank exited or failed). */
+  'ERR_DIST',
+  /** A collective call did not complete within the process group's timeout (a peer is gone or stuck). */
+  'ERR_DIST_TIMEOUT',
+  /** The process group failed or timed out earlier and cannot be used again: exit the process. */
+  'ERR_DIST_BROKEN',
 ] as const;
 
 /** The code of a MoeError: one of MOE_ERROR_CODES. */

@@ -221,6 +221,15 @@ function layerSpecs(c: MoeModelConfig, layout: ExpertLayout, i: number): Expecte
   return [...layerSpecIter(c, layout, i)];
 }
 
+/** The specs without the per-expert tensors of experts outside [start, end). */
+function onlyExperts(specs: ExpectedTensor[], range: readonly [number, number] | undefined): ExpectedTensor[] {
+  if (range === undefined) return specs;
+  return specs.filter((s) => {
+    const m = /\.experts\.(\d+)\./.exec(s.name);
+    return m === null || (Number(m[1]) >= range[0] && Number(m[1]) < range[1]);
+  });
+}
+
 function* specIter(c: MoeModelConfig, layout: ExpertLayout): Generator<ExpectedTensor, void, undefined> {
   yield* globalSpecs(c);
   for (let i = 0; i < c.numHiddenLayers; i++) yield* layerSpecIter(c, layout, i);
@@ -410,9 +419,14 @@ export class MoeCheckpoint {
     return this.#globals(this.#readAllSync(globalSpecs(this.config)));
   }
 
-  /** Loads decoder layer i (0-based): `moe` set for an MoE layer, `mlp` for a dense one. */
-  async loadLayer(i: number): Promise<DecoderLayerWeights> {
-    const specs = layerSpecs(this.config, this.layout, this.#layerIndex(i));
+  /**
+   * Loads decoder layer i (0-based): `moe` set for an MoE layer, `mlp` for a dense one. With
+   * `experts: [start, end)` (an expert-parallel rank's share) the other experts of a per-expert
+   * checkpoint are not read and their entries of w1/w3/w2 are null; a packed-layout checkpoint
+   * stores them in one tensor and is read whole.
+   */
+  async loadLayer(i: number, options?: { experts?: readonly [number, number] }): Promise<DecoderLayerWeights> {
+    const specs = onlyExperts(layerSpecs(this.config, this.layout, this.#layerIndex(i)), options?.experts);
     return this.#layer(i, await this.#readAll(specs));
   }
 
@@ -421,9 +435,9 @@ export class MoeCheckpoint {
     return this.#layer(i, this.#readAllSync(specs));
   }
 
-  /** The decoder layers in order, each read only when the iteration asks for it. */
-  async *layers(): AsyncGenerator<DecoderLayerWeights, void, undefined> {
-    for (let i = 0; i < this.config.numHiddenLayers; i++) yield await this.loadLayer(i);
+  /** The decoder layers in order, each read only when the iteration asks for it (options: loadLayer's). */
+  async *layers(options?: { experts?: readonly [number, number] }): AsyncGenerator<DecoderLayerWeights, void, undefined> {
+    for (let i = 0; i < this.config.numHiddenLayers; i++) yield await this.loadLayer(i, options);
   }
 
   close(): void {
@@ -505,7 +519,9 @@ export class MoeCheckpoint {
       };
     } else {
       const x = n.expert;
-      moe = { gate: g(n.gate), w1: ids.map((e) => g(x(e, 'w1'))), w3: ids.map((e) => g(x(e, 'w3'))), w2: ids.map((e) => g(x(e, 'w2'))) };
+      // experts not read (another rank's, loadLayer's `experts`) are null
+      const m = (e: number, w: Mat) => (t.get(x(e, w)) ?? null) as Tensor;
+      moe = { gate: g(n.gate), w1: ids.map((e) => m(e, 'w1')), w3: ids.map((e) => m(e, 'w3')), w2: ids.map((e) => m(e, 'w2')) };
     }
     if (n.shared) {
       moe.sharedExperts = { w1: g(n.shared('w1')), w3: g(n.shared('w3')), w2: g(n.shared('w2')) };
@@ -553,16 +569,16 @@ export class MixtralCheckpoint extends MoeCheckpoint {
     return super.loadGlobals();
   }
 
-  override async loadLayer(i: number): Promise<MixtralLayerWeights> {
-    return (await super.loadLayer(i)) as MixtralLayerWeights;
+  override async loadLayer(i: number, options?: { experts?: readonly [number, number] }): Promise<MixtralLayerWeights> {
+    return (await super.loadLayer(i, options)) as MixtralLayerWeights;
   }
 
   override loadLayerSync(i: number): MixtralLayerWeights {
     return super.loadLayerSync(i) as MixtralLayerWeights;
   }
 
-  override async *layers(): AsyncGenerator<MixtralLayerWeights, void, undefined> {
-    for await (const l of super.layers()) yield l as MixtralLayerWeights;
+  override async *layers(options?: { experts?: readonly [number, number] }): AsyncGenerator<MixtralLayerWeights, void, undefined> {
+    for await (const l of super.layers(options)) yield l as MixtralLayerWeights;
   }
 }
 

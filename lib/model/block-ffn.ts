@@ -10,11 +10,13 @@ import type { Precision, QuantizeType } from '../core/quant.js';
 import { type BackendName } from '../core/backend.js';
 import { DeviceTensor } from '../core/device.js';
 import { type LayerKind, type MoeModelConfig } from '../hf/config.js';
-import { rangeError } from '../core/errors.js';
+import { MoeError, rangeError } from '../core/errors.js';
 import { DenseFfn, MoeLayer, type DenseFfnWeights, type SharedExpertsWeights } from '../moe/layers.js';
 import { checkOptions } from '../core/options.js';
 import { type Tensor, zeros } from '../core/tensor.js';
 import { type DecoderLayerWeights, type MoeBlockWeights } from '../hf/weights.js';
+import { type ExpertParallelMoeLayer } from '../parallel/ep-layer.js';
+import { type ProcessGroup } from '../parallel/process-group.js';
 
 export interface BlockFfnOutput {
   /** [T,d], the type and place of x (a DeviceTensor for a device x). */
@@ -28,6 +30,8 @@ export interface BlockFfn {
   readonly kind: LayerKind;
   readonly moe: MoeLayer | null;
   readonly dense: DenseFfn | null;
+  /** An MoE layer of an expert-parallel model: this rank's share (then `moe` is null). */
+  readonly expertParallel?: ExpertParallelMoeLayer | null;
   /** Bytes of the packed weights. */
   readonly bytes: number;
   readonly disposed: boolean;
@@ -52,6 +56,28 @@ class MoeBlockFfn implements BlockFfn {
   }
   dispose() {
     this.moe.dispose();
+  }
+}
+
+/** An MoE layer of an expert-parallel model (host tensors: CPU ranks). */
+class ExpertParallelBlockFfn implements BlockFfn {
+  readonly kind = 'moe' as const;
+  readonly moe = null;
+  readonly dense = null;
+  constructor(readonly expertParallel: ExpertParallelMoeLayer) {}
+  get bytes() {
+    return this.expertParallel.bytes;
+  }
+  get disposed() {
+    return this.expertParallel.disposed;
+  }
+  async forward(x: Tensor | DeviceTensor): Promise<BlockFfnOutput> {
+    if (x instanceof DeviceTensor) throw new MoeError('an expert-parallel MoE layer takes host tensors (CPU ranks)', 'ERR_UNSUPPORTED');
+    const { output, routing } = await this.expertParallel.forward(x, { returnRouting: true });
+    return { output, tokensPerExpert: routing.tokensPerExpert };
+  }
+  dispose() {
+    this.expertParallel.dispose();
   }
 }
 
@@ -83,7 +109,7 @@ const dimsOf = (t: { dims?: readonly number[] } | undefined) => `[${t?.dims?.joi
  * dense one, as `MoeCheckpoint.loadLayer` gives them), checking every size against the config;
  * a RangeError names the weight, the size found and the size the config implies.
  */
-export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLayerWeights, index: number, backend: BackendName | undefined, quantize?: QuantizeType, precision: Precision = 'default'): Promise<BlockFfn> {
+export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLayerWeights, index: number, backend: BackendName | undefined, quantize?: QuantizeType, precision: Precision = 'default', expertParallel?: ProcessGroup): Promise<BlockFfn> {
   const d = config.hiddenSize;
   const kind = config.layerKinds[index];
   if (kind === 'dense') {
@@ -115,6 +141,18 @@ export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLay
     }
     if (!config.sharedExpertGate && shared.gate !== undefined) throw rangeError(`weights.moe.sharedExperts.gate is given but this ${config.modelType} config has no shared-expert gate`);
   } else if (w.sharedExperts !== undefined) throw rangeError(`weights.moe.sharedExperts is given but the config declares no shared experts`);
+  if (expertParallel !== undefined) {
+    const ep = await MoeLayer.create(
+      { gate: w.gate, w1: w.w1, w3: w.w3, w2: w.w2 },
+      { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, expertParallel, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision },
+    );
+    const f = config.moeIntermediateSize;
+    if (ep.numExperts !== config.numExperts || ep.hiddenSize !== d || (ep.intermediateSize !== f && ep.localExperts[1] > ep.localExperts[0])) {
+      ep.dispose();
+      throw rangeError(`weights.moe: ${ep.numExperts} experts of [${ep.intermediateSize},${ep.hiddenSize}], expected ${config.numExperts} of [${f},${d}] from the config`);
+    }
+    return new ExpertParallelBlockFfn(ep);
+  }
   const moe = await MoeLayer.create(
     { gate: w.gate, w1: w.w1, w3: w.w3, w2: w.w2 },
     { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision },

@@ -32,6 +32,9 @@ import { GgufCheckpoint } from '../hf/gguf-model.js';
 import { GgufTokenizer } from '../hf/tokenizer-gguf.js';
 import { Tokenizer } from '../hf/tokenizer.js';
 import { generateText, generateTextAll, type GenerateTextOptions, type GenerateTextResult, type TextPrompt, type TextTokenizer } from './text.js';
+import { expertRange } from '../parallel/ep-layer.js';
+import { expertShareEstimate } from '../parallel/memory.js';
+import type { ProcessGroup } from '../parallel/process-group.js';
 
 
 // ---- model -------------------------------------------------------------------------------------------
@@ -189,11 +192,16 @@ export class MixtralModel {
       // on a device the weights and caches must fit its memory (emulated devices: the host's)
       const deviceBytes = place.device && !backendInfo().cuda.emulated ? backendInfo().cuda.device?.totalMemory : undefined;
       const available = o.availableBytes ?? deviceBytes;
+      // expert parallelism: this rank holds and reads only its share of the experts
+      const ep = o.expertParallel as ProcessGroup | undefined;
+      const share = ep ? expertRange(config.numExperts, ep.size, ep.rank) : undefined;
+      if (share) estimate = expertShareEstimate(config, estimate, share);
       if (boolOption(o, 'memoryCheck', true)) checkMemory(estimate, available === undefined ? undefined : { availableBytes: available as number });
       const globals = await ckpt.loadGlobals();
       const blocks: MixtralBlock[] = [];
       try {
-        for await (const layer of ckpt.layers()) blocks.push(await MixtralBlock.create(config, layer, o));
+        const layers = ckpt instanceof MoeCheckpoint ? ckpt.layers(share ? { experts: share } : undefined) : ckpt.layers();
+        for await (const layer of layers) blocks.push(await MixtralBlock.create(config, layer, o));
         const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision);
         if (ckpt instanceof GgufCheckpoint) {
           ckpt.releaseGlobals();

@@ -11,6 +11,7 @@ import { describe, MoeError, typeError } from '../core/errors.js';
 import { embedding, type AnyTensor } from './primitives.js';
 import { checkOptions, intOption } from '../core/options.js';
 import { FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
+import { ProcessGroup } from '../parallel/process-group.js';
 
 /** Options shared by blocks and models. */
 export interface MixtralRuntimeOptions {
@@ -37,6 +38,13 @@ export interface MixtralRuntimeOptions {
    * 16-bit weights on CUDA).
    */
   precision?: Precision;
+  /**
+   * Expert parallelism (CPU ranks): each MoE layer keeps only this rank's experts and exchanges
+   * tokens with the group's other ranks (lib/parallel/ep-layer.ts); attention, norms and dense
+   * layers run data-parallel, each rank on its own sequences. Every rank must make the same calls
+   * (forward, generate steps) in the same order. Default: none.
+   */
+  expertParallel?: ProcessGroup;
 }
 
 export const DEFAULT_MAX_SEQ = 4096;
@@ -215,8 +223,14 @@ export function runtimeOptions(config: MoeModelConfig, options: unknown) {
   const maxSeq = intOption(o, 'maxSeq', Math.min(config.maxPositionEmbeddings, DEFAULT_MAX_SEQ), 1, 1 << 24);
   const quantize = quantizeOption(o);
   const quantizeLinear = quantizeOption({ quantize: o.quantizeLinear }, 'options.quantizeLinear');
+  const expertParallel = o.expertParallel as ProcessGroup | undefined;
+  if (expertParallel !== undefined && !(expertParallel instanceof ProcessGroup))
+    throw typeError(`options.expertParallel must be a ProcessGroup from ProcessGroup.init(), got ${describe(expertParallel)}`);
+  const place = placeOf(o.backend as BackendName | undefined);
+  if (expertParallel !== undefined && place.device)
+    throw new MoeError(`options.expertParallel runs on CPU ranks only for now; backend '${place.backend}' was asked for`, 'ERR_UNSUPPORTED');
   return {
-    o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place: placeOf(o.backend as BackendName | undefined),
-    quantize, quantizeLinear, precision: (exactOption(o) ? 'exact' : 'default') as Precision,
+    o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place,
+    quantize, quantizeLinear, precision: (exactOption(o) ? 'exact' : 'default') as Precision, expertParallel,
   };
 }

@@ -10,9 +10,11 @@ import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
 import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
 import { boolOption, checkOptions, intOption, required } from '../core/options.js';
 import { factorOption, nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
-import { checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
+import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
 import { checkWeightTensor, exactOption, quantizeOption, type Precision, type QuantizeType, type WeightType } from '../core/quant.js';
 import type { WeightTensor } from './experts.js';
+import type { ProcessGroup } from '../parallel/process-group.js';
+import { ExpertParallelMoeLayer } from '../parallel/ep-layer.js';
 
 export interface MoeLayerWeights extends ExpertWeightsInit {
   /** Router weights [E,d] (Hugging Face `block_sparse_moe.gate.weight`). */
@@ -72,6 +74,13 @@ export interface MoeLayerOptions {
    * them to bf16 (see the README's kernel tables). Default 'default'.
    */
   precision?: Precision;
+  /**
+   * Expert parallelism: this rank holds only its slice of the experts (`expertRange`) and exchanges
+   * rows with the other ranks of the group by all-to-all (MoeLayer.create only;
+   * lib/parallel/ep-layer.ts). Given per-expert arrays, the entries of experts other ranks hold are
+   * never read and may be null.
+   */
+  expertParallel?: ProcessGroup;
   backend?: BackendName;
 }
 
@@ -179,6 +188,7 @@ export class MoeLayer {
   /** Packs the weights synchronously; prefer `MoeLayer.create` for large layers. */
   constructor(weights: MoeLayerWeights, options?: MoeLayerOptions, /** @internal */ packed?: ExpertWeights, /** @internal */ packedShared?: ExpertWeights) {
     const o = checkOptions(options);
+    if (o.expertParallel !== undefined) throw typeError('options.expertParallel needs MoeLayer.create (an async, collective call), not new MoeLayer()');
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
     const quantize = quantizeOption(o);
     const precision: Precision = exactOption(o) ? 'exact' : 'default';
@@ -213,9 +223,15 @@ export class MoeLayer {
     this.#experts = experts;
   }
 
-  /** Creates a layer, packing the weights off the event loop. */
-  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer> {
+  /**
+   * Creates a layer, packing the weights off the event loop. With `expertParallel: group` it is an
+   * ExpertParallelMoeLayer holding this rank's experts only.
+   */
+  static async create(weights: MoeLayerWeights, options: MoeLayerOptions & { expertParallel: ProcessGroup }): Promise<ExpertParallelMoeLayer>;
+  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer>;
+  static async create(weights: MoeLayerWeights, options?: MoeLayerOptions): Promise<MoeLayer | ExpertParallelMoeLayer> {
     const o = checkOptions(options);
+    if (o.expertParallel !== undefined) return ExpertParallelMoeLayer.create(weights, o as unknown as MoeLayerOptions & { expertParallel: ProcessGroup });
     const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
     const quantize = quantizeOption(o);
     const precision: Precision = exactOption(o) ? 'exact' : 'default';

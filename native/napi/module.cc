@@ -16,6 +16,7 @@ void InitDeviceBindings(Napi::Env env, Napi::Object exports);   // bind_device.c
 void InitBenchBindings(Napi::Env env, Napi::Object exports);    // bind_bench.cc
 void InitFileBindings(Napi::Env env, Napi::Object exports);     // bind_file.cc
 void InitQuantBindings(Napi::Env env, Napi::Object exports);    // bind_quant.cc
+void InitDistBindings(Napi::Env env, Napi::Object exports);     // bind_dist.cc
 
 namespace {
 
@@ -76,6 +77,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitBenchBindings(env, exports);
   InitFileBindings(env, exports);
   InitQuantBindings(env, exports);
+  InitDistBindings(env, exports);
   return exports;
 }
 

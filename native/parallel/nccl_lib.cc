@@ -1,0 +1,103 @@
+// NCCL loaded with dlopen: see nccl_lib.h.
+#include "nccl_lib.h"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
+
+namespace moe {
+namespace dist {
+
+std::string NcclLib::error_string(ncclResult_t r) const {
+  const char* s = GetErrorString ? GetErrorString(r) : nullptr;
+  return s ? std::string(s) : "NCCL error " + std::to_string(r);
+}
+
+namespace {
+template <class F>
+bool sym(void* lib, const char* name, F* out, std::string* missing) {
+  void* p = dlsym(lib, name);
+  if (!p) {
+    if (missing->empty()) *missing = name;
+    return false;
+  }
+  *out = reinterpret_cast<F>(p);
+  return true;
+}
+}  // namespace
+
+const NcclLib* load_nccl(std::string* why) {
+  static std::once_flag once;
+  static NcclLib* lib = nullptr;
+  static std::string reason;
+  std::call_once(once, [] {
+    const char* env = std::getenv("MOE_NCCL_LIBRARY");
+    const std::string path = env && *env ? env : "libnccl.so.2";
+    void* h = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!h) {
+      const char* e = dlerror();
+      reason = "cannot load " + path + " (" + (e ? e : "unknown error") +
+               "): install NCCL 2 (e.g. the nvidia-nccl-cu12 wheel or libnccl2) or set MOE_NCCL_LIBRARY";
+      return;
+    }
+    auto* n = new NcclLib();  // never freed: the library stays loaded
+    std::string missing;
+    const bool ok = sym(h, "ncclGetVersion", &n->GetVersion, &missing) &
+                    sym(h, "ncclGetErrorString", &n->GetErrorString, &missing) &
+                    sym(h, "ncclGetUniqueId", &n->GetUniqueId, &missing) &
+                    sym(h, "ncclCommInitRank", &n->CommInitRank, &missing) &
+                    sym(h, "ncclCommDestroy", &n->CommDestroy, &missing) &
+                    sym(h, "ncclCommGetAsyncError", &n->CommGetAsyncError, &missing) &
+                    sym(h, "ncclSend", &n->Send, &missing) & sym(h, "ncclRecv", &n->Recv, &missing) &
+                    sym(h, "ncclGroupStart", &n->GroupStart, &missing) &
+                    sym(h, "ncclGroupEnd", &n->GroupEnd, &missing) &
+                    sym(h, "ncclAllReduce", &n->AllReduce, &missing);
+    if (!ok) {
+      reason = path + " lacks " + missing + " (NCCL >= 2.7 is needed for ncclSend/ncclRecv)";
+      delete n;
+      return;
+    }
+    if (n->GetVersion(&n->version) != 0) n->version = 0;
+    lib = n;
+  });
+  if (!lib && why) *why = reason;
+  return lib;
+}
+
+ncclResult_t nccl_all_to_all_v(const NcclLib& lib, ncclComm_t comm, int nranks, int type, size_t elem_bytes,
+                               const void* send, const int64_t* send_counts, const int64_t* send_displs, void* recv,
+                               const int64_t* recv_counts, const int64_t* recv_displs, ncclStream_t stream,
+                               std::string* why) {
+  ncclResult_t r = lib.GroupStart();
+  if (r != 0) {
+    if (why) *why = "ncclGroupStart: " + lib.error_string(r);
+    return r;
+  }
+  ncclResult_t first = 0;
+  for (int p = 0; p < nranks && first == 0; ++p) {
+    // zero-count pairs are skipped on both sides, so they match
+    if (send_counts[p] > 0) {
+      r = lib.Send(static_cast<const char*>(send) + size_t(send_displs[p]) * elem_bytes, size_t(send_counts[p]), type, p,
+                   comm, stream);
+      if (r != 0 && first == 0) {
+        first = r;
+        if (why) *why = "ncclSend to rank " + std::to_string(p) + ": " + lib.error_string(r);
+      }
+    }
+    if (recv_counts[p] > 0 && first == 0) {
+      r = lib.Recv(static_cast<char*>(recv) + size_t(recv_displs[p]) * elem_bytes, size_t(recv_counts[p]), type, p, comm,
+                   stream);
+      if (r != 0) {
+        first = r;
+        if (why) *why = "ncclRecv from rank " + std::to_string(p) + ": " + lib.error_string(r);
+      }
+    }
+  }
+  r = lib.GroupEnd();  // always closes the group, also after an error
+  if (first == 0 && r != 0 && why) *why = "ncclGroupEnd: " + lib.error_string(r);
+  return first != 0 ? first : r;
+}
+
+}  // namespace dist
+}  // namespace moe
