@@ -10,7 +10,7 @@ import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
 import { ExpertWeights, nativeExperts, type ExpertWeightsInit } from './experts.js';
 import { boolOption, checkOptions, intOption, required } from '../core/options.js';
 import { factorOption, nativeVariants, routeVariantOptions, type NoiseOptions, type RandomRoutingOptions, type RouterStats } from './routing-variants.js';
-import { checkTensor, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
+import { checkTensor, FLOAT_TYPES, type Tensor } from '../core/tensor.js';
 import { checkWeightTensor, exactOption, quantizeOption, type Precision, type QuantizeType, type WeightType } from '../core/quant.js';
 import type { WeightTensor } from './experts.js';
 import type { ProcessGroup } from '../parallel/process-group.js';
