@@ -1408,6 +1408,9 @@ __attribute__((always_inline)) inline void race_hook(const void* p, size_t n, Ac
 
 #define MOE_RACE_PC __builtin_extract_return_addr(__builtin_return_address(0))
 
+// Hidden: the hooks serve the kernels linked into the same binary (the test executable or the
+// addon) and must not interpose on another library's TSan, nor be interposed.
+#pragma GCC visibility push(hidden)
 extern "C" {
 
 void __tsan_init() { g_race_instrumented = true; }
@@ -1493,3 +1496,4 @@ MOE_RACE_ATOMIC(64, uint64_t)
 #undef MOE_RACE_ATOMIC
 
 }  // extern "C"
+#pragma GCC visibility pop
