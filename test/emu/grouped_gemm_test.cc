@@ -372,11 +372,18 @@ TEST(grouped_gemm_decode_tokens_1_to_4_and_shapes) {
       if ((T != 2 || w == DevDType::kF16) &&
           !run_case(with_path(make(T, 2, 8, 64, 128, w), GroupedGemmPath::kDecode)))
         return;
-  // Scalar loads (K not a multiple of 16 bytes), E = 1, all rows on one expert, 16 rows (two passes).
+  // Scalar loads (K not a multiple of 16 bytes), E = 1, all rows on one expert, 16 rows.
   for (DevDType w : {DevDType::kBF16, DevDType::kF32})
     if (!run_case(with_path(make(3, 2, 3, 33, 47, w), GroupedGemmPath::kDecode))) return;
   if (!run_case(make(4, 1, 1, 40, 56, DevDType::kBF16))) return;
   Case c = make(16, 1, 5, 64, 128, DevDType::kBF16);
+  c.routing = Routing::kAllToLast;
+  if (!run_case(with_path(c, GroupedGemmPath::kDecode))) return;
+  // One pass over the weights for every row bound: 8 rows (T = 8, k = 2) and 16 (all on one expert),
+  // with K long enough for the unrolled steps of the k loop and a remainder step (GEMM1 K = d,
+  // GEMM2 K = f, 256 bf16 per step of a warp).
+  if (!run_case(with_path(make(8, 2, 4, 512, 768, DevDType::kBF16), GroupedGemmPath::kDecode))) return;
+  c = make(16, 1, 2, 768, 1280, DevDType::kBF16);
   c.routing = Routing::kAllToLast;
   if (!run_case(with_path(c, GroupedGemmPath::kDecode))) return;
   c = make(4, 2, 64, 64, 64, DevDType::kF16);  // E = 64: the expert scan takes two steps
