@@ -298,6 +298,21 @@ TEST(grouped_gemm_tensor_cores_mixtral_like_d128_f256_e8) {
   run_case(with_path(make(64, 2, 8, 128, 256, DevDType::kBF16), GroupedGemmPath::kTensorCores));
 }
 
+// The 128x128 tile with 8 warps and 4 stages in 80 KB of dynamic shared memory (opted in), taken when
+// max_rows >= 256 * E: 300 rows on one expert with K and N tails (d = 136: 5 k-tiles, the last
+// partial, so the 4-stage pipeline refills; N = 2 * 200 and 136: partial column tiles), under every
+// schedule (the race detector is on in run.sh); then 1200 rows over 4 experts, and over 3 of 4.
+TEST(grouped_gemm_tensor_cores_large_tile) {
+  for (moe_emu::Schedule s : kAllSchedules) {
+    ScheduleScope scope(s);
+    if (!run_case(with_path(make(300, 1, 1, 136, 200, DevDType::kBF16), GroupedGemmPath::kTensorCores))) return;
+  }
+  if (!run_case(with_path(make(600, 2, 4, 128, 256, DevDType::kF16), GroupedGemmPath::kTensorCores))) return;
+  Case c = with_path(make(600, 2, 4, 64, 128, DevDType::kBF16), GroupedGemmPath::kTensorCores);
+  c.routing = Routing::kSubset;
+  run_case(c);
+}
+
 TEST(grouped_gemm_tensor_cores_tails_d40_f56) {
   // K = 40 is not a multiple of the 32-wide k tile, N = 2*56 = 112 not of the 128-wide n tile.
   for (DevDType w : {DevDType::kBF16, DevDType::kF16})

@@ -11,7 +11,9 @@
 //                                           (mma.sync m16n8k16, f32 accumulate), ldmatrix.x4 from
 //                                           padded shared tiles, a kStages-deep cp.async pipeline with
 //                                           zero-fill for rows past the expert's end and K/N tails;
-//                                           64x128x32 tiles, 4 warps of 32x64
+//                                           64x128x32 tiles, 4 warps of 32x64, or 128x128x32 with 8
+//                                           warps of 64x32 and 4 stages (80 KB) for experts with many
+//                                           rows (TcTile: the tile table and its occupancy model)
 //   grouped_gemm_simt_kernel<T, kGlu>       f32 weights (and the general fallback for f16/bf16 when d
 //                                           or f is not a multiple of 8): 64x64x16 FMA tiles, 256
 //                                           threads of 4x4 outputs, any d and f
@@ -116,8 +118,26 @@ constexpr int kSimtPad = 4;        // floats: keeps the transposed tiles' rows o
 constexpr int kConvertThreads = 256;
 constexpr unsigned kMaxConvertBlocks = 4096;  // grid-stride loop beyond
 
-// Tensor-core tile: kBlockM x kBlockN x 32 per block, warps of (kBlockM/kWarpsM) x (kBlockN/kWarpsN).
-template <int kBM, int kBN, int kWM, int kWN, int kSt>
+// Tensor-core tile: kBlockM x kBlockN x 32 per block, warps of (kBlockM/kWarpsM) x (kBlockN/kWarpsN),
+// kSt pipeline stages in dynamic shared memory, kMinB blocks per SM for __launch_bounds__ (so that
+// kMinB * kThreads * registers fit the 64K-register file).
+//
+// The tiles, with what fits on each target (shared memory per SM: sm_80 164 KB, sm_86/89/120 100 KB,
+// sm_90/100 228 KB; 1 KB more per block is reserved by the driver) and the bound the tile's reuse
+// puts on throughput. A block brings (BM + BN) * BK * 2 bytes into shared memory per 2*BM*BN*BK
+// FLOP: BM*BN / (BM + BN) FLOP per byte. With the operands streamed from L2 (~5.5 TB/s on H100
+// SXM, model assumption; expert weights are re-read by every M tile, the A rows by every N tile),
+// the tile can sustain at most intensity * 5.5 TB/s, against ~990 TFLOP/s dense bf16 (mma.sync
+// reaches roughly 2/3 of that; wgmma is not used):
+//
+//   tile               warps stages  smem   blocks/SM: sm_80 sm_86/89/120 sm_90/100   FLOP/B  L2 bound on H100
+//   64x128x32 (default)  4     3     45 KB             3        2           4         42.7    ~235 TFLOP/s (~24%)
+//   128x128x32 (large)   8     4     80 KB             2        1           2         64.0    ~350 TFLOP/s (~36%)
+//
+// Registers: <= 128 per thread in both (4 x 128 or 2 x 256 threads per SM); nvcc-check shows none
+// spill on any target. The large tile serves experts with many rows (kLargeTileRows); 128x256x64
+// (85 FLOP/B, ~47%) needs 200+ KB at 4 stages, which only sm_90/100 have: not built yet.
+template <int kBM, int kBN, int kWM, int kWN, int kSt, int kMinB>
 struct TcTile {
   static constexpr int kBlockM = kBM, kBlockN = kBN, kBlockK = 32;
   static constexpr int kWarpsM = kWM, kWarpsN = kWN, kStages = kSt;
@@ -130,10 +150,8 @@ struct TcTile {
   static constexpr int kAChunks = kBlockM / kRowsPerPass, kBChunks = kBlockN / kRowsPerPass;
   static constexpr int kPad = 8;  // elements: rows stay 16-byte aligned, ldmatrix rows hit distinct banks
   static constexpr int kRowStride = kBlockK + kPad;
-  static constexpr size_t kSmemBytes = size_t(kStages) * (kBlockM + kBlockN) * kRowStride * 2;
-  // Blocks per SM the registers must allow (__launch_bounds__): 4 x 46 KB of shared memory fit on
-  // sm_80/90 (3 on sm_86/89, which have 100 KB), so 4 x 128 threads: <= 128 registers.
-  static constexpr int kMinBlocks = 4;
+  static constexpr size_t kSmemBytes = size_t(kStages) * (kBlockM + kBlockN) * kRowStride * 2;  // dynamic
+  static constexpr int kMinBlocks = kMinB;
 
   static_assert(kBM % kWM == 0 && kBN % kWN == 0, "whole warp tiles");
   static_assert(kWarpM % 16 == 0, "warp tile rows: whole m16 tiles");
@@ -141,9 +159,15 @@ struct TcTile {
   static_assert(kThreads % kChunksPerRow == 0 && kBlockM % kRowsPerPass == 0 && kBlockN % kRowsPerPass == 0,
                 "whole chunks per thread");
   static_assert(kStages >= 2, "a pipeline needs two stages");
-  static_assert(kSmemBytes <= 48 * 1024, "static shared memory stays under 48 KB");
+  static_assert(kSmemBytes <= 99 * 1024, "fits the smallest opt-in limit of the targets (sm_86/89/120)");
 };
-using TcTileDefault = TcTile<64, 128, 2, 2, 3>;
+using TcTileDefault = TcTile<64, 128, 2, 2, 3, 4>;
+using TcTileLarge = TcTile<128, 128, 2, 4, 4, 2>;
+// The large tile when the experts average at least this many rows (max_rows / E: the host does not
+// know the per-expert counts): vLLM's tuned H100 configs switch to larger tiles at M >= 1024 tokens,
+// i.e. 256 rows per expert for Mixtral's E = 8, k = 2. Below, the 64-row tile wastes less on the
+// last, partial M tile of each expert.
+constexpr int64_t kLargeTileRows = 256;
 
 // ---- element helpers ------------------------------------------------------------------------------
 
@@ -281,8 +305,12 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
   static_assert(sizeof(T) == 2, "tensor cores take f16/bf16");
   constexpr int kBM = Tile::kBlockM, kBN = Tile::kBlockN, kBK = Tile::kBlockK;
   constexpr int kStages = Tile::kStages;
-  MOE_SHARED_ALIGNED(16, T, a_s, [kStages][kBM][Tile::kRowStride]);
-  MOE_SHARED_ALIGNED(16, T, b_s, [kStages][kBN][Tile::kRowStride]);
+  // Dynamic shared memory (Tile::kSmemBytes, with the opt-in above 48 KB): A [kStages][kBM][kRowStride]
+  // then B [kStages][kBN][kRowStride].
+  MOE_DYNAMIC_SHARED(T, smem);
+  T(*a_s)[kBM][Tile::kRowStride] = reinterpret_cast<T(*)[kBM][Tile::kRowStride]>(smem);
+  T(*b_s)[kBN][Tile::kRowStride] =
+      reinterpret_cast<T(*)[kBN][Tile::kRowStride]>(smem + size_t(kStages) * kBM * Tile::kRowStride);
   MOE_SHARED(int, tile_info, [3]);
 
   const int tid = int(threadIdx.x), lane = tid % kWarpLanes, warp = tid / kWarpLanes;
@@ -781,17 +809,28 @@ cudaError_t run_simt(const GemmArgs<T>& a) {
                     a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
 
+// The opt-in for a tile's dynamic shared memory above 48 KB (cheap: a host attribute of the kernel).
+template <typename Tile, typename Kernel>
+cudaError_t tc_smem_opt_in(Kernel kernel) {
+  if constexpr (Tile::kSmemBytes > 48 * 1024) return moe_set_max_dynamic_smem(kernel, int(Tile::kSmemBytes));
+  (void)kernel;
+  return cudaSuccess;
+}
+
 template <typename T, typename Tile>
 cudaError_t run_tensor_cores(const GemmArgs<T>& a) {
   dim3 grid1, grid2;
   if (!tile_grid(a.max_rows, a.num_experts, Tile::kBlockM, 2 * int64_t(a.f_pad), Tile::kBlockN, &grid1) ||
       !tile_grid(a.max_rows, a.num_experts, Tile::kBlockM, a.d, Tile::kBlockN, &grid2))
     return cudaErrorInvalidValue;
-  cudaError_t err = moe_launch(grouped_gemm_tc_kernel<T, true, Tile>, grid1, dim3(Tile::kThreads), 0, a.stream,
+  cudaError_t err = tc_smem_opt_in<Tile>(grouped_gemm_tc_kernel<T, true, Tile>);
+  if (err == cudaSuccess) err = tc_smem_opt_in<Tile>(grouped_gemm_tc_kernel<T, false, Tile>);
+  if (err != cudaSuccess) return err;
+  err = moe_launch(grouped_gemm_tc_kernel<T, true, Tile>, grid1, dim3(Tile::kThreads), Tile::kSmemBytes, a.stream,
                                a.x, a.sorted_rows, a.expert_offsets, a.num_experts, 0, a.w13, a.w13_stride,
                                2 * a.f_pad, a.d, a.f, static_cast<void*>(a.h), a.f);
   if (err != cudaSuccess) return err;
-  return moe_launch(grouped_gemm_tc_kernel<T, false, Tile>, grid2, dim3(Tile::kThreads), 0, a.stream,
+  return moe_launch(grouped_gemm_tc_kernel<T, false, Tile>, grid2, dim3(Tile::kThreads), Tile::kSmemBytes, a.stream,
                     static_cast<const T*>(a.h), static_cast<const int32_t*>(nullptr), a.expert_offsets,
                     a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
@@ -802,7 +841,9 @@ cudaError_t run_gemms(const GemmArgs<T>& a, GroupedGemmPath path) {
     case GroupedGemmPath::kDecode: return run_decode(a);
     case GroupedGemmPath::kSimt: return run_simt(a);
     case GroupedGemmPath::kTensorCores:
-      if constexpr (sizeof(T) == 2) return run_tensor_cores<T, TcTileDefault>(a);
+      if constexpr (sizeof(T) == 2)
+        return a.max_rows >= kLargeTileRows * a.num_experts ? run_tensor_cores<T, TcTileLarge>(a)
+                                                            : run_tensor_cores<T, TcTileDefault>(a);
       return cudaErrorInvalidValue;
     case GroupedGemmPath::kAuto: break;
   }
@@ -976,7 +1017,7 @@ cudaError_t run_linear(const T* x, int rows, int in, const T* w, int out, OutT* 
         using Tile = TcTileDefault;
         dim3 grid;
         if (!tile_grid(rows, 0, Tile::kBlockM, out, Tile::kBlockN, &grid)) return cudaErrorInvalidValue;
-        return moe_launch(grouped_gemm_tc_kernel<T, false, Tile, OutT>, grid, dim3(Tile::kThreads), 0, stream, x,
+        return moe_launch(grouped_gemm_tc_kernel<T, false, Tile, OutT>, grid, dim3(Tile::kThreads), Tile::kSmemBytes, stream, x,
                           none, none, 1, rows, w, int64_t(0), out, in, out, yv, out);
       }
       return cudaErrorInvalidValue;
