@@ -10,7 +10,9 @@
 //   - the device-backend suites (test/45.cuda-backend.test.ts, test/46.device-tensors.test.ts,
 //     test/47.executors.test.ts, test/48.paged-attention.test.ts, and
 //     test/67 and 68 for whole models on the device) on the test build of the addon, whose
-//     CUDA backend runs on the CPU emulator ('cuda-emu'), once per fiber schedule. The test build is
+//     CUDA backend runs on the CPU emulator ('cuda-emu'), once per fiber schedule (round-robin,
+//     reverse, random, and drift: warps apart by whole barrier intervals), with the emulator's
+//     shared-memory race detector on (MOE_EMU_RACECHECK=1: a race fails the launch). The test build is
 //     made here (MOE_CUDA_EMU=1 scripts/build-native.js into build-emu/; incremental); without CUDA
 //     headers these passes are skipped, except with MOE_TEST_REQUIRE_CUDA_EMU=1 (.ci/run) where that
 //     is a failure. Not CI=true: every CI service sets it, also on a fork without CUDA headers.
@@ -123,11 +125,11 @@ function emulatedCudaPasses() {
     return;
   }
   const addon = path.join(root, 'build-emu', 'Release', 'moe_kernels.node');
-  for (const schedule of ['rr', 'reverse', 'random:7'])
+  for (const schedule of ['rr', 'reverse', 'random:7', 'drift:3'])
     // 45: every device op; 46: device tensors and the model ops on them; 49: quantised models; 67, 68:
     // whole models on the device; 74: the serving engine's batching on the device
     runSuite(`cuda-emu, schedule ${schedule}`, process.execPath, [path.join(root, 'node_modules', 'uvu', 'bin.js'), '-r', 'tsx/cjs', 'test', '^(45|46|47|48|49|67|68|74)\\.'], parseUvu,
-      { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
+      { MOE_KERNELS_ADDON: addon, MOE_EMU_SCHEDULE: schedule, MOE_EMU_RACECHECK: '1', MOE_TEST_REQUIRE_BACKEND: 'cuda-emu' });
 }
 if (!filter) emulatedCudaPasses();
 

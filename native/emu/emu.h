@@ -68,10 +68,14 @@ enum class Schedule : int {
   kRoundRobin = 0,  // thread 0, 1, 2, ...
   kReverse = 1,     // last thread first
   kRandom = 2,      // a fresh seeded permutation for every sweep
+  kDrift = 3,       // warp by warp: each warp runs as far as it can (to a __syncthreads or the end)
+                    // before the next one starts, in a seeded warp order per sweep, so warps drift
+                    // apart by whole pipeline iterations as they do on a GPU
 };
 
 // Defaults come from the environment when the first launch happens:
-//   MOE_EMU_SCHEDULE = rr | reverse | random[:seed]     (default rr)
+//   MOE_EMU_SCHEDULE = rr | reverse | random[:seed] | drift[:seed]   (default rr)
+//   MOE_EMU_RACECHECK = 1: the shared-memory race detector (see set_racecheck)
 //   MOE_EMU_THREADS  = OS threads that run blocks      (default 1: blocks run on the caller)
 //   MOE_EMU_STACK_KB = stack per emulated thread       (default 128)
 //   MOE_EMU_SMEM_OPTIN = max dynamic shared bytes per block after cudaFuncSetAttribute
@@ -83,6 +87,24 @@ uint64_t schedule_seed();
 void set_worker_threads(int n);
 int worker_threads();
 const char* schedule_name(Schedule s);
+
+// The shared-memory race detector. Every byte of a block's shared memory has a shadow: its last
+// writer and its readers since the last barrier, each with the emulated thread, the source site and
+// the synchronisation clock of the access. Two accesses of the same byte by different threads of a
+// block, at least one a write, race unless a __syncthreads (any variant) came between them, or,
+// for two lanes of one warp, a __syncwarp whose mask named both. ldmatrix counts as the 16-byte
+// row reads of the lanes that address them; cp.async as a write when issued and again when it lands
+// at cp.async.wait_group; atomics do not race with atomics. The first race of a block fails the
+// launch (cudaErrorLaunchFailure) with the kernel, the shared array and offset, both threads and
+// both sites. Plain loads and stores are seen only in translation units compiled with
+// `-fsanitize=thread --param tsan-instrument-func-entry-exit=0`, whose hooks (__tsan_read4, ...) the
+// emulator defines itself (no TSan runtime is linked): the emulator's test builds compile kernels so.
+// Default: MOE_EMU_RACECHECK=1 in the environment turns it on.
+void set_racecheck(bool on);
+bool racecheck();
+// Whether any translation unit linked in was compiled with the access hooks (else only ldmatrix
+// and cp.async are seen).
+bool racecheck_instrumented();
 
 // The detailed message of the last failed launch or host call on this OS thread.
 const char* last_error_message();

@@ -56,6 +56,7 @@ struct Config {
   std::atomic<int> schedule{int(Schedule::kRoundRobin)};
   std::atomic<uint64_t> seed{1};
   std::atomic<int> threads{1};
+  std::atomic<bool> racecheck{false};
   size_t stack_bytes = kDefaultStackKB * 1024;
   size_t smem_optin = kDefaultSharedOptin;
   std::once_flag env_once;

@@ -11,6 +11,8 @@
 //   host shims          the cuda_runtime_api.h functions the launchers use: emu_shims.cc.
 #include <cxxabi.h>
 #include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +32,7 @@
 #include "emu.h"
 #include "emu_state.h"
 #include "fiber.h"
+#include "racecheck.h"
 
 #if defined(MOE_EMU_ASAN)  // from fiber.h
 #define MOE_EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
@@ -40,6 +43,13 @@
 #endif
 
 __thread moe_emu::ThreadCtx* moe_emu_current __attribute__((tls_model("initial-exec"))) = nullptr;
+
+// The race detector's window on this OS thread: the arena bytes [base, base + span) of the block
+// running here, span 0 when none runs or the detector is off. The access hooks at the end of this
+// file compare every instrumented load and store against it first.
+static __thread uintptr_t t_race_base __attribute__((tls_model("initial-exec"))) = 0;
+static __thread size_t t_race_span __attribute__((tls_model("initial-exec"))) = 0;
+static std::atomic<bool> g_race_instrumented{false};
 
 namespace moe_emu {
 
@@ -62,11 +72,13 @@ Config& config() {
       const std::string v = s;
       if (v.rfind("reverse", 0) == 0) k.schedule = int(Schedule::kReverse);
       else if (v.rfind("random", 0) == 0) k.schedule = int(Schedule::kRandom);
+      else if (v.rfind("drift", 0) == 0) k.schedule = int(Schedule::kDrift);
       else k.schedule = int(Schedule::kRoundRobin);
       const size_t colon = v.find(':');
       if (colon != std::string::npos) k.seed = std::strtoull(v.c_str() + colon + 1, nullptr, 10);
     }
     if (const char* s = std::getenv("MOE_EMU_THREADS")) k.threads = std::max(1, std::atoi(s));
+    if (const char* s = std::getenv("MOE_EMU_RACECHECK")) k.racecheck = s[0] != 0 && std::strcmp(s, "0") != 0;
     if (const char* s = std::getenv("MOE_EMU_STACK_KB")) {
       const long kb = std::atol(s);
       if (kb >= 16) k.stack_bytes = size_t(kb) * 1024;
@@ -186,7 +198,71 @@ const char* barrier_op_name(BarrierOp op) {
   return "__syncthreads";
 }
 
-std::string kernel_name(const void* kernel) {
+std::mutex g_site_mu;
+int g_next_site_id = 0;
+
+// A source path without the directories above the repository's (native/..., test/...).
+const char* short_path(const char* path) {
+  if (!path) return "?";
+  const char* best = path;
+  for (const char* key : {"/native/", "/test/"}) {
+    const char* p = std::strstr(path, key);
+    if (p && p + 1 > best) best = p + 1;
+  }
+  return best;
+}
+
+// addr2line on the module (executable or addon) that holds code address `addr`: its output lines,
+// without "??" ones and discriminators; `fallback` gets "module+0xoffset". Only called to write a
+// report (it starts a process).
+std::vector<std::string> addr2line(const void* addr, const char* options, std::string* fallback) {
+  std::vector<std::string> lines;
+  Dl_info info;
+  *fallback = fmt("%p", addr);
+  if (!dladdr(addr, &info) || !info.dli_fname || !info.dli_fbase) return lines;
+  // A shared object or PIE is addressed from its load base, a fixed-address executable absolutely.
+  const auto* ehdr = static_cast<const ElfW(Ehdr)*>(info.dli_fbase);
+  const uintptr_t rel = uintptr_t(addr) - (ehdr->e_type == ET_EXEC ? 0 : uintptr_t(info.dli_fbase));
+  const std::string module = info.dli_fname[0] ? info.dli_fname : "/proc/self/exe";
+  *fallback = fmt("%s+0x%zx", short_path(module.c_str()), size_t(rel));
+  const std::string cmd = fmt("addr2line %s -e '%s' 0x%zx 2>/dev/null", options, module.c_str(), size_t(rel));
+  if (FILE* f = popen(cmd.c_str(), "r")) {
+    char buf[2048];
+    while (std::fgets(buf, sizeof buf, f)) {
+      std::string l = buf;
+      while (!l.empty() && (l.back() == '\n' || l.back() == '\r')) l.pop_back();
+      const size_t disc = l.find(" (discriminator");
+      if (disc != std::string::npos) l.resize(disc);
+      if (l.empty() || l[0] == '?') continue;
+      lines.push_back(l);
+    }
+    pclose(f);
+  }
+  return lines;
+}
+
+// The source line of a code address in an instrumented translation unit, innermost inlined frame
+// first ("a.cuh:12 <- kernel.cu:340"). Cached.
+std::string code_site(const void* pc) {
+  static std::mutex mu;
+  static std::map<const void*, std::string>* cache = new std::map<const void*, std::string>;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(pc);
+  if (it != cache->end()) return it->second;
+  std::string out, fallback;
+  // pc is a return address: the call is the byte before it.
+  for (const std::string& l : addr2line(static_cast<const char*>(pc) - 1, "-i", &fallback)) {
+    if (!out.empty()) out += " <- ";
+    out += short_path(l.c_str());
+  }
+  if (out.empty()) out = fallback;
+  cache->emplace(pc, out);
+  return out;
+}
+
+// A kernel's name: its symbol (demangled) when the module exports it, else from the debug
+// information (kernels of an executable or of a -fvisibility=hidden addon), else its address.
+std::string kernel_name(const void* kernel, bool expensive) {
   Dl_info info;
   if (dladdr(kernel, &info) && info.dli_sname) {
     int status = 0;
@@ -195,11 +271,25 @@ std::string kernel_name(const void* kernel) {
     std::free(d);
     return s;
   }
+  if (expensive) {
+    static std::mutex mu;
+    static std::map<const void*, std::string>* cache = new std::map<const void*, std::string>;
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache->find(kernel);
+    if (it != cache->end()) return it->second;
+    std::string fallback;
+    const std::vector<std::string> l = addr2line(kernel, "-f -C", &fallback);
+    const std::string name = l.empty() ? fmt("kernel@%p", kernel) : l[0];
+    cache->emplace(kernel, name);
+    return name;
+  }
   return fmt("kernel@%p", kernel);
 }
 
-std::mutex g_site_mu;
-int g_next_site_id = 0;
+std::string access_site(const Access& a) {
+  if (a.line >= 0) return fmt("%s:%d", short_path(static_cast<const char*>(a.where)), a.line);
+  return code_site(a.where);
+}
 
 // Thrown into a fiber to unwind it: deliberately not a std::exception, so that no kernel-side
 // `catch (const std::exception&)` swallows it.
@@ -209,7 +299,6 @@ struct FiberAbort {};
 
 struct LaunchState {
   const LaunchSpec* spec = nullptr;
-  std::string name;
   uint64_t nblocks = 0;
   Schedule schedule = Schedule::kRoundRobin;
   uint64_t seed = 1;
@@ -249,6 +338,8 @@ struct PendingCopy {
   void* dst;
   const void* src;
   int src_bytes;
+  const char* file;  // the cp.async, for the race detector
+  int line;
 };
 
 class Worker;
@@ -327,7 +418,7 @@ class Worker {
       if (i >= L.nblocks) return;
       const uint64_t b = L.block_at(i);
       if (!run_block(L, b)) {
-        L.report(err_, fmt("%s <<<%s, %s, %zu>>>: block %s: %s", L.name.c_str(),
+        L.report(err_, fmt("%s <<<%s, %s, %zu>>>: block %s: %s", kernel_name(L.spec->kernel, true).c_str(),
                            dim_str(L.spec->grid).c_str(), dim_str(L.spec->block).c_str(),
                            L.spec->dynamic_smem, dim_str(block_idx_).c_str(), msg_.c_str()));
         return;
@@ -366,6 +457,7 @@ class Worker {
     }
     if (++bar_arrived_ == nthreads_) {  // the last arrival releases everybody
       bar_arrived_ = 0;
+      if (race_on_) race_.barrier();
       for (int i = 0; i < nthreads_; ++i) {
         EmuThread& o = *threads_[i];
         if (&o == &t) continue;
@@ -515,8 +607,9 @@ class Worker {
       fail(cudaErrorIllegalInstruction,
            fmt("cp.async at %s:%d: src-size %d is not in [0, 16]", file, line, src_bytes));
     // Poison now, copy at wait_group: a read before the wait sees NaNs.
+    if (race_on_) race_at(t.linear, arena_offset(dst), kCpAsyncBytes, AccessKind::kCpAsyncIssue, file, line);
     std::memset(dst, kPoisonByte, kCpAsyncBytes);
-    t.copies.push_back(PendingCopy{dst, src, src_bytes});
+    t.copies.push_back(PendingCopy{dst, src, src_bytes, file, line});
   }
 
   void cp_async_commit() {
@@ -532,6 +625,7 @@ class Worker {
     const size_t ncopies = t.group_ends[size_t(finish - 1)];
     for (size_t i = 0; i < ncopies; ++i) {
       const PendingCopy& c = t.copies[i];
+      if (race_on_) race_at(t.linear, arena_offset(c.dst), kCpAsyncBytes, AccessKind::kCpAsyncLand, c.file, c.line);
       if (c.src_bytes > 0) std::memcpy(c.dst, c.src, size_t(c.src_bytes));
       std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, size_t(kCpAsyncBytes - c.src_bytes));
     }
@@ -541,6 +635,23 @@ class Worker {
   }
 
   EmuThread& current() { return *cur_; }
+
+  // ---- the race detector (racecheck.h) ----
+
+  // An instrumented load or store of the running thread at arena offset `off` (the hooks have
+  // checked that it is inside the block's shared memory).
+  void race_access(size_t off, size_t n, AccessKind kind, const void* pc) {
+    race_at(cur_->linear, off, n, kind, pc, -1);
+  }
+
+  void race_at(int tid, size_t off, size_t n, AccessKind kind, const void* where, int line) {
+    if (race_found_ || err_ != cudaSuccess) return;
+    if (race_.access(off, n, kind, tid, where, line, &race_info_)) {
+      race_found_ = true;
+      t_race_span = 0;  // one report per block; the message is written when the block ends
+      record(cudaErrorLaunchFailure, "shared-memory race");
+    }
+  }
   EmuThread& lane_thread(int warp, int lane) { return *thread_ptrs_[size_t(warp * kWarpSize + lane)]; }
 
  private:
@@ -588,14 +699,18 @@ class Worker {
     allocs_.clear();
     cursor_ = 0;
     MOE_EMU_POISON(arena_, kArenaBytes);
+    race_on_ = config().racecheck.load(std::memory_order_relaxed);
+    race_found_ = false;
+    if (race_on_) race_.begin_block(nwarps);
     dynamic_offset_ = place(spec.dynamic_smem, kMinSharedAlign, "dynamic shared memory", "launch", 0);
 
-    // The sweep order of this block.
-    order_.resize(size_t(nthreads_));
-    for (int i = 0; i < nthreads_; ++i)
+    // The sweep order of this block (drift: of its warps).
+    drift_ = L.schedule == Schedule::kDrift;
+    order_.resize(size_t(drift_ ? nwarps : nthreads_));
+    for (int i = 0; i < int(order_.size()); ++i)
       order_[size_t(i)] = L.schedule == Schedule::kReverse ? nthreads_ - 1 - i : i;
     rng_ = L.seed * 0x9E3779B97F4A7C15ull ^ (L.serial << 32) ^ b;
-    if (L.schedule == Schedule::kRandom) shuffle_order();
+    if (L.schedule == Schedule::kRandom || drift_) shuffle_order();
 
     t_worker = this;
     // Sweeps: the ready threads run in order_; a thread that waits or exits switches straight to
@@ -611,10 +726,12 @@ class Worker {
         msg_ = deadlock_report();
         break;
       }
-      if (L.schedule == Schedule::kRandom) shuffle_order();
+      if (L.schedule == Schedule::kRandom || drift_) shuffle_order();
     }
+    t_race_span = 0;
     if (err_ != cudaSuccess) abort_all();
     else check_redzones();
+    if (race_found_) msg_ = describe_race(race_info_);
     t_worker = nullptr;
     MOE_EMU_UNPOISON(arena_, kArenaBytes);
     return err_ == cudaSuccess;
@@ -678,6 +795,15 @@ class Worker {
 
   // The next ready thread of the current sweep, or null when the sweep is over.
   EmuThread* next_ready() {
+    if (drift_) {  // the lanes of the current warp first, in lane order, until all of them wait
+      while (sweep_pos_ < order_.size()) {
+        const int first = order_[sweep_pos_] * kWarpSize, end = std::min(first + kWarpSize, nthreads_);
+        for (int i = first; i < end; ++i)
+          if (thread_ptrs_[size_t(i)]->state == RunState::kReady) return thread_ptrs_[size_t(i)];
+        ++sweep_pos_;
+      }
+      return nullptr;
+    }
     while (sweep_pos_ < order_.size()) {
       EmuThread* t = thread_ptrs_[size_t(order_[sweep_pos_++])];
       if (t->state == RunState::kReady) return t;
@@ -794,8 +920,15 @@ class Worker {
     fill_canary(end, end + kRedzoneBytes);
     allocs_.push_back(SharedAlloc{offset, bytes, name, file, line});
     cursor_ = end;
+    if (race_on_) {
+      race_.cover(end);
+      t_race_base = reinterpret_cast<uintptr_t>(arena_);
+      if (!race_found_) t_race_span = end;
+    }
     return offset;
   }
+
+  size_t arena_offset(const void* p) const { return size_t(static_cast<const unsigned char*>(p) - arena_); }
 
   bool in_shared(const void* p, size_t n) const {
     const unsigned char* c = static_cast<const unsigned char*>(p);
@@ -804,6 +937,27 @@ class Worker {
     for (const SharedAlloc& a : allocs_)
       if (off >= a.offset && off + n <= a.offset + a.bytes) return true;
     return false;
+  }
+
+  // The report of a race: the shared array and byte, then the later and the earlier access.
+  std::string describe_race(const Race& r) {
+    std::string where = fmt("byte %zu of the block's shared memory", r.offset);
+    for (const SharedAlloc& a : allocs_)
+      if (r.offset >= a.offset && r.offset < a.offset + a.bytes) {
+        where = a.line > 0 ? fmt("'%s' (%s:%d), byte %zu of %zu", a.name, short_path(a.file), a.line,
+                                 r.offset - a.offset, a.bytes)
+                           : fmt("%s, byte %zu of %zu", a.name, r.offset - a.offset, a.bytes);
+        break;
+      }
+    auto who = [&](const Access& x) {
+      const EmuThread& t = *threads_[x.tid];
+      return fmt("thread %s (warp %d, lane %d) %s at %s", dim_str(t.ctx.thread_idx).c_str(), t.warp,
+                 t.lane, access_name(x.kind), access_site(x).c_str());
+    };
+    const bool same_warp = r.earlier.tid / kWarpSize == r.later.tid / kWarpSize;
+    return fmt("shared-memory race on %s: %s; earlier, %s; no %s between them", where.c_str(),
+               who(r.later).c_str(), who(r.earlier).c_str(),
+               same_warp ? "__syncwarp naming both lanes, nor __syncthreads," : "__syncthreads");
   }
 
   // A write past the end (or before the start) of a shared array lands in a redzone.
@@ -868,7 +1022,9 @@ class Worker {
         }
         break;
       }
-      case WarpOp::kSyncWarp: break;
+      case WarpOp::kSyncWarp:
+        if (race_on_) race_.syncwarp(warp, g.mask);
+        break;
       case WarpOp::kLdmatrix: do_ldmatrix(warp, g); break;
       case WarpOp::kMma: do_mma(warp, g); break;
     }
@@ -923,6 +1079,9 @@ class Worker {
         const int lane = i * kLdmatrixRows + r;
         const void* row = *static_cast<const void* const*>(lane_thread(warp, lane).in);
         ldmatrix_row_check(row, g.file, g.line, lane);
+        if (race_on_)
+          race_at(lane_thread(warp, lane).linear, arena_offset(row), kLdmatrixRows * 2, AccessKind::kLdmatrix,
+                  g.file, g.line);
         std::memcpy(m[i][r], row, kLdmatrixRowBytes);
       }
     for (int l = 0; l < kWarpSize; ++l) {
@@ -1014,6 +1173,13 @@ class Worker {
   uint64_t block_serial_ = 0;
   std::vector<SharedAlloc> allocs_;
   std::vector<SiteSlot> site_slots_;
+  // race detector
+  bool race_on_ = false;
+  bool race_found_ = false;
+  RaceShadow race_;
+  Race race_info_;
+  // drift schedule: order_ holds warps
+  bool drift_ = false;
   // first error of the block
   cudaError_t err_ = cudaSuccess;
   std::string msg_;
@@ -1104,9 +1270,14 @@ const char* schedule_name(Schedule s) {
     case Schedule::kRoundRobin: return "round-robin";
     case Schedule::kReverse: return "reverse";
     case Schedule::kRandom: return "random";
+    case Schedule::kDrift: return "drift";
   }
   return "?";
 }
+
+void set_racecheck(bool on) { config().racecheck = on; }
+bool racecheck() { return config().racecheck.load(); }
+bool racecheck_instrumented() { return g_race_instrumented.load(); }
 
 const char* last_error_message() { return t_message.c_str(); }
 
@@ -1158,7 +1329,7 @@ void cp_async_wait(int n, const char*, int) { running_worker("cp.async.wait_grou
 cudaError_t launch(const LaunchSpec& spec) {
   Config& cfg = config();
   auto fail = [&](cudaError_t code, std::string m) {
-    set_message(code, "emulated launch of " + kernel_name(spec.kernel) + ": " + m);
+    set_message(code, "emulated launch of " + kernel_name(spec.kernel, true) + ": " + m);
     return code;
   };
   if (moe_emu_current != nullptr)
@@ -1194,7 +1365,6 @@ cudaError_t launch(const LaunchSpec& spec) {
 
   LaunchState L;
   L.spec = &spec;
-  L.name = kernel_name(spec.kernel);
   L.nblocks = uint64_t(g.x) * g.y * g.z;
   L.schedule = Schedule(cfg.schedule.load());
   L.seed = cfg.seed.load();
@@ -1217,3 +1387,113 @@ cudaError_t launch(const LaunchSpec& spec) {
 }
 
 }  // namespace moe_emu
+
+// ---- the race detector's access hooks ------------------------------------------------------------
+// A translation unit compiled with `-fsanitize=thread --param tsan-instrument-func-entry-exit=0`
+// calls these around its loads, stores and atomics (GCC's and Clang's ThreadSanitizer ABI). No TSan
+// runtime is linked: the emulator defines them, and looks only at accesses inside the shared memory
+// of the block running on this OS thread (t_race_base/t_race_span). Atomics are performed here, as
+// sequentially consistent operations (the strongest of the orders a caller may ask for).
+namespace {
+
+using moe_emu::AccessKind;
+
+__attribute__((always_inline)) inline void race_hook(const void* p, size_t n, AccessKind kind, const void* pc) {
+  const uintptr_t off = reinterpret_cast<uintptr_t>(p) - t_race_base;
+  if (__builtin_expect(off >= t_race_span, 1)) return;
+  moe_emu::t_worker->race_access(size_t(off), n, kind, pc);
+}
+
+}  // namespace
+
+#define MOE_RACE_PC __builtin_extract_return_addr(__builtin_return_address(0))
+
+// Hidden: the hooks serve the kernels linked into the same binary (the test executable or the
+// addon) and must not interpose on another library's TSan, nor be interposed.
+#pragma GCC visibility push(hidden)
+extern "C" {
+
+void __tsan_init() { g_race_instrumented = true; }
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_update(void**, void*) {}
+void __tsan_vptr_read(void**) {}
+
+#define MOE_RACE_RW(n)                                                                                   \
+  void __tsan_read##n(void* p) { race_hook(p, n, AccessKind::kRead, MOE_RACE_PC); }                      \
+  void __tsan_write##n(void* p) { race_hook(p, n, AccessKind::kWrite, MOE_RACE_PC); }                    \
+  void __tsan_unaligned_read##n(void* p) { race_hook(p, n, AccessKind::kRead, MOE_RACE_PC); }            \
+  void __tsan_unaligned_write##n(void* p) { race_hook(p, n, AccessKind::kWrite, MOE_RACE_PC); }          \
+  void __tsan_volatile_read##n(void* p) { race_hook(p, n, AccessKind::kRead, MOE_RACE_PC); }             \
+  void __tsan_volatile_write##n(void* p) { race_hook(p, n, AccessKind::kWrite, MOE_RACE_PC); }
+MOE_RACE_RW(1)
+MOE_RACE_RW(2)
+MOE_RACE_RW(4)
+MOE_RACE_RW(8)
+MOE_RACE_RW(16)
+#undef MOE_RACE_RW
+
+void __tsan_read_range(void* p, size_t n) { race_hook(p, n, AccessKind::kRead, MOE_RACE_PC); }
+void __tsan_write_range(void* p, size_t n) { race_hook(p, n, AccessKind::kWrite, MOE_RACE_PC); }
+
+void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+
+#define MOE_RACE_ATOMIC(bits, T)                                                                         \
+  T __tsan_atomic##bits##_load(const volatile T* a, int) {                                               \
+    race_hook(const_cast<const T*>(a), sizeof(T), AccessKind::kAtomicRead, MOE_RACE_PC);                 \
+    return __atomic_load_n(a, __ATOMIC_SEQ_CST);                                                         \
+  }                                                                                                      \
+  void __tsan_atomic##bits##_store(volatile T* a, T v, int) {                                            \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    __atomic_store_n(a, v, __ATOMIC_SEQ_CST);                                                            \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                                            \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST);                                                  \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                                           \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST);                                                   \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                                           \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST);                                                   \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                                           \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST);                                                   \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                                            \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST);                                                    \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                                           \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST);                                                   \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                                          \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_fetch_nand(a, v, __ATOMIC_SEQ_CST);                                                  \
+  }                                                                                                      \
+  int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) {                \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_compare_exchange_n(a, c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);              \
+  }                                                                                                      \
+  int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) {                  \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    return __atomic_compare_exchange_n(a, c, v, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);               \
+  }                                                                                                      \
+  T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) {                      \
+    race_hook(const_cast<T*>(a), sizeof(T), AccessKind::kAtomic, MOE_RACE_PC);                           \
+    __atomic_compare_exchange_n(a, &c, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);                    \
+    return c;                                                                                            \
+  }
+MOE_RACE_ATOMIC(8, uint8_t)
+MOE_RACE_ATOMIC(16, uint16_t)
+MOE_RACE_ATOMIC(32, uint32_t)
+MOE_RACE_ATOMIC(64, uint64_t)
+#undef MOE_RACE_ATOMIC
+
+}  // extern "C"
+#pragma GCC visibility pop

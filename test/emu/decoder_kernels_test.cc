@@ -575,6 +575,11 @@ TEST(model_linear_every_path) {
             !check_linear(T, 72, 66, DevDType::kF32, wt, DevDType::kF32, path))
           return;
     }
+  // Decode with 12 rows (one pass of 16) and 7 (8), K long enough for the unrolled k steps (256
+  // bf16 per warp step, 4 steps at a time with 16 rows) and remainder steps.
+  if (!check_linear(12, 1100, 24, DevDType::kBF16, DevDType::kBF16, DevDType::kBF16, P::kDecode) ||
+      !check_linear(7, 1100, 40, DevDType::kF16, DevDType::kF16, DevDType::kF32, P::kDecode))
+    return;
   // Mismatched y dtype, forced tensor cores on f32, a missing workspace for a conversion.
   std::vector<float> x(64, 1.f), w(64, 1.f), y(64);
   CHECK(moe::launch_linear(x.data(), DevDType::kF32, 2, 8, w.data(), DevDType::kBF16, 4, y.data(), DevDType::kF16,

@@ -298,6 +298,21 @@ TEST(grouped_gemm_tensor_cores_mixtral_like_d128_f256_e8) {
   run_case(with_path(make(64, 2, 8, 128, 256, DevDType::kBF16), GroupedGemmPath::kTensorCores));
 }
 
+// The 128x128 tile with 8 warps and 4 stages in 80 KB of dynamic shared memory (opted in), taken when
+// max_rows >= 256 * E: 300 rows on one expert with K and N tails (d = 136: 5 k-tiles, the last
+// partial, so the 4-stage pipeline refills; N = 2 * 200 and 136: partial column tiles), under every
+// schedule (the race detector is on in run.sh); then 1200 rows over 4 experts, and over 3 of 4.
+TEST(grouped_gemm_tensor_cores_large_tile) {
+  for (moe_emu::Schedule s : kAllSchedules) {
+    ScheduleScope scope(s);
+    if (!run_case(with_path(make(300, 1, 1, 136, 200, DevDType::kBF16), GroupedGemmPath::kTensorCores))) return;
+  }
+  if (!run_case(with_path(make(600, 2, 4, 128, 256, DevDType::kF16), GroupedGemmPath::kTensorCores))) return;
+  Case c = with_path(make(600, 2, 4, 64, 128, DevDType::kBF16), GroupedGemmPath::kTensorCores);
+  c.routing = Routing::kSubset;
+  run_case(c);
+}
+
 TEST(grouped_gemm_tensor_cores_tails_d40_f56) {
   // K = 40 is not a multiple of the 32-wide k tile, N = 2*56 = 112 not of the 128-wide n tile.
   for (DevDType w : {DevDType::kBF16, DevDType::kF16})
@@ -372,11 +387,18 @@ TEST(grouped_gemm_decode_tokens_1_to_4_and_shapes) {
       if ((T != 2 || w == DevDType::kF16) &&
           !run_case(with_path(make(T, 2, 8, 64, 128, w), GroupedGemmPath::kDecode)))
         return;
-  // Scalar loads (K not a multiple of 16 bytes), E = 1, all rows on one expert, 16 rows (two passes).
+  // Scalar loads (K not a multiple of 16 bytes), E = 1, all rows on one expert, 16 rows.
   for (DevDType w : {DevDType::kBF16, DevDType::kF32})
     if (!run_case(with_path(make(3, 2, 3, 33, 47, w), GroupedGemmPath::kDecode))) return;
   if (!run_case(make(4, 1, 1, 40, 56, DevDType::kBF16))) return;
   Case c = make(16, 1, 5, 64, 128, DevDType::kBF16);
+  c.routing = Routing::kAllToLast;
+  if (!run_case(with_path(c, GroupedGemmPath::kDecode))) return;
+  // One pass over the weights for every row bound: 8 rows (T = 8, k = 2) and 16 (all on one expert),
+  // with K long enough for the unrolled steps of the k loop and a remainder step (GEMM1 K = d,
+  // GEMM2 K = f, 256 bf16 per step of a warp).
+  if (!run_case(with_path(make(8, 2, 4, 512, 768, DevDType::kBF16), GroupedGemmPath::kDecode))) return;
+  c = make(16, 1, 2, 768, 1280, DevDType::kBF16);
   c.routing = Routing::kAllToLast;
   if (!run_case(with_path(c, GroupedGemmPath::kDecode))) return;
   c = make(4, 2, 64, 64, 64, DevDType::kF16);  // E = 64: the expert scan takes two steps

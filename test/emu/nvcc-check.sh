@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # test/emu/nvcc-check.sh: compiles the CUDA sources with nvcc for every shipped target (sm_80, sm_86,
-# sm_89, sm_90 SASS, plus compute_90 PTX for newer GPUs), prints ptxas's report per kernel and
-# target, and fails when a kernel spills registers (non-zero "spill stores" or "spill loads") or
-# a file does not compile, or when a tensor-core kernel of grouped_gemm.cu has no mma.sync in its PTX.
+# sm_89, sm_90, sm_100, sm_120 SASS, plus compute_120 PTX for newer GPUs: CMakeLists.txt's
+# CUDA_ARCHITECTURES), prints ptxas's report per kernel and target, the size of each object, and
+# fails when a kernel spills registers (non-zero "spill stores" or "spill loads") or a file does not
+# compile, or when a tensor-core kernel of grouped_gemm.cu has no mma.sync in its PTX.
 # No GPU needed. Files: native/backends/cuda/*.cu, and test/emu/gemm_demo.cu,
 # which exercises every inline-PTX wrapper of cuda_compat.cuh.
-# Environment: CUDA_HOME (default /usr/local/cuda), NVCC_FLAGS (extra flags).
+# Environment: CUDA_HOME (default /usr/local/cuda), NVCC_FLAGS (extra flags), NVCC_ARCHS (the SASS
+# targets, default "80 86 89 90 100 120"; e.g. NVCC_ARCHS=120 to check one while iterating),
+# NVCC_PTX (the PTX target, default 120; "" for none), NVCC_JOBS (files compiled at once, default
+# all of them).
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,20 +19,26 @@ NVCC="${NVCC:-$CUDA_HOME/bin/nvcc}"
 out="$here/build/nvcc"
 mkdir -p "$out"
 
-targets=(-gencode arch=compute_80,code=sm_80 -gencode arch=compute_86,code=sm_86
-         -gencode arch=compute_89,code=sm_89 -gencode arch=compute_90,code=sm_90
-         -gencode arch=compute_90,code=compute_90)
+archs=(${NVCC_ARCHS:-80 86 89 90 100 120})
+ptx="${NVCC_PTX-120}"
+targets=()
+for a in "${archs[@]}"; do targets+=(-gencode "arch=compute_$a,code=sm_$a"); done
+[ -n "$ptx" ] && targets+=(-gencode "arch=compute_$ptx,code=compute_$ptx")
+# The tensor-core check reads PTX of the newest target (the shipped PTX when there is one).
+check_ptx="${ptx:-${archs[-1]}}"
 files=("$root"/native/backends/cuda/*.cu "$here/gemm_demo.cu")
 
 status=0
 pids=()
 # PTX of the grouped GEMM for the tensor-core check at the end, compiled alongside the objects.
-gg_ptx="$out/grouped_gemm.compute_90.ptx"
-"$NVCC" -std=c++17 -O3 -I "$root/native/include" -ptx -arch=compute_90 ${NVCC_FLAGS:-} "$root/native/backends/cuda/grouped_gemm.cu" \
+gg_ptx="$out/grouped_gemm.compute_$check_ptx.ptx"
+"$NVCC" -std=c++17 -O3 -I "$root/native/include" -ptx -arch="compute_$check_ptx" ${NVCC_FLAGS:-} "$root/native/backends/cuda/grouped_gemm.cu" \
   -o "$gg_ptx" >"$out/grouped_gemm.ptx.txt" 2>&1 &
 gg_ptx_pid=$!
+jobs="${NVCC_JOBS:-${#files[@]}}"
 for f in "${files[@]}"; do
   name="$(basename "$f" .cu)"
+  while [ "$(jobs -rp | wc -l)" -gt "$jobs" ]; do sleep 0.2; done
   "$NVCC" -std=c++17 -O3 -I "$root/native/include" -c "${targets[@]}" -Xptxas -v ${NVCC_FLAGS:-} "$f" -o "$out/$name.o" \
     >"$out/$name.ptxas.txt" 2>&1 &
   pids+=($!)
@@ -41,7 +51,7 @@ for i in "${!files[@]}"; do
     status=1
     continue
   fi
-  echo "== $name.cu (full ptxas report: ${out#$root/}/$name.ptxas.txt)"
+  echo "== $name.cu ($(stat -c %s "$out/$name.o") bytes of object; full ptxas report: ${out#$root/}/$name.ptxas.txt)"
   # One line per kernel and target: registers, stack frame, spills, shared memory.
   awk -v filt="$(command -v c++filt || true)" '
     /Compiling entry function/ { split($0, q, "\047"); arch = q[4] }
@@ -64,7 +74,8 @@ for i in "${!files[@]}"; do
   fi
 done
 # The f16/bf16 grouped GEMM must really run on tensor cores: every entry of its tensor-core kernel
-# (bf16/f16 x GEMM1 / GEMM2 with f32 output / launch_linear's 16-bit output: 6) in the compute_90 PTX
+# (bf16/f16 x GEMM1 / GEMM2 with f32 output / launch_linear's 16-bit output: 6 with the default tile, plus
+# bf16/f16 x GEMM1 / GEMM2 with the large tile: 10) in the PTX
 # holds mma.sync m16n8k16, ldmatrix and cp.async.
 if wait "$gg_ptx_pid"; then
   awk '
@@ -76,18 +87,21 @@ if wait "$gg_ptx_pid"; then
     tc && /ldmatrix\.sync\.aligned/ { l[name]++ }
     tc && /cp\.async\.cg\.shared\.global/ { c[name]++ }
     END {
-      bad = n != 6
+      bad = n != 10
       for (k in m) {
         if (!m[k] || !l[k] || !c[k]) bad = 1
         printf "   tensor-core PTX: %4d mma.sync %3d ldmatrix %3d cp.async  %s\n", m[k], l[k], c[k], k
       }
       exit bad ? 3 : 0
     }' "$gg_ptx" | { if command -v c++filt >/dev/null; then c++filt; else cat; fi; } || {
-    echo "nvcc-check: grouped_gemm.cu: a tensor-core kernel lacks mma.sync/ldmatrix/cp.async (or not 6 of them)"
+    echo "nvcc-check: grouped_gemm.cu: a tensor-core kernel lacks mma.sync/ldmatrix/cp.async (or not 10 of them)"
     status=1
   }
 else
   echo "nvcc-check: grouped_gemm.cu does not compile to PTX:"; cat "$out/grouped_gemm.ptx.txt"; status=1
 fi
-[ "$status" = 0 ] && echo "nvcc-check: all files compile for sm_80 sm_86 sm_89 sm_90 + compute_90 PTX, no spills"
+total=0
+for f in "${files[@]}"; do [ -f "$out/$(basename "$f" .cu).o" ] && total=$((total + $(stat -c %s "$out/$(basename "$f" .cu).o"))); done
+echo "nvcc-check: $total bytes of objects in all for sm_${archs[*]}${ptx:+ + compute_$ptx PTX}"
+[ "$status" = 0 ] && echo "nvcc-check: all files compile for sm_${archs[*]}${ptx:+ + compute_$ptx PTX}, no spills"
 exit "$status"

@@ -4,9 +4,12 @@
 # The CPU backend (native/backends/cpu) is linked in too, as the twin some tests compare the kernels with.
 #
 # Passes (each prints one line per test and "N passed, M failed"):
-#   1. -O2, the x86-64 assembly fiber switch                        (the build tests normally use)
+#   1. -O2, the x86-64 assembly fiber switch, the shared-memory race detector on: kernels and tests
+#      compiled with the access hooks (-fsanitize=thread, served by native/emu, no TSan runtime)
 #   2. -O1 -fsanitize=address,undefined, leak checking on           (skip: MOE_EMU_SKIP_SANITIZERS=1)
 #   3. -O2 -DMOE_EMU_UCONTEXT, the portable ucontext fiber fallback  (skip: MOE_EMU_SKIP_UCONTEXT=1)
+# The race detector (MOE_EMU_RACECHECK, default 1 here) sees plain loads and stores only in pass 1
+# and 3 (ASan and the access hooks exclude each other); ldmatrix and cp.async in every pass.
 # Arguments are passed to the test binaries: `test/emu/run.sh routing` runs the tests whose name
 # contains "routing", `test/emu/run.sh -routing` all the others. Environment: CXX (default g++), CUDA_HOME (default /usr/local/cuda; only its
 # headers are used, cudart is never linked), MOE_EMU_SCHEDULE / MOE_EMU_THREADS (see native/emu/emu.h).
@@ -53,6 +56,10 @@ avx512vnni_flags=(-mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512vl -mavx512vn
 cpu_flags=(-fno-math-errno)
 kernel_srcs+=("$root/native/backends/cuda/token_ops.cu" "$root/native/backends/cuda/attention.cu" "$root/native/backends/cuda/sampling.cu"
              "$here/decoder_kernels_test.cc")
+# The race detector's access hooks (native/emu/emu.h, set_racecheck); -Wno-tsan: GCC warns that
+# ThreadSanitizer does not model fences, which is the emulator's business, not TSan's.
+race=(-fsanitize=thread --param tsan-instrument-func-entry-exit=0 -Wno-tsan)
+export MOE_EMU_RACECHECK="${MOE_EMU_RACECHECK:-1}"
 headers=("$root"/native/emu/*.h "$root"/native/backends/cuda/*.cuh "$root"/native/backends/cuda/*.h "$root"/native/backends/cpu/*.h "$here"/*.h
          "$root"/native/include/moe/*.h)
 
@@ -85,6 +92,44 @@ compile() {
   [ "$ok" = 1 ] || { echo "run.sh: compilation in $dir failed" >&2; return 1; }
 }
 
+# The race detector's mutants (race_mutant.cu): a kernel file compiled unchanged with one call site,
+# found here by its text, turned by macros into a missing or misplaced barrier. A text that is gone
+# fails the run: the mutant would silently be the original kernel.
+# mutant_line FILE TEXT [AFTER]: the number of the first line after AFTER that contains TEXT.
+mutant_line() {
+  local n
+  n=$(awk -v t="$2" -v from="${3:-0}" 'NR > from && index($0, t) { print NR; exit }' "$1")
+  [ -n "$n" ] || { echo "run.sh: '$2' is no longer in $1: update test/emu/race_mutant.cu's anchors" >&2; return 1; }
+  echo "$n"
+}
+# compile_mutants DIR FLAGS...: the three mutants' objects (in parallel); prints their paths.
+compile_mutants() {
+  local dir="$1"
+  shift
+  local gg="$root/native/backends/cuda/grouped_gemm.cu" pm="$root/native/backends/cuda/permute.cu"
+  local bar commit sw
+  bar=$(mutant_line "$gg" "__syncthreads();                   // ...everybody's") || return 1
+  commit=$(mutant_line "$gg" "moe_cp_async_commit();" "$bar") || return 1
+  sw=$(mutant_line "$pm" "__syncwarp();  // every lane has read its count") || return 1
+  mkdir -p "$dir"
+  local defs=("1 $bar $commit $gg" "2 $bar 0 $gg" "3 $sw 0 $pm") pids=() ok=1
+  for d in "${defs[@]}"; do
+    set -- $d
+    local obj="$dir/race_mutant_$1.o" stale=0
+    [ -f "$obj" ] || stale=1
+    for dep in "$here/race_mutant.cu" "$4" "${headers[@]}" "$here/run.sh"; do
+      [ "$stale" = 1 ] || [ "$dep" -nt "$obj" ] && stale=1
+    done
+    if [ "$stale" = 1 ]; then
+      "$CXX" "${common[@]}" "${flags_mutant[@]}" -x c++ -DMOE_CUDA_EMU -DMOE_MUTANT="$1" -DMOE_MUTANT_LINE="$2" \
+        -DMOE_MUTANT_LINE2="$3" -Dmoe="moe_mutant$1" -c "$here/race_mutant.cu" -o "$obj" >&2 & pids+=($!)
+    fi
+    echo "$obj"
+  done
+  for p in "${pids[@]}"; do wait "$p" || ok=0; done
+  [ "$ok" = 1 ] || { echo "run.sh: compilation of the race mutants failed" >&2; return 1; }
+}
+
 # link NAME FLAGS... -- OBJECTS...
 link() {
   local name="$1"
@@ -96,8 +141,10 @@ link() {
 }
 
 status=0
-echo "== emulator tests: -O2, assembly fiber switch"
-kernels=$(compile "$out/o2" -O2 -- "${kernel_srcs[@]}") || exit 1
+echo "== emulator tests: -O2, assembly fiber switch, race detector (MOE_EMU_RACECHECK=$MOE_EMU_RACECHECK)"
+kernels=$(compile "$out/o2-race" -O2 "${race[@]}" -- "${kernel_srcs[@]}" "$here/race_mutants_test.cc") || exit 1
+flags_mutant=(-O2 "${race[@]}")
+kernels+=" "$(compile_mutants "$out/o2-race") || exit 1
 runtime=$(compile "$out/o2" -O2 -- "${runtime_srcs[@]}") || exit 1
 cpu=$(compile "$out/o2" -O2 "${cpu_flags[@]}" -- "${cpu_srcs[@]}") || exit 1
 cpu+=" "$(compile "$out/o2" -O2 "${cpu_flags[@]}" "${avx2_flags[@]}" -- "${cpu_avx2_srcs[@]}") || exit 1

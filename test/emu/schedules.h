@@ -1,5 +1,6 @@
 // test/emu/schedules.h: running a kernel test under every fiber schedule of the emulator
-// (round-robin, reverse, random), because a missing barrier can hide under one of them.
+// (round-robin, reverse, random, drift), because a missing barrier can hide under one of them; and
+// switching the shared-memory race detector for a scope.
 // Include after cuda_compat.cuh.
 #pragma once
 #include <cstdint>
@@ -7,7 +8,7 @@
 namespace emu_test {
 
 inline constexpr moe_emu::Schedule kAllSchedules[] = {moe_emu::Schedule::kRoundRobin, moe_emu::Schedule::kReverse,
-                                                      moe_emu::Schedule::kRandom};
+                                                      moe_emu::Schedule::kRandom, moe_emu::Schedule::kDrift};
 
 // Sets the emulator's schedule (a random one seeded with `seed`) for its scope, then restores it.
 struct ScheduleScope {
@@ -20,6 +21,16 @@ struct ScheduleScope {
   ~ScheduleScope() { moe_emu::set_schedule(old, old_seed); }
   ScheduleScope(const ScheduleScope&) = delete;
   ScheduleScope& operator=(const ScheduleScope&) = delete;
+};
+
+// Turns the race detector on or off for its scope (run.sh turns it on for the whole run), e.g. for a
+// test that wants to see what a racy kernel computes under each schedule.
+struct RaceCheckScope {
+  bool old;
+  explicit RaceCheckScope(bool on) : old(moe_emu::racecheck()) { moe_emu::set_racecheck(on); }
+  ~RaceCheckScope() { moe_emu::set_racecheck(old); }
+  RaceCheckScope(const RaceCheckScope&) = delete;
+  RaceCheckScope& operator=(const RaceCheckScope&) = delete;
 };
 
 }  // namespace emu_test

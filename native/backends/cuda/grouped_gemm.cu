@@ -11,16 +11,20 @@
 //                                           (mma.sync m16n8k16, f32 accumulate), ldmatrix.x4 from
 //                                           padded shared tiles, a kStages-deep cp.async pipeline with
 //                                           zero-fill for rows past the expert's end and K/N tails;
-//                                           64x128x32 tiles, 4 warps of 32x64
+//                                           64x128x32 tiles, 4 warps of 32x64, or 128x128x32 with 8
+//                                           warps of 64x32 and 4 stages (80 KB) for experts with many
+//                                           rows (TcTile: the tile table and its occupancy model)
 //   grouped_gemm_simt_kernel<T, kGlu>       f32 weights (and the general fallback for f16/bf16 when d
 //                                           or f is not a multiple of 8): 64x64x16 FMA tiles, 256
 //                                           threads of 4x4 outputs, any d and f
 //   grouped_gemv_kernel<T, kGlu, kVec, kRows>  decode (R_max = T*k <= kDecodeMaxRows): one block per
-//                                           (expert with rows, 16 output features); each warp streams
-//                                           the weight rows of 4 features once, with 16-byte loads
-//                                           (kVec; scalar when K is not a multiple of 16 bytes), for
-//                                           all of the expert's rows (kRows = 1 for T = 1, else 4 per
-//                                           pass), then a reduce-scatter of xor shuffles
+//                                           (expert with rows, 16 or 8 output features); each warp
+//                                           streams the weight rows of 4 (or 2: gemv_features) features
+//                                           once, with 16-byte loads (kVec; scalar when K is not a
+//                                           multiple of 16 bytes; GEMM2 unrolled to 8 in flight), for all of
+//                                           the expert's rows in one pass (kRows = 1, 4, 8 or 16, the
+//                                           bound min(T, R_max) rounded up: each weight byte is read
+//                                           once), then a reduce-scatter of xor shuffles
 //   convert_rows_kernel<Src, Dst>           x -> weight type (see "Activations" below)
 //   launch_grouped_gemm                     argument checks, workspace layout, the choice of path
 //
@@ -83,11 +87,28 @@ constexpr int kGemvThreads = kGemvWarps * kWarpLanes;
 // flight to stream the weights at full bandwidth; the register budget that allows (<= 168) holds the
 // unpacked weight vectors and accumulators without spills.
 constexpr int kGemvMinBlocks = 3;
-constexpr int kGemvFeatures = 4;  // output features per warp: 8 (GEMM1) or 4 16-byte loads in flight
-// Rows per pass over the weights (kRows of the kernel): an expert has at most T rows (a token's k
-// experts are distinct), so 1 for T = 1 (single-sequence decode); 4 otherwise, in passes. Fewer rows
-// per pass mean fewer accumulators and shuffles; a second pass re-reads weights from L1/L2.
-constexpr int kGemvRowsOneToken = 1, kGemvRowsMany = 4;
+// Rows per pass over the weights (kRows of the kernel): the most rows an expert can have, so that
+// every weight byte is read once per call (a second pass would stream the weights from HBM again:
+// between passes the whole layer's weights go through L2). An expert has at most min(T, max_rows)
+// rows (a token's k experts are distinct), <= kDecodeMaxRows here; the bound is rounded up to 1, 4,
+// 8 or 16 (gemv_rows). Rows past the bound (only with repeated expert ids) take another pass.
+constexpr int kGemvRowBuckets[] = {1, 4, 8, 16};
+// Output features per warp: 4; 2 with 16 rows (one (feature, row) group per lane at most), and for
+// GEMM1 (W1 and W3: 2 matrices) already with 8 rows, where 4 features' accumulators and weight
+// vectors spill on sm_80.
+__host__ __device__ constexpr int gemv_features(int rows, int mats) {
+  return rows > 8 || (mats == 2 && rows > 4) ? 2 : 4;
+}
+// Steps of the k loop unrolled so that each lane has >= 8 weight loads in flight in GEMM2: with 4
+// features 2 steps, with 2 features 4. GEMM1 is not unrolled: 4 features of W1 and W3 are 8 loads a
+// step; with 2 features (8 or 16 rows) the registers go to the accumulators, and the many rows' FMAs
+// hide the latency of 4.
+__host__ __device__ constexpr int gemv_unroll(int features, int mats) { return mats == 2 ? 1 : 8 / features; }
+int gemv_rows(int64_t rows_bound) {
+  for (int b : kGemvRowBuckets)
+    if (rows_bound <= b) return b;
+  return kDecodeMaxRows;
+}
 
 // SIMT path.
 constexpr int kSimtBlockM = 64, kSimtBlockN = 64, kSimtBlockK = 16;
@@ -97,8 +118,26 @@ constexpr int kSimtPad = 4;        // floats: keeps the transposed tiles' rows o
 constexpr int kConvertThreads = 256;
 constexpr unsigned kMaxConvertBlocks = 4096;  // grid-stride loop beyond
 
-// Tensor-core tile: kBlockM x kBlockN x 32 per block, warps of (kBlockM/kWarpsM) x (kBlockN/kWarpsN).
-template <int kBM, int kBN, int kWM, int kWN, int kSt>
+// Tensor-core tile: kBlockM x kBlockN x 32 per block, warps of (kBlockM/kWarpsM) x (kBlockN/kWarpsN),
+// kSt pipeline stages in dynamic shared memory, kMinB blocks per SM for __launch_bounds__ (so that
+// kMinB * kThreads * registers fit the 64K-register file).
+//
+// The tiles, with what fits on each target (shared memory per SM: sm_80 164 KB, sm_86/89/120 100 KB,
+// sm_90/100 228 KB; 1 KB more per block is reserved by the driver) and the bound the tile's reuse
+// puts on throughput. A block brings (BM + BN) * BK * 2 bytes into shared memory per 2*BM*BN*BK
+// FLOP: BM*BN / (BM + BN) FLOP per byte. With the operands streamed from L2 (~5.5 TB/s on H100
+// SXM, model assumption; expert weights are re-read by every M tile, the A rows by every N tile),
+// the tile can sustain at most intensity * 5.5 TB/s, against ~990 TFLOP/s dense bf16 (mma.sync
+// reaches roughly 2/3 of that; wgmma is not used):
+//
+//   tile               warps stages  smem   blocks/SM: sm_80 sm_86/89/120 sm_90/100   FLOP/B  L2 bound on H100
+//   64x128x32 (default)  4     3     45 KB             3        2           4         42.7    ~235 TFLOP/s (~24%)
+//   128x128x32 (large)   8     4     80 KB             2        1           2         64.0    ~350 TFLOP/s (~36%)
+//
+// Registers: <= 128 per thread in both (4 x 128 or 2 x 256 threads per SM); nvcc-check shows none
+// spill on any target. The large tile serves experts with many rows (kLargeTileRows); 128x256x64
+// (85 FLOP/B, ~47%) needs 200+ KB at 4 stages, which only sm_90/100 have: not built yet.
+template <int kBM, int kBN, int kWM, int kWN, int kSt, int kMinB>
 struct TcTile {
   static constexpr int kBlockM = kBM, kBlockN = kBN, kBlockK = 32;
   static constexpr int kWarpsM = kWM, kWarpsN = kWN, kStages = kSt;
@@ -111,10 +150,8 @@ struct TcTile {
   static constexpr int kAChunks = kBlockM / kRowsPerPass, kBChunks = kBlockN / kRowsPerPass;
   static constexpr int kPad = 8;  // elements: rows stay 16-byte aligned, ldmatrix rows hit distinct banks
   static constexpr int kRowStride = kBlockK + kPad;
-  static constexpr size_t kSmemBytes = size_t(kStages) * (kBlockM + kBlockN) * kRowStride * 2;
-  // Blocks per SM the registers must allow (__launch_bounds__): 4 x 46 KB of shared memory fit on
-  // sm_80/90 (3 on sm_86/89, which have 100 KB), so 4 x 128 threads: <= 128 registers.
-  static constexpr int kMinBlocks = 4;
+  static constexpr size_t kSmemBytes = size_t(kStages) * (kBlockM + kBlockN) * kRowStride * 2;  // dynamic
+  static constexpr int kMinBlocks = kMinB;
 
   static_assert(kBM % kWM == 0 && kBN % kWN == 0, "whole warp tiles");
   static_assert(kWarpM % 16 == 0, "warp tile rows: whole m16 tiles");
@@ -122,9 +159,15 @@ struct TcTile {
   static_assert(kThreads % kChunksPerRow == 0 && kBlockM % kRowsPerPass == 0 && kBlockN % kRowsPerPass == 0,
                 "whole chunks per thread");
   static_assert(kStages >= 2, "a pipeline needs two stages");
-  static_assert(kSmemBytes <= 48 * 1024, "static shared memory stays under 48 KB");
+  static_assert(kSmemBytes <= 99 * 1024, "fits the smallest opt-in limit of the targets (sm_86/89/120)");
 };
-using TcTileDefault = TcTile<64, 128, 2, 2, 3>;
+using TcTileDefault = TcTile<64, 128, 2, 2, 3, 4>;
+using TcTileLarge = TcTile<128, 128, 2, 4, 4, 2>;
+// The large tile when the experts average at least this many rows (max_rows / E: the host does not
+// know the per-expert counts): vLLM's tuned H100 configs switch to larger tiles at M >= 1024 tokens,
+// i.e. 256 rows per expert for Mixtral's E = 8, k = 2. Below, the 64-row tile wastes less on the
+// last, partial M tile of each expert.
+constexpr int64_t kLargeTileRows = 256;
 
 // ---- element helpers ------------------------------------------------------------------------------
 
@@ -262,8 +305,12 @@ __global__ void __launch_bounds__(Tile::kThreads, Tile::kMinBlocks)
   static_assert(sizeof(T) == 2, "tensor cores take f16/bf16");
   constexpr int kBM = Tile::kBlockM, kBN = Tile::kBlockN, kBK = Tile::kBlockK;
   constexpr int kStages = Tile::kStages;
-  MOE_SHARED_ALIGNED(16, T, a_s, [kStages][kBM][Tile::kRowStride]);
-  MOE_SHARED_ALIGNED(16, T, b_s, [kStages][kBN][Tile::kRowStride]);
+  // Dynamic shared memory (Tile::kSmemBytes, with the opt-in above 48 KB): A [kStages][kBM][kRowStride]
+  // then B [kStages][kBN][kRowStride].
+  MOE_DYNAMIC_SHARED(T, smem);
+  T(*a_s)[kBM][Tile::kRowStride] = reinterpret_cast<T(*)[kBM][Tile::kRowStride]>(smem);
+  T(*b_s)[kBN][Tile::kRowStride] =
+      reinterpret_cast<T(*)[kBN][Tile::kRowStride]>(smem + size_t(kStages) * kBM * Tile::kRowStride);
   MOE_SHARED(int, tile_info, [3]);
 
   const int tid = int(threadIdx.x), lane = tid % kWarpLanes, warp = tid / kWarpLanes;
@@ -515,12 +562,13 @@ __device__ __forceinline__ void warp_reduce_scatter(float (&v)[kGroups][kMats], 
   }
 }
 
-// blockIdx.y: the y-th expert that has rows; blockIdx.x: kGemvWarps * kGemvFeatures output features;
-// kGemvRows: rows per pass.
+// blockIdx.y: the y-th expert that has rows; blockIdx.x: kGemvWarps * gemv_features(...) output
+// features; kGemvRows: rows per pass (all of the expert's rows, see gemv_rows).
 // Each warp streams the weight rows of its features once (lanes stride K in 16-byte vectors when
-// kVec), multiplies them with every row of the expert (kGemvRows per pass; the activations come from
-// L1/L2), reduces over the lanes with a reduce-scatter of xor shuffles, and every (feature, row)
-// pair is stored by one lane.
+// kVec, gemv_unroll steps at a time), multiplies them with every row of the expert (the activations
+// come from L1/L2), reduces over the lanes with a reduce-scatter of xor shuffles, and every
+// (feature, row) pair is stored by one lane. Each lane sums its k in ascending order whatever the
+// unrolling, so results do not depend on it.
 template <typename T, bool kGlu, bool kVec, int kGemvRows, typename OutT = float>
 __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
     grouped_gemv_kernel(const T* __restrict__ act, const int32_t* __restrict__ sorted_rows,
@@ -529,6 +577,9 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
                         void* __restrict__ out, int out_stride) {
   constexpr int kV = kVec ? int(16 / sizeof(T)) : 1;  // elements per load
   constexpr int kMats = kGlu ? 2 : 1;                 // W1 and W3, or W2
+  constexpr int kGemvFeatures = gemv_features(kGemvRows, kMats);
+  constexpr int kUnroll = gemv_unroll(kGemvFeatures, kMats);
+  constexpr int kStep = kWarpLanes * kV;  // elements of K one step of the warp covers
   static_assert(kGemvFeatures * kGemvRows <= kWarpLanes, "one (feature, row) group per lane or more");
   MOE_SHARED(int, tile_info, [3]);
 
@@ -569,26 +620,36 @@ __global__ void __launch_bounds__(kGemvThreads, kGemvMinBlocks)
       MOE_UNROLL
       for (int m = 0; m < kMats; ++m) acc[g][m] = 0.f;
 
-    for (int k = lane * kV; k < k_dim; k += kWarpLanes * kV) {
-      float wv[kGemvFeatures][kMats][kV];
+    // kU steps of the warp at k, k + kStep, ...: every weight load first, then the products.
+    auto steps = [&](int k, auto unroll) {
+      constexpr int kU = decltype(unroll)::value;
+      float wv[kU][kGemvFeatures][kMats][kV];
       MOE_UNROLL
-      for (int q = 0; q < kGemvFeatures; ++q)
-        MOE_UNROLL
-        for (int m = 0; m < kMats; ++m) load_elems<T, kV>(wrow[q][m] + k, wv[q][m]);
-      MOE_UNROLL
-      for (int rr = 0; rr < kGemvRows; ++rr) {
-        if (rr >= nr) break;
-        float av[kV];
-        load_elems<T, kV>(arow[rr] + k, av);
+      for (int u = 0; u < kU; ++u)
         MOE_UNROLL
         for (int q = 0; q < kGemvFeatures; ++q)
           MOE_UNROLL
-          for (int m = 0; m < kMats; ++m)
+          for (int m = 0; m < kMats; ++m) load_elems<T, kV>(wrow[q][m] + k + u * kStep, wv[u][q][m]);
+      MOE_UNROLL
+      for (int u = 0; u < kU; ++u)
+        MOE_UNROLL
+        for (int rr = 0; rr < kGemvRows; ++rr) {
+          if (rr >= nr) break;
+          float av[kV];
+          load_elems<T, kV>(arow[rr] + k + u * kStep, av);
+          MOE_UNROLL
+          for (int q = 0; q < kGemvFeatures; ++q)
             MOE_UNROLL
-            for (int v = 0; v < kV; ++v)
-              acc[q * kGemvRows + rr][m] = fmaf(wv[q][m][v], av[v], acc[q * kGemvRows + rr][m]);
-      }
-    }
+            for (int m = 0; m < kMats; ++m)
+              MOE_UNROLL
+              for (int v = 0; v < kV; ++v)
+                acc[q * kGemvRows + rr][m] = fmaf(wv[u][q][m][v], av[v], acc[q * kGemvRows + rr][m]);
+        }
+    };
+    int k = lane * kV;
+    if constexpr (kUnroll > 1)
+      for (; k + (kUnroll - 1) * kStep < k_dim; k += kUnroll * kStep) steps(k, std::integral_constant<int, kUnroll>());
+    for (; k < k_dim; k += kStep) steps(k, std::integral_constant<int, 1>());
 
     // Lane L now holds the sums of group L / kLanesPerGroup in acc[0]; the first lane of each group
     // stores them.
@@ -704,20 +765,20 @@ bool tile_grid(int64_t max_rows, int num_experts, int bm, int64_t n_cols, int bn
 template <typename T, int kRows>
 cudaError_t run_decode_rows(const GemmArgs<T>& a) {
   constexpr int kV = int(16 / sizeof(T));
-  constexpr int kPerBlock = kGemvWarps * kGemvFeatures;
+  constexpr int kPerBlock1 = kGemvWarps * gemv_features(kRows, 2), kPerBlock2 = kGemvWarps * gemv_features(kRows, 1);
   // One block row per expert that can have rows (at most max_rows of them).
   const int64_t experts = a.num_experts < a.max_rows ? a.num_experts : a.max_rows;
   if (experts > 65535) return cudaErrorInvalidValue;
   cudaError_t err = MOE_BOOL_SWITCH(a.d % kV == 0, kVec, [&] {
     return moe_launch(grouped_gemv_kernel<T, true, kVec, kRows>,
-                      dim3(unsigned((a.f + kPerBlock - 1) / kPerBlock), unsigned(experts)), dim3(kGemvThreads), 0,
+                      dim3(unsigned((a.f + kPerBlock1 - 1) / kPerBlock1), unsigned(experts)), dim3(kGemvThreads), 0,
                       a.stream, a.x, a.sorted_rows, a.expert_offsets, a.num_experts, 0, a.w13, a.w13_stride, a.d, a.f,
                       static_cast<void*>(a.h), a.f);
   });
   if (err != cudaSuccess) return err;
   return MOE_BOOL_SWITCH(a.f % kV == 0, kVec, [&] {
     return moe_launch(grouped_gemv_kernel<T, false, kVec, kRows>,
-                      dim3(unsigned((a.d + kPerBlock - 1) / kPerBlock), unsigned(experts)), dim3(kGemvThreads), 0,
+                      dim3(unsigned((a.d + kPerBlock2 - 1) / kPerBlock2), unsigned(experts)), dim3(kGemvThreads), 0,
                       a.stream, static_cast<const T*>(a.h), static_cast<const int32_t*>(nullptr), a.expert_offsets,
                       a.num_experts, 0, a.w2, a.w2_stride, a.f, a.d, static_cast<void*>(a.y), a.d);
   });
@@ -725,7 +786,12 @@ cudaError_t run_decode_rows(const GemmArgs<T>& a) {
 
 template <typename T>
 cudaError_t run_decode(const GemmArgs<T>& a) {
-  return a.num_tokens == 1 ? run_decode_rows<T, kGemvRowsOneToken>(a) : run_decode_rows<T, kGemvRowsMany>(a);
+  switch (gemv_rows(a.num_tokens < a.max_rows ? a.num_tokens : a.max_rows)) {
+    case 1: return run_decode_rows<T, 1>(a);
+    case 4: return run_decode_rows<T, 4>(a);
+    case 8: return run_decode_rows<T, 8>(a);
+    default: return run_decode_rows<T, 16>(a);
+  }
 }
 
 template <typename T>
@@ -743,17 +809,28 @@ cudaError_t run_simt(const GemmArgs<T>& a) {
                     a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
 
+// The opt-in for a tile's dynamic shared memory above 48 KB (cheap: a host attribute of the kernel).
+template <typename Tile, typename Kernel>
+cudaError_t tc_smem_opt_in(Kernel kernel) {
+  if constexpr (Tile::kSmemBytes > 48 * 1024) return moe_set_max_dynamic_smem(kernel, int(Tile::kSmemBytes));
+  (void)kernel;
+  return cudaSuccess;
+}
+
 template <typename T, typename Tile>
 cudaError_t run_tensor_cores(const GemmArgs<T>& a) {
   dim3 grid1, grid2;
   if (!tile_grid(a.max_rows, a.num_experts, Tile::kBlockM, 2 * int64_t(a.f_pad), Tile::kBlockN, &grid1) ||
       !tile_grid(a.max_rows, a.num_experts, Tile::kBlockM, a.d, Tile::kBlockN, &grid2))
     return cudaErrorInvalidValue;
-  cudaError_t err = moe_launch(grouped_gemm_tc_kernel<T, true, Tile>, grid1, dim3(Tile::kThreads), 0, a.stream,
+  cudaError_t err = tc_smem_opt_in<Tile>(grouped_gemm_tc_kernel<T, true, Tile>);
+  if (err == cudaSuccess) err = tc_smem_opt_in<Tile>(grouped_gemm_tc_kernel<T, false, Tile>);
+  if (err != cudaSuccess) return err;
+  err = moe_launch(grouped_gemm_tc_kernel<T, true, Tile>, grid1, dim3(Tile::kThreads), Tile::kSmemBytes, a.stream,
                                a.x, a.sorted_rows, a.expert_offsets, a.num_experts, 0, a.w13, a.w13_stride,
                                2 * a.f_pad, a.d, a.f, static_cast<void*>(a.h), a.f);
   if (err != cudaSuccess) return err;
-  return moe_launch(grouped_gemm_tc_kernel<T, false, Tile>, grid2, dim3(Tile::kThreads), 0, a.stream,
+  return moe_launch(grouped_gemm_tc_kernel<T, false, Tile>, grid2, dim3(Tile::kThreads), Tile::kSmemBytes, a.stream,
                     static_cast<const T*>(a.h), static_cast<const int32_t*>(nullptr), a.expert_offsets,
                     a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
@@ -764,7 +841,9 @@ cudaError_t run_gemms(const GemmArgs<T>& a, GroupedGemmPath path) {
     case GroupedGemmPath::kDecode: return run_decode(a);
     case GroupedGemmPath::kSimt: return run_simt(a);
     case GroupedGemmPath::kTensorCores:
-      if constexpr (sizeof(T) == 2) return run_tensor_cores<T, TcTileDefault>(a);
+      if constexpr (sizeof(T) == 2)
+        return a.max_rows >= kLargeTileRows * a.num_experts ? run_tensor_cores<T, TcTileLarge>(a)
+                                                            : run_tensor_cores<T, TcTileDefault>(a);
       return cudaErrorInvalidValue;
     case GroupedGemmPath::kAuto: break;
   }
@@ -911,15 +990,21 @@ cudaError_t run_linear(const T* x, int rows, int in, const T* w, int out, OutT* 
   void* const yv = static_cast<void*>(y);
   switch (path) {
     case GroupedGemmPath::kDecode: {
-      constexpr int kPerBlock = kGemvWarps * kGemvFeatures;
-      const dim3 grid(unsigned((out + kPerBlock - 1) / kPerBlock), 1u);
-      const bool one = rows == 1;
-      return MOE_BOOL_SWITCH(in % int(16 / sizeof(T)) == 0, kVec, [&] {
-        return one ? moe_launch(grouped_gemv_kernel<T, false, kVec, kGemvRowsOneToken, OutT>, grid,
-                                dim3(kGemvThreads), 0, stream, x, none, none, 1, rows, w, int64_t(0), in, out, yv, out)
-                   : moe_launch(grouped_gemv_kernel<T, false, kVec, kGemvRowsMany, OutT>, grid, dim3(kGemvThreads),
-                                0, stream, x, none, none, 1, rows, w, int64_t(0), in, out, yv, out);
-      });
+      auto launch = [&](auto rows_per_pass) {
+        constexpr int kRows = decltype(rows_per_pass)::value;
+        constexpr int kPerBlock = kGemvWarps * gemv_features(kRows, 1);
+        const dim3 grid(unsigned((out + kPerBlock - 1) / kPerBlock), 1u);
+        return MOE_BOOL_SWITCH(in % int(16 / sizeof(T)) == 0, kVec, [&] {
+          return moe_launch(grouped_gemv_kernel<T, false, kVec, kRows, OutT>, grid, dim3(kGemvThreads), 0, stream, x,
+                            none, none, 1, rows, w, int64_t(0), in, out, yv, out);
+        });
+      };
+      switch (gemv_rows(rows)) {
+        case 1: return launch(std::integral_constant<int, 1>());
+        case 4: return launch(std::integral_constant<int, 4>());
+        case 8: return launch(std::integral_constant<int, 8>());
+        default: return launch(std::integral_constant<int, 16>());
+      }
     }
     case GroupedGemmPath::kSimt: {
       dim3 grid;
@@ -932,7 +1017,7 @@ cudaError_t run_linear(const T* x, int rows, int in, const T* w, int out, OutT* 
         using Tile = TcTileDefault;
         dim3 grid;
         if (!tile_grid(rows, 0, Tile::kBlockM, out, Tile::kBlockN, &grid)) return cudaErrorInvalidValue;
-        return moe_launch(grouped_gemm_tc_kernel<T, false, Tile, OutT>, grid, dim3(Tile::kThreads), 0, stream, x,
+        return moe_launch(grouped_gemm_tc_kernel<T, false, Tile, OutT>, grid, dim3(Tile::kThreads), Tile::kSmemBytes, stream, x,
                           none, none, 1, rows, w, int64_t(0), out, in, out, yv, out);
       }
       return cudaErrorInvalidValue;

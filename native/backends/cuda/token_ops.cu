@@ -70,25 +70,25 @@ __global__ void __launch_bounds__(kEmbedThreads)
 }
 
 // The smallest t with ids[t] outside [0, vocab), or -1: per-thread minima, a warp min, warp order.
+// 32-bit token indices (launch_embedding checks num_tokens <= INT_MAX, so INT_MAX is never a t): the
+// int64 loop and shuffles spilled 56 bytes on sm_120.
 __global__ void __launch_bounds__(kBadIdThreads)
     first_bad_id_kernel(const int32_t* __restrict__ ids, int64_t num_tokens, int64_t vocab,
                         int32_t* __restrict__ first_bad) {
-  MOE_SHARED(int64_t, warp_min, [kBadIdThreads / kWarp]);
-  int64_t best = INT64_MAX;
-  for (int64_t t = threadIdx.x; t < num_tokens; t += kBadIdThreads) {
+  MOE_SHARED(int, warp_min, [kBadIdThreads / kWarp]);
+  const int n = int(num_tokens);
+  int best = INT_MAX;
+  for (int t = int(threadIdx.x); t < n; t += kBadIdThreads) {
     const int32_t id = ids[t];
     if ((id < 0 || id >= vocab) && t < best) best = t;
   }
   MOE_UNROLL
-  for (int off = kWarp / 2; off > 0; off >>= 1) {
-    const int64_t o = __shfl_xor_sync(kFull, best, off);
-    best = o < best ? o : best;
-  }
+  for (int off = kWarp / 2; off > 0; off >>= 1) best = min(best, __shfl_xor_sync(kFull, best, off));
   if (threadIdx.x % kWarp == 0) warp_min[threadIdx.x / kWarp] = best;
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < kBadIdThreads / kWarp; ++w) best = warp_min[w] < best ? warp_min[w] : best;
-    *first_bad = best == INT64_MAX ? -1 : int32_t(best);
+    for (int w = 1; w < kBadIdThreads / kWarp; ++w) best = min(best, warp_min[w]);
+    *first_bad = best == INT_MAX ? -1 : best;
   }
 }
 
