@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <link.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -99,4 +100,23 @@ MOE_HIDDEN uint32_t arc4random(void) noexcept {
 // The system call takes glibc's struct stat as is on x86-64.
 MOE_HIDDEN int fstat(int fd, struct stat* st) noexcept {
   return static_cast<int>(syscall(SYS_fstat, fd, st));
+}
+
+// glibc 2.30's pthread_cond_clockwait, which libstdc++'s std::condition_variable calls for waits on
+// steady_clock (from the header, so the addon's own timed waits reference it). Before 2.30 the same
+// header waits on the system clock: so does this, for the time left on the given clock. Not noexcept:
+// it is a cancellation point, declared without __THROW.
+MOE_HIDDEN int pthread_cond_clockwait(pthread_cond_t* cond, pthread_mutex_t* mutex, clockid_t clock, const struct timespec* abstime) {
+  if (clock == CLOCK_REALTIME) return pthread_cond_timedwait(cond, mutex, abstime);
+  timespec now{};
+  clock_gettime(clock, &now);
+  int64_t left = (int64_t(abstime->tv_sec) - now.tv_sec) * 1000000000LL + (abstime->tv_nsec - now.tv_nsec);
+  if (left < 0) left = 0;
+  timespec real{};
+  clock_gettime(CLOCK_REALTIME, &real);
+  const int64_t ns = real.tv_nsec + left % 1000000000LL;
+  timespec until{};
+  until.tv_sec = real.tv_sec + time_t(left / 1000000000LL + ns / 1000000000LL);
+  until.tv_nsec = long(ns % 1000000000LL);
+  return pthread_cond_timedwait(cond, mutex, &until);
 }
