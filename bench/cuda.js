@@ -16,6 +16,28 @@ const TARGETS = [
   { what: 'T>=4096: at least 60% of the bf16 tensor-core peak', T: [4096, Infinity], metric: 'tc', min: 0.6, dtype: 'bfloat16' },
 ];
 
+// The grouped GEMM's tensor-core tiles, as in native/backends/cuda/grouped_gemm.cu (TcTile: the table
+// there has the model's assumptions): threads, shared bytes per block, registers per thread (ptxas,
+// sm_80..sm_120), and when the large one runs.
+const TC_TILES = [
+  { name: '64x128x32, 4 warps, 3 stages', bm: 64, bn: 128, threads: 128, smem: 46080, regs: 128, when: 'T·k < 256·E' },
+  { name: '128x128x32, 8 warps, 4 stages', bm: 128, bn: 128, threads: 256, smem: 81920, regs: 126, when: 'T·k >= 256·E' },
+];
+// Shared memory per SM by compute capability (CUDA programming guide); 1 KB more per block is reserved.
+const SMEM_PER_SM_KB = { '8.0': 164, '8.6': 100, '8.7': 164, '8.9': 100, '9.0': 228, '10.0': 228, '10.3': 228, '12.0': 100, '12.1': 100 };
+
+/** Blocks per SM of each tensor-core tile on this device, and the FLOP per byte each brings into shared memory. */
+function tileModel(dev) {
+  const smKB = SMEM_PER_SM_KB[dev.computeCapability];
+  return TC_TILES.map((t) => {
+    const bySmem = smKB ? Math.floor((smKB * 1024) / (t.smem + 1024)) : NaN;
+    const byRegs = Math.floor(65536 / (t.threads * Math.ceil(t.regs / 8) * 8));
+    const blocks = Math.min(bySmem, byRegs, Math.floor(2048 / t.threads));
+    const flopPerByte = (t.bm * t.bn) / (t.bm + t.bn);
+    return `${t.name} (${t.when}): ${Number.isNaN(blocks) ? '?' : blocks} blocks/SM, ${flopPerByte.toFixed(0)} FLOP per byte into shared memory`;
+  });
+}
+
 /** Expected number of distinct experts T tokens read with top-k of E (1 token: exactly k). */
 function expectedExperts(T, E, k) {
   return T === 1 ? k : E * (1 - Math.pow(1 - k / E, T));
@@ -35,6 +57,7 @@ async function runCuda(opts, lib, backend) {
   console.log(`peaks from the device's properties: ${dev.peakGBps ? dev.peakGBps.toFixed(0) : '?'} GB/s DRAM, ` +
     `${dev.peakTensorTflops ? dev.peakTensorTflops.toFixed(0) : '?'} TFLOP/s f16/bf16 tensor cores, ${dev.peakFmaTflops ? dev.peakFmaTflops.toFixed(1) : '?'} TFLOP/s f32 FMA`);
   console.log(`layer: ${shape.title} d=${d} f=${f} E=${E} k=${k}; T = ${tokens.join(', ')}; times are device times (CUDA events)`);
+  for (const line of tileModel(dev)) console.log(`tensor-core tile ${line}`);
   if (emulated) console.log('EMULATED: the kernels run on the CPU emulator; this checks the bench path, its figures mean nothing');
 
   const rows = [];
@@ -104,4 +127,4 @@ async function runCuda(opts, lib, backend) {
   return { backend, device: dev, shape, rows, targets };
 }
 
-module.exports = { runCuda, expectedExperts };
+module.exports = { runCuda, expectedExperts, tileModel };

@@ -1390,7 +1390,8 @@ cudaError_t launch(const LaunchSpec& spec) {
 
 // ---- the race detector's access hooks ------------------------------------------------------------
 // A translation unit compiled with `-fsanitize=thread --param tsan-instrument-func-entry-exit=0`
-// calls these around its loads, stores and atomics (GCC's and Clang's ThreadSanitizer ABI). No TSan
+// (GCC; Clang: `-fsanitize=thread`, its function entry/exit hooks are no-ops here) calls these around
+// its loads, stores and atomics (the ThreadSanitizer ABI). No TSan
 // runtime is linked: the emulator defines them, and looks only at accesses inside the shared memory
 // of the block running on this OS thread (t_race_base/t_race_span). Atomics are performed here, as
 // sequentially consistent operations (the strongest of the orders a caller may ask for).
@@ -1435,6 +1436,21 @@ MOE_RACE_RW(16)
 
 void __tsan_read_range(void* p, size_t n) { race_hook(p, n, AccessKind::kRead, MOE_RACE_PC); }
 void __tsan_write_range(void* p, size_t n) { race_hook(p, n, AccessKind::kWrite, MOE_RACE_PC); }
+// Clang calls these for memcpy, memmove and memset (GCC checks ranges with the two above).
+void* __tsan_memcpy(void* d, const void* s, size_t n) {
+  race_hook(s, n, AccessKind::kRead, MOE_RACE_PC);
+  race_hook(d, n, AccessKind::kWrite, MOE_RACE_PC);
+  return std::memcpy(d, s, n);
+}
+void* __tsan_memmove(void* d, const void* s, size_t n) {
+  race_hook(s, n, AccessKind::kRead, MOE_RACE_PC);
+  race_hook(d, n, AccessKind::kWrite, MOE_RACE_PC);
+  return std::memmove(d, s, n);
+}
+void* __tsan_memset(void* d, int c, size_t n) {
+  race_hook(d, n, AccessKind::kWrite, MOE_RACE_PC);
+  return std::memset(d, c, n);
+}
 
 void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }

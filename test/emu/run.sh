@@ -59,6 +59,7 @@ kernel_srcs+=("$root/native/backends/cuda/token_ops.cu" "$root/native/backends/c
 # The race detector's access hooks (native/emu/emu.h, set_racecheck); -Wno-tsan: GCC warns that
 # ThreadSanitizer does not model fences, which is the emulator's business, not TSan's.
 race=(-fsanitize=thread --param tsan-instrument-func-entry-exit=0 -Wno-tsan)
+if "$CXX" --version 2>/dev/null | grep -qi clang; then race=(-fsanitize=thread); fi  # its entry hooks are no-ops
 export MOE_EMU_RACECHECK="${MOE_EMU_RACECHECK:-1}"
 headers=("$root"/native/emu/*.h "$root"/native/backends/cuda/*.cuh "$root"/native/backends/cuda/*.h "$root"/native/backends/cpu/*.h "$here"/*.h
          "$root"/native/include/moe/*.h)
