@@ -55,6 +55,8 @@ export const MOE_ERROR_CODES = [
   'ERR_DIST_TIMEOUT',
   /** The process group failed or timed out earlier and cannot be used again: exit the process. */
   'ERR_DIST_BROKEN',
+  /** The serving engine's queue is full (maxQueued): try again later (the server answers 429). */
+  'ERR_OVERLOADED',
 ] as const;
 
 /** The code of a MoeError: one of MOE_ERROR_CODES. */
