@@ -6,8 +6,8 @@
 // the decode's active-weight bandwidth (the bytes of the weights a token reads over the step time),
 // the figure to hold against the machine's read bandwidth; writes JSON (bench/results/model.json).
 //
-//   node bench/model.js [--ci] [--dtype bfloat16|float32] [--prompt 128] [--decode 32] [--runs 3]
-//                       [--backend auto|cpu|cuda] [--json path]
+//   node bench/model.js [--ci] [--dtype bfloat16|float32|q8_0|q4_0|q4_k] [--gguf] [--prompt 128]
+//                       [--decode 32] [--runs 3] [--backend auto|cpu|cuda] [--json path]
 //   node bench/run.js --model [same options]
 const fs = require('node:fs');
 const path = require('node:path');
@@ -27,6 +27,10 @@ const HELP = `usage: node bench/model.js [options]      (node bench/run.js --mod
   --ci                a tiny model, short prompt: a smoke run (its figures mean nothing)
   --dtype T           weight type: bfloat16 (default) or float32; q8_0, q4_0, q4_k: the experts in that
                       block format (llama.cpp's), everything else bfloat16
+  --gguf              load the model from a GGUF file instead of from memory: the same weights written
+                      as a checkpoint and converted (convert --type bf16|f32|q8_0|q4_0|q4_k: in a block
+                      format every matrix is quantised, as llama.cpp's files are; embeddings and LM head
+                      are dequantised to bfloat16 at load), timed load included
   --prompt N          prompt tokens (prefill), default 128 (--ci 16)
   --decode N          tokens generated after the first, default 32 (--ci 4)
   --runs N            generations timed (the median is reported), default 3 (--ci 1)
@@ -46,6 +50,7 @@ function parseArgs(argv) {
         model: { type: 'boolean' }, // when run through bench/run.js
         ci: { type: 'boolean', default: false },
         dtype: { type: 'string', default: 'bfloat16' },
+        gguf: { type: 'boolean', default: false },
         prompt: { type: 'string' },
         decode: { type: 'string' },
         runs: { type: 'string' },
@@ -79,7 +84,12 @@ function parseArgs(argv) {
 
 function configOf(s) {
   const { parseMixtralConfig } = require('./common').lib();
-  return parseMixtralConfig({
+  return parseMixtralConfig(rawConfigOf(s));
+}
+
+/** config.json of a shape. */
+function rawConfigOf(s) {
+  return {
     model_type: 'mixtral',
     hidden_size: s.d,
     intermediate_size: s.f,
@@ -94,7 +104,35 @@ function configOf(s) {
     rms_norm_eps: 1e-5,
     sliding_window: null,
     tie_word_embeddings: false,
-  });
+  };
+}
+
+const GGUF_TYPE = { bfloat16: 'bf16', float32: 'f32', q8_0: 'q8_0', q4_0: 'q4_0', q4_k: 'q4_k' };
+
+/**
+ * The model of `globals` and the layers of `layerWeights(config, base)` written as a safetensors
+ * checkpoint in a temporary folder, converted to GGUF (`type`), and loaded from the file. Returns the
+ * model and the seconds of the load alone.
+ */
+async function modelFromGguf(lib, s, config, globals, base, dtype, opts, tick) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moe-bench-gguf-'));
+  try {
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(rawConfigOf(s)));
+    const tensors = { 'model.embed_tokens.weight': globals.embedTokens, 'model.norm.weight': globals.norm, 'lm_head.weight': globals.lmHead };
+    for (const l of layerWeights(config, base, tick)) Object.assign(tensors, lib.decoderLayerTensors('mixtral', l, 'per-expert'));
+    await lib.writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    const file = path.join(dir, `model-${GGUF_TYPE[dtype]}.gguf`);
+    await lib.convertToGguf(dir, file, { type: GGUF_TYPE[dtype] });
+    fs.rmSync(path.join(dir, 'model.safetensors'));
+    collect();
+    const t0 = process.hrtime.bigint();
+    const model = await lib.MixtralModel.load(file, { backend: opts.backend, maxSeq: opts.maxSeq, dtype: 'bfloat16' });
+    const loadS = Number(process.hrtime.bigint() - t0) / 1e9;
+    note(`GGUF ${GGUF_TYPE[dtype]}: ${(fs.statSync(file).size / 1e9).toFixed(2)} GB, loaded in ${loadS.toFixed(2)} s`);
+    return { model, loadS };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** Norm weights near 1 (random matrices are ~U(-1,1)/sqrt(cols): 1 + that keeps the scale). */
@@ -141,8 +179,9 @@ async function runModel(argv) {
   const s = opts.shape;
   const config = configOf(s);
   const info = lib.backendInfo();
+  // from GGUF in a block format the projections are quantised too (the embeddings and LM head not)
   const bpw = DTYPES[opts.dtype].bytes, baseBpw = DTYPES[baseType(opts.dtype)].bytes;
-  console.log(`# ${s.title}: ${s.layers} layers, d=${s.d}, f=${s.f}, E=${s.E}, k=${s.k}, heads ${s.heads}/${s.kvHeads} x ${config.headDim}, vocab ${s.vocab}; ${opts.dtype} weights`);
+  console.log(`# ${s.title}: ${s.layers} layers, d=${s.d}, f=${s.f}, E=${s.E}, k=${s.k}, heads ${s.heads}/${s.kvHeads} x ${config.headDim}, vocab ${s.vocab}; ${opts.dtype} weights${opts.gguf ? `, loaded from a GGUF file (convert --type ${GGUF_TYPE[opts.dtype]})` : ''}`);
   console.log(`# ${os.cpus()[0].model.trim()}, ${info.cpu.threads} compute threads (${info.cpu.kernel}); backend: ${opts.backend}; ${info.reason}`);
   console.log('# the whole model runs on the backend (on CUDA: weights, KV caches and activations on the device); activations and KV caches are float32');
 
@@ -153,7 +192,11 @@ async function runModel(argv) {
     norm: normWeight(baseType(opts.dtype), s.d, seedOf('model', 'norm')),
     lmHead: randomMatrix(baseType(opts.dtype), s.vocab, s.d, seedOf('model', 'lm_head')),
   };
-  const model = await lib.MixtralModel.fromWeights(config, { globals, layers: layerWeights(config, opts.dtype, (i) => p.tick(i, `layer ${i}/${s.layers}`)) }, { backend: opts.backend, maxSeq });
+  const tick = (i) => p.tick(i, `layer ${i}/${s.layers}`);
+  let loadS = null;
+  let model;
+  if (opts.gguf) ({ model, loadS } = await modelFromGguf(lib, s, config, globals, baseType(opts.dtype), opts.dtype, { backend: opts.backend, maxSeq }, tick));
+  else model = await lib.MixtralModel.fromWeights(config, { globals, layers: layerWeights(config, opts.dtype, tick) }, { backend: opts.backend, maxSeq });
   p.done(`${s.layers} layers built on ${model.backend}, ${(model.bytes / 1e9).toFixed(2)} GB`);
   // the memory roof of decode: the device's DRAM bandwidth on CUDA (from its clocks), else none here
   const peakGBps = model.backend === 'cuda' ? info.cuda.device?.peakGBps ?? 0 : 0;
@@ -197,6 +240,8 @@ async function runModel(argv) {
     mode: opts.ci ? 'ci' : 'full',
     shape: s,
     dtype: opts.dtype,
+    source: opts.gguf ? `gguf ${GGUF_TYPE[opts.dtype]}` : 'memory',
+    ggufLoadSeconds: loadS,
     backend: model.backend,
     cpu: { model: os.cpus()[0].model.trim(), ...info.cpu },
     parameters: { total: counts.total, active: counts.active },
