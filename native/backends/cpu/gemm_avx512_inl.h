@@ -8,8 +8,8 @@
 // MR broadcasts of the activations and MR*NP multiply-adds. The widest instance is 6 x 4 panels
 // (6 x 64 columns): 24 accumulators + 4 panel vectors + 1 broadcast of 32 registers, 24 FMAs per
 // 4 loads and 6 broadcasts, so prefill runs at the FMA rate from panels held in L2. Fewer rows
-// take more panels (1..3 rows: 8 panels) so that decode keeps 8 independent chains and 8 memory
-// streams per thread. Each output is one chain in k order whatever MR and NP are (same bits as the
+// can take more panels (1..3 rows: up to 8) for more independent chains; a decode passes 4 at a
+// time, 4 memory streams per thread (panel_gemm.h, kDecodeStreams). Each output is one chain in k order whatever MR and NP are (same bits as the
 // one-panel case), so a row's result does not depend on its micro-panel or on the task split.
 //
 // An Op says what a step is: the B vector of a panel (f32, or f16/bf16 widened in registers, or a

@@ -58,7 +58,7 @@ std::vector<Task> make_tasks(const RowLayout& L, int64_t panels, int64_t panel_b
   // the FMA latency below the memory bandwidth).
   bool decode = true;
   for (int e = 0; e < E; ++e) decode = decode && L.mp_base[size_t(e) + 1] - L.mp_base[size_t(e)] <= 1;
-  int64_t np = decode ? kMaxPanelsPerTask : std::clamp<int64_t>(kStreamPanelBytes / panel_bytes, 1, kMaxPanelsPerTask);
+  int64_t np = decode ? kMaxDecodePanelsPerTask : std::clamp<int64_t>(kStreamPanelBytes / panel_bytes, 1, kMaxPanelsPerTask);
   np = std::max<int64_t>(1, std::min(np, units / kMinTasks));
   std::vector<Task> tasks;
   for (int e = 0; e < E; ++e) {

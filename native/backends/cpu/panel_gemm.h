@@ -8,8 +8,8 @@
 // multiply-add chain in k order: results are bitwise reproducible whatever thread claims which
 // task, and a row's result does not depend on the rows batched with it.
 //
-// Inside a task (run_task): a decode (one micro-panel) streams the task's panels from memory, up
-// to 8 at once. With several micro-panels, the AVX-512 tables run K blocks of kKC steps: a first
+// Inside a task (run_task): a decode (one micro-panel) streams the task's panels from memory, 4
+// runs of consecutive panels side by side. With several micro-panels, the AVX-512 tables run K blocks of kKC steps: a first
 // pass over up to 4 micro-panels (24 rows) fetches the block from memory while computing on it,
 // the others re-read it from L2, 12 rows x 2 panels at a time; the AVX2 and portable tables run
 // one micro-panel at a time against all of the task's panels (streaming order: the first streams
@@ -40,10 +40,20 @@ constexpr size_t kHugePage = size_t(2) << 20;    // x86-64 transparent huge page
 constexpr int64_t kKC = 256;                     // K block: kKC x kNR f32 = 16 KiB per panel
 constexpr int kMaxMicroPanelsPerBlock = 32;      // rows per task <= 192
 constexpr int kMaxPanelsPerTask = 8;             // bounds the per-thread tile scratch
+// A decode task (one micro-panel) takes up to 32 panels and reads them as kDecodeStreams streams
+// of consecutive panels side by side (run_task): runs of up to 8 panels that the hardware
+// prefetchers follow across panel boundaries. Streams of one panel each (8, then the next 8)
+// restart the prefetchers at every panel: on this VM, 8 or 4 streams read 62-77 GB/s in
+// panel-sized windows where the same streams read 80-83 long (peak probes of the same minute).
+// Scaled layer, T=16, rounds alternated with a bandwidth probe (scratch gemm_bench, 3 rounds):
+// bf16 67-74% -> 83-85% of the probe, f32 75-77% -> 84%; decode at T=1 unchanged within the
+// noise (Mixtral shape, bf16 81-92% -> 91-93%).
+constexpr int kMaxDecodePanelsPerTask = 32;
+constexpr int kDecodeStreams = 4;
 constexpr int64_t kStreamPanelBytes = 512 << 10;  // a task's panels up to this size stay in L2
 constexpr int64_t kMinTasks = 32;                // fewer, larger tasks leave cores idle at the end
 // Software prefetch distances of the kernels with a prefetch argument (the AVX-512 tables). A
-// decode streams 8 panels per thread, which the hardware prefetchers of Zen 5 follow better
+// decode streams several panels per thread, which the hardware prefetchers of Zen 5 follow better
 // alone: 4 KiB-ahead requests cost 10-20% of the stream rate there (bf16, scaled and Mixtral
 // shapes, measured alternately). The first pass of a K block, which also computes 24 rows per
 // element, gains from them.
@@ -59,6 +69,7 @@ constexpr size_t kKeepScratchBytes = size_t(64) << 20;  // larger per-call scrat
 
 constexpr size_t kTileFloats = size_t(kMR) * kNR;
 constexpr size_t kTileScratchFloats = size_t(kMaxPanelsPerTask) * kMaxMicroPanelsPerBlock * kTileFloats;
+static_assert(kMaxDecodePanelsPerTask <= kMaxPanelsPerTask * kMaxMicroPanelsPerBlock, "a decode task's tiles fit the scratch");
 constexpr size_t kWidenScratchFloats = size_t(kKC) * kNR;
 // Per-thread scratch a phase needs (tiles and the widened K chunk), in floats.
 constexpr size_t kThreadScratchFloats = kTileScratchFloats + kWidenScratchFloats;
@@ -223,8 +234,18 @@ void run_task(const GemmPhase& ph, const Task& t, float* tiles, float* widened, 
   if (t.n_mp == 1) {
     // Decode: one micro-panel streams the task's panels from memory straight through, several
     // panels at once (independent chains, one memory stream each), 16-bit widened in registers.
-    stream(mp_rows(0), ph.k_len, a, panel_ptr(t.p0, 0), panel_bytes, int(t.np), tile(0, 0), 0, kDecodePrefetchBytes);
-    finish();
+    // Stream q reads panels q*run .. q*run + run - 1 one after the other: pass j reads panel
+    // q*run + j of every stream, so each stream is `run` consecutive panels of memory. Each
+    // output is still its own chain: the order of the panels changes no bit.
+    const int64_t streams = std::min<int64_t>(kDecodeStreams, t.np);
+    const int64_t run = ceil_div(t.np, streams);
+    for (int64_t j = 0; j < run; ++j) {
+      const int64_t n = ceil_div(t.np - j, run);  // the streams that have a panel j
+      stream(mp_rows(0), ph.k_len, a, panel_ptr(t.p0 + j, 0), panel_bytes * size_t(run), int(n),
+             tiles + size_t(j * streams) * kTileFloats, 0, kDecodePrefetchBytes);
+    }
+    for (int64_t pl = 0; pl < t.np; ++pl)  // panel pl = q*run + j: pass j's tile q
+      epilogue(t, t.p0 + pl, 0, mp_rows(0), tiles + size_t((pl % run) * streams + pl / run) * kTileFloats);
     return;
   }
   if (const WideKernel wide = ph.kern->wide[ph.wtype]) {
