@@ -14,6 +14,10 @@
 //
 // The machine is probed before the first row and again after the last; a peak is a maximum and
 // other load on the machine only ever lowers a probe, so each peak is the best of the probes.
+// The read bandwidth of a VM also drifts with what its neighbours on the host do (here it moved
+// between about 35, 55 and 80 GB/s within minutes), so the rows that memory bounds (T <= 64) are
+// also measured against it paired: short probes alternated with the row's calls (bandwidthNow,
+// run.js pairedBandwidth), each round's ratio taken within seconds.
 // A probe runs in a child process (this file as a script), so that its 1 GiB buffer does not count
 // in the bench's peak RSS, which is there to show what the layers need.
 const { spawnSync } = require('node:child_process');
@@ -77,6 +81,17 @@ function probe(peaks, opts, when) {
 }
 
 /**
+ * The read bandwidth of this moment: one short probe (a child process, as above), for the rows
+ * measured alternately with it (pairedBandwidth in run.js). GB/s.
+ */
+function bandwidthNow(opts) {
+  const bytes = Math.min(opts.bwBytes, 2 ** 29);
+  const r = spawnSync(process.execPath, [__filename, '--bw-only', String(bytes), String(opts.pairedReps)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  if (r.status !== 0) throw new Error(`the bandwidth probe failed (exit ${r.status}${r.signal ? `, ${r.signal}` : ''})`);
+  return JSON.parse(r.stdout).readBandwidthGBs;
+}
+
+/**
  * The compute peak of the kernel that ran a row: the bf16 dot peak for bf16 weights on the
  * avx512-bf16 table (vdpbf16ps), else the FMA peak. { gflops, name }.
  */
@@ -101,9 +116,12 @@ function bf16DotPeak(n, seconds) {
 // As a script: node bench/peaks.js BYTES REPS SECONDS [bf16-dot]
 //   -> {"readBandwidthGBs":..,"fmaGFLOPs":..,"bf16DotGFLOPs":..|null}
 // node bench/peaks.js --fma-only SECONDS -> {"fmaGFLOPs":..}
+// node bench/peaks.js --bw-only BYTES REPS -> {"readBandwidthGBs":..}
 if (require.main === module) {
   const n = native();
-  if (process.argv[2] === '--fma-only') {
+  if (process.argv[2] === '--bw-only') {
+    process.stdout.write(JSON.stringify({ readBandwidthGBs: n.measure_read_bandwidth(Number(process.argv[3]), Number(process.argv[4])) }) + '\n');
+  } else if (process.argv[2] === '--fma-only') {
     process.stdout.write(JSON.stringify({ fmaGFLOPs: n.measure_fma_peak(Number(process.argv[3])) }) + '\n');
   } else {
     const [bytes, reps, seconds] = process.argv.slice(2, 5).map(Number);
@@ -114,4 +132,4 @@ if (require.main === module) {
   }
 }
 
-module.exports = { measurePeaks, probe, rowPeak };
+module.exports = { measurePeaks, probe, rowPeak, bandwidthNow };

@@ -87,7 +87,9 @@ function addFractions(rows, peaks) {
   for (const r of rows) {
     if (r.skipped) continue;
     const peak = rowPeak(peaks, r.dtype);
-    r.bwFraction = peaks.readBandwidthGBs ? r.gbs / peaks.readBandwidthGBs : null;
+    // of the run's best probe; a memory-bound row's %BW is its paired fraction (run.js) where taken
+    r.bwFractionOfPeak = peaks.readBandwidthGBs ? r.gbs / peaks.readBandwidthGBs : null;
+    r.bwFraction = r.bwPaired ? r.bwPaired.fraction : r.bwFractionOfPeak;
     r.fmaFraction = peak.gflops ? r.gflops / peak.gflops : null; // of the peak of the kernel that ran the row
     r.computePeak = peak.name;
   }
@@ -147,7 +149,8 @@ function printTables(opts, rows, peaks) {
     { title: '±', get: (r) => (r.skipped || r.samples < 2 ? '' : `${r.rmePct.toFixed(1)}%`) },
     { title: 'tokens/s', get: (r) => (r.skipped ? '' : count(r.tokensPerS)) },
     { title: 'GB/s', get: (r) => (r.skipped ? '' : sig(r.gbs)) },
-    { title: '%BW', get: (r) => (r.skipped ? '' : pct(r.bwFraction)) },
+    { title: '%BW', get: (r) => (r.skipped ? '' : pct(r.bwFraction) + (r.bwPaired ? '*' : '')) },
+    { title: '%best', get: (r) => (r.skipped ? '' : pct(r.bwFractionOfPeak)) },
     { title: 'GFLOP/s', get: (r) => (r.skipped ? '' : sig(r.gflops)) },
     { title: '%peak', get: (r) => (r.skipped ? '' : pct(r.fmaFraction)) },
     { title: 'vs total', get: (r) => (r.layer === 'moe' && !r.skipped ? ratio(r.vsDenseTotal) : '') },
@@ -170,7 +173,9 @@ function printTables(opts, rows, peaks) {
   }
   const lines = [
     'time/call: benchmark.js mean over the samples, ± its relative margin of error (95%; blank for a single sample)',
-    'GB/s: weight bytes read per call / time (MoE: the experts that got >= 1 token + the router); %BW: of the measured read bandwidth',
+    'GB/s: weight bytes read per call / time (MoE: the experts that got >= 1 token + the router)',
+    `%BW: of the measured read bandwidth; marked *: paired, the median over ${opts.pairedRounds} rounds of (the row's GB/s over ${opts.pairedSeconds} s / a ${gib(Math.min(opts.bwBytes, 2 ** 29))} probe taken just before), for T <= ${opts.pairedMaxT}: the memory-bound rows, measured against the bandwidth of the same moment (a VM's drifts with its neighbours)`,
+    '%best: of the best probe of the run (the peaks above)',
     'GFLOP/s: 2·T·k·3·d·f (+ router 2·T·E·d) per MoE call, 2·T·3·d·f per dense call; %peak: of the measured compute peak of the kernel that ran the row (f32/f16 weights: its FMA; bf16 weights on avx512-bf16: vdpbf16ps)',
     'vs total / vs active: dense FFN time / MoE time at the same T (above 1x: the MoE layer is faster)',
   ];

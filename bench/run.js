@@ -129,9 +129,9 @@ function parseArgs(argv) {
   const mode = o.ci ? 'ci' : o.quick ? 'quick' : 'full';
   const presets = {
     //          budget  samples  minTime  bandwidth probe        fma probe
-    full: { budget: 2, samples: 5, minTime: 0.1, bwBytes: 2 ** 30, bwReps: 20, fmaSeconds: 1 },
-    quick: { budget: 0.5, samples: 3, minTime: 0.05, bwBytes: 2 ** 30, bwReps: 10, fmaSeconds: 0.5 },
-    ci: { budget: 0.05, samples: 2, minTime: 0.01, bwBytes: 2 ** 26, bwReps: 3, fmaSeconds: 0.1 },
+    full: { budget: 2, samples: 5, minTime: 0.1, bwBytes: 2 ** 30, bwReps: 20, fmaSeconds: 1, pairedRounds: 7, pairedReps: 3, pairedSeconds: 0.2 },
+    quick: { budget: 0.5, samples: 3, minTime: 0.05, bwBytes: 2 ** 30, bwReps: 10, fmaSeconds: 0.5, pairedRounds: 3, pairedReps: 2, pairedSeconds: 0.1 },
+    ci: { budget: 0.05, samples: 2, minTime: 0.01, bwBytes: 2 ** 26, bwReps: 3, fmaSeconds: 0.1, pairedRounds: 2, pairedReps: 1, pairedSeconds: 0.01 },
   };
   const p = presets[mode];
   return {
@@ -152,6 +152,11 @@ function parseArgs(argv) {
     bwBytes: p.bwBytes,
     bwReps: p.bwReps,
     fmaSeconds: p.fmaSeconds,
+    // the memory-bound rows' paired bandwidth (pairedBandwidth below)
+    pairedMaxT: 64,
+    pairedRounds: p.pairedRounds,
+    pairedReps: p.pairedReps,
+    pairedSeconds: p.pairedSeconds,
     help: o.help,
   };
 }
@@ -205,7 +210,7 @@ async function main() {
   const started = Date.now();
   const lib = ensureBuilt();
   const report = require('./report');
-  const { measurePeaks, probe } = require('./peaks');
+  const { measurePeaks, probe, bandwidthNow } = require('./peaks');
   const { timeRow } = require('./measure');
   const drivers = Object.fromEntries(CONTENDERS.map((c) => [c, require(`./drivers/${c}`)]));
 
@@ -260,10 +265,36 @@ async function main() {
       const plan = { budget: opts.budget, samples: opts.samples, minTime: opts.minTime, predicted };
       const r = await timeRow(`${dtype} ${name} T=${T}`, driver.fn, inputs.get(T), plan);
       const row = report.makeRow(base, r, driver.cost(T));
+      if (T <= opts.pairedMaxT && !peaks.missing) row.bwPaired = await pairedBandwidth(driver.fn, inputs.get(T), row.bytes);
       rows.push(row);
       prev = row;
       note(report.progressLine(row));
     }
+  }
+
+  // A memory-bound row against the bandwidth of the same minute: rounds of one short probe, then
+  // the row's calls for pairedSeconds (at least 2 calls); each round's ratio is the row's GB/s
+  // over its probe's, and the row's paired fraction is their median. The host's drift between
+  // rounds cancels; a drift within a round (a second or two) does not, hence the median.
+  async function pairedBandwidth(fn, x, bytes) {
+    const rounds = [];
+    for (let i = 0; i < opts.pairedRounds; i++) {
+      const probeGBs = bandwidthNow(opts);
+      let calls = 0;
+      const t0 = process.hrtime.bigint();
+      let s = 0;
+      while (calls < 2 || s < opts.pairedSeconds) {
+        await fn(x);
+        calls++;
+        s = Number(process.hrtime.bigint() - t0) / 1e9;
+      }
+      const gbs = (bytes * calls) / s / 1e9;
+      rounds.push({ probeGBs, gbs, fraction: gbs / probeGBs });
+    }
+    const sorted = rounds.map((r) => r.fraction).sort((a, b) => a - b);
+    const m = sorted.length >> 1;
+    const fraction = sorted.length % 2 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
+    return { fraction, rounds, probeBytes: Math.min(opts.bwBytes, 2 ** 29), probeReps: opts.pairedReps, seconds: opts.pairedSeconds };
   }
 
   probe(peaks, opts, 'after the rows');

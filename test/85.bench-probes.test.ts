@@ -47,6 +47,14 @@ test('the probes return plausible, positive figures', () => {
   assert.ok(Number.isFinite(gbs) && gbs > 0, `bandwidth ${gbs}`);
 });
 
+test('bench/peaks.js --bw-only: the short probe the memory-bound rows are paired with', () => {
+  const r = spawnSync(process.execPath, [path.join(root, 'bench', 'peaks.js'), '--bw-only', String(16 << 20), '1'], { encoding: 'utf8' });
+  assert.is(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout);
+  assert.equal(Object.keys(out), ['readBandwidthGBs']);
+  assert.ok(Number.isFinite(out.readBandwidthGBs) && out.readBandwidthGBs > 0, r.stdout);
+});
+
 test('MOE_PEAK_OP=bf16-dot measures vdpbf16ps on avx512-bf16 and is refused on other tables', () => {
   const run = (kernel: string) =>
     spawnSync(process.execPath, ['-e', `process.stdout.write(String(require('node-gyp-build')(${JSON.stringify(root)}).measure_fma_peak(0.02)))`], {
