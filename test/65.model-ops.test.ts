@@ -70,6 +70,17 @@ emb('every table type to every output type; T = 1 and 33; exact rows', async () 
   }
 });
 
+emb('the same type out as in: rows copied bit for bit, NaN payloads and signed zeros included', () => {
+  // a model keeps its embedding table as such a copy (lib/model/runtime.ts, keep)
+  const V = 4, d = 3;
+  const bits = [0x7c01, 0xfe33, 0x8000, 0x0001, 0x7bff, 0xfc00, 0x7e00, 0x3c00, 0x0000, 0xffff, 0x7f81, 0x1234];
+  for (const type of ['float16', 'bfloat16'] as const) {
+    const table = { type, data: Uint16Array.from(bits), dims: [V, d] } as Tensor;
+    const got = embeddingSync(table, i32([3, 0, 2, 1, 3], [5]));
+    assert.equal([...(got.data as Uint16Array)], [...bits.slice(9, 12), ...bits.slice(0, 3), ...bits.slice(6, 9), ...bits.slice(3, 6), ...bits.slice(9, 12)], type);
+  }
+});
+
 emb('first and last rows, repeated ids, T = 0, and a caller-provided out', () => {
   const V = 7, d = 5;
   const table = rt('float32', V * d, 3, 1, [V, d]);

@@ -4,6 +4,7 @@
 // whole rows so that the results do not depend on the thread count.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu_features.h"
@@ -55,6 +56,14 @@ Status embedding(const TensorView& table, const int32_t* ids, int64_t T, const T
   if (out.ndim != 2 || out.dims[0] != T || out.dims[1] != d) return Status::invalid("embedding: out must be [T,d]");
   for (int64_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= V) return Status::invalid("embedding: id out of range");
+  if (out.dtype == table.dtype && is_float(table.dtype)) {  // a row copy, bit for bit (a model keeps its table as such a copy)
+    const size_t row_bytes = size_t(d) * dtype_size(table.dtype);
+    for_rows(T, d, 0, [&](int64_t t, float*) {
+      std::memcpy(static_cast<uint8_t*>(out.data) + size_t(t) * row_bytes,
+                  static_cast<const uint8_t*>(table.data) + size_t(ids[t]) * row_bytes, row_bytes);
+    });
+    return Status::ok();
+  }
   for_rows(T, d, d, [&](int64_t t, float* row) {
     cpu::load_row(table.data, table.dtype, size_t(ids[t]) * size_t(d), d, row);
     cpu::store_row(out.data, out.dtype, size_t(t) * size_t(d), d, row);
