@@ -202,9 +202,9 @@ export class MixtralModel {
       try {
         const layers = ckpt instanceof MoeCheckpoint ? ckpt.layers(share ? { experts: share } : undefined) : ckpt.layers();
         for await (const layer of layers) blocks.push(await MixtralBlock.create(config, layer, o));
-        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision);
+        const gguf = ckpt instanceof GgufCheckpoint ? ckpt : null;
+        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision, gguf ? () => gguf.releaseGlobals() : undefined);
         if (ckpt instanceof GgufCheckpoint) {
-          ckpt.releaseGlobals();
           model.tokenizer = ckpt.file.has('tokenizer.ggml.model') ? GgufTokenizer.fromGguf(ckpt.file) : null;
         } else model.tokenizer = Tokenizer.fromDirIfPresent(dir);
         return model;
@@ -262,7 +262,9 @@ export class MixtralModel {
     return estimateMemory(config, { dtype: checkOptions(options).dtype as FloatType | undefined, kvDtype: kvType, contextLength: maxSeq, quantize, quantizeLinear });
   }
 
-  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType, precision: Precision = 'default'): Promise<MixtralModel> {
+  // released(): called after the LM head is packed and after the embedding table is copied (the
+  // GGUF loader drops the globals' mapped pages there, so that they never sit beside the copies).
+  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType, precision: Precision = 'default', released?: () => void): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
     const check = (t: unknown, name: string, dims: number[]) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
@@ -273,10 +275,12 @@ export class MixtralModel {
     const norm = check(g.norm, 'weights.globals.norm', [d]);
     const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d]);
     const lmHead = await Linear.pack(head, { ...(place.device ? { backend: place.backend } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}), precision });
+    released?.();
     // the embedding table and the norm are read in place by the ops: keep private copies
     const kept: AnyTensor[] = [];
     try {
       kept.push(await keep(place, embed as Tensor));
+      released?.();
       kept.push(await keep(place, norm as Tensor));
     } catch (e) {
       lmHead.dispose();
