@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <mutex>
 
+#include "dl_symbols.h"
+
 namespace moe {
 namespace dist {
 
@@ -13,19 +15,6 @@ std::string NcclLib::error_string(ncclResult_t r) const {
   const char* s = GetErrorString ? GetErrorString(r) : nullptr;
   return s ? std::string(s) : "NCCL error " + std::to_string(r);
 }
-
-namespace {
-template <class F>
-bool sym(void* lib, const char* name, F* out, std::string* missing) {
-  void* p = dlsym(lib, name);
-  if (!p) {
-    if (missing->empty()) *missing = name;
-    return false;
-  }
-  *out = reinterpret_cast<F>(p);
-  return true;
-}
-}  // namespace
 
 const NcclLib* load_nccl(std::string* why) {
   static std::once_flag once;
@@ -43,16 +32,16 @@ const NcclLib* load_nccl(std::string* why) {
     }
     auto* n = new NcclLib();  // never freed: the library stays loaded
     std::string missing;
-    const bool ok = sym(h, "ncclGetVersion", &n->GetVersion, &missing) &
-                    sym(h, "ncclGetErrorString", &n->GetErrorString, &missing) &
-                    sym(h, "ncclGetUniqueId", &n->GetUniqueId, &missing) &
-                    sym(h, "ncclCommInitRank", &n->CommInitRank, &missing) &
-                    sym(h, "ncclCommDestroy", &n->CommDestroy, &missing) &
-                    sym(h, "ncclCommGetAsyncError", &n->CommGetAsyncError, &missing) &
-                    sym(h, "ncclSend", &n->Send, &missing) & sym(h, "ncclRecv", &n->Recv, &missing) &
-                    sym(h, "ncclGroupStart", &n->GroupStart, &missing) &
-                    sym(h, "ncclGroupEnd", &n->GroupEnd, &missing) &
-                    sym(h, "ncclAllReduce", &n->AllReduce, &missing);
+    const bool ok = dl_resolve(h, "ncclGetVersion", &n->GetVersion, &missing) &
+                    dl_resolve(h, "ncclGetErrorString", &n->GetErrorString, &missing) &
+                    dl_resolve(h, "ncclGetUniqueId", &n->GetUniqueId, &missing) &
+                    dl_resolve(h, "ncclCommInitRank", &n->CommInitRank, &missing) &
+                    dl_resolve(h, "ncclCommDestroy", &n->CommDestroy, &missing) &
+                    dl_resolve(h, "ncclCommGetAsyncError", &n->CommGetAsyncError, &missing) &
+                    dl_resolve(h, "ncclSend", &n->Send, &missing) & dl_resolve(h, "ncclRecv", &n->Recv, &missing) &
+                    dl_resolve(h, "ncclGroupStart", &n->GroupStart, &missing) &
+                    dl_resolve(h, "ncclGroupEnd", &n->GroupEnd, &missing) &
+                    dl_resolve(h, "ncclAllReduce", &n->AllReduce, &missing);
     if (!ok) {
       reason = path + " lacks " + missing + " (NCCL >= 2.7 is needed for ncclSend/ncclRecv)";
       delete n;
