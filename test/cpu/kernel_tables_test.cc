@@ -359,6 +359,48 @@ TEST(linear_precision_exact_and_default) {
   CHECK(same_bits(fast.data(), exact.data(), fast.size()) == !rounds_activations());
 }
 
+// The SwiGLU epilogues: every table's f32 one gives the avx2-fma table's bits (the zmm tables run the
+// same arithmetic two rows per register and transpose a full tile with permutes), for 1..6 rows,
+// lanes past the rows untouched, values near 0, large and past exp's clamp; all within 1e-6 of a
+// float64 silu(g)*u. avx512-bf16's bf16-pair epilogue is the f32 one rounded to nearest even.
+TEST(swiglu_epilogues_agree_every_table) {
+  if (!cpu_can_run(CpuKernel::kAvx2)) return;
+  const GemmKernels& ref = avx2_kernels();
+  for (int seed = 0; seed < 20; ++seed) {
+    Rng r(uint64_t(1000 + seed));
+    std::vector<float> c(size_t(kMR) * kNR);
+    const float scale = seed % 4 == 0 ? 200.f : seed % 4 == 1 ? 1e-3f : 8.f;  // past the clamp, tiny, moderate
+    for (float& v : c) v = r.uniform() * scale;
+    for (int rows = 1; rows <= kMR; ++rows) {
+      std::vector<float> want(size_t(kGateCols) * kMR, -7.f);
+      ref.swiglu(rows, c.data(), want.data());
+      for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < kGateCols; ++j) {
+          const double g = c[size_t(i) * kNR + j], u = c[size_t(i) * kNR + kGateCols + j];
+          const double exact = g / (1.0 + std::exp(-g)) * u;
+          CHECK(std::fabs(want[size_t(j) * kMR + i] - exact) <= 1e-6 * (1.0 + std::fabs(exact)));
+        }
+      for (CpuKernel tk : kAllTables) {
+        if (tk == CpuKernel::kPortable || !cpu_can_run(tk)) continue;
+        const GemmKernels& t = table(tk);
+        std::vector<float> got(want.size(), -7.f);  // lanes past `rows` must keep it
+        t.swiglu(rows, c.data(), got.data());
+        CHECK(same_bits(got.data(), want.data(), got.size()));
+        if (!t.swiglu_pairs) continue;
+        std::vector<uint32_t> pairs(size_t(kGateCols / 2) * kMR, 0xdeadbeefu);
+        t.swiglu_pairs(rows, c.data(), pairs.data());
+        for (int j = 0; j < kGateCols / 2; ++j)
+          for (int i = 0; i < kMR; ++i) {
+            const uint32_t expect = i >= rows ? 0xdeadbeefu
+                                              : uint32_t(f32_to_bf16(want[size_t(2 * j) * kMR + i])) |
+                                                    uint32_t(f32_to_bf16(want[size_t(2 * j + 1) * kMR + i])) << 16;
+            CHECK_EQ(pairs[size_t(j) * kMR + i], expect);
+          }
+      }
+    }
+  }
+}
+
 TEST(forced_table_is_reported) {
   const CpuFeatures& f = cpu_features();
   CHECK(cpu_can_run(f.table));

@@ -11,7 +11,7 @@
 
 #include "gemm_avx512_inl.h"
 #include "gemm_kernels.h"
-#include "swiglu_avx2_inl.h"
+#include "swiglu_zmm_inl.h"
 
 namespace moe {
 namespace cpu {
@@ -36,7 +36,7 @@ const GemmKernels& avx512_kernels() {
       {zmm_micro<F32Op<kWF32>>, zmm_micro<F32Op<kWF16>>, zmm_micro<F32Op<kWBF16>>, nullptr},
       {zmm_stream<F32Op<kWF32>>, zmm_stream<F32Op<kWF16>>, zmm_stream<F32Op<kWBF16>>, nullptr},
       {zmm_wide<F32Op<kWF32>>, zmm_wide<F32Op<kWF16>>, zmm_wide<F32Op<kWBF16>>, nullptr},
-      widen, swiglu_tile, nullptr, nullptr, "avx512"};
+      widen, swiglu_tile_zmm, nullptr, nullptr, "avx512"};
   return k;
 }
 

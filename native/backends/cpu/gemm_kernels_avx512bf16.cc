@@ -11,7 +11,7 @@
 
 #include "gemm_avx512_inl.h"
 #include "gemm_kernels.h"
-#include "swiglu_avx2_inl.h"
+#include "swiglu_zmm_inl.h"
 
 namespace moe {
 namespace cpu {
@@ -30,16 +30,34 @@ struct Bf16PairOp {
   static inline __m512 madd(__m512 acc, AVec a, BVec b) { return _mm512_dpbf16_ps(acc, a, b); }
 };
 
-// 8 floats -> 4 words of bf16 pairs (v[2j] low, v[2j+1] high).
-inline __m128i round_pairs8(__m256 v) { return (__m128i)_mm256_cvtneps_pbh(v); }
 
+// The SwiGLU values of the tile (swiglu_zmm_inl.h: two rows per zmm) rounded to bf16 pairs, the
+// same rounding (vcvtneps2bf16) as rounding each row alone: w[i*4 + j] = the pair (v[i*8 + 2j], v[i*8 + 2j + 1]).
+// A full tile's 24 words go to h[j*kMR + i] by two permutes; a partial one word by word.
 void swiglu_pairs(int rows, const float* c, uint32_t* h) {
-  static_assert(kGateCols % 2 == 0, "a tile's gate columns are whole pairs");
-  for (int i = 0; i < rows; ++i) {
-    alignas(16) uint32_t w[kGateCols / 2];
-    _mm_store_si128(reinterpret_cast<__m128i*>(w), round_pairs8(swiglu_row(c + i * kNR)));
-    for (int j = 0; j < kGateCols / 2; ++j) h[j * kMR + i] = w[j];
+  static_assert(kGateCols == 8 && kMR == 6, "4 pairs per row, 6 rows a tile");
+  alignas(64) float v[kMR * kGateCols] = {};
+  swiglu_values(rows, c, v);
+  alignas(64) uint32_t w[32] = {};
+  for (int q = 0; q < 3; ++q)  // 16 floats -> 8 words
+    _mm256_store_si256(reinterpret_cast<__m256i*>(w + 8 * q), (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(v + 16 * q)));
+  if (rows < kMR) {
+    for (int i = 0; i < rows; ++i)
+      for (int j = 0; j < kGateCols / 2; ++j) h[j * kMR + i] = w[i * (kGateCols / 2) + j];
+    return;
   }
+  // output word m = h[j*6 + i] (j = m / 6, i = m % 6) is w[i*4 + j]: lanes of (w[0..16), w[16..32))
+  static constexpr struct Idx {
+    int32_t v[2][16];
+  } idx = [] {
+    Idx x{};
+    for (int m = 0; m < 24; ++m) x.v[m / 16][m % 16] = (m % kMR) * (kGateCols / 2) + m / kMR;
+    return x;
+  }();
+  const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 16);
+  _mm512_storeu_si512(h, _mm512_permutex2var_epi32(w0, _mm512_loadu_si512(idx.v[0]), w1));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(h + 16),
+                      _mm512_castsi512_si256(_mm512_permutex2var_epi32(w0, _mm512_loadu_si512(idx.v[1]), w1)));
 }
 
 void gather_pairs(const float* const* src, int rows, int64_t k_len, uint32_t* dst) {
