@@ -231,4 +231,7 @@ function forEachOption(argv, handle) {
   }
 }
 
-module.exports = { root, forEachOption, lib, native, SHAPES, DTYPES, randomMatrix, randomInput, seedOf, progress, note, collect, peakRssBytes };
+/** The median of a list (the upper of the middle two for an even count). */
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+module.exports = { root, forEachOption, lib, native, SHAPES, DTYPES, randomMatrix, randomInput, seedOf, progress, note, collect, peakRssBytes, median };

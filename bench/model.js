@@ -14,7 +14,7 @@ const path = require('node:path');
 const os = require('node:os');
 const util = require('node:util');
 
-const { root, DTYPES, collect, note, peakRssBytes, progress, randomMatrix, seedOf } = require('./common');
+const { root, DTYPES, collect, median, note, peakRssBytes, progress, randomMatrix, seedOf } = require('./common');
 
 // Mixtral 8x7B scaled down 4x in width (d, f) and 8x in depth; real vocabulary and head size.
 const SHAPES = {
@@ -166,7 +166,6 @@ function* layerWeights(c, expertType, tick) {
 /** The type of everything but the experts: the expert type, or bfloat16 when it is a block format. */
 const baseType = (t) => (DTYPES[t].block ? 'bfloat16' : t);
 
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function runModel(argv) {
   const opts = parseArgs(argv);

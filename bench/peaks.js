@@ -85,8 +85,7 @@ function probe(peaks, opts, when) {
  * measured alternately with it (pairedBandwidth in run.js). GB/s.
  */
 function bandwidthNow(opts) {
-  const bytes = Math.min(opts.bwBytes, 2 ** 29);
-  const r = spawnSync(process.execPath, [__filename, '--bw-only', String(bytes), String(opts.pairedReps)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+  const r = spawnSync(process.execPath, [__filename, '--bw-only', String(opts.pairedBytes), String(opts.pairedReps)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
   if (r.status !== 0) throw new Error(`the bandwidth probe failed (exit ${r.status}${r.signal ? `, ${r.signal}` : ''})`);
   return JSON.parse(r.stdout).readBandwidthGBs;
 }

@@ -174,7 +174,7 @@ function printTables(opts, rows, peaks) {
   const lines = [
     'time/call: benchmark.js mean over the samples, ± its relative margin of error (95%; blank for a single sample)',
     'GB/s: weight bytes read per call / time (MoE: the experts that got >= 1 token + the router)',
-    `%BW: of the measured read bandwidth; marked *: paired, the median over ${opts.pairedRounds} rounds of (the row's GB/s over ${opts.pairedSeconds} s / a ${gib(Math.min(opts.bwBytes, 2 ** 29))} probe taken just before), for T <= ${opts.pairedMaxT}: the memory-bound rows, measured against the bandwidth of the same moment (a VM's drifts with its neighbours)`,
+    `%BW: of the measured read bandwidth; marked *: paired, the median over ${opts.pairedRounds} rounds of (the row's GB/s over ${opts.pairedSeconds} s / a ${gib(opts.pairedBytes)} probe taken just before), for T <= ${opts.pairedMaxT}: the memory-bound rows, measured against the bandwidth of the same moment (a VM's drifts with its neighbours)`,
     '%best: of the best probe of the run (the peaks above)',
     'GFLOP/s: 2·T·k·3·d·f (+ router 2·T·E·d) per MoE call, 2·T·3·d·f per dense call; %peak: of the measured compute peak of the kernel that ran the row (f32/f16 weights: its FMA; bf16 weights on avx512-bf16: vdpbf16ps)',
     'vs total / vs active: dense FFN time / MoE time at the same T (above 1x: the MoE layer is faster)',

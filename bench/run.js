@@ -20,7 +20,7 @@ const fs = require('node:fs');
 const path = require('node:path');
 const { spawnSync } = require('node:child_process');
 
-const { root, SHAPES, DTYPES, collect, forEachOption, note, peakRssBytes, randomInput } = require('./common');
+const { root, SHAPES, DTYPES, collect, forEachOption, median, note, peakRssBytes, randomInput } = require('./common');
 
 const CONTENDERS = ['moe', 'dense-total', 'dense-active'];
 
@@ -154,6 +154,7 @@ function parseArgs(argv) {
     fmaSeconds: p.fmaSeconds,
     // the memory-bound rows' paired bandwidth (pairedBandwidth below)
     pairedMaxT: 64,
+    pairedBytes: Math.min(p.bwBytes, 2 ** 29),
     pairedRounds: p.pairedRounds,
     pairedReps: p.pairedReps,
     pairedSeconds: p.pairedSeconds,
@@ -291,10 +292,7 @@ async function main() {
       const gbs = (bytes * calls) / s / 1e9;
       rounds.push({ probeGBs, gbs, fraction: gbs / probeGBs });
     }
-    const sorted = rounds.map((r) => r.fraction).sort((a, b) => a - b);
-    const m = sorted.length >> 1;
-    const fraction = sorted.length % 2 ? sorted[m] : (sorted[m - 1] + sorted[m]) / 2;
-    return { fraction, rounds, probeBytes: Math.min(opts.bwBytes, 2 ** 29), probeReps: opts.pairedReps, seconds: opts.pairedSeconds };
+    return { fraction: median(rounds.map((r) => r.fraction)), rounds, probeBytes: opts.pairedBytes, probeReps: opts.pairedReps, seconds: opts.pairedSeconds };
   }
 
   probe(peaks, opts, 'after the rows');
