@@ -204,8 +204,8 @@ export class MixtralModel {
         for await (const layer of layers) blocks.push(await MixtralBlock.create(config, layer, o));
         const gguf = ckpt instanceof GgufCheckpoint ? ckpt : null;
         const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision, gguf ? () => gguf.releaseGlobals() : undefined);
-        if (ckpt instanceof GgufCheckpoint) {
-          model.tokenizer = ckpt.file.has('tokenizer.ggml.model') ? GgufTokenizer.fromGguf(ckpt.file) : null;
+        if (gguf) {
+          model.tokenizer = gguf.file.has('tokenizer.ggml.model') ? GgufTokenizer.fromGguf(gguf.file) : null;
         } else model.tokenizer = Tokenizer.fromDirIfPresent(dir);
         return model;
       } catch (e) {
