@@ -171,6 +171,31 @@ for (const how of ['terminate', 'exit'] as const)
       assert.match(r.stdout, /alive/);
     });
 
+// Many async calls queued, then the worker terminated: calls that finish while its environment is
+// being torn down (it runs no JavaScript, yet is not gone) cannot settle their promises. Settling
+// threw out of the completion callback, and the process aborted (std::terminate).
+workers('a worker terminated with 16 async calls queued: no abort', () => {
+  const script = `
+    const { Worker } = require('node:worker_threads');
+    const w = new Worker(\`
+      const m = require(\${JSON.stringify(${JSON.stringify(path.join(root, 'dist', 'index.js'))})});
+      const V = 4096, d = 2048;
+      const t = { type: 'bfloat16', data: new Uint16Array(V * d), dims: [V, d] };
+      const ids = { type: 'int32', data: Int32Array.from({ length: V }, (_, i) => i), dims: [V] };
+      for (let i = 0; i < 16; i++) m.embedding(t, ids, { outType: 'float32' }).catch(() => {});
+      require('node:worker_threads').parentPort.postMessage('queued');
+    \`, { eval: true });
+    w.on('message', () => w.terminate());
+    w.on('exit', () => setTimeout(() => console.log('alive'), 200));
+  `;
+  for (let i = 0; i < 3; i++) {
+    const r = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', timeout: 120_000 });
+    assert.is(r.signal, null, `the process died of ${r.signal}: ${r.stderr}`);
+    assert.is(r.status, 0, `exit ${r.status}: ${r.stderr}`);
+    assert.match(r.stdout, /alive/);
+  }
+});
+
 js.run();
 oom.run();
 workers.run();

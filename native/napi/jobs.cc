@@ -93,12 +93,7 @@ moe::Status write_back(Napi::Env env, Job& job) {
   return moe::Status::ok();
 }
 
-void settle(Napi::Env env, Napi::Function, void*, AsyncJob* aj) {
-  std::unique_ptr<AsyncJob> owned(aj);
-  if (env == nullptr) {  // the environment is going away: nothing to settle; its references die with it
-    owned.release();
-    return;
-  }
+void settle_job(Napi::Env env, std::unique_ptr<AsyncJob>& owned) {
   Napi::HandleScope scope(env);
   Job& job = *owned->job;
   if (job.status.is_ok()) job.status = write_back(env, job);
@@ -113,6 +108,21 @@ void settle(Napi::Env env, Napi::Function, void*, AsyncJob* aj) {
     owned->deferred.Resolve(finish_value(env, job));
   } catch (const Napi::Error& e) {
     owned->deferred.Reject(e.Value());
+  }
+}
+
+void settle(Napi::Env env, Napi::Function, void*, AsyncJob* aj) {
+  std::unique_ptr<AsyncJob> owned(aj);
+  if (env == nullptr) {  // the environment is going away: nothing to settle; its references die with it
+    owned.release();
+    return;
+  }
+  try {
+    settle_job(env, owned);
+  } catch (const Napi::Error&) {
+    // A worker being terminated: its environment runs no more JavaScript, so the promise cannot be
+    // settled (resolving, then rejecting, both throw) and goes away with the environment. An
+    // exception out of this callback would be std::terminate, an abort of the whole process.
   }
 }
 
