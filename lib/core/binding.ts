@@ -33,6 +33,7 @@ export interface NativeExpertsInfo {
   type?: NativeDType | NativeQuantType;
   /** W2's type (differs from `type` only for quantised experts, e.g. Q4_K_M's q6_k W2). */
   w2Type?: NativeDType | NativeQuantType;
+  inPlaceBytes?: number;
   bytes?: number;
   backend?: string;
   hasGate?: boolean;

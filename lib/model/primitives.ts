@@ -71,12 +71,16 @@ function numberOption(o: Record<string, unknown>, key: string, dflt: number): nu
 
 // ---- embedding ----------------------------------------------------------------------------------
 
-/** Rows of `table` [V,d] for token `ids` [T]; output type defaults to the table's. */
-export async function embedding<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Promise<Placed<X>> {
-  return placed(await binding.embedding(nt(table), nt(ids), { ...outArgs(checkOptions(options)), async: true }));
+/**
+ * Rows of `table` [V,d] for token `ids` [T]; output type defaults to the table's (float32 for a
+ * quantised table). A host table may be quantised (q8_0, q4_0, q4_k, q5_k, q6_k rows of blocks, as
+ * a GGUF file's token_embd): each row is dequantised as it is read, to the values of `dequantize`.
+ */
+export async function embedding<X extends AnyTensor | QuantTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Promise<Placed<X>> {
+  return placed(await binding.embedding(nt(table as AnyTensor), nt(ids), { ...outArgs(checkOptions(options)), async: true }));
 }
-export function embeddingSync<X extends AnyTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Placed<X> {
-  return placed(binding.embedding(nt(table), nt(ids), outArgs(checkOptions(options))));
+export function embeddingSync<X extends AnyTensor | QuantTensor>(table: X, ids: Tensor<'int32'>, options?: OutOptions): Placed<X> {
+  return placed(binding.embedding(nt(table as AnyTensor), nt(ids), outArgs(checkOptions(options))));
 }
 
 // ---- RMS norm -------------------------------------------------------------------------------------

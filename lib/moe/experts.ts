@@ -47,8 +47,16 @@ export class ExpertWeights {
   readonly type: WeightType;
   /** W2's type: `type`, or another block format (llama.cpp's Q4_K_M keeps some W2 in q6_k). */
   readonly w2Type: WeightType;
-  /** Bytes of the packed copy. */
+  /** Bytes of the weights: the packed copy, and `inPlaceBytes`. */
   readonly bytes: number;
+  /**
+   * Bytes read where they lie rather than copied: on the CPU backend, quantised experts that are
+   * views of a GGUF file the package mapped (GgufFile, MixtralModel.load of a `.gguf`) are used in
+   * place, the mapping held by the layer (no second copy; their pages are read from the file when
+   * first used). 0 when everything was copied. Writing into those views afterwards would change
+   * the layer; truncating the file while it is mapped is as unsafe as for any mapped file.
+   */
+  readonly inPlaceBytes: number;
   readonly backend: ResolvedBackend;
   #disposed = false;
 
@@ -60,7 +68,8 @@ export class ExpertWeights {
     this.intermediateSize = info.f!;
     this.type = info.type as WeightType;
     this.w2Type = (info.w2Type ?? info.type) as WeightType;
-    this.bytes = info.bytes!;
+    this.inPlaceBytes = info.inPlaceBytes ?? 0;
+    this.bytes = info.bytes! + this.inPlaceBytes;
     this.backend = backend;
     handles.set(this, native);
   }

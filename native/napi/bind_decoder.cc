@@ -48,7 +48,8 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   const Place place = place_of(info[0]);
   job->backend = backend_of(place);
   moe::EmbeddingArgs a;
-  a.table = tensor_arg(*job, info[0], "table", kAnyFloat, 2, place);
+  // a host table may be quantised (rows of blocks, dequantised as they are read); a device table is float
+  a.table = tensor_arg(*job, info[0], "table", place.on_device() ? kAnyFloat : kAnyWeight, 2, place);
   a.ids = host_tensor(*job, info[1], "ids", kI32, 1);
   const int64_t V = a.table.dims[0], d = a.table.dims[1], T = a.ids.dims[0];
   const int32_t* ip = a.ids.as<const int32_t>();
@@ -56,7 +57,8 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
     if (ip[t] < 0 || ip[t] >= V)
       throw_range_error(env, "ids.data[" + std::to_string(t) + "] must be a token index in [0, " + std::to_string(V) +
                                  "), got " + std::to_string(ip[t]));
-  job->result = Napi::Persistent(output_arg(*job, o.get("out"), o.get("outType"), a.table.dtype, kAnyFloat, shape_of({T, d}), place, &a.out));
+  const moe::DType out_default = moe::is_quant(a.table.dtype) ? moe::DType::kF32 : a.table.dtype;
+  job->result = Napi::Persistent(output_arg(*job, o.get("out"), o.get("outType"), out_default, kAnyFloat, shape_of({T, d}), place, &a.out));
   moe::Backend* b = job->backend;
   job->compute = [b, a]() { return b->embedding(a); };
   return run_job(env, std::move(job));

@@ -16,6 +16,7 @@
 //   merge_experts({w1, w3, w2}, distribution, {async})                        -> {w1, w3, w2}
 #include <napi.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -154,6 +155,25 @@ moe::TensorView stats_scratch(Napi::Env env, Job& job, const Place& place) {
   return v;
 }
 
+// The file mappings (map_file) that hold every tensor of an expert matrix argument (one [E,r,c]
+// tensor or an array of them); false when any tensor's data lies elsewhere.
+bool mapped_blocks_of(Napi::Env env, const Napi::Value& v, std::vector<std::shared_ptr<HostBlock>>* out) {
+  auto one = [&](const Napi::Value& t) {
+    if (!t.IsObject()) return false;
+    const Napi::Value data = t.As<Napi::Object>().Get("data");
+    if (!data.IsTypedArray()) return false;
+    std::shared_ptr<HostBlock> b = block_of(env, data.As<Napi::TypedArray>().ArrayBuffer());
+    if (!b || !b->mapped) return false;
+    out->push_back(std::move(b));
+    return true;
+  };
+  if (!v.IsArray()) return one(v);
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t e = 0; e < a.Length(); ++e)
+    if (!one(a.Get(e))) return false;
+  return true;
+}
+
 Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "pack_experts");
@@ -162,6 +182,18 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   moe::Backend* backend = backend_option(o);
   auto src = std::make_shared<moe::ExpertWeightSource>(read_expert_source(*job, info[0]));
   src->exact_f32 = o.flag("exactF32", false);
+  // Quantised weights in files the package mapped stay as they are for as long as the mappings do:
+  // the backend may read them in place, holding the mappings (the CPU backend does; no copy).
+  if (moe::is_quant(src->dtype)) {
+    auto blocks = std::make_shared<std::vector<std::shared_ptr<HostBlock>>>();
+    const Napi::Object w = info[0].As<Napi::Object>();
+    if (mapped_blocks_of(env, w.Get("w1"), blocks.get()) && mapped_blocks_of(env, w.Get("w3"), blocks.get()) &&
+        mapped_blocks_of(env, w.Get("w2"), blocks.get())) {
+      std::sort(blocks->begin(), blocks->end());
+      blocks->erase(std::unique(blocks->begin(), blocks->end()), blocks->end());
+      src->keep_alive = blocks;
+    }
+  }
   const Napi::Value gv = info[0].As<Napi::Object>().Get("gate");
   auto gate = std::make_shared<moe::TensorView>();
   const bool has_gate = given(gv);

@@ -1,10 +1,11 @@
 // CPU grouped GEMM and linear layer over quantised weights (moe/quant.h), chosen by grouped_gemm()
 // and linear() when the packed weights are quantised.
 //
-// Packing keeps ggml's blocks as they are (one copy; the caller's bytes may be dropped), except that
-// each expert's W1 and W3 rows are interleaved (row j of W1, then row j of W3), so GEMM1 reads one
-// stream and the SwiGLU of a hidden unit finds both of its rows together. Per expert:
-//   [W1_0, W3_0, W1_1, W3_1, ..., W1_{f-1}, W3_{f-1}] (rows of d values), then W2 [d rows of f values].
+// The kernels take ggml's layout as it is: per expert, W1 and W3 as f rows of d values and W2 as d
+// rows of f values, each row whole blocks. So packing either keeps pointers into the caller's bytes
+// when the source says they stay (ExpertWeightSource::keep_alive: a GGUF file the package mapped;
+// no copy, the mapping held), or copies each expert's W1, W3 and W2 once into its own buffer (the
+// caller's bytes may then be dropped). GEMM1 reads row j of W1 and row j of W3 for hidden unit j.
 //
 // Two paths, by the number of tokens T of the call (the same for every expert):
 //   decode (T <= kDecodeTokens): the activations are quantised to 8 bits per block (ActQ8 of
@@ -19,6 +20,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "cpu_ops.h"
@@ -51,14 +54,16 @@ constexpr int64_t kKChunk = 256;       // prefill: K values dequantised per pane
 float silu_mul(float g, float u) { return g / (1.f + std::exp(-g)) * u; }
 
 struct QuantPackedExperts final : PackedExperts {
-  AlignedBuffer buf;
-  size_t row1 = 0, row2 = 0;  // bytes of a W1/W3 row (d values) and of a W2 row (f values)
-  size_t expert_bytes = 0;
+  AlignedBuffer buf;                  // the copies, unless the weights are read in place
+  std::shared_ptr<const void> owner;  // holds the caller's bytes when they are read in place
+  size_t row1 = 0, row2 = 0;          // bytes of a W1/W3 row (d values) and of a W2 row (f values)
+  std::vector<const uint8_t*> w1s, w3s, w2s;  // per expert: [f rows], [f rows], [d rows]
   std::vector<uint8_t> gate_data;
   TensorView gate;
   size_t bytes() const override { return buf.size() + gate_data.size(); }
-  const uint8_t* w13(int e) const { return buf.as<const uint8_t>() + size_t(e) * expert_bytes; }
-  const uint8_t* w2(int e) const { return w13(e) + size_t(f) * 2 * row1; }
+  const uint8_t* w1(int e) const { return w1s[size_t(e)]; }
+  const uint8_t* w3(int e) const { return w3s[size_t(e)]; }
+  const uint8_t* w2(int e) const { return w2s[size_t(e)]; }
 };
 
 struct QuantPackedLinear final : PackedLinear {
@@ -168,8 +173,25 @@ Status pack_quant_experts(const ExpertWeightSource& src, const TensorView* gate,
   p->w2_dtype = t2;
   p->row1 = row_bytes(t, src.d);
   p->row2 = row_bytes(t2, src.f);
-  p->expert_bytes = size_t(src.f) * 2 * p->row1 + size_t(src.d) * p->row2;
-  if (!p->buf.reserve(p->expert_bytes * size_t(src.num_experts))) return Status::oom("pack_experts: cannot allocate the packed weights");
+  const size_t m13 = size_t(src.f) * p->row1, m2 = size_t(src.d) * p->row2, expert_bytes = 2 * m13 + m2;
+  const size_t E = size_t(src.num_experts);
+  if (src.keep_alive) {  // read in place: no copy
+    p->owner = src.keep_alive;
+    p->in_place_bytes = expert_bytes * E;
+    for (size_t e = 0; e < E; ++e) {
+      p->w1s.push_back(static_cast<const uint8_t*>(src.w1[e]));
+      p->w3s.push_back(static_cast<const uint8_t*>(src.w3[e]));
+      p->w2s.push_back(static_cast<const uint8_t*>(src.w2[e]));
+    }
+  } else {
+    if (!p->buf.reserve(expert_bytes * E)) return Status::oom("pack_experts: cannot allocate the packed weights");
+    for (size_t e = 0; e < E; ++e) {
+      const uint8_t* base = p->buf.as<const uint8_t>() + e * expert_bytes;
+      p->w1s.push_back(base);
+      p->w3s.push_back(base + m13);
+      p->w2s.push_back(base + 2 * m13);
+    }
+  }
   if (gate) {
     if (gate->ndim != 2 || gate->dims[0] != src.num_experts || gate->dims[1] != src.d || !is_float(gate->dtype))
       return Status::invalid("pack_experts: the gate must be a float [E,d] tensor");
@@ -178,23 +200,19 @@ Status pack_quant_experts(const ExpertWeightSource& src, const TensorView* gate,
     p->gate.data = p->gate_data.data();
     p->has_gate = true;
   }
-  constexpr int64_t kRowsPerPackTask = 256;
-  const int64_t tasks_per_expert = ceil_div(src.f + src.d, kRowsPerPackTask);
-  parallel_for(tasks_per_expert * src.num_experts, [&](int64_t task, int) {
-    const int e = int(task / tasks_per_expert);
-    const int64_t r0 = (task % tasks_per_expert) * kRowsPerPackTask, r1 = std::min(src.f + src.d, r0 + kRowsPerPackTask);
-    uint8_t* base = p->buf.as<uint8_t>() + size_t(e) * p->expert_bytes;
-    for (int64_t r = r0; r < r1; ++r) {
-      if (r < src.f) {
-        std::memcpy(base + size_t(2 * r) * p->row1, static_cast<const uint8_t*>(src.w1[size_t(e)]) + size_t(r) * p->row1, p->row1);
-        std::memcpy(base + size_t(2 * r + 1) * p->row1, static_cast<const uint8_t*>(src.w3[size_t(e)]) + size_t(r) * p->row1, p->row1);
-      } else {
-        const int64_t i = r - src.f;
-        std::memcpy(base + size_t(src.f) * 2 * p->row1 + size_t(i) * p->row2,
-                    static_cast<const uint8_t*>(src.w2[size_t(e)]) + size_t(i) * p->row2, p->row2);
+  if (!src.keep_alive) {  // the copies, in tasks of ~1 MiB (each expert's three matrices split alike)
+    constexpr size_t kPackTaskBytes = size_t(1) << 20;
+    const int64_t parts = int64_t(std::max<size_t>(1, expert_bytes / kPackTaskBytes));
+    parallel_for(int64_t(E) * parts, [&](int64_t task, int) {
+      const size_t e = size_t(task / parts), part = size_t(task % parts);
+      const std::pair<const void*, size_t> mats[3] = {{src.w1[e], m13}, {src.w3[e], m13}, {src.w2[e], m2}};
+      for (int m = 0; m < 3; ++m) {
+        const size_t n = mats[m].second, b0 = n * part / size_t(parts), b1 = n * (part + 1) / size_t(parts);
+        uint8_t* dst = const_cast<uint8_t*>(m == 0 ? p->w1s[e] : m == 1 ? p->w3s[e] : p->w2s[e]);
+        std::memcpy(dst + b0, static_cast<const uint8_t*>(mats[m].first) + b0, b1 - b0);
       }
-    }
-  });
+    });
+  }
   *out = std::move(p);
   return Status::ok();
 }
@@ -249,16 +267,19 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
       const int64_t r0 = expert_offsets[e], nr = expert_offsets[e + 1] - r0;
       if (nr == 0) return;
       const uint8_t* a = act1.data() + size_t(r0) * act_row_bytes(wt, d);
-      // the interleaved W1/W3 rows of the chunk in one stream: gu[2j] = gate, gu[2j+1] = up
-      float gu[2 * kRowsPerTask1 * kTokTile];
-      if (j0 == 0) prefetch_chunk(w->w13(e), int64_t(std::min<int64_t>(2 * nj, kPrefetchRows) * int64_t(w->row1)));
+      // the chunk's W1 rows (gate), then its W3 rows (up): two streams
+      float g[kRowsPerTask1 * kTokTile], u[kRowsPerTask1 * kTokTile];
+      const uint8_t* w1 = w->w1(e) + size_t(j0) * w->row1;
+      const uint8_t* w3 = w->w3(e) + size_t(j0) * w->row1;
+      if (j0 == 0) prefetch_chunk(w1, int64_t(std::min<int64_t>(nj, kPrefetchRows) * int64_t(w->row1)));
       for (int64_t c0 = 0; c0 < nr; c0 += kTokTile) {
         const int64_t nc = std::min<int64_t>(kTokTile, nr - c0);
         const uint8_t* ac = a + size_t(c0) * act_row_bytes(wt, d);
-        dot_rows(qk, wt, d, w->w13(e) + size_t(2 * j0) * w->row1, w->row1, 2 * nj, ac, nc, gu, kTokTile);
+        dot_rows(qk, wt, d, w1, w->row1, nj, ac, nc, g, kTokTile);
+        dot_rows(qk, wt, d, w3, w->row1, nj, ac, nc, u, kTokTile);
         for (int64_t c = 0; c < nc; ++c)
           for (int64_t j = 0; j < nj; ++j)
-            h[size_t(r0 + c0 + c) * size_t(f) + size_t(j0 + j)] = silu_mul(gu[2 * j * kTokTile + c], gu[(2 * j + 1) * kTokTile + c]);
+            h[size_t(r0 + c0 + c) * size_t(f) + size_t(j0 + j)] = silu_mul(g[j * kTokTile + c], u[j * kTokTile + c]);
       }
     });
     quantize_rows_act(qk, wt2, h.data(), f, nullptr, R, act2.data());
@@ -299,11 +320,10 @@ Status quant_grouped_gemm(const float* x, int64_t T, const int32_t* sorted_rows,
       [&](int e, int64_t p, const uint8_t** rows) {
         const int64_t j0 = p * kGateCols;
         const int n = int(std::min<int64_t>(kGateCols, f - j0));
-        const uint8_t* base = w->w13(e);
         for (int j = 0; j < kGateCols; ++j) {
           const int64_t jj = j0 + std::min(j, n - 1);  // rows past f: any valid row, their h is dropped below
-          rows[j] = base + size_t(2 * jj) * w->row1;
-          rows[kGateCols + j] = base + size_t(2 * jj + 1) * w->row1;
+          rows[j] = w->w1(e) + size_t(jj) * w->row1;
+          rows[kGateCols + j] = w->w3(e) + size_t(jj) * w->row1;
         }
         return kNR;
       },

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "moe/quant.h"
 #include "cpu_ops.h"
 #include "threadpool.h"
 #include "row_ops.h"
@@ -56,6 +57,17 @@ Status embedding(const TensorView& table, const int32_t* ids, int64_t T, const T
   if (out.ndim != 2 || out.dims[0] != T || out.dims[1] != d) return Status::invalid("embedding: out must be [T,d]");
   for (int64_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= V) return Status::invalid("embedding: id out of range");
+  if (is_quant(table.dtype)) {  // rows of blocks: the values of dequantize_rows, rows read where they lie
+    const int64_t qk = quant_block_elems(table.dtype);
+    if (d % qk) return Status::invalid("embedding: a quantised table's rows must be whole blocks");
+    const size_t rb = row_bytes(table.dtype, d), bb = quant_block_bytes(table.dtype);
+    for_rows(T, d, d, [&](int64_t t, float* row) {
+      const uint8_t* in = static_cast<const uint8_t*>(table.data) + size_t(ids[t]) * rb;
+      for (int64_t b = 0; b < d / qk; ++b) quant::dequantize_block(table.dtype, in + size_t(b) * bb, row + b * qk);
+      for (int64_t i = 0; i < d; ++i) store_from_f32(out.data, out.dtype, size_t(t * d + i), row[i]);
+    });
+    return Status::ok();
+  }
   if (out.dtype == table.dtype && is_float(table.dtype)) {  // a row copy, bit for bit (a model keeps its table as such a copy)
     const size_t row_bytes = size_t(d) * dtype_size(table.dtype);
     for_rows(T, d, 0, [&](int64_t t, float*) {

@@ -46,6 +46,10 @@ struct ExpertWeightSource {
   // avx512-bf16 table rounds the activations to bf16 and uses vdpbf16ps (about 2x the speed,
   // results within the bf16 tolerance); other tables and dtypes are exact either way.
   bool exact_f32 = false;
+  // Set when the bytes behind w1/w3/w2 stay valid and unchanged for as long as this is held (the
+  // addon sets it for quantised weights in a file the package mapped): a backend whose layout is
+  // the source's may then keep pointers into them, holding this, instead of copying them.
+  std::shared_ptr<const void> keep_alive;
 };
 
 // A backend's packed copy of a layer's experts, built once by Backend::pack_experts, with the
@@ -60,7 +64,8 @@ class PackedExperts {
   DType dtype = DType::kF32;     // of W1/W3 (and W2, unless quantised differently)
   DType w2_dtype = DType::kF32;  // of W2
   bool has_gate = false;       // a gate [num_experts, d] was packed with them
-  virtual size_t bytes() const = 0;  // memory held (weights and gate)
+  virtual size_t bytes() const = 0;  // memory allocated (weights and gate)
+  size_t in_place_bytes = 0;         // weight bytes read where they lie (ExpertWeightSource::keep_alive), not in bytes()
 };
 
 // ---- op arguments ------------------------------------------------------------------------------
