@@ -6,10 +6,16 @@ import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { convertToGguf, dequantize, isQuantType, GgufCheckpoint, GgufFile, MixtralModel, MoeCheckpoint, quantize, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor, type QuantTensor, type WeightTensor, type DecoderLayerWeights } from '../lib/index';
+import { convertToGguf, dequantize, embedding, embeddingSync, ExpertWeights, MoeLayer, isQuantType, GgufCheckpoint, GgufFile, MixtralModel, MoeCheckpoint, quantize, Tokenizer, writeGguf, type GgufMetadataInput, type GgufTensorInput, type Tensor, type QuantTensor, type WeightTensor, type DecoderLayerWeights } from '../lib/index';
 import { permuteQK, unpermuteQK } from '../lib/hf/gguf-model';
 import { expectMoeError, tinyMixtralRaw, tinyQwen2MoeRaw, tmpDir, writeTinyMixtral, writeTinyModel } from './helpers/checkpoints';
 import { tinyTokenizerJson } from './helpers/tokenizers';
+import { randn } from './helpers/reference';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
+
+v8.setFlagsFromString('--expose-gc');
+const gc = vm.runInNewContext('gc') as () => void;
 
 const test = suite<{ dir: string }>('gguf models', { dir: '' });
 test.before.each((ctx) => {
@@ -183,10 +189,20 @@ test('quantised GGUF: convert q8_0/q4_0/q4_k writes the blocks of the quantiser;
       assert.is(got.type, type);
       assert.ok(same(got.data as Uint8Array, (await quantize(w as Tensor, type)).data), `${type} blocks`);
     }
-    // the embeddings are dequantised to the load type
+    // the embeddings and the LM head stay the file's blocks (as llama.cpp runs them): the embedding
+    // op dequantises the rows it looks up, to the values of dequantize
     const globals = await g.loadGlobals();
-    assert.is(globals.embedTokens.type, 'float32');
-    assert.equal(Array.from(globals.embedTokens.data), Array.from((await dequantize(await quantize(g0.embedTokens, type))).data));
+    const qe = await quantize(g0.embedTokens as Tensor, type);
+    assert.equal([globals.embedTokens.type, globals.lmHead.type], [type, type]);
+    assert.ok(same(globals.embedTokens.data as Uint8Array, qe.data), `${type}: token_embd blocks`);
+    const V = g.config.vocabSize, d = g.config.hiddenSize;
+    const ids = { type: 'int32' as const, data: Int32Array.from([0, V - 1, 7, 7, 3]), dims: [5] };
+    const full = (await dequantize(qe)).data as Float32Array;
+    const rows = Float32Array.from([...ids.data].flatMap((id) => Array.from(full.subarray(id * d, (id + 1) * d))));
+    assert.equal(Array.from((await embedding(globals.embedTokens, ids)).data), Array.from(rows), `${type}: embedding rows`);
+    const bf = (await dequantize(qe, { type: 'bfloat16' })).data as Uint16Array;
+    const bfRows = Uint16Array.from([...ids.data].flatMap((id) => Array.from(bf.subarray(id * d, (id + 1) * d))));
+    assert.equal(Array.from(embeddingSync(globals.embedTokens, ids, { outType: 'bfloat16' }).data), Array.from(bfRows), `${type}: bf16 rows`);
     // the dequantised model: the file's blocks widened to f32 once, run by the float kernels
     const deq = async (t: WeightTensor) => (isQuantType(t.type) ? dequantize(t as QuantTensor) : (t as Tensor));
     const layers: DecoderLayerWeights[] = [];
@@ -206,6 +222,52 @@ test('quantised GGUF: convert q8_0/q4_0/q4_k writes the blocks of the quantiser;
     const err = maxDiff(f32.logits, q.logits) / scale;
     assert.ok(err > 0 && err < tol, `${type}: logits off by ${err} of their scale`);
     assert.equal(q.tokens, dequantTokens, `${type}: the greedy tokens of the dequantised model`);
+  }
+});
+
+test('quantised experts in a mapped GGUF file are used in place (no copy): the same bits as a copy, and they outlive close()', async ({ dir }) => {
+  await writeTinyMixtral(dir, { raw: tinyMixtralRaw({ hidden_size: 256, intermediate_size: 256 }) });
+  for (const type of ['q8_0', 'q4_k'] as const) {
+    const file = path.join(dir, `m-${type}.gguf`);
+    await convertToGguf(dir, file, { type });
+    const g = await GgufCheckpoint.open(file);
+    assert.is(g.file.mapped, true);
+    const moe = (await g.loadLayer(1)).moe!;
+    const expertBytes = [...moe.w1, ...moe.w3, ...moe.w2].reduce((n, t) => n + t.data.byteLength, 0);
+    const copies = (ts: WeightTensor[]) => ts.map((t) => ({ ...t, data: (t.data as Uint8Array).slice() }) as WeightTensor);
+    const inPlace = await ExpertWeights.pack({ w1: moe.w1, w3: moe.w3, w2: moe.w2 });
+    const copied = await ExpertWeights.pack({ w1: copies(moe.w1), w3: copies(moe.w3), w2: copies(moe.w2) });
+    assert.equal([inPlace.inPlaceBytes, inPlace.bytes], [expertBytes, expertBytes]);
+    assert.equal([copied.inPlaceBytes, copied.bytes], [0, expertBytes]);
+    inPlace.dispose();
+    copied.dispose();
+    // a layer over the mapping and one over copies: the same bits, decode (T=3) and prefill (T=40) paths
+    const a = await MoeLayer.create({ gate: moe.gate, w1: moe.w1, w3: moe.w3, w2: moe.w2 });
+    const b = await MoeLayer.create({ gate: moe.gate, w1: copies(moe.w1), w3: copies(moe.w3), w2: copies(moe.w2) });
+    const xs = [3, 40].map((T, i) => ({ type: 'float32' as const, data: randn(T * 256, 7 + i), dims: [T, 256] }));
+    const before: Float32Array[] = [];
+    for (const x of xs) {
+      const ya = (await a.forward(x)).output.data as Float32Array;
+      assert.ok(Buffer.from(ya.buffer).equals(Buffer.from(((await b.forward(x)).output.data as Float32Array).buffer)), `${type}: in place = copy`);
+      before.push(ya);
+    }
+    // the file closed and every JS view gone: the layer holds the mapping
+    g.close();
+    for (const k of ['gate', 'w1', 'w3', 'w2'] as const) (moe as Partial<typeof moe>)[k] = undefined;
+    const collect = async () => {
+      for (let i = 0; i < 3; i++) {
+        gc();
+        await new Promise((r) => setImmediate(r));
+      }
+    };
+    const mapsFile = () => fs.readFileSync('/proc/self/maps', 'utf8').includes(fs.realpathSync(file));
+    await collect();
+    assert.is(mapsFile(), true, `${type}: the layer holds the mapping`);
+    for (const [i, x] of xs.entries()) assert.ok(Buffer.from(((await a.forward(x)).output.data as Float32Array).buffer).equals(Buffer.from(before[i].buffer)), `${type}: after close()`);
+    a.dispose();
+    b.dispose();
+    await collect();
+    assert.is(mapsFile(), false, `${type}: unmapped with its last holder`);
   }
 });
 

@@ -440,7 +440,7 @@ st('Mixtral: bf16 checkpoint converted to float32 on load; tied embeddings need 
   assert.not.ok(m.checkpoint.has('lm_head.weight'));
   const g = await m.loadGlobals();
   assert.is(g.lmHead, g.embedTokens);
-  assertSameTensor(g.embedTokens, cast(w.globals.embedTokens, 'float32'), 'embed widened');
+  assertSameTensor(g.embedTokens as Tensor, cast(w.globals.embedTokens as Tensor, 'float32'), 'embed widened');
   const l0 = m.loadLayerSync(0);
   assert.is(l0.moe.w2[3].type, 'float32');
   assertSameTensor(l0.moe.w2[3], cast(w.layers[0].moe.w2[3] as Tensor, 'float32'), 'w2[3] widened');

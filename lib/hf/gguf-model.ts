@@ -204,12 +204,13 @@ function permuteRows<T extends Tensor | QuantTensor>(w: T, heads: number, forwar
 
 // ---- the seam: a GGUF tensor to what the layers take ---------------------------------------------------
 
-const QUANTISED_WEIGHT = /\.(attn_(q|k|v|output)|ffn_(gate|up|down)(_exps|_shexp)?(\.\d+)?)\.weight$/;
+const QUANTISED_WEIGHT = /(\.(attn_(q|k|v|output)|ffn_(gate|up|down)(_exps|_shexp)?(\.\d+)?)|^output|^token_embd)\.weight$/;
 
 /**
- * Whether the layers take GGUF tensor `name` in its quantised blocks: the attention projections
- * and the FFN matrices (experts, shared experts, dense FFNs). The rest (embeddings, the router, the
- * LM head, norms) is dequantised to the load type.
+ * Whether the model takes GGUF tensor `name` in its quantised blocks: the attention projections,
+ * the FFN matrices (experts, shared experts, dense FFNs), the LM head (`output`) and the token
+ * embeddings (their rows dequantised as they are looked up), as llama.cpp runs them. The rest (the
+ * router, norms) is dequantised to the load type.
  */
 export function takesQuantised(name: string): boolean {
   return QUANTISED_WEIGHT.test(name);
@@ -324,6 +325,7 @@ export class GgufCheckpoint {
   readonly #onProgress: ((p: LoadProgress) => void) | undefined;
   #bytesLoaded = 0;
   #tensorsLoaded = 0;
+  readonly #owned = new WeakSet<object>();
 
   private constructor(file: GgufFile, o: Record<string, unknown>) {
     if (o.dtype !== undefined && !(FLOAT_TYPES as readonly unknown[]).includes(o.dtype))
@@ -410,10 +412,19 @@ export class GgufCheckpoint {
   }
 
   async loadGlobals(): Promise<ModelGlobalWeights> {
-    const embedTokens = await this.#readFloat('token_embd.weight');
+    const embedTokens = await this.#read('token_embd.weight');
     const norm = await this.#readFloat('output_norm.weight');
-    const lmHead = this.config.tieWordEmbeddings ? embedTokens : await this.#readFloat('output.weight');
+    const lmHead = this.config.tieWordEmbeddings ? embedTokens : await this.#read('output.weight');
     return { embedTokens, norm, lmHead };
+  }
+
+  /**
+   * Whether `t` is a tensor this checkpoint made for the model alone: a copy converted to the load
+   * type (dequantised, cast), or a quantised view of the mapped file's blocks. Nothing else writes
+   * it, so a model may keep it as it is instead of copying it.
+   */
+  owns(t: object): boolean {
+    return this.#owned.has(t);
   }
 
   /** Loads decoder layer i (0-based) in the Hugging Face form (`moe` or `mlp` by its kind). */
@@ -524,7 +535,9 @@ export class GgufCheckpoint {
   }
 
   async #read(name: string): Promise<WeightTensor> {
-    const t = await modelTensor(this.file, name, await this.file.read(name), this.dtype);
+    const raw = await this.file.read(name);
+    const t = await modelTensor(this.file, name, raw, this.dtype);
+    if (t.data.buffer !== raw.data.buffer || (this.file.mapped && t === raw && !isFloatType(raw.type))) this.#owned.add(t);
     const info = this.file.info(name);
     this.#bytesLoaded += info.byteLength;
     this.#tensorsLoaded++;

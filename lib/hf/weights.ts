@@ -95,12 +95,18 @@ export interface MixtralLayerWeights extends DecoderLayerWeights {
 
 /** The weights outside the decoder layers. */
 export interface ModelGlobalWeights {
-  /** [V,d] */
-  embedTokens: Tensor;
+  /**
+   * [V,d]. Float, or quantised blocks (a GGUF file's `token_embd`): on the host the embedding op
+   * reads the rows it needs where they lie and dequantises them; on a device it is dequantised once.
+   */
+  embedTokens: WeightTensor;
   /** [d] final RMSNorm. */
   norm: Tensor;
-  /** [V,d]; the embeddings tensor itself when the config ties them. */
-  lmHead: Tensor;
+  /**
+   * [V,d]; the embeddings tensor itself when the config ties them. Float, or quantised blocks (a
+   * GGUF file's `output.weight`), which the LM head's Linear runs as they are.
+   */
+  lmHead: WeightTensor;
 }
 
 /** The weights outside the decoder layers (the same for every model family). */

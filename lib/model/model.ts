@@ -15,7 +15,7 @@
  * (generate) and the routing counts come back to the host. One model holds one sequence (one KV
  * cache per block): calls on a model must not overlap.
  */
-import { type Precision, type QuantizeType } from '../core/quant.js';
+import { checkQuantTensor, dequantize, isQuantType, type Precision, type QuantizeType, type QuantTensor } from '../core/quant.js';
 import { backendInfo, type ResolvedBackend } from '../core/backend.js';
 import { type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
@@ -203,7 +203,7 @@ export class MixtralModel {
         const layers = ckpt instanceof MoeCheckpoint ? ckpt.layers(share ? { experts: share } : undefined) : ckpt.layers();
         for await (const layer of layers) blocks.push(await MixtralBlock.create(config, layer, o));
         const gguf = ckpt instanceof GgufCheckpoint ? ckpt : null;
-        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision, gguf ? () => gguf.releaseGlobals() : undefined);
+        const model = await MixtralModel.#assemble(config, globals, blocks, maxSeq, place, quantizeLinear, precision, gguf ? () => gguf.releaseGlobals() : undefined, gguf ? (t) => gguf.owns(t) : undefined);
         if (gguf) {
           model.tokenizer = gguf.file.has('tokenizer.ggml.model') ? GgufTokenizer.fromGguf(gguf.file) : null;
         } else model.tokenizer = Tokenizer.fromDirIfPresent(dir);
@@ -264,22 +264,34 @@ export class MixtralModel {
 
   // released(): called after the LM head is packed and after the embedding table is copied (the
   // GGUF loader drops the globals' mapped pages there, so that they never sit beside the copies).
-  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType, precision: Precision = 'default', released?: () => void): Promise<MixtralModel> {
+  // owned(t): t was made for the model alone (a GGUF loader's dequantised table or quantised view of
+  // its mapping): kept as it is, not copied.
+  static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType, precision: Precision = 'default', released?: () => void, owned?: (t: object) => boolean): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
     const check = (t: unknown, name: string, dims: number[]) => {
       const c = checkTensor(t, name, FLOAT_TYPES);
       if (c.dims.length !== dims.length || c.dims.some((x, i) => x !== dims[i])) throw rangeError(`${name}.dims must be [${dims.join(',')}], got [${c.dims.join(',')}]`);
       return c;
     };
-    const embed = check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
+    const quantEmbed = isQuantType((g.embedTokens as { type?: unknown } | undefined)?.type);
+    const embed = quantEmbed ? checkQuantTensor(g.embedTokens, 'weights.globals.embedTokens') : check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
+    if (embed.dims.length !== 2 || embed.dims[0] !== V || embed.dims[1] !== d) throw rangeError(`weights.globals.embedTokens.dims must be [${V},${d}], got [${embed.dims.join(',')}]`);
     const norm = check(g.norm, 'weights.globals.norm', [d]);
-    const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d]);
+    const headIn = config.tieWordEmbeddings ? g.embedTokens : g.lmHead;
+    const head = isQuantType((headIn as { type?: unknown } | undefined)?.type) ? checkQuantTensor(headIn, 'weights.globals.lmHead') : check(headIn, 'weights.globals.lmHead', [V, d]);
+    if (head.dims.length !== 2 || head.dims[0] !== V || head.dims[1] !== d) throw rangeError(`weights.globals.lmHead.dims must be [${V},${d}], got [${head.dims.join(',')}]`);
     const lmHead = await Linear.pack(head, { ...(place.device ? { backend: place.backend } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}), precision });
     released?.();
     // the embedding table and the norm are read in place by the ops: keep private copies
     const kept: AnyTensor[] = [];
     try {
-      kept.push(await keep(place, embed as Tensor));
+      // a quantised table: on the host its rows are read where they lie (the GGUF mapping, held by
+      // the view); on a device it is dequantised once
+      if (quantEmbed) {
+        const q = embed as QuantTensor;
+        kept.push(place.device ? await keep(place, await dequantize(q)) : ((owned?.(g.embedTokens) ? q : { ...q, data: q.data.slice(), dims: [...q.dims] }) as unknown as Tensor));
+      }
+      else kept.push(!place.device && owned?.(g.embedTokens) ? (embed as Tensor) : await keep(place, embed as Tensor));
       released?.();
       kept.push(await keep(place, norm as Tensor));
     } catch (e) {

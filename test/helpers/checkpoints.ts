@@ -248,10 +248,10 @@ export function makeModelWeights(config: MoeModelConfig, seed = 1, dtype: FloatT
 
 /** Every tensor of any family's weights under its checkpoint name, in `layout`. */
 export function modelCheckpointTensors(w: TinyModelWeights, layout: ExpertLayout): Record<string, Tensor> {
-  const out: Record<string, Tensor> = { 'model.embed_tokens.weight': w.globals.embedTokens };
+  const out: Record<string, Tensor> = { 'model.embed_tokens.weight': w.globals.embedTokens as Tensor };
   for (const l of w.layers) Object.assign(out, decoderLayerTensors(w.config.modelType, l, layout));
   out['model.norm.weight'] = w.globals.norm;
-  if (!w.config.tieWordEmbeddings) out['lm_head.weight'] = w.globals.lmHead;
+  if (!w.config.tieWordEmbeddings) out['lm_head.weight'] = w.globals.lmHead as Tensor; // float in the tiny models
   return out;
 }
 
