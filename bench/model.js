@@ -29,8 +29,9 @@ const HELP = `usage: node bench/model.js [options]      (node bench/run.js --mod
                       block format (llama.cpp's), everything else bfloat16
   --gguf              load the model from a GGUF file instead of from memory: the same weights written
                       as a checkpoint and converted (convert --type bf16|f32|q8_0|q4_0|q4_k: in a block
-                      format every matrix is quantised, as llama.cpp's files are; embeddings and LM head
-                      are dequantised to bfloat16 at load), timed load included
+                      format every matrix is quantised, as llama.cpp's files are, and the experts,
+                      projections, embeddings and LM head run as the file's blocks; norms and router
+                      load as bfloat16), timed load included
   --prompt N          prompt tokens (prefill), default 128 (--ci 16)
   --decode N          tokens generated after the first, default 32 (--ci 4)
   --runs N            generations timed (the median is reported), default 3 (--ci 1)
