@@ -31,6 +31,9 @@ const HELP = `usage: node bench/serve.js [options]      (node bench/run.js --ser
   --soak SECONDS      then a soak: 16 clients (at most the largest level) for SECONDS, random
                       lengths, 30% of the requests cancelled by their client at a random time;
                       RSS sampled each second, every request answered once, no block left
+  --max-batch-tokens N  the engine's step budget (decode tokens + prefill chunks), default the
+                      engine's: max(256, largest level); a burst of c prompts that fits one step
+                      is prefilled before any of them decodes (TTFT up, TPOT p99 down)
   --dtype T           weight type: bfloat16 (default) or float32
   --backend B         auto (default), cpu, cuda, cuda-emu
   --json PATH         default bench/results/serve.json
@@ -49,6 +52,7 @@ function parseArgs(argv) {
         prompt: { type: 'string' },
         new: { type: 'string' },
         requests: { type: 'string' },
+        'max-batch-tokens': { type: 'string' },
         soak: { type: 'string' },
         dtype: { type: 'string', default: 'bfloat16' },
         backend: { type: 'string', default: 'auto' },
@@ -82,6 +86,7 @@ function parseArgs(argv) {
     newTokens: int(values.new, 'new') ?? preset.new,
     requests: int(values.requests, 'requests') ?? 1,
     soakSeconds: int(values.soak, 'soak') ?? 0,
+    maxBatchTokens: int(values['max-batch-tokens'], 'max-batch-tokens') ?? undefined,
     json: path.resolve(values.json ?? path.join(root, 'bench', 'results', 'serve.json')),
   };
 }
@@ -168,7 +173,8 @@ async function runServe(argv) {
   p.done(`${s.layers} layers built on ${model.backend}, ${(model.bytes / 1e9).toFixed(2)} GB`);
   collect();
   const maxContext = opts.prompt + opts.newTokens;
-  const engine = await lib.Engine.create(model, { maxSequences: maxC, maxQueued: maxC, maxContext, numBlocks: Math.ceil(maxContext / 16) * maxC + 2 });
+  const engine = await lib.Engine.create(model, { maxSequences: maxC, maxQueued: maxC, maxContext, numBlocks: Math.ceil(maxContext / 16) * maxC + 2, ...(opts.maxBatchTokens ? { maxBatchTokens: opts.maxBatchTokens } : {}) });
+  console.log(`# engine: maxSequences ${engine.maxSequences}, maxBatchTokens ${engine.maxBatchTokens}`);
   const server = new lib.MoeServer(engine, { modelName: 'bench' });
   const { url } = await server.listen({ port: 0 });
   const promptOf = (i) => Array.from({ length: opts.prompt }, (_, j) => (j * 7919 + i * 104729 + 13) % s.vocab);
@@ -218,6 +224,12 @@ async function runServe(argv) {
         tpotP50: pct(tpots, 50),
         tpotP99: pct(tpots, 99),
         interTokenP99: pct(gaps, 99),
+        // the stream with the longest time per output token: its first token, and its longest gap
+        // (the steps that prefilled the others' prompts while it decoded)
+        slowest: (() => {
+          const x = ok.filter((r) => r.gaps.length > 0).sort((a, b) => b.gaps.reduce((m, g) => m + g, 0) / b.gaps.length - a.gaps.reduce((m, g) => m + g, 0) / a.gaps.length)[0];
+          return x ? { ttft: x.ttft, tpot: x.gaps.reduce((m, g) => m + g, 0) / x.gaps.length, longestGap: Math.max(...x.gaps) } : null;
+        })(),
         steps: engine.stats.steps - before.steps,
         sameAsAlone: !!probe && !probe.error && probe.tokens.join(',') === alone.tokens.join(','),
       };
@@ -244,6 +256,8 @@ async function runServe(argv) {
     ]);
     const widths = head.map((_, i) => Math.max(...[head, ...rows].map((r) => r[i].length)));
     for (const r of [head, ...rows]) console.log(r.map((x, i) => (i === 0 ? x.padEnd(widths[i]) : x.padStart(widths[i]))).join('  '));
+    for (const r of levels.filter((l) => l.concurrency > 1 && l.slowest))
+      console.log(`c=${r.concurrency}: slowest stream: TTFT ${fmt(r.slowest.ttft * 1000, 0)} ms, TPOT ${fmt(r.slowest.tpot * 1000)} ms, longest gap ${fmt(r.slowest.longestGap * 1000, 0)} ms`);
     // the issue's targets, where the levels were run (base: concurrency 1)
     const at16 = levels.find((r) => r.concurrency === 16);
     const targets = [];
