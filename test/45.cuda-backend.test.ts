@@ -27,7 +27,7 @@ import {
   tensor,
   type Tensor,
 } from '../lib/index';
-import { f32, i32, makeProblem, perExpert, type MoeProblem } from './helpers/problems';
+import { f32, i32, makeProblem, perExpert, tokensThatDependOnTheBatch, type MoeProblem } from './helpers/problems';
 import { makeShared, refMoeShared } from './helpers/shared-experts';
 import {
   assertClose,
@@ -231,6 +231,20 @@ for (const B of DEVICE) {
           if (!ties[t]) for (let j = 0; j < k; j++) assert.is(routing!.topkIds.data[t * k + j], cpu.topkIds.data[t * k + j], `token ${t} slot ${j}`);
         layer.dispose();
       });
+
+  ly('batchInvariant: a token gets the same bits alone as among 40 (tiles for every row count); without it the decode path sums in another order', async () => {
+    for (const dt of ['float32', 'bfloat16'] as const) {
+      // f32 activations and output (a bf16 output would round small differences away)
+      const p = makeProblem({ T: 40, d: 64, f: 96, E: 4, xType: 'float32', wType: dt, gateType: dt, seed: 21, gateScale: 4 });
+      const tokens = [0, 17, 39];
+      const fixed = await MoeLayer.create(weightsOf(p), { topK: 2, backend: B, batchInvariant: true });
+      assert.equal(await tokensThatDependOnTheBatch(fixed, p, tokens), [], `${dt}: batchInvariant`);
+      fixed.dispose();
+      const auto = await MoeLayer.create(weightsOf(p), { topK: 2, backend: B });
+      assert.ok((await tokensThatDependOnTheBatch(auto, p, tokens)).length > 0, `${dt}: the default (GEMV for T=1) gives other bits than the tiles`);
+      auto.dispose();
+    }
+  });
 
   ly('mixed dtypes: f32 x with bf16 weights reads x rounded to bf16', async () => {
     const p = makeProblem({ T: 20, d: 32, f: 48, E: 4, xType: 'float32', wType: 'bfloat16', gateType: 'float16', seed: 11, gateScale: 4 });

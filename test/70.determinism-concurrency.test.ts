@@ -20,7 +20,7 @@ import {
   type Tensor,
 } from '../lib/index';
 import { bitsCases, caseBits } from './helpers/child-check';
-import { makeProblem, perExpert, type MoeProblem } from './helpers/problems';
+import { makeProblem, perExpert, tokensThatDependOnTheBatch, type MoeProblem } from './helpers/problems';
 import { runChild as runChildScript } from './helpers/run-child';
 import { assertSameTensor, FLOAT_TYPES, randn } from './helpers/reference';
 
@@ -63,6 +63,19 @@ det('the same inputs give the same bits every time (sync and async, every dtype)
     }
     layer.dispose();
   }
+});
+
+det('batch-invariant: a token gets the same bits alone as among 40 (every dtype; batchInvariant is accepted and reported)', async () => {
+  for (const dtype of FLOAT_TYPES)
+    for (const batchInvariant of [false, true]) {
+      const p = makeProblem({ T: 40, d: 64, f: 96, E: 4, xType: dtype, wType: dtype, gateType: dtype, seed: 3 });
+      const layer = await MoeLayer.create(weightsOf(p), { topK: 2, batchInvariant });
+      assert.equal(await tokensThatDependOnTheBatch(layer, p, [0, 17, 39]), [], `${dtype} batchInvariant ${batchInvariant}`);
+      layer.dispose();
+      const w = ExpertWeights.packSync({ w1: p.w1, w3: p.w3, w2: p.w2 }, { batchInvariant });
+      assert.is(w.batchInvariant, batchInvariant);
+      w.dispose();
+    }
 });
 
 det('the stages give the same bits every time', async () => {

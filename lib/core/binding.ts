@@ -34,6 +34,7 @@ export interface NativeExpertsInfo {
   /** W2's type (differs from `type` only for quantised experts, e.g. Q4_K_M's q6_k W2). */
   w2Type?: NativeDType | NativeQuantType;
   inPlaceBytes?: number;
+  batchInvariant?: boolean;
   bytes?: number;
   backend?: string;
   hasGate?: boolean;
@@ -223,7 +224,7 @@ export interface NativeBinding {
   set_error_class(cls: new (message: string, code: string) => Error): void;
   backend_info(): NativeBackendInfo;
   /** gate: the router gate [E,d] packed with the experts (moe_forward needs it). */
-  pack_experts<A extends boolean = false>(weights: { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor }, options?: OnBackend & { exactF32?: boolean } & Async<A>): Ret<NativeExperts, A>;
+  pack_experts<A extends boolean = false>(weights: { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor }, options?: OnBackend & { exactF32?: boolean; batchInvariant?: boolean } & Async<A>): Ret<NativeExperts, A>;
   route<A extends boolean = false>(x: NativeTensor, gate: NativeTensor, options: NativeRouteOptions & { wantLogits?: boolean } & OnBackend & Async<A>): Ret<NativeRouteResult, A>;
   permute<A extends boolean = false>(topkIds: NativeTensor, options: { numExperts: number; capacity?: number } & OnBackend & Async<A>): Ret<NativePermuteResult, A>;
   grouped_gemm<A extends boolean = false>(x: NativeTensor, sortedRows: NativeTensor, expertOffsets: NativeTensor, experts: NativeExperts, options?: Async<A>): Ret<NativeTensor, A>;

@@ -6,7 +6,7 @@
 import { binding, type NativeExpertMatrix, type NativeExperts, type NativeTensor, type NativeWeightTensor } from '../core/binding.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { describe, MoeError, typeError } from '../core/errors.js';
-import { checkOptions, required } from '../core/options.js';
+import { boolOption, checkOptions, required } from '../core/options.js';
 import type { Tensor } from '../core/tensor.js';
 import { exactOption, isQuantType, quantize, quantizeOption, quantizeSync, type Precision, type QuantizeType, type QuantTensor, type WeightType } from '../core/quant.js';
 
@@ -31,6 +31,13 @@ export interface PackOptions {
   quantize?: QuantizeType;
   /** 'exact': f32 activations against bf16 weights on the avx512-bf16 table (see Precision). Default 'default'. */
   precision?: Precision;
+  /**
+   * Every row's result independent of how many rows a call has, so a token gets the same bits alone
+   * or in any batch, and an expert-parallel layer the bits of one process. The CPU kernels are so
+   * already; on CUDA it keeps float experts off the decode GEMV path (16 rows or fewer), whose
+   * summation order differs from the tiles', at a cost to small batches. Default false.
+   */
+  batchInvariant?: boolean;
   /** @internal the router gate packed with the experts: [E,d] (an MoE layer's), or [1,d] (shared experts' sigmoid gate) */
   gate?: Tensor;
 }
@@ -57,6 +64,8 @@ export class ExpertWeights {
    * the layer; truncating the file while it is mapped is as unsafe as for any mapped file.
    */
   readonly inPlaceBytes: number;
+  /** Packed with `batchInvariant` (PackOptions). */
+  readonly batchInvariant: boolean;
   readonly backend: ResolvedBackend;
   #disposed = false;
 
@@ -69,6 +78,7 @@ export class ExpertWeights {
     this.type = info.type as WeightType;
     this.w2Type = (info.w2Type ?? info.type) as WeightType;
     this.inPlaceBytes = info.inPlaceBytes ?? 0;
+    this.batchInvariant = info.batchInvariant ?? false;
     this.bytes = info.bytes! + this.inPlaceBytes;
     this.backend = backend;
     handles.set(this, native);
@@ -76,15 +86,15 @@ export class ExpertWeights {
 
   /** Packs off the event loop. */
   static async pack(weights: ExpertWeightsInit, options?: PackOptions): Promise<ExpertWeights> {
-    const [w, backend, q, exactF32] = args(weights, options);
+    const [w, backend, q, flags] = args(weights, options);
     if (q) for (const k of ['w1', 'w3', 'w2'] as const) w[k] = await quantizeMatrix(w[k], q, k);
-    return new ExpertWeights(await binding.pack_experts(w, { backend, exactF32, async: true }), backend);
+    return new ExpertWeights(await binding.pack_experts(w, { backend, ...flags, async: true }), backend);
   }
 
   static packSync(weights: ExpertWeightsInit, options?: PackOptions): ExpertWeights {
-    const [w, backend, q, exactF32] = args(weights, options);
+    const [w, backend, q, flags] = args(weights, options);
     if (q) for (const k of ['w1', 'w3', 'w2'] as const) w[k] = quantizeMatrixSync(w[k], q, k);
-    return new ExpertWeights(binding.pack_experts(w, { backend, exactF32 }), backend);
+    return new ExpertWeights(binding.pack_experts(w, { backend, ...flags }), backend);
   }
 
   get disposed(): boolean {
@@ -108,15 +118,15 @@ export class ExpertWeights {
 }
 
 type NativeWeights = { w1: NativeExpertMatrix; w3: NativeExpertMatrix; w2: NativeExpertMatrix; gate?: NativeTensor };
-function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeWeights, ResolvedBackend, QuantizeType | undefined, boolean] {
+function args(weights: ExpertWeightsInit, options?: PackOptions): [NativeWeights, ResolvedBackend, QuantizeType | undefined, { exactF32: boolean; batchInvariant: boolean }] {
   const o = checkOptions(options);
   const backend = resolveBackend(o.backend);
   const q = quantizeOption(o);
-  const exactF32 = exactOption(o);
+  const flags = { exactF32: exactOption(o), batchInvariant: boolOption(o, 'batchInvariant', false) };
   const m = (k: 'w1' | 'w3' | 'w2') => required<NativeExpertMatrix>(weights, k, 'weights');
   const w: NativeWeights = { w1: m('w1'), w3: m('w3'), w2: m('w2') };
   if (o.gate !== undefined) w.gate = o.gate as NativeTensor;
-  return [w, backend, q, exactF32];
+  return [w, backend, q, flags];
 }
 
 // A matrix (one tensor or one per expert) with its float tensors quantised; quantised ones kept.

@@ -75,6 +75,12 @@ export interface MoeLayerOptions {
    */
   precision?: Precision;
   /**
+   * Every token's result independent of the batch it runs in (ExpertWeights' PackOptions): the
+   * same bits alone or among others, and an expert-parallel layer the bits of one process created
+   * with it too. Already so on the CPU; on CUDA it costs small batches the decode GEMV path.
+   */
+  batchInvariant?: boolean;
+  /**
    * Expert parallelism: this rank holds only its slice of the experts (`expertRange`) and exchanges
    * rows with the other ranks of the group by all-to-all (MoeLayer.create only;
    * lib/parallel/ep-layer.ts). Given per-expert arrays, the entries of experts other ranks hold are
@@ -192,11 +198,12 @@ export class MoeLayer {
     const gate = copyTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate');
     const quantize = quantizeOption(o);
     const precision: Precision = exactOption(o) ? 'exact' : 'default';
-    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate, quantize, precision });
+    const batchInvariant = boolOption(o, 'batchInvariant', false);
+    const experts = packed ?? ExpertWeights.packSync(weights, { backend: o.backend as BackendName, gate, quantize, precision, batchInvariant });
     let shared = packedShared;
     try {
       const s = sharedOptions(o, experts, quantize);
-      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize, precision });
+      if (s && !shared) shared = ExpertWeights.packSync(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize, precision, batchInvariant });
       if (shared) checkShared(shared, experts);
       this.#shared = shared;
       this.#sharedGate = s?.gate;
@@ -235,11 +242,12 @@ export class MoeLayer {
     const gate = checkTensor(required<unknown>(weights, 'gate', 'weights'), 'weights.gate', FLOAT_TYPES); // fail before packing
     const quantize = quantizeOption(o);
     const precision: Precision = exactOption(o) ? 'exact' : 'default';
-    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate, quantize, precision });
+    const batchInvariant = boolOption(o, 'batchInvariant', false);
+    const packed = await ExpertWeights.pack(weights, { backend: o.backend as BackendName, gate, quantize, precision, batchInvariant });
     let shared: ExpertWeights | undefined;
     try {
       const s = sharedOptions(o, packed, quantize);
-      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize, precision });
+      if (s) shared = await ExpertWeights.pack(s.weights, { backend: o.backend as BackendName, gate: s.gate, quantize, precision, batchInvariant });
       return new MoeLayer(weights, options, packed, shared);
     } catch (e) {
       packed.dispose();

@@ -163,7 +163,7 @@ export class ExpertParallelMoeLayer {
     let f: number;
     if (range[1] > range[0]) {
       const w = { w1: sliceExperts(weights, 'w1', E, ...range), w3: sliceExperts(weights, 'w3', E, ...range), w2: sliceExperts(weights, 'w2', E, ...range) };
-      local = await ExpertWeights.pack(w, { backend: o.backend as BackendName, quantize: quantizeOption(o), precision: exactOption(o) ? 'exact' : 'default' });
+      local = await ExpertWeights.pack(w, { backend: o.backend as BackendName, quantize: quantizeOption(o), precision: exactOption(o) ? 'exact' : 'default', batchInvariant: boolOption(o, 'batchInvariant', false) });
       f = local.intermediateSize;
       if (local.hiddenSize !== d) {
         local.dispose();
@@ -184,7 +184,7 @@ export class ExpertParallelMoeLayer {
         const zeros = (dims: number[]): Tensor => ({ type: st, data: st === 'float32' ? new Float32Array(dims[0] * dims[1] * dims[2]) : new Uint16Array(dims[0] * dims[1] * dims[2]), dims }) as Tensor;
         shared = await MoeLayer.create(
           { gate: { type: 'float32', data: new Float32Array(d), dims: [1, d] }, w1: zeros([1, 1, d]), w3: zeros([1, 1, d]), w2: zeros([1, d, 1]) },
-          { topK: 1, sharedExperts: o.sharedExperts as MoeLayerOptions['sharedExperts'], backend: o.backend as BackendName },
+          { topK: 1, sharedExperts: o.sharedExperts as MoeLayerOptions['sharedExperts'], backend: o.backend as BackendName, batchInvariant: boolOption(o, 'batchInvariant', false) },
         );
       }
       return new ExpertParallelMoeLayer(group, gate, local, range, d, f, o, shared);

@@ -2,7 +2,7 @@
 // the op called through the backend that owns the packed weights or the tensors. Each takes its
 // tensors, then one options object (`async: true` returns a Promise):
 //
-//   pack_experts({w1, w3, w2, gate?}, {backend, exactF32, async})                       -> Experts
+//   pack_experts({w1, w3, w2, gate?}, {backend, exactF32, batchInvariant, async})       -> Experts
 //   route(x, gate, {topK, normalize, wantLogits, wantStats, noiseGate, noiseSeed, randomRouting,
 //                   randomSeed, backend, async})   -> {topkIds, topkWeights, expertCounts, logits?, stats?}
 //   permute(topkIds, {numExperts, capacity, backend, async}) -> {expertOffsets, sortedRows, rowOf, dropped}
@@ -177,11 +177,12 @@ bool mapped_blocks_of(Napi::Env env, const Napi::Value& v, std::vector<std::shar
 Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 1, "pack_experts");
-  Options o(info, 1, "pack_experts", {"backend", "exactF32"});
+  Options o(info, 1, "pack_experts", {"backend", "exactF32", "batchInvariant"});
   auto job = std::make_unique<Job>(o.async());
   moe::Backend* backend = backend_option(o);
   auto src = std::make_shared<moe::ExpertWeightSource>(read_expert_source(*job, info[0]));
   src->exact_f32 = o.flag("exactF32", false);
+  src->batch_invariant = o.flag("batchInvariant", false);
   // Quantised weights in files the package mapped stay as they are for as long as the mappings do:
   // the backend may read them in place, holding the mappings (the CPU backend does; no copy).
   if (moe::is_quant(src->dtype)) {
@@ -207,7 +208,9 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   return run_make_job<moe::PackedExperts>(
       env, std::move(job),
       [backend, src, gate, has_gate](std::unique_ptr<moe::PackedExperts>* out) {
-        return backend->pack_experts(*src, has_gate ? gate.get() : nullptr, out);
+        moe::Status st = backend->pack_experts(*src, has_gate ? gate.get() : nullptr, out);
+        if (st.is_ok() && *out) (*out)->batch_invariant = src->batch_invariant;
+        return st;
       },
       ExpertsHandle::NewInstance);
 }

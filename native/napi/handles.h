@@ -125,6 +125,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
         o.Set("hasGate", Napi::Boolean::New(env, obj->has_gate));
         o.Set("w2Type", Napi::String::New(env, moe::dtype_name(obj->w2_dtype)));
         num("inPlaceBytes", double(obj->in_place_bytes));
+        o.Set("batchInvariant", Napi::Boolean::New(env, obj->batch_invariant));
       } else if constexpr (kLinear) {
         num("inFeatures", double(obj->in_features)), num("outFeatures", double(obj->out_features));
         o.Set("bias", Napi::Boolean::New(env, obj->has_bias));

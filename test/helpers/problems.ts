@@ -74,3 +74,22 @@ export function i32(data: ArrayLike<number>, dims: number[]): Tensor<'int32'> {
 export function f32(data: ArrayLike<number>, dims: number[]): Tensor<'float32'> {
   return tensor('float32', Float32Array.from(data), dims);
 }
+
+/**
+ * Whether each of `tokens` gets the same output bits from `layer` alone (a T=1 call) as in the call
+ * over all of p.x: the indices of the tokens that differ (empty: batch-invariant on those tokens).
+ */
+export async function tokensThatDependOnTheBatch(layer: { forward(x: Tensor): Promise<{ output: Tensor }> }, p: MoeProblem, tokens: number[]): Promise<number[]> {
+  const all = (await layer.forward(p.x)).output;
+  const d = p.x.dims[1];
+  const bytes = (t: Tensor) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  const rowBytes = all.data.BYTES_PER_ELEMENT * d;
+  const differ: number[] = [];
+  for (const t of tokens) {
+    const x1 = { type: p.x.type, data: p.x.data.slice(t * d, (t + 1) * d), dims: [1, d] } as Tensor;
+    const one = bytes((await layer.forward(x1)).output);
+    const row = bytes(all).subarray(t * rowBytes, (t + 1) * rowBytes);
+    if (Buffer.compare(Buffer.from(one), Buffer.from(row)) !== 0) differ.push(t);
+  }
+  return differ;
+}

@@ -34,6 +34,7 @@ MoeDeviceLayer DeviceExperts::layer() const {
   }
   l.gate = gate;
   l.packed = packed;
+  l.batch_invariant = batch_invariant;
   return l;
 }
 
@@ -115,6 +116,7 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   w->d = src.d;
   w->f = src.f;
   w->dtype = w->w2_dtype = src.dtype;
+  w->batch_invariant = src.batch_invariant;
   MOE_CUDA_TRY(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking), "creating the layer's stream");
   MOE_CUDA_TRY(cudaMalloc(&w->packed, bytes), ("allocating " + std::to_string(bytes) + " bytes of expert weights").c_str());
   w->packed_bytes = bytes;
@@ -235,7 +237,7 @@ Status grouped_gemm(const GroupedGemmArgs& a, cudaStream_t s) {
   MOE_RETURN_IF_ERROR(sc.allocate());
   return launched(launch_grouped_gemm(a.x.data, dev_dtype(a.x.dtype), T, opt<const int32_t>(a.sorted_rows),
                                       a.expert_offsets.as<const int32_t>(), R, w.packed, E, d, w.f, wt, a.y.as<float>(),
-                                      sc.at<void>(o_ws), ws, s),
+                                      sc.at<void>(o_ws), ws, s, grouped_gemm_fixed_path(w.batch_invariant, d, w.f, wt)),
                   "grouped GEMM");
 }
 

@@ -942,6 +942,12 @@ GroupedGemmPath grouped_gemm_path(int64_t max_rows, int64_t d, int64_t f, DevDTy
   return GroupedGemmPath::kSimt;
 }
 
+GroupedGemmPath grouped_gemm_fixed_path(bool invariant, int64_t d, int64_t f, DevDType w_dtype) {
+  if (!invariant) return GroupedGemmPath::kAuto;
+  // the paths past the decode bound, for any max_rows (each output's K loop is the same in every tile)
+  return grouped_gemm_path(kDecodeMaxRows + 1, d, f, w_dtype);
+}
+
 cudaError_t launch_grouped_gemm(const void* x, DevDType x_dtype, int64_t num_tokens,
                                 const int32_t* sorted_rows, const int32_t* expert_offsets, int64_t max_rows,
                                 const void* packed, int num_experts, int64_t d, int64_t f, DevDType w_dtype,

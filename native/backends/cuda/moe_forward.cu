@@ -164,7 +164,8 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
   err = quant ? launch_quant_layer_gemm(layer, false, x, x_dtype, num_tokens, sorted_rows, offsets, slots, y, ws + L.gemm,
                                         L.gemm_bytes, stream)
               : launch_grouped_gemm(x, x_dtype, num_tokens, sorted_rows, offsets, /*max_rows=*/slots, layer.packed, E,
-                                    layer.d, layer.f, layer.w_dtype, y, ws + L.gemm, L.gemm_bytes, stream);
+                                    layer.d, layer.f, layer.w_dtype, y, ws + L.gemm, L.gemm_bytes, stream,
+                                    grouped_gemm_fixed_path(layer.batch_invariant, layer.d, layer.f, layer.w_dtype));
   if (err != cudaSuccess) return err;
   float* shared_y = nullptr;
   float* shared_logit = nullptr;
@@ -177,7 +178,8 @@ cudaError_t launch_moe_forward(const MoeDeviceLayer& layer, const void* x, DevDT
                                           L.gemm_bytes, stream)
                 : launch_grouped_gemm(x, x_dtype, num_tokens, /*sorted_rows=*/nullptr, span, /*max_rows=*/num_tokens,
                                       layer.shared_packed, 1, layer.d, layer.shared_f, layer.w_dtype, shared_y, ws + L.gemm,
-                                      L.gemm_bytes, stream);
+                                      L.gemm_bytes, stream,
+                                      grouped_gemm_fixed_path(layer.batch_invariant, layer.d, layer.shared_f, layer.w_dtype));
     if (err != cudaSuccess) return err;
     if (layer.shared_gate) {
       shared_logit = reinterpret_cast<float*>(ws + L.shared_logit);

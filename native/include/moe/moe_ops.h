@@ -46,6 +46,12 @@ struct ExpertWeightSource {
   // avx512-bf16 table rounds the activations to bf16 and uses vdpbf16ps (about 2x the speed,
   // results within the bf16 tolerance); other tables and dtypes are exact either way.
   bool exact_f32 = false;
+  // Batch-invariant: each row's result must not depend on how many rows a call has (which kernel
+  // path a row count picks). The CPU kernels are so for every dtype; the CUDA grouped GEMM then
+  // never takes its decode GEMV path (rows <= 16), whose summation order differs from its tiles'.
+  // Expert parallelism on CUDA needs it to give the bits of one process (an EP rank's experts get
+  // the rows of every rank).
+  bool batch_invariant = false;
   // Set when the bytes behind w1/w3/w2 stay valid and unchanged for as long as this is held (the
   // addon sets it for quantised weights in a file the package mapped): a backend whose layout is
   // the source's may then keep pointers into them, holding this, instead of copying them.
@@ -64,6 +70,7 @@ class PackedExperts {
   DType dtype = DType::kF32;     // of W1/W3 (and W2, unless quantised differently)
   DType w2_dtype = DType::kF32;  // of W2
   bool has_gate = false;       // a gate [num_experts, d] was packed with them
+  bool batch_invariant = false;  // packed with ExpertWeightSource::batch_invariant
   virtual size_t bytes() const = 0;  // memory allocated (weights and gate)
   size_t in_place_bytes = 0;         // weight bytes read where they lie (ExpertWeightSource::keep_alive), not in bytes()
 };
