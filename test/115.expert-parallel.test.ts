@@ -6,7 +6,7 @@
  *     layers `batchInvariant` (the CUDA grouped GEMM's default decode path for 16 rows or fewer
  *     sums in another order, and EP changes the rows per expert);
  *   - `-np 2` and `-np 4`: an expert-parallel MixtralModel gives each rank the logits and greedy
- *     tokens of the single-process model for its own sequence;
+ *     tokens of the single-process model for its own sequence; on cuda-emu ranks (`-np 2`) too;
  *   - a rank that dies or never joins makes the others fail with a clear error within a timeout;
  *   - `moe-kernels launch` builds the mpirun command and runs a job.
  * Skipped, with a message, where mpirun is missing (a user's machine); .ci/run installs Open MPI and
@@ -220,6 +220,19 @@ for (const np of [2, 4]) {
     for (let rank = 0; rank < np; rank++) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of ${np}: 2 models, logits, decode and 10 greedy tokens bit-identical`), r.out);
   });
 }
+
+test('mpirun -np 2 on cuda-emu ranks: an expert-parallel model on the device (rows through host memory) gives each rank the single-process bits', async () => {
+  if (skipMpi()) return;
+  if (!fs.existsSync(emuAddon)) {
+    if (process.env.MOE_TEST_REQUIRE_CUDA_EMU === '1') assert.unreachable(`MOE_TEST_REQUIRE_CUDA_EMU=1 but ${emuAddon} is missing`);
+    console.log('  (skipped: no build-emu/ addon; MOE_CUDA_EMU=1 npm run build:native makes it)');
+    return;
+  }
+  const r = await mpiJob(2, 'model', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' });
+  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
+  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of 2: 2 models, logits, decode and 10 greedy tokens bit-identical on cuda-emu`), r.out);
+});
 
 test('a program that ends without close(): MPI is finalized at teardown, the job ends normally', async () => {
   if (skipMpi()) return;

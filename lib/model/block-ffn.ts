@@ -10,7 +10,7 @@ import type { Precision, QuantizeType } from '../core/quant.js';
 import { type BackendName } from '../core/backend.js';
 import { DeviceTensor } from '../core/device.js';
 import { type LayerKind, type MoeModelConfig } from '../hf/config.js';
-import { MoeError, rangeError } from '../core/errors.js';
+import { rangeError } from '../core/errors.js';
 import { DenseFfn, MoeLayer, type DenseFfnWeights, type SharedExpertsWeights } from '../moe/layers.js';
 import { checkOptions } from '../core/options.js';
 import { type Tensor, zeros } from '../core/tensor.js';
@@ -59,7 +59,11 @@ class MoeBlockFfn implements BlockFfn {
   }
 }
 
-/** An MoE layer of an expert-parallel model (host tensors: CPU ranks). */
+/**
+ * An MoE layer of an expert-parallel model. The layer takes host tensors (the MPI transport moves
+ * host memory): on a device backend x is copied to the host and the output back, and the stage ops
+ * still run on the device backend.
+ */
 class ExpertParallelBlockFfn implements BlockFfn {
   readonly kind = 'moe' as const;
   readonly moe = null;
@@ -72,9 +76,12 @@ class ExpertParallelBlockFfn implements BlockFfn {
     return this.expertParallel.disposed;
   }
   async forward(x: Tensor | DeviceTensor): Promise<BlockFfnOutput> {
-    if (x instanceof DeviceTensor) throw new MoeError('an expert-parallel MoE layer takes host tensors (CPU ranks)', 'ERR_UNSUPPORTED');
-    const { output, routing } = await this.expertParallel.forward(x, { returnRouting: true });
-    return { output, tokensPerExpert: routing.tokensPerExpert };
+    if (!(x instanceof DeviceTensor)) {
+      const { output, routing } = await this.expertParallel.forward(x, { returnRouting: true });
+      return { output, tokensPerExpert: routing.tokensPerExpert };
+    }
+    const { output, routing } = await this.expertParallel.forward(await x.toHost(), { returnRouting: true });
+    return { output: await DeviceTensor.from(output, { backend: x.backend }), tokensPerExpert: routing.tokensPerExpert };
   }
   dispose() {
     this.expertParallel.dispose();
@@ -109,7 +116,7 @@ const dimsOf = (t: { dims?: readonly number[] } | undefined) => `[${t?.dims?.joi
  * dense one, as `MoeCheckpoint.loadLayer` gives them), checking every size against the config;
  * a RangeError names the weight, the size found and the size the config implies.
  */
-export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLayerWeights, index: number, backend: BackendName | undefined, quantize?: QuantizeType, precision: Precision = 'default', expertParallel?: ProcessGroup): Promise<BlockFfn> {
+export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLayerWeights, index: number, backend: BackendName | undefined, quantize?: QuantizeType, precision: Precision = 'default', expertParallel?: ProcessGroup, batchInvariant = false): Promise<BlockFfn> {
   const d = config.hiddenSize;
   const kind = config.layerKinds[index];
   if (kind === 'dense') {
@@ -144,7 +151,7 @@ export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLay
   if (expertParallel !== undefined) {
     const ep = await MoeLayer.create(
       { gate: w.gate, w1: w.w1, w3: w.w3, w2: w.w2 },
-      { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, expertParallel, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision },
+      { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, expertParallel, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision, batchInvariant },
     );
     const f = config.moeIntermediateSize;
     if (ep.numExperts !== config.numExperts || ep.hiddenSize !== d || (ep.intermediateSize !== f && ep.localExperts[1] > ep.localExperts[0])) {
@@ -155,7 +162,7 @@ export async function createBlockFfn(config: MoeModelConfig, weights: DecoderLay
   }
   const moe = await MoeLayer.create(
     { gate: w.gate, w1: w.w1, w3: w.w3, w2: w.w2 },
-    { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision },
+    { topK: config.numExpertsPerTok, normalize: config.normTopkProb, backend, ...(shared ? { sharedExperts: shared } : {}), ...(quantize ? { quantize } : {}), precision, batchInvariant },
   );
   const f = config.moeIntermediateSize;
   if (moe.numExperts !== config.numExperts || moe.hiddenSize !== d || moe.intermediateSize !== f) {

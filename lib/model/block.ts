@@ -95,7 +95,7 @@ export class MixtralBlock {
    */
   static async create(config: MoeModelConfig, weights: DecoderLayerWeights, options?: MixtralRuntimeOptions): Promise<MixtralBlock> {
     checkConfig(config);
-    const { maxSeq, kvType, backend, place, quantize, quantizeLinear, precision, expertParallel } = runtimeOptions(config, options);
+    const { maxSeq, kvType, backend, place, quantize, quantizeLinear, precision, expertParallel, batchInvariant } = runtimeOptions(config, options);
     const w = checkOptions(weights, 'weights') as unknown as DecoderLayerWeights;
     const index = intOption(w as unknown as Record<string, unknown>, 'index', 0, 0, config.numHiddenLayers - 1, 'weights.index');
     const a = checkOptions(w.attention, 'weights.attention') as unknown as DecoderLayerWeights['attention'];
@@ -134,7 +134,7 @@ export class MixtralBlock {
       const wk = await lin(a.kProj, 'kProj', kv, d, { name: 'kBias', t: a.kBias, declared: qkvBias });
       const wv = await lin(a.vProj, 'vProj', kv, d, { name: 'vBias', t: a.vBias, declared: qkvBias });
       const wo = await lin(a.oProj, 'oProj', d, q, { name: 'oBias', t: a.oBias, declared: config.attentionOutputBias });
-      const ffn = await createBlockFfn(config, w, index, backend, quantize, precision, expertParallel);
+      const ffn = await createBlockFfn(config, w, index, backend, quantize, precision, expertParallel, batchInvariant);
       owned.push(ffn);
       const cache = new KvCache({ maxSeq, numKvHeads: config.numKeyValueHeads, headDim: config.headDim, type: kvType }, dev);
       return new MixtralBlock(index, config, place, { inputNorm, postNorm, wq, wk, wv, wo, ffn, cache });

@@ -9,7 +9,7 @@ import { type MoeModelConfig } from '../hf/config.js';
 import { DeviceTensor } from '../core/device.js';
 import { describe, MoeError, typeError } from '../core/errors.js';
 import { embedding, type AnyTensor } from './primitives.js';
-import { checkOptions, intOption } from '../core/options.js';
+import { boolOption, checkOptions, intOption } from '../core/options.js';
 import { FLOAT_TYPES, type FloatType, type Tensor, zeros } from '../core/tensor.js';
 import { ProcessGroup } from '../parallel/process-group.js';
 
@@ -39,12 +39,19 @@ export interface MixtralRuntimeOptions {
    */
   precision?: Precision;
   /**
-   * Expert parallelism (CPU ranks): each MoE layer keeps only this rank's experts and exchanges
-   * tokens with the group's other ranks (lib/parallel/ep-layer.ts); attention, norms and dense
-   * layers run data-parallel, each rank on its own sequences. Every rank must make the same calls
-   * (forward, generate steps) in the same order. Default: none.
+   * Expert parallelism: each MoE layer keeps only this rank's experts and exchanges tokens with the
+   * group's other ranks (lib/parallel/ep-layer.ts); attention, norms and dense layers run
+   * data-parallel, each rank on its own sequences. Every rank must make the same calls (forward,
+   * generate steps) in the same order. On a CUDA backend the MoE layers' rows go through host
+   * memory (the MPI transport; NCCL on device memory is not built). Default: none.
    */
   expertParallel?: ProcessGroup;
+  /**
+   * The MoE layers batch-invariant (MoeLayer.create's `batchInvariant`): a token's result does not
+   * depend on the batch it runs in. An expert-parallel model on CUDA needs it, on every rank and in
+   * the single-process model, to give the bits of one process. Default false.
+   */
+  batchInvariant?: boolean;
 }
 
 export const DEFAULT_MAX_SEQ = 4096;
@@ -227,10 +234,9 @@ export function runtimeOptions(config: MoeModelConfig, options: unknown) {
   if (expertParallel !== undefined && !(expertParallel instanceof ProcessGroup))
     throw typeError(`options.expertParallel must be a ProcessGroup from ProcessGroup.init(), got ${describe(expertParallel)}`);
   const place = placeOf(o.backend as BackendName | undefined);
-  if (expertParallel !== undefined && place.device)
-    throw new MoeError(`options.expertParallel runs on CPU ranks only for now; backend '${place.backend}' was asked for`, 'ERR_UNSUPPORTED');
   return {
     o, maxSeq, kvType: floatTypeOption(o, 'kvType', 'float32'), backend: o.backend as BackendName | undefined, place,
     quantize, quantizeLinear, precision: (exactOption(o) ? 'exact' : 'default') as Precision, expertParallel,
+    batchInvariant: boolOption(o, 'batchInvariant', false),
   };
 }
