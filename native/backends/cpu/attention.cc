@@ -64,6 +64,11 @@ void weighted_sum_portable(const float* e, const void* v, DType t, int64_t n, in
   }
 }
 
+void weighted_sum_heads_portable(const float* e, int64_t e_stride, int heads, const void* v, DType t, int64_t n, int64_t hd,
+                                 float* acc) {
+  for (int g = 0; g < heads; ++g) weighted_sum_portable(e + g * e_stride, v, t, n, hd, acc + g * hd);
+}
+
 }  // namespace
 
 const AttnKernels& attn_kernels() {
@@ -76,7 +81,7 @@ const AttnKernels& attn_kernels() {
 }
 
 const AttnKernels& attn_portable_kernels() {
-  static const AttnKernels k = {scores_portable, weighted_sum_portable};
+  static const AttnKernels k = {scores_portable, weighted_sum_portable, weighted_sum_heads_portable};
   return k;
 }
 
@@ -161,8 +166,7 @@ Status attention(const TensorView& q, const TensorView& k, const TensorView& v, 
     }
     for (int64_t j0 = 0; j0 < n; j0 += block) {
       const int64_t nb = std::min(block, n - j0);
-      for (int64_t g = 0; g < group; ++g)
-        kern.weighted_sum(s.scores.data() + g * n + j0, values + size_t(j0 * hd) * es, c.dtype, nb, hd, s.acc.data() + g * hd);
+      kern.weighted_sum_heads(s.scores.data() + j0, n, int(group), values + size_t(j0 * hd) * es, c.dtype, nb, hd, s.acc.data());
     }
     for (int64_t g = 0; g < group; ++g) {
       float* acc = s.acc.data() + g * hd;

@@ -61,6 +61,30 @@ void scores_t(const float* q, const void* k, int64_t n, int64_t hd, float scale,
   }
 }
 
+// For G heads g (weights e + g*e_stride, accumulators acc + g*hd): acc[g][i0, i0 + 16*NV) +=
+// sum_j e_g[j] * v[j][...]. NV and G known at compile time, so the accumulators stay in registers
+// (a runtime count kept them in memory: a store-to-load round trip on every FMA), and the G heads
+// share each value row's loads (G*NV independent FMA chains). Each head gets the same FMAs in the
+// same order as the general loop below.
+template <int W, int NV, int G = 1>
+void weighted_pass(const float* e, int64_t e_stride, const uint8_t* vb, int64_t n, int64_t hd, int64_t i0, float* acc) {
+  const size_t stride = size_t(hd) * (W == 0 ? 4 : 2);
+  __m512 a[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int x = 0; x < NV; ++x) a[g][x] = _mm512_loadu_ps(acc + g * hd + i0 + 16 * x);
+  for (int64_t j = 0; j < n; ++j) {
+    const uint8_t* r = vb + size_t(j) * stride;
+    __m512 vx[NV];
+    for (int x = 0; x < NV; ++x) vx[x] = load16<W>(r, i0 + 16 * x);
+    for (int g = 0; g < G; ++g) {
+      const __m512 ej = _mm512_set1_ps(e[g * e_stride + j]);
+      for (int x = 0; x < NV; ++x) a[g][x] = _mm512_fmadd_ps(ej, vx[x], a[g][x]);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int x = 0; x < NV; ++x) _mm512_storeu_ps(acc + g * hd + i0 + 16 * x, a[g][x]);
+}
+
 template <int W>
 void weighted_sum_t(const float* e, const void* v, int64_t n, int64_t hd, float* acc) {
   const size_t es = W == 0 ? 4 : 2;
@@ -68,6 +92,15 @@ void weighted_sum_t(const float* e, const void* v, int64_t n, int64_t hd, float*
   constexpr int64_t kBlock = 128;  // floats of acc kept in registers per pass (8 zmm)
   for (int64_t i0 = 0; i0 < hd; i0 += kBlock) {
     const int64_t i1 = std::min(hd, i0 + kBlock);
+    if ((i1 - i0) % 16 == 0) {  // whole vectors (head dims 32, 64, 128, 256): registers
+      switch ((i1 - i0) / 16) {
+        case 1: weighted_pass<W, 1>(e, 0, vb, n, hd, i0, acc); continue;
+        case 2: weighted_pass<W, 2>(e, 0, vb, n, hd, i0, acc); continue;
+        case 4: weighted_pass<W, 4>(e, 0, vb, n, hd, i0, acc); continue;
+        case 8: weighted_pass<W, 8>(e, 0, vb, n, hd, i0, acc); continue;
+        default: break;
+      }
+    }
     const int nv = int((i1 - i0 + 15) / 16);
     const __mmask16 last = __mmask16((i1 - i0) % 16 ? (1u << ((i1 - i0) % 16)) - 1 : 0xffff);
     __m512 a[kBlock / 16];
@@ -94,10 +127,32 @@ void weighted_sum(const float* e, const void* v, DType t, int64_t n, int64_t hd,
   else weighted_sum_t<2>(e, v, n, hd, acc);
 }
 
+// The group's heads together where their accumulators fit 16 zmm (head dim 16/32/64 with 2-8 heads,
+// 128 with 2); otherwise head by head.
+template <int W>
+void weighted_sum_heads_t(const float* e, int64_t e_stride, int heads, const void* v, int64_t n, int64_t hd, float* acc) {
+  const uint8_t* vb = static_cast<const uint8_t*>(v);
+  if (hd % 16 == 0) {
+    const int nv = int(hd / 16);
+#define MOE_HEADS(NV, G) \
+  if (nv == NV && heads == G) return weighted_pass<W, NV, G>(e, e_stride, vb, n, hd, 0, acc);
+    MOE_HEADS(1, 2) MOE_HEADS(1, 4) MOE_HEADS(1, 8) MOE_HEADS(2, 2) MOE_HEADS(2, 4) MOE_HEADS(2, 8)
+    MOE_HEADS(4, 2) MOE_HEADS(4, 4) MOE_HEADS(8, 2)
+#undef MOE_HEADS
+  }
+  for (int g = 0; g < heads; ++g) weighted_sum_t<W>(e + g * e_stride, v, n, hd, acc + g * hd);
+}
+
+void weighted_sum_heads(const float* e, int64_t e_stride, int heads, const void* v, DType t, int64_t n, int64_t hd, float* acc) {
+  if (t == DType::kF32) weighted_sum_heads_t<0>(e, e_stride, heads, v, n, hd, acc);
+  else if (t == DType::kF16) weighted_sum_heads_t<1>(e, e_stride, heads, v, n, hd, acc);
+  else weighted_sum_heads_t<2>(e, e_stride, heads, v, n, hd, acc);
+}
+
 }  // namespace
 
 const AttnKernels& attn_avx512_kernels() {
-  static const AttnKernels k = {scores, weighted_sum};
+  static const AttnKernels k = {scores, weighted_sum, weighted_sum_heads};
   return k;
 }
 

@@ -17,6 +17,9 @@ struct AttnKernels {
   void (*scores)(const float* q, const void* k, DType t, int64_t n, int64_t hd, float scale, float* out);
   // acc[i] += sum_j e[j] * v[j*hd + i] for i < hd, j in increasing order
   void (*weighted_sum)(const float* e, const void* v, DType t, int64_t n, int64_t hd, float* acc);
+  // weighted_sum for `heads` query heads against the same values (head g: e + g*e_stride, acc +
+  // g*hd), each with exactly weighted_sum's arithmetic; the heads only share the value loads
+  void (*weighted_sum_heads)(const float* e, int64_t e_stride, int heads, const void* v, DType t, int64_t n, int64_t hd, float* acc);
 };
 
 // The table of this CPU (attention.cc; paged_attention.cc uses it too).

@@ -149,9 +149,8 @@ Status paged_attention(const PagedAttentionArgs& a) {
       s.q[size_t(g * hd)] = 1.0f / sum;  // the query row is no longer needed: keep 1/sum there
     }
     for_runs([&](int64_t j, int64_t nb, size_t off) {
-      for (int64_t g = 0; g < group; ++g)
-        kern.weighted_sum(s.scores.data() + g * n + (j - lo), pool.values.as<const uint8_t>() + off, pool.dtype, nb, hd,
-                          s.acc.data() + g * hd);
+      kern.weighted_sum_heads(s.scores.data() + (j - lo), n, int(group), pool.values.as<const uint8_t>() + off, pool.dtype, nb,
+                              hd, s.acc.data());
     });
     for (int64_t g = 0; g < group; ++g) {
       float* acc = s.acc.data() + g * hd;
