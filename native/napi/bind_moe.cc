@@ -208,9 +208,7 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
   return run_make_job<moe::PackedExperts>(
       env, std::move(job),
       [backend, src, gate, has_gate](std::unique_ptr<moe::PackedExperts>* out) {
-        moe::Status st = backend->pack_experts(*src, has_gate ? gate.get() : nullptr, out);
-        if (st.is_ok() && *out) (*out)->batch_invariant = src->batch_invariant;
-        return st;
+        return backend->pack_experts(*src, has_gate ? gate.get() : nullptr, out);
       },
       ExpertsHandle::NewInstance);
 }

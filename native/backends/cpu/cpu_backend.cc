@@ -83,6 +83,7 @@ class CpuBackend final : public Backend {
   Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::unique_ptr<PackedExperts>* out) override {
     MOE_RETURN_IF_ERROR(cpu::pack_experts(src, gate, out));
     (*out)->backend = this;
+    (*out)->batch_invariant = src.batch_invariant;  // the CPU kernels are row-count invariant either way
     return Status::ok();
   }
   Status pack_linear(const TensorView& w, const TensorView* bias, bool exact_f32,

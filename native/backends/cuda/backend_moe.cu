@@ -116,7 +116,6 @@ Status pack_experts(const ExpertWeightSource& src, const TensorView* gate, std::
   w->d = src.d;
   w->f = src.f;
   w->dtype = w->w2_dtype = src.dtype;
-  w->batch_invariant = src.batch_invariant;
   MOE_CUDA_TRY(cudaStreamCreateWithFlags(&w->stream, cudaStreamNonBlocking), "creating the layer's stream");
   MOE_CUDA_TRY(cudaMalloc(&w->packed, bytes), ("allocating " + std::to_string(bytes) + " bytes of expert weights").c_str());
   w->packed_bytes = bytes;

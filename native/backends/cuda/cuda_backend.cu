@@ -124,6 +124,7 @@ class CudaBackend final : public Backend {
     if (src.exact_f32 && dtype_size(src.dtype) == 2) return exact_unsupported();
     MOE_RETURN_IF_ERROR(cuda::pack_experts(src, gate, out));
     (*out)->backend = this;
+    (*out)->batch_invariant = src.batch_invariant;  // read by the grouped GEMMs (DeviceExperts::layer)
     return Status::ok();
   }
   Status pack_linear(const TensorView& w, const TensorView* bias, bool exact_f32,

@@ -156,14 +156,14 @@ cudaError_t grouped_gemm_pack(int num_experts, int64_t d, int64_t f, DevDType w_
 size_t grouped_gemm_workspace_bytes(int64_t num_tokens, int64_t max_rows, int64_t d, int64_t f,
                                     DevDType w_dtype);
 
-// packed, workspace and y must be 16-byte aligned (cudaMalloc's are), x aligned to its element.
-// max_rows == 0 or num_tokens == 0 launches nothing. Errors: cudaErrorInvalidValue for an invalid
-// shape or dtype, a null or misaligned pointer that is needed, a workspace that is too small, or a
-// forced path that does not apply.
 // The path whose per-row result does not depend on max_rows (the tiles: tensor cores where they
 // apply, else SIMT; never the decode GEMV), or kAuto when `invariant` is false.
 GroupedGemmPath grouped_gemm_fixed_path(bool invariant, int64_t d, int64_t f, DevDType w_dtype);
 
+// packed, workspace and y must be 16-byte aligned (cudaMalloc's are), x aligned to its element.
+// max_rows == 0 or num_tokens == 0 launches nothing. Errors: cudaErrorInvalidValue for an invalid
+// shape or dtype, a null or misaligned pointer that is needed, a workspace that is too small, or a
+// forced path that does not apply.
 cudaError_t launch_grouped_gemm(const void* x,                 // [num_tokens, d] of x_dtype
                                 DevDType x_dtype, int64_t num_tokens,
                                 const int32_t* sorted_rows,    // [max_rows] (first R used) or null
@@ -198,7 +198,7 @@ struct MoeDeviceLayer {
   DevDType w_dtype = DevDType::kBF16;   // expert weights' dtype
   const float* gate = nullptr;          // device [num_experts, d], f32
   const void* packed = nullptr;         // device, grouped_gemm_pack's layout (16-byte aligned)
-  // Each row's result independent of the row count: the grouped GEMMs take batch_invariant_path().
+  // Each row's result independent of the row count: the grouped GEMMs take grouped_gemm_fixed_path().
   bool batch_invariant = false;
   // Shared experts (optional): one packed expert of intermediate size shared_f (same d and w_dtype),
   // run on every token and added in the combine, scaled by sigmoid(x . shared_gate) when
