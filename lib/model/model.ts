@@ -268,30 +268,28 @@ export class MixtralModel {
   // its mapping): kept as it is, not copied.
   static async #assemble(config: MoeModelConfig, g: ModelGlobalWeights, blocks: MixtralBlock[], maxSeq: number, place: Place, quantizeLinear?: QuantizeType, precision: Precision = 'default', released?: () => void, owned?: (t: object) => boolean): Promise<MixtralModel> {
     const { vocabSize: V, hiddenSize: d } = config;
-    const check = (t: unknown, name: string, dims: number[]) => {
-      const c = checkTensor(t, name, FLOAT_TYPES);
+    // a float tensor, or (blocks: the embeddings and LM head of a GGUF file) quantised blocks
+    const check = (t: unknown, name: string, dims: number[], blocks = false): Tensor | QuantTensor => {
+      const c = blocks && isQuantType((t as { type?: unknown } | undefined)?.type) ? checkQuantTensor(t, name) : checkTensor(t, name, FLOAT_TYPES);
       if (c.dims.length !== dims.length || c.dims.some((x, i) => x !== dims[i])) throw rangeError(`${name}.dims must be [${dims.join(',')}], got [${c.dims.join(',')}]`);
       return c;
     };
-    const quantEmbed = isQuantType((g.embedTokens as { type?: unknown } | undefined)?.type);
-    const embed = quantEmbed ? checkQuantTensor(g.embedTokens, 'weights.globals.embedTokens') : check(g.embedTokens, 'weights.globals.embedTokens', [V, d]);
-    if (embed.dims.length !== 2 || embed.dims[0] !== V || embed.dims[1] !== d) throw rangeError(`weights.globals.embedTokens.dims must be [${V},${d}], got [${embed.dims.join(',')}]`);
+    const embed = check(g.embedTokens, 'weights.globals.embedTokens', [V, d], true);
     const norm = check(g.norm, 'weights.globals.norm', [d]);
-    const headIn = config.tieWordEmbeddings ? g.embedTokens : g.lmHead;
-    const head = isQuantType((headIn as { type?: unknown } | undefined)?.type) ? checkQuantTensor(headIn, 'weights.globals.lmHead') : check(headIn, 'weights.globals.lmHead', [V, d]);
-    if (head.dims.length !== 2 || head.dims[0] !== V || head.dims[1] !== d) throw rangeError(`weights.globals.lmHead.dims must be [${V},${d}], got [${head.dims.join(',')}]`);
+    const head = check(config.tieWordEmbeddings ? g.embedTokens : g.lmHead, 'weights.globals.lmHead', [V, d], true);
     const lmHead = await Linear.pack(head, { ...(place.device ? { backend: place.backend } : {}), ...(quantizeLinear ? { quantize: quantizeLinear } : {}), precision });
     released?.();
     // the embedding table and the norm are read in place by the ops: keep private copies
     const kept: AnyTensor[] = [];
     try {
-      // a quantised table: on the host its rows are read where they lie (the GGUF mapping, held by
-      // the view); on a device it is dequantised once
-      if (quantEmbed) {
+      // on the host a table the loader made for the model alone is kept as it is (a quantised one's
+      // rows are read where they lie: the GGUF mapping, held by the view); a quantised table goes to
+      // a device dequantised once
+      if (!place.device && owned?.(g.embedTokens)) kept.push(embed as unknown as Tensor);
+      else if (isQuantType(embed.type)) {
         const q = embed as QuantTensor;
-        kept.push(place.device ? await keep(place, await dequantize(q)) : ((owned?.(g.embedTokens) ? q : { ...q, data: q.data.slice(), dims: [...q.dims] }) as unknown as Tensor));
-      }
-      else kept.push(!place.device && owned?.(g.embedTokens) ? (embed as Tensor) : await keep(place, embed as Tensor));
+        kept.push(place.device ? await keep(place, await dequantize(q)) : ({ ...q, data: q.data.slice(), dims: [...q.dims] } as unknown as Tensor));
+      } else kept.push(await keep(place, embed as Tensor));
       released?.();
       kept.push(await keep(place, norm as Tensor));
     } catch (e) {
