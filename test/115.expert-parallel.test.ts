@@ -196,13 +196,17 @@ for (const np of [2, 3, 4]) {
   });
 }
 
+/** True (with a message) when the build-emu/ addon is missing; a failure where CI requires it. */
+function skipEmu(): boolean {
+  if (fs.existsSync(emuAddon)) return false;
+  if (process.env.MOE_TEST_REQUIRE_CUDA_EMU === '1') assert.unreachable(`MOE_TEST_REQUIRE_CUDA_EMU=1 but ${emuAddon} is missing`);
+  console.log('  (skipped: no build-emu/ addon; MOE_CUDA_EMU=1 npm run build:native makes it)');
+  return true;
+}
+
 test('mpirun -np 2 on cuda-emu ranks: batch-invariant layers give the single-process bits for every routing variant', async () => {
   if (skipMpi()) return;
-  if (!fs.existsSync(emuAddon)) {
-    if (process.env.MOE_TEST_REQUIRE_CUDA_EMU === '1') assert.unreachable(`MOE_TEST_REQUIRE_CUDA_EMU=1 but ${emuAddon} is missing`);
-    console.log('  (skipped: no build-emu/ addon; MOE_CUDA_EMU=1 npm run build:native makes it)');
-    return;
-  }
+  if (skipEmu()) return;
   const r = await mpiJob(2, 'layer', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' });
   assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
   assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
@@ -223,11 +227,7 @@ for (const np of [2, 4]) {
 
 test('mpirun -np 2 on cuda-emu ranks: an expert-parallel model on the device (rows through host memory) gives each rank the single-process bits', async () => {
   if (skipMpi()) return;
-  if (!fs.existsSync(emuAddon)) {
-    if (process.env.MOE_TEST_REQUIRE_CUDA_EMU === '1') assert.unreachable(`MOE_TEST_REQUIRE_CUDA_EMU=1 but ${emuAddon} is missing`);
-    console.log('  (skipped: no build-emu/ addon; MOE_CUDA_EMU=1 npm run build:native makes it)');
-    return;
-  }
+  if (skipEmu()) return;
   const r = await mpiJob(2, 'model', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' });
   assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
   assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
