@@ -216,7 +216,7 @@ export {
 } from './serve/engine.js';
 export { MoeServer, createServer, type ServerOptions, type ListenOptions, type ShutdownOptions } from './serve/server.js';
 export { demoModel, demoTokenizer, DEMO_MODEL_NAME } from './serve/demo.js';
-export { ProcessGroup, type ProcessGroupOptions, type TransportInfo, type CommStats, type CommArray } from './parallel/process-group.js';
+export { ProcessGroup, NcclCommunicator, type NcclOptions, type ProcessGroupOptions, type TransportInfo, type CommStats, type CommArray } from './parallel/process-group.js';
 export {
   ExpertParallelMoeLayer,
   expertRange,

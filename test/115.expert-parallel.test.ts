@@ -15,6 +15,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import * as os from 'node:os';
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { MixtralModel, MoeCheckpoint, MoeLayer, ProcessGroup, countParameters, expertRange, parseMixtralConfig, type Tensor } from '../lib/index';
@@ -213,6 +214,50 @@ test('mpirun -np 2 on cuda-emu ranks: batch-invariant layers give the single-pro
   // an EP rank's expert gets every rank's rows: with batchInvariant the CUDA grouped GEMM keeps one
   // kernel (one summation order) whatever the row count, so the bits are those of one process
   for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-OK rank ${rank} of 2: 30 calls bit-identical on cuda-emu \\(batchInvariant\\)`), r.out);
+});
+
+/**
+ * The NCCL path on cuda-emu ranks: test/fixtures/nccl_mpi_shim.c stands in for libnccl.so.2 (over
+ * MPI; emulated device memory is host memory), built here with mpicc. Null (with a message) where
+ * mpicc is missing, a failure where CI requires MPI.
+ */
+let shimPath: string | null | undefined;
+function ncclShim(): string | null {
+  if (shimPath !== undefined) return shimPath;
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'moe-nccl-shim-')), 'libnccl-shim.so');
+  const r = spawnSync('mpicc', ['-shared', '-fPIC', '-O1', '-Wall', '-Werror', '-o', out, path.join(__dirname, 'fixtures', 'nccl_mpi_shim.c')], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    const why = r.error ? String(r.error.message) : r.stderr;
+    if (process.env.MOE_TEST_REQUIRE_MPI === '1') assert.unreachable(`MOE_TEST_REQUIRE_MPI=1 but the NCCL test shim does not build with mpicc: ${why}`);
+    console.log(`  (skipped: the NCCL test shim needs mpicc (apt-get install libopenmpi-dev): ${why.trim().split('\n')[0]})`);
+    shimPath = null;
+  } else shimPath = out;
+  return shimPath;
+}
+
+for (const np of [2, 3]) {
+  test(`mpirun -np ${np} on cuda-emu ranks over NCCL (the test shim): the EP layer on device tensors gives the single-process bits, the rows stay on the device`, async () => {
+    if (skipMpi()) return;
+    if (skipEmu()) return;
+    const shim = ncclShim();
+    if (!shim) return;
+    const r = await mpiJob(np, 'layer-device', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
+    assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
+    assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+    for (let rank = 0; rank < np; rank++) assert.match(r.out, new RegExp(`EP-DEVICE-OK rank ${rank} of ${np}: NCCL 21803, 30 calls bit-identical on cuda-emu, rows on the device`), r.out);
+  });
+}
+
+test('group.nccl() where one rank cannot load NCCL: every rank fails with ERR_DIST_UNAVAILABLE naming it, no rank waits', async () => {
+  if (skipMpi()) return;
+  if (skipEmu()) return;
+  const shim = ncclShim();
+  if (!shim) return;
+  const r = await mpiJob(2, 'nccl-partial', [], 60_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
+  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
+  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-NCCL-PARTIAL rank ${rank} ERR_DIST_UNAVAILABLE: NCCL is not available on rank 1 of 2`), r.out);
+  assert.match(r.out, /EP-NCCL-PARTIAL rank 1 ERR_DIST_UNAVAILABLE: NCCL is not available on rank 1 of 2: cannot load \/nonexistent\/libnccl\.so\.2/, r.out);
 });
 
 for (const np of [2, 4]) {

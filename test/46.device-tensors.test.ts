@@ -14,13 +14,18 @@ import {
   attention,
   availableBackends,
   cast,
+  combine,
   DenseFfn,
   DeviceTensor,
   embedding,
+  ExpertWeights,
+  groupedGemm,
   KvCache,
   Linear,
   MoeLayer,
+  permuteSync,
   rmsNorm,
+  route,
   rope,
   sample,
   sampleSync,
@@ -233,6 +238,43 @@ for (const backend of DEVICES) {
     layer.dispose();
     cpuLayer.dispose();
     ffn.dispose();
+  });
+
+  s(`${backend}: the stage ops on device tensors (route, groupedGemm, combine; index tensors on the host) give the bits of the same ops on host tensors`, async () => {
+    for (const type of ['float32', 'bfloat16'] as const) {
+      const T = 19, d = 32, f = 24, E = 5, k = 2;
+      const w = { w1: rt(type, E * f * d, 40, 0.2, [E, f, d]), w3: rt(type, E * f * d, 41, 0.2, [E, f, d]), w2: rt(type, E * d * f, 42, 0.2, [E, d, f]) };
+      const gate = rt(type, E * d, 43, 0.5, [E, d]);
+      const experts = await ExpertWeights.pack(w, { backend });
+      const x = rt(type, T * d, 44, 1, [T, d]);
+      const noise = { weights: rt('float32', E * d, 45, 0.5, [E, d]), seed: 3 };
+      const host = await route(x, gate, { topK: k, returnLogits: true, noise, backend });
+      const dr = await route(up(x), up(gate), { topK: k, returnLogits: true, noise });  // a host noise gate is staged
+      assert.ok(dr.topkIds instanceof DeviceTensor && dr.logits instanceof DeviceTensor, 'route: device outputs');
+      assertSameTensor(await dr.topkIds.toHost(), host.topkIds, `${type} route ids`);
+      assertSameTensor(await dr.topkWeights.toHost(), host.topkWeights, `${type} route weights`);
+      assertSameTensor(await dr.tokensPerExpert.toHost(), host.tokensPerExpert, `${type} route counts`);
+      assertSameTensor(await dr.logits!.toHost(), host.logits!, `${type} route logits`);
+      const p = permuteSync(host.topkIds, E);
+      const y = await groupedGemm(x, p.sortedRows, p.expertOffsets, experts);
+      const dy = await groupedGemm(up(x), p.sortedRows, p.expertOffsets, experts);
+      assert.ok(dy instanceof DeviceTensor, 'groupedGemm: a device output');
+      assertSameTensor(await dy.toHost(), y, `${type} groupedGemm`);
+      const out = await combine(y, p.rowOf, host.topkWeights, { outType: type, backend });
+      assertSameTensor(await (await combine(dy, p.rowOf, dr.topkWeights, { outType: type })).toHost(), out, `${type} combine (device weights)`);
+      assertSameTensor(await (await combine(dy, p.rowOf, host.topkWeights, { outType: type })).toHost(), out, `${type} combine (host weights)`);
+      // the index tensors stay on the host, where they are checked; losses need host tensors
+      await rejects(() => groupedGemm(up(x), up(p.sortedRows) as never, p.expertOffsets, experts), TypeError, 'sortedRows');
+      await rejects(() => combine(dy, up(p.rowOf) as never, host.topkWeights), TypeError, 'rowOf');
+      await rejects(() => groupedGemm(up(x), i32([0, 99], [2]), i32([0, 2, 2, 2, 2, 2], [6]), experts), RangeError, 'sortedRows.data[1] must be a token index in [0, 19), got 99');
+      await expectMoeError(() => route(up(x), up(gate), { topK: k, returnRouterStats: true }), 'ERR_UNSUPPORTED', 'host tensors');
+      await rejects(() => route(up(x), gate as never, { topK: k }), TypeError, 'gate must be a device tensor');
+      await rejects(() => route(up(x), up(gate), { topK: k, backend: 'cpu' }), TypeError, "options.backend is 'cpu' but the tensors are device tensors");
+      const cpuExperts = await ExpertWeights.pack(w);
+      await rejects(() => groupedGemm(up(x), p.sortedRows, p.expertOffsets, cpuExperts), TypeError, 'lives on');
+      experts.dispose();
+      cpuExperts.dispose();
+    }
   });
 
   s(`${backend}: tensors of two places, and what the device kernels do not take, are clear errors`, async () => {

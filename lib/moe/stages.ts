@@ -9,8 +9,15 @@
  *   combine      y, rowOf, topkWeights       -> out [T,d]
  *
  * Each op has a Promise form (runs off the event loop) and a Sync form (for tiny calls).
+ *
+ * route, groupedGemm and combine also run on device tensors (DeviceTensor, a CUDA backend): the
+ * backend is then the tensors', and their outputs stay on the device. Index tensors (groupedGemm's
+ * sortedRows and expertOffsets, combine's rowOf) are host tensors in every case: they are checked
+ * before a kernel reads them. permute is host-only. Router losses (returnRouterStats) need host
+ * tensors.
  */
-import { binding, type NativeRouteResult, type NativeTensor } from '../core/binding.js';
+import { binding, type NativeDeviceTensor, type NativeRouteResult, type NativeTensor } from '../core/binding.js';
+import { DeviceTensor } from '../core/device.js';
 import { resolveBackend, type BackendName, type ResolvedBackend } from '../core/backend.js';
 import { nativeExperts, type ExpertWeights } from './experts.js';
 import { boolOption, checkOptions, intOption } from '../core/options.js';
@@ -44,6 +51,14 @@ export interface RouteResult {
   routerStats?: RouterStats;
 }
 
+/** route's result on device tensors: every output on the device. */
+export interface DeviceRouteResult {
+  topkIds: DeviceTensor<'int32'>;
+  topkWeights: DeviceTensor<'float32'>;
+  tokensPerExpert: DeviceTensor<'int32'>;
+  logits?: DeviceTensor<'float32'>;
+}
+
 export interface PermuteOptions {
   /** Rows each expert keeps (the rest are dropped in token order); undefined: dropless. */
   capacity?: number;
@@ -66,31 +81,45 @@ export interface CombineOptions {
   backend?: BackendName;
 }
 
-const nt = (t: Tensor) => t as unknown as NativeTensor;
+const nt = (t: Tensor | DeviceTensor) => t as unknown as NativeTensor;
 
-function routeArgs(x: Tensor, gate: Tensor, options?: RouteOptions) {
+/** A host tensor or a device tensor (route, groupedGemm and combine take either). */
+type AnyTensor = Tensor | DeviceTensor;
+/** options.backend, resolved; for device tensors only what the caller gave (the tensors' backend runs it). */
+function backendFor(x: unknown, backend: unknown): ResolvedBackend | undefined {
+  return x instanceof DeviceTensor && (backend === undefined || backend === 'auto') ? undefined : resolveBackend(backend);
+}
+function placed<R>(r: unknown): R {
+  return (r && typeof r === 'object' && !(r instanceof DeviceTensor) && 'buffer' in r ? DeviceTensor.wrap(r as NativeDeviceTensor) : r) as R;
+}
+
+function routeArgs(x: AnyTensor, gate: AnyTensor, options?: RouteOptions) {
   const o = checkOptions(options);
-  const backend = resolveBackend(o.backend);
+  const backend = backendFor(x, o.backend);
   const k = intOption(o, 'topK', 2, 1);
-  const dims = (t: Tensor) => (t && Array.isArray(t.dims) ? t.dims : []);
+  const dims = (t: AnyTensor) => (t && Array.isArray(t.dims) ? t.dims : []);
   const variants = routeVariantOptions(o, k, dims(gate)[0], dims(x)[1], false);
   return { topK: k, normalize: boolOption(o, 'normalize', true), wantLogits: boolOption(o, 'returnLogits', false), ...nativeVariants(variants, boolOption(o, 'returnRouterStats', false)), backend };
 }
 function routeResult(r: NativeRouteResult): RouteResult {
   const out: RouteResult = {
-    topkIds: r.topkIds as Tensor<'int32'>,
-    topkWeights: r.topkWeights as Tensor<'float32'>,
-    tokensPerExpert: r.expertCounts as Tensor<'int32'>,
+    topkIds: placed(r.topkIds),
+    topkWeights: placed(r.topkWeights),
+    tokensPerExpert: placed(r.expertCounts),
   };
-  if (r.logits) out.logits = r.logits as Tensor<'float32'>;
+  if (r.logits) out.logits = placed(r.logits);
   if (r.stats) out.routerStats = { auxLoss: r.stats.auxLoss, zLoss: r.stats.zLoss };
   return out;
 }
 
-export async function route(x: Tensor, gate: Tensor, options?: RouteOptions): Promise<RouteResult> {
+export async function route(x: DeviceTensor, gate: DeviceTensor, options?: RouteOptions): Promise<DeviceRouteResult>;
+export async function route(x: Tensor, gate: Tensor, options?: RouteOptions): Promise<RouteResult>;
+export async function route(x: AnyTensor, gate: AnyTensor, options?: RouteOptions): Promise<RouteResult | DeviceRouteResult> {
   return routeResult(await binding.route(nt(x), nt(gate), { ...routeArgs(x, gate, options), async: true }));
 }
-export function routeSync(x: Tensor, gate: Tensor, options?: RouteOptions): RouteResult {
+export function routeSync(x: DeviceTensor, gate: DeviceTensor, options?: RouteOptions): DeviceRouteResult;
+export function routeSync(x: Tensor, gate: Tensor, options?: RouteOptions): RouteResult;
+export function routeSync(x: AnyTensor, gate: AnyTensor, options?: RouteOptions): RouteResult | DeviceRouteResult {
   return routeResult(binding.route(nt(x), nt(gate), routeArgs(x, gate, options)));
 }
 
@@ -107,25 +136,31 @@ export function permuteSync(topkIds: Tensor<'int32'>, numExperts: number, option
   return binding.permute(nt(topkIds), permuteArgs(numExperts, options)) as unknown as PermuteResult;
 }
 
-export async function groupedGemm(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Promise<Tensor<'float32'>> {
+/** The output of an op on X: a float32 DeviceTensor for a device X, else a host tensor. */
+type PlacedF32<X> = X extends DeviceTensor ? DeviceTensor<'float32'> : Tensor<'float32'>;
+
+export async function groupedGemm<X extends AnyTensor>(x: X, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Promise<PlacedF32<X>> {
   const w = nativeExperts(experts, 'experts');
-  return (await binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, { async: true })) as Tensor<'float32'>;
+  return placed(await binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w, { async: true }));
 }
-export function groupedGemmSync(x: Tensor, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): Tensor<'float32'> {
+export function groupedGemmSync<X extends AnyTensor>(x: X, sortedRows: Tensor<'int32'>, expertOffsets: Tensor<'int32'>, experts: ExpertWeights): PlacedF32<X> {
   const w = nativeExperts(experts, 'experts');
-  return binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w) as Tensor<'float32'>;
+  return placed(binding.grouped_gemm(nt(x), nt(sortedRows), nt(expertOffsets), w));
 }
 
-function combineArgs(options?: CombineOptions): { outType: FloatType; backend: ResolvedBackend } {
+function combineArgs(y: AnyTensor, options?: CombineOptions): { outType: FloatType; backend: ResolvedBackend | undefined } {
   const o = checkOptions(options);
-  const backend = resolveBackend(o.backend);
+  const backend = backendFor(y, o.backend);
   const t = o.outType ?? 'float32';
   if (!isFloatType(t)) throw typeError(`options.outType must be 'float32', 'float16' or 'bfloat16', got ${describe(t)}`);
   return { outType: t, backend };
 }
-export async function combine(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Promise<Tensor> {
-  return (await binding.combine(nt(y), nt(rowOf), nt(topkWeights), { ...combineArgs(options), async: true })) as Tensor;
+/** The output of combine on Y: a DeviceTensor for a device Y, else a host tensor. */
+type PlacedOut<Y> = Y extends DeviceTensor ? DeviceTensor : Tensor;
+
+export async function combine<Y extends Tensor<'float32'> | DeviceTensor<'float32'>>(y: Y, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'> | DeviceTensor<'float32'>, options?: CombineOptions): Promise<PlacedOut<Y>> {
+  return placed(await binding.combine(nt(y), nt(rowOf), nt(topkWeights), { ...combineArgs(y, options), async: true }));
 }
-export function combineSync(y: Tensor<'float32'>, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'>, options?: CombineOptions): Tensor {
-  return binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(options)) as Tensor;
+export function combineSync<Y extends Tensor<'float32'> | DeviceTensor<'float32'>>(y: Y, rowOf: Tensor<'int32'>, topkWeights: Tensor<'float32'> | DeviceTensor<'float32'>, options?: CombineOptions): PlacedOut<Y> {
+  return placed(binding.combine(nt(y), nt(rowOf), nt(topkWeights), combineArgs(y, options)));
 }

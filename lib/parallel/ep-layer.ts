@@ -21,11 +21,21 @@
  * native code), in f32; the routed sum (combine in f32) plus that term is one f32 addition, as in
  * the native combine, then rounded to the output type as the native store does.
  *
+ * On device tensors (a layer on a CUDA backend, x a DeviceTensor) the rows stay on the device and
+ * travel by the group's NCCL communicator (group.nccl()): route on the device, the routing ids
+ * ([T,k] int32) to the host for permute and the counts (MPI), the rows gathered on the device
+ * (the embedding op as a row gather), sent by NCCL, the grouped GEMM over them, gathered back into
+ * the senders' order, returned by NCCL, and combined on the device. Only index arrays cross to
+ * the host. Every rank passes device tensors in the same call, or every rank host tensors: the
+ * flag word carries which, and a mix fails on every rank.
+ *
  * Every rank must call forward the same number of times, in the same order (T may differ, and may
  * be 0). `returnRouterStats` adds an all-reduce and must agree on all ranks: the flag word carries
  * it, and every rank fails with the same error when they differ instead of hanging.
  */
 import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
+import { DeviceTensor } from '../core/device.js';
+import { add, embedding } from '../model/primitives.js';
 import { checkOptions, boolOption, intOption, required } from '../core/options.js';
 import { bfloat16ToFloat32, checkTensor, float16ToFloat32, float32ToBfloat16, float32ToFloat16, FLOAT_TYPES, type FloatType, type Tensor } from '../core/tensor.js';
 import { type BackendName, type ResolvedBackend } from '../core/backend.js';
@@ -107,6 +117,46 @@ function sliceExperts(weights: MoeLayerWeights, key: 'w1' | 'w3' | 'w2', E: numb
   return out;
 }
 
+/** Bits of the flag word that leads each rank's count message. */
+const FLAG_STATS = 1, FLAG_DEVICE = 2;
+
+/**
+ * The rows received (in arrival order: rank by rank, each rank's run sorted by expert) grouped by
+ * local expert: localRows[i] is the arrival index of the i-th row of expert order, localOffsets the
+ * start of each local expert's rows. counts is [N][1 + El] (flag word, rows per local expert).
+ */
+function localOrder(counts: Int32Array, receivedRows: Int32Array, El: number): { localRows: Int32Array; localOffsets: Int32Array } {
+  const N = receivedRows.length;
+  const Rr = receivedRows.reduce((a, b) => a + b, 0);
+  const srcBase = new Int32Array(N);
+  for (let p = 1; p < N; p++) srcBase[p] = srcBase[p - 1] + receivedRows[p - 1];
+  const localRows = new Int32Array(Rr), localOffsets = new Int32Array(El + 1);
+  const within = new Int32Array(N);  // rows of rank p's run before expert j
+  let i = 0;
+  for (let j = 0; j < El; j++) {
+    localOffsets[j] = i;
+    for (let p = 0; p < N; p++) {
+      const c = counts[p * (1 + El) + 1 + j];
+      for (let q = 0; q < c; q++) localRows[i++] = srcBase[p] + within[p] + q;
+      within[p] += c;
+    }
+  }
+  localOffsets[El] = i;
+  return { localRows, localOffsets };
+}
+
+/** forward's options for a DeviceTensor x: no router stats (they need host tensors). */
+export type ExpertParallelDeviceForwardOptions = Omit<ExpertParallelForwardOptions, 'returnRouterStats' | 'returnLogits'>;
+
+/** The result of an expert-parallel forward on a DeviceTensor: the output on the device, the routing on the host. */
+export interface ExpertParallelDeviceOutput {
+  /** [T,d] on the device, the type of the input. */
+  output: DeviceTensor;
+  routing?: Routing;
+}
+export type ExpertParallelDeviceResult<O extends ExpertParallelDeviceForwardOptions | undefined = ExpertParallelDeviceForwardOptions> = ExpertParallelDeviceOutput &
+  (O extends { returnRouting: true } ? { routing: Routing } : unknown);
+
 export class ExpertParallelMoeLayer {
   readonly numExperts: number;
   readonly hiddenSize: number;
@@ -126,6 +176,8 @@ export class ExpertParallelMoeLayer {
   /** Intermediate size of the shared experts; 0 without them. */
   readonly sharedIntermediateSize: number;
   readonly #backendOption: BackendName | undefined;
+  /** The gate on the device, uploaded at the first device forward. */
+  #deviceGate: Promise<DeviceTensor> | undefined;
   #disposed = false;
 
   /** @internal use MoeLayer.create(weights, { expertParallel: group }) */
@@ -209,6 +261,7 @@ export class ExpertParallelMoeLayer {
     this.#disposed = true;
     this.#local?.dispose();
     this.#shared?.dispose();
+    this.#deviceGate?.then((g) => g.dispose(), () => undefined);
   }
   [Symbol.dispose](): void {
     this.dispose();
@@ -226,19 +279,26 @@ export class ExpertParallelMoeLayer {
    * Runs the layer on this rank's tokens x [T,d] (T may be 0); a collective call, made by every rank
    * in the same order. Host tensors only.
    */
-  async forward<O extends ExpertParallelForwardOptions | undefined = undefined>(x: Tensor, options?: O): Promise<ExpertParallelResult<O>> {
+  async forward<O extends ExpertParallelForwardOptions | undefined = undefined>(x: Tensor, options?: O): Promise<ExpertParallelResult<O>>;
+  async forward<O extends ExpertParallelDeviceForwardOptions | undefined = undefined>(x: DeviceTensor, options?: O): Promise<ExpertParallelDeviceResult<O>>;
+  async forward(x: Tensor | DeviceTensor, options?: ExpertParallelForwardOptions): Promise<ExpertParallelOutput | ExpertParallelDeviceOutput> {
     if (this.#disposed) throw new MoeError('MoeLayer was disposed and cannot be used again', 'ERR_DISPOSED');
     const o = checkOptions(options);
-    if (o.countsOut !== undefined) throw typeError('options.countsOut is for device tensors; an expert-parallel layer takes host tensors');
+    if (o.countsOut !== undefined) throw typeError('options.countsOut is not an option of an expert-parallel layer (its routing is returned with returnRouting)');
     const wantLogits = boolOption(o, 'returnLogits', false);
     const wantStats = boolOption(o, 'returnRouterStats', false) || wantLogits;
     const wantRouting = boolOption(o, 'returnRouting', false);
     const phase = o.phase ?? 'auto';
     if (phase !== 'auto' && phase !== 'prefill' && phase !== 'decode') throw typeError(`options.phase must be 'auto', 'prefill' or 'decode', got ${describe(phase)}`);
+    if (x instanceof DeviceTensor) {
+      if (wantStats)
+        throw new MoeError('router stats and logits of an expert-parallel layer are returned for host tensors only: pass x on the host (toHost()), or leave returnRouterStats/returnLogits off', 'ERR_UNSUPPORTED');
+      return this.#forwardDevice(x, wantRouting, phase);
+    }
     const xt = checkTensor(x, 'x', FLOAT_TYPES);
     if (xt.dims.length !== 2 || xt.dims[1] !== this.hiddenSize) throw rangeError(`x.dims must be [T,${this.hiddenSize}], got [${xt.dims.join(',')}]`);
 
-    const g = this.group, N = g.size, E = this.numExperts, k = this.topK, d = this.hiddenSize;
+    const g = this.group, E = this.numExperts, k = this.topK, d = this.hiddenSize;
     const T = xt.dims[0];
     const [ls, le] = this.localExperts;
     const El = le - ls;
@@ -276,29 +336,9 @@ export class ExpertParallelMoeLayer {
     const R = offsets[E];
 
     // 2a. the kept rows per expert to the rank that holds it, after one flag word
-    const ranges = Array.from({ length: N }, (_, p) => expertRange(E, N, p));
-    const sendCounts = new Int32Array(N), recvCounts = new Int32Array(N).fill(1 + El);
-    const countMsg = new Int32Array(N + E);
-    let at = 0;
-    for (let p = 0; p < N; p++) {
-      const [s, e] = ranges[p];
-      countMsg[at++] = wantStats ? 1 : 0;
-      for (let j = s; j < e; j++) countMsg[at++] = offsets[j + 1] - offsets[j];
-      sendCounts[p] = 1 + e - s;
-    }
-    const { data: counts } = await g.allToAllV(countMsg, sendCounts, recvCounts);  // [N][1 + El]
-    const flags = Array.from({ length: N }, (_, p) => counts[p * (1 + El)]);
-    if (flags.some((v) => v !== flags[0]))
-      throw rangeError(
-        `options.returnRouterStats/returnLogits must be the same on every rank of an expert-parallel call (it adds a collective); ranks asking: [${flags.map((v, p) => (v ? p : -1)).filter((p) => p >= 0).join(',')}]`,
-      );
+    const { counts, sentRows, receivedRows } = await this.#exchangeCounts(offsets, wantStats ? FLAG_STATS : 0);
 
     // 2b. the rows: this rank's sorted rows, runs by destination rank, in the input's type
-    const sentRows = new Int32Array(N), receivedRows = new Int32Array(N);
-    for (let p = 0; p < N; p++) {
-      sentRows[p] = offsets[ranges[p][1]] - offsets[ranges[p][0]];
-      for (let j = 0; j < El; j++) receivedRows[p] += counts[p * (1 + El) + 1 + j];
-    }
     const xs = new (xt.data.constructor as Float32ArrayConstructor | Uint16ArrayConstructor)(R * d);
     for (let r = 0; r < R; r++) {
       const t = sortedRows[r];
@@ -310,20 +350,7 @@ export class ExpertParallelMoeLayer {
     const Rr = receivedRows.reduce((a, b) => a + b, 0);
     const yBack = new Float32Array(Rr * d);
     if (Rr > 0 && this.#local) {
-      const srcBase = new Int32Array(N);
-      for (let p = 1; p < N; p++) srcBase[p] = srcBase[p - 1] + receivedRows[p - 1];
-      const localRows = new Int32Array(Rr), localOffsets = new Int32Array(El + 1);
-      const within = new Int32Array(N);  // rows of rank p's run before expert j
-      let i = 0;
-      for (let j = 0; j < El; j++) {
-        localOffsets[j] = i;
-        for (let p = 0; p < N; p++) {
-          const c = counts[p * (1 + El) + 1 + j];
-          for (let q = 0; q < c; q++) localRows[i++] = srcBase[p] + within[p] + q;
-          within[p] += c;
-        }
-      }
-      localOffsets[El] = i;
+      const { localRows, localOffsets } = localOrder(counts, receivedRows, El);
       const xr: Tensor = { type: xt.type, data: rowsIn.data, dims: [Rr, d] };
       const y = await groupedGemm(xr, { type: 'int32', data: localRows, dims: [Rr] }, { type: 'int32', data: localOffsets, dims: [El + 1] }, this.#local);
       for (let r = 0; r < Rr; r++) yBack.set(y.data.subarray(r * d, (r + 1) * d), localRows[r] * d);
@@ -358,7 +385,129 @@ export class ExpertParallelMoeLayer {
       };
       if (wantLogits) res.routerStats.logits = logits!;
     }
-    return res as ExpertParallelResult<O>;
+    return res;
+  }
+
+  /**
+   * Sends each rank p [flag word, kept rows of each of p's experts] (from this rank's expert
+   * offsets) and gets the same from each: counts [N][1 + El], and the rows this rank sends to and
+   * receives from each rank. Every rank fails with the same error when the flag words differ.
+   */
+  async #exchangeCounts(offsets: Int32Array, flag: number): Promise<{ counts: Int32Array; sentRows: Int32Array; receivedRows: Int32Array }> {
+    const N = this.group.size, E = this.numExperts, El = this.localExperts[1] - this.localExperts[0];
+    const ranges = Array.from({ length: N }, (_, p) => expertRange(E, N, p));
+    const sendCounts = new Int32Array(N), recvCounts = new Int32Array(N).fill(1 + El);
+    const countMsg = new Int32Array(N + E);
+    let at = 0;
+    for (let p = 0; p < N; p++) {
+      const [s, e] = ranges[p];
+      countMsg[at++] = flag;
+      for (let j = s; j < e; j++) countMsg[at++] = offsets[j + 1] - offsets[j];
+      sendCounts[p] = 1 + e - s;
+    }
+    const { data: counts } = await this.group.allToAllV(countMsg, sendCounts, recvCounts);
+    const flags = Array.from({ length: N }, (_, p) => counts[p * (1 + El)]);
+    const ranks = (bit: number) => flags.map((v, p) => (v & bit ? p : -1)).filter((p) => p >= 0).join(',');
+    if (flags.some((v) => (v ^ flags[0]) & FLAG_DEVICE))
+      throw typeError(`x must be a host tensor on every rank of an expert-parallel call or a DeviceTensor on every rank; ranks passing device tensors: [${ranks(FLAG_DEVICE)}]`);
+    if (flags.some((v) => (v ^ flags[0]) & FLAG_STATS))
+      throw rangeError(`options.returnRouterStats/returnLogits must be the same on every rank of an expert-parallel call (it adds a collective); ranks asking: [${ranks(FLAG_STATS)}]`);
+    const sentRows = new Int32Array(N), receivedRows = new Int32Array(N);
+    for (let p = 0; p < N; p++) {
+      sentRows[p] = offsets[ranges[p][1]] - offsets[ranges[p][0]];
+      for (let j = 0; j < El; j++) receivedRows[p] += counts[p * (1 + El) + 1 + j];
+    }
+    return { counts, sentRows, receivedRows };
+  }
+
+  /** forward on a DeviceTensor: the rows stay on the device and travel by NCCL (see the file comment). */
+  async #forwardDevice(x: DeviceTensor, wantRouting: boolean, phase: string): Promise<ExpertParallelDeviceOutput> {
+    if (!FLOAT_TYPES.includes(x.type as FloatType)) throw typeError(`x.type must be one of ${FLOAT_TYPES.join(', ')}, got '${x.type}'`);
+    if (x.dims.length !== 2 || x.dims[1] !== this.hiddenSize) throw rangeError(`x.dims must be [T,${this.hiddenSize}], got [${x.dims.join(',')}]`);
+    if (x.backend !== this.backend)
+      throw typeError(`x is a device tensor of '${x.backend}', but this rank's experts live on '${this.backend}': create the layer with backend '${x.backend}'`);
+    const g = this.group, E = this.numExperts, k = this.topK, d = this.hiddenSize;
+    const T = x.dims[0];
+    const [ls, le] = this.localExperts;
+    const El = le - ls;
+    const type = x.type as FloatType;
+    const temps: DeviceTensor[] = [];  // freed when the call is done (the ops before have run by then)
+    const keep = <T extends DeviceTensor>(t: T) => (temps.push(t), t);
+    try {
+      // 1. route on the device; the ids to the host, where permute applies the capacity
+      let ids: Tensor<'int32'>, weights: DeviceTensor<'float32'> | undefined, perExpert: DeviceTensor<'int32'> | undefined;
+      let offsets: Int32Array, sortedRows: Int32Array, rowOf: Tensor<'int32'>, dropped: Tensor<'int32'>;
+      if (T > 0) {
+        this.#deviceGate ??= DeviceTensor.from(this.#gate, { backend: this.backend });
+        const ro: RouteOptions = { topK: k, normalize: this.normalize };
+        if (this.#variants.noise) ro.noise = this.#variants.noise;
+        if (this.#variants.randomRouting) ro.randomRouting = this.#variants.randomRouting;
+        const r = await route(x, await this.#deviceGate, ro);
+        keep(r.topkIds), (weights = keep(r.topkWeights)), (perExpert = keep(r.tokensPerExpert));
+        ids = await r.topkIds.toHost();
+        const cap = this.#capacity(T, phase);
+        const p = await permute(ids, E, cap >= 0 ? { capacity: cap } : {});
+        offsets = p.expertOffsets.data;
+        sortedRows = p.sortedRows.data;
+        rowOf = p.rowOf;
+        dropped = p.dropped;
+      } else {
+        ids = { type: 'int32', data: new Int32Array(0), dims: [0, k] };
+        rowOf = { type: 'int32', data: new Int32Array(0), dims: [0, k] };
+        dropped = { type: 'int32', data: new Int32Array(E), dims: [E] };
+        offsets = new Int32Array(E + 1);
+        sortedRows = new Int32Array(0);
+      }
+      const R = offsets[E];
+
+      // 2a. the counts, over MPI, as on the host path
+      const { counts, sentRows, receivedRows } = await this.#exchangeCounts(offsets, FLAG_DEVICE);
+      const comm = await g.nccl({ backend: this.backend });
+      const Rr = receivedRows.reduce((a, b) => a + b, 0);
+
+      // 2b. the kept rows, gathered in sorted order on the device, to the ranks of their experts
+      const rowsOf = (t: DeviceTensor, idx: Int32Array, ty: FloatType) =>
+        idx.length > 0 ? embedding(t, { type: 'int32', data: idx, dims: [idx.length] }) : Promise.resolve(DeviceTensor.zeros(ty, [0, d], { backend: this.backend }));
+      const xs = keep(await rowsOf(x, sortedRows.subarray(0, R), type));
+      const rowsIn = keep((await comm.allToAllVRows(xs, sentRows, receivedRows)).rows);
+
+      // 3. the local experts over the rows received (grouped by expert), back in arrival order
+      let yBack: DeviceTensor;
+      if (Rr > 0 && this.#local) {
+        const { localRows, localOffsets } = localOrder(counts, receivedRows, El);
+        const y = keep(await groupedGemm(rowsIn, { type: 'int32', data: localRows, dims: [Rr] }, { type: 'int32', data: localOffsets, dims: [El + 1] }, this.#local));
+        const inv = new Int32Array(Rr);
+        for (let i = 0; i < Rr; i++) inv[localRows[i]] = i;
+        yBack = keep(await rowsOf(y, inv, 'float32'));
+      } else {
+        yBack = keep(DeviceTensor.zeros('float32', [Rr, d], { backend: this.backend }));
+      }
+
+      // 4. the results back, in this rank's sorted order, and combine on the device
+      const rowsOut = keep((await comm.allToAllVRows(yBack, receivedRows, sentRows)).rows) as DeviceTensor<'float32'>;
+      let output: DeviceTensor;
+      if (T > 0 && this.#shared) {
+        const routed = keep(await combine(rowsOut, rowOf, weights!, { outType: 'float32' }));
+        const x32 = type === 'float32' ? x : keep(await x.cast('float32'));
+        const sh = keep((await this.#shared.forward(x32)).output);
+        // one f32 addition, then rounded to the output type (the CUDA add keeps one type)
+        const sum = await add(routed, sh);
+        output = type === 'float32' ? sum : (keep(sum), await sum.cast(type));
+      } else if (T > 0) {
+        output = await combine(rowsOut, rowOf, weights!, { outType: type });
+      } else {
+        output = DeviceTensor.zeros(type, [0, d], { backend: this.backend });
+      }
+      const res: ExpertParallelDeviceOutput = { output };
+      if (wantRouting) {
+        const topkWeights: Tensor<'float32'> = weights ? await weights.toHost() : { type: 'float32', data: new Float32Array(0), dims: [0, k] };
+        const tokensPerExpert: Tensor<'int32'> = perExpert ? await perExpert.toHost() : { type: 'int32', data: new Int32Array(E), dims: [E] };
+        res.routing = { topkIds: ids, topkWeights, tokensPerExpert, dropped };
+      }
+      return res;
+    } finally {
+      for (const t of temps) t.dispose();
+    }
   }
 
   /** The capacity this call applies (-1: dropless), by the rule of moe_params.h forward_capacity. */

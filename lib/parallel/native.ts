@@ -2,7 +2,7 @@
  * The native module's process-group functions (native/napi/bind_dist.cc), typed here rather than in
  * lib/core/binding.ts so that the distributed part stays in one folder.
  */
-import { binding } from '../core/binding.js';
+import { binding, type NativeDeviceTensor } from '../core/binding.js';
 
 /** The typed arrays a collective carries (element type from the class). */
 export type CommArray = Uint8Array | Uint16Array | Int32Array | Float32Array | Float64Array;
@@ -19,6 +19,14 @@ export interface NativeDist {
   dist_state(): { initialized: boolean; finalized: boolean; broken: boolean; rank: number; size: number; pending: number };
   nccl_info(): { available: boolean; reason: string; version: number };
   nccl_unique_id(): Uint8Array;
+  nccl_comm_init(id: Uint8Array, rank: number, size: number, options: { backend: string }): Promise<NativeDeviceComm>;
+  device_all_to_all(comm: NativeDeviceComm, rows: NativeDeviceTensor, sendRows: Int32Array, recvRows: Int32Array): Promise<NativeDeviceTensor>;
+}
+
+/** A native NCCL communicator (DeviceComm handle). */
+export interface NativeDeviceComm {
+  dispose(): void;
+  info(): { disposed: boolean; rank?: number; size?: number };
 }
 
 export const dist = binding as unknown as NativeDist;

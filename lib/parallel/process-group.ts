@@ -12,13 +12,17 @@
  * recover): every later call fails with ERR_DIST_BROKEN, and the process should exit.
  *
  * NCCL (one GPU per rank) is loaded the same way; `ProcessGroup.available()` reports it, and
- * `ProcessGroup.ncclUniqueId()` gives the id to broadcast before ncclCommInitRank. The NCCL
- * transport is compiled in every build but is not verified on a GPU (see docs/expert-parallel.md).
+ * `group.nccl()` makes the group's NCCL communicator (rank 0's unique id broadcast over MPI, then
+ * ncclCommInitRank on every rank): an all-to-all of device rows that never leave the GPU. It runs
+ * here only against a test stand-in over MPI on emulated CUDA ranks; it is not verified on a GPU
+ * (see docs/expert-parallel.md).
  */
 import { describe, MoeError, rangeError, typeError } from '../core/errors.js';
 import { checkOptions } from '../core/options.js';
-import type { Tensor } from '../core/tensor.js';
-import { dist, type CommArray } from './native.js';
+import { DTYPE_BYTES, type DType, type Tensor } from '../core/tensor.js';
+import type { BackendName, ResolvedBackend } from '../core/backend.js';
+import { DeviceTensor, deviceBackend } from '../core/device.js';
+import { dist, type CommArray, type NativeDeviceComm } from './native.js';
 
 export type { CommArray } from './native.js';
 
@@ -83,6 +87,7 @@ export class ProcessGroup {
   readonly timeoutMs: number;
   #closed = false;
   #stats: CommStats = { allToAllCalls: 0, bytesSent: 0, bytesReceived: 0, allToAllMs: 0 };
+  #nccl = new Map<ResolvedBackend, Promise<NcclCommunicator>>();
 
   /** @internal use ProcessGroup.init() */
   constructor(rank: number, size: number, library: string, timeoutMs: number) {
@@ -161,14 +166,13 @@ export class ProcessGroup {
     const t0 = performance.now();
     const r = await this.#guard(dist.dist_all_to_all_v(data, sc, rc), 'all-to-all-v');
     const es = data.BYTES_PER_ELEMENT;
-    const s = this.#stats;
-    s.allToAllCalls++;
-    s.allToAllMs += performance.now() - t0;
+    let sent = 0, received = 0;
     for (let p = 0; p < this.size; p++)
       if (p !== this.rank) {
-        s.bytesSent += sc[p] * es;
-        s.bytesReceived += r.recvCounts[p] * es;
+        sent += sc[p] * es;
+        received += r.recvCounts[p] * es;
       }
+    this._record(sent, received, performance.now() - t0);
     return r;
   }
 
@@ -191,6 +195,54 @@ export class ProcessGroup {
     const recv = r.recvCounts.map((c) => (width === 0 ? 0 : c / width));
     const n = recv.reduce((a, b) => a + b, 0);
     return { rows: { type: rows.type, data: r.data, dims: [n, ...rows.dims.slice(1)] } as unknown as T, recvRows: recv };
+  }
+
+  /**
+   * The group's NCCL communicator on a CUDA backend (made once per backend; later calls return the
+   * same one): a collective call, made by every rank. Every rank must be able to load NCCL
+   * (libnccl.so.2, or MOE_NCCL_LIBRARY); when one cannot, every rank fails with
+   * ERR_DIST_UNAVAILABLE naming the ranks, instead of some ranks waiting in ncclCommInitRank.
+   */
+  nccl(options?: NcclOptions): Promise<NcclCommunicator> {
+    this.#check();
+    const backend = deviceBackend(checkOptions(options).backend);
+    let p = this.#nccl.get(backend);
+    if (!p) {
+      p = this.#makeNccl(backend);
+      this.#nccl.set(backend, p);
+      p.catch(() => this.#nccl.delete(backend));
+    }
+    return p;
+  }
+
+  async #makeNccl(backend: ResolvedBackend): Promise<NcclCommunicator> {
+    const info = dist.nccl_info();
+    const missing = new Int32Array(this.size);
+    missing[this.rank] = info.available ? 0 : 1;
+    const all = await this.allReduce(missing, 'sum');
+    const lacking = Array.from(all.keys()).filter((p) => all[p] > 0);
+    if (lacking.length > 0)
+      throw new MoeError(
+        `NCCL is not available on rank${lacking.length > 1 ? 's' : ''} ${lacking.join(', ')} of ${this.size}` + (info.available ? '' : `: ${info.reason}`),
+        'ERR_DIST_UNAVAILABLE',
+      );
+    const id = await this.broadcast(this.rank === 0 ? dist.nccl_unique_id() : new Uint8Array(128), 0);
+    const handle = await this.#guard(dist.nccl_comm_init(id, this.rank, this.size, { backend }), 'ncclCommInitRank');
+    return new NcclCommunicator(this, handle, backend, info.version);
+  }
+
+  /** @internal counts an all-to-all of a transport of this group (bytes to and from other ranks). */
+  _record(sent: number, received: number, ms: number): void {
+    const s = this.#stats;
+    s.allToAllCalls++;
+    s.bytesSent += sent;
+    s.bytesReceived += received;
+    s.allToAllMs += ms;
+  }
+
+  /** @internal the watchdog of this group's calls */
+  _guard<R>(p: Promise<R>, what: string): Promise<R> {
+    return this.#guard(p, what);
   }
 
   /** Each rank's value for every other: counts[p] goes to rank p; returns one value from each rank. */
@@ -229,6 +281,7 @@ export class ProcessGroup {
     if (this.#closed) return;
     this.#check();
     this.#closed = true;
+    for (const p of this.#nccl.values()) (await p.catch(() => undefined))?.dispose();
     await this.#guard(dist.dist_finalize(), 'MPI_Finalize');
   }
 
@@ -238,6 +291,71 @@ export class ProcessGroup {
 
   #guard<R>(p: Promise<R>, what: string): Promise<R> {
     return guard(p, what, this.timeoutMs, this.rank, this.size);
+  }
+}
+
+export interface NcclOptions {
+  /** The CUDA backend whose device memory the rows live in: 'auto' (default) is this build's. */
+  backend?: BackendName;
+}
+
+/**
+ * A process group's NCCL communicator (from `group.nccl()`): rows of device tensors to and from
+ * every rank, GPU to GPU. Each call is an op of the CUDA backend, enqueued on its stream in order
+ * with the ops before it. Every rank makes the same calls in the same order, as for the group.
+ */
+export class NcclCommunicator {
+  readonly rank: number;
+  readonly size: number;
+  readonly backend: ResolvedBackend;
+  /** NCCL's version code (e.g. 21803 for 2.18.3). */
+  readonly version: number;
+  readonly group: ProcessGroup;
+  readonly #handle: NativeDeviceComm;
+
+  /** @internal use group.nccl() */
+  constructor(group: ProcessGroup, handle: NativeDeviceComm, backend: ResolvedBackend, version: number) {
+    this.group = group;
+    this.rank = group.rank;
+    this.size = group.size;
+    this.#handle = handle;
+    this.backend = backend;
+    this.version = version;
+  }
+
+  get disposed(): boolean {
+    return this.#handle.info().disposed;
+  }
+
+  /**
+   * All-to-all-v of device rows: rows [R, ...], sendRows[p] consecutive rows to rank p (in rank
+   * order). Returns the rows received, [sum(recvRows), ...] in rank order, on the device. Without
+   * recvRows the counts are exchanged first, over MPI.
+   */
+  async allToAllVRows<T extends DType>(rows: DeviceTensor<T>, sendRows: ArrayLike<number>, recvRows?: ArrayLike<number>): Promise<{ rows: DeviceTensor<T>; recvRows: Int32Array }> {
+    if (this.disposed) throw new MoeError('the NCCL communicator was disposed and cannot be used again', 'ERR_DISPOSED');
+    if (!(rows instanceof DeviceTensor)) throw typeError(`rows must be a DeviceTensor (NCCL moves device memory), got ${describe(rows)}`);
+    if (rows.dims.length < 1) throw rangeError(`rows must have at least one dim, got [${rows.dims.join(',')}]`);
+    const sr = countsArray(sendRows, 'sendRows', this.size);
+    const total = sr.reduce((a, b) => a + b, 0);
+    if (total !== rows.dims[0]) throw rangeError(`sendRows sum to ${total} rows, but rows.dims[0] is ${rows.dims[0]}`);
+    const rr = recvRows === undefined ? await this.group.allToAll(sr) : countsArray(recvRows, 'recvRows', this.size);
+    const t0 = performance.now();
+    const out = await this.group._guard(dist.device_all_to_all(this.#handle, rows.native(), sr, rr), 'NCCL all-to-all-v');
+    const rowBytes = rows.dims.slice(1).reduce((a, b) => a * b, 1) * DTYPE_BYTES[rows.type];
+    let sent = 0, received = 0;
+    for (let p = 0; p < this.size; p++)
+      if (p !== this.rank) {
+        sent += sr[p] * rowBytes;
+        received += rr[p] * rowBytes;
+      }
+    this.group._record(sent, received, performance.now() - t0);
+    return { rows: new DeviceTensor<T>(out, rows.backend), recvRows: rr };
+  }
+
+  /** Frees the communicator (ncclCommDestroy once the calls in flight are done). */
+  dispose(): void {
+    this.#handle.dispose();
   }
 }
 

@@ -34,7 +34,7 @@ enum DTypeMask : unsigned {
 // native code constructs. Owned by the env, freed with it.
 struct AddonData {
   Napi::FunctionReference error_class;  // MoeError, from set_error_class
-  Napi::FunctionReference experts_ctor, linear_ctor, kv_cache_ctor, kv_pool_ctor, device_buffer_ctor;  // handles.h
+  Napi::FunctionReference experts_ctor, linear_ctor, kv_cache_ctor, kv_pool_ctor, device_buffer_ctor, device_comm_ctor;  // handles.h
   std::shared_ptr<void> jobs;  // the environment's async jobs in flight (jobs.cc)
 };
 AddonData& addon_data(Napi::Env env);

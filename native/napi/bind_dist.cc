@@ -1,5 +1,6 @@
 // N-API glue of the process group (lib/parallel/): MPI collectives on one dedicated comm thread, and
-// the NCCL loader's status. No math, no backend names.
+// NCCL communicators whose all-to-all runs as an op of the device backend (moe::DeviceComm, on the
+// backend's executor and stream, in order with its other ops). No math, no backend names.
 //
 // MPI is loaded at run time (native/parallel/mpi_lib.h), initialised by the comm thread with
 // MPI_THREAD_SERIALIZED, and every MPI call runs on that thread, in submission order, so the
@@ -26,6 +27,8 @@
 #include <vector>
 
 #include "args.h"
+#include "handles.h"
+#include "jobs.h"
 #include "../parallel/mpi_lib.h"
 #include "../parallel/nccl_lib.h"
 
@@ -527,6 +530,69 @@ Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// nccl_comm_init(id: Uint8Array(128), rank, size, {backend}) -> Promise<DeviceComm>: ncclCommInitRank
+// as a job of the device backend (its thread and device), which returns once every rank has called
+// it with rank 0's id. ERR_DIST_UNAVAILABLE without NCCL.
+Napi::Value NcclCommInit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 3, "nccl_comm_init");
+  Options o(info, 3, "nccl_comm_init", {"backend"});
+  moe::Backend* backend = backend_option(o);
+  if (backend->capabilities().host_memory)
+    throw_type_error(env, std::string("options.backend must be a CUDA backend (NCCL moves device memory), got '") + backend->name() + "'");
+  std::string why;
+  const moe::dist::NcclLib* lib = moe::dist::load_nccl(&why);
+  if (!lib) throw_moe_error(env, "ERR_DIST_UNAVAILABLE", "NCCL is not available: " + why);
+  moe::dist::NcclUniqueId id{};
+  if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array ||
+      info[0].As<Napi::Uint8Array>().ElementLength() != sizeof(id.internal))
+    throw_type_error(env, "id must be a Uint8Array of " + std::to_string(sizeof(id.internal)) + " bytes (ncclGetUniqueId), got " + describe(info[0]));
+  std::memcpy(id.internal, info[0].As<Napi::Uint8Array>().Data(), sizeof(id.internal));
+  const int size = int(to_int(info[2], "size", 1, INT_MAX));
+  const int rank = int(to_int(info[1], "rank", 0, size - 1));
+  auto job = std::make_unique<Job>(true);  // always async: it waits for every rank
+  job->backend = backend;
+  return run_make_job<moe::DeviceComm>(
+      env, std::move(job),
+      [lib, id, size, rank](std::unique_ptr<moe::DeviceComm>* out) {
+        std::unique_ptr<moe::dist::NcclComm> c;
+        const moe::Status st = moe::dist::NcclComm::create(*lib, id, size, rank, &c);
+        *out = std::move(c);
+        return st;
+      },
+      CommHandle::NewInstance);
+}
+
+// device_all_to_all(comm, rows: device tensor [R, ...], sendRows: Int32Array[size], recvRows:
+// Int32Array[size]) -> Promise<device tensor [sum recvRows, ...]>: rows to and from every rank of the
+// communicator's group, as an op of the rows' backend (in order with its other ops).
+Napi::Value DeviceAllToAll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  expect_args(info, 4, "device_all_to_all");
+  CommHandle* h = CommHandle::Get(info[0], "comm");
+  auto job = std::make_unique<Job>(true);
+  moe::AllToAllArgs a;
+  a.comm = h->obj.get();
+  job->hold.push_back(h->obj);
+  moe::Backend* b = nullptr;
+  a.send = device_tensor(*job, info[1], "rows", kAnyFloat | kI32, -1, &b);
+  if (a.send.ndim < 1) throw_range_error(env, "rows must have at least one dim, got " + dims_string(a.send));
+  const int n = h->obj->size();
+  int64_t sent = 0, received = 0;
+  for (int32_t v : read_counts(env, info[2], "sendRows", n)) a.send_rows.push_back(v), sent += v;
+  for (int32_t v : read_counts(env, info[3], "recvRows", n)) a.recv_rows.push_back(v), received += v;
+  if (sent != a.send.dims[0])
+    throw_range_error(env, "sendRows sum to " + std::to_string(sent) + " rows, but rows has " + std::to_string(a.send.dims[0]));
+  moe::TensorView shape = a.send;
+  shape.dims[0] = received;
+  Place place;
+  place.device = b;
+  job->result = Napi::Persistent(new_output(env, *job, a.send.dtype, shape, place, &a.recv));
+  job->backend = b;
+  job->compute = [b, a]() { return b->all_to_all(a); };
+  return run_job(env, std::move(job));
+}
+
 }  // namespace
 
 void InitDistBindings(Napi::Env env, Napi::Object exports) {
@@ -541,6 +607,8 @@ void InitDistBindings(Napi::Env env, Napi::Object exports) {
   exports.Set("dist_state", Napi::Function::New(env, State, "dist_state"));
   exports.Set("nccl_info", Napi::Function::New(env, NcclInfo, "nccl_info"));
   exports.Set("nccl_unique_id", Napi::Function::New(env, NcclUniqueId, "nccl_unique_id"));
+  exports.Set("nccl_comm_init", Napi::Function::New(env, NcclCommInit, "nccl_comm_init"));
+  exports.Set("device_all_to_all", Napi::Function::New(env, DeviceAllToAll, "device_all_to_all"));
 }
 
 }  // namespace moe_addon

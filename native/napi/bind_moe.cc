@@ -105,7 +105,10 @@ moe::RouteParams read_route(Job& job, const Options& o, const Place& place, int6
   p.top_k = int(o.integer("topK", 2, 1, E));
   p.normalize = o.flag("normalize", true);
   if (o.has("noiseGate")) {
-    p.noise_gate = tensor_arg(job, o.get("noiseGate"), "noiseGate", kAnyFloat, 2, place);
+    // in the op's place, or a host tensor beside device tensors (staged by the device backend)
+    const Napi::Value ng = o.get("noiseGate");
+    p.noise_gate = place.on_device() && !is_device_tensor(ng) ? host_tensor(job, ng, "noiseGate", kAnyFloat, 2)
+                                                              : tensor_arg(job, ng, "noiseGate", kAnyFloat, 2, place);
     if (p.noise_gate.dims[0] != E || p.noise_gate.dims[1] != d)
       throw_range_error(env, "noiseGate.dims " + dims_string(p.noise_gate) + " must be [" + std::to_string(E) + "," +
                                  std::to_string(d) + "] like the gate");
@@ -213,14 +216,27 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
       ExpertsHandle::NewInstance);
 }
 
+// The backend of an op whose tensors are in `place`: the device's when they are device tensors
+// (options.backend, when given, must name it), else options.backend.
+moe::Backend* device_or_option(Napi::Env env, const Place& place, const Options& o) {
+  moe::Backend* b = backend_option(o);
+  if (!place.on_device()) return b;
+  if (given(o.get("backend")) && b != place.device && o.get("backend").ToString().Utf8Value() != "auto")
+    throw_type_error(env, std::string("options.backend is '") + b->name() + "' but the tensors are device tensors of '" +
+                              place.device->name() + "'");
+  return place.device;
+}
+
 Napi::Value Route(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   expect_args(info, 3, "route");
   Options o(info, 2, "route",
             {"topK", "normalize", "wantLogits", "wantStats", "noiseGate", "noiseSeed", "randomRouting", "randomSeed", "backend"});
   auto job = std::make_unique<Job>(o.async());
-  job->backend = backend_option(o);
-  const Place place;  // host tensors (staged onto a device backend)
+  // host tensors (staged onto options.backend when that is a device backend), or device tensors of
+  // one backend, which runs it and keeps the outputs on the device
+  const Place place = place_of(info[0]);
+  job->backend = device_or_option(env, place, o);
   moe::RouteArgs a;
   a.x = tensor_arg(*job, info[0], "x", kAnyFloat, 2, place);
   a.gate = tensor_arg(*job, info[1], "gate", kAnyFloat, 2, place);
@@ -234,7 +250,11 @@ Napi::Value Route(const Napi::CallbackInfo& info) {
   r.Set("topkWeights", new_output(env, *job, moe::DType::kF32, shape_of({T, k}), place, &a.topk_weights));
   r.Set("expertCounts", new_output(env, *job, moe::DType::kI32, shape_of({E}), place, &a.expert_counts));
   if (o.flag("wantLogits", false)) r.Set("logits", new_output(env, *job, moe::DType::kF32, shape_of({T, E}), place, &a.logits));
-  if (o.flag("wantStats", false)) a.stats = stats_scratch(env, *job, place);
+  if (o.flag("wantStats", false)) {
+    if (place.on_device())
+      throw_moe_error(env, "ERR_UNSUPPORTED", "router losses are not returned for device tensors: run route on host tensors");
+    a.stats = stats_scratch(env, *job, place);
+  }
   job->result = Napi::Persistent(r);
   moe::Backend* b = job->backend;
   job->compute = [b, a]() { return b->route(a); };
@@ -279,12 +299,15 @@ Napi::Value GroupedGemm(const Napi::CallbackInfo& info) {
   expect_args(info, 4, "grouped_gemm");
   Options o(info, 4, "grouped_gemm", {});
   auto job = std::make_unique<Job>(o.async());
-  const Place place;
+  // x may be a device tensor of the experts' backend (y then stays there); the index tensors are
+  // always host tensors, checked here before any kernel reads them
+  const Place place = place_of(info[0]);
   moe::GroupedGemmArgs a;
   a.x = tensor_arg(*job, info[0], "x", kAnyFloat, 2, place);
-  a.sorted_rows = tensor_arg(*job, info[1], "sortedRows", kI32, 1, place);
-  a.expert_offsets = tensor_arg(*job, info[2], "expertOffsets", kI32, 1, place);
+  a.sorted_rows = host_tensor(*job, info[1], "sortedRows", kI32, 1);
+  a.expert_offsets = host_tensor(*job, info[2], "expertOffsets", kI32, 1);
   std::shared_ptr<moe::PackedExperts> w = experts_arg(*job, info[3], "experts");
+  if (place.on_device()) check_place(env, "the experts", w->backend, place);
   a.experts = w.get();
   const int64_t T = a.x.dims[0], E = w->num_experts;
   check_same(env, "x.dims[1]", a.x.dims[1], "the experts' d", w->d);
@@ -315,12 +338,15 @@ Napi::Value Combine(const Napi::CallbackInfo& info) {
   expect_args(info, 3, "combine");
   Options o(info, 3, "combine", {"outType", "backend"});
   auto job = std::make_unique<Job>(o.async());
-  job->backend = backend_option(o);
-  const Place place;
+  // y (and topkWeights) may be device tensors of one backend, which runs it and keeps the output on
+  // the device; rowOf is always a host tensor, checked here before any kernel reads it
+  const Place place = place_of(info[0]);
+  job->backend = device_or_option(env, place, o);
   moe::CombineArgs a;
   a.y = tensor_arg(*job, info[0], "y", kF32, 2, place);
-  a.row_of = tensor_arg(*job, info[1], "rowOf", kI32, 2, place);
-  a.topk_weights = tensor_arg(*job, info[2], "topkWeights", kF32, 2, place);
+  a.row_of = host_tensor(*job, info[1], "rowOf", kI32, 2);
+  a.topk_weights = is_device_tensor(info[2]) ? tensor_arg(*job, info[2], "topkWeights", kF32, 2, place)
+                                              : host_tensor(*job, info[2], "topkWeights", kF32, 2);
   const moe::DType out_t = given(o.get("outType")) ? to_dtype(o.get("outType"), "options.outType", kAnyFloat) : moe::DType::kF32;
   const int64_t T = a.row_of.dims[0], k = a.row_of.dims[1], R = a.y.dims[0], d = a.y.dims[1];
   check_same(env, "topkWeights.dims[0]", a.topk_weights.dims[0], "rowOf.dims[0]", T);

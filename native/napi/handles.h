@@ -1,6 +1,6 @@
 // N-API glue: the one handle template of every native object JS holds: packed experts (Experts), a
 // linear layer's packed weights (Linear), a KV cache (KvCache), a paged KV pool (KvPool) and device
-// memory (DeviceBuffer).
+// memory (DeviceBuffer) and a device collective's communicator (DeviceComm: NCCL).
 //
 // A handle owns its object through a shared_ptr; a job in flight holds its own reference, so
 // dispose() (or the finaliser) during a call frees the object when the call is done. JS cannot
@@ -26,11 +26,14 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
   static constexpr bool kLinear = std::is_same_v<T, moe::PackedLinear>;
   static constexpr bool kCache = std::is_same_v<T, moe::KvCache>;
   static constexpr bool kPool = std::is_same_v<T, moe::KvPool>;
-  static constexpr const char* kName = kExperts ? "Experts" : kLinear ? "Linear" : kCache ? "KvCache" : kPool ? "KvPool" : "DeviceBuffer";
+  static constexpr bool kComm = std::is_same_v<T, moe::DeviceComm>;
+  static constexpr const char* kName =
+      kExperts ? "Experts" : kLinear ? "Linear" : kCache ? "KvCache" : kPool ? "KvPool" : kComm ? "DeviceComm" : "DeviceBuffer";
   static constexpr const char* kMaker = kExperts  ? "ExpertWeights.pack()"
                                         : kLinear ? "Linear.pack()"
                                         : kCache  ? "new KvCache()"
                                         : kPool   ? "new KvPool()"
+                                        : kComm   ? "ProcessGroup.nccl()"
                                                   : "DeviceTensor.zeros() or DeviceTensor.from()";
 
   static Napi::FunctionReference& ctor(Napi::Env env) {
@@ -39,6 +42,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
     else if constexpr (kLinear) return d.linear_ctor;
     else if constexpr (kCache) return d.kv_cache_ctor;
     else if constexpr (kPool) return d.kv_pool_ctor;
+    else if constexpr (kComm) return d.device_comm_ctor;
     else return d.device_buffer_ctor;
   }
 
@@ -95,6 +99,7 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
  private:
   static size_t bytes_of(const T& o) {
     if constexpr (std::is_same_v<T, moe::Buffer>) return o.bytes;
+    else if constexpr (kComm) return 0;
     else return o.bytes();
   }
 
@@ -114,6 +119,9 @@ class Handle : public Napi::ObjectWrap<Handle<T>> {
     auto num = [&](const char* k, double v) { o.Set(k, Napi::Number::New(env, v)); };
     if constexpr (std::is_same_v<T, moe::Buffer>) {
       num("bytes", obj ? double(obj->bytes) : 0.0);
+      return o;
+    } else if constexpr (kComm) {
+      if (obj) num("rank", obj->rank()), num("size", obj->size());
       return o;
     } else {
       if (!obj) return o;
@@ -159,6 +167,7 @@ using LinearHandle = Handle<moe::PackedLinear>;
 using KvCacheHandle = Handle<moe::KvCache>;
 using KvPoolHandle = Handle<moe::KvPool>;
 using BufferHandle = Handle<moe::Buffer>;
+using CommHandle = Handle<moe::DeviceComm>;
 
 inline void InitHandles(Napi::Env env, Napi::Object exports) {
   ExpertsHandle::Init(env, exports);
@@ -166,6 +175,7 @@ inline void InitHandles(Napi::Env env, Napi::Object exports) {
   KvCacheHandle::Init(env, exports);
   KvPoolHandle::Init(env, exports);
   BufferHandle::Init(env, exports);
+  CommHandle::Init(env, exports);
 }
 
 }  // namespace moe_addon

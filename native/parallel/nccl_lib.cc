@@ -88,5 +88,31 @@ ncclResult_t nccl_all_to_all_v(const NcclLib& lib, ncclComm_t comm, int nranks, 
   return first != 0 ? first : r;
 }
 
+Status NcclComm::create(const NcclLib& lib, const NcclUniqueId& id, int nranks, int rank, std::unique_ptr<NcclComm>* out) {
+  ncclComm_t c = nullptr;
+  const ncclResult_t r = lib.CommInitRank(&c, nranks, id, rank);
+  if (r != 0)
+    return Status::internal("ncclCommInitRank (rank " + std::to_string(rank) + " of " + std::to_string(nranks) +
+                            ") failed: " + lib.error_string(r));
+  out->reset(new NcclComm(lib, c, nranks, rank));
+  return Status::ok();
+}
+
+NcclComm::~NcclComm() {
+  if (comm_) lib_.CommDestroy(comm_);
+}
+
+Status NcclComm::all_to_all_v(const void* send, const int64_t* send_bytes, const int64_t* send_offsets, void* recv,
+                              const int64_t* recv_bytes, const int64_t* recv_offsets, void* queue) {
+  std::string why;
+  const ncclResult_t r = nccl_all_to_all_v(lib_, comm_, size_, kNcclUint8, 1, send, send_bytes, send_offsets, recv, recv_bytes,
+                                           recv_offsets, queue, &why);
+  if (r != 0) return Status::internal("NCCL all-to-all-v (rank " + std::to_string(rank_) + "): " + why);
+  ncclResult_t async = 0;
+  if (lib_.CommGetAsyncError(comm_, &async) == 0 && async != 0)
+    return Status::internal("NCCL communicator failed (rank " + std::to_string(rank_) + "): " + lib_.error_string(async));
+  return Status::ok();
+}
+
 }  // namespace dist
 }  // namespace moe

@@ -8,7 +8,10 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
+
+#include "moe/backend.h"
 
 namespace moe {
 namespace dist {
@@ -51,6 +54,26 @@ ncclResult_t nccl_all_to_all_v(const NcclLib& lib, ncclComm_t comm, int nranks, 
                                const void* send, const int64_t* send_counts, const int64_t* send_displs, void* recv,
                                const int64_t* recv_counts, const int64_t* recv_displs, ncclStream_t stream,
                                std::string* why);
+
+// One NCCL communicator, as the transport of a backend's all_to_all op (moe::DeviceComm): its
+// transfers go on the stream the backend gives, in order with the backend's ops. Made by every rank
+// with the same unique id (ncclCommInitRank, which waits for all of them), on the thread and device
+// the backend's ops run on. ncclCommDestroy when the last holder lets go.
+class NcclComm : public DeviceComm {
+ public:
+  static Status create(const NcclLib& lib, const NcclUniqueId& id, int nranks, int rank, std::unique_ptr<NcclComm>* out);
+  ~NcclComm() override;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  Status all_to_all_v(const void* send, const int64_t* send_bytes, const int64_t* send_offsets, void* recv,
+                      const int64_t* recv_bytes, const int64_t* recv_offsets, void* queue) override;
+
+ private:
+  NcclComm(const NcclLib& lib, ncclComm_t c, int nranks, int rank) : lib_(lib), comm_(c), size_(nranks), rank_(rank) {}
+  const NcclLib& lib_;
+  ncclComm_t comm_;
+  int size_, rank_;
+};
 
 }  // namespace dist
 }  // namespace moe

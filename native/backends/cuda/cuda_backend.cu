@@ -23,6 +23,31 @@ Executor& executor();  // backend_executor.cu
 
 namespace {
 
+// The rows of an expert-parallel exchange handed to the transport, on the op's stream: per rank, the
+// byte count and offset of its run (rows are contiguous, in rank order).
+Status all_to_all_rows(const AllToAllArgs& a, cudaStream_t s) {
+  if (!a.comm) return Status::invalid("all_to_all: no communicator");
+  const size_t n = size_t(a.comm->size());
+  if (a.send_rows.size() != n || a.recv_rows.size() != n)
+    return Status::invalid("all_to_all: one row count per rank (" + std::to_string(n) + ") is needed");
+  auto row_bytes = [](const TensorView& t) {
+    int64_t b = int64_t(dtype_size(t.dtype));
+    for (int i = 1; i < t.ndim; ++i) b *= t.dims[i];
+    return b;
+  };
+  const int64_t sb = row_bytes(a.send), rb = row_bytes(a.recv);
+  if (sb != rb) return Status::invalid("all_to_all: send and recv rows differ in size");
+  std::vector<int64_t> sc(n), so(n), rc(n), ro(n);
+  int64_t s_at = 0, r_at = 0;
+  for (size_t p = 0; p < n; ++p) {
+    so[p] = s_at, sc[p] = a.send_rows[p] * sb, s_at += sc[p];
+    ro[p] = r_at, rc[p] = a.recv_rows[p] * rb, r_at += rc[p];
+  }
+  if (s_at > int64_t(a.send.bytes()) || r_at > int64_t(a.recv.bytes()))
+    return Status::invalid("all_to_all: the row counts exceed the tensors");
+  return a.comm->all_to_all_v(a.send.data, sc.data(), so.data(), a.recv.data, rc.data(), ro.data(), static_cast<void*>(s));
+}
+
 // precision 'exact' with 16-bit weights: the CUDA kernels read the activations in the weights' type
 // (tensor cores), so they cannot keep f32 activations.
 Status exact_unsupported() {
@@ -180,6 +205,7 @@ class CudaBackend final : public Backend {
   Status add(const AddArgs& a) override { return run(a, nullptr, cuda::add); }
   Status sample(const SampleArgs& a) override { return run(a, nullptr, cuda::sample); }
   Status cast(const CastArgs& a) override { return run(a, nullptr, cuda::cast); }
+  Status all_to_all(const AllToAllArgs& a) override { return run(a, nullptr, all_to_all_rows); }
 
   Status time_moe_forward(const PackedExperts& w, int64_t T, int top_k, int iters, double* ms) override {
     MOE_RETURN_IF_ERROR(mine("time_moe_forward: the experts", &w));

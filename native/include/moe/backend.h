@@ -104,6 +104,20 @@ struct TransferStats {
   uint64_t to_device_calls = 0, to_device_bytes = 0, to_host_calls = 0, to_host_bytes = 0;
 };
 
+// A collective transport bound to one backend's queue: it enqueues its transfers there (a CUDA
+// stream for NCCL), in order with the backend's ops, and the executor completes them like any op.
+// Implemented in native/parallel (NCCL); the backends know only this interface.
+class DeviceComm {
+ public:
+  virtual ~DeviceComm() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // To peer p, send_bytes[p] bytes from send + send_offsets[p]; from p, recv_bytes[p] bytes into
+  // recv + recv_offsets[p]; enqueued on `queue` (a cudaStream_t), both buffers the backend's memory.
+  virtual Status all_to_all_v(const void* send, const int64_t* send_bytes, const int64_t* send_offsets, void* recv,
+                              const int64_t* recv_bytes, const int64_t* recv_offsets, void* queue) = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -138,6 +152,8 @@ class Backend {
   virtual Status merge_experts(const MergeExpertsArgs& a);
   virtual Status quantize(const QuantizeArgs& a);
   virtual Status dequantize(const QuantizeArgs& a);
+  // rows to and from the other ranks of a.comm's group (expert parallelism on device memory)
+  virtual Status all_to_all(const AllToAllArgs& a);
 
   // ---- decoder ops (moe/decoder_ops.h) ----
   virtual Status embedding(const EmbeddingArgs& a) = 0;
@@ -175,6 +191,7 @@ inline Status Backend::copy(const CopyArgs&) { return unsupported("copy"); }
 inline Status Backend::merge_experts(const MergeExpertsArgs&) { return unsupported("merge_experts"); }
 inline Status Backend::quantize(const QuantizeArgs&) { return unsupported("quantize"); }
 inline Status Backend::dequantize(const QuantizeArgs&) { return unsupported("dequantize"); }
+inline Status Backend::all_to_all(const AllToAllArgs&) { return unsupported("all_to_all (a device collective)"); }
 inline Status Backend::measure_read_bandwidth(size_t, int, double*) { return unsupported("measure_read_bandwidth"); }
 inline Status Backend::measure_fma_peak(double, double*) { return unsupported("measure_fma_peak"); }
 inline Status Backend::time_moe_forward(const PackedExperts&, int64_t, int, int, double*) {

@@ -145,6 +145,21 @@ struct CombineArgs {
   }
 };
 
+// Rows between the processes of an expert-parallel group, by a collective transport that runs on
+// the backend's own queue (DeviceComm, moe/backend.h; NCCL on a GPU): to rank p, send_rows[p]
+// consecutive rows of `send` (the runs in rank order); from rank p, recv_rows[p] rows into `recv`,
+// in rank order. send and recv have the same type and row size; every rank calls it with counts
+// that match its peers' (recv_rows[p] on this rank = send_rows[this rank] on p).
+class DeviceComm;
+struct AllToAllArgs {
+  DeviceComm* comm = nullptr;
+  TensorView send;                  // [R, ...] rows
+  std::vector<int64_t> send_rows;   // [ranks]
+  TensorView recv;                  // [Rr, ...] rows
+  std::vector<int64_t> recv_rows;   // [ranks]
+  template <class F> void visit(F&& f) { f(send, Dir::kIn), f(recv, Dir::kOut); }
+};
+
 // route -> permute -> grouped_gemm -> combine with the router gate packed with the experts, plus the
 // shared experts (DeepSeekMoE / Qwen2-MoE; optional): an always-active SwiGLU FFN packed as one
 // expert (several shared experts are one of intermediate size n * f_shared: their rows
