@@ -276,7 +276,18 @@ test('mpirun -np 2 on cuda-emu ranks: an expert-parallel model on the device (ro
   const r = await mpiJob(2, 'model', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' });
   assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
   assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
-  for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of 2: 2 models, logits, decode and 10 greedy tokens bit-identical on cuda-emu`), r.out);
+  for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of 2: 2 models, logits, decode and 10 greedy tokens bit-identical on cuda-emu; .*; rows by MPI`), r.out);
+});
+
+test('mpirun -np 2 on cuda-emu ranks over NCCL (the test shim): an expert-parallel model keeps its MoE rows on the device and gives each rank the single-process bits', async () => {
+  if (skipMpi()) return;
+  if (skipEmu()) return;
+  const shim = ncclShim();
+  if (!shim) return;
+  const r = await mpiJob(2, 'model', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
+  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
+  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of 2: 2 models, logits, decode and 10 greedy tokens bit-identical on cuda-emu; .*; rows by NCCL \\(\\d+ calls\\)`), r.out);
 });
 
 test('a program that ends without close(): MPI is finalized at teardown, the job ends normally', async () => {

@@ -60,9 +60,10 @@ class MoeBlockFfn implements BlockFfn {
 }
 
 /**
- * An MoE layer of an expert-parallel model. The layer takes host tensors (the MPI transport moves
- * host memory): on a device backend x is copied to the host and the output back, and the stage ops
- * still run on the device backend.
+ * An MoE layer of an expert-parallel model. On a device backend whose group has NCCL on every rank
+ * (group.nccl(); the answer is agreed by all ranks once), the layer runs on the device tensors and
+ * the rows travel GPU to GPU. Without NCCL the MPI transport moves host memory: x is copied to the
+ * host and the output back, and the stage ops still run on the device backend.
  */
 class ExpertParallelBlockFfn implements BlockFfn {
   readonly kind = 'moe' as const;
@@ -77,6 +78,17 @@ class ExpertParallelBlockFfn implements BlockFfn {
   }
   async forward(x: Tensor | DeviceTensor): Promise<BlockFfnOutput> {
     if (!(x instanceof DeviceTensor)) {
+      const { output, routing } = await this.expertParallel.forward(x, { returnRouting: true });
+      return { output, tokensPerExpert: routing.tokensPerExpert };
+    }
+    const nccl = await this.expertParallel.group.nccl({ backend: x.backend }).then(
+      () => true,
+      (e: { code?: string }) => {
+        if (e?.code === 'ERR_DIST_UNAVAILABLE') return false;
+        throw e;
+      },
+    );
+    if (nccl) {
       const { output, routing } = await this.expertParallel.forward(x, { returnRouting: true });
       return { output, tokensPerExpert: routing.tokensPerExpert };
     }

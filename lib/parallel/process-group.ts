@@ -51,6 +51,8 @@ export interface CommStats {
   bytesReceived: number;
   /** Wall time spent waiting on all-to-all calls, ms. */
   allToAllMs: number;
+  /** Of allToAllCalls, those made by the group's NCCL communicators (device rows). */
+  ncclCalls: number;
 }
 
 const DEFAULT_TIMEOUT_MS = 120_000;
@@ -86,7 +88,7 @@ export class ProcessGroup {
   /** The watchdog's limit per collective, ms. */
   readonly timeoutMs: number;
   #closed = false;
-  #stats: CommStats = { allToAllCalls: 0, bytesSent: 0, bytesReceived: 0, allToAllMs: 0 };
+  #stats: CommStats = { allToAllCalls: 0, bytesSent: 0, bytesReceived: 0, allToAllMs: 0, ncclCalls: 0 };
   #nccl = new Map<ResolvedBackend, Promise<NcclCommunicator>>();
 
   /** @internal use ProcessGroup.init() */
@@ -201,7 +203,8 @@ export class ProcessGroup {
    * The group's NCCL communicator on a CUDA backend (made once per backend; later calls return the
    * same one): a collective call, made by every rank. Every rank must be able to load NCCL
    * (libnccl.so.2, or MOE_NCCL_LIBRARY); when one cannot, every rank fails with
-   * ERR_DIST_UNAVAILABLE naming the ranks, instead of some ranks waiting in ncclCommInitRank.
+   * ERR_DIST_UNAVAILABLE naming the ranks, instead of some ranks waiting in ncclCommInitRank (and
+   * later calls give the same answer at once, on every rank).
    */
   nccl(options?: NcclOptions): Promise<NcclCommunicator> {
     this.#check();
@@ -210,7 +213,9 @@ export class ProcessGroup {
     if (!p) {
       p = this.#makeNccl(backend);
       this.#nccl.set(backend, p);
-      p.catch(() => this.#nccl.delete(backend));
+      // a rank without NCCL stays without it (the library is loaded once per process): that answer
+      // is kept, so that asking again costs no collective; any other failure may be retried
+      p.catch((e: { code?: string }) => e?.code !== 'ERR_DIST_UNAVAILABLE' && this.#nccl.delete(backend));
     }
     return p;
   }
@@ -232,9 +237,10 @@ export class ProcessGroup {
   }
 
   /** @internal counts an all-to-all of a transport of this group (bytes to and from other ranks). */
-  _record(sent: number, received: number, ms: number): void {
+  _record(sent: number, received: number, ms: number, nccl = false): void {
     const s = this.#stats;
     s.allToAllCalls++;
+    if (nccl) s.ncclCalls++;
     s.bytesSent += sent;
     s.bytesReceived += received;
     s.allToAllMs += ms;
@@ -349,7 +355,7 @@ export class NcclCommunicator {
         sent += sr[p] * rowBytes;
         received += rr[p] * rowBytes;
       }
-    this.group._record(sent, received, performance.now() - t0);
+    this.group._record(sent, received, performance.now() - t0, true);
     return { rows: new DeviceTensor<T>(out, rows.backend), recvRows: rr };
   }
 
