@@ -178,6 +178,8 @@ test('launch: the mpirun command', () => {
   const r = launchCommand(['-n', '2', '--node-arg=-r', '--node-arg=tsx/cjs', '--mpirun-arg=--tag-output', '--', 'a.ts'], { MOE_MPIRUN: '/opt/ompi/bin/mpirun' }, true);
   assert.is(r.mpirun, '/opt/ompi/bin/mpirun');
   assert.equal(r.args, ['--oversubscribe', '--bind-to', 'none', '--allow-run-as-root', '--tag-output', '-np', '2', process.execPath, '-r', 'tsx/cjs', 'a.ts']);
+  const g = launchCommand(['-n', '8', '--gpu-per-rank', 'app.js'], {}, false);
+  assert.equal(g.args, ['--oversubscribe', '--bind-to', 'none', '-x', 'MOE_CUDA_DEVICE=local-rank', '-np', '8', process.execPath, 'app.js']);
   for (const [argv, msg] of [
     [['app.js'], /-n <ranks> is required/],
     [['-n', '0', 'app.js'], /-n must be an integer in \[1, 4096\], got '0'/],
@@ -185,6 +187,24 @@ test('launch: the mpirun command', () => {
     [['-n', '2', '--threads-per-rank', 'x', 'a.js'], /--threads-per-rank must be an integer/],
   ] as const)
     assert.throws(() => launchCommand([...argv], {}, false), (e: Error) => msg.test(e.message));
+});
+
+test('MOE_CUDA_DEVICE=local-rank (launch --gpu-per-rank): the CUDA backend takes the GPU of the local rank, and says why not', async () => {
+  if (skipEmu()) return;
+  const probe = (env: Record<string, string | undefined>) => {
+    const e: NodeJS.ProcessEnv = { ...process.env, MOE_KERNELS_ADDON: emuAddon, MOE_CUDA_DEVICE: 'local-rank', ...env };
+    for (const k of ['OMPI_COMM_WORLD_LOCAL_RANK', 'MPI_LOCALRANKID', 'SLURM_LOCALID']) if (env[k] === undefined) delete e[k];
+    const r = spawnSync(process.execPath, ['-r', 'tsx/cjs', '-e', `const m = require(${JSON.stringify(path.join(root, 'lib', 'index'))}); const c = m.backendInfo().cuda; console.log(JSON.stringify({ available: c.available, reason: c.reason, ordinal: c.device && c.device.ordinal }))`], { env: e, encoding: 'utf8', cwd: root });
+    assert.is(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split('\n').pop()!) as { available: boolean; reason: string; ordinal?: number };
+  };
+  const ok = probe({ OMPI_COMM_WORLD_LOCAL_RANK: '0' });
+  assert.ok(ok.available && ok.ordinal === 0, JSON.stringify(ok));
+  assert.ok(probe({ SLURM_LOCALID: '0' }).available);
+  const over = probe({ OMPI_COMM_WORLD_LOCAL_RANK: '3' });  // the emulator has one device
+  assert.not.ok(over.available);
+  assert.match(over.reason, /MOE_CUDA_DEVICE=local-rank: local rank '3' is not a device ordinal in \[0, 1\) \(more ranks on this node than GPUs\?\)/);
+  assert.match(probe({}).reason, /no launcher set OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID/);
 });
 
 for (const np of [2, 3, 4]) {

@@ -3,7 +3,7 @@
  * ProcessGroup), by wrapping Open MPI's mpirun. It adds --oversubscribe (more ranks than cores is
  * fine for CPU ranks), --bind-to none (a rank's compute pool spreads over the cores it is given),
  * and --allow-run-as-root when run as root (containers); with --threads-per-rank it sets
- * MOE_NUM_THREADS on every rank.
+ * MOE_NUM_THREADS on every rank; with --gpu-per-rank each rank takes the GPU of its local rank.
  */
 import { spawn } from 'node:child_process';
 import { constants as osConstants } from 'node:os';
@@ -21,6 +21,9 @@ ProcessGroup.init() joins the same group: expert parallelism on CPU ranks, or on
 Options:
   -n, --ranks <n>            processes to start (required)
   --threads-per-rank <n>     MOE_NUM_THREADS of each rank (default: the addon's own choice)
+  --gpu-per-rank             each rank uses the GPU of its local rank on its node
+                             (MOE_CUDA_DEVICE=local-rank); with NCCL, the rows of an
+                             expert-parallel model then go GPU to GPU
   --node-arg <arg>           an option for node itself (repeatable), e.g. --node-arg=-r --node-arg=tsx/cjs
   --mpirun-arg <arg>         an extra mpirun option (repeatable), e.g. --mpirun-arg=--tag-output
   --dry-run                  print the mpirun command instead of running it
@@ -46,6 +49,7 @@ export function launchCommand(argv: string[], env: NodeJS.ProcessEnv = process.e
     options: {
       ranks: { type: 'string', short: 'n' },
       'threads-per-rank': { type: 'string' },
+      'gpu-per-rank': { type: 'boolean' },
       'node-arg': { type: 'string', multiple: true },
       'mpirun-arg': { type: 'string', multiple: true },
       'dry-run': { type: 'boolean' },
@@ -64,6 +68,7 @@ export function launchCommand(argv: string[], env: NodeJS.ProcessEnv = process.e
     if (!Number.isInteger(t) || t < 1 || t > 1024) throw new LaunchUsageError(`--threads-per-rank must be an integer in [1, 1024], got '${threads}'`);
     args.push('-x', `MOE_NUM_THREADS=${t}`);
   }
+  if (values['gpu-per-rank']) args.push('-x', 'MOE_CUDA_DEVICE=local-rank');
   args.push(...(values['mpirun-arg'] ?? []));
   args.push('-np', String(n), process.execPath, ...(values['node-arg'] ?? []), ...program);
   return { mpirun: env.MOE_MPIRUN || 'mpirun', args, dryRun: values['dry-run'] === true };

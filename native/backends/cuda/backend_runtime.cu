@@ -74,11 +74,28 @@ Probe probe() {
     return p;
   }
   int dev = 0;
-  if (const char* s = std::getenv("MOE_CUDA_DEVICE")) {
+  const char* s = std::getenv("MOE_CUDA_DEVICE");
+  const bool local_rank = s && std::strcmp(s, "local-rank") == 0;
+  if (local_rank) {
+    // one GPU per rank of an MPI job on this node: the rank's index among the node's ranks, as the
+    // launcher tells it (Open MPI, MPICH/Intel MPI, Slurm)
+    const char* names[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"};
+    const char* lr = nullptr;
+    for (const char* nm : names)
+      if ((lr = std::getenv(nm)) != nullptr) break;
+    if (!lr) {
+      c.reason = "MOE_CUDA_DEVICE=local-rank, but no launcher set OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID or SLURM_LOCALID (run under mpirun)";
+      return p;
+    }
+    s = lr;
+  }
+  if (s) {
     char* end = nullptr;
     const long v = std::strtol(s, &end, 10);
     if (!*s || *end || v < 0 || v >= n) {
-      c.reason = std::string("MOE_CUDA_DEVICE='") + s + "' is not a device ordinal in [0, " + std::to_string(n) + ")";
+      c.reason = local_rank ? std::string("MOE_CUDA_DEVICE=local-rank: local rank '") + s + "' is not a device ordinal in [0, " +
+                                  std::to_string(n) + ") (more ranks on this node than GPUs?)"
+                            : std::string("MOE_CUDA_DEVICE='") + s + "' is not a device ordinal in [0, " + std::to_string(n) + ")";
       return p;
     }
     dev = int(v);
