@@ -18,10 +18,11 @@ const TARGETS = [
 
 // The grouped GEMM's tensor-core tiles, as in native/backends/cuda/grouped_gemm.cu (TcTile: the table
 // there has the model's assumptions): threads, shared bytes per block, registers per thread (ptxas,
-// sm_80..sm_120), and when the large one runs.
+// sm_80..sm_120, the most of any target), and when each runs.
 const TC_TILES = [
   { name: '64x128x32, 4 warps, 3 stages', bm: 64, bn: 128, threads: 128, smem: 46080, regs: 128, when: 'T·k < 256·E' },
-  { name: '128x128x32, 8 warps, 4 stages', bm: 128, bn: 128, threads: 256, smem: 81920, regs: 126, when: 'T·k >= 256·E' },
+  { name: '128x128x32, 8 warps, 4 stages', bm: 128, bn: 128, threads: 256, smem: 81920, regs: 126, when: 'T·k >= 256·E, less than 216 KB of opt-in shared memory' },
+  { name: '128x256x64, 8 warps, 4 stages', bm: 128, bn: 256, threads: 256, smem: 221184, regs: 220, when: 'T·k >= 256·E, 216 KB of opt-in shared memory (sm_90/100)' },
 ];
 // Shared memory per SM by compute capability (CUDA programming guide); 1 KB more per block is reserved.
 const SMEM_PER_SM_KB = { '8.0': 164, '8.6': 100, '8.7': 164, '8.9': 100, '9.0': 228, '10.0': 228, '10.3': 228, '12.0': 100, '12.1': 100 };
@@ -34,6 +35,7 @@ function tileModel(dev) {
     const byRegs = Math.floor(65536 / (t.threads * Math.ceil(t.regs / 8) * 8));
     const blocks = Math.min(bySmem, byRegs, Math.floor(2048 / t.threads));
     const flopPerByte = (t.bm * t.bn) / (t.bm + t.bn);
+    if (blocks === 0) return `${t.name} (${t.when}): not used on this device (its ${smKB} KB of shared memory per SM hold no block)`;
     return `${t.name} (${t.when}): ${Number.isNaN(blocks) ? '?' : blocks} blocks/SM, ${flopPerByte.toFixed(0)} FLOP per byte into shared memory`;
   });
 }

@@ -86,6 +86,10 @@ Schedule schedule();
 uint64_t schedule_seed();
 void set_worker_threads(int n);
 int worker_threads();
+// The dynamic shared memory a block may opt in to (what MOE_EMU_SMEM_OPTIN sets), clamped to
+// [48 KB, 227 KB]: a test sets sm_90's 227 KB to run kernels chosen only for such devices.
+void set_smem_optin(size_t bytes);
+size_t smem_optin();
 const char* schedule_name(Schedule s);
 
 // The shared-memory race detector. Every byte of a block's shared memory has a shadow: its last

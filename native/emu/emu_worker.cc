@@ -1264,6 +1264,8 @@ void set_schedule(Schedule s, uint64_t seed) {
 Schedule schedule() { return Schedule(config().schedule.load()); }
 uint64_t schedule_seed() { return config().seed.load(); }
 void set_worker_threads(int n) { config().threads = std::max(1, n); }
+void set_smem_optin(size_t bytes) { config().smem_optin = std::min(std::max(bytes, kDefaultSharedLimit), kMaxSharedOptin); }
+size_t smem_optin() { return config().smem_optin; }
 int worker_threads() { return config().threads.load(); }
 const char* schedule_name(Schedule s) {
   switch (s) {

@@ -31,6 +31,7 @@ namespace {
 
 using emu_test::kAllSchedules;
 using emu_test::ScheduleScope;
+using emu_test::SmemOptinScope;
 using emu_test::dtype_name;
 using emu_test::elem_bytes;
 using emu_test::round_to;
@@ -308,6 +309,23 @@ TEST(grouped_gemm_tensor_cores_large_tile) {
     if (!run_case(with_path(make(300, 1, 1, 136, 200, DevDType::kBF16), GroupedGemmPath::kTensorCores))) return;
   }
   if (!run_case(with_path(make(600, 2, 4, 128, 256, DevDType::kF16), GroupedGemmPath::kTensorCores))) return;
+  Case c = with_path(make(600, 2, 4, 64, 128, DevDType::kBF16), GroupedGemmPath::kTensorCores);
+  c.routing = Routing::kSubset;
+  run_case(c);
+}
+
+// The 128x256x64 tile with 8 warps of 64x64 and 4 stages in 216 KB, taken for the same row counts
+// where a block may opt in to that much (sm_90/100's 227 KB, set here): 300 rows on one expert with
+// K and N tails (d = 136: 3 k-tiles of 64, the last partial, fewer than the stages; N = 2 * 200 and
+// 136: partial column tiles) under every schedule with the race detector; K = 2 * 4 * 64 + 8 (9
+// k-tiles: the pipeline wraps twice) with 1200 rows over 4 experts; and over 3 of 4.
+TEST(grouped_gemm_tensor_cores_wide_tile_sm90) {
+  SmemOptinScope sm90(227 * 1024);
+  for (moe_emu::Schedule s : kAllSchedules) {
+    ScheduleScope scope(s);
+    if (!run_case(with_path(make(300, 1, 1, 136, 200, DevDType::kBF16), GroupedGemmPath::kTensorCores))) return;
+  }
+  if (!run_case(with_path(make(600, 2, 4, 520, 264, DevDType::kF16), GroupedGemmPath::kTensorCores))) return;
   Case c = with_path(make(600, 2, 4, 64, 128, DevDType::kBF16), GroupedGemmPath::kTensorCores);
   c.routing = Routing::kSubset;
   run_case(c);

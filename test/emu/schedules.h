@@ -33,4 +33,13 @@ struct RaceCheckScope {
   RaceCheckScope& operator=(const RaceCheckScope&) = delete;
 };
 
+// Sets the shared memory a block may opt in to for its scope (e.g. sm_90's 227 KB), then restores it.
+struct SmemOptinScope {
+  size_t old;
+  explicit SmemOptinScope(size_t bytes) : old(moe_emu::smem_optin()) { moe_emu::set_smem_optin(bytes); }
+  ~SmemOptinScope() { moe_emu::set_smem_optin(old); }
+  SmemOptinScope(const SmemOptinScope&) = delete;
+  SmemOptinScope& operator=(const SmemOptinScope&) = delete;
+};
+
 }  // namespace emu_test

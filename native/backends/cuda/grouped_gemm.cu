@@ -11,9 +11,11 @@
 //                                           (mma.sync m16n8k16, f32 accumulate), ldmatrix.x4 from
 //                                           padded shared tiles, a kStages-deep cp.async pipeline with
 //                                           zero-fill for rows past the expert's end and K/N tails;
-//                                           64x128x32 tiles, 4 warps of 32x64, or 128x128x32 with 8
-//                                           warps of 64x32 and 4 stages (80 KB) for experts with many
-//                                           rows (TcTile: the tile table and its occupancy model)
+//                                           64x128x32 tiles, 4 warps of 32x64, or for experts with
+//                                           many rows 128x128x32 with 8 warps of 64x32 and 4 stages
+//                                           (80 KB), or 128x256x64 with 8 warps of 64x64 and 4 stages
+//                                           (216 KB) where a block may opt in to that much (sm_90,
+//                                           sm_100) (TcTile: the tile table and its occupancy model)
 //   grouped_gemm_simt_kernel<T, kGlu>       f32 weights (and the general fallback for f16/bf16 when d
 //                                           or f is not a multiple of 8): 64x64x16 FMA tiles, 256
 //                                           threads of 4x4 outputs, any d and f
@@ -118,7 +120,7 @@ constexpr int kSimtPad = 4;        // floats: keeps the transposed tiles' rows o
 constexpr int kConvertThreads = 256;
 constexpr unsigned kMaxConvertBlocks = 4096;  // grid-stride loop beyond
 
-// Tensor-core tile: kBlockM x kBlockN x 32 per block, warps of (kBlockM/kWarpsM) x (kBlockN/kWarpsN),
+// Tensor-core tile: kBlockM x kBlockN x kBlockK per block, warps of (kBlockM/kWarpsM) x (kBlockN/kWarpsN),
 // kSt pipeline stages in dynamic shared memory, kMinB blocks per SM for __launch_bounds__ (so that
 // kMinB * kThreads * registers fit the 64K-register file).
 //
@@ -130,16 +132,21 @@ constexpr unsigned kMaxConvertBlocks = 4096;  // grid-stride loop beyond
 // the tile can sustain at most intensity * 5.5 TB/s, against ~990 TFLOP/s dense bf16 (mma.sync
 // reaches roughly 2/3 of that; wgmma is not used):
 //
-//   tile               warps stages  smem   blocks/SM: sm_80 sm_86/89/120 sm_90/100   FLOP/B  L2 bound on H100
-//   64x128x32 (default)  4     3     45 KB             3        2           4         42.7    ~235 TFLOP/s (~24%)
-//   128x128x32 (large)   8     4     80 KB             2        1           2         64.0    ~350 TFLOP/s (~36%)
+//   tile               warps stages  smem    blocks/SM: sm_80 sm_86/89/120 sm_90/100   FLOP/B  L2 bound on H100
+//   64x128x32 (default)  4     3     45 KB              3        2           4         42.7    ~235 TFLOP/s (~24%)
+//   128x128x32 (large)   8     4     80 KB              2        1           2         64.0    ~350 TFLOP/s (~36%)
+//   128x256x64 (wide)    8     4     216 KB             -        -           1         85.3    ~470 TFLOP/s (~47%)
 //
-// Registers: <= 128 per thread in both (4 x 128 or 2 x 256 threads per SM); nvcc-check shows none
-// spill on any target. The large tile serves experts with many rows (kLargeTileRows); 128x256x64
-// (85 FLOP/B, ~47%) needs 200+ KB at 4 stages, which only sm_90/100 have: not built yet.
-template <int kBM, int kBN, int kWM, int kWN, int kSt, int kMinB>
+// Registers: <= 128 per thread in the first two (4 x 128 or 2 x 256 threads per SM); the wide tile's
+// warps hold 64x64 accumulators (128 f32 registers each): ptxas gives 196-220 registers per thread
+// (sm_120 to sm_100), one block of 256 threads per SM; nvcc-check shows none spill on any target. Experts with many rows
+// (kLargeTileRows) take the wide tile where the device lets a block opt in to 216 KB (sm_90/100:
+// 227 KB; run_gemms asks the device), else the large one. By this model even the wide tile stays
+// under half of the dense peak: beyond it an sm_90 kernel needs wgmma and TMA (operands read once per
+// cluster), which neither this kernel nor the emulator has.
+template <int kBM, int kBN, int kWM, int kWN, int kSt, int kMinB, int kBK = 32>
 struct TcTile {
-  static constexpr int kBlockM = kBM, kBlockN = kBN, kBlockK = 32;
+  static constexpr int kBlockM = kBM, kBlockN = kBN, kBlockK = kBK;
   static constexpr int kWarpsM = kWM, kWarpsN = kWN, kStages = kSt;
   static constexpr int kThreads = kWM * kWN * kWarpLanes;
   static constexpr int kWarpM = kBM / kWM, kWarpN = kBN / kWN;
@@ -159,10 +166,14 @@ struct TcTile {
   static_assert(kThreads % kChunksPerRow == 0 && kBlockM % kRowsPerPass == 0 && kBlockN % kRowsPerPass == 0,
                 "whole chunks per thread");
   static_assert(kStages >= 2, "a pipeline needs two stages");
-  static_assert(kSmemBytes <= 99 * 1024, "fits the smallest opt-in limit of the targets (sm_86/89/120)");
+  static_assert(kBlockK % 16 == 0, "whole k16 steps of mma.sync");
+  static_assert(kSmemBytes <= 227 * 1024, "fits the largest opt-in limit of the targets (sm_90/100); the launcher checks the device's");
 };
 using TcTileDefault = TcTile<64, 128, 2, 2, 3, 4>;
 using TcTileLarge = TcTile<128, 128, 2, 4, 4, 2>;
+using TcTileWide = TcTile<128, 256, 2, 4, 4, 1, 64>;
+static_assert(TcTileDefault::kSmemBytes <= 99 * 1024 && TcTileLarge::kSmemBytes <= 99 * 1024,
+              "the default and large tiles fit the smallest opt-in limit of the targets (sm_86/89/120)");
 // The large tile when the experts average at least this many rows (max_rows / E: the host does not
 // know the per-expert counts): vLLM's tuned H100 configs switch to larger tiles at M >= 1024 tokens,
 // i.e. 256 rows per expert for Mixtral's E = 8, k = 2. Below, the 64-row tile wastes less on the
@@ -809,6 +820,17 @@ cudaError_t run_simt(const GemmArgs<T>& a) {
                     a.num_experts, 0, a.w2, a.w2_stride, a.d, a.f, a.d, static_cast<void*>(a.y), a.d);
 }
 
+// The dynamic shared memory a block of the current device may opt in to (bytes; 0 when it cannot be
+// read): 227 KB on sm_90/100, 163 KB on sm_80, 99 KB on sm_86/89/120. A cached host-side property.
+int device_smem_optin() {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return v;
+}
+
 // The opt-in for a tile's dynamic shared memory above 48 KB (cheap: a host attribute of the kernel).
 template <typename Tile, typename Kernel>
 cudaError_t tc_smem_opt_in(Kernel kernel) {
@@ -841,9 +863,11 @@ cudaError_t run_gemms(const GemmArgs<T>& a, GroupedGemmPath path) {
     case GroupedGemmPath::kDecode: return run_decode(a);
     case GroupedGemmPath::kSimt: return run_simt(a);
     case GroupedGemmPath::kTensorCores:
-      if constexpr (sizeof(T) == 2)
-        return a.max_rows >= kLargeTileRows * a.num_experts ? run_tensor_cores<T, TcTileLarge>(a)
-                                                            : run_tensor_cores<T, TcTileDefault>(a);
+      if constexpr (sizeof(T) == 2) {
+        if (a.max_rows < kLargeTileRows * a.num_experts) return run_tensor_cores<T, TcTileDefault>(a);
+        return device_smem_optin() >= int(TcTileWide::kSmemBytes) ? run_tensor_cores<T, TcTileWide>(a)
+                                                                   : run_tensor_cores<T, TcTileLarge>(a);
+      }
       return cudaErrorInvalidValue;
     case GroupedGemmPath::kAuto: break;
   }
