@@ -280,6 +280,19 @@ test('group.nccl() where one rank cannot load NCCL: every rank fails with ERR_DI
   assert.match(r.out, /EP-NCCL-PARTIAL rank 1 ERR_DIST_UNAVAILABLE: NCCL is not available on rank 1 of 2: cannot load \/nonexistent\/libnccl\.so\.2/, r.out);
 });
 
+test('an NCCL all-to-all that a peer never joins: ERR_DIST_TIMEOUT, the communicator is aborted, and the rank exits instead of hanging', async () => {
+  if (skipMpi()) return;
+  if (skipEmu()) return;
+  const shim = ncclShim();
+  if (!shim) return;
+  // rank 1 sleeps 60 s: a job that ends well before shows that rank 0 exited by itself
+  const r = await mpiJob(2, 'nccl-stall', [], 45_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
+  assert.ok(!r.timedOut, `timed out after ${r.ms} ms (rank 0 did not exit after the NCCL timeout):\n${r.out}`);
+  assert.ok(r.ms < 40_000, `the job took ${r.ms} ms`);
+  assert.match(r.out, /EP-NCCL-TIMEOUT rank 0 ERR_DIST_TIMEOUT after \d+ ms: NCCL all-to-all-v did not complete within 2000 ms on rank 0 of 2/, r.out);
+  assert.not.match(r.out, /EP-UNEXPECTED/, r.out);
+});
+
 for (const np of [2, 4]) {
   test(`mpirun -np ${np}: MixtralModel.load with expertParallel gives each rank the single-process logits and tokens`, async () => {
     if (skipMpi()) return;

@@ -21,6 +21,7 @@ export interface NativeDist {
   nccl_unique_id(): Uint8Array;
   nccl_comm_init(id: Uint8Array, rank: number, size: number, options: { backend: string }): Promise<NativeDeviceComm>;
   device_all_to_all(comm: NativeDeviceComm, rows: NativeDeviceTensor, sendRows: Int32Array, recvRows: Int32Array): Promise<NativeDeviceTensor>;
+  nccl_comm_abort(comm: NativeDeviceComm): void;
 }
 
 /** A native NCCL communicator (DeviceComm handle). */

@@ -246,9 +246,9 @@ export class ProcessGroup {
     s.allToAllMs += ms;
   }
 
-  /** @internal the watchdog of this group's calls */
-  _guard<R>(p: Promise<R>, what: string): Promise<R> {
-    return this.#guard(p, what);
+  /** @internal the watchdog of this group's calls; onTimeout runs when it fires */
+  _guard<R>(p: Promise<R>, what: string, onTimeout?: () => void): Promise<R> {
+    return guard(p, what, this.timeoutMs, this.rank, this.size, onTimeout);
   }
 
   /** Each rank's value for every other: counts[p] goes to rank p; returns one value from each rank. */
@@ -347,7 +347,9 @@ export class NcclCommunicator {
     if (total !== rows.dims[0]) throw rangeError(`sendRows sum to ${total} rows, but rows.dims[0] is ${rows.dims[0]}`);
     const rr = recvRows === undefined ? await this.group.allToAll(sr) : countsArray(recvRows, 'recvRows', this.size);
     const t0 = performance.now();
-    const out = await this.group._guard(dist.device_all_to_all(this.#handle, rows.native(), sr, rr), 'NCCL all-to-all-v');
+    // a peer that never joins leaves NCCL's kernels waiting on the stream: on timeout the
+    // communicator is aborted, which ends them, so the device and the process can still be left
+    const out = await this.group._guard(dist.device_all_to_all(this.#handle, rows.native(), sr, rr), 'NCCL all-to-all-v', () => dist.nccl_comm_abort(this.#handle));
     const rowBytes = rows.dims.slice(1).reduce((a, b) => a * b, 1) * DTYPE_BYTES[rows.type];
     let sent = 0, received = 0;
     for (let p = 0; p < this.size; p++)
@@ -366,14 +368,15 @@ export class NcclCommunicator {
 }
 
 /**
- * The watchdog: p, or ERR_DIST_TIMEOUT after ms (the group is then broken). A failed collective
+ * The watchdog: p, or ERR_DIST_TIMEOUT after ms (the group is then broken, and onTimeout runs). A failed collective
  * breaks the group too: MPI's state after an error is undefined.
  */
-function guard<R>(p: Promise<R>, what: string, ms: number, rank: number, size: number): Promise<R> {
+function guard<R>(p: Promise<R>, what: string, ms: number, rank: number, size: number, onTimeout?: () => void): Promise<R> {
   return new Promise<R>((resolve, reject) => {
     const who = rank >= 0 ? `rank ${rank} of ${size}` : `this process`;
     const timer = setTimeout(() => {
       dist.dist_abandon();
+      onTimeout?.();
       reject(
         new MoeError(
           `${what} did not complete within ${ms} ms on ${who}: a peer rank has exited, crashed or is not making the same collective call. ` +

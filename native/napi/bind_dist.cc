@@ -593,6 +593,16 @@ Napi::Value DeviceAllToAll(const Napi::CallbackInfo& info) {
   return run_job(env, std::move(job));
 }
 
+// nccl_comm_abort(comm): after a watchdog timeout, ends the communicator's transfers in flight
+// (ncclCommAbort), so that the stream and the backend's executor they block drain and the process can
+// exit; the communicator cannot be used again.
+Napi::Value NcclCommAbort(const Napi::CallbackInfo& info) {
+  expect_args(info, 1, "nccl_comm_abort");
+  CommHandle* h = CommHandle::Get(info[0], "comm");
+  h->obj->abort();
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void InitDistBindings(Napi::Env env, Napi::Object exports) {
@@ -609,6 +619,7 @@ void InitDistBindings(Napi::Env env, Napi::Object exports) {
   exports.Set("nccl_unique_id", Napi::Function::New(env, NcclUniqueId, "nccl_unique_id"));
   exports.Set("nccl_comm_init", Napi::Function::New(env, NcclCommInit, "nccl_comm_init"));
   exports.Set("device_all_to_all", Napi::Function::New(env, DeviceAllToAll, "device_all_to_all"));
+  exports.Set("nccl_comm_abort", Napi::Function::New(env, NcclCommAbort, "nccl_comm_abort"));
 }
 
 }  // namespace moe_addon

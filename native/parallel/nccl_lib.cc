@@ -37,6 +37,7 @@ const NcclLib* load_nccl(std::string* why) {
                     dl_resolve(h, "ncclGetUniqueId", &n->GetUniqueId, &missing) &
                     dl_resolve(h, "ncclCommInitRank", &n->CommInitRank, &missing) &
                     dl_resolve(h, "ncclCommDestroy", &n->CommDestroy, &missing) &
+                    dl_resolve(h, "ncclCommAbort", &n->CommAbort, &missing) &
                     dl_resolve(h, "ncclCommGetAsyncError", &n->CommGetAsyncError, &missing) &
                     dl_resolve(h, "ncclSend", &n->Send, &missing) & dl_resolve(h, "ncclRecv", &n->Recv, &missing) &
                     dl_resolve(h, "ncclGroupStart", &n->GroupStart, &missing) &
@@ -99,11 +100,16 @@ Status NcclComm::create(const NcclLib& lib, const NcclUniqueId& id, int nranks, 
 }
 
 NcclComm::~NcclComm() {
-  if (comm_) lib_.CommDestroy(comm_);
+  if (comm_ && !aborted_.load()) lib_.CommDestroy(comm_);
+}
+
+void NcclComm::abort() {
+  if (!aborted_.exchange(true) && comm_) lib_.CommAbort(comm_);
 }
 
 Status NcclComm::all_to_all_v(const void* send, const int64_t* send_bytes, const int64_t* send_offsets, void* recv,
                               const int64_t* recv_bytes, const int64_t* recv_offsets, void* queue) {
+  if (aborted_.load()) return Status::internal("the NCCL communicator was aborted after a collective timed out");
   std::string why;
   const ncclResult_t r = nccl_all_to_all_v(lib_, comm_, size_, kNcclUint8, 1, send, send_bytes, send_offsets, recv, recv_bytes,
                                            recv_offsets, queue, &why);

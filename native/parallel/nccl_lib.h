@@ -6,6 +6,7 @@
 // NOT VERIFIED: no machine of this project has a GPU or NCCL. The declarations follow nccl.h of
 // NCCL 2.x; the loader and the "absent" path are what the tests here exercise.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -31,6 +32,7 @@ struct NcclLib {
   ncclResult_t (*GetUniqueId)(NcclUniqueId* id) = nullptr;
   ncclResult_t (*CommInitRank)(ncclComm_t* comm, int nranks, NcclUniqueId id, int rank) = nullptr;
   ncclResult_t (*CommDestroy)(ncclComm_t comm) = nullptr;
+  ncclResult_t (*CommAbort)(ncclComm_t comm) = nullptr;
   ncclResult_t (*CommGetAsyncError)(ncclComm_t comm, ncclResult_t* r) = nullptr;
   ncclResult_t (*Send)(const void* buf, size_t count, int type, int peer, ncclComm_t comm, ncclStream_t s) = nullptr;
   ncclResult_t (*Recv)(void* buf, size_t count, int type, int peer, ncclComm_t comm, ncclStream_t s) = nullptr;
@@ -67,12 +69,15 @@ class NcclComm : public DeviceComm {
   int size() const override { return size_; }
   Status all_to_all_v(const void* send, const int64_t* send_bytes, const int64_t* send_offsets, void* recv,
                       const int64_t* recv_bytes, const int64_t* recv_offsets, void* queue) override;
+  // ncclCommAbort (once; it also frees the communicator, so the destructor then leaves it alone).
+  void abort() override;
 
  private:
   NcclComm(const NcclLib& lib, ncclComm_t c, int nranks, int rank) : lib_(lib), comm_(c), size_(nranks), rank_(rank) {}
   const NcclLib& lib_;
   ncclComm_t comm_;
   int size_, rank_;
+  std::atomic<bool> aborted_{false};
 };
 
 }  // namespace dist

@@ -116,6 +116,9 @@ class DeviceComm {
   // recv + recv_offsets[p]; enqueued on `queue` (a cudaStream_t), both buffers the backend's memory.
   virtual Status all_to_all_v(const void* send, const int64_t* send_bytes, const int64_t* send_offsets, void* recv,
                               const int64_t* recv_bytes, const int64_t* recv_offsets, void* queue) = 0;
+  // Called from any thread when a transfer will never complete (a peer died): ends the transfers in
+  // flight with an error, so that the queue they block drains; the communicator is unusable after.
+  virtual void abort() = 0;
 };
 
 class Backend {
