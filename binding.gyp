@@ -58,6 +58,8 @@
       "defines": [
         "NAPI_VERSION=8",
         "NAPI_CPP_EXCEPTIONS",
+        # a JS error raised while a worker terminates is dropped, not thrown out of the wrapper (std::terminate)
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
         # why this build has no CUDA backend (scripts/build-native.js sets it; backend_none.cc reports it)
         "<!(node -p \"'MOE_NO_CUDA_REASON=' + JSON.stringify(process.env.MOE_NO_CUDA_REASON || 'it was built by node-gyp from binding.gyp, which has no CUDA backend')\")"
       ],

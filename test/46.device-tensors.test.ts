@@ -7,6 +7,8 @@
  * what the device kernels do not take). Without a device backend the tests check that device
  * tensors are refused with ERR_BACKEND_UNAVAILABLE.
  */
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { suite } from 'uvu';
 import * as assert from 'uvu/assert';
 import {
@@ -275,6 +277,52 @@ for (const backend of DEVICES) {
       experts.dispose();
       cpuExperts.dispose();
     }
+  });
+
+  // A worker running device ops (the MoE layer, add, the stage ops) terminated mid-loop: an op called
+  // while its environment terminates raised an error node-addon-api could not throw, and it escaped
+  // the callback wrapper as a C++ exception (std::terminate: the whole process died).
+  s(`${backend}: a worker terminated while it runs device ops: no abort, the process lives on`, () => {
+    const dist = JSON.stringify(path.join(__dirname, '..', 'dist', 'index.js'));
+    const script = `
+      const { Worker } = require('node:worker_threads');
+      const code = \`
+        const L = require(${dist});
+        (async () => {
+          const backend = ${JSON.stringify(backend)}, T = 64, d = 64, f = 32, E = 4;
+          const r = (n) => { const a = new Float32Array(n); for (let i = 0; i < n; i++) a[i] = Math.sin(i); return a; };
+          const w = { w1: { type: 'float32', data: r(E*f*d), dims: [E,f,d] }, w3: { type: 'float32', data: r(E*f*d), dims: [E,f,d] }, w2: { type: 'float32', data: r(E*d*f), dims: [E,d,f] } };
+          const gate = { type: 'float32', data: r(E*d), dims: [E,d] };
+          const layer = await L.MoeLayer.create({ ...w, gate }, { backend, topK: 2 });
+          const ex = await L.ExpertWeights.pack(w, { backend });
+          const dx = await L.DeviceTensor.from({ type: 'float32', data: r(T*d), dims: [T,d] }, { backend });
+          const dg = await L.DeviceTensor.from(gate, { backend });
+          require('node:worker_threads').parentPort.postMessage('ready');
+          for (;;) {
+            const rt = await L.route(dx, dg, { topK: 2 });
+            const p = L.permuteSync(await rt.topkIds.toHost(), E);
+            const ps = [];
+            for (let i = 0; i < 4; i++) {
+              ps.push(layer.forward(dx).then((o) => L.add(o.output, dx)));
+              ps.push(L.groupedGemm(dx, p.sortedRows, p.expertOffsets, ex).then((y) => L.combine(y, p.rowOf, rt.topkWeights)));
+            }
+            await Promise.all(ps);
+          }
+        })();\`;
+      (async () => {
+        for (let i = 0; i < 3; i++) {
+          const w = new Worker(code, { eval: true });
+          await new Promise((res) => w.once('message', res));
+          await new Promise((res) => setTimeout(res, 150 + 100 * i));
+          await w.terminate();
+        }
+        console.log('alive');
+      })();
+    `;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 120_000 });
+    assert.is(r.signal, null, `the process died of ${r.signal}: ${r.stderr}`);
+    assert.is(r.status, 0, `exit ${r.status}: ${r.stderr}`);
+    assert.match(r.stdout, /alive/);
   });
 
   s(`${backend}: tensors of two places, and what the device kernels do not take, are clear errors`, async () => {
