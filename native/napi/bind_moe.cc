@@ -221,7 +221,7 @@ Napi::Value PackExperts(const Napi::CallbackInfo& info) {
 moe::Backend* device_or_option(Napi::Env env, const Place& place, const Options& o) {
   moe::Backend* b = backend_option(o);
   if (!place.on_device()) return b;
-  if (given(o.get("backend")) && b != place.device && o.get("backend").ToString().Utf8Value() != "auto")
+  if (given(o.get("backend")) && b != place.device)
     throw_type_error(env, std::string("options.backend is '") + b->name() + "' but the tensors are device tensors of '" +
                               place.device->name() + "'");
   return place.device;
