@@ -226,11 +226,9 @@ function skipEmu(): boolean {
 }
 
 test('mpirun -np 2 on cuda-emu ranks: batch-invariant layers give the single-process bits for every routing variant', async () => {
-  if (skipMpi()) return;
-  if (skipEmu()) return;
-  const r = await mpiJob(2, 'layer', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' });
-  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
-  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  const r = await emuJob(2, 'layer', 300_000, false);
+  if (!r) return;
+  assertCompleted(r);
   // an EP rank's expert gets every rank's rows: with batchInvariant the CUDA grouped GEMM keeps one
   // kernel (one summation order) whatever the row count, so the bits are those of one process
   for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-OK rank ${rank} of 2: 30 calls bit-identical on cuda-emu \\(batchInvariant\\)`), r.out);
@@ -255,38 +253,48 @@ function ncclShim(): string | null {
   return shimPath;
 }
 
+/**
+ * An mpirun job on cuda-emu ranks (the build-emu/ addon), over the NCCL test shim when `nccl`; null
+ * (with a message) when a prerequisite is missing and may be, so that the test skips.
+ */
+async function emuJob(np: number, mode: string, timeoutMs: number, nccl: boolean): Promise<JobResult | null> {
+  if (skipMpi() || skipEmu()) return null;
+  const env: Record<string, string> = { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' };
+  if (nccl) {
+    const shim = ncclShim();
+    if (!shim) return null;
+    env.MOE_NCCL_LIBRARY = shim;
+  }
+  return mpiJob(np, mode, [], timeoutMs, env);
+}
+
+/** The job ended by itself with exit status 0. */
+function assertCompleted(r: JobResult) {
+  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
+  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+}
+
 for (const np of [2, 3]) {
   test(`mpirun -np ${np} on cuda-emu ranks over NCCL (the test shim): the EP layer on device tensors gives the single-process bits, the rows stay on the device`, async () => {
-    if (skipMpi()) return;
-    if (skipEmu()) return;
-    const shim = ncclShim();
-    if (!shim) return;
-    const r = await mpiJob(np, 'layer-device', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
-    assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
-    assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+    const r = await emuJob(np, 'layer-device', 300_000, true);
+    if (!r) return;
+    assertCompleted(r);
     for (let rank = 0; rank < np; rank++) assert.match(r.out, new RegExp(`EP-DEVICE-OK rank ${rank} of ${np}: NCCL 21803, 30 calls bit-identical on cuda-emu, rows on the device`), r.out);
   });
 }
 
 test('group.nccl() where one rank cannot load NCCL: every rank fails with ERR_DIST_UNAVAILABLE naming it, no rank waits', async () => {
-  if (skipMpi()) return;
-  if (skipEmu()) return;
-  const shim = ncclShim();
-  if (!shim) return;
-  const r = await mpiJob(2, 'nccl-partial', [], 60_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
-  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
-  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  const r = await emuJob(2, 'nccl-partial', 60_000, true);
+  if (!r) return;
+  assertCompleted(r);
   for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-NCCL-PARTIAL rank ${rank} ERR_DIST_UNAVAILABLE: NCCL is not available on rank 1 of 2`), r.out);
   assert.match(r.out, /EP-NCCL-PARTIAL rank 1 ERR_DIST_UNAVAILABLE: NCCL is not available on rank 1 of 2: cannot load \/nonexistent\/libnccl\.so\.2/, r.out);
 });
 
 test('an NCCL all-to-all that a peer never joins: ERR_DIST_TIMEOUT, the communicator is aborted, and the rank exits instead of hanging', async () => {
-  if (skipMpi()) return;
-  if (skipEmu()) return;
-  const shim = ncclShim();
-  if (!shim) return;
   // rank 1 sleeps 60 s: a job that ends well before shows that rank 0 exited by itself
-  const r = await mpiJob(2, 'nccl-stall', [], 45_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
+  const r = await emuJob(2, 'nccl-stall', 45_000, true);
+  if (!r) return;
   assert.ok(!r.timedOut, `timed out after ${r.ms} ms (rank 0 did not exit after the NCCL timeout):\n${r.out}`);
   assert.ok(r.ms < 40_000, `the job took ${r.ms} ms`);
   assert.match(r.out, /EP-NCCL-TIMEOUT rank 0 ERR_DIST_TIMEOUT after \d+ ms: NCCL all-to-all-v did not complete within 2000 ms on rank 0 of 2/, r.out);
@@ -304,22 +312,16 @@ for (const np of [2, 4]) {
 }
 
 test('mpirun -np 2 on cuda-emu ranks: an expert-parallel model on the device (rows through host memory) gives each rank the single-process bits', async () => {
-  if (skipMpi()) return;
-  if (skipEmu()) return;
-  const r = await mpiJob(2, 'model', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu' });
-  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
-  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  const r = await emuJob(2, 'model', 300_000, false);
+  if (!r) return;
+  assertCompleted(r);
   for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of 2: 2 models, logits, decode and 10 greedy tokens bit-identical on cuda-emu; .*; rows by MPI`), r.out);
 });
 
 test('mpirun -np 2 on cuda-emu ranks over NCCL (the test shim): an expert-parallel model keeps its MoE rows on the device and gives each rank the single-process bits', async () => {
-  if (skipMpi()) return;
-  if (skipEmu()) return;
-  const shim = ncclShim();
-  if (!shim) return;
-  const r = await mpiJob(2, 'model', [], 300_000, { MOE_KERNELS_ADDON: emuAddon, MOE_EP_BACKEND: 'cuda-emu', MOE_NCCL_LIBRARY: shim });
-  assert.ok(!r.timedOut, `timed out after ${r.ms} ms:\n${r.out}`);
-  assert.is(r.code, 0, `failed (${r.code}, ${r.signal}):\n${r.out}`);
+  const r = await emuJob(2, 'model', 300_000, true);
+  if (!r) return;
+  assertCompleted(r);
   for (const rank of [0, 1]) assert.match(r.out, new RegExp(`EP-MODEL-OK rank ${rank} of 2: 2 models, logits, decode and 10 greedy tokens bit-identical on cuda-emu; .*; rows by NCCL \\(\\d+ calls\\)`), r.out);
 });
 

@@ -157,6 +157,17 @@ export interface ExpertParallelDeviceOutput {
 export type ExpertParallelDeviceResult<O extends ExpertParallelDeviceForwardOptions | undefined = ExpertParallelDeviceForwardOptions> = ExpertParallelDeviceOutput &
   (O extends { returnRouting: true } ? { routing: Routing } : unknown);
 
+/** What route + permute give for T = 0 tokens: no ids, no rows, every expert empty. */
+function emptyPermutation(E: number, k: number) {
+  return {
+    ids: { type: 'int32', data: new Int32Array(0), dims: [0, k] } as Tensor<'int32'>,
+    rowOf: { type: 'int32', data: new Int32Array(0), dims: [0, k] } as Tensor<'int32'>,
+    dropped: { type: 'int32', data: new Int32Array(E), dims: [E] } as Tensor<'int32'>,
+    offsets: new Int32Array(E + 1),
+    sortedRows: new Int32Array(0),
+  };
+}
+
 export class ExpertParallelMoeLayer {
   readonly numExperts: number;
   readonly hiddenSize: number;
@@ -296,7 +307,7 @@ export class ExpertParallelMoeLayer {
       return this.#forwardDevice(x, wantRouting, phase);
     }
     const xt = checkTensor(x, 'x', FLOAT_TYPES);
-    if (xt.dims.length !== 2 || xt.dims[1] !== this.hiddenSize) throw rangeError(`x.dims must be [T,${this.hiddenSize}], got [${xt.dims.join(',')}]`);
+    this.#checkRows(xt.dims);
 
     const g = this.group, E = this.numExperts, k = this.topK, d = this.hiddenSize;
     const T = xt.dims[0];
@@ -324,13 +335,9 @@ export class ExpertParallelMoeLayer {
       rowOf = p.rowOf;
       dropped = p.dropped;
     } else {
-      topkIds = { type: 'int32', data: new Int32Array(0), dims: [0, k] };
+      ({ ids: topkIds, rowOf, dropped, offsets, sortedRows } = emptyPermutation(E, k));
       topkWeights = { type: 'float32', data: new Float32Array(0), dims: [0, k] };
       tokensPerExpert = { type: 'int32', data: new Int32Array(E), dims: [E] };
-      dropped = { type: 'int32', data: new Int32Array(E), dims: [E] };
-      rowOf = { type: 'int32', data: new Int32Array(0), dims: [0, k] };
-      offsets = new Int32Array(E + 1);
-      sortedRows = new Int32Array(0);
       if (wantStats) logits = { type: 'float32', data: new Float32Array(0), dims: [0, E] };
     }
     const R = offsets[E];
@@ -420,10 +427,15 @@ export class ExpertParallelMoeLayer {
     return { counts, sentRows, receivedRows };
   }
 
+  /** x.dims: [T, hiddenSize]. */
+  #checkRows(dims: readonly number[]) {
+    if (dims.length !== 2 || dims[1] !== this.hiddenSize) throw rangeError(`x.dims must be [T,${this.hiddenSize}], got [${dims.join(',')}]`);
+  }
+
   /** forward on a DeviceTensor: the rows stay on the device and travel by NCCL (see the file comment). */
   async #forwardDevice(x: DeviceTensor, wantRouting: boolean, phase: string): Promise<ExpertParallelDeviceOutput> {
     if (!FLOAT_TYPES.includes(x.type as FloatType)) throw typeError(`x.type must be one of ${FLOAT_TYPES.join(', ')}, got '${x.type}'`);
-    if (x.dims.length !== 2 || x.dims[1] !== this.hiddenSize) throw rangeError(`x.dims must be [T,${this.hiddenSize}], got [${x.dims.join(',')}]`);
+    this.#checkRows(x.dims);
     if (x.backend !== this.backend)
       throw typeError(`x is a device tensor of '${x.backend}', but this rank's experts live on '${this.backend}': create the layer with backend '${x.backend}'`);
     const g = this.group, E = this.numExperts, k = this.topK, d = this.hiddenSize;
@@ -452,11 +464,7 @@ export class ExpertParallelMoeLayer {
         rowOf = p.rowOf;
         dropped = p.dropped;
       } else {
-        ids = { type: 'int32', data: new Int32Array(0), dims: [0, k] };
-        rowOf = { type: 'int32', data: new Int32Array(0), dims: [0, k] };
-        dropped = { type: 'int32', data: new Int32Array(E), dims: [E] };
-        offsets = new Int32Array(E + 1);
-        sortedRows = new Int32Array(0);
+        ({ ids, rowOf, dropped, offsets, sortedRows } = emptyPermutation(E, k));
       }
       const R = offsets[E];
 
