@@ -127,23 +127,29 @@ constexpr unsigned kMaxConvertBlocks = 4096;  // grid-stride loop beyond
 // The tiles, with what fits on each target (shared memory per SM: sm_80 164 KB, sm_86/89/120 100 KB,
 // sm_90/100 228 KB; 1 KB more per block is reserved by the driver) and the bound the tile's reuse
 // puts on throughput. A block brings (BM + BN) * BK * 2 bytes into shared memory per 2*BM*BN*BK
-// FLOP: BM*BN / (BM + BN) FLOP per byte. With the operands streamed from L2 (~5.5 TB/s on H100
-// SXM, model assumption; expert weights are re-read by every M tile, the A rows by every N tile),
-// the tile can sustain at most intensity * 5.5 TB/s, against ~990 TFLOP/s dense bf16 (mma.sync
-// reaches roughly 2/3 of that; wgmma is not used):
+// FLOP: BM*BN / (BM + BN) FLOP per byte. With the operands streamed from L2 (expert weights are
+// re-read by every M tile, the A rows by every N tile), the tile can sustain at most intensity x
+// the L2 bandwidth, against ~990 TFLOP/s dense bf16 on H100 SXM (mma.sync reaches roughly 2/3 of
+// that, a cap of ~66%; wgmma is not used). The L2 bandwidth is the model's weakest assumption, so
+// it is given as a range: ~5.5 TB/s is what a microbenchmark measured on an H100 PCIe (114 SMs,
+// clocks held to 1.4-1.75 GHz by its 350 W limit), taken as it is; ~7.2 TB/s is the same rate per
+// SM and clock on the SXM part (132 SMs at 1.98 GHz), which holds only if the L2 slices keep up
+// with more SMs. No figure here settles it; scripts/gpu-check.sh on an H100 does.
 //
-//   tile               warps stages  smem    blocks/SM: sm_80 sm_86/89/120 sm_90/100   FLOP/B  L2 bound on H100
-//   64x128x32 (default)  4     3     45 KB              3        2           4         42.7    ~235 TFLOP/s (~24%)
-//   128x128x32 (large)   8     4     80 KB              2        1           2         64.0    ~350 TFLOP/s (~36%)
-//   128x256x64 (wide)    8     4     216 KB             -        -           1         85.3    ~470 TFLOP/s (~47%)
+//   tile               warps stages  smem    blocks/SM: sm_80 sm_86/89/120 sm_90/100   FLOP/B  L2 bound on H100 SXM
+//                                                                                              at 5.5      at 7.2 TB/s
+//   64x128x32 (default)  4     3     45 KB              3        2           4         42.7    235 (24%)   307 (31%)
+//   128x128x32 (large)   8     4     80 KB              2        1           2         64.0    352 (36%)   461 (47%)
+//   128x256x64 (wide)    8     4     216 KB             -        -           1         85.3    469 (47%)   614 (62%)
 //
 // Registers: <= 128 per thread in the first two (4 x 128 or 2 x 256 threads per SM); the wide tile's
 // warps hold 64x64 accumulators (128 f32 registers each): ptxas gives 196-220 registers per thread
 // (sm_120 to sm_100), one block of 256 threads per SM; nvcc-check shows none spill on any target. Experts with many rows
 // (kLargeTileRows) take the wide tile where the device lets a block opt in to 216 KB (sm_90/100:
-// 227 KB; run_gemms asks the device), else the large one. By this model even the wide tile stays
-// under half of the dense peak: beyond it an sm_90 kernel needs wgmma and TMA (operands read once per
-// cluster), which neither this kernel nor the emulator has.
+// 227 KB; run_gemms asks the device), else the large one. By this model the wide tile reaches half
+// of the dense peak only at the upper L2 figure; a bound clear of it needs operands read from L2
+// once per cluster of blocks (sm_90 TMA multicast or distributed shared memory, with wgmma), which
+// neither this kernel nor the emulator has.
 template <int kBM, int kBN, int kWM, int kWN, int kSt, int kMinB, int kBK = 32>
 struct TcTile {
   static constexpr int kBlockM = kBM, kBlockN = kBN, kBlockK = kBK;
