@@ -91,6 +91,9 @@ int worker_threads();
 void set_smem_optin(size_t bytes);
 size_t smem_optin();
 const char* schedule_name(Schedule s);
+// Kernel launches started so far in this process (each moe_launch, whether it succeeds or not): a
+// test takes the difference around a call to see how many kernels a launcher ran.
+uint64_t launch_count();
 
 // The shared-memory race detector. Every byte of a block's shared memory has a shadow: its last
 // writer and its readers since the last barrier, each with the emulated thread, the source site and

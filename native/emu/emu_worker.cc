@@ -1328,7 +1328,11 @@ void cp_async_16(void* dst, const void* src, int src_bytes, const char* file, in
 void cp_async_commit() { running_worker("cp.async.commit_group").cp_async_commit(); }
 void cp_async_wait(int n, const char*, int) { running_worker("cp.async.wait_group").cp_async_wait(n); }
 
+std::atomic<uint64_t> g_launches{0};
+uint64_t launch_count() { return g_launches.load(); }
+
 cudaError_t launch(const LaunchSpec& spec) {
+  g_launches.fetch_add(1, std::memory_order_relaxed);
   Config& cfg = config();
   auto fail = [&](cudaError_t code, std::string m) {
     set_message(code, "emulated launch of " + kernel_name(spec.kernel, true) + ": " + m);

@@ -82,6 +82,8 @@ std::string describe_case(const Case& c) {
          " schedule=" + moe_emu::schedule_name(moe_emu::schedule());
 }
 
+uint64_t g_forward_launches = 0;  // kernels the last run_case's forward launched
+
 bool run_case(const Case& c) {
   const std::string what = describe_case(c);
   const int64_t T = c.T, d = c.d, f = c.f;
@@ -195,9 +197,11 @@ bool run_case(const Case& c) {
 
   cudaStream_t stream = nullptr;
   CHECK_OK(cudaStreamCreate(&stream));
+  const uint64_t launches_before = moe_emu::launch_count();
   const cudaError_t err =
       moe::launch_moe_forward(layer, x_dev.p, c.x, T, k, c.normalize, out_dev.p, c.out, ids_dev.as<int32_t>(),
                               wts_dev.as<float>(), ws_dev.p, ws_bytes, stream);
+  g_forward_launches = moe_emu::launch_count() - launches_before;
   CHECK_OK(cudaStreamSynchronize(stream));
   CHECK_OK(cudaStreamDestroy(stream));
   if (err != cudaSuccess) {
@@ -289,4 +293,12 @@ TEST(moe_forward_rejects_bad_arguments) {
                                    ws.p, wb, nullptr));  // no tokens: nothing to do
   CHECK(moe::launch_router_logits(x.p, DevDType::kBF16, gate.as<float>(), -1, 64, 4, ws.as<float>(), nullptr) ==
         cudaErrorInvalidValue);
+}
+
+// A decode step is six kernels: router logits, softmax + top-k, permute (one block), the two GEMVs,
+// combine. Each launch is a fixed cost next to the ~200 us a Mixtral layer's T = 1 weights take on
+// an H100, so the count is pinned here (the permute alone was four launches).
+TEST(moe_forward_decode_is_six_kernels) {
+  if (!run_case(make(1, DevDType::kBF16, DevDType::kBF16, DevDType::kBF16))) return;
+  CHECK_EQ(g_forward_launches, uint64_t(6));
 }

@@ -347,3 +347,21 @@ TEST(permute_is_stable_and_deterministic) {
           again.row_of == first.row_of);
   }
 }
+
+// Up to one tile of slots (2048) the fast path is one launch (permute_one_block_kernel), from 2049
+// the four of the multi-block path; both give the reference at the boundary, with the most experts
+// the fast path takes (E = 1024: the lone block's largest shared memory) and with capacities.
+TEST(permute_one_block_up_to_a_tile) {
+  struct Case { int64_t T; int k, E; uint64_t launches; };
+  const Case cases[] = {{1, 2, 8, 1}, {1024, 2, 8, 1}, {2048, 1, 1024, 1}, {683, 3, 64, 4}, {2049, 1, 8, 4}};
+  for (const Case& c : cases) {
+    const std::vector<int32_t> ids = make_ids(c.T, c.k, c.E, Fill::kSkewed, uint64_t(c.T * 1009 + c.k * 31 + c.E));
+    Result r;
+    const uint64_t before = moe_emu::launch_count();
+    CHECK_OK(run_permute(ids, c.T, c.k, c.E, -1, &r));
+    CHECK_EQ(moe_emu::launch_count() - before, c.launches);
+    const std::vector<int64_t> caps = capacities(ids, c.E);
+    for (size_t i : {size_t(0), size_t(1), size_t(3)})
+      if (!check_case(c.T, c.k, c.E, Fill::kSkewed, caps[i])) return;
+  }
+}

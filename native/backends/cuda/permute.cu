@@ -11,6 +11,10 @@
 //                                  its bucket (per-warp ballots, then a prefix over warps), plus the
 //                                  block's base from the scans -> the slot's final position
 //   permute_count_experts_kernel   expert counts for the general path (integer atomics)
+//   permute_one_block_kernel       the fast path's three steps (histogram, bucket scan, scatter) in
+//                                  one block, for up to kTileSlots slots (decode and small batches):
+//                                  one launch instead of four, the same device functions, the same
+//                                  results; the bucket counts stay in shared memory
 //   launch_permute                 argument checks, workspace layout, the choice of path
 //
 // Fast path (E <= 1024): one pass whose buckets are the experts. General path (E up to 2^20 - 1):
@@ -57,8 +61,9 @@ constexpr int64_t kMaxSlots = int64_t(1) << 30;
 constexpr int kMaxExperts = (1 << (2 * kMaxBucketBits)) - 1;
 
 static_assert(kScanWarps <= kWarpLanes, "the bucket scan's second level is one warp");
-static_assert(kPermuteWarps * kMaxBuckets * sizeof(int32_t) <= 48 * 1024,
-              "the scatter's per-warp counters must fit the default dynamic shared memory");
+static_assert((1 + kPermuteWarps) * kMaxBuckets * sizeof(int32_t) <= 40 * 1024,
+              "the scatter's per-warp counters (and the lone block's counts) fit the default shared memory, with "
+              "room for the static arrays");
 }  // namespace
 
 // One pass of the sort: which elements, how a digit comes out of an element, where counts go.
@@ -139,11 +144,13 @@ __device__ __forceinline__ int element_index(int chunk) {
          int(threadIdx.x) % kWarpLanes;
 }
 
-__global__ void __launch_bounds__(kPermuteThreads) permute_histogram_kernel(PermutePass p) {
-  MOE_DYNAMIC_SHARED(int32_t, counts);  // [num_buckets]
-  MOE_SHARED(int32_t, block_bad, [1]);
+// The block's count of each bucket into counts [num_buckets] (shared), and the smallest invalid slot
+// of its elements (kNoSlot if none) into *block_bad (shared; only when `want_bad`). Ends with a
+// __syncthreads: both are complete for every thread.
+__device__ __forceinline__ void histogram_block(const PermutePass& p, int32_t* counts, int32_t* block_bad,
+                                                bool want_bad) {
   for (int d = threadIdx.x; d < p.num_buckets; d += blockDim.x) counts[d] = 0;
-  if (threadIdx.x == 0) block_bad[0] = kNoSlot;
+  if (threadIdx.x == 0) *block_bad = kNoSlot;
   __syncthreads();
   int32_t bad = kNoSlot;
   MOE_UNROLL
@@ -152,8 +159,14 @@ __global__ void __launch_bounds__(kPermuteThreads) permute_histogram_kernel(Perm
     if (el.bad) bad = min(bad, el.slot);
     if (el.digit >= 0) atomicAdd(&counts[el.digit], 1);
   }
-  if (bad != kNoSlot && p.block_bad_slot) atomicMin(&block_bad[0], bad);
+  if (bad != kNoSlot && want_bad) atomicMin(block_bad, bad);
   __syncthreads();
+}
+
+__global__ void __launch_bounds__(kPermuteThreads) permute_histogram_kernel(PermutePass p) {
+  MOE_DYNAMIC_SHARED(int32_t, counts);  // [num_buckets]
+  MOE_SHARED(int32_t, block_bad, [1]);
+  histogram_block(p, counts, &block_bad[0], p.block_bad_slot != nullptr);
   for (int d = threadIdx.x; d < p.num_buckets; d += blockDim.x)
     p.block_counts[int64_t(blockIdx.x) * p.num_buckets + d] = counts[d];
   if (threadIdx.x == 0 && p.block_bad_slot) p.block_bad_slot[blockIdx.x] = block_bad[0];
@@ -204,11 +217,13 @@ __global__ void __launch_bounds__(kPermuteThreads) permute_scan_blocks_wide_kern
 // Each thread scans kScanItems consecutive entries serially, the block scans the threads' sums. The
 // two running sums travel packed in one 64-bit value (kept in the high half): both are <= T*k <
 // 2^31, so the low half never carries into the high one.
-__global__ void __launch_bounds__(kScanThreads)
-    permute_scan_buckets_kernel(const int32_t* __restrict__ totals, int n, int32_t capacity,
-                                int32_t* __restrict__ starts, int32_t* __restrict__ kept_offsets,
-                                int32_t* __restrict__ dropped, const int32_t* __restrict__ block_bad_slot,
-                                int num_blocks, int32_t* __restrict__ first_invalid_slot) {
+// (The body is scan_buckets_block, shared with permute_one_block_kernel: whole warps, at most
+// kScanThreads; thread 0's last writes, kept_offsets[n] and *first_invalid_slot, come after its last
+// barrier.)
+__device__ __forceinline__ void scan_buckets_block(const int32_t* totals, int n, int32_t capacity, int32_t* starts,
+                                                   int32_t* kept_offsets, int32_t* dropped,
+                                                   const int32_t* block_bad_slot, int num_blocks,
+                                                   int32_t* first_invalid_slot) {
   MOE_SHARED(long long, warp_sums, [kScanWarps]);
   MOE_SHARED(long long, carry, [1]);
   MOE_SHARED(int32_t, first_bad, [1]);
@@ -264,9 +279,20 @@ __global__ void __launch_bounds__(kScanThreads)
   }
 }
 
+__global__ void __launch_bounds__(kScanThreads)
+    permute_scan_buckets_kernel(const int32_t* __restrict__ totals, int n, int32_t capacity,
+                                int32_t* __restrict__ starts, int32_t* __restrict__ kept_offsets,
+                                int32_t* __restrict__ dropped, const int32_t* __restrict__ block_bad_slot,
+                                int num_blocks, int32_t* __restrict__ first_invalid_slot) {
+  scan_buckets_block(totals, n, capacity, starts, kept_offsets, dropped, block_bad_slot, num_blocks, first_invalid_slot);
+}
+
+// The scatter of the block's elements. warp_counts: shared, [warps, num_buckets]. block_base: the
+// block's first position per bucket before the bucket starts (the exclusive prefix of the counts
+// over the blocks before it, [num_buckets] of this block), or null for 0 (a lone block).
 template <ScatterMode kMode>
-__global__ void __launch_bounds__(kPermuteThreads) permute_scatter_kernel(PermutePass p, ScatterOut o) {
-  MOE_DYNAMIC_SHARED(int32_t, warp_counts);  // [warps, num_buckets]
+__device__ __forceinline__ void scatter_block(const PermutePass& p, const ScatterOut& o, int32_t* warp_counts,
+                                              const int32_t* block_base) {
   const int warp = int(threadIdx.x) / kWarpLanes, lane = int(threadIdx.x) % kWarpLanes;
   const int nb = p.num_buckets;
   const int warps = int(blockDim.x) / kWarpLanes;
@@ -305,7 +331,7 @@ __global__ void __launch_bounds__(kPermuteThreads) permute_scatter_kernel(Permut
 
   // 2. Per bucket: warp w's first position = the block's base + the counts of warps before w.
   for (int d = threadIdx.x; d < nb; d += blockDim.x) {
-    int run = p.block_counts[int64_t(blockIdx.x) * p.num_buckets + d];
+    int run = block_base ? block_base[d] : 0;
     if (kMode != ScatterMode::kDirect) run += o.bucket_starts[d];
     for (int w = 0; w < warps; ++w) {
       const int count = warp_counts[w * nb + d];
@@ -355,6 +381,29 @@ __global__ void __launch_bounds__(kPermuteThreads) permute_scatter_kernel(Permut
       if (i < p.num_elements && i >= end) o.sorted_rows[i] = -1;
     }
   }
+}
+
+template <ScatterMode kMode>
+__global__ void __launch_bounds__(kPermuteThreads) permute_scatter_kernel(PermutePass p, ScatterOut o) {
+  MOE_DYNAMIC_SHARED(int32_t, warp_counts);  // [warps, num_buckets]
+  scatter_block<kMode>(p, o, warp_counts, p.block_counts + int64_t(blockIdx.x) * p.num_buckets);
+}
+
+// The fast path in one block (num_blocks == 1, E <= kMaxBuckets): the histogram's counts, in shared
+// memory, are the bucket totals; the scan writes expert_offsets (o.expert_offsets, the same array)
+// and dropped (and the invalid slot); the scatter reads expert_offsets back after a barrier. Dynamic shared memory: counts
+// [num_buckets], then the scatter's [warps, num_buckets].
+__global__ void __launch_bounds__(kPermuteThreads)
+    permute_one_block_kernel(PermutePass p, ScatterOut o, int32_t* expert_offsets, int32_t* dropped,
+                             int32_t* first_invalid_slot) {
+  MOE_DYNAMIC_SHARED(int32_t, smem);
+  MOE_SHARED(int32_t, block_bad, [1]);
+  int32_t* counts = smem;
+  histogram_block(p, counts, &block_bad[0], first_invalid_slot != nullptr);
+  scan_buckets_block(counts, p.num_buckets, o.capacity, nullptr, expert_offsets, dropped, &block_bad[0], 1,
+                     first_invalid_slot);
+  __syncthreads();  // expert_offsets (thread 0 wrote the last one after the scan's last barrier)
+  scatter_block<ScatterMode::kDirect>(p, o, smem + p.num_buckets, nullptr);
 }
 
 __global__ void __launch_bounds__(kPermuteThreads)
@@ -463,6 +512,16 @@ cudaError_t launch_scan_buckets(const int32_t* totals, int n, int32_t capacity, 
                     first_invalid_slot);
 }
 
+// The fast path of a lone block (permute_one_block_kernel): the launch instead of launch_count_and_scan,
+// launch_scan_buckets and launch_scatter<kDirect>.
+cudaError_t launch_one_block(const PermutePass& p, const ScatterOut& o, int32_t* expert_offsets, int32_t* dropped,
+                             int32_t* first_invalid_slot, cudaStream_t stream) {
+  const unsigned threads = tile_threads(p);
+  const size_t smem = (1 + size_t(threads / kWarpLanes)) * size_t(p.num_buckets) * sizeof(int32_t);
+  return moe_launch(permute_one_block_kernel, dim3(1), dim3(threads), smem, stream, p, o, expert_offsets, dropped,
+                    first_invalid_slot);
+}
+
 template <ScatterMode kMode>
 cudaError_t launch_scatter(const PermutePass& p, const ScatterOut& o, cudaStream_t stream) {
   const unsigned threads = tile_threads(p);
@@ -512,6 +571,7 @@ cudaError_t launch_permute(const int32_t* topk_ids, int64_t num_tokens, int top_
     p.shift = 0;
     p.bits = bits_for(num_experts);
     p.num_buckets = num_experts;
+    if (L.blocks == 1) return launch_one_block(p, o, expert_offsets, dropped, first_invalid_slot, stream);
     if ((err = launch_count_and_scan(p, stream)) != cudaSuccess) return err;
     err = launch_scan_buckets(p.bucket_totals, num_experts, cap, nullptr, expert_offsets, dropped,
                               p.block_bad_slot, L.blocks, first_invalid_slot, stream);
