@@ -9,7 +9,9 @@
 # Environment: CUDA_HOME (default /usr/local/cuda), NVCC_FLAGS (extra flags), NVCC_ARCHS (the SASS
 # targets, default "80 86 89 90 100 120"; e.g. NVCC_ARCHS=120 to check one while iterating),
 # NVCC_PTX (the PTX target, default 120; "" for none), NVCC_JOBS (files compiled at once, default
-# all of them).
+# all of them), NVCC_CHECK_REPORTS=DIR: the package's own files are not compiled again, their reports
+# are those the build kept through test/emu/ptxas-launcher.sh (.ci/run: the install's build, so the
+# check is of the shipped objects, compiled with CMake's flags); each must cover every target.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -27,8 +29,14 @@ for a in "${archs[@]}"; do targets+=(-gencode "arch=compute_$a,code=sm_$a"); don
 # The tensor-core check reads PTX of the newest target (the shipped PTX when there is one).
 check_ptx="${ptx:-${archs[-1]}}"
 files=("$root"/native/backends/cuda/*.cu "$here/gemm_demo.cu")
+reports="${NVCC_CHECK_REPORTS:-}"
+[ -n "$reports" ] && reports="$(cd "$reports" 2>/dev/null && pwd)" || reports="${NVCC_CHECK_REPORTS:-}"
 
 status=0
+# report_of FILE / object_of FILE: ptxas's report and the object of FILE (compiled here, or by the build)
+from_build() { [ -n "$reports" ] && [ "$1" != "$here/gemm_demo.cu" ]; }
+report_of() { if from_build "$1"; then echo "$reports/$(basename "$1" .cu).ptxas.txt"; else echo "$out/$(basename "$1" .cu).ptxas.txt"; fi; }
+object_of() { if from_build "$1"; then cat "$reports/$(basename "$1" .cu).object" 2>/dev/null; else echo "$out/$(basename "$1" .cu).o"; fi; }
 pids=()
 # PTX of the grouped GEMM for the tensor-core check at the end, compiled alongside the objects.
 gg_ptx="$out/grouped_gemm.compute_$check_ptx.ptx"
@@ -38,20 +46,37 @@ gg_ptx_pid=$!
 jobs="${NVCC_JOBS:-${#files[@]}}"
 for f in "${files[@]}"; do
   name="$(basename "$f" .cu)"
+  if from_build "$f"; then pids+=(""); continue; fi
   while [ "$(jobs -rp | wc -l)" -gt "$jobs" ]; do sleep 0.2; done
   "$NVCC" -std=c++17 -O3 -I "$root/native/include" -c "${targets[@]}" -Xptxas -v ${NVCC_FLAGS:-} "$f" -o "$out/$name.o" \
     >"$out/$name.ptxas.txt" 2>&1 &
   pids+=($!)
 done
 for i in "${!files[@]}"; do
-  name="$(basename "${files[$i]}" .cu)"
-  if ! wait "${pids[$i]}"; then
+  f="${files[$i]}"
+  name="$(basename "$f" .cu)"
+  report="$(report_of "$f")"
+  object="$(object_of "$f")"
+  if from_build "$f"; then
+    if [ ! -f "$report" ] || [ ! -f "$object" ]; then
+      echo "nvcc-check: no report of $name.cu in $reports (the build did not compile it through test/emu/ptxas-launcher.sh)"
+      status=1
+      continue
+    fi
+    missing=""
+    for a in "${archs[@]}"; do grep -q "for 'sm_$a'" "$report" || missing+=" sm_$a"; done
+    if [ -n "$missing" ]; then
+      echo "nvcc-check: the build's report of $name.cu has no ptxas run for$missing"
+      status=1
+      continue
+    fi
+  elif ! wait "${pids[$i]}"; then
     echo "nvcc-check: $name.cu does not compile:"
-    cat "$out/$name.ptxas.txt"
+    cat "$report"
     status=1
     continue
   fi
-  echo "== $name.cu ($(stat -c %s "$out/$name.o") bytes of object; full ptxas report: ${out#$root/}/$name.ptxas.txt)"
+  echo "== $name.cu ($(stat -c %s "$object") bytes of object; full ptxas report: ${report#$root/})"
   # One line per kernel and target: registers, stack frame, spills, shared memory.
   awk -v filt="$(command -v c++filt || true)" '
     /Compiling entry function/ { split($0, q, "\047"); arch = q[4] }
@@ -67,7 +92,7 @@ for i in "${!files[@]}"; do
              arch, regs, stack, spill_st, spill_ld, smem, pretty, flag
       if (flag != "") spilled = 1
     }
-    END { exit spilled ? 3 : 0 }' "$out/$name.ptxas.txt"
+    END { exit spilled ? 3 : 0 }' "$report"
   if [ $? -ne 0 ]; then
     echo "nvcc-check: $name.cu spills registers"
     status=1
@@ -101,7 +126,7 @@ else
   echo "nvcc-check: grouped_gemm.cu does not compile to PTX:"; cat "$out/grouped_gemm.ptx.txt"; status=1
 fi
 total=0
-for f in "${files[@]}"; do [ -f "$out/$(basename "$f" .cu).o" ] && total=$((total + $(stat -c %s "$out/$(basename "$f" .cu).o"))); done
+for f in "${files[@]}"; do o="$(object_of "$f")"; [ -n "$o" ] && [ -f "$o" ] && total=$((total + $(stat -c %s "$o"))); done
 echo "nvcc-check: $total bytes of objects in all for sm_${archs[*]}${ptx:+ + compute_$ptx PTX}"
 [ "$status" = 0 ] && echo "nvcc-check: all files compile for sm_${archs[*]}${ptx:+ + compute_$ptx PTX}, no spills"
 exit "$status"
