@@ -63,10 +63,12 @@ for i in "${!files[@]}"; do
       status=1
       continue
     fi
+    # the targets the build compiled for, from its command line (a file of host code has no
+    # kernel for ptxas to report on, so its report alone would not show them)
     missing=""
-    for a in "${archs[@]}"; do grep -q "for 'sm_$a'" "$report" || missing+=" sm_$a"; done
+    for a in "${archs[@]}"; do sed -n 1p "$report" | grep -Eq "code=\[?([a-z_0-9]*,)*sm_$a([],]|$| )" || missing+=" sm_$a"; done
     if [ -n "$missing" ]; then
-      echo "nvcc-check: the build's report of $name.cu has no ptxas run for$missing"
+      echo "nvcc-check: the build did not compile $name.cu for$missing ($(sed -n 1p "$report"))"
       status=1
       continue
     fi
