@@ -81,7 +81,25 @@ constexpr unsigned kAllLanes = 0xffffffffu;
 constexpr int kWarpLanes = 32;
 constexpr int kPackGroup = 8;  // W1/W3 interleave group (rows); the n8 width of an mma tile
 
-// Decode (GEMV) path: used when max_rows <= kDecodeMaxRows.
+// Decode (GEMV) path: used when max_rows <= kDecodeMaxRows (the MoE forward passes max_rows = T*k:
+// T <= 8 at k = 2; from T = 16 the 64x128 tensor-core tile runs, one M tile per expert up to 64
+// rows, so its weights are read once there too).
+//
+// Throughput model of the decode regime, Mixtral's layer (d 4096, f 14336, E 8, k 2, bf16) on H100
+// SXM. Assumptions: HBM3 3.35 TB/s by datasheet, of which a plain copy reaches 90-93%; a loaded
+// latency of 600-800 ns, so Little's law wants 2.0-2.7 MB in flight (15-20 KB per SM); 3-5 us fixed
+// cost per kernel on the stream (no CUDA graph); uniform routing; registers from ptxas (sm_90).
+//   T = 1: GEMM1 1792 blocks of 128 threads (5 per SM at 90 registers, 2.7 waves), GEMM2 512 blocks
+//     (6 per SM, one wave); 8 16-byte loads per lane in flight, 48-80 KB per SM (3-5x Little's
+//     need); each weight byte read once. GEMMs alone 86-90% of the datasheet bandwidth; the whole
+//     forward (six kernels: router logits, softmax + top-k, permute, the two GEMVs, combine)
+//     79-86% (it was 75-83% with nine, the permute's four launches now one), against 85%.
+//   T = 16..128: the 64x128x32 tile, 4 blocks per SM, GEMM1 3.4 waves with 64 KB per SM in flight,
+//     GEMM2 one wave of 256 blocks with ~31 KB (1.35-1.75x the need: its thinnest margin); GEMMs
+//     88-92%, the forward 85-90%, against 80%. Its least certain input: the tile reads each weight
+//     row in 64-byte pieces, which the model assumes stream as fast as a copy.
+// Only a device settles these (scripts/gpu-check.sh); batchInvariant layers take the tensor-core
+// path even at T = 1, where GEMM2 has 64 blocks: ~58% for the GEMMs, ~54% for the forward.
 constexpr int kDecodeMaxRows = 16;
 constexpr int kGemvWarps = 4;
 constexpr int kGemvThreads = kGemvWarps * kWarpLanes;
