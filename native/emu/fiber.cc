@@ -40,6 +40,12 @@ bool fiber_alloc_stack(Fiber* f, size_t bytes) {
 }
 
 void fiber_free_stack(Fiber* f) {
+#if defined(MOE_EMU_ASAN)
+  // The last frames of finished (or abandoned) fibers leave their redzones marked on the stack, and
+  // munmap does not clear them in GCC 12's AddressSanitizer: whoever maps these pages next (V8's
+  // heap, in a worker torn down mid-kernel) would be reported for touching "stack" memory.
+  if (f->stack_lo) ASAN_UNPOISON_MEMORY_REGION(f->stack_lo, f->stack_size);
+#endif
   if (f->mapping) munmap(f->mapping, f->mapping_size);
   f->mapping = nullptr;
   f->stack_lo = nullptr;
