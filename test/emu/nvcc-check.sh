@@ -30,7 +30,7 @@ for a in "${archs[@]}"; do targets+=(-gencode "arch=compute_$a,code=sm_$a"); don
 check_ptx="${ptx:-${archs[-1]}}"
 files=("$root"/native/backends/cuda/*.cu "$here/gemm_demo.cu")
 reports="${NVCC_CHECK_REPORTS:-}"
-[ -n "$reports" ] && reports="$(cd "$reports" 2>/dev/null && pwd)" || reports="${NVCC_CHECK_REPORTS:-}"
+if [ -n "$reports" ] && [ -d "$reports" ]; then reports="$(cd "$reports" && pwd)"; fi
 
 status=0
 # report_of FILE / object_of FILE: ptxas's report and the object of FILE (compiled here, or by the build)
